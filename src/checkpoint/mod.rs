@@ -1,0 +1,206 @@
+//! Checkpoints: a folder holding `manifest.json` and one or more `.safetensors` weight files in
+//! PyTorch layout. A single model has one weight file; a partially zipped multi-head model has a
+//! trunk file and one file per head (reference doc §1.7).
+
+pub mod safetensors_io;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use state::{check_finite, NamedTensor, StateDict};
+
+use crate::error::{CheckpointError, ModelError};
+use crate::models::head::HeadSpec;
+use crate::models::{Arch, NetConfig};
+
+/// Manifest format tag.
+pub const FORMAT: &str = "zipmerge-model/1";
+
+/// One output head of a model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeadManifest {
+    /// Weight file (relative to the folder) holding this head's network (multi-head models); for
+    /// a single model, absent: the head is the model's own final layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+    /// The classes (label ids) this head was trained on, in output order for linear heads.
+    pub classes: Vec<usize>,
+    /// Head kind and its class embeddings.
+    pub head: HeadSpec,
+}
+
+/// `manifest.json` of a model folder.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelManifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Architecture.
+    pub arch: Arch,
+    /// Width multiplier.
+    pub width: usize,
+    /// Weight file of the whole model (single) or of the shared trunk (multi-head).
+    pub weights: String,
+    /// Cut index where the heads start: the output cut for a single model; for a multi-head
+    /// model the stop point (ResNet-20: 1 = `7/20`, 2 = `13/20`, 3 = `19/20`).
+    pub stop_cut: usize,
+    /// Stop name (`7/20`, `13/20`, `19/20`, `20/20`), when the model came from a merge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+    /// The heads: one for a single model, one per source model for a multi-head model.
+    pub heads: Vec<HeadManifest>,
+    /// Class names in label order, when known.
+    #[serde(default)]
+    pub class_names: Vec<String>,
+    /// How the weights were produced (training recipe or merge settings).
+    #[serde(default)]
+    pub provenance: serde_json::Value,
+    /// zipmerge version that wrote the folder.
+    pub zipmerge_version: String,
+}
+
+impl ModelManifest {
+    /// Network configuration of the trunk (and of every head network).
+    pub fn net_config(&self) -> NetConfig {
+        let head = &self.heads[0];
+        NetConfig {
+            arch: self.arch,
+            width: self.width,
+            out: head.head.net_outputs(head.classes.len()),
+        }
+    }
+
+    /// Net configuration of head `i`.
+    pub fn head_config(&self, i: usize) -> NetConfig {
+        let head = &self.heads[i];
+        NetConfig {
+            arch: self.arch,
+            width: self.width,
+            out: head.head.net_outputs(head.classes.len()),
+        }
+    }
+
+    /// True for a model with several heads sharing a trunk.
+    pub fn is_multi_head(&self) -> bool {
+        self.heads.iter().any(|h| h.weights.is_some())
+    }
+
+    /// Every class any head was trained on, sorted.
+    pub fn all_classes(&self) -> Vec<usize> {
+        let mut c: Vec<usize> = self
+            .heads
+            .iter()
+            .flat_map(|h| h.classes.iter().copied())
+            .collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    }
+}
+
+/// Resolves a model argument to its folder: a folder holding `manifest.json`, or the manifest
+/// itself.
+pub fn model_dir(arg: &Path) -> PathBuf {
+    if arg.file_name().is_some_and(|n| n == "manifest.json") {
+        arg.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        arg.to_path_buf()
+    }
+}
+
+/// Reads and validates `manifest.json` of a model folder.
+///
+/// # Errors
+/// [`ModelError`] naming the file when it is missing, not JSON, or inconsistent.
+pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ModelError> {
+    let path = dir.join("manifest.json");
+    let f = path.display().to_string();
+    if !dir.is_dir() {
+        return Err(CheckpointError::Io {
+            file: dir.display().to_string(),
+            msg: "no such model folder".into(),
+        }
+        .into());
+    }
+    let raw = std::fs::read_to_string(&path).map_err(|e| CheckpointError::Io {
+        file: f.clone(),
+        msg: e.to_string(),
+    })?;
+    let m: ModelManifest = serde_json::from_str(&raw).map_err(|e| CheckpointError::Format {
+        file: f.clone(),
+        msg: format!("not a zipmerge manifest ({e})"),
+    })?;
+    if m.format != FORMAT {
+        return Err(CheckpointError::Format {
+            file: f,
+            msg: format!("format `{}`, expected `{FORMAT}`", m.format),
+        }
+        .into());
+    }
+    if m.heads.is_empty() {
+        return Err(CheckpointError::Format {
+            file: f,
+            msg: "lists no heads".into(),
+        }
+        .into());
+    }
+    NetConfig {
+        arch: m.arch,
+        width: m.width,
+        out: 1,
+    }
+    .validate()?;
+    Ok(m)
+}
+
+/// Reads one weight file of a model folder and checks it is finite.
+///
+/// # Errors
+/// [`CheckpointError`] naming the file.
+pub fn read_weights(dir: &Path, file: &str) -> Result<StateDict, CheckpointError> {
+    let path = dir.join(file);
+    let s = safetensors_io::load(&path)?;
+    check_finite(&s, &path.display().to_string())?;
+    Ok(s)
+}
+
+/// Writes a model folder atomically: `manifest.json` plus the given weight files.
+///
+/// # Errors
+/// [`CheckpointError::Io`] when the folder cannot be written.
+pub fn write_model(
+    dir: &Path,
+    manifest: &ModelManifest,
+    files: &[(String, &StateDict)],
+) -> Result<(), CheckpointError> {
+    let io = |e: std::io::Error| CheckpointError::Io {
+        file: dir.display().to_string(),
+        msg: e.to_string(),
+    };
+    let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+    crate::util::write_dir_atomic(dir, |tmp| -> Result<(), CheckpointError> {
+        for (name, state) in files {
+            let bytes = safetensors_io::to_bytes(state)?;
+            std::fs::write(tmp.join(name), bytes).map_err(io)?;
+        }
+        std::fs::write(tmp.join("manifest.json"), &json).map_err(io)?;
+        Ok(())
+    })
+    .map_err(|e| match e {
+        CheckpointError::Io { msg, .. } => CheckpointError::Io {
+            file: dir.display().to_string(),
+            msg,
+        },
+        o => o,
+    })
+}
+
+impl From<std::io::Error> for CheckpointError {
+    fn from(e: std::io::Error) -> Self {
+        CheckpointError::Io {
+            file: "<output folder>".into(),
+            msg: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! `zipmerge bn-reset`: re-estimate BatchNorm running statistics of any model.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use zipmerge::checkpoint::{self, StateDict};
+use zipmerge::collect::{probe_batches, ProbeOptions};
+use zipmerge::rewrite::bn_reset;
+
+use super::common::{bar, data_root, load_split, BackendArgs};
+
+/// Arguments of `zipmerge bn-reset`.
+#[derive(Args, Debug)]
+pub struct BnResetArgs {
+    /// Model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Data root whose train/ folder gives the images (augmented); default $ZIPMERGE_DATA, else
+    /// the embedded sample.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Images to use (`all` = every image).
+    #[arg(long, default_value = "1000")]
+    pub images: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// Seed of the subset and augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder (may equal --model).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// Runs `zipmerge bn-reset`.
+pub fn exec(a: BnResetArgs) -> Result<()> {
+    let dir = checkpoint::model_dir(&a.model);
+    let mut manifest = checkpoint::read_manifest(&dir)?;
+    let mut trunk = checkpoint::read_weights(&dir, &manifest.weights)?;
+    let mut heads: Vec<StateDict> = Vec::new();
+    for h in &manifest.heads {
+        if let Some(f) = &h.weights {
+            heads.push(checkpoint::read_weights(&dir, f)?);
+        }
+    }
+    let device = a.backend.device(a.quiet)?;
+    let set = load_split(&data_root(a.data.as_deref()), "train", a.quiet)?;
+    let images = if a.images == "all" {
+        None
+    } else {
+        Some(
+            a.images
+                .parse::<usize>()
+                .context("--images: expected a number or `all`")?,
+        )
+    };
+    let batches = probe_batches(
+        &set,
+        &ProbeOptions {
+            images,
+            batch_size: a.batch_size,
+            augment: true,
+            seed: a.seed,
+        },
+    );
+    let pb = bar(
+        batches.iter().map(Vec::len).sum::<usize>() as u64,
+        "BN reset",
+        a.quiet,
+    );
+    bn_reset::reset(
+        &manifest,
+        &mut trunk,
+        &mut heads,
+        &batches,
+        &device,
+        &mut |k| pb.inc(k as u64),
+    )?;
+    pb.finish_and_clear();
+    manifest.provenance["bn_reset"] = serde_json::json!({"images": batches.iter().map(Vec::len).sum::<usize>(), "seed": a.seed, "data": set.source});
+    let mut files: Vec<(String, &StateDict)> = vec![(manifest.weights.clone(), &trunk)];
+    let mut hi = heads.iter();
+    for h in &manifest.heads {
+        if let Some(f) = &h.weights {
+            files.push((f.clone(), hi.next().expect("head")));
+        }
+    }
+    checkpoint::write_model(&a.out, &manifest, &files)?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}

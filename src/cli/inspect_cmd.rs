@@ -1,0 +1,83 @@
+//! `zipmerge inspect`: what a model folder holds.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use zipmerge::checkpoint;
+use zipmerge::models::param_count;
+use zipmerge::spec::MergeSpec;
+
+/// Arguments of `zipmerge inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `zipmerge inspect`.
+pub fn exec(a: InspectArgs) -> Result<()> {
+    let dir = checkpoint::model_dir(&a.model);
+    let m = checkpoint::read_manifest(&dir)?;
+    let cfg = m.net_config();
+    let spec = MergeSpec::of(&cfg);
+    let sys = zipmerge::models::system::System::load(&dir, &burn::tensor::Device::flex())?;
+    let info = json!({
+        "arch": m.arch, "width": m.width, "head": m.heads[0].head.kind(),
+        "heads": m.heads.iter().map(|h| json!({"classes": h.classes, "kind": h.head.kind()})).collect::<Vec<_>>(),
+        "stop": m.stop, "multi_head": m.is_multi_head(),
+        "params": param_count(&cfg) * if m.is_multi_head() { 1 } else { 1 },
+        "flops": sys.flops(),
+        "spaces": spec.spaces,
+        "stops": spec.stops(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} x{}, {} head(s) ({}), {}",
+        dir.display(),
+        m.arch,
+        m.width,
+        m.heads.len(),
+        m.heads[0].head.kind(),
+        m.stop
+            .as_deref()
+            .map_or("single model".to_string(), |s| format!("zipped at {s}"))
+    );
+    for h in &m.heads {
+        println!("  head classes {:?}", h.classes);
+    }
+    println!("  parameters (one network): {}", param_count(&cfg));
+    println!("  forward MACs/image (whole system): {}", sys.flops());
+    println!("  feature spaces:");
+    for (i, s) in spec.spaces.iter().enumerate() {
+        println!(
+            "    {i:>2} {:<16} width {:>4}  {:?}{}",
+            s.name,
+            s.width,
+            s.kind,
+            if s.stop_cut.is_some() { "  (stop)" } else { "" }
+        );
+    }
+    let stops: Vec<String> = spec
+        .stops()
+        .iter()
+        .map(|s| {
+            if s.aliases.is_empty() {
+                s.name.clone()
+            } else {
+                format!("{} ({})", s.name, s.aliases.join(", "))
+            }
+        })
+        .collect();
+    println!("  valid stops: {}", stops.join(", "));
+    Ok(())
+}

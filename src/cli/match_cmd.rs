@@ -1,0 +1,70 @@
+//! `zipmerge match`: the matcher alone on a covariance or correlation matrix, for study and tests.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use zipmerge::matching::npy::read_matrix;
+use zipmerge::matching::{correlation, Identity, Matcher, Permute, ReturnA, ZipIt};
+
+/// Arguments of `zipmerge match`.
+#[derive(Args, Debug)]
+pub struct MatchArgs {
+    /// O x O matrix: a JSON array of arrays, or a 2-D float `.npy` file.
+    #[arg(long)]
+    pub cov: PathBuf,
+    /// Treat the matrix as a correlation matrix (default: covariance, turned into correlation).
+    #[arg(long)]
+    pub correlation: bool,
+    /// Number of models N (O must be divisible by N).
+    #[arg(long, default_value_t = 2)]
+    pub models: usize,
+    /// zipit, permute, weight-avg or return-a.
+    #[arg(long, default_value = "zipit")]
+    pub method: String,
+    /// ZipIt! alpha (> 0).
+    #[arg(long, default_value_t = 0.3)]
+    pub alpha: f64,
+    /// ZipIt! beta in [0, 1].
+    #[arg(long, default_value_t = 0.125)]
+    pub beta: f64,
+    /// Merge normalisation epsilon.
+    #[arg(long, default_value_t = 1e-5)]
+    pub merge_eps: f64,
+}
+
+/// Runs `zipmerge match`: prints `{"clusters": [...], "merge": [[...]], "unmerge": [[...]]}`.
+pub fn exec(a: MatchArgs) -> Result<()> {
+    let m = read_matrix(&a.cov).with_context(|| format!("reading {}", a.cov.display()))?;
+    let corr = if a.correlation { m } else { correlation(&m) };
+    let matcher: Box<dyn Matcher> = match a.method.as_str() {
+        "zipit" => Box::new(ZipIt {
+            alpha: a.alpha,
+            beta: a.beta,
+        }),
+        "permute" => Box::new(Permute),
+        "weight-avg" => Box::new(Identity),
+        "return-a" => Box::new(ReturnA),
+        "git-rebasin" => {
+            bail!("--method git-rebasin matches weights, not a matrix: use `zipmerge merge`")
+        }
+        o => bail!("--method `{o}`: expected zipit, permute, weight-avg or return-a"),
+    };
+    let r = matcher
+        .solve(&corr, a.models, a.merge_eps)
+        .with_context(|| a.cov.display().to_string())?;
+    let rows = |v: &[f64], r: usize, c: usize| -> Vec<Vec<f64>> {
+        (0..r).map(|i| v[i * c..(i + 1) * c].to_vec()).collect()
+    };
+    println!(
+        "{}",
+        serde_json::to_string(&json!({
+            "clusters": r.clusters,
+            "merge": rows(&r.merge, r.k, r.o),
+            "unmerge": rows(&r.unmerge, r.o, r.k),
+        }))?
+    );
+    Ok(())
+}

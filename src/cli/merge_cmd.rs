@@ -1,0 +1,316 @@
+//! `zipmerge merge`: statistics -> matching -> rewriting -> BN reset -> (eval) -> model folder
+//! + `report.json`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use zipmerge::collect::{probe_batches, ProbeOptions};
+use zipmerge::data::tasks::parse_tasks;
+use zipmerge::data::ImageSet;
+use zipmerge::eval::runner::evaluate;
+use zipmerge::merge::{self, Endpoints, Method};
+
+use super::common::{bar, command_line, data_root, load_split, BackendArgs};
+use super::eval_cmd::print_table;
+
+/// Options shared by merge, sweep and reproduce: method, probe and BN-reset sets.
+#[derive(Args, Debug, Clone)]
+pub struct MergeSettings {
+    /// Matching method: zipit, permute, weight-avg, git-rebasin, return-a.
+    #[arg(long, default_value = "zipit")]
+    pub method: String,
+    /// ZipIt! alpha (> 0): similarity of a merged feature is alpha * min of its parts'.
+    #[arg(long, default_value_t = 0.3)]
+    pub alpha: f64,
+    /// ZipIt! beta in [0, 1]: budget of same-model merges per model, floor(Om/2) * beta.
+    #[arg(long, default_value_t = 0.125)]
+    pub beta: f64,
+    /// Merge normalisation epsilon: merge = P / (colsum(P) + eps).
+    #[arg(long, default_value_t = 1e-5)]
+    pub merge_eps: f64,
+    /// Probe folder (ImageFolder of both tasks' classes; labels unused); default: the train/
+    /// folder of --data.
+    #[arg(long)]
+    pub probe: Option<PathBuf>,
+    /// Probe images (`all` = every image).
+    #[arg(long, default_value = "1000")]
+    pub probe_images: String,
+    /// Use the probe images without training augmentation (the reference augments).
+    #[arg(long)]
+    pub no_probe_augment: bool,
+    /// Images for the BN reset (`0` = no reset; `all` = every probe-folder image).
+    #[arg(long, default_value = "1000")]
+    pub bn_reset_images: String,
+    /// Skip the BN reset of the endpoints before merging (the reference resets them).
+    #[arg(long)]
+    pub no_endpoint_bn_reset: bool,
+    /// Batch size of statistics, BN reset and evaluation.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// Seed of probe/BN-reset subsets, augmentation and Git Re-Basin's visiting order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl MergeSettings {
+    /// Parsed method.
+    pub fn method(&self) -> Result<Method> {
+        Ok(Method::parse(
+            &self.method,
+            self.alpha,
+            self.beta,
+            self.seed,
+        )?)
+    }
+
+    /// `--probe-images` as a count.
+    pub fn probe_count(&self) -> Result<Option<usize>> {
+        count(&self.probe_images, "--probe-images")
+    }
+
+    /// `--bn-reset-images` as a count.
+    pub fn bn_count(&self) -> Result<Option<usize>> {
+        count(&self.bn_reset_images, "--bn-reset-images")
+    }
+
+    /// Probe batches (statistics) from the probe set.
+    pub fn probe_batches(&self, probe: &ImageSet) -> Result<Vec<Vec<Vec<u8>>>> {
+        let n = self.probe_count()?;
+        if n == Some(0) {
+            bail!("--probe-images 0: the statistics need at least one image");
+        }
+        if probe.is_empty() {
+            bail!("the probe set {} is empty", probe.source);
+        }
+        let used = n.unwrap_or(probe.len()).min(probe.len());
+        if used < self.batch_size {
+            bail!(
+                "the probe set gives {used} images ({} in {}), fewer than one batch of {}: lower --batch-size or add images",
+                probe.len(),
+                probe.source,
+                self.batch_size
+            );
+        }
+        Ok(probe_batches(
+            probe,
+            &ProbeOptions {
+                images: n,
+                batch_size: self.batch_size,
+                augment: !self.no_probe_augment,
+                seed: self.seed,
+            },
+        ))
+    }
+
+    /// BN-reset batches (augmented, seeded with seed + 1).
+    pub fn bn_batches(&self, probe: &ImageSet) -> Result<Vec<Vec<Vec<u8>>>> {
+        let n = self.bn_count()?;
+        if n == Some(0) {
+            return Ok(vec![]);
+        }
+        Ok(probe_batches(
+            probe,
+            &ProbeOptions {
+                images: n,
+                batch_size: self.batch_size,
+                augment: true,
+                seed: self.seed.wrapping_add(1),
+            },
+        ))
+    }
+}
+
+fn count(s: &str, opt: &str) -> Result<Option<usize>> {
+    if s == "all" {
+        return Ok(None);
+    }
+    s.parse::<usize>()
+        .map(Some)
+        .with_context(|| format!("{opt} `{s}`: expected a number or `all`"))
+}
+
+/// Arguments of `zipmerge merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Source model folders (N >= 2).
+    #[arg(long = "model", required = true)]
+    pub models: Vec<PathBuf>,
+    /// Stop point: `7/20` (layer1), `13/20` (layer2), `19/20` (layer3), `20/20` (full) for
+    /// ResNet-20; `k/9` for VGG-11.
+    #[arg(long, default_value = "full")]
+    pub stop: String,
+    #[command(flatten)]
+    pub settings: MergeSettings,
+    /// Data root with train/ (probe and BN-reset images) and test/ (evaluation).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Evaluate on this data root's test/ folder (default: --data's) after merging.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Tasks for evaluation (`0,1,2;3,4`), or `auto` (each source model's classes).
+    #[arg(long, default_value = "auto")]
+    pub tasks: String,
+    /// Skip evaluation.
+    #[arg(long)]
+    pub no_eval: bool,
+    /// Output model folder (gets the weights, manifest.json and report.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print the report as JSON only.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// Runs `zipmerge merge`.
+pub fn exec(a: MergeArgs) -> Result<()> {
+    let quiet = a.quiet || a.json;
+    let s = &a.settings;
+    let method = s.method()?;
+    let mut ep = Endpoints::load(&a.models)?;
+    let stop = ep.spec.stop(&a.stop)?;
+    let device = a.backend.device(quiet)?;
+    let root = data_root(a.data.as_deref());
+    let probe = match &s.probe {
+        Some(p) => ImageSet::load(p, "train")
+            .with_context(|| format!("loading probe images {}", p.display()))?,
+        None => load_split(&root, "train", quiet)?,
+    };
+    // validate everything before the long steps
+    let probe_b = if method.needs_statistics() {
+        s.probe_batches(&probe)?
+    } else {
+        vec![]
+    };
+    let bn_b = s.bn_batches(&probe)?;
+    let tasks = if a.tasks == "auto" {
+        ep.manifests
+            .iter()
+            .map(|m| m.heads[0].classes.clone())
+            .collect()
+    } else {
+        parse_tasks(&a.tasks, probe.class_names.len().max(1))?
+    };
+    let t_all = Instant::now();
+    let mut timings = serde_json::Map::new();
+    if !a.settings.no_endpoint_bn_reset && !bn_b.is_empty() {
+        let t = Instant::now();
+        let pb = bar(
+            (bn_b.iter().map(Vec::len).sum::<usize>() * ep.n()) as u64,
+            "endpoint BN",
+            quiet,
+        );
+        ep.reset_bn(&bn_b, &device, &mut |k| pb.inc(k as u64))?;
+        pb.finish_and_clear();
+        timings.insert("endpoint_bn_reset".into(), json!(t.elapsed().as_secs_f64()));
+    }
+    let stats = if method.needs_statistics() {
+        let t = Instant::now();
+        let pb = bar(
+            probe_b.iter().map(Vec::len).sum::<usize>() as u64,
+            "statistics",
+            quiet,
+        );
+        let st = merge::statistics(&ep, &probe_b, &device, &mut |k| pb.inc(k as u64))?;
+        pb.finish_and_clear();
+        timings.insert("statistics".into(), json!(t.elapsed().as_secs_f64()));
+        Some(st)
+    } else {
+        None
+    };
+    let t = Instant::now();
+    let transforms = merge::match_spaces(&ep, &method, stats.as_ref(), stop.spaces, s.merge_eps)?;
+    timings.insert("matching".into(), json!(t.elapsed().as_secs_f64()));
+    let provenance = json!({
+        "merge": {
+            "method": method,
+            "alpha": s.alpha, "beta": s.beta, "merge_eps": s.merge_eps,
+            "stop": stop.name, "zipped_layers": stop.zipped, "total_layers": stop.total,
+            "sources": a.models.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "probe": probe.source, "probe_images": stats.as_ref().map(|s| s.images),
+            "probe_augment": !s.no_probe_augment,
+            "bn_reset_images": bn_b.iter().map(Vec::len).sum::<usize>(),
+            "endpoint_bn_reset": !s.no_endpoint_bn_reset,
+            "seed": s.seed, "backend": a.backend.backend.to_string(),
+            "command": command_line(),
+        }
+    });
+    let t = Instant::now();
+    let mut merged = merge::build(&ep, &transforms, &stop, provenance.clone())?;
+    timings.insert("rewriting".into(), json!(t.elapsed().as_secs_f64()));
+    if !bn_b.is_empty() {
+        let t = Instant::now();
+        let pb = bar(
+            bn_b.iter().map(Vec::len).sum::<usize>() as u64,
+            "BN reset",
+            quiet,
+        );
+        merged.reset_bn(&bn_b, &device, &mut |k| pb.inc(k as u64))?;
+        pb.finish_and_clear();
+        timings.insert("bn_reset".into(), json!(t.elapsed().as_secs_f64()));
+    }
+    let sys = merged.system(&device)?;
+    let flops = sys.flops();
+    let accuracy = if a.no_eval {
+        None
+    } else {
+        let t = Instant::now();
+        let test_root = a.eval_data.clone().unwrap_or(root.clone());
+        let test = load_split(&test_root, "test", quiet)?;
+        let n = (0..test.len())
+            .filter(|&i| {
+                tasks
+                    .iter()
+                    .any(|t: &Vec<usize>| t.contains(&test.labels[i]))
+            })
+            .count();
+        let pb = bar(n as u64, "eval", quiet);
+        let acc = evaluate(&[sys], &test, &tasks, s.batch_size, &device, &mut |k| {
+            pb.inc(k as u64)
+        });
+        pb.finish_and_clear();
+        timings.insert("eval".into(), json!(t.elapsed().as_secs_f64()));
+        Some(acc)
+    };
+    timings.insert("total".into(), json!(t_all.elapsed().as_secs_f64()));
+    let report = json!({
+        "method": method.label(),
+        "settings": provenance["merge"],
+        "stop": stop.name,
+        "zipped_layers": stop.zipped,
+        "total_layers": stop.total,
+        "flops": flops,
+        "accuracy": accuracy,
+        "timings_seconds": timings,
+        "statistics_passes": stats.as_ref().map_or(0, |_| 1),
+    });
+    let report_bytes = serde_json::to_vec_pretty(&report)?;
+    merged
+        .save(&a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    zipmerge::util::write_atomic(&a.out.join("report.json"), &report_bytes)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        if let Some(acc) = &accuracy {
+            print_table(
+                &format!("{} {} -> {}", method.label(), stop.name, a.out.display()),
+                acc,
+            );
+        }
+        eprintln!(
+            "wrote {} ({:.1}s)",
+            a.out.display(),
+            t_all.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}

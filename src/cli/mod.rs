@@ -1,0 +1,62 @@
+//! Argument parsing and dispatch. Each subcommand lives in its own file with a thin `exec`.
+
+mod bn_reset_cmd;
+mod common;
+mod eval_cmd;
+mod inspect_cmd;
+mod match_cmd;
+mod merge_cmd;
+mod predict_cmd;
+mod train_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// zipmerge: merge two (or more) vision networks trained from different initializations on
+/// different tasks into one network, without training (ZipIt! and baselines).
+#[derive(Parser, Debug)]
+#[command(name = "zipmerge", version, about, long_about = None)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train an endpoint model on a class subset.
+    Train(train_cmd::TrainArgs),
+    /// Evaluate one model, a multi-head model, or an ensemble (joint / per-task / avg accuracy).
+    Eval(eval_cmd::EvalArgs),
+    /// Top-k classes for individual images.
+    Predict(predict_cmd::PredictArgs),
+    /// Merge N models: statistics, matching (ZipIt!/Permute/W.Avg/Git Re-Basin), rewriting,
+    /// BN reset, evaluation.
+    Merge(merge_cmd::MergeArgs),
+    /// Run a matcher alone on a covariance/correlation matrix.
+    Match(match_cmd::MatchArgs),
+    /// Re-estimate the BatchNorm statistics of a model (reference doc §4.4).
+    BnReset(bn_reset_cmd::BnResetArgs),
+    /// Architecture, width, head, parameters, FLOPs, feature spaces and valid stops of a model.
+    Inspect(inspect_cmd::InspectArgs),
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn run() -> anyhow::Result<()> {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Train(a) => train_cmd::exec(a),
+        Command::Eval(a) => eval_cmd::exec(a),
+        Command::Predict(a) => predict_cmd::exec(a),
+        Command::Merge(a) => merge_cmd::exec(a),
+        Command::Match(a) => match_cmd::exec(a),
+        Command::BnReset(a) => bn_reset_cmd::exec(a),
+        Command::Inspect(a) => inspect_cmd::exec(a),
+    }
+}

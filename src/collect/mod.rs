@@ -1,0 +1,241 @@
+//! Feature statistics (reference doc §2): all N models run in eval mode (BN with running
+//! statistics, no gradients) on the same probe batch; at every feature space the post-ReLU
+//! features of the models are stacked along channels, `X = [X_A; X_B]` of shape `[O, B*H*W]`
+//! (every pixel of every image is one sample), NaN/inf set to 0, and the population covariance
+//! `Cov = E[x x^T] - mu mu^T` is accumulated streaming, per batch and per space, with f64
+//! accumulators weighted by image counts. Memory is O(sum over spaces of O^2), never O(samples).
+
+use burn::tensor::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::augment::augment_into;
+use crate::data::{to_tensor, ImageSet, IMAGE_BYTES};
+use crate::error::MergeError;
+use crate::matching::SquareMatrix;
+use crate::models::{ForwardCtx, Net};
+
+/// Streaming covariance of one feature space.
+#[derive(Clone, Debug)]
+pub struct CovAccumulator {
+    /// Stacked width O = N * Om.
+    pub o: usize,
+    /// Sum of batch image counts.
+    pub count: f64,
+    /// Sum over batches of `B_t * mean_t` (`[O]`).
+    pub sum_mean: Vec<f64>,
+    /// Sum over batches of `B_t * X X^T / n_t` (`[O, O]`, row-major).
+    pub sum_outer: Vec<f64>,
+}
+
+impl CovAccumulator {
+    /// Empty accumulator for stacked width `o`.
+    pub fn new(o: usize) -> Self {
+        Self {
+            o,
+            count: 0.0,
+            sum_mean: vec![0.0; o],
+            sum_outer: vec![0.0; o * o],
+        }
+    }
+
+    /// Adds one batch of `images` images given its per-batch mean `[O]` and second moment
+    /// `X X^T / n` (`[O, O]`), both averaged over the batch's `n = B*H*W` samples.
+    pub fn update(&mut self, images: usize, mean: &[f32], second: &[f32]) {
+        let b = images as f64;
+        self.count += b;
+        for (a, m) in self.sum_mean.iter_mut().zip(mean) {
+            *a += b * *m as f64;
+        }
+        for (a, s) in self.sum_outer.iter_mut().zip(second) {
+            *a += b * *s as f64;
+        }
+    }
+
+    /// Adds one batch from raw features `x: [O, n]` (row-major) of `images` images, computing
+    /// the moments in f64 (the reference path for tests and CPU use). Non-finite values count as 0.
+    pub fn update_features(&mut self, images: usize, x: &[f32], n: usize) {
+        let o = self.o;
+        let clean: Vec<f64> = x
+            .iter()
+            .map(|v| if v.is_finite() { *v as f64 } else { 0.0 })
+            .collect();
+        let mean: Vec<f32> = (0..o)
+            .map(|i| (clean[i * n..(i + 1) * n].iter().sum::<f64>() / n as f64) as f32)
+            .collect();
+        let mut second = vec![0f32; o * o];
+        for i in 0..o {
+            for j in 0..o {
+                let s: f64 = (0..n).map(|t| clean[i * n + t] * clean[j * n + t]).sum();
+                second[i * o + j] = (s / n as f64) as f32;
+            }
+        }
+        self.update(images, &mean, &second);
+    }
+
+    /// Population covariance: `E - mu mu^T`, symmetrised, negative diagonals clamped to 0
+    /// (reference doc §9.2).
+    ///
+    /// # Errors
+    /// [`MergeError::Invalid`] when no batch was added.
+    pub fn finalize(&self) -> Result<SquareMatrix, MergeError> {
+        if self.count == 0.0 {
+            return Err(MergeError::Invalid("no probe images were seen".into()));
+        }
+        let o = self.o;
+        let mu: Vec<f64> = self.sum_mean.iter().map(|v| v / self.count).collect();
+        let mut c = vec![0.0; o * o];
+        for i in 0..o {
+            for j in 0..o {
+                c[i * o + j] = self.sum_outer[i * o + j] / self.count - mu[i] * mu[j];
+            }
+        }
+        for i in 0..o {
+            for j in (i + 1)..o {
+                let v = 0.5 * (c[i * o + j] + c[j * o + i]);
+                c[i * o + j] = v;
+                c[j * o + i] = v;
+            }
+            if c[i * o + i] < 0.0 || !c[i * o + i].is_finite() {
+                c[i * o + i] = 0.0;
+            }
+        }
+        Ok(SquareMatrix { n: o, data: c })
+    }
+}
+
+/// How probe images are drawn.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Images to use (None = all).
+    pub images: Option<usize>,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Apply the training augmentation (the reference does).
+    pub augment: bool,
+    /// Seed of the subset, order and augmentation.
+    pub seed: u64,
+}
+
+/// The probe batches: seeded subset and order, optionally augmented, as u8 images.
+pub fn probe_batches(set: &ImageSet, opts: &ProbeOptions) -> Vec<Vec<Vec<u8>>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let mut idx: Vec<usize> = (0..set.len()).collect();
+    idx.shuffle(&mut rng);
+    idx.truncate(opts.images.unwrap_or(set.len()).min(set.len()));
+    idx.chunks(opts.batch_size.max(1))
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|&i| {
+                    if opts.augment {
+                        let mut out = vec![0u8; IMAGE_BYTES];
+                        augment_into(set.image(i), &mut out, &mut rng);
+                        out
+                    } else {
+                        set.image(i).to_vec()
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs `models` over the probe batches and accumulates the covariance of every feature space.
+/// `progress(images)` is called after each batch. Returns one accumulator per space.
+///
+/// # Errors
+/// [`MergeError::Invalid`] when the probe set is empty or the models' feature widths differ.
+pub fn collect(
+    models: &[Net],
+    batches: &[Vec<Vec<u8>>],
+    device: &Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<CovAccumulator>, MergeError> {
+    if batches.is_empty() {
+        return Err(MergeError::Invalid(
+            "the probe set is empty: expected at least one image".into(),
+        ));
+    }
+    let mut accs: Vec<CovAccumulator> = Vec::new();
+    for batch in batches {
+        let refs: Vec<&[u8]> = batch.iter().map(|v| v.as_slice()).collect();
+        let x = to_tensor(&refs, device);
+        let taps: Vec<Vec<Tensor<4>>> = models
+            .iter()
+            .map(|m| {
+                let mut ctx = ForwardCtx::with_taps();
+                m.forward(x.clone(), &mut ctx);
+                ctx.taps.unwrap_or_default()
+            })
+            .collect();
+        let spaces = taps[0].len();
+        for (s, _) in taps[0].iter().enumerate().take(spaces) {
+            let feats: Vec<Tensor<4>> = taps.iter().map(|t| t[s].clone()).collect();
+            let [b, c, h, w] = feats[0].dims();
+            if feats.iter().any(|f| f.dims()[1] != c) {
+                return Err(MergeError::Invalid(format!(
+                    "feature space {s}: the models have different widths"
+                )));
+            }
+            let stacked = Tensor::cat(feats, 1); // [B, O, H, W]
+            let o = c * models.len();
+            let n = b * h * w;
+            let xs = stacked.swap_dims(0, 1).reshape([o, n]);
+            let xs = xs.clone().mask_fill(xs.clone().is_nan(), 0.0);
+            let xs = xs.clone().mask_fill(xs.clone().is_inf(), 0.0);
+            let mean = xs.clone().mean_dim(1); // [O, 1]
+            let second = xs.clone().matmul(xs.transpose()).div_scalar(n as f64); // [O, O]
+            if accs.len() <= s {
+                accs.push(CovAccumulator::new(o));
+            }
+            let mean = mean
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default();
+            let second = second
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default();
+            accs[s].update(b, &mean, &second);
+        }
+        progress(batch.len());
+    }
+    Ok(accs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// T11: two unequal batches, [C, B*H*W] flattening, NaN/inf -> 0, image-count weighting.
+    #[test]
+    fn t11_covariance_of_two_unequal_batches() {
+        // O = 2 features. Batch 1: 1 image, n = 2 samples: f0 = [1, 3], f1 = [2, 2].
+        // Batch 2: 3 images with 1 sample each (n = 3): f0 = [NaN -> 0, 2, 4], f1 = [inf -> 0, 0, 3].
+        let mut acc = CovAccumulator::new(2);
+        acc.update_features(1, &[1.0, 3.0, 2.0, 2.0], 2);
+        acc.update_features(3, &[f32::NAN, 2.0, 4.0, f32::INFINITY, 0.0, 3.0], 3);
+        // batch 1: mean = [2, 2], S = [[(1+9)/2, (2+6)/2], [., (4+4)/2]] = [[5, 4], [4, 4]]
+        // batch 2: mean = [2, 1], S = [[(0+4+16)/3, (0+0+12)/3], [., 9/3]] = [[20/3, 4], [4, 3]]
+        // weights 1 and 3 (images): mu = ([2,2] + 3[2,1]) / 4 = [2, 1.25]
+        // E = ([[5,4],[4,4]] + 3[[20/3,4],[4,3]]) / 4 = [[25/4, 4], [4, 13/4]]
+        // Cov = E - mu mu^T = [[6.25-4, 4-2.5], [., 3.25-1.5625]] = [[2.25, 1.5], [1.5, 1.6875]]
+        let c = acc.finalize().unwrap();
+        let want = [2.25, 1.5, 1.5, 1.6875];
+        for (g, w) in c.data.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{:?}", c.data);
+        }
+    }
+
+    #[test]
+    fn negative_variance_from_roundoff_is_clamped() {
+        let mut acc = CovAccumulator::new(1);
+        acc.update(1, &[1.0], &[0.999_999]);
+        assert_eq!(acc.finalize().unwrap().data[0], 0.0);
+        assert!(CovAccumulator::new(3).finalize().is_err());
+    }
+}

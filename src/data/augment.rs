@@ -1,0 +1,84 @@
+//! CIFAR training augmentation (reference doc §2, §6): random horizontal flip, then random crop
+//! 32 with 4-pixel zero padding. Works on u8 HWC images, driven by a seeded RNG.
+
+use rand::Rng;
+
+use super::{IMAGE_BYTES, SIDE};
+
+/// Padding of the random crop, pixels.
+pub const PAD: usize = 4;
+
+/// Writes an augmented copy of `img` (`[32, 32, 3]` HWC) into `out`.
+pub fn augment_into<R: Rng>(img: &[u8], out: &mut [u8], rng: &mut R) {
+    let flip = rng.gen_bool(0.5);
+    let dy = rng.gen_range(0..=2 * PAD) as isize - PAD as isize;
+    let dx = rng.gen_range(0..=2 * PAD) as isize - PAD as isize;
+    crop_flip(img, out, dy, dx, flip);
+}
+
+/// Output pixel (y, x) = input pixel (y + dy, x' + dx) of the (optionally flipped) image, zero
+/// outside the image.
+pub fn crop_flip(img: &[u8], out: &mut [u8], dy: isize, dx: isize, flip: bool) {
+    debug_assert_eq!(img.len(), IMAGE_BYTES);
+    let s = SIDE as isize;
+    for y in 0..s {
+        for x in 0..s {
+            let (sy, sx) = (y + dy, x + dx);
+            let o = ((y * s + x) * 3) as usize;
+            if sy < 0 || sy >= s || sx < 0 || sx >= s {
+                out[o..o + 3].fill(0);
+            } else {
+                let sx = if flip { s - 1 - sx } else { sx };
+                let i = ((sy * s + sx) * 3) as usize;
+                out[o..o + 3].copy_from_slice(&img[i..i + 3]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn ramp() -> Vec<u8> {
+        (0..IMAGE_BYTES)
+            .map(|i| ((i / 3) % 251) as u8 + 1)
+            .collect()
+    }
+
+    #[test]
+    fn identity_shift_keeps_the_image() {
+        let img = ramp();
+        let mut out = vec![0; IMAGE_BYTES];
+        crop_flip(&img, &mut out, 0, 0, false);
+        assert_eq!(out, img);
+    }
+
+    #[test]
+    fn shift_pads_with_zeros_and_keeps_shape() {
+        let img = ramp();
+        let mut out = vec![9; IMAGE_BYTES];
+        crop_flip(&img, &mut out, -4, 0, false); // content moves down 4 rows
+        assert!(out[..4 * SIDE * 3].iter().all(|&v| v == 0));
+        assert_eq!(&out[4 * SIDE * 3..4 * SIDE * 3 + 3], &img[0..3]);
+        assert_eq!(out.len(), IMAGE_BYTES);
+    }
+
+    #[test]
+    fn flip_mirrors_columns() {
+        let img = ramp();
+        let mut out = vec![0; IMAGE_BYTES];
+        crop_flip(&img, &mut out, 0, 0, true);
+        assert_eq!(&out[0..3], &img[(SIDE - 1) * 3..SIDE * 3]);
+    }
+
+    #[test]
+    fn seeded_augmentation_is_deterministic() {
+        let img = ramp();
+        let (mut a, mut b) = (vec![0; IMAGE_BYTES], vec![0; IMAGE_BYTES]);
+        augment_into(&img, &mut a, &mut rand_chacha::ChaCha8Rng::seed_from_u64(5));
+        augment_into(&img, &mut b, &mut rand_chacha::ChaCha8Rng::seed_from_u64(5));
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,101 @@
+//! ImageFolder reader: `<root>/<class>/*.{jpg,jpeg,png}`, classes sorted by folder name give the
+//! label ids (as torchvision's `ImageFolder`). Decoding runs in parallel (rayon); images must be
+//! 32x32 (colour or greyscale, converted to RGB).
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::{ImageSet, IMAGE_BYTES, SIDE};
+use crate::error::DataError;
+
+/// Lists `(path, label)` of every image and the sorted class names.
+///
+/// # Errors
+/// [`DataError::Io`] for a missing or unreadable folder, or one with no class folders / images.
+pub fn list(root: &Path) -> Result<(Vec<(PathBuf, usize)>, Vec<String>), DataError> {
+    let io = |p: &Path, e: std::io::Error| DataError::Io {
+        path: p.display().to_string(),
+        msg: e.to_string(),
+    };
+    let mut classes: Vec<String> = std::fs::read_dir(root)
+        .map_err(|e| io(root, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    classes.sort();
+    if classes.is_empty() {
+        return Err(DataError::Io {
+            path: root.display().to_string(),
+            msg: "no class folders: expected an ImageFolder tree <root>/<class>/*.jpg".into(),
+        });
+    }
+    let mut items = Vec::new();
+    for (label, c) in classes.iter().enumerate() {
+        let dir = root.join(c);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| io(&dir, e))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                    matches!(x.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")
+                })
+            })
+            .collect();
+        files.sort();
+        items.extend(files.into_iter().map(|p| (p, label)));
+    }
+    if items.is_empty() {
+        return Err(DataError::Io {
+            path: root.display().to_string(),
+            msg: "no .jpg/.png images found".into(),
+        });
+    }
+    Ok((items, classes))
+}
+
+/// Decodes one image file to `[32, 32, 3]` u8.
+///
+/// # Errors
+/// [`DataError::Image`] naming the file when it cannot be decoded or is not 32x32.
+pub fn decode(path: &Path) -> Result<Vec<u8>, DataError> {
+    let img = image::open(path).map_err(|e| DataError::Image {
+        path: path.display().to_string(),
+        msg: format!("cannot decode image ({e})"),
+    })?;
+    if img.width() as usize != SIDE || img.height() as usize != SIDE {
+        return Err(DataError::Image {
+            path: path.display().to_string(),
+            msg: format!(
+                "image is {}x{}, expected {SIDE}x{SIDE}",
+                img.width(),
+                img.height()
+            ),
+        });
+    }
+    Ok(img.to_rgb8().into_raw())
+}
+
+/// Loads and decodes a whole ImageFolder tree.
+///
+/// # Errors
+/// As [`list`] and [`decode`].
+pub fn load(root: &Path) -> Result<ImageSet, DataError> {
+    let (items, class_names) = list(root)?;
+    let decoded: Result<Vec<Vec<u8>>, DataError> =
+        items.par_iter().map(|(p, _)| decode(p)).collect();
+    let decoded = decoded?;
+    let mut pixels = Vec::with_capacity(items.len() * IMAGE_BYTES);
+    for d in &decoded {
+        pixels.extend_from_slice(d);
+    }
+    Ok(ImageSet {
+        pixels,
+        labels: items.iter().map(|(_, l)| *l).collect(),
+        class_names,
+        source: root.display().to_string(),
+    })
+}

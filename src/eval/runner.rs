@@ -1,0 +1,94 @@
+//! Runs models (one, a multi-head model, or an ensemble) over an image set and tallies accuracy
+//! with the reference rules of [`super`].
+
+use burn::tensor::{Device, Tensor};
+
+use super::{Accuracy, JointRule, Tally};
+use crate::data::{to_tensor, ImageSet};
+use crate::models::head::HeadSpec;
+use crate::models::system::System;
+use crate::models::ForwardCtx;
+
+/// Which head serves each task: `(system index, head index)`.
+pub fn assign_heads(systems: &[System], tasks: &[Vec<usize>]) -> Vec<(usize, usize)> {
+    tasks
+        .iter()
+        .map(|t| {
+            let mut best: Option<((usize, usize), usize)> = None;
+            for (i, s) in systems.iter().enumerate() {
+                for (j, h) in s.heads.iter().enumerate() {
+                    let overlap = h.classes.iter().filter(|c| t.contains(c)).count();
+                    let usable = overlap > 0 || matches!(h.spec, HeadSpec::Text { .. });
+                    if usable && best.is_none_or(|(_, o)| overlap > o) {
+                        best = Some(((i, j), overlap));
+                    }
+                }
+            }
+            best.map(|b| b.0).unwrap_or((0, 0))
+        })
+        .collect()
+}
+
+/// The joint-prediction rule for these systems (§5, quirk 13).
+pub fn joint_rule(systems: &[System]) -> JointRule {
+    let heads: Vec<&HeadSpec> = systems
+        .iter()
+        .flat_map(|s| s.heads.iter().map(|h| &h.spec))
+        .collect();
+    if heads.len() == 1 && matches!(heads[0], HeadSpec::Text { .. }) {
+        JointRule::Raw
+    } else {
+        JointRule::TaskSoftmax
+    }
+}
+
+/// Evaluates `systems` (an ensemble when several) on `data` with the given tasks, in batches of
+/// `batch` images, calling `progress(images_done)` after each batch.
+pub fn evaluate(
+    systems: &[System],
+    data: &ImageSet,
+    tasks: &[Vec<usize>],
+    batch: usize,
+    device: &Device,
+    progress: &mut dyn FnMut(usize),
+) -> Accuracy {
+    let assign = assign_heads(systems, tasks);
+    let rule = joint_rule(systems);
+    let mut tally = Tally::new(tasks.len());
+    let idx: Vec<usize> = (0..data.len())
+        .filter(|&i| tasks.iter().any(|t| t.contains(&data.labels[i])))
+        .collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let imgs: Vec<&[u8]> = chunk.iter().map(|&i| data.image(i)).collect();
+        let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i]).collect();
+        let x = to_tensor(&imgs, device);
+        let outs: Vec<Vec<Tensor<2>>> = systems
+            .iter()
+            .map(|s| s.forward_heads(x.clone(), &mut ForwardCtx::default()))
+            .collect();
+        let task_logits: Vec<Vec<Vec<f32>>> = tasks
+            .iter()
+            .zip(&assign)
+            .map(|(t, &(si, hj))| {
+                let h = &systems[si].heads[hj];
+                let l = h.spec.logits(outs[si][hj].clone(), &h.classes, t);
+                rows(l)
+            })
+            .collect();
+        tally.add(tasks, &task_logits, &labels, rule);
+        progress(chunk.len());
+    }
+    let flops = systems.iter().map(System::flops).sum();
+    tally.accuracy(tasks, flops)
+}
+
+/// A `[rows, cols]` tensor as nested vectors.
+pub fn rows(t: Tensor<2>) -> Vec<Vec<f32>> {
+    let [r, c] = t.dims();
+    let v = t
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    (0..r).map(|i| v[i * c..(i + 1) * c].to_vec()).collect()
+}

@@ -1,0 +1,427 @@
+//! The merge pipeline (reference doc §1.1): endpoints -> (optional endpoint BN reset) ->
+//! statistics -> per-space matching -> rewriting at a stop -> BN reset -> merged model. Each step
+//! is a separate function so that `sweep` can collect statistics once and rewrite per stop.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::checkpoint::{self, HeadManifest, ModelManifest, StateDict};
+use crate::collect::{self, CovAccumulator};
+use crate::error::MergeError;
+use crate::matching::{
+    correlation, rebasin::git_rebasin, Identity, Matcher, MergeUnmerge, Permute, ReturnA,
+    SquareMatrix, ZipIt,
+};
+use crate::models::head::HeadSpec;
+use crate::models::Net;
+use crate::rewrite::{self, bn_reset, Zipped};
+use crate::spec::{MergeSpec, Stop};
+
+/// Matching method.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum Method {
+    /// ZipIt! greedy zip (reference doc §3.1).
+    Zipit {
+        /// Repeated-matching discount alpha (> 0).
+        alpha: f64,
+        /// Same-model merge budget beta in [0, 1].
+        beta: f64,
+    },
+    /// Permute: Hungarian matching on the cross-correlation (§3.2).
+    Permute,
+    /// Weight averaging (identity, §3.3).
+    WeightAvg,
+    /// Git Re-Basin weight matching (data-free, §3.5).
+    GitRebasin {
+        /// Seed of the group visiting order.
+        seed: u64,
+    },
+    /// Model A unchanged (debug, §3.4).
+    ReturnA,
+}
+
+impl Method {
+    /// Parses `--method` with its hyper-parameters.
+    ///
+    /// # Errors
+    /// [`MergeError::Invalid`] for an unknown name or invalid alpha/beta.
+    pub fn parse(name: &str, alpha: f64, beta: f64, seed: u64) -> Result<Self, MergeError> {
+        let m = match name {
+            "zipit" => Method::Zipit { alpha, beta },
+            "permute" => Method::Permute,
+            "weight-avg" | "wavg" => Method::WeightAvg,
+            "git-rebasin" => Method::GitRebasin { seed },
+            "return-a" => Method::ReturnA,
+            o => {
+                return Err(MergeError::Invalid(format!(
+                    "--method `{o}`: expected zipit, permute, weight-avg, git-rebasin or return-a"
+                )))
+            }
+        };
+        if let Method::Zipit { alpha, beta } = m {
+            ZipIt { alpha, beta }
+                .check_params()
+                .map_err(|e| MergeError::Invalid(e.to_string()))?;
+        }
+        Ok(m)
+    }
+
+    /// Whether the method needs feature statistics.
+    pub fn needs_statistics(&self) -> bool {
+        matches!(self, Method::Zipit { .. } | Method::Permute)
+    }
+
+    /// Display name as in the paper's tables.
+    pub fn label(&self) -> String {
+        match self {
+            Method::Zipit { .. } => "ZipIt!".into(),
+            Method::Permute => "Permute".into(),
+            Method::WeightAvg => "W.Avg".into(),
+            Method::GitRebasin { .. } => "Git Re-Basin".into(),
+            Method::ReturnA => "Model A".into(),
+        }
+    }
+}
+
+/// The source models of a merge.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    /// Model folders.
+    pub dirs: Vec<PathBuf>,
+    /// Manifests.
+    pub manifests: Vec<ModelManifest>,
+    /// Weights.
+    pub states: Vec<StateDict>,
+    /// The shared merge spec.
+    pub spec: MergeSpec,
+}
+
+impl Endpoints {
+    /// Loads N >= 2 single models and checks they can be merged.
+    ///
+    /// # Errors
+    /// [`MergeError`] naming the file and the mismatch (architecture, width, head kind or
+    /// dimension, multi-head inputs).
+    pub fn load(dirs: &[PathBuf]) -> Result<Self, MergeError> {
+        if dirs.len() < 2 {
+            return Err(MergeError::Invalid(
+                "merging needs at least two --model folders".into(),
+            ));
+        }
+        let mut manifests = Vec::new();
+        let mut states = Vec::new();
+        for d in dirs {
+            let d = checkpoint::model_dir(d);
+            let m = checkpoint::read_manifest(&d)?;
+            if m.is_multi_head() {
+                return Err(MergeError::Invalid(format!(
+                    "{}: is a multi-head model; merge single models",
+                    d.display()
+                )));
+            }
+            let s = checkpoint::read_weights(&d, &m.weights)?;
+            // check the weights fit before anything else runs
+            Net::from_state(&m.net_config(), &s, &Device::flex()).map_err(|e| {
+                MergeError::Invalid(format!("{}: {e}", d.join(&m.weights).display()))
+            })?;
+            manifests.push(m);
+            states.push(s);
+        }
+        let a = &manifests[0];
+        for (m, d) in manifests.iter().zip(dirs).skip(1) {
+            if (m.arch, m.width) != (a.arch, a.width) {
+                return Err(MergeError::Invalid(format!(
+                    "{} is {} x{} but {} is {} x{}: models must share architecture and width",
+                    d.display(),
+                    m.arch,
+                    m.width,
+                    dirs[0].display(),
+                    a.arch,
+                    a.width
+                )));
+            }
+            if m.heads[0].head.kind() != a.heads[0].head.kind() {
+                return Err(MergeError::Invalid(format!(
+                    "{} has a {} head but {} has a {} head: models must share the head kind",
+                    d.display(),
+                    m.heads[0].head.kind(),
+                    dirs[0].display(),
+                    a.heads[0].head.kind()
+                )));
+            }
+            if m.net_config().out != a.net_config().out {
+                return Err(MergeError::Invalid(format!(
+                    "{} has {} outputs but {} has {}",
+                    d.display(),
+                    m.net_config().out,
+                    dirs[0].display(),
+                    a.net_config().out
+                )));
+            }
+        }
+        let spec = MergeSpec::of(&a.net_config());
+        Ok(Self {
+            dirs: dirs.to_vec(),
+            manifests,
+            states,
+            spec,
+        })
+    }
+
+    /// Number of models N.
+    pub fn n(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Resets the BN statistics of every endpoint (reference §1.1 step 2).
+    ///
+    /// # Errors
+    /// As [`bn_reset::reset`].
+    pub fn reset_bn(
+        &mut self,
+        batches: &[Vec<Vec<u8>>],
+        device: &Device,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<(), MergeError> {
+        for (m, s) in self.manifests.iter().zip(self.states.iter_mut()) {
+            bn_reset::reset(m, s, &mut [], batches, device, progress)?;
+        }
+        Ok(())
+    }
+
+    /// Runnable networks of the endpoints.
+    ///
+    /// # Errors
+    /// [`MergeError::Model`] if weights do not fit.
+    pub fn nets(&self, device: &Device) -> Result<Vec<Net>, MergeError> {
+        self.manifests
+            .iter()
+            .zip(&self.states)
+            .map(|(m, s)| Net::from_state(&m.net_config(), s, device).map_err(Into::into))
+            .collect()
+    }
+}
+
+/// Collected statistics: one covariance per feature space.
+#[derive(Clone, Debug)]
+pub struct Statistics {
+    /// Covariance `[O, O]` per space.
+    pub covariances: Vec<SquareMatrix>,
+    /// Probe images used.
+    pub images: usize,
+}
+
+/// Collects feature statistics of the endpoints on the probe batches.
+///
+/// # Errors
+/// [`MergeError`] for an empty probe set.
+pub fn statistics(
+    ep: &Endpoints,
+    batches: &[Vec<Vec<u8>>],
+    device: &Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Statistics, MergeError> {
+    let nets = ep.nets(device)?;
+    let accs: Vec<CovAccumulator> = collect::collect(&nets, batches, device, progress)?;
+    let covariances = accs
+        .iter()
+        .map(CovAccumulator::finalize)
+        .collect::<Result<_, _>>()?;
+    Ok(Statistics {
+        covariances,
+        images: batches.iter().map(Vec::len).sum(),
+    })
+}
+
+/// Matches the first `spaces` feature spaces.
+///
+/// # Errors
+/// [`MergeError::Space`] naming the space when a matcher fails; [`MergeError::Invalid`] when
+/// statistics are needed but missing.
+pub fn match_spaces(
+    ep: &Endpoints,
+    method: &Method,
+    stats: Option<&Statistics>,
+    spaces: usize,
+    eps: f64,
+) -> Result<Vec<MergeUnmerge>, MergeError> {
+    let n = ep.n();
+    if let Method::GitRebasin { seed } = method {
+        return git_rebasin(&ep.spec, &ep.states, *seed, eps);
+    }
+    let mut out = Vec::new();
+    for s in 0..spaces {
+        let space = &ep.spec.spaces[s];
+        let o = space.width * n;
+        let r = match method {
+            Method::Zipit { alpha, beta } => {
+                let cov = need(stats, s)?;
+                ZipIt {
+                    alpha: *alpha,
+                    beta: *beta,
+                }
+                .solve(&correlation(cov), n, eps)
+            }
+            Method::Permute => Permute.solve(&correlation(need(stats, s)?), n, eps),
+            Method::WeightAvg => Identity.solve(
+                &SquareMatrix {
+                    n: o,
+                    data: vec![0.0; o * o],
+                },
+                n,
+                eps,
+            ),
+            Method::ReturnA => ReturnA.solve(
+                &SquareMatrix {
+                    n: o,
+                    data: vec![0.0; o * o],
+                },
+                n,
+                eps,
+            ),
+            Method::GitRebasin { .. } => unreachable!(),
+        }
+        .map_err(|e| MergeError::Space {
+            space: space.name.clone(),
+            msg: e.to_string(),
+        })?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn need(stats: Option<&Statistics>, s: usize) -> Result<&SquareMatrix, MergeError> {
+    stats.and_then(|st| st.covariances.get(s)).ok_or_else(|| {
+        MergeError::Invalid("this method needs feature statistics (a probe set)".into())
+    })
+}
+
+/// A merged model in memory.
+#[derive(Clone, Debug)]
+pub struct Merged {
+    /// Its manifest.
+    pub manifest: ModelManifest,
+    /// Rewritten weights.
+    pub zipped: Zipped,
+}
+
+/// Builds the merged model at `stop` from matched spaces.
+///
+/// # Errors
+/// [`MergeError`] for incompatible weights or a full zip of linear heads over different classes.
+pub fn build(
+    ep: &Endpoints,
+    transforms: &[MergeUnmerge],
+    stop: &Stop,
+    provenance: serde_json::Value,
+) -> Result<Merged, MergeError> {
+    let zipped = rewrite::zip(&ep.spec, &ep.states, transforms, stop)?;
+    let a = &ep.manifests[0];
+    let heads = if stop.is_full() {
+        let mut classes: Vec<usize> = ep
+            .manifests
+            .iter()
+            .flat_map(|m| m.heads[0].classes.clone())
+            .collect();
+        if let HeadSpec::Linear = a.heads[0].head {
+            if ep
+                .manifests
+                .iter()
+                .any(|m| m.heads[0].classes != a.heads[0].classes)
+            {
+                return Err(MergeError::Invalid(
+                    "a full zip averages the final linear layers, which is undefined for logit heads over different classes: use a partial zip (e.g. --stop 19/20)".into(),
+                ));
+            }
+            classes = a.heads[0].classes.clone();
+        } else {
+            classes.sort_unstable();
+            classes.dedup();
+        }
+        vec![HeadManifest {
+            weights: None,
+            classes,
+            head: a.heads[0].head.clone(),
+        }]
+    } else {
+        ep.manifests
+            .iter()
+            .enumerate()
+            .map(|(i, m)| HeadManifest {
+                weights: Some(format!("head{i}.safetensors")),
+                ..m.heads[0].clone()
+            })
+            .collect()
+    };
+    let manifest = ModelManifest {
+        format: checkpoint::FORMAT.into(),
+        arch: a.arch,
+        width: a.width,
+        weights: if stop.is_full() {
+            "model.safetensors".into()
+        } else {
+            "trunk.safetensors".into()
+        },
+        stop_cut: stop.cut,
+        stop: Some(stop.name.clone()),
+        heads,
+        class_names: a.class_names.clone(),
+        provenance,
+        zipmerge_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    Ok(Merged { manifest, zipped })
+}
+
+impl Merged {
+    /// Resets BN statistics of trunk and heads on the given batches (reference §4.4).
+    ///
+    /// # Errors
+    /// As [`bn_reset::reset`].
+    pub fn reset_bn(
+        &mut self,
+        batches: &[Vec<Vec<u8>>],
+        device: &Device,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<(), MergeError> {
+        bn_reset::reset(
+            &self.manifest,
+            &mut self.zipped.trunk,
+            &mut self.zipped.heads,
+            batches,
+            device,
+            progress,
+        )
+    }
+
+    /// Runnable system.
+    ///
+    /// # Errors
+    /// [`MergeError::Model`] if weights do not fit.
+    pub fn system(&self, device: &Device) -> Result<crate::models::system::System, MergeError> {
+        bn_reset::build_system(
+            &self.manifest,
+            &self.zipped.trunk,
+            &self.zipped.heads,
+            device,
+        )
+    }
+
+    /// Writes the model folder atomically.
+    ///
+    /// # Errors
+    /// [`MergeError::Checkpoint`] when the folder cannot be written.
+    pub fn save(&self, dir: &Path) -> Result<(), MergeError> {
+        let mut files: Vec<(String, &StateDict)> =
+            vec![(self.manifest.weights.clone(), &self.zipped.trunk)];
+        for (h, s) in self.manifest.heads.iter().zip(&self.zipped.heads) {
+            if let Some(f) = &h.weights {
+                files.push((f.clone(), s));
+            }
+        }
+        checkpoint::write_model(dir, &self.manifest, &files)?;
+        Ok(())
+    }
+}

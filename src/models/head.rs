@@ -1,0 +1,151 @@
+//! Output heads: how a network's final-layer output becomes logits over its classes.
+//!
+//! - `linear`: the final layer's outputs are the logits over the task's classes (cross-entropy).
+//! - `text`: the final layer emits a D-dim embedding `e`; the logits are `100 * cos(e, T_c)` for
+//!   each class c of the task, with `T` a frozen table of class embeddings (the paper's CLIP-head
+//!   protocol; reference doc §5.1, §6).
+
+use std::path::Path;
+
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+
+/// Temperature of text-embedding heads (reference doc §5.1, §6).
+pub const TEXT_TEMPERATURE: f32 = 100.0;
+
+/// The head of a model, stored in its manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum HeadSpec {
+    /// Logit head: one output per class of `classes`.
+    Linear,
+    /// Frozen class-embedding head.
+    Text {
+        /// Embedding dimension D.
+        dim: usize,
+        /// Where the table came from (file path as given).
+        source: String,
+        /// One unit-norm row per label id of the data set (row c = class c), `[labels, D]`, so
+        /// the head can score any class, not only the ones it was trained on.
+        embeddings: Vec<Vec<f32>>,
+    },
+}
+
+impl HeadSpec {
+    /// Short label: `linear` or `text`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HeadSpec::Linear => "linear",
+            HeadSpec::Text { .. } => "text",
+        }
+    }
+
+    /// Output width the network's final layer must have for `n_classes` classes.
+    pub fn net_outputs(&self, n_classes: usize) -> usize {
+        match self {
+            HeadSpec::Linear => n_classes,
+            HeadSpec::Text { dim, .. } => *dim,
+        }
+    }
+
+    /// Logits for `query` classes (label ids) from the final-layer output `y: [batch, out]`
+    /// -> `[batch, query.len()]`. `trained` lists the classes of a linear head's outputs, in
+    /// order; a linear head gives [`NO_LOGIT`] for a class it has no output for. A text head
+    /// scores any class with `100 * cos(y, T_c)`.
+    pub fn logits(&self, y: Tensor<2>, trained: &[usize], query: &[usize]) -> Tensor<2> {
+        let device = y.device();
+        match self {
+            HeadSpec::Linear => {
+                let [b, _] = y.dims();
+                let cols: Vec<Tensor<2>> = query
+                    .iter()
+                    .map(|c| match trained.iter().position(|t| t == c) {
+                        Some(i) => y.clone().narrow(1, i, 1),
+                        None => Tensor::full([b, 1], NO_LOGIT, &device),
+                    })
+                    .collect();
+                Tensor::cat(cols, 1)
+            }
+            HeadSpec::Text {
+                embeddings, dim, ..
+            } => {
+                let rows: Vec<f32> = query
+                    .iter()
+                    .flat_map(|&c| embeddings[c].iter().copied())
+                    .collect();
+                let t = Tensor::<2>::from_data(TensorData::new(rows, [query.len(), *dim]), &device);
+                let norm = y
+                    .clone()
+                    .powf_scalar(2.0)
+                    .sum_dim(1)
+                    .sqrt()
+                    .clamp_min(1e-12);
+                let e = y / norm;
+                e.matmul(t.transpose()).mul_scalar(TEXT_TEMPERATURE)
+            }
+        }
+    }
+
+    /// Largest label id this head can score + 1 (text heads), or `None` (linear heads).
+    pub fn label_count(&self) -> Option<usize> {
+        match self {
+            HeadSpec::Linear => None,
+            HeadSpec::Text { embeddings, .. } => Some(embeddings.len()),
+        }
+    }
+}
+
+/// Logit given by a linear head to a class it has no output for.
+pub const NO_LOGIT: f32 = -1.0e9;
+
+/// A class-embedding file (`class-text-embeddings.json`): `{"dim": D, "classes": [...],
+/// "embeddings": [[...], ...]}`, rows in label order.
+#[derive(Clone, Debug, Deserialize)]
+pub struct EmbeddingFile {
+    /// Embedding dimension.
+    pub dim: usize,
+    /// Class names in label order.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// One row per label.
+    pub embeddings: Vec<Vec<f32>>,
+}
+
+/// Reads an embedding file and builds a text head, L2-normalising rows; checks it has a row for
+/// each of `classes` (label ids).
+///
+/// # Errors
+/// [`ModelError::Invalid`] naming the file when it is missing, malformed, has rows of the wrong
+/// length, or lacks a row for one of `classes`.
+pub fn text_head(path: &Path, classes: &[usize]) -> Result<HeadSpec, ModelError> {
+    let f = path.display().to_string();
+    let raw = std::fs::read_to_string(path)
+        .map_err(|e| ModelError::Invalid(format!("{f}: cannot read embedding file ({e})")))?;
+    let ef: EmbeddingFile = serde_json::from_str(&raw)
+        .map_err(|e| ModelError::Invalid(format!("{f}: not a class-embedding JSON file ({e})")))?;
+    if let Some(&c) = classes.iter().find(|&&c| c >= ef.embeddings.len()) {
+        return Err(ModelError::Invalid(format!(
+            "{f}: has {} class rows, no row for class {c}",
+            ef.embeddings.len()
+        )));
+    }
+    let mut embeddings = Vec::new();
+    for (c, row) in ef.embeddings.iter().enumerate() {
+        if row.len() != ef.dim {
+            return Err(ModelError::Invalid(format!(
+                "{f}: row {c} has {} values, expected dim {}",
+                row.len(),
+                ef.dim
+            )));
+        }
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        embeddings.push(row.iter().map(|v| v / n).collect());
+    }
+    Ok(HeadSpec::Text {
+        dim: ef.dim,
+        source: f,
+        embeddings,
+    })
+}

@@ -1,0 +1,109 @@
+//! Shared building blocks of the model files: conv/BN constructors and the forward context that
+//! lets one forward pass serve training, evaluation, feature capture ("taps") and BN reset.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
+use burn::tensor::{Device, Tensor};
+
+/// A 3x3 conv with padding 1 (the only conv shape ResNet-20 and VGG-11 use).
+/// Weights start at zero: real initial values come from [`crate::models::init`].
+pub fn conv3x3(cin: usize, cout: usize, stride: usize, bias: bool, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [3, 3])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(bias)
+        .with_initializer(Initializer::Zeros)
+        .init(device)
+}
+
+/// BatchNorm2d with PyTorch's defaults (eps 1e-5, momentum 0.1).
+pub fn bn(channels: usize, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(channels).init(device)
+}
+
+/// How BatchNorm layers behave in a forward pass.
+#[derive(Debug, Default)]
+pub enum BnMode {
+    /// burn's own behaviour: batch statistics (and running-stat updates) on an autodiff device
+    /// in training, running statistics otherwise. Used for training and evaluation.
+    #[default]
+    Module,
+    /// Normalise with the batch's own statistics and record, per BN layer, the batch mean and the
+    /// unbiased batch variance (PyTorch train-mode semantics; reference doc §4.4). Used by BN reset.
+    Record,
+}
+
+/// Per-BN batch statistics recorded in [`BnMode::Record`]: `(name, mean [C], unbiased var [C])`.
+pub type BnRecord = (String, Vec<f32>, Vec<f32>);
+
+/// Mutable side channel of one forward pass.
+#[derive(Default)]
+pub struct ForwardCtx {
+    /// BatchNorm behaviour.
+    pub bn_mode: BnMode,
+    /// Recorded BN statistics (filled in [`BnMode::Record`]), in forward order.
+    pub bn_records: Vec<BnRecord>,
+    /// When `Some`, the features at every merge point, in feature-space order
+    /// (`[batch, channels, height, width]` each; reference doc §2).
+    pub taps: Option<Vec<Tensor<4>>>,
+    /// Prefix of recorded BN names (set by multi-part forwards: `trunk:`, `head0:`, ...).
+    pub prefix: String,
+}
+
+impl ForwardCtx {
+    /// A context that captures the features at every merge point.
+    pub fn with_taps() -> Self {
+        Self {
+            taps: Some(Vec::new()),
+            ..Default::default()
+        }
+    }
+
+    /// A context that records BN batch statistics.
+    pub fn recording_bn() -> Self {
+        Self {
+            bn_mode: BnMode::Record,
+            ..Default::default()
+        }
+    }
+
+    /// Stores the features of the next merge point, if capturing.
+    pub fn tap(&mut self, x: &Tensor<4>) {
+        if let Some(t) = self.taps.as_mut() {
+            t.push(x.clone());
+        }
+    }
+
+    /// Applies BatchNorm `m` (named `name`, PyTorch naming) to `x: [batch, C, H, W]`.
+    pub fn bn(&mut self, name: &str, m: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+        match self.bn_mode {
+            BnMode::Module => m.forward(x),
+            BnMode::Record => {
+                let [b, c, h, w] = x.dims();
+                let n = (b * h * w) as f64;
+                let flat = x.clone().swap_dims(0, 1).reshape([c, b * h * w]);
+                let (var_b, mean) = flat.var_mean_bias(1); // [C,1] each
+                let var_u = var_b.clone().mul_scalar(n / (n - 1.0).max(1.0));
+                self.bn_records.push((
+                    format!("{}{name}", self.prefix),
+                    mean.clone()
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .unwrap_or_default(),
+                    var_u.into_data().try_to_vec::<f32>().unwrap_or_default(),
+                ));
+                let mean = mean.reshape([1, c, 1, 1]);
+                let std = var_b.add_scalar(m.epsilon).sqrt().reshape([1, c, 1, 1]);
+                let gamma = m.gamma.val().reshape([1, c, 1, 1]);
+                let beta = m.beta.val().reshape([1, c, 1, 1]);
+                (x - mean) / std * gamma + beta
+            }
+        }
+    }
+}
+
+/// Number of float parameters of a module.
+pub fn param_count<M: Module>(m: &M) -> usize {
+    m.num_params()
+}

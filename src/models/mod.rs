@@ -1,0 +1,290 @@
+//! Model definitions (ResNet-20 x w, VGG-11 x w), their initialisation, weight bridge to
+//! PyTorch-layout state dicts, parameter and FLOP counts, and output heads.
+
+pub mod bridge;
+pub mod head;
+pub mod layers;
+pub mod resnet20;
+pub mod system;
+pub mod vgg11;
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::StateDict;
+use crate::error::ModelError;
+pub use layers::ForwardCtx;
+use resnet20::ResNet20;
+use vgg11::{Vgg11, VGG11_CHANNELS, VGG11_POOL_AFTER};
+
+/// Supported architectures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// CIFAR ResNet-20 (reference doc §1.3).
+    Resnet20,
+    /// CIFAR VGG-11 (reference doc §1.4).
+    Vgg11,
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arch::Resnet20 => "resnet20",
+            Arch::Vgg11 => "vgg11",
+        })
+    }
+}
+
+impl FromStr for Arch {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "resnet20" => Ok(Arch::Resnet20),
+            "vgg11" => Ok(Arch::Vgg11),
+            o => Err(ModelError::Invalid(format!(
+                "unknown --arch `{o}`: expected resnet20 or vgg11"
+            ))),
+        }
+    }
+}
+
+/// Shape of a network: architecture, width multiplier and output dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// Architecture.
+    pub arch: Arch,
+    /// Width multiplier w (>= 1).
+    pub width: usize,
+    /// Outputs of the final linear layer (embedding dim for text heads, class count for linear).
+    pub out: usize,
+}
+
+impl NetConfig {
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    /// [`ModelError::Invalid`] for width 0 or out 0.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.width == 0 {
+            return Err(ModelError::Invalid(
+                "--width 0: the width multiplier must be >= 1".into(),
+            ));
+        }
+        if self.width > 64 {
+            return Err(ModelError::Invalid(format!(
+                "--width {}: widths above 64 are not supported",
+                self.width
+            )));
+        }
+        if self.out == 0 {
+            return Err(ModelError::Invalid(
+                "the model needs at least one output".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Index of the output cut (number of segments): 4 for ResNet-20, 9 for VGG-11.
+    pub fn output_cut(&self) -> usize {
+        match self.arch {
+            Arch::Resnet20 => 4,
+            Arch::Vgg11 => 9,
+        }
+    }
+
+    /// Forward multiply-accumulates per 32x32 image (conv and linear layers; BN, ReLU, pooling
+    /// and additions are not counted). Units: MACs per image.
+    pub fn flops(&self) -> u64 {
+        self.flops_segment(0, self.output_cut())
+    }
+
+    /// MACs per image of cut segment `from..to` (see [`Net::forward_segment`]).
+    pub fn flops_segment(&self, from: usize, to: usize) -> u64 {
+        let w = self.width as u64;
+        let conv = |cin: u64, cout: u64, hw: u64| cin * cout * 9 * hw * hw;
+        let mut total = 0u64;
+        for cut in from..to {
+            total += match self.arch {
+                Arch::Resnet20 => match cut {
+                    0 => conv(3, 16 * w, 32) + 6 * conv(16 * w, 16 * w, 32),
+                    1 => {
+                        // block 0: conv1 stride 2, conv2, shortcut conv stride 2; blocks 1, 2
+                        conv(16 * w, 32 * w, 16) * 2 + conv(32 * w, 32 * w, 16) * 5
+                    }
+                    2 => conv(32 * w, 64 * w, 8) * 2 + conv(64 * w, 64 * w, 8) * 5,
+                    _ => 64 * w * self.out as u64,
+                },
+                Arch::Vgg11 => {
+                    if cut < 8 {
+                        let cin = if cut == 0 {
+                            3
+                        } else {
+                            VGG11_CHANNELS[cut - 1] as u64 * w
+                        };
+                        let pools = VGG11_POOL_AFTER[..cut].iter().filter(|p| **p).count();
+                        conv(cin, VGG11_CHANNELS[cut] as u64 * w, 32 >> pools)
+                    } else {
+                        512 * w * self.out as u64
+                    }
+                }
+            };
+        }
+        total
+    }
+}
+
+/// A network of either architecture (a burn module).
+#[derive(Module, Debug)]
+pub enum Net {
+    /// ResNet-20 x w.
+    Resnet20(ResNet20),
+    /// VGG-11 x w.
+    Vgg11(Vgg11),
+}
+
+impl Net {
+    /// Builds the module tree with all-zero weights (load a [`StateDict`] next).
+    pub fn empty(cfg: &NetConfig, device: &Device) -> Self {
+        match cfg.arch {
+            Arch::Resnet20 => Net::Resnet20(ResNet20::new(cfg.width, cfg.out, device)),
+            Arch::Vgg11 => Net::Vgg11(Vgg11::new(cfg.width, cfg.out, device)),
+        }
+    }
+
+    /// Builds the network and loads `state` into it, checking every name and shape.
+    ///
+    /// # Errors
+    /// [`ModelError::Weights`] naming the first missing, mismatching or unknown tensor.
+    pub fn from_state(
+        cfg: &NetConfig,
+        state: &StateDict,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let (net, rep) = bridge::load_state(Net::empty(cfg, device), state);
+        if let Some((n, e, f)) = rep.mismatched.first() {
+            return Err(ModelError::Weights(format!(
+                "tensor `{n}` has shape {f:?}, expected {e:?} for {} x{} with {} outputs",
+                cfg.arch, cfg.width, cfg.out
+            )));
+        }
+        if let Some(n) = rep.missing.first() {
+            return Err(ModelError::Weights(format!(
+                "tensor `{n}` is missing ({} missing in all)",
+                rep.missing.len()
+            )));
+        }
+        if let Some(n) = rep.unused.first() {
+            return Err(ModelError::Weights(format!(
+                "unknown tensor `{n}` for {} ({} unknown in all)",
+                cfg.arch,
+                rep.unused.len()
+            )));
+        }
+        Ok(net)
+    }
+
+    /// Reads the weights back as a PyTorch-layout state dict.
+    pub fn to_state(&self) -> StateDict {
+        bridge::to_state(self)
+    }
+
+    /// Runs cut segment `from..to` (cuts as in [`ResNet20::forward_segment`] /
+    /// [`Vgg11::forward_segment`]). The output cut is returned as `[batch, out, 1, 1]`.
+    pub fn forward_segment(
+        &self,
+        x: Tensor<4>,
+        from: usize,
+        to: usize,
+        ctx: &mut ForwardCtx,
+    ) -> Tensor<4> {
+        match self {
+            Net::Resnet20(m) => m.forward_segment(x, from, to, ctx),
+            Net::Vgg11(m) => m.forward_segment(x, from, to, ctx),
+        }
+    }
+
+    /// Output cut index of this network.
+    pub fn output_cut(&self) -> usize {
+        match self {
+            Net::Resnet20(_) => 4,
+            Net::Vgg11(_) => 9,
+        }
+    }
+
+    /// Full forward: `x: [batch, 3, 32, 32]` (normalised) -> `[batch, out]`.
+    pub fn forward(&self, x: Tensor<4>, ctx: &mut ForwardCtx) -> Tensor<2> {
+        let y = self.forward_segment(x, 0, self.output_cut(), ctx);
+        let [b, o, _, _] = y.dims();
+        y.reshape([b, o])
+    }
+}
+
+/// Initial weights for `cfg` drawn from a ChaCha8 stream seeded with `seed`, in sorted tensor
+/// name order, so every backend starts from the same bits.
+///
+/// ResNet-20 follows the reference (§1.3): Kaiming-normal (fan_in, gain sqrt 2) for conv and
+/// linear weights, PyTorch defaults elsewhere (BN weight 1, bias 0, running mean 0 / var 1, linear
+/// bias U(+-1/sqrt(fan_in))). VGG-11 uses PyTorch defaults (§1.4): weights and biases
+/// U(+-1/sqrt(fan_in)).
+pub fn init_state(cfg: &NetConfig, seed: u64) -> StateDict {
+    let device = Device::flex();
+    let mut state = Net::empty(cfg, &device).to_state();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let fan_in_of = |s: &StateDict, name: &str| -> usize {
+        let base = name.rsplit_once('.').map(|(b, _)| b).unwrap_or("");
+        let w = &s[&format!("{base}.weight")];
+        w.row_len()
+    };
+    let names: Vec<String> = state.keys().cloned().collect();
+    for name in names {
+        let is_bn = state.contains_key(&format!(
+            "{}.running_mean",
+            name.rsplit_once('.').map(|(b, _)| b).unwrap_or("")
+        ));
+        let leaf = name.rsplit('.').next().unwrap_or("");
+        let fan_in = if is_bn { 1 } else { fan_in_of(&state, &name) };
+        let t = state.get_mut(&name).expect("name");
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        match (is_bn, leaf) {
+            (true, "weight") | (true, "running_var") => t.data.fill(1.0),
+            (true, _) => t.data.fill(0.0),
+            (false, "weight") if cfg.arch == Arch::Resnet20 => {
+                let std = (2.0f64).sqrt() * bound;
+                for v in t.data.iter_mut() {
+                    *v = (normal(&mut rng) * std) as f32;
+                }
+            }
+            _ => {
+                for v in t.data.iter_mut() {
+                    *v = rng.gen_range(-bound..bound) as f32;
+                }
+            }
+        }
+    }
+    state
+}
+
+/// Standard normal draw (Box-Muller).
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
+    let u2: f64 = rng.gen::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Number of float parameters of `cfg` (learnable only: BN running statistics excluded).
+pub fn param_count(cfg: &NetConfig) -> usize {
+    let state = Net::empty(cfg, &Device::flex()).to_state();
+    state
+        .iter()
+        .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
+        .map(|(_, t)| t.data.len())
+        .sum()
+}

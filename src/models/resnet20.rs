@@ -1,0 +1,169 @@
+//! ResNet-20 for CIFAR with a width multiplier, exactly the layout of the official ZipIt! code
+//! (`models/resnets.py`; reference doc §1.3): stem conv3x3(3->16w)+BN+ReLU, three stages of three
+//! BasicBlocks (16w, 32w, 64w; stride 2 at the start of stages 2 and 3), a shortcut of
+//! **conv3x3(stride s)+BN** when the shape changes, global average pooling and `Linear(64w -> out)`.
+//!
+//! Field names follow the PyTorch checkpoint (`conv1`, `bn1`, `layer1.0.conv2`, ...); the shortcut's
+//! `conv`/`bn` are `shortcut.0`/`shortcut.1` in PyTorch naming (see [`crate::models::bridge`]).
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::Initializer;
+use burn::nn::{BatchNorm, Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+use super::layers::{bn, conv3x3, ForwardCtx};
+
+/// Downsampling shortcut: conv3x3 with stride s, no bias, then BN.
+#[derive(Module, Debug)]
+pub struct Shortcut {
+    /// `shortcut.0` in PyTorch naming.
+    pub conv: Conv2d,
+    /// `shortcut.1` in PyTorch naming.
+    pub bn: BatchNorm,
+}
+
+/// conv3x3 -> BN -> ReLU -> conv3x3 -> BN, + shortcut, ReLU.
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    /// First conv (stride s).
+    pub conv1: Conv2d,
+    /// BN after conv1.
+    pub bn1: BatchNorm,
+    /// Second conv (stride 1).
+    pub conv2: Conv2d,
+    /// BN after conv2.
+    pub bn2: BatchNorm,
+    /// Present when stride != 1 or channels change.
+    pub shortcut: Option<Shortcut>,
+}
+
+/// ResNet-20 x w.
+#[derive(Module, Debug)]
+pub struct ResNet20 {
+    /// Stem conv 3 -> 16w.
+    pub conv1: Conv2d,
+    /// Stem BN.
+    pub bn1: BatchNorm,
+    /// Stage 1 (16w).
+    pub layer1: Vec<BasicBlock>,
+    /// Stage 2 (32w, stride 2).
+    pub layer2: Vec<BasicBlock>,
+    /// Stage 3 (64w, stride 2).
+    pub layer3: Vec<BasicBlock>,
+    /// Final linear 64w -> out (embedding dim or class count).
+    pub linear: Linear,
+}
+
+impl BasicBlock {
+    fn new(cin: usize, cout: usize, stride: usize, device: &Device) -> Self {
+        let shortcut = (stride != 1 || cin != cout).then(|| Shortcut {
+            conv: conv3x3(cin, cout, stride, false, device),
+            bn: bn(cout, device),
+        });
+        Self {
+            conv1: conv3x3(cin, cout, stride, false, device),
+            bn1: bn(cout, device),
+            conv2: conv3x3(cout, cout, 1, false, device),
+            bn2: bn(cout, device),
+            shortcut,
+        }
+    }
+
+    /// `x: [batch, cin, H, W] -> [batch, cout, H/s, W/s]`. Taps the inner feature (input of conv2).
+    fn forward(&self, name: &str, x: Tensor<4>, ctx: &mut ForwardCtx) -> Tensor<4> {
+        let h = self.conv1.forward(x.clone());
+        let h = relu(ctx.bn(&format!("{name}.bn1"), &self.bn1, h));
+        ctx.tap(&h); // inner space: input of conv2 (post-ReLU)
+        let h = self.conv2.forward(h);
+        let h = ctx.bn(&format!("{name}.bn2"), &self.bn2, h);
+        let s = match &self.shortcut {
+            Some(sc) => ctx.bn(&format!("{name}.shortcut.1"), &sc.bn, sc.conv.forward(x)),
+            None => x,
+        };
+        relu(h + s)
+    }
+}
+
+impl ResNet20 {
+    /// Builds the module tree for width `w` and `out` outputs. Weights are zero until loaded.
+    pub fn new(w: usize, out: usize, device: &Device) -> Self {
+        let (c1, c2, c3) = (16 * w, 32 * w, 64 * w);
+        let stage = |cin: usize, cout: usize, stride: usize| {
+            (0..3)
+                .map(|i| {
+                    if i == 0 {
+                        BasicBlock::new(cin, cout, stride, device)
+                    } else {
+                        BasicBlock::new(cout, cout, 1, device)
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        Self {
+            conv1: conv3x3(3, c1, 1, false, device),
+            bn1: bn(c1, device),
+            layer1: stage(c1, c1, 1),
+            layer2: stage(c1, c2, 2),
+            layer3: stage(c2, c3, 2),
+            linear: LinearConfig::new(c3, out)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+        }
+    }
+
+    /// Runs cut segment `from..to`. Cuts: 0 = image `[B,3,32,32]`, 1 = end of layer1
+    /// `[B,16w,32,32]`, 2 = end of layer2 `[B,32w,16,16]`, 3 = end of layer3 `[B,64w,8,8]`
+    /// (pre-pool), 4 = output `[B,out]` (returned flattened as `[B,out,1,1]`).
+    pub fn forward_segment(
+        &self,
+        x: Tensor<4>,
+        from: usize,
+        to: usize,
+        ctx: &mut ForwardCtx,
+    ) -> Tensor<4> {
+        let mut x = x;
+        for cut in from..to {
+            x = match cut {
+                0 => {
+                    let h = relu(ctx.bn("bn1", &self.bn1, self.conv1.forward(x)));
+                    let h = self.stage("layer1", &self.layer1, h, ctx);
+                    ctx.tap(&h);
+                    h
+                }
+                1 => {
+                    let h = self.stage("layer2", &self.layer2, x, ctx);
+                    ctx.tap(&h);
+                    h
+                }
+                2 => {
+                    let h = self.stage("layer3", &self.layer3, x, ctx);
+                    ctx.tap(&h);
+                    h
+                }
+                _ => {
+                    let [b, c, _, _] = x.dims();
+                    let pooled = x.mean_dims(&[2, 3]).reshape([b, c]);
+                    let y = self.linear.forward(pooled);
+                    let o = y.dims()[1];
+                    y.reshape([b, o, 1, 1])
+                }
+            };
+        }
+        x
+    }
+
+    fn stage(
+        &self,
+        name: &str,
+        blocks: &[BasicBlock],
+        x: Tensor<4>,
+        ctx: &mut ForwardCtx,
+    ) -> Tensor<4> {
+        blocks
+            .iter()
+            .enumerate()
+            .fold(x, |h, (i, b)| b.forward(&format!("{name}.{i}"), h, ctx))
+    }
+}

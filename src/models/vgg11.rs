@@ -1,0 +1,89 @@
+//! VGG-11 for CIFAR with an integer width multiplier, the layout of the official ZipIt! code
+//! (`models/vgg.py`; reference doc §1.4): channels `[64, M, 128, M, 256, 256, M, 512, 512, M, 512,
+//! 512, M] x w`, every conv 3x3 pad 1 **with bias** followed by ReLU, no BN, MaxPool 2x2, then
+//! `Linear(512w -> out)` (`classifier`). PyTorch names the convs `features.{0,3,6,8,11,13,16,18}`.
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::{Device, Tensor};
+
+use super::layers::{conv3x3, ForwardCtx};
+
+/// Output channels of the 8 convs (before the width multiplier).
+pub const VGG11_CHANNELS: [usize; 8] = [64, 128, 256, 256, 512, 512, 512, 512];
+/// Whether a 2x2 max-pool follows conv k.
+pub const VGG11_POOL_AFTER: [bool; 8] = [true, true, false, true, false, true, false, true];
+/// Index of conv k inside PyTorch's `features` Sequential.
+pub const VGG11_TORCH_INDEX: [usize; 8] = [0, 3, 6, 8, 11, 13, 16, 18];
+
+/// VGG-11 x w.
+#[derive(Module, Debug)]
+pub struct Vgg11 {
+    /// The 8 convs (with bias).
+    pub features: Vec<Conv2d>,
+    /// Final linear 512w -> out.
+    pub classifier: Linear,
+}
+
+impl Vgg11 {
+    /// Builds the module tree for width `w` and `out` outputs. Weights are zero until loaded.
+    pub fn new(w: usize, out: usize, device: &Device) -> Self {
+        let mut cin = 3;
+        let features = VGG11_CHANNELS
+            .iter()
+            .map(|&c| {
+                let conv = conv3x3(cin, c * w, 1, true, device);
+                cin = c * w;
+                conv
+            })
+            .collect();
+        Self {
+            features,
+            classifier: LinearConfig::new(512 * w, out)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+        }
+    }
+
+    /// Runs cut segment `from..to`. Cut k in 1..=8 is the post-ReLU output of conv k, *before* its
+    /// max-pool (merge point k; reference doc §1.4); cut 0 is the image, cut 9 the output
+    /// `[B, out]` (returned as `[B, out, 1, 1]`).
+    pub fn forward_segment(
+        &self,
+        x: Tensor<4>,
+        from: usize,
+        to: usize,
+        ctx: &mut ForwardCtx,
+    ) -> Tensor<4> {
+        let mut x = x;
+        for cut in from..to {
+            if cut > 0 && VGG11_POOL_AFTER[cut - 1] {
+                x = max_pool2d(
+                    x,
+                    MaxPoolOptions {
+                        kernel_size: [2, 2],
+                        stride: [2, 2],
+                        padding: [(0, 0), (0, 0)],
+                        dilation: [1, 1],
+                        ceil_mode: false,
+                    },
+                );
+            }
+            x = if cut < 8 {
+                let h = relu(self.features[cut].forward(x));
+                ctx.tap(&h);
+                h
+            } else {
+                let [b, c, _, _] = x.dims();
+                let y = self.classifier.forward(x.reshape([b, c]));
+                let o = y.dims()[1];
+                y.reshape([b, o, 1, 1])
+            };
+        }
+        x
+    }
+}

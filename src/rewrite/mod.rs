@@ -1,0 +1,246 @@
+//! The rewriter: applies per-space merge/unmerge matrices to every layer of N models and builds
+//! the zipped trunk and, for a partial zip, one head per source model (reference doc §4.1-4.2,
+//! §1.7).
+//!
+//! For every trunk layer with output space `s_out` and input space `s_in`:
+//! `W = sum_m M_m^(s_out) W_m U_m^(s_in)` where `M` is `(1/N) I` on an unmerged output side (the
+//! network output) and `U = I` on an unmerged input side (the image). BN vectors (weight, bias,
+//! running mean, running var) become `sum_m M_m v_m` (mixed linearly, §4.1; BN is reset
+//! afterwards, §4.4). A head m is model m's own network from the stop cut on, with its entry
+//! layers' weights replaced by `W_m U_m` (not averaged).
+
+pub mod bn_reset;
+
+use crate::checkpoint::{NamedTensor, StateDict};
+use crate::error::MergeError;
+use crate::matching::MergeUnmerge;
+use crate::spec::{LayerKind, MergeSpec, Side, Stop};
+
+/// A sparse view of the per-model blocks of one space's matrices.
+struct Blocks {
+    /// Per model: for merged feature u, the `(o, weight)` entries of row u of `M_m`.
+    merge_rows: Vec<Vec<Vec<(usize, f64)>>>,
+    /// Per model: for input feature i, the merged features u with `U_m[i, u] != 0` and the value.
+    unmerge_rows: Vec<Vec<Vec<(usize, f64)>>>,
+    k: usize,
+}
+
+impl Blocks {
+    fn new(mu: &MergeUnmerge, n: usize) -> Self {
+        let om = mu.o / n;
+        let k = mu.k;
+        let mut merge_rows = Vec::new();
+        let mut unmerge_rows = Vec::new();
+        for m in 0..n {
+            let mb = mu.merge_block(m, n); // K x Om
+            let ub = mu.unmerge_block(m, n); // Om x K
+            merge_rows.push(
+                (0..k)
+                    .map(|u| {
+                        (0..om)
+                            .filter_map(|o| (mb[u * om + o] != 0.0).then_some((o, mb[u * om + o])))
+                            .collect()
+                    })
+                    .collect(),
+            );
+            unmerge_rows.push(
+                (0..om)
+                    .map(|i| {
+                        (0..k)
+                            .filter_map(|u| (ub[i * k + u] != 0.0).then_some((u, ub[i * k + u])))
+                            .collect()
+                    })
+                    .collect(),
+            );
+        }
+        Self {
+            merge_rows,
+            unmerge_rows,
+            k,
+        }
+    }
+}
+
+/// `M W U` for one model's tensor `w` (`[out, in, ...]` or `[C]`), with `m`/`u` optional sparse
+/// blocks (None = identity), scaled by `scale`, added into `acc`.
+fn accumulate(
+    acc: &mut [f64],
+    w: &NamedTensor,
+    m: Option<&[Vec<(usize, f64)>]>,
+    u: Option<(&[Vec<(usize, f64)>], usize)>,
+    scale: f64,
+) {
+    let rows_in = w.shape[0];
+    let inner = if w.shape.len() >= 2 { w.shape[1] } else { 1 };
+    let spatial: usize = w.shape.iter().skip(2).product::<usize>().max(1);
+    // input side first: W U -> [out, K_in, spatial]
+    let (k_in, wu): (usize, Vec<f64>) = match u {
+        None => (inner, w.data.iter().map(|&v| v as f64).collect()),
+        Some((rows, k)) => {
+            let mut t = vec![0.0; rows_in * k * spatial];
+            for o in 0..rows_in {
+                for (i, targets) in rows.iter().enumerate() {
+                    let src = &w.data[(o * inner + i) * spatial..(o * inner + i + 1) * spatial];
+                    for &(uu, val) in targets {
+                        let dst = &mut t[(o * k + uu) * spatial..(o * k + uu + 1) * spatial];
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d += val * *s as f64;
+                        }
+                    }
+                }
+            }
+            (k, t)
+        }
+    };
+    let row = k_in * spatial;
+    match m {
+        None => {
+            for (a, v) in acc.iter_mut().zip(&wu) {
+                *a += scale * v;
+            }
+        }
+        Some(mrows) => {
+            for (uo, entries) in mrows.iter().enumerate() {
+                let dst = &mut acc[uo * row..(uo + 1) * row];
+                for &(o, val) in entries {
+                    let src = &wu[o * row..(o + 1) * row];
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d += scale * val * s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Suffixes of the tensors of a layer kind.
+fn tensor_names(kind: LayerKind) -> &'static [&'static str] {
+    match kind {
+        LayerKind::Conv | LayerKind::Linear => &["weight", "bias"],
+        LayerKind::BatchNorm => &["weight", "bias", "running_mean", "running_var"],
+    }
+}
+
+/// The zipped network: trunk state and, for a partial zip, one state per source model's head.
+#[derive(Debug, Clone)]
+pub struct Zipped {
+    /// Trunk weights (a complete network; layers after the stop are model 0's and unused).
+    pub trunk: StateDict,
+    /// Head networks (complete networks; only the layers after the stop cut run). Empty for a
+    /// full zip.
+    pub heads: Vec<StateDict>,
+}
+
+/// Applies the matrices of the first `stop.spaces` spaces to `states` (N models).
+///
+/// # Errors
+/// [`MergeError::Invalid`] when a tensor is missing or shapes differ between models.
+pub fn zip(
+    spec: &MergeSpec,
+    states: &[StateDict],
+    transforms: &[MergeUnmerge],
+    stop: &Stop,
+) -> Result<Zipped, MergeError> {
+    let n = states.len();
+    if n < 2 {
+        return Err(MergeError::Invalid(
+            "merging needs at least two models".into(),
+        ));
+    }
+    if transforms.len() < stop.spaces {
+        return Err(MergeError::Invalid(format!(
+            "{} spaces matched, the stop needs {}",
+            transforms.len(),
+            stop.spaces
+        )));
+    }
+    let blocks: Vec<Blocks> = transforms[..stop.spaces]
+        .iter()
+        .map(|t| Blocks::new(t, n))
+        .collect();
+    let merged = |s: Side| match s {
+        Side::Space(i) if i < stop.spaces => Some(i),
+        _ => None,
+    };
+    let mut trunk = states[0].clone();
+    let mut heads: Vec<StateDict> = if stop.is_full() {
+        vec![]
+    } else {
+        states.to_vec()
+    };
+    for layer in &spec.layers {
+        let in_trunk = stop.is_full() || layer.segment < stop.cut;
+        for suffix in tensor_names(layer.kind) {
+            let key = format!("{}.{suffix}", layer.name);
+            let Some(w0) = states[0].get(&key) else {
+                if *suffix == "bias" {
+                    continue;
+                }
+                return Err(MergeError::Invalid(format!(
+                    "model 0 has no tensor `{key}`"
+                )));
+            };
+            for (mi, s) in states.iter().enumerate() {
+                let shape = s.get(&key).map(|t| &t.shape);
+                if shape != Some(&w0.shape) {
+                    return Err(MergeError::Invalid(format!(
+                        "tensor `{key}`: model {mi} has shape {:?}, model 0 has {:?}; the models must share one architecture and width",
+                        shape, w0.shape
+                    )));
+                }
+            }
+            let is_vector = w0.shape.len() == 1;
+            // a bias or BN vector only has an output side
+            let in_space = if is_vector { None } else { merged(layer.input) };
+            let out_space = merged(layer.output);
+            if in_trunk {
+                let out_rows = out_space.map_or(w0.shape[0], |s| blocks[s].k);
+                let per_row = if is_vector {
+                    1
+                } else {
+                    in_space.map_or(w0.row_len(), |s| blocks[s].k * w0.row_len() / w0.shape[1])
+                };
+                let mut acc = vec![0.0; out_rows * per_row];
+                for (mi, st) in states.iter().enumerate() {
+                    let m = out_space.map(|s| blocks[s].merge_rows[mi].as_slice());
+                    let u = in_space.map(|s| (blocks[s].unmerge_rows[mi].as_slice(), blocks[s].k));
+                    let scale = if out_space.is_some() {
+                        1.0
+                    } else {
+                        1.0 / n as f64
+                    };
+                    accumulate(&mut acc, &st[&key], m, u, scale);
+                }
+                let mut shape = w0.shape.clone();
+                shape[0] = out_rows;
+                if let (Some(s), false) = (in_space, is_vector) {
+                    shape[1] = blocks[s].k;
+                }
+                trunk.insert(
+                    key.clone(),
+                    NamedTensor::new(shape, acc.iter().map(|&v| v as f32).collect()),
+                );
+            } else if let Some(s) = in_space {
+                // head entry layer: W_m U_m for each head
+                for (mi, head) in heads.iter_mut().enumerate() {
+                    let w = &states[mi][&key];
+                    let mut acc = vec![0.0; w.shape[0] * blocks[s].k * w.row_len() / w.shape[1]];
+                    accumulate(
+                        &mut acc,
+                        w,
+                        None,
+                        Some((blocks[s].unmerge_rows[mi].as_slice(), blocks[s].k)),
+                        1.0,
+                    );
+                    let mut shape = w.shape.clone();
+                    shape[1] = blocks[s].k;
+                    head.insert(
+                        key.clone(),
+                        NamedTensor::new(shape, acc.iter().map(|&v| v as f32).collect()),
+                    );
+                }
+            }
+        }
+    }
+    Ok(Zipped { trunk, heads })
+}

@@ -1,0 +1,540 @@
+//! Architectures as data: the feature spaces (merge points) of a network and, for every weight
+//! layer and BatchNorm, the space its input lives in and the space its output lives in
+//! (reference doc §1.2 "equivalent, simpler model", §1.3-1.4, §10).
+//!
+//! The table is derived from the module tree, not written by hand: the builder walks the blocks
+//! of the live [`Net`] in forward order and ties spaces together exactly as the reference's SUM
+//! nodes do (a block with an identity shortcut writes into the space it reads; a block with a
+//! conv shortcut opens a new residual-stream space). Spaces are numbered in the order their
+//! features are captured by the forward pass (the `taps` of [`crate::models::ForwardCtx`]), which
+//! is the reference's node order.
+
+use serde::Serialize;
+
+use crate::error::MergeError;
+use crate::models::{Net, NetConfig};
+
+/// Kind of a feature space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpaceKind {
+    /// A residual stream (ResNet stage), written by several layers and read by several.
+    Stream,
+    /// A space inside a block (ResNet conv1 -> conv2) or between two VGG convs.
+    Inner,
+}
+
+/// One merge point.
+#[derive(Clone, Debug, Serialize)]
+pub struct Space {
+    /// Readable name, e.g. `layer1.0.inner` or `stream1`.
+    pub name: String,
+    /// Channels Om of one model.
+    pub width: usize,
+    /// Stream or inner.
+    pub kind: SpaceKind,
+    /// The forward cut at which this space's features are complete, when a partial zip may stop
+    /// here (ResNet: stage ends only, §1.7; VGG: every point).
+    pub stop_cut: Option<usize>,
+}
+
+/// Where a layer's input or output lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Side {
+    /// The network input (RGB), never merged.
+    Input,
+    /// The network output (logits / embedding), never merged.
+    Output,
+    /// Feature space by index.
+    Space(usize),
+}
+
+/// Kind of a parameterised layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerKind {
+    /// Conv2d, weight `[out, in, kh, kw]`, optional bias.
+    Conv,
+    /// Linear, weight `[out, in]`, bias.
+    Linear,
+    /// BatchNorm2d: weight, bias, running_mean, running_var `[C]`, all in `input` space.
+    BatchNorm,
+}
+
+/// One parameterised layer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Layer {
+    /// PyTorch module name, e.g. `layer2.0.shortcut.0` (tensors are `{name}.weight` etc.).
+    pub name: String,
+    /// Kind.
+    pub kind: LayerKind,
+    /// Space of its input channels (BN: its channels).
+    pub input: Side,
+    /// Space of its output channels (BN: same as input).
+    pub output: Side,
+    /// Forward segment the layer runs in (it runs between cut `segment` and `segment + 1`).
+    pub segment: usize,
+    /// Whether it counts in the "layers zipped" figure (conv/linear except ResNet shortcuts).
+    pub counted: bool,
+}
+
+/// The merge specification of one network.
+#[derive(Clone, Debug, Serialize)]
+pub struct MergeSpec {
+    /// Network shape.
+    pub net: NetConfig,
+    /// Feature spaces in capture order.
+    pub spaces: Vec<Space>,
+    /// Parameterised layers in forward order.
+    pub layers: Vec<Layer>,
+}
+
+/// A valid stop point of a partial zip.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Stop {
+    /// Name, e.g. `13/20` (layers zipped / total layers).
+    pub name: String,
+    /// Aliases accepted on the command line (`layer2`, `full`, ...).
+    pub aliases: Vec<String>,
+    /// Cut where the heads start (`output cut` for a full zip).
+    pub cut: usize,
+    /// Spaces matched (all spaces with index < this).
+    pub spaces: usize,
+    /// Layers zipped.
+    pub zipped: usize,
+    /// Total counted layers.
+    pub total: usize,
+}
+
+impl Stop {
+    /// True for a full zip (no separate heads).
+    pub fn is_full(&self) -> bool {
+        self.zipped == self.total
+    }
+}
+
+struct Builder {
+    spaces: Vec<Space>,
+    layers: Vec<Layer>,
+    segment: usize,
+}
+
+impl Builder {
+    fn space(&mut self, name: String, width: usize, kind: SpaceKind) -> usize {
+        self.spaces.push(Space {
+            name,
+            width,
+            kind,
+            stop_cut: None,
+        });
+        self.spaces.len() - 1
+    }
+    fn layer(
+        &mut self,
+        name: impl Into<String>,
+        kind: LayerKind,
+        input: Side,
+        output: Side,
+        counted: bool,
+    ) {
+        self.layers.push(Layer {
+            name: name.into(),
+            kind,
+            input,
+            output,
+            segment: self.segment,
+            counted,
+        });
+    }
+    fn bn(&mut self, name: impl Into<String>, s: usize) {
+        self.layer(
+            name,
+            LayerKind::BatchNorm,
+            Side::Space(s),
+            Side::Space(s),
+            false,
+        );
+    }
+}
+
+/// Derives the merge spec of a live network (its module tree).
+pub fn spec_of(net: &Net, cfg: &NetConfig) -> MergeSpec {
+    let mut b = Builder {
+        spaces: vec![],
+        layers: vec![],
+        segment: 0,
+    };
+    // Spaces are created in capture order; `order` remaps creation -> capture order at the end.
+    let mut capture: Vec<usize> = Vec::new();
+    match net {
+        Net::Resnet20(m) => {
+            let w1 = m.bn1.gamma.dims()[0];
+            let mut cur = b.space("stream1".into(), w1, SpaceKind::Stream);
+            b.layer(
+                "conv1",
+                LayerKind::Conv,
+                Side::Input,
+                Side::Space(cur),
+                true,
+            );
+            b.bn("bn1", cur);
+            let mut stream_no = 1;
+            for (s, blocks) in [&m.layer1, &m.layer2, &m.layer3].into_iter().enumerate() {
+                b.segment = s;
+                for (i, blk) in blocks.iter().enumerate() {
+                    let name = format!("layer{}.{i}", s + 1);
+                    let wi = blk.bn1.gamma.dims()[0];
+                    let inner = b.space(format!("{name}.inner"), wi, SpaceKind::Inner);
+                    let out = match &blk.shortcut {
+                        Some(sc) => {
+                            stream_no += 1;
+                            let o = b.space(
+                                format!("stream{stream_no}"),
+                                sc.bn.gamma.dims()[0],
+                                SpaceKind::Stream,
+                            );
+                            b.layer(
+                                format!("{name}.shortcut.0"),
+                                LayerKind::Conv,
+                                Side::Space(cur),
+                                Side::Space(o),
+                                false,
+                            );
+                            b.bn(format!("{name}.shortcut.1"), o);
+                            o
+                        }
+                        None => cur, // identity shortcut: the SUM ties input and output spaces
+                    };
+                    b.layer(
+                        format!("{name}.conv1"),
+                        LayerKind::Conv,
+                        Side::Space(cur),
+                        Side::Space(inner),
+                        true,
+                    );
+                    b.bn(format!("{name}.bn1"), inner);
+                    b.layer(
+                        format!("{name}.conv2"),
+                        LayerKind::Conv,
+                        Side::Space(inner),
+                        Side::Space(out),
+                        true,
+                    );
+                    b.bn(format!("{name}.bn2"), out);
+                    capture.push(inner);
+                    cur = out;
+                }
+                capture.push(cur);
+                b.spaces[cur].stop_cut = Some(s + 1);
+            }
+            b.segment = 3;
+            b.layer(
+                "linear",
+                LayerKind::Linear,
+                Side::Space(cur),
+                Side::Output,
+                true,
+            );
+        }
+        Net::Vgg11(m) => {
+            let mut prev = Side::Input;
+            for (k, conv) in m.features.iter().enumerate() {
+                b.segment = k;
+                let w = conv.weight.dims()[0];
+                let s = b.space(
+                    format!("features.{}", crate::models::vgg11::VGG11_TORCH_INDEX[k]),
+                    w,
+                    SpaceKind::Inner,
+                );
+                b.layer(
+                    format!("features.{}", crate::models::vgg11::VGG11_TORCH_INDEX[k]),
+                    LayerKind::Conv,
+                    prev,
+                    Side::Space(s),
+                    true,
+                );
+                b.spaces[s].stop_cut = Some(k + 1);
+                capture.push(s);
+                prev = Side::Space(s);
+            }
+            b.segment = 8;
+            b.layer("classifier", LayerKind::Linear, prev, Side::Output, true);
+        }
+    }
+    // renumber spaces into capture order
+    let mut new_index = vec![0; b.spaces.len()];
+    for (new, &old) in capture.iter().enumerate() {
+        new_index[old] = new;
+    }
+    let spaces = capture.iter().map(|&old| b.spaces[old].clone()).collect();
+    let remap = |s: Side| match s {
+        Side::Space(i) => Side::Space(new_index[i]),
+        o => o,
+    };
+    let layers = b
+        .layers
+        .into_iter()
+        .map(|l| Layer {
+            input: remap(l.input),
+            output: remap(l.output),
+            ..l
+        })
+        .collect();
+    MergeSpec {
+        net: *cfg,
+        spaces,
+        layers,
+    }
+}
+
+impl MergeSpec {
+    /// Builds the spec of `cfg` (from an empty module tree).
+    pub fn of(cfg: &NetConfig) -> Self {
+        spec_of(&Net::empty(cfg, &burn::tensor::Device::flex()), cfg)
+    }
+
+    /// Total counted layers (20 for ResNet-20, 9 for VGG-11).
+    pub fn total_layers(&self) -> usize {
+        self.layers.iter().filter(|l| l.counted).count()
+    }
+
+    /// Every valid stop point, shallowest first, ending with the full zip.
+    pub fn stops(&self) -> Vec<Stop> {
+        let total = self.total_layers();
+        let out_cut = self.net.output_cut();
+        let mut out = Vec::new();
+        for (i, s) in self.spaces.iter().enumerate() {
+            if let Some(cut) = s.stop_cut {
+                let zipped = self
+                    .layers
+                    .iter()
+                    .filter(|l| l.counted && l.segment < cut)
+                    .count();
+                let mut aliases = vec![];
+                if s.kind == SpaceKind::Stream {
+                    aliases.push(format!("layer{}", cut));
+                }
+                out.push(Stop {
+                    name: format!("{zipped}/{total}"),
+                    aliases,
+                    cut,
+                    spaces: i + 1,
+                    zipped,
+                    total,
+                });
+            }
+        }
+        out.push(Stop {
+            name: format!("{total}/{total}"),
+            aliases: vec!["full".into()],
+            cut: out_cut,
+            spaces: self.spaces.len(),
+            zipped: total,
+            total,
+        });
+        out
+    }
+
+    /// Finds a stop by name or alias.
+    ///
+    /// # Errors
+    /// [`MergeError::Invalid`] listing the valid names.
+    pub fn stop(&self, name: &str) -> Result<Stop, MergeError> {
+        let stops = self.stops();
+        stops
+            .iter()
+            .find(|s| s.name == name || s.aliases.iter().any(|a| a == name))
+            .cloned()
+            .ok_or_else(|| {
+                let valid: Vec<String> = stops
+                    .iter()
+                    .map(|s| {
+                        if s.aliases.is_empty() {
+                            s.name.clone()
+                        } else {
+                            format!("{} ({})", s.name, s.aliases.join(", "))
+                        }
+                    })
+                    .collect();
+                MergeError::Invalid(format!(
+                    "--stop `{name}` is not a valid stop for {}: expected one of {}",
+                    self.net.arch,
+                    valid.join(", ")
+                ))
+            })
+    }
+
+    /// Layers that read the stop's last space but run after the cut: the head entry layers
+    /// (reference doc §1.7).
+    pub fn head_entry_layers(&self, stop: &Stop) -> Vec<&Layer> {
+        if stop.is_full() {
+            return vec![];
+        }
+        self.layers
+            .iter()
+            .filter(|l| l.segment >= stop.cut && l.kind != LayerKind::BatchNorm)
+            .filter(|l| matches!(l.input, Side::Space(s) if s < stop.spaces))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::Arch;
+
+    fn resnet(w: usize) -> MergeSpec {
+        MergeSpec::of(&NetConfig {
+            arch: Arch::Resnet20,
+            width: w,
+            out: 10,
+        })
+    }
+
+    fn layer<'a>(s: &'a MergeSpec, n: &str) -> &'a Layer {
+        s.layers
+            .iter()
+            .find(|l| l.name == n)
+            .unwrap_or_else(|| panic!("{n}"))
+    }
+
+    /// T9: the §1.3 membership table for ResNet-20.
+    #[test]
+    fn t9_resnet20_spaces_match_reference_table() {
+        let s = resnet(2);
+        let names: Vec<&str> = s.spaces.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "layer1.0.inner",
+                "layer1.1.inner",
+                "layer1.2.inner",
+                "stream1",
+                "layer2.0.inner",
+                "layer2.1.inner",
+                "layer2.2.inner",
+                "stream2",
+                "layer3.0.inner",
+                "layer3.1.inner",
+                "layer3.2.inner",
+                "stream3"
+            ]
+        );
+        let widths: Vec<usize> = s.spaces.iter().map(|x| x.width).collect();
+        assert_eq!(widths, [32, 32, 32, 32, 64, 64, 64, 64, 128, 128, 128, 128]);
+        let sp = |i: usize| Side::Space(i);
+        // point 21 (stream1 = space 3): out <- M: stem conv1/bn1, layer1.*.conv2/bn2
+        for n in [
+            "conv1",
+            "layer1.0.conv2",
+            "layer1.1.conv2",
+            "layer1.2.conv2",
+        ] {
+            assert_eq!(layer(&s, n).output, sp(3), "{n}");
+        }
+        for n in ["bn1", "layer1.0.bn2", "layer1.2.bn2"] {
+            assert_eq!(layer(&s, n).input, sp(3), "{n}");
+        }
+        // in <- U: layer1.*.conv1, layer2.0.conv1, layer2.0.shortcut.0
+        for n in [
+            "layer1.0.conv1",
+            "layer1.1.conv1",
+            "layer1.2.conv1",
+            "layer2.0.conv1",
+            "layer2.0.shortcut.0",
+        ] {
+            assert_eq!(layer(&s, n).input, sp(3), "{n}");
+        }
+        // point 42 (stream2 = space 7)
+        for n in [
+            "layer2.0.shortcut.0",
+            "layer2.0.conv2",
+            "layer2.1.conv2",
+            "layer2.2.conv2",
+        ] {
+            assert_eq!(layer(&s, n).output, sp(7), "{n}");
+        }
+        assert_eq!(layer(&s, "layer2.0.shortcut.1").input, sp(7));
+        for n in [
+            "layer2.1.conv1",
+            "layer2.2.conv1",
+            "layer3.0.conv1",
+            "layer3.0.shortcut.0",
+        ] {
+            assert_eq!(layer(&s, n).input, sp(7), "{n}");
+        }
+        // point 63 (stream3 = space 11)
+        for n in [
+            "layer3.0.shortcut.0",
+            "layer3.0.conv2",
+            "layer3.1.conv2",
+            "layer3.2.conv2",
+        ] {
+            assert_eq!(layer(&s, n).output, sp(11), "{n}");
+        }
+        for n in ["layer3.1.conv1", "layer3.2.conv1", "linear"] {
+            assert_eq!(layer(&s, n).input, sp(11), "{n}");
+        }
+        // inner points: out <- M conv1/bn1, in <- U conv2
+        assert_eq!(layer(&s, "layer2.1.conv1").output, sp(5));
+        assert_eq!(layer(&s, "layer2.1.bn1").input, sp(5));
+        assert_eq!(layer(&s, "layer2.1.conv2").input, sp(5));
+        // after a full zip every conv has its output merged once and input unmerged once,
+        // except the stem (output only) and the linear (input only)
+        assert_eq!(layer(&s, "conv1").input, Side::Input);
+        assert_eq!(layer(&s, "linear").output, Side::Output);
+        assert_eq!(s.total_layers(), 20);
+    }
+
+    /// T9: stops and head entry layers (§1.7 tables).
+    #[test]
+    fn t9_resnet20_stops_and_head_entries() {
+        let s = resnet(1);
+        let names: Vec<String> = s.stops().iter().map(|x| x.name.clone()).collect();
+        assert_eq!(names, ["7/20", "13/20", "19/20", "20/20"]);
+        let entries = |n: &str| -> Vec<String> {
+            let st = s.stop(n).unwrap();
+            s.head_entry_layers(&st)
+                .iter()
+                .map(|l| l.name.clone())
+                .collect()
+        };
+        assert_eq!(entries("7/20"), ["layer2.0.shortcut.0", "layer2.0.conv1"]);
+        assert_eq!(entries("layer2"), ["layer3.0.shortcut.0", "layer3.0.conv1"]);
+        assert_eq!(entries("19/20"), ["linear"]);
+        assert!(entries("full").is_empty());
+        assert!(s
+            .stop("26")
+            .unwrap_err()
+            .to_string()
+            .contains("7/20 (layer1)"));
+    }
+
+    #[test]
+    fn vgg11_has_eight_spaces_and_every_point_is_a_stop() {
+        let s = MergeSpec::of(&NetConfig {
+            arch: Arch::Vgg11,
+            width: 1,
+            out: 10,
+        });
+        assert_eq!(s.spaces.len(), 8);
+        assert_eq!(s.total_layers(), 9);
+        let stops = s.stops();
+        assert_eq!(stops.len(), 9);
+        assert_eq!(stops[0].name, "1/9");
+        let st = s.stop("3/9").unwrap();
+        let e: Vec<&str> = s
+            .head_entry_layers(&st)
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(e, ["features.8"]);
+        let last = s.stop("8/9").unwrap();
+        let e: Vec<&str> = s
+            .head_entry_layers(&last)
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(e, ["classifier"]);
+    }
+}

@@ -1,0 +1,308 @@
+//! Training of endpoint models (reference doc §6, CLIP-head recipe): SGD with momentum 0.9 and
+//! weight decay 5e-4 on all parameters, per-iteration learning-rate multiplier piecewise linear
+//! through (0 -> 0), (warm-up epochs -> 1), (E -> 0), cross-entropy over the task's classes
+//! (labels remapped to their index in the task), train augmentation (flip + pad-4 crop).
+//!
+//! Determinism: initial weights come from [`crate::models::init_state`] (ChaCha8), the epoch's
+//! shuffle and augmentation from ChaCha8(seed, epoch); on the flex backend the same seed gives
+//! the same checkpoint bytes. Every epoch writes a resumable state (`train-state/`).
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, safetensors_io, HeadManifest, ModelManifest, StateDict};
+use crate::data::augment::augment_into;
+use crate::data::{to_tensor, ImageSet, IMAGE_BYTES};
+use crate::error::ModelError;
+use crate::eval::argmax;
+use crate::eval::runner::rows;
+use crate::models::head::HeadSpec;
+use crate::models::{init_state, ForwardCtx, Net, NetConfig};
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainOptions {
+    /// Network shape (out = head outputs).
+    pub net: NetConfig,
+    /// Head kind.
+    pub head: HeadSpec,
+    /// Task classes (label ids), in head output order.
+    pub classes: Vec<usize>,
+    /// Epochs E.
+    pub epochs: usize,
+    /// Warm-up epochs (linear from 0).
+    pub warmup_epochs: f64,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Seed of initial weights, shuffling and augmentation.
+    pub seed: u64,
+}
+
+/// Learning-rate multiplier at fractional epoch `t` (reference doc §6).
+pub fn lr_multiplier(t: f64, warmup: f64, epochs: f64) -> f64 {
+    if t < warmup {
+        t / warmup
+    } else {
+        ((epochs - t) / (epochs - warmup).max(1e-9)).clamp(0.0, 1.0)
+    }
+}
+
+/// Per-epoch record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Training accuracy (augmented batches), percent.
+    pub train_accuracy: f64,
+    /// Task accuracy on the task's test images, percent.
+    pub test_accuracy: f64,
+    /// Seconds spent in the epoch's training steps.
+    pub seconds: f64,
+}
+
+/// What the caller sees during training.
+pub trait TrainObserver {
+    /// Start of an epoch with `steps` steps.
+    fn epoch_start(&mut self, _epoch: usize, _steps: usize) {}
+    /// After each step: running loss and accuracy.
+    fn step(&mut self, _loss: f64, _acc: f64) {}
+    /// End of an epoch.
+    fn epoch_end(&mut self, _log: &EpochLog) {}
+}
+
+/// Resumable state written after each epoch.
+#[derive(Serialize, Deserialize)]
+struct ResumeInfo {
+    epochs_done: usize,
+    options: TrainOptions,
+    log: Vec<EpochLog>,
+}
+
+/// Trains a model; returns its final weights and the per-epoch log.
+///
+/// `train`/`test` must already be restricted to the task's classes. When `state_dir` holds a
+/// state from an earlier run with the same options, training resumes from it.
+///
+/// # Errors
+/// [`ModelError`] for invalid options or an unreadable resume state.
+pub fn train(
+    opts: &TrainOptions,
+    train: &ImageSet,
+    test: &ImageSet,
+    device: &Device,
+    state_dir: Option<&Path>,
+    obs: &mut dyn TrainObserver,
+) -> Result<(StateDict, Vec<EpochLog>), ModelError> {
+    opts.net.validate()?;
+    if train.is_empty() {
+        return Err(ModelError::Invalid(
+            "no training images of the task's classes".into(),
+        ));
+    }
+    if opts.batch_size == 0 || opts.epochs == 0 {
+        return Err(ModelError::Invalid(
+            "--batch-size and --epochs must be >= 1".into(),
+        ));
+    }
+    let ad = device.clone().autodiff();
+    let mut state = init_state(&opts.net, opts.seed);
+    let mut start_epoch = 0;
+    let mut log = Vec::new();
+    let mut optim = SgdConfig::new()
+        .with_momentum(Some(MomentumConfig {
+            momentum: opts.momentum,
+            dampening: 0.0,
+            nesterov: false,
+        }))
+        .with_weight_decay(Some(WeightDecayConfig::new(opts.weight_decay as f32)))
+        .init();
+    if let Some(dir) = state_dir {
+        if dir.join("resume.json").is_file() {
+            let info: ResumeInfo = serde_json::from_str(
+                &std::fs::read_to_string(dir.join("resume.json"))
+                    .map_err(|e| ModelError::Invalid(format!("{}: {e}", dir.display())))?,
+            )
+            .map_err(|e| ModelError::Invalid(format!("{}/resume.json: {e}", dir.display())))?;
+            if serde_json::to_value(&info.options).ok() != serde_json::to_value(opts).ok() {
+                return Err(ModelError::Invalid(format!(
+                    "--resume: {} was written by a run with different options",
+                    dir.display()
+                )));
+            }
+            state = safetensors_io::load(&dir.join("weights.safetensors"))?;
+            optim = optim
+                .load(dir.join("optimizer"))
+                .map_err(|e| ModelError::Invalid(format!("{}/optimizer: {e:?}", dir.display())))?;
+            start_epoch = info.epochs_done;
+            log = info.log;
+        }
+    }
+    let mut net = Net::from_state(&opts.net, &state, &ad)?;
+    let k = opts.classes.len();
+    let remap: Vec<usize> = train
+        .labels
+        .iter()
+        .map(|y| opts.classes.iter().position(|c| c == y).unwrap_or(0))
+        .collect();
+    let steps = train.len().div_ceil(opts.batch_size);
+    for epoch in start_epoch..opts.epochs {
+        obs.epoch_start(epoch + 1, steps);
+        let t0 = std::time::Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ ((epoch as u64 + 1) << 32));
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut rng);
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let mut buf = vec![0u8; opts.batch_size * IMAGE_BYTES];
+        for (s, chunk) in order.chunks(opts.batch_size).enumerate() {
+            for (n, &i) in chunk.iter().enumerate() {
+                augment_into(
+                    train.image(i),
+                    &mut buf[n * IMAGE_BYTES..(n + 1) * IMAGE_BYTES],
+                    &mut rng,
+                );
+            }
+            let imgs: Vec<&[u8]> = (0..chunk.len())
+                .map(|n| &buf[n * IMAGE_BYTES..(n + 1) * IMAGE_BYTES])
+                .collect();
+            let x = to_tensor(&imgs, &ad);
+            let y: Vec<i64> = chunk.iter().map(|&i| remap[i] as i64).collect();
+            let yt = Tensor::<1, Int>::from_data(TensorData::new(y.clone(), [chunk.len()]), &ad);
+            let out = net.forward(x, &mut ForwardCtx::default());
+            let logits = opts.head.logits(out, &opts.classes, &opts.classes);
+            let lp = log_softmax(logits.clone(), 1);
+            let picked = lp.gather(1, yt.reshape([chunk.len(), 1]));
+            let loss = picked.mean().neg();
+            let t = epoch as f64 + (s as f64) / steps as f64;
+            let lr = opts.lr * lr_multiplier(t, opts.warmup_epochs, opts.epochs as f64);
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optim.step(lr, net, grads);
+            let lv = loss
+                .into_data()
+                .convert::<f64>()
+                .try_to_vec::<f64>()
+                .unwrap_or_default()[0];
+            let pred = rows(logits.inner());
+            correct += pred
+                .iter()
+                .zip(&y)
+                .filter(|(p, y)| argmax(p) == **y as usize)
+                .count();
+            seen += chunk.len();
+            loss_sum += lv * chunk.len() as f64;
+            obs.step(loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64);
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let test_acc = task_accuracy(&net.valid(), opts, test, device);
+        let entry = EpochLog {
+            epoch: epoch + 1,
+            loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: 100.0 * correct as f64 / seen.max(1) as f64,
+            test_accuracy: test_acc,
+            seconds: secs,
+        };
+        obs.epoch_end(&entry);
+        log.push(entry);
+        let _ = k;
+        if let Some(dir) = state_dir {
+            save_resume(dir, &net, &optim, epoch + 1, opts, &log)?;
+        }
+    }
+    Ok((net.valid().to_state(), log))
+}
+
+fn save_resume(
+    dir: &Path,
+    net: &Net,
+    optim: &burn::optim::ModuleOptimizer,
+    done: usize,
+    opts: &TrainOptions,
+    log: &[EpochLog],
+) -> Result<(), ModelError> {
+    let err = |e: String| {
+        ModelError::Invalid(format!(
+            "{}: cannot write training state ({e})",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    safetensors_io::save(&net.valid().to_state(), &dir.join("weights.safetensors"))?;
+    optim
+        .save(dir.join("optimizer"))
+        .map_err(|e| err(format!("{e:?}")))?;
+    let info = ResumeInfo {
+        epochs_done: done,
+        options: opts.clone(),
+        log: log.to_vec(),
+    };
+    crate::util::write_atomic(
+        &dir.join("resume.json"),
+        &serde_json::to_vec_pretty(&info).expect("json"),
+    )
+    .map_err(|e| err(e.to_string()))
+}
+
+/// Task accuracy (percent) of `net` on `test` (images of the task's classes), task known.
+pub fn task_accuracy(net: &Net, opts: &TrainOptions, test: &ImageSet, device: &Device) -> f64 {
+    let mut correct = 0;
+    let idx: Vec<usize> = (0..test.len()).collect();
+    for chunk in idx.chunks(500) {
+        let imgs: Vec<&[u8]> = chunk.iter().map(|&i| test.image(i)).collect();
+        let out = net.forward(to_tensor(&imgs, device), &mut ForwardCtx::default());
+        let l = rows(opts.head.logits(out, &opts.classes, &opts.classes));
+        correct += chunk
+            .iter()
+            .zip(&l)
+            .filter(|(&i, r)| opts.classes[argmax(r)] == test.labels[i])
+            .count();
+    }
+    100.0 * correct as f64 / test.len().max(1) as f64
+}
+
+/// Writes a trained model folder (weights + manifest) atomically.
+///
+/// # Errors
+/// [`ModelError`] when the folder cannot be written.
+pub fn write_trained(
+    out: &Path,
+    opts: &TrainOptions,
+    state: &StateDict,
+    class_names: &[String],
+    provenance: serde_json::Value,
+) -> Result<PathBuf, ModelError> {
+    let manifest = ModelManifest {
+        format: checkpoint::FORMAT.into(),
+        arch: opts.net.arch,
+        width: opts.net.width,
+        weights: "model.safetensors".into(),
+        stop_cut: opts.net.output_cut(),
+        stop: None,
+        heads: vec![HeadManifest {
+            weights: None,
+            classes: opts.classes.clone(),
+            head: opts.head.clone(),
+        }],
+        class_names: class_names.to_vec(),
+        provenance,
+        zipmerge_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    checkpoint::write_model(out, &manifest, &[("model.safetensors".into(), state)])?;
+    Ok(out.to_path_buf())
+}

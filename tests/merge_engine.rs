@@ -1,0 +1,406 @@
+//! End-to-end checks of the merge engine on small random networks (reference test ideas T5, T6,
+//! T7, T10): a permuted copy is recovered losslessly, self-merges give the model back, return-a
+//! reproduces A, and a partial zip of identical models has heads equal to the endpoint.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use zipmerge::checkpoint::{HeadManifest, ModelManifest, StateDict, FORMAT};
+use zipmerge::collect::{probe_batches, ProbeOptions};
+use zipmerge::data::{to_tensor, ImageSet};
+use zipmerge::merge::{self, Endpoints, Method};
+use zipmerge::models::head::HeadSpec;
+use zipmerge::models::{init_state, Arch, ForwardCtx, Net, NetConfig};
+use zipmerge::rewrite::bn_reset;
+use zipmerge::spec::{LayerKind, MergeSpec, Side};
+
+fn sample() -> ImageSet {
+    ImageSet::load(
+        std::path::Path::new("datasets/cifar10-sample/train"),
+        "train",
+    )
+    .expect("embedded sample")
+}
+
+/// Random network with no dead units: BN shifts and conv biases positive, running statistics
+/// moderate, so every ReLU is active on some inputs.
+fn random_state(cfg: &NetConfig, seed: u64) -> StateDict {
+    let mut s = init_state(cfg, seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xabcdef);
+    for (k, t) in s.iter_mut() {
+        if k.starts_with("features") && k.ends_with(".weight") {
+            // He-scaled weights (std sqrt(2/fan_in)) so activations are not bias-dominated
+            t.data.iter_mut().for_each(|v| *v *= 6f32.sqrt());
+        } else if k.starts_with("features") && k.ends_with(".bias") {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = rng.gen_range(0.02..0.1));
+        } else if k.ends_with(".bias") && (k.contains("bn") || k.contains("shortcut.1")) {
+            t.data.iter_mut().for_each(|v| *v = rng.gen_range(0.1..0.5));
+        } else if k.ends_with("running_var") {
+            t.data.iter_mut().for_each(|v| *v = rng.gen_range(0.5..2.0));
+        } else if k.ends_with("running_mean") {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = rng.gen_range(-0.2..0.2));
+        } else if k.ends_with(".weight") && t.shape.len() == 1 {
+            t.data.iter_mut().for_each(|v| *v = rng.gen_range(0.5..1.5));
+        }
+    }
+    s
+}
+
+/// Applies a consistent permutation of every feature space (the test's own implementation,
+/// independent of the rewriter): rows of writers, columns of readers, BN vectors.
+fn permute_state(spec: &MergeSpec, s: &StateDict, perms: &[Vec<usize>]) -> StateDict {
+    let mut out = s.clone();
+    for l in &spec.layers {
+        for suffix in ["weight", "bias", "running_mean", "running_var"] {
+            let key = format!("{}.{suffix}", l.name);
+            let Some(t) = s.get(&key) else { continue };
+            let rows = t.shape[0];
+            let row_len = t.data.len() / rows;
+            let inner = if t.shape.len() >= 2 { t.shape[1] } else { 1 };
+            let spatial = row_len / inner;
+            let pout = match l.output {
+                Side::Space(i) => Some(&perms[i]),
+                _ => None,
+            };
+            let pin = match (
+                l.input,
+                t.shape.len() >= 2 && l.kind != LayerKind::BatchNorm,
+            ) {
+                (Side::Space(i), true) => Some(&perms[i]),
+                _ => None,
+            };
+            let mut d = vec![0.0; t.data.len()];
+            for r in 0..rows {
+                let src_r = pout.map_or(r, |p| p[r]);
+                for c in 0..inner {
+                    let src_c = pin.map_or(c, |p| p[c]);
+                    for x in 0..spatial {
+                        d[(r * inner + c) * spatial + x] =
+                            t.data[(src_r * inner + src_c) * spatial + x];
+                    }
+                }
+            }
+            out.get_mut(&key).unwrap().data = d;
+        }
+    }
+    out
+}
+
+fn manifest(cfg: &NetConfig, classes: Vec<usize>) -> ModelManifest {
+    ModelManifest {
+        format: FORMAT.into(),
+        arch: cfg.arch,
+        width: cfg.width,
+        weights: "model.safetensors".into(),
+        stop_cut: cfg.output_cut(),
+        stop: None,
+        heads: vec![HeadManifest {
+            weights: None,
+            classes,
+            head: HeadSpec::Linear,
+        }],
+        class_names: vec![],
+        provenance: serde_json::Value::Null,
+        zipmerge_version: "test".into(),
+    }
+}
+
+fn endpoints(cfg: &NetConfig, states: Vec<StateDict>) -> Endpoints {
+    let n = states.len();
+    Endpoints {
+        dirs: vec![Default::default(); n],
+        manifests: vec![manifest(cfg, (0..cfg.out).collect()); n],
+        states,
+        spec: MergeSpec::of(cfg),
+    }
+}
+
+fn outputs(sys_outputs: Vec<Tensor<2>>) -> Vec<Vec<f32>> {
+    sys_outputs
+        .into_iter()
+        .map(|t| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap())
+        .collect()
+}
+
+fn net_out(cfg: &NetConfig, s: &StateDict, x: &Tensor<4>) -> Vec<f32> {
+    let net = Net::from_state(cfg, s, &Device::flex()).unwrap();
+    net.forward(x.clone(), &mut ForwardCtx::default())
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+    num / den.max(1e-30)
+}
+
+/// Sets each VGG conv's bias so that its pre-activation has mean `0.5 * std` per channel on the
+/// probe images (layer by layer): every unit is active on most inputs, none is dead.
+fn vgg_positive_biases(cfg: &NetConfig, s: &mut StateDict, batches: &[Vec<Vec<u8>>]) {
+    const OFFSET: f32 = 1000.0;
+    let refs: Vec<&[u8]> = batches[0].iter().map(|v| v.as_slice()).collect();
+    let x = to_tensor(&refs, &Device::flex());
+    for k in 0..8 {
+        let key = format!(
+            "features.{}.bias",
+            zipmerge::models::vgg11::VGG11_TORCH_INDEX[k]
+        );
+        s.get_mut(&key)
+            .unwrap()
+            .data
+            .iter_mut()
+            .for_each(|v| *v = OFFSET); // ReLU becomes identity
+        let net = Net::from_state(cfg, s, &Device::flex()).unwrap();
+        let mut ctx = ForwardCtx::with_taps();
+        net.forward(x.clone(), &mut ctx);
+        let tap = ctx.taps.unwrap()[k].clone();
+        let [b, c, h, w] = tap.dims();
+        let v = tap
+            .swap_dims(0, 1)
+            .reshape([c, b * h * w])
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let n = b * h * w;
+        let bias = &mut s.get_mut(&key).unwrap().data;
+        for ch in 0..c {
+            let row = &v[ch * n..(ch + 1) * n];
+            let mean = row.iter().map(|x| *x as f64).sum::<f64>() / n as f64;
+            let var = row.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+            bias[ch] = (-(mean - OFFSET as f64) + 0.5 * var.sqrt()) as f32;
+        }
+    }
+}
+
+struct Case {
+    cfg: NetConfig,
+    a: StateDict,
+    b: StateDict,
+    batches: Vec<Vec<Vec<u8>>>,
+    x: Tensor<4>,
+}
+
+fn permuted_case(arch: Arch, width: usize) -> Case {
+    let cfg = NetConfig {
+        arch,
+        width,
+        out: 10,
+    };
+    let spec = MergeSpec::of(&cfg);
+    let set = sample();
+    let batches = probe_batches(
+        &set,
+        &ProbeOptions {
+            images: Some(200),
+            batch_size: 100,
+            augment: false,
+            seed: 3,
+        },
+    );
+    let mut a = random_state(&cfg, 11);
+    // no dead units: ResNet: re-estimate BN statistics on the probe images, so every BN output
+    // has a positive mean (beta > 0) on the data; VGG: data-dependent conv biases.
+    if arch == Arch::Resnet20 {
+        bn_reset::reset(
+            &manifest(&cfg, (0..cfg.out).collect()),
+            &mut a,
+            &mut [],
+            &batches,
+            &Device::flex(),
+            &mut |_| {},
+        )
+        .unwrap();
+    } else {
+        vgg_positive_biases(&cfg, &mut a, &batches);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let perms: Vec<Vec<usize>> = spec
+        .spaces
+        .iter()
+        .map(|s| {
+            let mut p: Vec<usize> = (0..s.width).collect();
+            p.shuffle(&mut rng);
+            p
+        })
+        .collect();
+    let b = permute_state(&spec, &a, &perms);
+    let imgs: Vec<&[u8]> = (0..16).map(|i| set.image(i * 37)).collect();
+    let x = to_tensor(&imgs, &Device::flex());
+    Case {
+        cfg,
+        a,
+        b,
+        batches,
+        x,
+    }
+}
+
+fn merged_output(
+    case: &Case,
+    method: &Method,
+    eps: f64,
+    stop: &str,
+    states: Vec<StateDict>,
+) -> Vec<Vec<f32>> {
+    let ep = endpoints(&case.cfg, states);
+    let stop = ep.spec.stop(stop).unwrap();
+    let device = Device::flex();
+    let stats = if method.needs_statistics() {
+        Some(merge::statistics(&ep, &case.batches, &device, &mut |_| {}).unwrap())
+    } else {
+        None
+    };
+    let t = merge::match_spaces(&ep, method, stats.as_ref(), stop.spaces, eps).unwrap();
+    let m = merge::build(&ep, &t, &stop, serde_json::Value::Null).unwrap();
+    let sys = m.system(&device).unwrap();
+    outputs(sys.forward_heads(case.x.clone(), &mut ForwardCtx::default()))
+}
+
+/// T5: merging a model with a permuted copy of itself reproduces it (permute and zipit),
+/// within 1e-4 relative at eps = 1e-5 and to float round-off at eps = 0.
+#[test]
+fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
+    for (arch, width) in [(Arch::Resnet20, 1), (Arch::Vgg11, 1)] {
+        let case = permuted_case(arch, width);
+        let want = net_out(&case.cfg, &case.a, &case.x);
+        // sanity: B computes the same function as A (the permutation is consistent)
+        assert!(
+            rel_err(&net_out(&case.cfg, &case.b, &case.x), &want) < 1e-5,
+            "{arch}: permuted copy differs"
+        );
+        for method in [
+            Method::Permute,
+            Method::Zipit {
+                alpha: 0.3,
+                beta: 0.125,
+            },
+        ] {
+            let got = merged_output(
+                &case,
+                &method,
+                1e-5,
+                "full",
+                vec![case.a.clone(), case.b.clone()],
+            );
+            let e = rel_err(&got[0], &want);
+            assert!(e < 1e-4, "{arch} {method:?} eps 1e-5: relative error {e}");
+            let got0 = merged_output(
+                &case,
+                &method,
+                0.0,
+                "full",
+                vec![case.a.clone(), case.b.clone()],
+            );
+            let e0 = rel_err(&got0[0], &want);
+            assert!(e0 < 2e-6, "{arch} {method:?} eps 0: relative error {e0}");
+        }
+    }
+}
+
+/// T6/T7: self-merge with every matcher gives the model back; return-a reproduces A.
+#[test]
+fn t6_t7_self_merge_and_return_a() {
+    let case = permuted_case(Arch::Resnet20, 1);
+    let want = net_out(&case.cfg, &case.a, &case.x);
+    for method in [
+        Method::Zipit {
+            alpha: 0.3,
+            beta: 0.125,
+        },
+        Method::Permute,
+        Method::WeightAvg,
+        Method::GitRebasin { seed: 0 },
+    ] {
+        let got = merged_output(
+            &case,
+            &method,
+            0.0,
+            "full",
+            vec![case.a.clone(), case.a.clone()],
+        );
+        let e = rel_err(&got[0], &want);
+        assert!(e < 2e-6, "{method:?}: self-merge relative error {e}");
+    }
+    // return-a (U = [I; 0]) keeps A's features; with separate linear heads (19/20) head A is
+    // exactly model A even when B is an unrelated model.
+    let other = random_state(&case.cfg, 99);
+    let got = merged_output(
+        &case,
+        &Method::ReturnA,
+        0.0,
+        "19/20",
+        vec![case.a.clone(), other],
+    );
+    assert!(rel_err(&got[0], &want) < 2e-6);
+}
+
+/// T7: weight averaging equals the element-wise average of the weights (times 2/(2+eps)).
+#[test]
+fn t7_weight_average_is_the_elementwise_mean() {
+    let cfg = NetConfig {
+        arch: Arch::Vgg11,
+        width: 1,
+        out: 10,
+    };
+    let a = random_state(&cfg, 1);
+    let b = random_state(&cfg, 2);
+    let ep = endpoints(&cfg, vec![a.clone(), b.clone()]);
+    let stop = ep.spec.stop("full").unwrap();
+    let t = merge::match_spaces(&ep, &Method::WeightAvg, None, stop.spaces, 0.0).unwrap();
+    let m = merge::build(&ep, &t, &stop, serde_json::Value::Null).unwrap();
+    let mut worst: BTreeMap<String, f32> = BTreeMap::new();
+    for (k, ta) in &a {
+        let tb = &b[k];
+        let tm = &m.zipped.trunk[k];
+        let d = ta
+            .data
+            .iter()
+            .zip(&tb.data)
+            .zip(&tm.data)
+            .map(|((x, y), z)| ((x + y) / 2.0 - z).abs())
+            .fold(0.0f32, f32::max);
+        worst.insert(k.clone(), d);
+    }
+    assert!(worst.values().all(|d| *d < 1e-6), "{worst:?}");
+}
+
+/// T10: a partial zip of identical models: both heads equal the endpoint.
+#[test]
+fn t10_partial_zip_of_identical_models_has_equal_heads() {
+    let case = permuted_case(Arch::Resnet20, 1);
+    let want = net_out(&case.cfg, &case.a, &case.x);
+    for stop in ["7/20", "13/20", "19/20"] {
+        let got = merged_output(
+            &case,
+            &Method::Zipit {
+                alpha: 0.3,
+                beta: 0.125,
+            },
+            0.0,
+            stop,
+            vec![case.a.clone(), case.a.clone()],
+        );
+        assert_eq!(got.len(), 2, "{stop}: two heads");
+        for (h, g) in got.iter().enumerate() {
+            let e = rel_err(g, &want);
+            assert!(e < 2e-6, "{stop} head {h}: relative error {e}");
+        }
+    }
+}

@@ -13,6 +13,7 @@ pub mod collect;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod experiments;
 pub mod matching;
 pub mod merge;
 pub mod models;

@@ -3,6 +3,7 @@
 mod bn_reset_cmd;
 mod common;
 mod eval_cmd;
+mod experiment_cmd;
 mod inspect_cmd;
 mod match_cmd;
 mod merge_cmd;
@@ -39,6 +40,10 @@ pub enum Command {
     BnReset(bn_reset_cmd::BnResetArgs),
     /// Architecture, width, head, parameters, FLOPs, feature spaces and valid stops of a model.
     Inspect(inspect_cmd::InspectArgs),
+    /// Merge at every stop (statistics collected once) and write sweep.csv/json/png/svg.
+    Sweep(experiment_cmd::SweepArgs),
+    /// Reproduce the ZipIt! paper tables (`table1`).
+    Reproduce(experiment_cmd::ReproduceArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -58,5 +63,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Match(a) => match_cmd::exec(a),
         Command::BnReset(a) => bn_reset_cmd::exec(a),
         Command::Inspect(a) => inspect_cmd::exec(a),
+        Command::Sweep(a) => experiment_cmd::exec_sweep(a),
+        Command::Reproduce(a) => experiment_cmd::exec_reproduce(a),
     }
 }

@@ -1,0 +1,434 @@
+//! `zipmerge sweep` (every stop of one method) and `zipmerge reproduce table1` (the ZipIt!
+//! Table 1 layout over endpoint pairs). Statistics are collected once per pair.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use zipmerge::data::ImageSet;
+use zipmerge::experiments::table::{aggregate, csv, markdown};
+use zipmerge::experiments::{match_all, Context as Exp, Counters, Row};
+use zipmerge::merge::{self, Endpoints, Method, Statistics};
+use zipmerge::util::write_atomic;
+
+use super::common::{bar, data_root, load_split, BackendArgs};
+use super::merge_cmd::MergeSettings;
+
+/// Data and output options shared by the experiment commands.
+#[derive(Args, Debug, Clone)]
+pub struct ExperimentIo {
+    /// Data root with train/ (probe and BN-reset images) and test/ (evaluation); default
+    /// $ZIPMERGE_DATA, else datasets/cifar10-sample.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Evaluate on this root's test/ folder instead of --data's.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Output folder for tables/reports.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print JSON only.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Arguments of `zipmerge sweep`.
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// Source models (two or more).
+    #[arg(long = "model", required = true)]
+    pub models: Vec<PathBuf>,
+    /// Stops: `all` or a comma list (`7/20,13/20`).
+    #[arg(long, default_value = "all")]
+    pub stops: String,
+    #[command(flatten)]
+    pub settings: MergeSettings,
+    #[command(flatten)]
+    pub io: ExperimentIo,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// `zipmerge reproduce ...`.
+#[derive(Args, Debug)]
+pub struct ReproduceArgs {
+    /// What to reproduce.
+    #[command(subcommand)]
+    pub what: Reproduce,
+}
+
+/// Reproducible experiments.
+#[derive(Subcommand, Debug)]
+pub enum Reproduce {
+    /// ZipIt! Table 1 layout: Model A, Model B, W.Avg, Git Re-Basin, Permute, ZipIt!20/20,
+    /// Ensemble, ZipIt!13/20, ZipIt!7/20.
+    Table1(Table1Args),
+}
+
+/// Arguments of `zipmerge reproduce table1`.
+#[derive(Args, Debug)]
+pub struct Table1Args {
+    /// Folder of endpoint pairs: model folders named `<name>-a` / `<name>-b`.
+    #[arg(long, default_value = "models/cifar10-5+5")]
+    pub pairs: PathBuf,
+    /// Only pairs whose name contains this (e.g. `resnet20x1`).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Add the paper's published CIFAR-10 5+5 joint accuracies (ResNet-20 x4, CLIP heads).
+    #[arg(long)]
+    pub paper: bool,
+    #[command(flatten)]
+    pub settings: MergeSettings,
+    #[command(flatten)]
+    pub io: ExperimentIo,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// Loaded inputs of one pair.
+struct Prepared {
+    ep: Endpoints,
+    bn: Vec<Vec<Vec<u8>>>,
+    probe: Vec<Vec<Vec<u8>>>,
+    tasks: Vec<Vec<usize>>,
+}
+
+fn prepare(
+    models: &[PathBuf],
+    s: &MergeSettings,
+    train: &ImageSet,
+    device: &burn::tensor::Device,
+    quiet: bool,
+    counters: &mut Counters,
+) -> Result<(Prepared, Statistics)> {
+    let mut ep = Endpoints::load(models)?;
+    let bn = s.bn_batches(train)?;
+    let probe = s.probe_batches(train)?;
+    if !s.no_endpoint_bn_reset && !bn.is_empty() {
+        let pb = bar(
+            (bn.iter().map(Vec::len).sum::<usize>() * ep.n()) as u64,
+            "endpoint BN",
+            quiet,
+        );
+        ep.reset_bn(&bn, device, &mut |k| pb.inc(k as u64))?;
+        pb.finish_and_clear();
+    }
+    let pb = bar(
+        probe.iter().map(Vec::len).sum::<usize>() as u64,
+        "statistics",
+        quiet,
+    );
+    let stats = merge::statistics(&ep, &probe, device, &mut |k| pb.inc(k as u64))?;
+    pb.finish_and_clear();
+    counters.statistics_passes += 1;
+    let tasks = ep
+        .manifests
+        .iter()
+        .map(|m| m.heads[0].classes.clone())
+        .collect();
+    Ok((
+        Prepared {
+            ep,
+            bn,
+            probe,
+            tasks,
+        },
+        stats,
+    ))
+}
+
+fn eval_bar(
+    test: &ImageSet,
+    tasks: &[Vec<usize>],
+    label: &str,
+    quiet: bool,
+) -> indicatif::ProgressBar {
+    let n = (0..test.len())
+        .filter(|&i| tasks.iter().any(|t| t.contains(&test.labels[i])))
+        .count();
+    bar(n as u64, label, quiet)
+}
+
+fn print_rows(rows: &[Row]) {
+    let lines = aggregate(&[rows.to_vec()], false);
+    print!("{}", markdown(&lines));
+}
+
+/// Runs `zipmerge sweep`.
+pub fn exec_sweep(a: SweepArgs) -> Result<()> {
+    let quiet = a.io.quiet || a.io.json;
+    let method = a.settings.method()?;
+    let device = a.backend.device(quiet)?;
+    let root = data_root(a.io.data.as_deref());
+    let train = load_split(&root, "train", quiet)?;
+    let test = load_split(a.io.eval_data.as_deref().unwrap_or(&root), "test", quiet)?;
+    let t0 = Instant::now();
+    let mut counters = Counters::default();
+    let (p, stats) = prepare(
+        &a.models,
+        &a.settings,
+        &train,
+        &device,
+        quiet,
+        &mut counters,
+    )?;
+    let all_stops = p.ep.spec.stops();
+    let stops = if a.stops == "all" {
+        all_stops
+    } else {
+        a.stops
+            .split(',')
+            .map(|s| p.ep.spec.stop(s.trim()))
+            .collect::<Result<_, _>>()?
+    };
+    let transforms = match_all(
+        &p.ep,
+        &method,
+        method.needs_statistics().then_some(&stats),
+        a.settings.merge_eps,
+        &mut counters,
+    )?;
+    let exp = Exp {
+        endpoints: &p.ep,
+        bn_batches: &p.bn,
+        test: &test,
+        tasks: &p.tasks,
+        batch_size: a.settings.batch_size,
+        device: &device,
+        eps: a.settings.merge_eps,
+    };
+    let mut rows = Vec::new();
+    for i in 0..p.ep.n() {
+        let label = format!("Model {}", (b'A' + i as u8) as char);
+        let pb = eval_bar(&test, &p.tasks, &label, quiet);
+        rows.push(exp.endpoint_row(i, &label, &mut |k| pb.inc(k as u64))?);
+        pb.finish_and_clear();
+    }
+    for st in &stops {
+        let label = format!("{}{}", method.label(), st.name);
+        let pb = eval_bar(&test, &p.tasks, &label, quiet);
+        rows.push(exp.merged_row(&label, &transforms, st, &mut |k| pb.inc(k as u64))?);
+        pb.finish_and_clear();
+    }
+    let pb = eval_bar(&test, &p.tasks, "ensemble", quiet);
+    rows.push(exp.ensemble_row(&mut |k| pb.inc(k as u64))?);
+    pb.finish_and_clear();
+    let report = json!({
+        "method": method, "rows": rows, "counters": counters,
+        "probe_images": p.probe.iter().map(Vec::len).sum::<usize>(),
+        "bn_reset_images": p.bn.iter().map(Vec::len).sum::<usize>(),
+        "test_images": test.len(), "seconds": t0.elapsed().as_secs_f64(),
+        "models": a.models.iter().map(|m| m.display().to_string()).collect::<Vec<_>>(),
+    });
+    if let Some(out) = &a.io.out {
+        write_sweep(out, &rows, &report)?;
+    }
+    if a.io.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_rows(&rows);
+        eprintln!(
+            "statistics computed {} time(s), matching run {} time(s); {:.1}s in all",
+            counters.statistics_passes,
+            counters.matching_runs,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn write_sweep(out: &Path, rows: &[Row], report: &serde_json::Value) -> Result<()> {
+    let mut c = String::from(
+        "label,stop,zipped_layers,total_layers,flops,joint,task_a,task_b,avg,seconds\n",
+    );
+    for r in rows {
+        let t = |i: usize| {
+            r.accuracy
+                .tasks
+                .get(i)
+                .map_or(String::new(), |x| format!("{:.4}", x.accuracy))
+        };
+        c.push_str(&format!(
+            "{},{},{},{},{},{:.4},{},{},{:.4},{:.3}\n",
+            r.label,
+            r.stop.clone().unwrap_or_default(),
+            r.zipped_layers.map_or(String::new(), |z| z.to_string()),
+            r.total_layers,
+            r.flops,
+            r.accuracy.joint,
+            t(0),
+            t(1),
+            r.accuracy.avg,
+            r.seconds
+        ));
+    }
+    write_atomic(&out.join("sweep.csv"), c.as_bytes())?;
+    write_atomic(&out.join("sweep.json"), &serde_json::to_vec_pretty(report)?)?;
+    zipmerge::experiments::plot::sweep_plot(rows, &out.join("sweep.svg"), &out.join("sweep.png"))
+        .context("drawing the sweep plot")?;
+    Ok(())
+}
+
+/// Finds `<name>-a`/`<name>-b` pairs of model folders.
+fn find_pairs(dir: &Path, filter: Option<&str>) -> Result<Vec<(String, Vec<PathBuf>)>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list endpoint pairs", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("manifest.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut pairs = Vec::new();
+    for n in &names {
+        if let Some(base) = n.strip_suffix("-a") {
+            if filter.is_some_and(|f| !base.contains(f)) {
+                continue;
+            }
+            let b = format!("{base}-b");
+            if names.contains(&b) {
+                pairs.push((base.to_string(), vec![dir.join(n), dir.join(&b)]));
+            }
+        }
+    }
+    if pairs.is_empty() {
+        bail!(
+            "{}: no endpoint pairs (model folders named <name>-a and <name>-b)",
+            dir.display()
+        );
+    }
+    Ok(pairs)
+}
+
+/// Runs `zipmerge reproduce`.
+pub fn exec_reproduce(a: ReproduceArgs) -> Result<()> {
+    let Reproduce::Table1(a) = a.what;
+    let quiet = a.io.quiet || a.io.json;
+    let device = a.backend.device(quiet)?;
+    let root = data_root(a.io.data.as_deref());
+    let train = load_split(&root, "train", quiet)?;
+    let test = load_split(a.io.eval_data.as_deref().unwrap_or(&root), "test", quiet)?;
+    let pairs = find_pairs(&a.pairs, a.filter.as_deref())?;
+    let zipit = Method::Zipit {
+        alpha: a.settings.alpha,
+        beta: a.settings.beta,
+    };
+    let t0 = Instant::now();
+    let mut all_rows: Vec<Vec<Row>> = Vec::new();
+    let mut counters = Counters::default();
+    for (name, models) in &pairs {
+        if !quiet {
+            eprintln!(
+                "pair {name}: {}",
+                models
+                    .iter()
+                    .map(|m| m.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            );
+        }
+        let (p, stats) = prepare(models, &a.settings, &train, &device, quiet, &mut counters)?;
+        let exp = Exp {
+            endpoints: &p.ep,
+            bn_batches: &p.bn,
+            test: &test,
+            tasks: &p.tasks,
+            batch_size: a.settings.batch_size,
+            device: &device,
+            eps: a.settings.merge_eps,
+        };
+        let stops = p.ep.spec.stops();
+        let full = stops.last().expect("full").clone();
+        let zip_t = match_all(
+            &p.ep,
+            &zipit,
+            Some(&stats),
+            a.settings.merge_eps,
+            &mut counters,
+        )?;
+        let mut rows = Vec::new();
+        let mut run = |label: &str,
+                       f: &mut dyn FnMut(
+            &mut dyn FnMut(usize),
+        ) -> Result<Row, zipmerge::error::MergeError>|
+         -> Result<()> {
+            let pb = eval_bar(&test, &p.tasks, label, quiet);
+            rows.push(f(&mut |k| pb.inc(k as u64))?);
+            pb.finish_and_clear();
+            Ok(())
+        };
+        run("Model A", &mut |pr| exp.endpoint_row(0, "Model A", pr))?;
+        run("Model B", &mut |pr| exp.endpoint_row(1, "Model B", pr))?;
+        for (label, method) in [
+            ("W.Avg", Method::WeightAvg),
+            (
+                "Git Re-Basin",
+                Method::GitRebasin {
+                    seed: a.settings.seed,
+                },
+            ),
+            ("Permute", Method::Permute),
+        ] {
+            let t = match_all(
+                &p.ep,
+                &method,
+                Some(&stats),
+                a.settings.merge_eps,
+                &mut counters,
+            )?;
+            run(label, &mut |pr| exp.merged_row(label, &t, &full, pr))?;
+        }
+        run("ZipIt!20/20", &mut |pr| {
+            exp.merged_row(&format!("ZipIt!{}", full.name), &zip_t, &full, pr)
+        })?;
+        run("Ensemble", &mut |pr| exp.ensemble_row(pr))?;
+        // partial zips at the stage ends, deepest first (13/20, 7/20 for ResNet-20)
+        let mut partial: Vec<_> = stops
+            .iter()
+            .filter(|s| !s.is_full() && !s.aliases.is_empty())
+            .cloned()
+            .collect();
+        partial.reverse();
+        for st in partial.iter().filter(|s| s.zipped + 1 < s.total) {
+            let label = format!("ZipIt!{}", st.name);
+            run(&label.clone(), &mut |pr| {
+                exp.merged_row(&label, &zip_t, st, pr)
+            })?;
+        }
+        all_rows.push(rows);
+    }
+    let lines = aggregate(&all_rows, a.paper);
+    let md = markdown(&lines);
+    let report = json!({
+        "pairs": pairs.iter().map(|(n, m)| json!({"name": n, "models": m})).collect::<Vec<_>>(),
+        "lines": lines, "rows": all_rows, "counters": counters,
+        "settings": {"alpha": a.settings.alpha, "beta": a.settings.beta, "probe_images": a.settings.probe_images, "bn_reset_images": a.settings.bn_reset_images, "seed": a.settings.seed, "augment_probe": !a.settings.no_probe_augment},
+        "data": root.display().to_string(), "test_images": test.len(), "seconds": t0.elapsed().as_secs_f64(),
+        "paper_note": if a.paper { Some("paper numbers: ZipIt! (ICLR 2024) CIFAR-10 5+5, ResNet-20 x4 with CLIP ViT-B/32 text heads, 100 epochs; ours: the models and heads listed above") } else { None },
+    });
+    if let Some(out) = &a.io.out {
+        write_atomic(&out.join("table1.md"), md.as_bytes())?;
+        write_atomic(&out.join("table1.csv"), csv(&lines).as_bytes())?;
+        write_atomic(
+            &out.join("table1.json"),
+            &serde_json::to_vec_pretty(&report)?,
+        )?;
+    }
+    if a.io.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{md}");
+        eprintln!(
+            "{} pair(s), {} test images, {:.1}s",
+            pairs.len(),
+            test.len(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Experiments built from the pipeline steps: partial-zip sweeps over stops and the ZipIt!
+//! Table 1 layout. Statistics are collected once per endpoint pair and every space is matched
+//! once; only the rewriting, BN reset and evaluation run per stop.
+
+pub mod plot;
+pub mod table;
+
+use std::time::Instant;
+
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::checkpoint::ModelManifest;
+use crate::data::ImageSet;
+use crate::error::MergeError;
+use crate::eval::runner::evaluate;
+use crate::eval::Accuracy;
+use crate::matching::MergeUnmerge;
+use crate::merge::{self, Endpoints, Method, Statistics};
+use crate::models::system::System;
+use crate::models::Net;
+use crate::spec::Stop;
+
+/// One evaluated configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// Row label (`Model A`, `ZipIt!13/20`, `Ensemble`, ...).
+    pub label: String,
+    /// Stop name, for merged models.
+    pub stop: Option<String>,
+    /// Layers zipped / total (merged models).
+    pub zipped_layers: Option<usize>,
+    /// Total counted layers.
+    pub total_layers: usize,
+    /// Forward MACs per image of the whole system.
+    pub flops: u64,
+    /// Accuracies.
+    pub accuracy: Accuracy,
+    /// Seconds spent on this row (rewrite + BN reset + eval).
+    pub seconds: f64,
+}
+
+/// Shared inputs of an experiment on one endpoint pair.
+pub struct Context<'a> {
+    /// The endpoints (after the endpoint BN reset, if any).
+    pub endpoints: &'a Endpoints,
+    /// BN-reset batches (empty = no reset).
+    pub bn_batches: &'a [Vec<Vec<u8>>],
+    /// Test images.
+    pub test: &'a ImageSet,
+    /// Tasks.
+    pub tasks: &'a [Vec<usize>],
+    /// Eval batch size.
+    pub batch_size: usize,
+    /// Device.
+    pub device: &'a Device,
+    /// Merge epsilon.
+    pub eps: f64,
+}
+
+/// Counts forward passes over the probe set, to show statistics are computed once.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counters {
+    /// Statistics passes (one per collection over the probe set).
+    pub statistics_passes: usize,
+    /// Matching runs (one per method and space set).
+    pub matching_runs: usize,
+}
+
+impl Context<'_> {
+    fn evaluate(&self, systems: &[System], progress: &mut dyn FnMut(usize)) -> Accuracy {
+        evaluate(
+            systems,
+            self.test,
+            self.tasks,
+            self.batch_size,
+            self.device,
+            progress,
+        )
+    }
+
+    /// Evaluates endpoint `i` alone.
+    ///
+    /// # Errors
+    /// [`MergeError::Model`] if its weights do not fit.
+    pub fn endpoint_row(
+        &self,
+        i: usize,
+        label: &str,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Row, MergeError> {
+        let t = Instant::now();
+        let sys = self.endpoint_system(i)?;
+        let accuracy = self.evaluate(std::slice::from_ref(&sys), progress);
+        Ok(Row {
+            label: label.into(),
+            stop: None,
+            zipped_layers: None,
+            total_layers: self.endpoints.spec.total_layers(),
+            flops: sys.flops(),
+            accuracy,
+            seconds: t.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn endpoint_system(&self, i: usize) -> Result<System, MergeError> {
+        let m: &ModelManifest = &self.endpoints.manifests[i];
+        let net = Net::from_state(&m.net_config(), &self.endpoints.states[i], self.device)?;
+        Ok(System::single(m.clone(), net))
+    }
+
+    /// Evaluates the ensemble of all endpoints (multi-head rules, reference §5.3).
+    ///
+    /// # Errors
+    /// [`MergeError::Model`] if weights do not fit.
+    pub fn ensemble_row(&self, progress: &mut dyn FnMut(usize)) -> Result<Row, MergeError> {
+        let t = Instant::now();
+        let systems: Vec<System> = (0..self.endpoints.n())
+            .map(|i| self.endpoint_system(i))
+            .collect::<Result<_, _>>()?;
+        let accuracy = self.evaluate(&systems, progress);
+        Ok(Row {
+            label: "Ensemble".into(),
+            stop: None,
+            zipped_layers: None,
+            total_layers: self.endpoints.spec.total_layers(),
+            flops: systems.iter().map(System::flops).sum(),
+            accuracy,
+            seconds: t.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Rewrites at `stop` with already matched spaces, resets BN and evaluates.
+    ///
+    /// # Errors
+    /// As [`merge::build`].
+    pub fn merged_row(
+        &self,
+        label: &str,
+        transforms: &[MergeUnmerge],
+        stop: &Stop,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Row, MergeError> {
+        let t = Instant::now();
+        let mut m = merge::build(self.endpoints, transforms, stop, serde_json::Value::Null)?;
+        if !self.bn_batches.is_empty() {
+            m.reset_bn(self.bn_batches, self.device, &mut |_| {})?;
+        }
+        let sys = m.system(self.device)?;
+        let accuracy = self.evaluate(std::slice::from_ref(&sys), progress);
+        Ok(Row {
+            label: label.into(),
+            stop: Some(stop.name.clone()),
+            zipped_layers: Some(stop.zipped),
+            total_layers: stop.total,
+            flops: sys.flops(),
+            accuracy,
+            seconds: t.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Matches every space once for `method` (all stops reuse the result).
+///
+/// # Errors
+/// As [`merge::match_spaces`].
+pub fn match_all(
+    ep: &Endpoints,
+    method: &Method,
+    stats: Option<&Statistics>,
+    eps: f64,
+    counters: &mut Counters,
+) -> Result<Vec<MergeUnmerge>, MergeError> {
+    counters.matching_runs += 1;
+    merge::match_spaces(ep, method, stats, ep.spec.spaces.len(), eps)
+}
+
+/// Population standard deviation and mean of a list.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n;
+    (m, var.sqrt())
+}

@@ -1,0 +1,156 @@
+//! Sweep plot: joint and average task accuracy (percent) against forward FLOPs (G
+//! multiply-accumulates per image), one point per stop, endpoints and ensemble marked. Written as
+//! SVG and PNG with plotters; the font (DejaVu Sans, assets/) is embedded.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+
+use super::Row;
+
+static FONT: Once = Once::new();
+
+fn ensure_font() {
+    FONT.call_once(|| {
+        let _ = register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            include_bytes!("../../assets/DejaVuSans.ttf"),
+        );
+    });
+}
+
+/// Error of the plot writer.
+#[derive(Debug, thiserror::Error)]
+#[error("plot: {0}")]
+pub struct PlotError(String);
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    rows: &[Row],
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |x: &dyn std::fmt::Display| PlotError(x.to_string());
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let gf = |r: &Row| r.flops as f64 / 1e9;
+    let xmax = rows.iter().map(gf).fold(0.0, f64::max) * 1.1 + 1e-6;
+    let ymin = rows
+        .iter()
+        .flat_map(|r| [r.accuracy.joint, r.accuracy.avg])
+        .fold(100.0, f64::min);
+    let ymin = (ymin - 5.0).max(0.0).floor();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Partial zipping: accuracy vs forward FLOPs",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..xmax, ymin..100.0)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .x_desc("forward FLOPs per image (G multiply-accumulates)")
+        .y_desc("accuracy (%)")
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(|x| e(&x))?;
+    let merged: Vec<&Row> = rows.iter().filter(|r| r.stop.is_some()).collect();
+    let mut merged_sorted = merged.clone();
+    merged_sorted.sort_by(|a, b| gf(a).total_cmp(&gf(b)));
+    for (name, color, f) in [
+        (
+            "joint",
+            BLUE,
+            (|r: &Row| r.accuracy.joint) as fn(&Row) -> f64,
+        ),
+        ("avg (task known)", RED, |r: &Row| r.accuracy.avg),
+    ] {
+        chart
+            .draw_series(LineSeries::new(
+                merged_sorted.iter().map(|r| (gf(r), f(r))),
+                color.stroke_width(2),
+            ))
+            .map_err(|x| e(&x))?
+            .label(format!("merged, {name}"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                merged_sorted
+                    .iter()
+                    .map(|r| Circle::new((gf(r), f(r)), 4, color.filled())),
+            )
+            .map_err(|x| e(&x))?;
+        chart
+            .draw_series(merged_sorted.iter().map(|r| {
+                Text::new(
+                    r.stop.clone().unwrap_or_default(),
+                    (gf(r), f(r) + 1.0),
+                    ("sans-serif", 12).into_font().color(&BLACK),
+                )
+            }))
+            .map_err(|x| e(&x))?;
+        for r in rows.iter().filter(|r| r.stop.is_none()) {
+            let mk = if r.label == "Ensemble" {
+                "ensemble"
+            } else {
+                &r.label
+            };
+            chart
+                .draw_series(std::iter::once(TriangleMarker::new(
+                    (gf(r), f(r)),
+                    7,
+                    color.mix(0.6).filled(),
+                )))
+                .map_err(|x| e(&x))?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    mk.to_string(),
+                    (gf(r), f(r) - 2.5),
+                    ("sans-serif", 12).into_font().color(&BLACK),
+                )))
+                .map_err(|x| e(&x))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}
+
+/// Writes the sweep plot as SVG and PNG (each through a temporary file renamed into place).
+///
+/// # Errors
+/// [`PlotError`] when drawing or writing fails.
+pub fn sweep_plot(rows: &[Row], svg: &Path, png: &Path) -> Result<(), PlotError> {
+    ensure_font();
+    let dir = svg.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|x| PlotError(x.to_string()))?;
+    let tmp_svg = dir.join(".sweep.svg.tmp");
+    let tmp_png = dir.join(".sweep.png.tmp.png");
+    draw(
+        SVGBackend::new(&tmp_svg, (900, 600)).into_drawing_area(),
+        rows,
+    )?;
+    draw(
+        BitMapBackend::new(&tmp_png, (900, 600)).into_drawing_area(),
+        rows,
+    )?;
+    std::fs::rename(&tmp_svg, svg).map_err(|x| PlotError(x.to_string()))?;
+    std::fs::rename(&tmp_png, png).map_err(|x| PlotError(x.to_string()))?;
+    Ok(())
+}

@@ -45,6 +45,36 @@ impl FromStr for Backend {
     }
 }
 
+/// Names of the wgpu adapters this machine offers (`name (type T, backend B)`), empty when none.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_adapters() -> Vec<String> {
+    let instance = wgpu::Instance::default();
+    let adapters = block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!(
+                "{} (type {:?}, backend {:?})",
+                i.name, i.device_type, i.backend
+            )
+        })
+        .collect()
+}
+
+/// Polls a future that completes without waiting (wgpu's native adapter enumeration).
+#[cfg(feature = "wgpu")]
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Which wgpu adapter to use: `None` = the best one wgpu finds, `Some("cpu")` = a CPU
 /// (software) adapter, `Some("N")` = discrete GPU number N.
 ///
@@ -64,6 +94,16 @@ pub fn device(backend: Backend, device: Option<&str>) -> Result<Device, String> 
         #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
             use burn::tensor::DeviceKind;
+            let adapters = wgpu_adapters();
+            if adapters.is_empty() {
+                return Err("--backend wgpu: no GPU adapter found (wgpu saw no Vulkan/Metal/DX12/GL device); install a driver, e.g. Mesa's lavapipe (Debian: mesa-vulkan-drivers libvulkan1) for a CPU adapter, or use --backend flex".into());
+            }
+            if device == Some("cpu") && !adapters.iter().any(|a| a.contains("type Cpu")) {
+                return Err(format!(
+                    "--device cpu: no CPU (software) adapter; found: {}",
+                    adapters.join("; ")
+                ));
+            }
             let kind = match device {
                 None => DeviceKind::DefaultDevice,
                 Some("cpu") => DeviceKind::Cpu,

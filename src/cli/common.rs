@@ -25,10 +25,16 @@ impl BackendArgs {
     /// Builds the device, printing the wgpu adapter choice once.
     pub fn device(&self, quiet: bool) -> Result<Device> {
         let d = backend::device(self.backend, self.device.as_deref()).map_err(|e| anyhow!(e))?;
+        #[cfg(feature = "wgpu")]
         if self.backend == Backend::Wgpu && !quiet {
+            let adapters = backend::wgpu_adapters();
             eprintln!(
-                "backend: wgpu ({})",
-                self.device.as_deref().unwrap_or("default adapter")
+                "backend: wgpu, device {} ({} adapter(s): {})",
+                self.device
+                    .as_deref()
+                    .unwrap_or("default (high-performance preferred)"),
+                adapters.len(),
+                adapters.join("; ")
             );
         }
         Ok(d)

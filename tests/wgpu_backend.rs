@@ -1,0 +1,124 @@
+//! The wgpu path against flex, run in CI on Mesa's lavapipe (a CPU Vulkan adapter; `.ci/run`
+//! installs it and sets `ZIPMERGE_TEST_WGPU=1`). Skipped (with a message) when the variable is
+//! unset. Checks: forward logits of ResNet-20 and VGG-11 within 1e-3 relative, the covariance of a
+//! statistics pass on the embedded sample within 1e-4 relative, identical ZipIt! clusters.
+
+use burn::tensor::Device;
+
+use zipmerge::backend::{self, Backend};
+use zipmerge::collect::{collect, probe_batches, ProbeOptions};
+use zipmerge::data::{to_tensor, ImageSet};
+use zipmerge::matching::{correlation, Matcher, ZipIt};
+use zipmerge::models::{init_state, Arch, ForwardCtx, Net, NetConfig};
+
+fn wgpu_device() -> Option<Device> {
+    if std::env::var("ZIPMERGE_TEST_WGPU").is_err() {
+        eprintln!(
+            "wgpu tests skipped: set ZIPMERGE_TEST_WGPU=1 with a wgpu adapter (CI: lavapipe)"
+        );
+        return None;
+    }
+    let adapters = backend::wgpu_adapters();
+    println!("wgpu adapters: {adapters:?}");
+    assert!(
+        !adapters.is_empty(),
+        "ZIPMERGE_TEST_WGPU is set but wgpu finds no adapter"
+    );
+    Some(backend::device(Backend::Wgpu, Some("cpu")).expect("wgpu cpu device"))
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let n: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let d: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+    n / d.max(1e-30)
+}
+
+fn sample() -> ImageSet {
+    ImageSet::load(
+        std::path::Path::new("datasets/cifar10-sample/train"),
+        "train",
+    )
+    .expect("embedded sample")
+}
+
+#[test]
+fn wgpu_forward_statistics_and_clusters_match_flex() {
+    let Some(wg) = wgpu_device() else { return };
+    let flex = Device::flex();
+    let set = sample();
+    let imgs: Vec<&[u8]> = (0..4).map(|i| set.image(i * 101)).collect();
+    for arch in [Arch::Resnet20, Arch::Vgg11] {
+        let cfg = NetConfig {
+            arch,
+            width: 1,
+            out: 10,
+        };
+        let s = init_state(&cfg, 3);
+        let out = |d: &Device| {
+            let net = Net::from_state(&cfg, &s, d).unwrap();
+            net.forward(to_tensor(&imgs, d), &mut ForwardCtx::default())
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        let (a, b) = (out(&wg), out(&flex));
+        let e = rel(&a, &b);
+        println!("{arch}: wgpu vs flex logits relative error {e:.2e}");
+        assert!(e < 1e-3, "{arch}: logits differ by {e}");
+    }
+    // statistics on the embedded sample: two differently initialised ResNet-20s
+    let cfg = NetConfig {
+        arch: Arch::Resnet20,
+        width: 1,
+        out: 10,
+    };
+    let batches = probe_batches(
+        &set,
+        &ProbeOptions {
+            images: Some(32),
+            batch_size: 16,
+            augment: false,
+            seed: 1,
+        },
+    );
+    let covs = |d: &Device| {
+        let nets: Vec<Net> = [1, 2]
+            .iter()
+            .map(|&seed| Net::from_state(&cfg, &init_state(&cfg, seed), d).unwrap())
+            .collect();
+        collect(&nets, &batches, d, &mut |_| {})
+            .unwrap()
+            .iter()
+            .map(|a| a.finalize().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (cw, cf) = (covs(&wg), covs(&flex));
+    for (s, (w, f)) in cw.iter().zip(&cf).enumerate() {
+        let wv: Vec<f32> = w.data.iter().map(|v| *v as f32).collect();
+        let fv: Vec<f32> = f.data.iter().map(|v| *v as f32).collect();
+        let e = rel(&wv, &fv);
+        assert!(e < 1e-4, "space {s}: covariance differs by {e}");
+        let z = ZipIt {
+            alpha: 0.3,
+            beta: 0.125,
+        };
+        let (mw, mf) = (
+            z.solve(&correlation(w), 2, 1e-5).unwrap(),
+            z.solve(&correlation(f), 2, 1e-5).unwrap(),
+        );
+        assert_eq!(
+            mw.clusters, mf.clusters,
+            "space {s}: ZipIt! clusters differ between wgpu and flex"
+        );
+    }
+    println!(
+        "covariances of {} spaces within 1e-4 relative, identical ZipIt! clusters",
+        cw.len()
+    );
+}

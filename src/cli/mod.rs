@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch. Each subcommand lives in its own file with a thin `exec`.
 
+mod bench_cmd;
 mod bn_reset_cmd;
 mod common;
 mod eval_cmd;
@@ -44,6 +45,8 @@ pub enum Command {
     Sweep(experiment_cmd::SweepArgs),
     /// Reproduce the ZipIt! paper tables (`table1`).
     Reproduce(experiment_cmd::ReproduceArgs),
+    /// Throughput per backend: forward, statistics and BN-reset images/s, matcher times.
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -65,5 +68,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Inspect(a) => inspect_cmd::exec(a),
         Command::Sweep(a) => experiment_cmd::exec_sweep(a),
         Command::Reproduce(a) => experiment_cmd::exec_reproduce(a),
+        Command::Bench(a) => bench_cmd::exec(a),
     }
 }

@@ -107,3 +107,29 @@ impl ForwardCtx {
 pub fn param_count<M: Module>(m: &M) -> usize {
     m.num_params()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    /// T12 (per batch): recorded statistics are the batch mean and the *unbiased* variance over
+    /// B*H*W; the output is normalised with the biased batch variance (PyTorch train mode).
+    #[test]
+    fn t12_bn_record_mode_uses_batch_statistics() {
+        let d = Device::flex();
+        let m = bn(1, &d);
+        // x: [B=2, C=1, H=1, W=2] = 1, 2, 3, 4 -> mean 2.5, biased var 1.25, unbiased 5/3
+        let x = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 1, 1, 2]), &d);
+        let mut ctx = ForwardCtx::recording_bn();
+        let y = ctx.bn("bn1", &m, x).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let (name, mean, var) = &ctx.bn_records[0];
+        assert_eq!(name, "bn1");
+        assert!((mean[0] - 2.5).abs() < 1e-6);
+        assert!((var[0] - 5.0 / 3.0).abs() < 1e-5);
+        let s = (1.25f32 + 1e-5).sqrt();
+        for (g, w) in y.iter().zip([-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s]) {
+            assert!((g - w).abs() < 1e-5, "{y:?}");
+        }
+    }
+}

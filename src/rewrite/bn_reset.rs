@@ -116,3 +116,25 @@ pub fn build_system(
     }
     Ok(sys)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// T12 (over batches): the reset statistics are the unweighted means over batches of the
+    /// per-batch means and unbiased variances, written to the right state dict.
+    #[test]
+    fn t12_apply_writes_averaged_statistics() {
+        // two batches already averaged by `measure`: means (1 + 3)/2 = 2, vars (0.5 + 1.5)/2 = 1
+        let mut stats = BnStats::new();
+        stats.insert("trunk:bn1".into(), (vec![2.0], vec![1.0]));
+        stats.insert("head1:layer3.0.bn1".into(), (vec![-1.0], vec![4.0]));
+        let mut trunk = StateDict::new();
+        let mut heads = vec![StateDict::new(), StateDict::new()];
+        apply(&stats, &mut trunk, &mut heads);
+        assert_eq!(trunk["bn1.running_mean"].data, vec![2.0]);
+        assert_eq!(trunk["bn1.running_var"].data, vec![1.0]);
+        assert!(heads[0].is_empty());
+        assert_eq!(heads[1]["layer3.0.bn1.running_var"].data, vec![4.0]);
+    }
+}

@@ -244,3 +244,33 @@ pub fn zip(
     }
     Ok(Zipped { trunk, heads })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// T8: the zip formula on a hand-built 2-layer case (Om = 2, N = 2, linear layers).
+    /// Clusters {A0, B1} and {A1, B0} (eps 0): M_A = [[1/2, 0], [0, 1/2]], M_B = [[0, 1/2], [1/2, 0]],
+    /// U_A = I, U_B = [[0, 1], [1, 0]].
+    /// Layer 1 (out side merged): W1_A = [[1, 2], [3, 4]], W1_B = [[5, 6], [7, 8]]
+    ///   -> M_A W1_A + M_B W1_B = [[0.5, 1], [1.5, 2]] + [[3.5, 4], [2.5, 3]] = [[4, 5], [4, 5]].
+    /// Layer 2 (in side merged, out = output, scale 1/2): W2_A = [[1, 0]], W2_B = [[0, 2]]
+    ///   -> (W2_A U_A + W2_B U_B) / 2 = ([[1, 0]] + [[2, 0]]) / 2 = [[1.5, 0]].
+    #[test]
+    fn t8_zip_formula_on_hand_built_clusters() {
+        let mu = MergeUnmerge::from_clusters(vec![vec![0, 3], vec![1, 2]], 4, 0.0);
+        let b = Blocks::new(&mu, 2);
+        let w1 = [NamedTensor::new(vec![2, 2], vec![1., 2., 3., 4.]), NamedTensor::new(vec![2, 2], vec![5., 6., 7., 8.])];
+        let mut acc = vec![0.0; 4];
+        for (m, w) in w1.iter().enumerate() {
+            accumulate(&mut acc, w, Some(&b.merge_rows[m]), None, 1.0);
+        }
+        assert_eq!(acc, vec![4.0, 5.0, 4.0, 5.0]);
+        let w2 = [NamedTensor::new(vec![1, 2], vec![1., 0.]), NamedTensor::new(vec![1, 2], vec![0., 2.])];
+        let mut acc = vec![0.0; 2];
+        for (m, w) in w2.iter().enumerate() {
+            accumulate(&mut acc, w, None, Some((&b.unmerge_rows[m], b.k)), 0.5);
+        }
+        assert_eq!(acc, vec![1.5, 0.0]);
+    }
+}

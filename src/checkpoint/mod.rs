@@ -2,6 +2,7 @@
 //! PyTorch layout. A single model has one weight file; a partially zipped multi-head model has a
 //! trunk file and one file per head (reference doc §1.7).
 
+pub mod interop;
 pub mod safetensors_io;
 pub mod state;
 

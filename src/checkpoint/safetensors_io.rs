@@ -99,8 +99,8 @@ pub fn load(path: &Path) -> Result<StateDict, CheckpointError> {
     from_bytes(&bytes, &path.display().to_string())
 }
 
-/// IEEE half to single precision.
-fn f16_to_f32(h: u16) -> f32 {
+/// IEEE half to single precision (bit exact).
+pub fn f16_to_f32(h: u16) -> f32 {
     let sign = ((h >> 15) as u32) << 31;
     let exp = ((h >> 10) & 0x1f) as u32;
     let frac = (h & 0x3ff) as u32;

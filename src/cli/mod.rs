@@ -6,6 +6,7 @@ mod common;
 mod eval_cmd;
 mod experiment_cmd;
 mod inspect_cmd;
+mod interop_cmd;
 mod match_cmd;
 mod merge_cmd;
 mod predict_cmd;
@@ -47,6 +48,10 @@ pub enum Command {
     Reproduce(experiment_cmd::ReproduceArgs),
     /// Throughput per backend: forward, statistics and BN-reset images/s, matcher times.
     Bench(bench_cmd::BenchArgs),
+    /// Import a PyTorch / safetensors state_dict (official ZipIt! layout) as a zipmerge model.
+    Import(interop_cmd::ImportArgs),
+    /// Export a model as safetensors that the official PyTorch classes load (strict=True).
+    Export(interop_cmd::ExportArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -69,5 +74,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Sweep(a) => experiment_cmd::exec_sweep(a),
         Command::Reproduce(a) => experiment_cmd::exec_reproduce(a),
         Command::Bench(a) => bench_cmd::exec(a),
+        Command::Import(a) => interop_cmd::exec_import(a),
+        Command::Export(a) => interop_cmd::exec_export(a),
     }
 }

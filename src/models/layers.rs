@@ -120,9 +120,17 @@ mod tests {
         let d = Device::flex();
         let m = bn(1, &d);
         // x: [B=2, C=1, H=1, W=2] = 1, 2, 3, 4 -> mean 2.5, biased var 1.25, unbiased 5/3
-        let x = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 1, 1, 2]), &d);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 1, 1, 2]),
+            &d,
+        );
         let mut ctx = ForwardCtx::recording_bn();
-        let y = ctx.bn("bn1", &m, x).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let y = ctx
+            .bn("bn1", &m, x)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
         let (name, mean, var) = &ctx.bn_records[0];
         assert_eq!(name, "bn1");
         assert!((mean[0] - 2.5).abs() < 1e-6);

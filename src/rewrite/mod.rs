@@ -260,13 +260,19 @@ mod tests {
     fn t8_zip_formula_on_hand_built_clusters() {
         let mu = MergeUnmerge::from_clusters(vec![vec![0, 3], vec![1, 2]], 4, 0.0);
         let b = Blocks::new(&mu, 2);
-        let w1 = [NamedTensor::new(vec![2, 2], vec![1., 2., 3., 4.]), NamedTensor::new(vec![2, 2], vec![5., 6., 7., 8.])];
+        let w1 = [
+            NamedTensor::new(vec![2, 2], vec![1., 2., 3., 4.]),
+            NamedTensor::new(vec![2, 2], vec![5., 6., 7., 8.]),
+        ];
         let mut acc = vec![0.0; 4];
         for (m, w) in w1.iter().enumerate() {
             accumulate(&mut acc, w, Some(&b.merge_rows[m]), None, 1.0);
         }
         assert_eq!(acc, vec![4.0, 5.0, 4.0, 5.0]);
-        let w2 = [NamedTensor::new(vec![1, 2], vec![1., 0.]), NamedTensor::new(vec![1, 2], vec![0., 2.])];
+        let w2 = [
+            NamedTensor::new(vec![1, 2], vec![1., 0.]),
+            NamedTensor::new(vec![1, 2], vec![0., 2.]),
+        ];
         let mut acc = vec![0.0; 2];
         for (m, w) in w2.iter().enumerate() {
             accumulate(&mut acc, w, None, Some((&b.unmerge_rows[m], b.k)), 0.5);

@@ -146,12 +146,32 @@ pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ModelError> {
         }
         .into());
     }
-    NetConfig {
+    let cfg = NetConfig {
         arch: m.arch,
         width: m.width,
         out: 1,
+    };
+    cfg.validate()?;
+    let out_cut = cfg.output_cut();
+    let with_weights = m.heads.iter().filter(|h| h.weights.is_some()).count();
+    let consistent = if with_weights == 0 {
+        m.stop_cut == out_cut
+    } else {
+        with_weights == m.heads.len() && m.stop_cut >= 1 && m.stop_cut < out_cut
+    };
+    if !consistent {
+        let msg = format!(
+            "stop_cut {} does not fit {} head(s), {with_weights} with weights (expected {out_cut} for a single model, 1..{} with a weight file per head)",
+            m.stop_cut,
+            m.heads.len(),
+            out_cut - 1
+        );
+        return Err(CheckpointError::Format {
+            file: path.display().to_string(),
+            msg,
+        }
+        .into());
     }
-    .validate()?;
     Ok(m)
 }
 

@@ -113,6 +113,19 @@ pub fn exec(a: EvalArgs) -> Result<()> {
             test.class_names.len()
         );
     }
+    for (s, p) in systems.iter().zip(&a.models) {
+        for h in &s.heads {
+            if let Some(limit) = h.spec.label_count() {
+                if let Some(c) = tasks.iter().flatten().find(|&&c| c >= limit) {
+                    bail!(
+                        "{}: its text head has class embeddings for labels 0..{}, not for class {c} of --tasks",
+                        p.display(),
+                        limit - 1
+                    );
+                }
+            }
+        }
+    }
     let n: usize = (0..test.len())
         .filter(|&i| tasks.iter().any(|t| t.contains(&test.labels[i])))
         .count();

@@ -69,6 +69,43 @@ pub enum Reproduce {
     /// ZipIt! Table 1 layout: Model A, Model B, W.Avg, Git Re-Basin, Permute, ZipIt!20/20,
     /// Ensemble, ZipIt!13/20, ZipIt!7/20.
     Table1(Table1Args),
+    /// The paper's alpha/beta grid search at one stop (statistics collected once): grid.csv,
+    /// grid.png heat map, best (alpha, beta) by joint accuracy.
+    Grid(GridArgs),
+}
+
+/// Arguments of `zipmerge reproduce grid`.
+#[derive(Args, Debug)]
+pub struct GridArgs {
+    /// Source models (two).
+    #[arg(long = "model", required = true)]
+    pub models: Vec<PathBuf>,
+    /// Stop of the zip (the reference's grid search uses node 21 = `7/20` for ResNet-20).
+    #[arg(long, default_value = "7/20")]
+    pub stop: String,
+    /// Alpha values (the paper's grid by default).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,0.5,0.3,0.1,0.01,0.0001"
+    )]
+    pub alphas: Vec<f64>,
+    /// Beta values (the paper's grid by default).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,0.25,0.125,0.075,0.0375,0"
+    )]
+    pub betas: Vec<f64>,
+    /// Evaluate each cell on this many test images (seeded subset; `all` = every image).
+    #[arg(long, default_value = "all")]
+    pub eval_images: String,
+    #[command(flatten)]
+    pub settings: MergeSettings,
+    #[command(flatten)]
+    pub io: ExperimentIo,
+    #[command(flatten)]
+    pub backend: BackendArgs,
 }
 
 /// Arguments of `zipmerge reproduce table1`.
@@ -268,10 +305,11 @@ fn write_sweep(out: &Path, rows: &[Row], report: &serde_json::Value) -> Result<(
             r.seconds
         ));
     }
-    write_atomic(&out.join("sweep.csv"), c.as_bytes())?;
-    write_atomic(&out.join("sweep.json"), &serde_json::to_vec_pretty(report)?)?;
+    // plot first: if drawing fails, no table is left behind either
     zipmerge::experiments::plot::sweep_plot(rows, &out.join("sweep.svg"), &out.join("sweep.png"))
         .context("drawing the sweep plot")?;
+    write_atomic(&out.join("sweep.csv"), c.as_bytes())?;
+    write_atomic(&out.join("sweep.json"), &serde_json::to_vec_pretty(report)?)?;
     Ok(())
 }
 
@@ -307,7 +345,115 @@ fn find_pairs(dir: &Path, filter: Option<&str>) -> Result<Vec<(String, Vec<PathB
 
 /// Runs `zipmerge reproduce`.
 pub fn exec_reproduce(a: ReproduceArgs) -> Result<()> {
-    let Reproduce::Table1(a) = a.what;
+    match a.what {
+        Reproduce::Table1(a) => exec_table1(a),
+        Reproduce::Grid(a) => exec_grid(a),
+    }
+}
+
+fn exec_grid(a: GridArgs) -> Result<()> {
+    let quiet = a.io.quiet || a.io.json;
+    let device = a.backend.device(quiet)?;
+    let root = data_root(a.io.data.as_deref());
+    let train = load_split(&root, "train", quiet)?;
+    let mut test = load_split(a.io.eval_data.as_deref().unwrap_or(&root), "test", quiet)?;
+    if a.eval_images != "all" {
+        let n: usize = a
+            .eval_images
+            .parse()
+            .context("--eval-images: expected a number or `all`")?;
+        use rand::{seq::SliceRandom, SeedableRng};
+        let mut idx: Vec<usize> = (0..test.len()).collect();
+        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(a.settings.seed));
+        idx.truncate(n);
+        idx.sort_unstable();
+        test = test.subset(&idx);
+    }
+    let t0 = Instant::now();
+    let mut counters = Counters::default();
+    let (p, stats) = prepare(
+        &a.models,
+        &a.settings,
+        &train,
+        &device,
+        quiet,
+        &mut counters,
+    )?;
+    let stop = p.ep.spec.stop(&a.stop)?;
+    let exp = Exp {
+        endpoints: &p.ep,
+        bn_batches: &p.bn,
+        test: &test,
+        tasks: &p.tasks,
+        batch_size: a.settings.batch_size,
+        device: &device,
+        eps: a.settings.merge_eps,
+    };
+    let mut cells = Vec::new();
+    let pb = bar((a.alphas.len() * a.betas.len()) as u64, "grid", quiet);
+    for &alpha in &a.alphas {
+        for &beta in &a.betas {
+            let method = Method::parse("zipit", alpha, beta, a.settings.seed)?;
+            let t = merge::match_spaces(
+                &p.ep,
+                &method,
+                Some(&stats),
+                stop.spaces,
+                a.settings.merge_eps,
+            )?;
+            counters.matching_runs += 1;
+            let row = exp.merged_row(&format!("a={alpha} b={beta}"), &t, &stop, &mut |_| {})?;
+            cells.push((alpha, beta, row));
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    let best = cells
+        .iter()
+        .max_by(|x, y| x.2.accuracy.joint.total_cmp(&y.2.accuracy.joint))
+        .expect("grid");
+    let mut c = String::from("alpha,beta,joint,task_a,task_b,avg\n");
+    for (al, be, r) in &cells {
+        let t = |i: usize| r.accuracy.tasks.get(i).map_or(0.0, |x| x.accuracy);
+        c.push_str(&format!(
+            "{al},{be},{:.4},{:.4},{:.4},{:.4}\n",
+            r.accuracy.joint,
+            t(0),
+            t(1),
+            r.accuracy.avg
+        ));
+    }
+    let report = json!({"stop": stop.name, "best": {"alpha": best.0, "beta": best.1, "joint": best.2.accuracy.joint},
+        "cells": cells.iter().map(|(al, be, r)| json!({"alpha": al, "beta": be, "accuracy": r.accuracy})).collect::<Vec<_>>(),
+        "counters": counters, "test_images": test.len(), "seconds": t0.elapsed().as_secs_f64()});
+    if let Some(out) = &a.io.out {
+        let grid: Vec<(f64, f64, f64)> = cells
+            .iter()
+            .map(|(al, be, r)| (*al, *be, r.accuracy.joint))
+            .collect();
+        zipmerge::experiments::plot::grid_heatmap(
+            &grid,
+            &a.alphas,
+            &a.betas,
+            &out.join("grid.png"),
+        )
+        .context("drawing the heat map")?;
+        write_atomic(&out.join("grid.csv"), c.as_bytes())?;
+        write_atomic(&out.join("grid.json"), &serde_json::to_vec_pretty(&report)?)?;
+    }
+    if a.io.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{c}");
+        println!(
+            "best: alpha {} beta {} (joint {:.2}%) at {}",
+            best.0, best.1, best.2.accuracy.joint, stop.name
+        );
+    }
+    Ok(())
+}
+
+fn exec_table1(a: Table1Args) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     let device = a.backend.device(quiet)?;
     let root = data_root(a.io.data.as_deref());
@@ -381,7 +527,10 @@ pub fn exec_reproduce(a: ReproduceArgs) -> Result<()> {
                 a.settings.merge_eps,
                 &mut counters,
             )?;
-            run(label, &mut |pr| exp.merged_row(label, &t, &full, pr))?;
+            let reset = a.settings.rebasin_bn_reset || !matches!(method, Method::GitRebasin { .. });
+            run(label, &mut |pr| {
+                exp.merged_row_bn(label, &t, &full, reset, pr)
+            })?;
         }
         run("ZipIt!20/20", &mut |pr| {
             exp.merged_row(&format!("ZipIt!{}", full.name), &zip_t, &full, pr)

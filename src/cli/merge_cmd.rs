@@ -48,6 +48,10 @@ pub struct MergeSettings {
     /// Skip the BN reset of the endpoints before merging (the reference resets them).
     #[arg(long)]
     pub no_endpoint_bn_reset: bool,
+    /// Also reset BN after a Git Re-Basin merge (the reference evaluates CIFAR Git Re-Basin
+    /// merges without a reset, reference doc §3.5, so by default none is done).
+    #[arg(long)]
+    pub rebasin_bn_reset: bool,
     /// Batch size of statistics, BN reset and evaluation.
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
@@ -191,6 +195,8 @@ pub fn exec(a: MergeArgs) -> Result<()> {
         vec![]
     };
     let bn_b = s.bn_batches(&probe)?;
+    let reset_merged =
+        !bn_b.is_empty() && (s.rebasin_bn_reset || !matches!(method, Method::GitRebasin { .. }));
     let tasks = if a.tasks == "auto" {
         ep.manifests
             .iter()
@@ -238,6 +244,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
             "probe": probe.source, "probe_images": stats.as_ref().map(|s| s.images),
             "probe_augment": !s.no_probe_augment,
             "bn_reset_images": bn_b.iter().map(Vec::len).sum::<usize>(),
+            "merged_bn_reset": reset_merged,
             "endpoint_bn_reset": !s.no_endpoint_bn_reset,
             "seed": s.seed, "backend": a.backend.backend.to_string(),
             "command": command_line(),
@@ -246,7 +253,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     let t = Instant::now();
     let mut merged = merge::build(&ep, &transforms, &stop, provenance.clone())?;
     timings.insert("rewriting".into(), json!(t.elapsed().as_secs_f64()));
-    if !bn_b.is_empty() {
+    if reset_merged {
         let t = Instant::now();
         let pb = bar(
             bn_b.iter().map(Vec::len).sum::<usize>() as u64,

@@ -141,9 +141,25 @@ impl Context<'_> {
         stop: &Stop,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Row, MergeError> {
+        self.merged_row_bn(label, transforms, stop, true, progress)
+    }
+
+    /// As [`Context::merged_row`], with the merged model's BN reset optional (the reference
+    /// evaluates CIFAR Git Re-Basin merges without one, reference doc §3.5).
+    ///
+    /// # Errors
+    /// As [`merge::build`].
+    pub fn merged_row_bn(
+        &self,
+        label: &str,
+        transforms: &[MergeUnmerge],
+        stop: &Stop,
+        reset_bn: bool,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Row, MergeError> {
         let t = Instant::now();
         let mut m = merge::build(self.endpoints, transforms, stop, serde_json::Value::Null)?;
-        if !self.bn_batches.is_empty() {
+        if reset_bn && !self.bn_batches.is_empty() {
             m.reset_bn(self.bn_batches, self.device, &mut |_| {})?;
         }
         let sys = m.system(self.device)?;

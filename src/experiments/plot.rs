@@ -138,7 +138,10 @@ where
 /// [`PlotError`] when drawing or writing fails.
 pub fn sweep_plot(rows: &[Row], svg: &Path, png: &Path) -> Result<(), PlotError> {
     ensure_font();
-    let dir = svg.parent().unwrap_or(Path::new("."));
+    let dir = svg
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|x| PlotError(x.to_string()))?;
     let tmp_svg = dir.join(".sweep.svg.tmp");
     let tmp_png = dir.join(".sweep.png.tmp.png");
@@ -152,5 +155,85 @@ pub fn sweep_plot(rows: &[Row], svg: &Path, png: &Path) -> Result<(), PlotError>
     )?;
     std::fs::rename(&tmp_svg, svg).map_err(|x| PlotError(x.to_string()))?;
     std::fs::rename(&tmp_png, png).map_err(|x| PlotError(x.to_string()))?;
+    Ok(())
+}
+
+/// Writes a heat map of joint accuracy over the (alpha, beta) grid as PNG.
+///
+/// # Errors
+/// [`PlotError`] when drawing or writing fails.
+pub fn grid_heatmap(
+    cells: &[(f64, f64, f64)],
+    alphas: &[f64],
+    betas: &[f64],
+    png: &Path,
+) -> Result<(), PlotError> {
+    ensure_font();
+    let e = |x: &dyn std::fmt::Display| PlotError(x.to_string());
+    let dir = png
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|x| PlotError(x.to_string()))?;
+    let tmp = dir.join(".grid.png.tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (800, 650)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let (lo, hi) = cells
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), c| (l.min(c.2), h.max(c.2)));
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "ZipIt! joint accuracy (%) over alpha x beta",
+                ("sans-serif", 20),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0..betas.len(), 0..alphas.len())
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("beta")
+            .y_desc("alpha")
+            .x_labels(betas.len() + 1)
+            .y_labels(alphas.len() + 1)
+            .x_label_formatter(&|i| betas.get(*i).map_or(String::new(), |b| format!("{b}")))
+            .y_label_formatter(&|i| alphas.get(*i).map_or(String::new(), |a| format!("{a}")))
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()
+            .map_err(|x| e(&x))?;
+        for (al, be, v) in cells {
+            let (Some(i), Some(j)) = (
+                betas.iter().position(|b| b == be),
+                alphas.iter().position(|a| a == al),
+            ) else {
+                continue;
+            };
+            let t = if hi > lo { (v - lo) / (hi - lo) } else { 1.0 };
+            let color = RGBColor(
+                (255.0 * (1.0 - t)) as u8,
+                (120.0 + 100.0 * t) as u8,
+                (255.0 * t) as u8,
+            );
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(i, j), (i + 1, j + 1)],
+                    color.filled(),
+                )))
+                .map_err(|x| e(&x))?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("{v:.1}"),
+                    (i, j + 1),
+                    ("sans-serif", 14).into_font().color(&BLACK),
+                )))
+                .map_err(|x| e(&x))?;
+        }
+        root.present().map_err(|x| e(&x))?;
+    }
+    std::fs::rename(&tmp, png).map_err(|x| PlotError(x.to_string()))?;
     Ok(())
 }

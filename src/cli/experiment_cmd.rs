@@ -128,6 +128,9 @@ pub struct Table1Args {
     pub backend: BackendArgs,
 }
 
+/// Computes one table row, reporting evaluation progress.
+type RowFn<'a> = dyn FnMut(&mut dyn FnMut(usize)) -> Result<Row, zipmerge::error::MergeError> + 'a;
+
 /// Loaded inputs of one pair.
 struct Prepared {
     ep: Endpoints,
@@ -498,11 +501,7 @@ fn exec_table1(a: Table1Args) -> Result<()> {
             &mut counters,
         )?;
         let mut rows = Vec::new();
-        let mut run = |label: &str,
-                       f: &mut dyn FnMut(
-            &mut dyn FnMut(usize),
-        ) -> Result<Row, zipmerge::error::MergeError>|
-         -> Result<()> {
+        let mut run = |label: &str, f: &mut RowFn<'_>| -> Result<()> {
             let pb = eval_bar(&test, &p.tasks, label, quiet);
             rows.push(f(&mut |k| pb.inc(k as u64))?);
             pb.finish_and_clear();

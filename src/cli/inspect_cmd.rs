@@ -32,7 +32,7 @@ pub fn exec(a: InspectArgs) -> Result<()> {
         "arch": m.arch, "width": m.width, "head": m.heads[0].head.kind(),
         "heads": m.heads.iter().map(|h| json!({"classes": h.classes, "kind": h.head.kind()})).collect::<Vec<_>>(),
         "stop": m.stop, "multi_head": m.is_multi_head(),
-        "params": param_count(&cfg) * if m.is_multi_head() { 1 } else { 1 },
+        "params_per_network": param_count(&cfg),
         "flops": sys.flops(),
         "spaces": spec.spaces,
         "stops": spec.stops(),

@@ -42,7 +42,7 @@ pub fn parse(
     name: &str,
 ) -> Result<(Vec<u8>, Vec<usize>), DataError> {
     let rec = label_bytes + IMAGE_BYTES;
-    if bytes.is_empty() || bytes.len() % rec != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
         return Err(DataError::Image {
             path: name.to_string(),
             msg: format!(

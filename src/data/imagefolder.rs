@@ -9,11 +9,14 @@ use rayon::prelude::*;
 use super::{ImageSet, IMAGE_BYTES, SIDE};
 use crate::error::DataError;
 
+/// `(path, label)` of every image, and the class names sorted (label order).
+pub type Listing = (Vec<(PathBuf, usize)>, Vec<String>);
+
 /// Lists `(path, label)` of every image and the sorted class names.
 ///
 /// # Errors
 /// [`DataError::Io`] for a missing or unreadable folder, or one with no class folders / images.
-pub fn list(root: &Path) -> Result<(Vec<(PathBuf, usize)>, Vec<String>), DataError> {
+pub fn list(root: &Path) -> Result<Listing, DataError> {
     let io = |p: &Path, e: std::io::Error| DataError::Io {
         path: p.display().to_string(),
         msg: e.to_string(),

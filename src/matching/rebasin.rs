@@ -51,6 +51,7 @@ pub fn lap_max(c: &[f64], n: usize) -> Vec<usize> {
 ///
 /// # Errors
 /// [`MergeError::Invalid`] for other than two models or a missing tensor.
+#[allow(clippy::needless_range_loop)] // the loop indices drive flat-tensor offsets, not just `perms`
 pub fn git_rebasin(
     spec: &MergeSpec,
     states: &[StateDict],

@@ -142,6 +142,7 @@ impl NetConfig {
 
 /// A network of either architecture (a burn module).
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one value per loaded model; boxing buys nothing
 pub enum Net {
     /// ResNet-20 x w.
     Resnet20(ResNet20),

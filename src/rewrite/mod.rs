@@ -61,13 +61,16 @@ impl Blocks {
     }
 }
 
+/// Per row of a sparse matrix: its `(column, value)` entries.
+type SparseRows<'a> = &'a [Vec<(usize, f64)>];
+
 /// `M W U` for one model's tensor `w` (`[out, in, ...]` or `[C]`), with `m`/`u` optional sparse
 /// blocks (None = identity), scaled by `scale`, added into `acc`.
 fn accumulate(
     acc: &mut [f64],
     w: &NamedTensor,
     m: Option<&[Vec<(usize, f64)>]>,
-    u: Option<(&[Vec<(usize, f64)>], usize)>,
+    u: Option<(SparseRows<'_>, usize)>,
     scale: f64,
 ) {
     let rows_in = w.shape[0];

@@ -346,3 +346,67 @@ fn merge_eval_json_and_match_interfaces() {
     let rv: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(rv["clusters"], serde_json::json!([[0, 2], [1, 3]]));
 }
+
+#[test]
+fn sweep_writes_schema_plot_and_collects_statistics_once() {
+    let (a, b, _) = models();
+    let out = tmp().join("sweep");
+    let o = run(&[
+        "sweep",
+        "--model",
+        a.to_str().unwrap(),
+        "--model",
+        b.to_str().unwrap(),
+        "--data",
+        SAMPLE,
+        "--stops",
+        "7/20,full",
+        "--probe-images",
+        "500",
+        "--bn-reset-images",
+        "500",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("sweep --json prints JSON only");
+    assert_eq!(
+        v["counters"]["statistics_passes"], 1,
+        "statistics must be collected once for all stops"
+    );
+    assert_eq!(v["counters"]["matching_runs"], 1);
+    let labels: Vec<&str> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "Model A",
+            "Model B",
+            "ZipIt!7/20",
+            "ZipIt!20/20",
+            "Ensemble"
+        ]
+    );
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    assert_eq!(
+        csv.lines().next().unwrap(),
+        "label,stop,zipped_layers,total_layers,flops,joint,task_a,task_b,avg,seconds"
+    );
+    assert_eq!(csv.lines().count(), 6);
+    assert!(csv
+        .lines()
+        .nth(3)
+        .unwrap()
+        .starts_with("ZipIt!7/20,7/20,7,20,"));
+    let png = std::fs::read(out.join("sweep.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+    assert!(std::fs::read_to_string(out.join("sweep.svg"))
+        .unwrap()
+        .contains("accuracy (%)"));
+}

@@ -102,3 +102,35 @@ pub fn load(root: &Path) -> Result<ImageSet, DataError> {
         source: root.display().to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_follow_sorted_folder_names() {
+        let root = tempfile::tempdir().unwrap();
+        let img = image::RgbImage::from_pixel(32, 32, image::Rgb([10, 20, 30]));
+        for (class, file) in [
+            ("zebra", "b.png"),
+            ("ant", "a.png"),
+            ("mole", "c.png"),
+            ("ant", "0.png"),
+        ] {
+            std::fs::create_dir_all(root.path().join(class)).unwrap();
+            img.save(root.path().join(class).join(file)).unwrap();
+        }
+        let set = load(root.path()).unwrap();
+        assert_eq!(set.class_names, ["ant", "mole", "zebra"]);
+        assert_eq!(set.labels, [0, 0, 1, 2]); // ant/0.png, ant/a.png, mole, zebra
+        assert_eq!(&set.image(0)[..3], &[10, 20, 30]);
+        // a wrong-size image is refused with its path
+        image::RgbImage::new(8, 8)
+            .save(root.path().join("mole").join("small.png"))
+            .unwrap();
+        assert!(load(root.path())
+            .unwrap_err()
+            .to_string()
+            .contains("small.png"));
+    }
+}

@@ -289,3 +289,110 @@ pub fn param_count(cfg: &NetConfig) -> usize {
         .map(|(_, t)| t.data.len())
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::head::HeadSpec;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn flops_match_hand_counts() {
+        // ResNet-20 x1, 384 outputs: stem 3*16*9*32*32 = 442,368; stage 1: 6 convs 16->16 at
+        // 32x32 = 6*2,359,296 = 14,155,776; stage 2: conv1 + shortcut 16->32 at 16x16 =
+        // 2*1,179,648, five 32->32 at 16x16 = 5*2,359,296; stage 3 likewise at 8x8 = 2,359,296 +
+        // 11,796,480; linear 64*384 = 24,576. Total 42,934,272 MACs.
+        let r = NetConfig {
+            arch: Arch::Resnet20,
+            width: 1,
+            out: 384,
+        };
+        assert_eq!(r.flops(), 42_934_272);
+        // VGG-11 x1, 10 outputs: 3*64*9*1024 + 64*128*9*256 + 128*256*9*64 + 256*256*9*64
+        // + 256*512*9*16 + 512*512*9*16 + 2*512*512*9*4 + 512*10 = 152,769,536
+        let v = NetConfig {
+            arch: Arch::Vgg11,
+            width: 1,
+            out: 10,
+        };
+        assert_eq!(
+            v.flops(),
+            1_769_472
+                + 18_874_368
+                + 18_874_368
+                + 37_748_736
+                + 18_874_368
+                + 37_748_736
+                + 2 * 9_437_184
+                + 5_120
+        );
+        assert_eq!(v.flops(), 152_769_536);
+        // widths scale quadratically (except the 3-channel stem / fixed outputs)
+        let r4 = NetConfig {
+            arch: Arch::Resnet20,
+            width: 4,
+            out: 384,
+        };
+        assert_eq!(
+            r4.flops(),
+            442_368 * 4 + (42_934_272 - 442_368 - 24_576) * 16 + 24_576 * 4
+        );
+    }
+
+    #[test]
+    fn output_shapes_and_parameter_counts() {
+        let d = Device::flex();
+        for (arch, out) in [(Arch::Resnet20, 384), (Arch::Vgg11, 5)] {
+            let cfg = NetConfig {
+                arch,
+                width: 1,
+                out,
+            };
+            let net = Net::from_state(&cfg, &init_state(&cfg, 0), &d).unwrap();
+            let x = Tensor::<4>::zeros([3, 3, 32, 32], &d);
+            assert_eq!(net.forward(x, &mut ForwardCtx::default()).dims(), [3, out]);
+        }
+        // ResNet-20 x1, 10-way linear head: convs 432 + 6*2,304 + (2*4,608 + 5*9,216)
+        // + (2*18,432 + 5*36,864) = 290,736; BN gamma+beta 2*(16 + 6*16 + 7*32 + 7*64) = 1,568;
+        // linear 64*10 + 10 = 650. Total 292,954.
+        assert_eq!(
+            param_count(&NetConfig {
+                arch: Arch::Resnet20,
+                width: 1,
+                out: 10
+            }),
+            292_954
+        );
+    }
+
+    #[test]
+    fn text_head_logits_are_100_cosines() {
+        let d = Device::flex();
+        let head = HeadSpec::Text {
+            dim: 2,
+            source: "t".into(),
+            embeddings: vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![0.6, 0.8]],
+        };
+        // output (3, 4): cosines with rows 0, 2 = 0.6 and 0.6*0.6 + 0.8*0.8 = 1.0
+        let y = Tensor::<2>::from_data(TensorData::new(vec![3.0f32, 4.0], [1, 2]), &d);
+        let l = head
+            .logits(y, &[0, 1], &[0, 2])
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(
+            (l[0] - 60.0).abs() < 1e-4 && (l[1] - 100.0).abs() < 1e-4,
+            "{l:?}"
+        );
+        // a linear head scores only the classes it has outputs for
+        let y = Tensor::<2>::from_data(TensorData::new(vec![1.5f32, -2.0], [1, 2]), &d);
+        let l = HeadSpec::Linear
+            .logits(y, &[4, 7], &[7, 9])
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(l, vec![-2.0, head::NO_LOGIT]);
+    }
+}

@@ -1,0 +1,56 @@
+//! The shipped endpoints stay above their accuracy floor: on the full CIFAR-10 test set when
+//! `../shared/datasets/cifar10` (or `$ZIPMERGE_DATA`) exists (floor 85%, the training target),
+//! else on the embedded 1,000-image sample (floor 80%, allowing for its 500 images per task).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use zipmerge::data::{split_dir, ImageSet};
+use zipmerge::eval::runner::evaluate;
+use zipmerge::models::system::System;
+
+fn test_root() -> (PathBuf, f64) {
+    if let Ok(p) = std::env::var("ZIPMERGE_DATA") {
+        return (PathBuf::from(p), 85.0);
+    }
+    let shared = Path::new("../shared/datasets/cifar10");
+    if shared.join("test").is_dir() {
+        (shared.to_path_buf(), 85.0)
+    } else {
+        (PathBuf::from("datasets/cifar10-sample"), 80.0)
+    }
+}
+
+#[test]
+fn shipped_resnet20x1_pair_is_above_the_accuracy_floor() {
+    let (root, floor) = test_root();
+    let test = ImageSet::load(&split_dir(&root, "test"), "test").expect("test images");
+    let device = Device::flex();
+    for (name, classes) in [
+        ("resnet20x1-a", vec![0, 5, 6, 7, 9]),
+        ("resnet20x1-b", vec![1, 2, 3, 4, 8]),
+    ] {
+        let sys = System::load(&Path::new("models/cifar10-5+5").join(name), &device)
+            .expect("shipped model");
+        assert_eq!(sys.heads[0].classes, classes, "{name}: task classes");
+        let acc = evaluate(
+            std::slice::from_ref(&sys),
+            &test,
+            std::slice::from_ref(&classes),
+            500,
+            &device,
+            &mut |_| {},
+        );
+        println!(
+            "{name}: task accuracy {:.2}% on {} images of {}",
+            acc.tasks[0].accuracy,
+            acc.images,
+            root.display()
+        );
+        assert!(
+            acc.tasks[0].accuracy >= floor,
+            "{name}: {:.2}% < floor {floor}%",
+            acc.tasks[0].accuracy
+        );
+    }
+}

@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use zipmerge::checkpoint::{HeadManifest, ModelManifest, StateDict, FORMAT};
+use zipmerge::checkpoint::{ModelManifest, StateDict};
 use zipmerge::collect::{probe_batches, ProbeOptions};
 use zipmerge::data::{to_tensor, ImageSet};
 use zipmerge::merge::{self, Endpoints, Method};
@@ -95,22 +95,13 @@ fn permute_state(spec: &MergeSpec, s: &StateDict, perms: &[Vec<usize>]) -> State
 }
 
 fn manifest(cfg: &NetConfig, classes: Vec<usize>) -> ModelManifest {
-    ModelManifest {
-        format: FORMAT.into(),
-        arch: cfg.arch,
-        width: cfg.width,
-        weights: "model.safetensors".into(),
-        stop_cut: cfg.output_cut(),
-        stop: None,
-        heads: vec![HeadManifest {
-            weights: None,
-            classes,
-            head: HeadSpec::Linear,
-        }],
-        class_names: vec![],
-        provenance: serde_json::Value::Null,
-        zipmerge_version: "test".into(),
-    }
+    ModelManifest::single(
+        cfg,
+        classes,
+        HeadSpec::Linear,
+        vec![],
+        serde_json::Value::Null,
+    )
 }
 
 fn endpoints(cfg: &NetConfig, states: Vec<StateDict>) -> Endpoints {

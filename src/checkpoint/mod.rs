@@ -62,6 +62,32 @@ pub struct ModelManifest {
 }
 
 impl ModelManifest {
+    /// Manifest of a single model (one head, weights in `model.safetensors`).
+    pub fn single(
+        net: &NetConfig,
+        classes: Vec<usize>,
+        head: HeadSpec,
+        class_names: Vec<String>,
+        provenance: serde_json::Value,
+    ) -> Self {
+        Self {
+            format: FORMAT.into(),
+            arch: net.arch,
+            width: net.width,
+            weights: "model.safetensors".into(),
+            stop_cut: net.output_cut(),
+            stop: None,
+            heads: vec![HeadManifest {
+                weights: None,
+                classes,
+                head,
+            }],
+            class_names,
+            provenance,
+            zipmerge_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
     /// Network configuration of the trunk (and of every head network).
     pub fn net_config(&self) -> NetConfig {
         let head = &self.heads[0];

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use zipmerge::checkpoint::{self, interop, HeadManifest, ModelManifest, StateDict};
+use zipmerge::checkpoint::{self, interop, ModelManifest, StateDict};
 use zipmerge::data::tasks::parse_classes;
 use zipmerge::models::head::{text_head, HeadSpec};
 use zipmerge::models::{Arch, Net, NetConfig};
@@ -78,22 +78,8 @@ pub fn exec_import(a: ImportArgs) -> Result<()> {
     for c in &notes.converted {
         eprintln!("converted to f32: {c}");
     }
-    let manifest = ModelManifest {
-        format: checkpoint::FORMAT.into(),
-        arch,
-        width: a.width,
-        weights: "model.safetensors".into(),
-        stop_cut: cfg.output_cut(),
-        stop: None,
-        heads: vec![HeadManifest {
-            weights: None,
-            classes,
-            head,
-        }],
-        class_names: vec![],
-        provenance: serde_json::json!({"import": {"from": a.from.display().to_string(), "layout": a.layout, "converted_to_f32": notes.converted, "stripped_prefixes": notes.stripped_prefixes, "command": command_line()}}),
-        zipmerge_version: env!("CARGO_PKG_VERSION").into(),
-    };
+    let provenance = serde_json::json!({"import": {"from": a.from.display().to_string(), "layout": a.layout, "converted_to_f32": notes.converted, "stripped_prefixes": notes.stripped_prefixes, "command": command_line()}});
+    let manifest = ModelManifest::single(&cfg, classes, head, vec![], provenance);
     checkpoint::write_model(&a.out, &manifest, &[("model.safetensors".into(), &state)])?;
     println!("wrote {} ({} tensors)", a.out.display(), state.len());
     Ok(())

@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, safetensors_io, HeadManifest, ModelManifest, StateDict};
+use crate::checkpoint::{self, safetensors_io, ModelManifest, StateDict};
 use crate::data::augment::augment_into;
 use crate::data::{to_tensor, ImageSet, IMAGE_BYTES};
 use crate::error::ModelError;
@@ -287,22 +287,13 @@ pub fn write_trained(
     class_names: &[String],
     provenance: serde_json::Value,
 ) -> Result<PathBuf, ModelError> {
-    let manifest = ModelManifest {
-        format: checkpoint::FORMAT.into(),
-        arch: opts.net.arch,
-        width: opts.net.width,
-        weights: "model.safetensors".into(),
-        stop_cut: opts.net.output_cut(),
-        stop: None,
-        heads: vec![HeadManifest {
-            weights: None,
-            classes: opts.classes.clone(),
-            head: opts.head.clone(),
-        }],
-        class_names: class_names.to_vec(),
+    let manifest = ModelManifest::single(
+        &opts.net,
+        opts.classes.clone(),
+        opts.head.clone(),
+        class_names.to_vec(),
         provenance,
-        zipmerge_version: env!("CARGO_PKG_VERSION").into(),
-    };
+    );
     checkpoint::write_model(out, &manifest, &[("model.safetensors".into(), state)])?;
     Ok(out.to_path_buf())
 }

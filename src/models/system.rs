@@ -138,9 +138,7 @@ impl System {
                     .flops_segment(self.stop_cut, out_cut);
             }
         }
-        if self.stop_cut >= out_cut {
-            // single model: the output layer was counted in the trunk
-        }
+        // a single model (stop cut = output cut) counted its output layer in the trunk
         f
     }
 }

@@ -156,7 +156,6 @@ pub fn train(
         }
     }
     let mut net = Net::from_state(&opts.net, &state, &ad)?;
-    let k = opts.classes.len();
     let remap: Vec<usize> = train
         .labels
         .iter()
@@ -220,7 +219,6 @@ pub fn train(
         };
         obs.epoch_end(&entry);
         log.push(entry);
-        let _ = k;
         if let Some(dir) = state_dir {
             save_resume(dir, &net, &optim, epoch + 1, opts, &log)?;
         }

@@ -158,6 +158,14 @@ pub fn sweep_plot(rows: &[Row], svg: &Path, png: &Path) -> Result<(), PlotError>
     Ok(())
 }
 
+/// Axis label of a heat-map cell: the grid value at the segment's centre.
+fn seg_label(v: &SegmentValue<usize>, values: &[f64]) -> String {
+    match v {
+        SegmentValue::CenterOf(i) => values.get(*i).map_or(String::new(), |x| format!("{x}")),
+        _ => String::new(),
+    }
+}
+
 /// Writes a heat map of joint accuracy over the (alpha, beta) grid as PNG.
 ///
 /// # Errors
@@ -190,7 +198,10 @@ pub fn grid_heatmap(
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(60)
-            .build_cartesian_2d(0..betas.len(), 0..alphas.len())
+            .build_cartesian_2d(
+                (0..betas.len().saturating_sub(1).max(1)).into_segmented(),
+                (0..alphas.len().saturating_sub(1).max(1)).into_segmented(),
+            )
             .map_err(|x| e(&x))?;
         chart
             .configure_mesh()
@@ -199,8 +210,8 @@ pub fn grid_heatmap(
             .y_desc("alpha")
             .x_labels(betas.len() + 1)
             .y_labels(alphas.len() + 1)
-            .x_label_formatter(&|i| betas.get(*i).map_or(String::new(), |b| format!("{b}")))
-            .y_label_formatter(&|i| alphas.get(*i).map_or(String::new(), |a| format!("{a}")))
+            .x_label_formatter(&|v| seg_label(v, betas))
+            .y_label_formatter(&|v| seg_label(v, alphas))
             .label_style(("sans-serif", 13))
             .axis_desc_style(("sans-serif", 15))
             .draw()
@@ -220,14 +231,17 @@ pub fn grid_heatmap(
             );
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [(i, j), (i + 1, j + 1)],
+                    [
+                        (SegmentValue::Exact(i), SegmentValue::Exact(j)),
+                        (SegmentValue::Exact(i + 1), SegmentValue::Exact(j + 1)),
+                    ],
                     color.filled(),
                 )))
                 .map_err(|x| e(&x))?;
             chart
                 .draw_series(std::iter::once(Text::new(
                     format!("{v:.1}"),
-                    (i, j + 1),
+                    (SegmentValue::CenterOf(i), SegmentValue::CenterOf(j)),
                     ("sans-serif", 14).into_font().color(&BLACK),
                 )))
                 .map_err(|x| e(&x))?;

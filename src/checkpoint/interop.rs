@@ -13,7 +13,8 @@ use std::path::Path;
 use burn::store::pytorch_reader::{DType, PytorchReader};
 use safetensors::tensor::{Dtype, TensorView};
 
-use super::{safetensors_io, NamedTensor, StateDict};
+use super::safetensors_io::{self, FloatKind};
+use super::{NamedTensor, StateDict};
 use crate::error::CheckpointError;
 
 /// What an import converted, for the user.
@@ -53,19 +54,12 @@ pub fn read_checkpoint(path: &Path) -> Result<(StateDict, ImportNotes), Checkpoi
     let mut notes = ImportNotes::default();
     let is_st = path.extension().is_some_and(|e| e == "safetensors");
     let state = if is_st {
-        let s = safetensors_io::load(path)?;
-        // from_bytes converts silently; report half precision by re-reading the header
         let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io {
             file: f.clone(),
             msg: e.to_string(),
         })?;
-        if let Ok(st) = safetensors::SafeTensors::deserialize(&bytes) {
-            for (n, v) in st.tensors() {
-                if matches!(v.dtype(), Dtype::F16 | Dtype::BF16 | Dtype::F64) {
-                    notes.converted.push(format!("{n} ({:?})", v.dtype()));
-                }
-            }
-        }
+        let (s, converted) = safetensors_io::from_bytes_noting(&bytes, &f)?;
+        notes.converted = converted;
         s
     } else {
         if !path.is_file() {
@@ -84,32 +78,12 @@ pub fn read_checkpoint(path: &Path) -> Result<(StateDict, ImportNotes), Checkpoi
                 file: f.clone(),
                 msg: e.to_string(),
             })?;
-            let data: Vec<f32> = match t.dtype() {
-                DType::F32 => bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                DType::F64 => {
-                    notes.converted.push(format!("{name} (f64)"));
-                    bytes
-                        .chunks_exact(8)
-                        .map(|c| f64::from_ne_bytes(c.try_into().unwrap()) as f32)
-                        .collect()
-                }
-                DType::F16 => {
-                    notes.converted.push(format!("{name} (f16)"));
-                    bytes
-                        .chunks_exact(2)
-                        .map(|c| safetensors_io::f16_to_f32(u16::from_ne_bytes([c[0], c[1]])))
-                        .collect()
-                }
-                DType::BF16 => {
-                    notes.converted.push(format!("{name} (bf16)"));
-                    bytes
-                        .chunks_exact(2)
-                        .map(|c| f32::from_bits((u16::from_ne_bytes([c[0], c[1]]) as u32) << 16))
-                        .collect()
-                }
+            // pytorch-reader hands native-endian bytes; zipmerge's targets are little-endian
+            let kind = match t.dtype() {
+                DType::F32 => FloatKind::F32,
+                DType::F64 => FloatKind::F64,
+                DType::F16 => FloatKind::F16,
+                DType::BF16 => FloatKind::BF16,
                 _ if name.ends_with("num_batches_tracked") => continue,
                 other => {
                     return Err(CheckpointError::Format {
@@ -118,6 +92,10 @@ pub fn read_checkpoint(path: &Path) -> Result<(StateDict, ImportNotes), Checkpoi
                     })
                 }
             };
+            if kind != FloatKind::F32 {
+                notes.converted.push(format!("{name} ({kind:?})"));
+            }
+            let data = safetensors_io::decode_floats(kind, &bytes);
             let shape = if t.shape().is_empty() {
                 vec![1]
             } else {

@@ -44,36 +44,70 @@ pub fn save(state: &StateDict, path: &Path) -> Result<(), CheckpointError> {
     })
 }
 
+/// A floating-point storage type zipmerge reads (and converts to f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatKind {
+    /// IEEE single precision.
+    F32,
+    /// IEEE double precision (converted).
+    F64,
+    /// IEEE half precision (converted).
+    F16,
+    /// bfloat16 (converted).
+    BF16,
+}
+
+/// Decodes little-endian `bytes` of `kind` into f32 (the one conversion used by the safetensors
+/// and PyTorch readers).
+pub fn decode_floats(kind: FloatKind, bytes: &[u8]) -> Vec<f32> {
+    match kind {
+        FloatKind::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        FloatKind::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        FloatKind::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        FloatKind::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+            .collect(),
+    }
+}
+
 /// Parses safetensors bytes into a [`StateDict`]. f16, bf16 and f64 tensors are converted to f32.
 ///
 /// # Errors
 /// [`CheckpointError::Format`] for a truncated or corrupt file or a non-float dtype.
 pub fn from_bytes(bytes: &[u8], file: &str) -> Result<StateDict, CheckpointError> {
+    from_bytes_noting(bytes, file).map(|(s, _)| s)
+}
+
+/// As [`from_bytes`], also returning `name (dtype)` of every tensor converted to f32.
+///
+/// # Errors
+/// As [`from_bytes`].
+pub fn from_bytes_noting(
+    bytes: &[u8],
+    file: &str,
+) -> Result<(StateDict, Vec<String>), CheckpointError> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Format {
         file: file.to_string(),
         msg: format!("not a valid safetensors file ({e})"),
     })?;
     let mut out = StateDict::new();
+    let mut converted = Vec::new();
     for (name, view) in st.tensors() {
-        let shape = view.shape().to_vec();
-        let d = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => d
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F64 => d
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-                .collect(),
-            Dtype::F16 => d
-                .chunks_exact(2)
-                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-                .collect(),
-            Dtype::BF16 => d
-                .chunks_exact(2)
-                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-                .collect(),
+        let kind = match view.dtype() {
+            Dtype::F32 => FloatKind::F32,
+            Dtype::F64 => FloatKind::F64,
+            Dtype::F16 => FloatKind::F16,
+            Dtype::BF16 => FloatKind::BF16,
             Dtype::I64 if name.ends_with("num_batches_tracked") => continue,
             other => {
                 return Err(CheckpointError::Format {
@@ -82,9 +116,15 @@ pub fn from_bytes(bytes: &[u8], file: &str) -> Result<StateDict, CheckpointError
                 })
             }
         };
-        out.insert(name, NamedTensor::new(shape, data));
+        if kind != FloatKind::F32 {
+            converted.push(format!("{name} ({:?})", view.dtype()));
+        }
+        out.insert(
+            name,
+            NamedTensor::new(view.shape().to_vec(), decode_floats(kind, view.data())),
+        );
     }
-    Ok(out)
+    Ok((out, converted))
 }
 
 /// Reads a `.safetensors` checkpoint.

@@ -22,6 +22,7 @@ fn sample() -> ImageSet {
     ImageSet::load(
         std::path::Path::new("datasets/cifar10-sample/train"),
         "train",
+        zipmerge::data::Preprocess::Cifar,
     )
     .expect("embedded sample")
 }
@@ -146,7 +147,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 fn vgg_positive_biases(cfg: &NetConfig, s: &mut StateDict, batches: &[Vec<Vec<u8>>]) {
     const OFFSET: f32 = 1000.0;
     let refs: Vec<&[u8]> = batches[0].iter().map(|v| v.as_slice()).collect();
-    let x = to_tensor(&refs, &Device::flex());
+    let x = to_tensor(&refs, zipmerge::data::Preprocess::Cifar, &Device::flex());
     for k in 0..8 {
         let key = format!(
             "features.{}.bias",
@@ -233,7 +234,7 @@ fn permuted_case(arch: Arch, width: usize) -> Case {
         .collect();
     let b = permute_state(&spec, &a, &perms);
     let imgs: Vec<&[u8]> = (0..16).map(|i| set.image(i * 37)).collect();
-    let x = to_tensor(&imgs, &Device::flex());
+    let x = to_tensor(&imgs, zipmerge::data::Preprocess::Cifar, &Device::flex());
     Case {
         cfg,
         a,

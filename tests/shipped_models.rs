@@ -24,7 +24,12 @@ fn test_root() -> (PathBuf, f64) {
 #[test]
 fn shipped_resnet20x1_pair_is_above_the_accuracy_floor() {
     let (root, floor) = test_root();
-    let test = ImageSet::load(&split_dir(&root, "test"), "test").expect("test images");
+    let test = ImageSet::load(
+        &split_dir(&root, "test"),
+        "test",
+        zipmerge::data::Preprocess::Cifar,
+    )
+    .expect("test images");
     let device = Device::flex();
     for (name, classes) in [
         ("resnet20x1-a", vec![0, 5, 6, 7, 9]),

@@ -42,6 +42,7 @@ fn sample() -> ImageSet {
     ImageSet::load(
         std::path::Path::new("datasets/cifar10-sample/train"),
         "train",
+        zipmerge::data::Preprocess::Cifar,
     )
     .expect("embedded sample")
 }
@@ -61,11 +62,14 @@ fn wgpu_forward_statistics_and_clusters_match_flex() {
         let s = init_state(&cfg, 3);
         let out = |d: &Device| {
             let net = Net::from_state(&cfg, &s, d).unwrap();
-            net.forward(to_tensor(&imgs, d), &mut ForwardCtx::default())
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .unwrap()
+            net.forward(
+                to_tensor(&imgs, zipmerge::data::Preprocess::Cifar, d),
+                &mut ForwardCtx::default(),
+            )
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap()
         };
         let (a, b) = (out(&wg), out(&flex));
         let e = rel(&a, &b);

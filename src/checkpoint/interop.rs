@@ -4,8 +4,9 @@
 //! official PyTorch classes load with `load_state_dict(strict=True)` (BN `num_batches_tracked`
 //! buffers included).
 //!
-//! Pickles are parsed by burn's `pytorch-reader` (a Rust pickle reader that never executes
-//! code). Half-precision tensors (f16/bf16) and f64 are converted to f32; integer tensors other
+//! Pickles are first walked by [`super::pickle_guard`] (files whose pickle references anything
+//! but tensor-rebuild functions, storages and plain containers are refused), then parsed by
+//! burn's `pytorch-reader` (a Rust pickle reader that never executes code). Half-precision tensors (f16/bf16) and f64 are converted to f32; integer tensors other
 //! than `num_batches_tracked` are refused.
 
 use std::path::Path;
@@ -68,6 +69,7 @@ pub fn read_checkpoint(path: &Path) -> Result<(StateDict, ImportNotes), Checkpoi
                 msg: "no such file".into(),
             });
         }
+        super::pickle_guard::check_pytorch_file(path)?;
         let reader = PytorchReader::new(path).map_err(|e| CheckpointError::Format {
             file: f.clone(),
             msg: format!("not a readable PyTorch checkpoint ({e}); only tensors and plain containers are accepted"),

@@ -52,6 +52,7 @@ pub fn exec(a: BenchArgs) -> Result<()> {
     let set = ImageSet::load(
         std::path::Path::new("datasets/cifar10-sample/train"),
         "train",
+        cfg.preprocess(),
     )?;
     let idx: Vec<usize> = (0..a.images).map(|i| i % set.len()).collect();
     let set = set.subset(&idx);
@@ -71,13 +72,19 @@ pub fn exec(a: BenchArgs) -> Result<()> {
     // warm-up (kernel compilation on wgpu)
     let warm: Vec<&[u8]> = batches[0].iter().map(|v| v.as_slice()).collect();
     let _ = nets[0]
-        .forward(to_tensor(&warm, &device), &mut ForwardCtx::default())
+        .forward(
+            to_tensor(&warm, cfg.preprocess(), &device),
+            &mut ForwardCtx::default(),
+        )
         .into_data();
     let t = Instant::now();
     for b in &batches {
         let r: Vec<&[u8]> = b.iter().map(|v| v.as_slice()).collect();
         let _ = nets[0]
-            .forward(to_tensor(&r, &device), &mut ForwardCtx::default())
+            .forward(
+                to_tensor(&r, cfg.preprocess(), &device),
+                &mut ForwardCtx::default(),
+            )
             .into_data();
     }
     let fwd = a.images as f64 / t.elapsed().as_secs_f64();
@@ -89,7 +96,7 @@ pub fn exec(a: BenchArgs) -> Result<()> {
         let r: Vec<&[u8]> = b.iter().map(|v| v.as_slice()).collect();
         let mut ctx = ForwardCtx::recording_bn();
         let _ = nets[0]
-            .forward(to_tensor(&r, &device), &mut ctx)
+            .forward(to_tensor(&r, cfg.preprocess(), &device), &mut ctx)
             .into_data();
     }
     let bn = a.images as f64 / t.elapsed().as_secs_f64();

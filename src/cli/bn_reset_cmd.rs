@@ -52,7 +52,8 @@ pub fn exec(a: BnResetArgs) -> Result<()> {
         }
     }
     let device = a.backend.device(a.quiet)?;
-    let set = load_split(&data_root(a.data.as_deref()), "train", a.quiet)?;
+    let prep = manifest.net_config().preprocess();
+    let set = load_split(&data_root(a.data.as_deref()), "train", prep, a.quiet)?;
     let images = if a.images == "all" {
         None
     } else {

@@ -8,7 +8,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use zipmerge::backend::{self, Backend};
-use zipmerge::data::{split_dir, ImageSet};
+use zipmerge::checkpoint;
+use zipmerge::data::{split_dir, ImageSet, Preprocess};
 
 /// `--backend`, `--device`.
 #[derive(Args, Debug, Clone)]
@@ -52,11 +53,20 @@ pub fn data_root(arg: Option<&Path>) -> PathBuf {
     PathBuf::from("datasets/cifar10-sample")
 }
 
-/// Loads the `split` part of a data root (`ROOT/train`, `ROOT/test`, or a CIFAR binary folder).
-pub fn load_split(root: &Path, split: &str, quiet: bool) -> Result<ImageSet> {
+/// The image preprocessing of the model folder `model` (from its manifest's architecture).
+pub fn preprocess_of(model: &Path) -> Result<Preprocess> {
+    let m = checkpoint::read_manifest(&checkpoint::model_dir(model))
+        .with_context(|| format!("reading model {}", model.display()))?;
+    Ok(m.net_config().preprocess())
+}
+
+/// Loads the `split` part of a data root (`ROOT/train`, `ROOT/test`, or a CIFAR binary folder),
+/// prepared for the models' architecture (`prep`).
+pub fn load_split(root: &Path, split: &str, prep: Preprocess, quiet: bool) -> Result<ImageSet> {
     let dir = split_dir(root, split);
     let t0 = std::time::Instant::now();
-    let set = ImageSet::load(&dir, split).with_context(|| format!("loading {split} images"))?;
+    let set =
+        ImageSet::load(&dir, split, prep).with_context(|| format!("loading {split} images"))?;
     if !quiet {
         eprintln!(
             "loaded {} {split} images ({} classes) from {} in {:.1}s",

@@ -97,7 +97,7 @@ pub fn exec(a: EvalArgs) -> Result<()> {
         }
     }
     let root = data_root(a.data.as_deref());
-    let test = load_split(&root, "test", quiet)?;
+    let test = load_split(&root, "test", systems[0].config().preprocess(), quiet)?;
     let tasks = match &a.tasks {
         Some(t) => parse_tasks(t, test.class_names.len())?,
         None => default_tasks(&systems),

@@ -14,7 +14,7 @@ use zipmerge::experiments::{match_all, Context as Exp, Counters, Row};
 use zipmerge::merge::{self, Endpoints, Method, Statistics};
 use zipmerge::util::write_atomic;
 
-use super::common::{bar, data_root, load_split, BackendArgs};
+use super::common::{bar, data_root, load_split, preprocess_of, BackendArgs};
 use super::merge_cmd::MergeSettings;
 
 /// Data and output options shared by the experiment commands.
@@ -206,8 +206,14 @@ pub fn exec_sweep(a: SweepArgs) -> Result<()> {
     let method = a.settings.method()?;
     let device = a.backend.device(quiet)?;
     let root = data_root(a.io.data.as_deref());
-    let train = load_split(&root, "train", quiet)?;
-    let test = load_split(a.io.eval_data.as_deref().unwrap_or(&root), "test", quiet)?;
+    let prep = preprocess_of(a.models.first().context("--model is required")?)?;
+    let train = load_split(&root, "train", prep, quiet)?;
+    let test = load_split(
+        a.io.eval_data.as_deref().unwrap_or(&root),
+        "test",
+        prep,
+        quiet,
+    )?;
     let t0 = Instant::now();
     let mut counters = Counters::default();
     let (p, stats) = prepare(
@@ -358,8 +364,14 @@ fn exec_grid(a: GridArgs) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     let device = a.backend.device(quiet)?;
     let root = data_root(a.io.data.as_deref());
-    let train = load_split(&root, "train", quiet)?;
-    let mut test = load_split(a.io.eval_data.as_deref().unwrap_or(&root), "test", quiet)?;
+    let prep = preprocess_of(a.models.first().context("--model is required")?)?;
+    let train = load_split(&root, "train", prep, quiet)?;
+    let mut test = load_split(
+        a.io.eval_data.as_deref().unwrap_or(&root),
+        "test",
+        prep,
+        quiet,
+    )?;
     if a.eval_images != "all" {
         let n: usize = a
             .eval_images
@@ -460,9 +472,18 @@ fn exec_table1(a: Table1Args) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     let device = a.backend.device(quiet)?;
     let root = data_root(a.io.data.as_deref());
-    let train = load_split(&root, "train", quiet)?;
-    let test = load_split(a.io.eval_data.as_deref().unwrap_or(&root), "test", quiet)?;
     let pairs = find_pairs(&a.pairs, a.filter.as_deref())?;
+    let prep = match pairs.first().and_then(|(_, m)| m.first()) {
+        Some(m) => preprocess_of(m)?,
+        None => Default::default(),
+    };
+    let train = load_split(&root, "train", prep, quiet)?;
+    let test = load_split(
+        a.io.eval_data.as_deref().unwrap_or(&root),
+        "test",
+        prep,
+        quiet,
+    )?;
     let zipit = Method::Zipit {
         alpha: a.settings.alpha,
         beta: a.settings.beta,

@@ -1,5 +1,5 @@
 //! `zipmerge import` / `zipmerge export`: PyTorch and safetensors checkpoints in the official
-//! ZipIt! layout (`resnet20x{w}` / `vgg11` state_dicts).
+//! ZipIt! layout (`resnet20x{w}` / `vgg11` state_dicts) and torchvision's layout (ResNet-50).
 
 use std::path::PathBuf;
 
@@ -20,22 +20,23 @@ pub struct ImportArgs {
     /// PyTorch (`.pt`, `.pth`, `.pth.tar`) or `.safetensors` state_dict.
     #[arg(long)]
     pub from: PathBuf,
-    /// Architecture: resnet20 or vgg11.
+    /// Architecture: resnet20, vgg11 (official ZipIt! layout) or resnet50 (torchvision layout).
     #[arg(long)]
     pub arch: String,
-    /// Width multiplier.
+    /// Width: multiplier for resnet20/vgg11, base width in channels for resnet50 (torchvision:
+    /// 64). Read off the file's first conv when omitted.
     #[arg(long)]
-    pub width: usize,
+    pub width: Option<usize>,
     /// Head: `linear` or `text[:FILE]`.
     #[arg(long, default_value = "linear")]
     pub head: String,
     /// Classes (label ids) of the model's outputs / task, e.g. `0,1,2,3,4`.
     #[arg(long)]
     pub classes: String,
-    /// Parameter-name layout: `zipit` (official ZipIt! code). `torchvision` is for ResNet-50,
-    /// which this version does not include.
-    #[arg(long, default_value = "zipit")]
-    pub layout: String,
+    /// Parameter-name layout: `zipit` (official ZipIt! code: resnet20, vgg11) or `torchvision`
+    /// (resnet50). Default: the architecture's own.
+    #[arg(long)]
+    pub layout: Option<String>,
     /// Number of classes of the data set (for checking --classes).
     #[arg(long, default_value_t = 10)]
     pub num_classes: usize,
@@ -46,10 +47,8 @@ pub struct ImportArgs {
 
 /// Runs `zipmerge import`.
 pub fn exec_import(a: ImportArgs) -> Result<()> {
-    if a.layout != "zipit" {
-        bail!("--layout `{}`: only `zipit` (ResNet-20 / VGG-11 of the official ZipIt! code) is supported", a.layout);
-    }
     let arch: Arch = a.arch.parse()?;
+    let layout = check_layout(arch, a.layout.as_deref())?;
     let classes = parse_classes(&a.classes, a.num_classes)?;
     let head = match a.head.as_str() {
         "linear" => HeadSpec::Linear,
@@ -59,30 +58,75 @@ pub fn exec_import(a: ImportArgs) -> Result<()> {
         )?,
         o => bail!("--head `{o}`: expected linear or text[:FILE]"),
     };
+    let (state, notes) = interop::read_checkpoint(&a.from)?;
+    let width = match a.width {
+        Some(w) => w,
+        None => infer_width(arch, &state)
+            .with_context(|| format!("{}: pass --width", a.from.display()))?,
+    };
     let cfg = NetConfig {
         arch,
-        width: a.width,
+        width,
         out: head.net_outputs(classes.len()),
     };
     cfg.validate()?;
-    let (state, notes) = interop::read_checkpoint(&a.from)?;
     checkpoint::check_finite(&state, &a.from.display().to_string())?;
     Net::from_state(&cfg, &state, &burn::tensor::Device::flex()).with_context(|| {
         format!(
-            "{} as {arch} x{} ({} outputs)",
+            "{} as {arch} width {width} ({} outputs)",
             a.from.display(),
-            a.width,
             cfg.out
         )
     })?;
-    for c in &notes.converted {
-        eprintln!("converted to f32: {c}");
+    if let Some(first) = notes.converted.first() {
+        eprintln!(
+            "note: converted {} of {} tensors to f32 (e.g. {first})",
+            notes.converted.len(),
+            state.len()
+        );
     }
-    let provenance = serde_json::json!({"import": {"from": a.from.display().to_string(), "layout": a.layout, "converted_to_f32": notes.converted, "stripped_prefixes": notes.stripped_prefixes, "command": command_line()}});
+    let provenance = serde_json::json!({"import": {"from": a.from.display().to_string(), "layout": layout, "converted_to_f32": notes.converted, "stripped_prefixes": notes.stripped_prefixes, "command": command_line()}});
     let manifest = ModelManifest::single(&cfg, classes, head, vec![], provenance);
     checkpoint::write_model(&a.out, &manifest, &[("model.safetensors".into(), &state)])?;
     println!("wrote {} ({} tensors)", a.out.display(), state.len());
     Ok(())
+}
+
+/// The layout of `arch` (`zipit` for resnet20/vgg11, `torchvision` for resnet50), checking
+/// `--layout` when given.
+fn check_layout(arch: Arch, given: Option<&str>) -> Result<&'static str> {
+    let own = match arch {
+        Arch::Resnet50 => "torchvision",
+        _ => "zipit",
+    };
+    match given {
+        None => Ok(own),
+        Some(l) if l == own => Ok(own),
+        Some(l @ ("zipit" | "torchvision")) => {
+            bail!("--layout {l} does not fit --arch {arch}: {arch} uses the {own} layout")
+        }
+        Some(l) => bail!("--layout `{l}`: expected zipit or torchvision"),
+    }
+}
+
+/// Width read off the first conv of a state dict: `conv1.weight` rows / 16 for ResNet-20,
+/// `features.0.weight` rows / 64 for VGG-11, `conv1.weight` rows for ResNet-50.
+fn infer_width(arch: Arch, state: &StateDict) -> Result<usize> {
+    let (key, unit) = match arch {
+        Arch::Resnet20 => ("conv1.weight", 16),
+        Arch::Vgg11 => ("features.0.weight", 64),
+        Arch::Resnet50 => ("conv1.weight", 1),
+    };
+    let t = state
+        .get(key)
+        .with_context(|| format!("no tensor `{key}` to read the width of a {arch} from"))?;
+    if t.rows() % unit != 0 || t.rows() == 0 {
+        bail!(
+            "tensor `{key}` has {} output channels, not a multiple of {unit} as a {arch} needs",
+            t.rows()
+        );
+    }
+    Ok(t.rows() / unit)
 }
 
 /// Arguments of `zipmerge export`.
@@ -94,9 +138,10 @@ pub struct ExportArgs {
     /// Output format: safetensors.
     #[arg(long, default_value = "safetensors")]
     pub format: String,
-    /// Parameter-name layout: zipit.
-    #[arg(long, default_value = "zipit")]
-    pub layout: String,
+    /// Parameter-name layout: `zipit` (resnet20/vgg11) or `torchvision` (resnet50). Default:
+    /// the model's own; zipmerge stores weights under those names, so this only checks.
+    #[arg(long)]
+    pub layout: Option<String>,
     /// Output file. A multi-head model is written as one file with prefixed names: `trunk.*`
     /// for the shared trunk and `head<i>.*` for each head network.
     #[arg(long)]
@@ -105,15 +150,12 @@ pub struct ExportArgs {
 
 /// Runs `zipmerge export`.
 pub fn exec_export(a: ExportArgs) -> Result<()> {
-    if a.format != "safetensors" || a.layout != "zipit" {
-        bail!(
-            "--format {} --layout {}: only safetensors in the zipit layout is supported",
-            a.format,
-            a.layout
-        );
+    if a.format != "safetensors" {
+        bail!("--format {}: only safetensors is supported", a.format);
     }
     let dir = checkpoint::model_dir(&a.model);
     let m = checkpoint::read_manifest(&dir)?;
+    check_layout(m.arch, a.layout.as_deref())?;
     let trunk = checkpoint::read_weights(&dir, &m.weights)?;
     let heads: Vec<StateDict> = m
         .heads

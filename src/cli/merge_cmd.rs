@@ -183,10 +183,11 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     let stop = ep.spec.stop(&a.stop)?;
     let device = a.backend.device(quiet)?;
     let root = data_root(a.data.as_deref());
+    let prep = ep.spec.net.preprocess();
     let probe = match &s.probe {
-        Some(p) => ImageSet::load(p, "train")
+        Some(p) => ImageSet::load(p, "train", prep)
             .with_context(|| format!("loading probe images {}", p.display()))?,
-        None => load_split(&root, "train", quiet)?,
+        None => load_split(&root, "train", prep, quiet)?,
     };
     // validate everything before the long steps
     let probe_b = if method.needs_statistics() {
@@ -271,7 +272,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     } else {
         let t = Instant::now();
         let test_root = a.eval_data.clone().unwrap_or(root.clone());
-        let test = load_split(&test_root, "test", quiet)?;
+        let test = load_split(&test_root, "test", prep, quiet)?;
         let n = (0..test.len())
             .filter(|&i| {
                 tasks

@@ -59,10 +59,13 @@ pub fn exec(a: PredictArgs) -> Result<()> {
     let imgs: Vec<Vec<u8>> = a
         .images
         .iter()
-        .map(|p| decode(p))
+        .map(|p| decode(p, sys.config().preprocess(), false))
         .collect::<Result<_, _>>()?;
     let refs: Vec<&[u8]> = imgs.iter().map(|v| v.as_slice()).collect();
-    let outs = sys.forward_heads(to_tensor(&refs, &device), &mut ForwardCtx::default());
+    let outs = sys.forward_heads(
+        to_tensor(&refs, sys.config().preprocess(), &device),
+        &mut ForwardCtx::default(),
+    );
     // logits over `classes`, each class from the first head trained on it (text heads: any)
     let mut per_class: Vec<Vec<f32>> = vec![vec![0.0; classes.len()]; imgs.len()];
     for (k, c) in classes.iter().enumerate() {

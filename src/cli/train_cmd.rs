@@ -119,7 +119,13 @@ pub fn exec(a: TrainArgs) -> Result<()> {
     }
     .validate()?;
     let root = data_root(a.data.as_deref());
-    let train_set = load_split(&root, "train", a.quiet)?;
+    let prep = NetConfig {
+        arch,
+        width: a.width,
+        out: 1,
+    }
+    .preprocess();
+    let train_set = load_split(&root, "train", prep, a.quiet)?;
     let n = train_set.class_names.len();
     let (classes, split_lists) = match (&a.classes, &a.split) {
         (Some(c), _) => (parse_classes(c, n)?, None),
@@ -167,7 +173,7 @@ pub fn exec(a: TrainArgs) -> Result<()> {
         idx.sort_unstable();
         train_task = train_task.subset(&idx);
     }
-    let test_task = load_split(&root, "test", a.quiet)?.filter_classes(&classes);
+    let test_task = load_split(&root, "test", prep, a.quiet)?.filter_classes(&classes);
     if train_task.is_empty() {
         bail!(
             "{}: no training images of classes {classes:?}",

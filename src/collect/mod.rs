@@ -10,8 +10,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::augment::augment_into;
-use crate::data::{to_tensor, ImageSet, IMAGE_BYTES};
+use crate::data::augment::augment_for;
+use crate::data::{to_tensor, ImageSet};
 use crate::error::MergeError;
 use crate::matching::SquareMatrix;
 use crate::models::{ForwardCtx, Net};
@@ -130,8 +130,8 @@ pub fn probe_batches(set: &ImageSet, opts: &ProbeOptions) -> Vec<Vec<Vec<u8>>> {
                 .iter()
                 .map(|&i| {
                     if opts.augment {
-                        let mut out = vec![0u8; IMAGE_BYTES];
-                        augment_into(set.image(i), &mut out, &mut rng);
+                        let mut out = vec![0u8; set.prep.side().pow(2) * 3];
+                        augment_for(set.prep, set.side, set.image(i), &mut out, &mut rng);
                         out
                     } else {
                         set.image(i).to_vec()
@@ -161,7 +161,7 @@ pub fn collect(
     let mut accs: Vec<CovAccumulator> = Vec::new();
     for batch in batches {
         let refs: Vec<&[u8]> = batch.iter().map(|v| v.as_slice()).collect();
-        let x = to_tensor(&refs, device);
+        let x = to_tensor(&refs, models[0].preprocess(), device);
         let taps: Vec<Vec<Tensor<4>>> = models
             .iter()
             .map(|m| {

@@ -8,6 +8,24 @@ use super::{IMAGE_BYTES, SIDE};
 /// Padding of the random crop, pixels.
 pub const PAD: usize = 4;
 
+/// Training augmentation of `prep` for a stored `[side, side, 3]` image: CIFAR flip + pad-4
+/// crop ([`augment_into`]); ImageNet random resized crop to 224 + flip
+/// ([`super::preprocess::random_resized_crop_flip`]). `out` holds `prep.side()^2 * 3` bytes.
+pub fn augment_for<R: Rng>(
+    prep: super::Preprocess,
+    side: usize,
+    img: &[u8],
+    out: &mut [u8],
+    rng: &mut R,
+) {
+    match prep {
+        super::Preprocess::Cifar => augment_into(img, out, rng),
+        super::Preprocess::ImageNet => {
+            super::preprocess::random_resized_crop_flip(img, side, prep.side(), out, rng)
+        }
+    }
+}
+
 /// Writes an augmented copy of `img` (`[32, 32, 3]` HWC) into `out`.
 pub fn augment_into<R: Rng>(img: &[u8], out: &mut [u8], rng: &mut R) {
     let flip = rng.gen_bool(0.5);

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use super::Preprocess;
 use super::{ImageSet, IMAGE_BYTES, SIDE};
 use crate::error::DataError;
 
@@ -70,7 +71,10 @@ pub fn parse(
 ///
 /// # Errors
 /// [`DataError`] naming the file when it is missing or malformed.
-pub fn load_dir(dir: &Path, split: &str) -> Result<ImageSet, DataError> {
+///
+/// With [`Preprocess::ImageNet`] every 32x32 image is upsampled as any other image would be
+/// (resize 256, centre crop), for ResNet-50 on CIFAR.
+pub fn load_dir(dir: &Path, split: &str, prep: Preprocess) -> Result<ImageSet, DataError> {
     let (files, label_bytes): (Vec<String>, usize) =
         if dir.join("test_batch.bin").is_file() || dir.join("data_batch_1.bin").is_file() {
             if split == "test" {
@@ -82,8 +86,12 @@ pub fn load_dir(dir: &Path, split: &str) -> Result<ImageSet, DataError> {
             (vec![format!("{split}.bin")], 2)
         };
     let mut set = ImageSet {
+        pixels: vec![],
+        side: SIDE,
+        prep: Preprocess::Cifar,
+        labels: vec![],
+        class_names: vec![],
         source: dir.display().to_string(),
-        ..Default::default()
     };
     for f in files {
         let p = dir.join(&f);
@@ -103,6 +111,22 @@ pub fn load_dir(dir: &Path, split: &str) -> Result<ImageSet, DataError> {
             .map(|i| format!("class{i:02}"))
             .collect()
     };
+    if prep != Preprocess::Cifar {
+        let train = split == "train";
+        let side = prep.stored_side(train);
+        let mut pixels = Vec::with_capacity(set.len() * side * side * 3);
+        for i in 0..set.len() {
+            let img = image::RgbImage::from_raw(SIDE as u32, SIDE as u32, set.image(i).to_vec())
+                .expect("32x32x3 bytes");
+            pixels.extend(prep.prepare(img, train).map_err(|msg| DataError::Image {
+                path: dir.display().to_string(),
+                msg,
+            })?);
+        }
+        set.pixels = pixels;
+        set.side = side;
+        set.prep = prep;
+    }
     Ok(set)
 }
 

@@ -1,12 +1,13 @@
 //! ImageFolder reader: `<root>/<class>/*.{jpg,jpeg,png}`, classes sorted by folder name give the
-//! label ids (as torchvision's `ImageFolder`). Decoding runs in parallel (rayon); images must be
-//! 32x32 (colour or greyscale, converted to RGB).
+//! label ids (as torchvision's `ImageFolder`). Decoding runs in parallel (rayon); colour or
+//! greyscale images are converted to RGB, then prepared as [`Preprocess`] says (CIFAR: must be
+//! 32x32; ImageNet: resize 256 + centre crop).
 
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{ImageSet, IMAGE_BYTES, SIDE};
+use super::{ImageSet, Preprocess};
 use crate::error::DataError;
 
 /// `(path, label)` of every image, and the class names sorted (label order).
@@ -60,43 +61,40 @@ pub fn list(root: &Path) -> Result<Listing, DataError> {
     Ok((items, classes))
 }
 
-/// Decodes one image file to `[32, 32, 3]` u8.
+/// Decodes one image file to the stored `[side, side, 3]` u8 form of `prep`
+/// ([`Preprocess::prepare`]; `train` selects the training storage).
 ///
 /// # Errors
-/// [`DataError::Image`] naming the file when it cannot be decoded or is not 32x32.
-pub fn decode(path: &Path) -> Result<Vec<u8>, DataError> {
-    let img = image::open(path).map_err(|e| DataError::Image {
+/// [`DataError::Image`] naming the file when it cannot be decoded or has the wrong size.
+pub fn decode(path: &Path, prep: Preprocess, train: bool) -> Result<Vec<u8>, DataError> {
+    let err = |msg: String| DataError::Image {
         path: path.display().to_string(),
-        msg: format!("cannot decode image ({e})"),
-    })?;
-    if img.width() as usize != SIDE || img.height() as usize != SIDE {
-        return Err(DataError::Image {
-            path: path.display().to_string(),
-            msg: format!(
-                "image is {}x{}, expected {SIDE}x{SIDE}",
-                img.width(),
-                img.height()
-            ),
-        });
-    }
-    Ok(img.to_rgb8().into_raw())
+        msg,
+    };
+    let img = image::open(path).map_err(|e| err(format!("cannot decode image ({e})")))?;
+    prep.prepare(img.to_rgb8(), train).map_err(err)
 }
 
 /// Loads and decodes a whole ImageFolder tree.
 ///
 /// # Errors
 /// As [`list`] and [`decode`].
-pub fn load(root: &Path) -> Result<ImageSet, DataError> {
+pub fn load(root: &Path, prep: Preprocess, train: bool) -> Result<ImageSet, DataError> {
     let (items, class_names) = list(root)?;
-    let decoded: Result<Vec<Vec<u8>>, DataError> =
-        items.par_iter().map(|(p, _)| decode(p)).collect();
+    let decoded: Result<Vec<Vec<u8>>, DataError> = items
+        .par_iter()
+        .map(|(p, _)| decode(p, prep, train))
+        .collect();
     let decoded = decoded?;
-    let mut pixels = Vec::with_capacity(items.len() * IMAGE_BYTES);
+    let side = prep.stored_side(train);
+    let mut pixels = Vec::with_capacity(items.len() * side * side * 3);
     for d in &decoded {
         pixels.extend_from_slice(d);
     }
     Ok(ImageSet {
         pixels,
+        side,
+        prep,
         labels: items.iter().map(|(_, l)| *l).collect(),
         class_names,
         source: root.display().to_string(),
@@ -120,7 +118,7 @@ mod tests {
             std::fs::create_dir_all(root.path().join(class)).unwrap();
             img.save(root.path().join(class).join(file)).unwrap();
         }
-        let set = load(root.path()).unwrap();
+        let set = load(root.path(), Preprocess::Cifar, false).unwrap();
         assert_eq!(set.class_names, ["ant", "mole", "zebra"]);
         assert_eq!(set.labels, [0, 0, 1, 2]); // ant/0.png, ant/a.png, mole, zebra
         assert_eq!(&set.image(0)[..3], &[10, 20, 30]);
@@ -128,7 +126,7 @@ mod tests {
         image::RgbImage::new(8, 8)
             .save(root.path().join("mole").join("small.png"))
             .unwrap();
-        assert!(load(root.path())
+        assert!(load(root.path(), Preprocess::Cifar, false)
             .unwrap_err()
             .to_string()
             .contains("small.png"));

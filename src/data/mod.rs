@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod cifar_bin;
 pub mod imagefolder;
+pub mod preprocess;
 pub mod tasks;
 
 use std::path::{Path, PathBuf};
@@ -11,21 +12,22 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::DataError;
+pub use preprocess::{Preprocess, CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD};
 
 /// Side of a CIFAR image in pixels.
 pub const SIDE: usize = 32;
-/// Bytes of one image (`[32, 32, 3]`, HWC, u8).
+/// Bytes of one CIFAR image (`[32, 32, 3]`, HWC, u8).
 pub const IMAGE_BYTES: usize = SIDE * SIDE * 3;
-/// CIFAR channel means (reference doc §2), in 0..1 units.
-pub const CIFAR_MEAN: [f32; 3] = [125.307 / 255.0, 122.961 / 255.0, 113.8575 / 255.0];
-/// CIFAR channel standard deviations (reference doc §2), in 0..1 units.
-pub const CIFAR_STD: [f32; 3] = [51.5865 / 255.0, 50.847 / 255.0, 51.255 / 255.0];
 
 /// A labelled image set held in memory as u8 pixels.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ImageSet {
-    /// `N * 32 * 32 * 3` bytes, image-major, HWC.
+    /// `N * side * side * 3` bytes, image-major, HWC.
     pub pixels: Vec<u8>,
+    /// Side of every stored image, pixels.
+    pub side: usize,
+    /// Preprocessing the images were stored with (and are normalised with).
+    pub prep: Preprocess,
     /// Label id of each image.
     pub labels: Vec<usize>,
     /// Class names in label order.
@@ -45,9 +47,15 @@ impl ImageSet {
         self.labels.is_empty()
     }
 
-    /// Pixels of image `i` (`[32, 32, 3]` HWC).
+    /// Bytes of one stored image (`side * side * 3`).
+    pub fn image_bytes(&self) -> usize {
+        self.side * self.side * 3
+    }
+
+    /// Pixels of image `i` (`[side, side, 3]` HWC).
     pub fn image(&self, i: usize) -> &[u8] {
-        &self.pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+        let n = self.image_bytes();
+        &self.pixels[i * n..(i + 1) * n]
     }
 
     /// The images whose label is in `classes`, in their original order.
@@ -60,12 +68,14 @@ impl ImageSet {
 
     /// The images at `idx`, in that order.
     pub fn subset(&self, idx: &[usize]) -> ImageSet {
-        let mut pixels = Vec::with_capacity(idx.len() * IMAGE_BYTES);
+        let mut pixels = Vec::with_capacity(idx.len() * self.image_bytes());
         for &i in idx {
             pixels.extend_from_slice(self.image(i));
         }
         ImageSet {
             pixels,
+            side: self.side,
+            prep: self.prep,
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
             class_names: self.class_names.clone(),
             source: self.source.clone(),
@@ -74,11 +84,12 @@ impl ImageSet {
 
     /// Loads a folder: an ImageFolder tree (`<root>/<class>/*.jpg|png`) or a folder of CIFAR
     /// binary batches (`data_batch_*.bin`/`test_batch.bin`, or `train.bin`/`test.bin`). For the
-    /// binary format `split` picks `train` or `test` files.
+    /// binary format `split` picks `train` or `test` files. Images are stored as `prep` says
+    /// for the split (`train` keeps ImageNet images at 256 for per-step random crops).
     ///
     /// # Errors
     /// [`DataError`] naming the folder or file when it is missing, empty or undecodable.
-    pub fn load(path: &Path, split: &str) -> Result<ImageSet, DataError> {
+    pub fn load(path: &Path, split: &str, prep: Preprocess) -> Result<ImageSet, DataError> {
         if !path.is_dir() {
             return Err(DataError::Io {
                 path: path.display().to_string(),
@@ -86,9 +97,9 @@ impl ImageSet {
             });
         }
         if cifar_bin::is_cifar_bin_dir(path) {
-            cifar_bin::load_dir(path, split)
+            cifar_bin::load_dir(path, split, prep)
         } else {
-            imagefolder::load(path)
+            imagefolder::load(path, prep, split == "train")
         }
     }
 }
@@ -104,18 +115,22 @@ pub fn split_dir(root: &Path, split: &str) -> PathBuf {
     }
 }
 
-/// Normalises a batch of u8 images into a tensor `[batch, 3, 32, 32]` (CHW, CIFAR mean/std).
-pub fn to_tensor(images: &[&[u8]], device: &Device) -> Tensor<4> {
+/// Normalises a batch of square u8 HWC images (all the same size) into a tensor
+/// `[batch, 3, side, side]` (CHW, `prep`'s mean/std). The side is read off the byte count.
+pub fn to_tensor(images: &[&[u8]], prep: Preprocess, device: &Device) -> Tensor<4> {
     let b = images.len();
-    let mut out = vec![0f32; b * IMAGE_BYTES];
+    let px = images.first().map_or(0, |i| i.len() / 3);
+    let side = (px as f64).sqrt().round() as usize;
+    let (mean, std) = (prep.mean(), prep.std());
+    let mut out = vec![0f32; b * px * 3];
     for (n, img) in images.iter().enumerate() {
-        let base = n * IMAGE_BYTES;
+        let base = n * px * 3;
         for c in 0..3 {
-            let (m, s) = (CIFAR_MEAN[c], CIFAR_STD[c]);
-            for p in 0..SIDE * SIDE {
-                out[base + c * SIDE * SIDE + p] = (img[p * 3 + c] as f32 / 255.0 - m) / s;
+            let (m, s) = (mean[c], std[c]);
+            for p in 0..px {
+                out[base + c * px + p] = (img[p * 3 + c] as f32 / 255.0 - m) / s;
             }
         }
     }
-    Tensor::from_data(TensorData::new(out, [b, 3, SIDE, SIDE]), device)
+    Tensor::from_data(TensorData::new(out, [b, 3, side, side]), device)
 }

@@ -61,7 +61,7 @@ pub fn evaluate(
     for chunk in idx.chunks(batch.max(1)) {
         let imgs: Vec<&[u8]> = chunk.iter().map(|&i| data.image(i)).collect();
         let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i]).collect();
-        let x = to_tensor(&imgs, device);
+        let x = to_tensor(&imgs, data.prep, device);
         let outs: Vec<Vec<Tensor<2>>> = systems
             .iter()
             .map(|s| s.forward_heads(x.clone(), &mut ForwardCtx::default()))

@@ -2,7 +2,8 @@
 //!
 //! burn stores `Linear.weight` as `[in, out]` and names BN vectors `gamma`/`beta`; PyTorch uses
 //! `[out, in]` and `weight`/`bias`. The ResNet shortcut is a struct here (`shortcut.conv`,
-//! `shortcut.bn`) and a Sequential in PyTorch (`shortcut.0`, `shortcut.1`); VGG's convs are
+//! `shortcut.bn`) and a Sequential in PyTorch (`shortcut.0`, `shortcut.1`), likewise ResNet-50's
+//! `downsample` (`downsample.0`, `downsample.1`); VGG's convs are
 //! `features.{0..8}` here and `features.{0,3,6,8,11,13,16,18}` in PyTorch. This file is the only
 //! place those differences are handled.
 
@@ -16,7 +17,7 @@ use crate::checkpoint::{NamedTensor, StateDict};
 pub fn torch_name(path: &[String]) -> String {
     let mut parts: Vec<String> = path.to_vec();
     for i in 0..parts.len() {
-        if parts[i] == "shortcut" && i + 1 < parts.len() {
+        if (parts[i] == "shortcut" || parts[i] == "downsample") && i + 1 < parts.len() {
             parts[i + 1] = match parts[i + 1].as_str() {
                 "conv" => "0".into(),
                 "bn" => "1".into(),

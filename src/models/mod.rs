@@ -1,10 +1,11 @@
-//! Model definitions (ResNet-20 x w, VGG-11 x w), their initialisation, weight bridge to
+//! Model definitions (ResNet-20 x w, VGG-11 x w, torchvision ResNet-50), their initialisation, weight bridge to
 //! PyTorch-layout state dicts, parameter and FLOP counts, and output heads.
 
 pub mod bridge;
 pub mod head;
 pub mod layers;
 pub mod resnet20;
+pub mod resnet50;
 pub mod system;
 pub mod vgg11;
 
@@ -21,6 +22,7 @@ use crate::checkpoint::StateDict;
 use crate::error::ModelError;
 pub use layers::ForwardCtx;
 use resnet20::ResNet20;
+use resnet50::{ResNet50, EXPANSION, RESNET50_BLOCKS};
 use vgg11::{Vgg11, VGG11_CHANNELS, VGG11_POOL_AFTER};
 
 /// Supported architectures.
@@ -31,6 +33,9 @@ pub enum Arch {
     Resnet20,
     /// CIFAR VGG-11 (reference doc §1.4).
     Vgg11,
+    /// torchvision ResNet-50 (ImageNet; reference doc §1.5). `width` is the base width in
+    /// channels (torchvision: 64).
+    Resnet50,
 }
 
 impl fmt::Display for Arch {
@@ -38,6 +43,7 @@ impl fmt::Display for Arch {
         f.write_str(match self {
             Arch::Resnet20 => "resnet20",
             Arch::Vgg11 => "vgg11",
+            Arch::Resnet50 => "resnet50",
         })
     }
 }
@@ -48,8 +54,9 @@ impl FromStr for Arch {
         match s {
             "resnet20" => Ok(Arch::Resnet20),
             "vgg11" => Ok(Arch::Vgg11),
+            "resnet50" => Ok(Arch::Resnet50),
             o => Err(ModelError::Invalid(format!(
-                "unknown --arch `{o}`: expected resnet20 or vgg11"
+                "unknown --arch `{o}`: expected resnet20, vgg11 or resnet50"
             ))),
         }
     }
@@ -60,7 +67,8 @@ impl FromStr for Arch {
 pub struct NetConfig {
     /// Architecture.
     pub arch: Arch,
-    /// Width multiplier w (>= 1).
+    /// Width: the multiplier w (>= 1) for ResNet-20 / VGG-11; the base width in channels for
+    /// ResNet-50 (torchvision: 64).
     pub width: usize,
     /// Outputs of the final linear layer (embedding dim for text heads, class count for linear).
     pub out: usize,
@@ -77,10 +85,11 @@ impl NetConfig {
                 "--width 0: the width multiplier must be >= 1".into(),
             ));
         }
-        if self.width > 64 {
+        let max = if self.arch == Arch::Resnet50 { 512 } else { 64 };
+        if self.width > max {
             return Err(ModelError::Invalid(format!(
-                "--width {}: widths above 64 are not supported",
-                self.width
+                "--width {}: widths above {max} are not supported for {}",
+                self.width, self.arch
             )));
         }
         if self.out == 0 {
@@ -91,16 +100,35 @@ impl NetConfig {
         Ok(())
     }
 
-    /// Index of the output cut (number of segments): 4 for ResNet-20, 9 for VGG-11.
+    /// Index of the output cut (number of segments): 4 for ResNet-20, 9 for VGG-11, 5 for
+    /// ResNet-50.
     pub fn output_cut(&self) -> usize {
         match self.arch {
             Arch::Resnet20 => 4,
             Arch::Vgg11 => 9,
+            Arch::Resnet50 => 5,
         }
     }
 
-    /// Forward multiply-accumulates per 32x32 image (conv and linear layers; BN, ReLU, pooling
-    /// and additions are not counted). Units: MACs per image.
+    /// Side of the square input image in pixels: 32 for the CIFAR networks, 224 for ResNet-50
+    /// (ImageNet preprocessing, [`crate::data::Preprocess`]).
+    pub fn input_side(&self) -> usize {
+        match self.arch {
+            Arch::Resnet50 => 224,
+            _ => 32,
+        }
+    }
+
+    /// The image preprocessing the architecture is trained and evaluated with.
+    pub fn preprocess(&self) -> crate::data::Preprocess {
+        match self.arch {
+            Arch::Resnet50 => crate::data::Preprocess::ImageNet,
+            _ => crate::data::Preprocess::Cifar,
+        }
+    }
+
+    /// Forward multiply-accumulates per input image of [`NetConfig::input_side`] (conv and
+    /// linear layers; BN, ReLU, pooling and additions are not counted). Units: MACs per image.
     pub fn flops(&self) -> u64 {
         self.flops_segment(0, self.output_cut())
     }
@@ -121,6 +149,7 @@ impl NetConfig {
                     2 => conv(32 * w, 64 * w, 8) * 2 + conv(64 * w, 64 * w, 8) * 5,
                     _ => 64 * w * self.out as u64,
                 },
+                Arch::Resnet50 => resnet50_flops(w, self.out as u64, cut),
                 Arch::Vgg11 => {
                     if cut < 8 {
                         let cin = if cut == 0 {
@@ -140,7 +169,36 @@ impl NetConfig {
     }
 }
 
-/// A network of either architecture (a burn module).
+/// MACs of ResNet-50 cut segment `cut` (0..=4, see [`ResNet50::forward_segment`]) at 224x224,
+/// base width `b`, `out` outputs.
+fn resnet50_flops(b: u64, out: u64, cut: usize) -> u64 {
+    let conv = |cin: u64, cout: u64, k: u64, hw: u64| cin * cout * k * k * hw * hw;
+    if cut == 4 {
+        return 32 * b * out;
+    }
+    let mut total = if cut == 0 { conv(3, b, 7, 112) } else { 0 };
+    let e = EXPANSION as u64;
+    // input channels and side of the stage
+    let (mut cin, hw_in) = if cut == 0 {
+        (b, 56)
+    } else {
+        (b * e << (cut - 1), 56 >> (cut - 1))
+    };
+    let width = b << cut;
+    let hw = if cut == 0 { 56 } else { hw_in / 2 };
+    for i in 0..RESNET50_BLOCKS[cut] {
+        let h1 = if i == 0 { hw_in } else { hw };
+        total +=
+            conv(cin, width, 1, h1) + conv(width, width, 3, hw) + conv(width, width * e, 1, hw);
+        if i == 0 {
+            total += conv(cin, width * e, 1, hw);
+        }
+        cin = width * e;
+    }
+    total
+}
+
+/// A network of any supported architecture (a burn module).
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)] // one value per loaded model; boxing buys nothing
 pub enum Net {
@@ -148,6 +206,8 @@ pub enum Net {
     Resnet20(ResNet20),
     /// VGG-11 x w.
     Vgg11(Vgg11),
+    /// ResNet-50 (torchvision layout).
+    Resnet50(ResNet50),
 }
 
 impl Net {
@@ -156,6 +216,7 @@ impl Net {
         match cfg.arch {
             Arch::Resnet20 => Net::Resnet20(ResNet20::new(cfg.width, cfg.out, device)),
             Arch::Vgg11 => Net::Vgg11(Vgg11::new(cfg.width, cfg.out, device)),
+            Arch::Resnet50 => Net::Resnet50(ResNet50::new(cfg.width, cfg.out, device)),
         }
     }
 
@@ -209,6 +270,15 @@ impl Net {
         match self {
             Net::Resnet20(m) => m.forward_segment(x, from, to, ctx),
             Net::Vgg11(m) => m.forward_segment(x, from, to, ctx),
+            Net::Resnet50(m) => m.forward_segment(x, from, to, ctx),
+        }
+    }
+
+    /// The image preprocessing of this network's architecture ([`NetConfig::preprocess`]).
+    pub fn preprocess(&self) -> crate::data::Preprocess {
+        match self {
+            Net::Resnet50(_) => crate::data::Preprocess::ImageNet,
+            _ => crate::data::Preprocess::Cifar,
         }
     }
 
@@ -217,10 +287,11 @@ impl Net {
         match self {
             Net::Resnet20(_) => 4,
             Net::Vgg11(_) => 9,
+            Net::Resnet50(_) => 5,
         }
     }
 
-    /// Full forward: `x: [batch, 3, 32, 32]` (normalised) -> `[batch, out]`.
+    /// Full forward: `x: [batch, 3, side, side]` (normalised; side 32, or 224 for ResNet-50) -> `[batch, out]`.
     pub fn forward(&self, x: Tensor<4>, ctx: &mut ForwardCtx) -> Tensor<2> {
         let y = self.forward_segment(x, 0, self.output_cut(), ctx);
         let [b, o, _, _] = y.dims();
@@ -234,7 +305,8 @@ impl Net {
 /// ResNet-20 follows the reference (§1.3): Kaiming-normal (fan_in, gain sqrt 2) for conv and
 /// linear weights, PyTorch defaults elsewhere (BN weight 1, bias 0, running mean 0 / var 1, linear
 /// bias U(+-1/sqrt(fan_in))). VGG-11 uses PyTorch defaults (§1.4): weights and biases
-/// U(+-1/sqrt(fan_in)).
+/// U(+-1/sqrt(fan_in)). ResNet-50 follows torchvision: conv weights Kaiming-normal (fan_out,
+/// gain sqrt 2), BN weight 1 / bias 0, `fc` PyTorch's default U(+-1/sqrt(fan_in)).
 pub fn init_state(cfg: &NetConfig, seed: u64) -> StateDict {
     let device = Device::flex();
     let mut state = Net::empty(cfg, &device).to_state();
@@ -257,6 +329,13 @@ pub fn init_state(cfg: &NetConfig, seed: u64) -> StateDict {
         match (is_bn, leaf) {
             (true, "weight") | (true, "running_var") => t.data.fill(1.0),
             (true, _) => t.data.fill(0.0),
+            (false, "weight") if cfg.arch == Arch::Resnet50 && t.shape.len() == 4 => {
+                let fan_out = t.shape[0] * t.shape[2] * t.shape[3];
+                let std = (2.0 / fan_out as f64).sqrt();
+                for v in t.data.iter_mut() {
+                    *v = (normal(&mut rng) * std) as f32;
+                }
+            }
             (false, "weight") if cfg.arch == Arch::Resnet20 => {
                 let std = (2.0f64).sqrt() * bound;
                 for v in t.data.iter_mut() {

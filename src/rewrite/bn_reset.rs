@@ -30,7 +30,7 @@ pub fn measure(
     for batch in batches {
         let refs: Vec<&[u8]> = batch.iter().map(|v| v.as_slice()).collect();
         let mut ctx = ForwardCtx::recording_bn();
-        sys.forward_heads(to_tensor(&refs, device), &mut ctx);
+        sys.forward_heads(to_tensor(&refs, sys.trunk.preprocess(), device), &mut ctx);
         for (name, mean, var) in ctx.bn_records {
             let e = sums
                 .entry(name)

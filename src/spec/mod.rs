@@ -236,6 +236,82 @@ pub fn spec_of(net: &Net, cfg: &NetConfig) -> MergeSpec {
                 true,
             );
         }
+        Net::Resnet50(m) => {
+            // §1.5: the stem output is its own space (layer1.0 has a downsample), two inner
+            // spaces per Bottleneck, one stream space per stage (stops after layer1..layer4).
+            let stem = b.space("stem".into(), m.bn1.gamma.dims()[0], SpaceKind::Stream);
+            b.layer(
+                "conv1",
+                LayerKind::Conv,
+                Side::Input,
+                Side::Space(stem),
+                true,
+            );
+            b.bn("bn1", stem);
+            capture.push(stem);
+            let mut cur = stem;
+            let stages = [&m.layer1, &m.layer2, &m.layer3, &m.layer4];
+            for (s, blocks) in stages.into_iter().enumerate() {
+                b.segment = s;
+                for (i, blk) in blocks.iter().enumerate() {
+                    let name = format!("layer{}.{i}", s + 1);
+                    let in1 = b.space(
+                        format!("{name}.inner1"),
+                        blk.bn1.gamma.dims()[0],
+                        SpaceKind::Inner,
+                    );
+                    let in2 = b.space(
+                        format!("{name}.inner2"),
+                        blk.bn2.gamma.dims()[0],
+                        SpaceKind::Inner,
+                    );
+                    let out = match &blk.downsample {
+                        Some(d) => {
+                            let o = b.space(
+                                format!("stream{}", s + 1),
+                                d.bn.gamma.dims()[0],
+                                SpaceKind::Stream,
+                            );
+                            b.layer(
+                                format!("{name}.downsample.0"),
+                                LayerKind::Conv,
+                                Side::Space(cur),
+                                Side::Space(o),
+                                false,
+                            );
+                            b.bn(format!("{name}.downsample.1"), o);
+                            o
+                        }
+                        None => cur,
+                    };
+                    for (k, (from, to)) in
+                        [(cur, in1), (in1, in2), (in2, out)].into_iter().enumerate()
+                    {
+                        b.layer(
+                            format!("{name}.conv{}", k + 1),
+                            LayerKind::Conv,
+                            Side::Space(from),
+                            Side::Space(to),
+                            true,
+                        );
+                        b.bn(format!("{name}.bn{}", k + 1), to);
+                    }
+                    capture.push(in1);
+                    capture.push(in2);
+                    cur = out;
+                }
+                capture.push(cur);
+                b.spaces[cur].stop_cut = Some(s + 1);
+            }
+            b.segment = 4;
+            b.layer(
+                "fc",
+                LayerKind::Linear,
+                Side::Space(cur),
+                Side::Output,
+                true,
+            );
+        }
         Net::Vgg11(m) => {
             let mut prev = Side::Input;
             for (k, conv) in m.features.iter().enumerate() {
@@ -293,7 +369,7 @@ impl MergeSpec {
         spec_of(&Net::empty(cfg, &burn::tensor::Device::flex()), cfg)
     }
 
-    /// Total counted layers (20 for ResNet-20, 9 for VGG-11).
+    /// Total counted layers (20 for ResNet-20, 9 for VGG-11, 50 for ResNet-50).
     pub fn total_layers(&self) -> usize {
         self.layers.iter().filter(|l| l.counted).count()
     }

@@ -21,8 +21,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, safetensors_io, ModelManifest, StateDict};
-use crate::data::augment::augment_into;
-use crate::data::{to_tensor, ImageSet, IMAGE_BYTES};
+use crate::data::augment::augment_for;
+use crate::data::{to_tensor, ImageSet};
 use crate::error::ModelError;
 use crate::eval::argmax;
 use crate::eval::runner::rows;
@@ -169,19 +169,22 @@ pub fn train(
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        let mut buf = vec![0u8; opts.batch_size * IMAGE_BYTES];
+        let nb = train.prep.side().pow(2) * 3; // bytes of one augmented image
+        let mut buf = vec![0u8; opts.batch_size * nb];
         for (s, chunk) in order.chunks(opts.batch_size).enumerate() {
             for (n, &i) in chunk.iter().enumerate() {
-                augment_into(
+                augment_for(
+                    train.prep,
+                    train.side,
                     train.image(i),
-                    &mut buf[n * IMAGE_BYTES..(n + 1) * IMAGE_BYTES],
+                    &mut buf[n * nb..(n + 1) * nb],
                     &mut rng,
                 );
             }
             let imgs: Vec<&[u8]> = (0..chunk.len())
-                .map(|n| &buf[n * IMAGE_BYTES..(n + 1) * IMAGE_BYTES])
+                .map(|n| &buf[n * nb..(n + 1) * nb])
                 .collect();
-            let x = to_tensor(&imgs, &ad);
+            let x = to_tensor(&imgs, train.prep, &ad);
             let y: Vec<i64> = chunk.iter().map(|&i| remap[i] as i64).collect();
             let yt = Tensor::<1, Int>::from_data(TensorData::new(y.clone(), [chunk.len()]), &ad);
             let out = net.forward(x, &mut ForwardCtx::default());
@@ -263,7 +266,10 @@ pub fn task_accuracy(net: &Net, opts: &TrainOptions, test: &ImageSet, device: &D
     let idx: Vec<usize> = (0..test.len()).collect();
     for chunk in idx.chunks(500) {
         let imgs: Vec<&[u8]> = chunk.iter().map(|&i| test.image(i)).collect();
-        let out = net.forward(to_tensor(&imgs, device), &mut ForwardCtx::default());
+        let out = net.forward(
+            to_tensor(&imgs, test.prep, device),
+            &mut ForwardCtx::default(),
+        );
         let l = rows(opts.head.logits(out, &opts.classes, &opts.classes));
         correct += chunk
             .iter()

@@ -1,0 +1,259 @@
+//! A static check of PyTorch pickles before their tensors are read: every global the pickle
+//! references must be one of the few that a plain `state_dict` needs (tensor rebuild functions,
+//! typed storages, `OrderedDict`). Anything else (`os.system`, a model class, `builtins.eval`, ...)
+//! means loading it in PyTorch would run code, and the file is refused.
+//!
+//! Nothing is executed: the pickle is walked opcode by opcode (protocols 0-5), recording the
+//! arguments of `GLOBAL` / `INST` and the two strings consumed by `STACK_GLOBAL`.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::CheckpointError;
+
+/// `module.name` globals a state_dict pickle may reference.
+fn allowed(global: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "collections.OrderedDict",
+        "torch._utils._rebuild_tensor",
+        "torch._utils._rebuild_tensor_v2",
+        "torch._utils._rebuild_tensor_v3",
+        "torch._utils._rebuild_parameter",
+        "torch._utils._rebuild_parameter_with_state",
+        "torch.storage.UntypedStorage",
+        "torch.storage._load_from_bytes",
+        "torch.serialization._get_layout",
+        "torch.device",
+        "torch.Size",
+        "builtins.set",
+        "builtins.frozenset",
+        "builtins.slice",
+        "builtins.complex",
+        "_codecs.encode",
+    ];
+    EXACT.contains(&global)
+        || (global.starts_with("torch.")
+            && global.ends_with("Storage")
+            && !global[6..].contains('.'))
+        || matches!(
+            global,
+            "torch.float32"
+                | "torch.float16"
+                | "torch.bfloat16"
+                | "torch.float64"
+                | "torch.int64"
+                | "torch.int32"
+                | "torch.uint8"
+                | "torch.bool"
+        )
+}
+
+/// Globals referenced by one pickle stream starting at `data[0]`; returns them and the offset
+/// just after its STOP opcode.
+fn scan(data: &[u8]) -> Result<(Vec<String>, usize), String> {
+    let mut globals = Vec::new();
+    let mut strings: Vec<String> = Vec::new();
+    let mut i = 0usize;
+    let take = |i: &mut usize, n: usize| -> Result<&[u8], String> {
+        let s = data
+            .get(*i..*i + n)
+            .ok_or_else(|| "pickle ends early".to_string())?;
+        *i += n;
+        Ok(s)
+    };
+    let line = |i: &mut usize| -> Result<String, String> {
+        let rest = data.get(*i..).ok_or("pickle ends early")?;
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("pickle ends early")?;
+        *i += end + 1;
+        Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
+    };
+    let le = |b: &[u8]| b.iter().rev().fold(0usize, |a, &x| (a << 8) | x as usize);
+    loop {
+        let op = *take(&mut i, 1)?.first().ok_or("empty")?;
+        match op {
+            b'.' => return Ok((globals, i)), // STOP
+            // no argument
+            b'(' | b')' | b'0' | b'1' | b'2' | b'N' | b'R' | b'a' | b'b' | b'd' | b'e' | b'l'
+            | b's' | b't' | b'u' | b'}' | b']' | 0x85 | 0x86 | 0x87 | 0x88 | 0x89 | 0x8f | 0x90
+            | 0x91 | 0x94 | 0x97 | 0x98 | b'Q' | 0x81 | 0x92 => {}
+            0x93 => {
+                // STACK_GLOBAL: module and name are the last two strings pushed
+                let n = strings.len();
+                if n < 2 {
+                    globals.push("<STACK_GLOBAL of computed strings>".into());
+                } else {
+                    globals.push(format!("{}.{}", strings[n - 2], strings[n - 1]));
+                }
+            }
+            b'c' => {
+                let m = line(&mut i)?;
+                let n = line(&mut i)?;
+                globals.push(format!("{m}.{n}"));
+            }
+            b'i' => {
+                // INST: instantiates a class
+                let m = line(&mut i)?;
+                let n = line(&mut i)?;
+                globals.push(format!("{m}.{n}"));
+            }
+            b'o' => globals.push("<OBJ>".into()),
+            b'I' | b'L' | b'F' | b'P' | b'g' | b'p' | b'S' => {
+                let s = line(&mut i)?;
+                if op == b'S' {
+                    strings.push(s.trim_matches(|c| c == '\'' || c == '"').to_string());
+                }
+            }
+            b'V' => strings.push(line(&mut i)?),
+            0x80 | b'K' | b'h' | b'q' => {
+                take(&mut i, 1)?;
+            }
+            b'M' => {
+                take(&mut i, 2)?;
+            }
+            b'J' | b'j' | b'r' => {
+                take(&mut i, 4)?;
+            }
+            0x82..=0x84 => {
+                // EXT1/2/4: a global looked up in copyreg's extension registry
+                take(&mut i, [1, 2, 4][(op - 0x82) as usize])?;
+                globals.push("<copyreg extension>".into());
+            }
+            b'G' | 0x95 => {
+                take(&mut i, 8)?;
+            }
+            0x8a => {
+                let n = le(take(&mut i, 1)?);
+                take(&mut i, n)?;
+            }
+            0x8b => {
+                let n = le(take(&mut i, 4)?);
+                take(&mut i, n)?;
+            }
+            b'U' | b'C' => {
+                let n = le(take(&mut i, 1)?);
+                let s = take(&mut i, n)?;
+                strings.push(String::from_utf8_lossy(s).into_owned());
+            }
+            b'T' | b'B' => {
+                let n = le(take(&mut i, 4)?);
+                let s = take(&mut i, n)?;
+                strings.push(String::from_utf8_lossy(s).into_owned());
+            }
+            0x8c => {
+                let n = le(take(&mut i, 1)?);
+                let s = take(&mut i, n)?;
+                strings.push(String::from_utf8_lossy(s).into_owned());
+            }
+            b'X' => {
+                let n = le(take(&mut i, 4)?);
+                let s = take(&mut i, n)?;
+                strings.push(String::from_utf8_lossy(s).into_owned());
+            }
+            0x8d | 0x8e | 0x96 => {
+                let n = le(take(&mut i, 8)?);
+                take(&mut i, n)?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown pickle opcode 0x{other:02x} at byte {}",
+                    i - 1
+                ))
+            }
+        }
+    }
+}
+
+/// Checks the pickle(s) of a PyTorch checkpoint (zip archive: `*/data.pkl`; legacy format: the
+/// leading pickles) reference only state-dict globals.
+///
+/// # Errors
+/// [`CheckpointError::Format`] naming the file and the first disallowed global, or describing
+/// why the pickle could not be walked.
+pub fn check_pytorch_file(path: &Path) -> Result<(), CheckpointError> {
+    let file = path.display().to_string();
+    let fail = |msg: String| CheckpointError::Format {
+        file: file.clone(),
+        msg,
+    };
+    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io {
+        file: file.clone(),
+        msg: e.to_string(),
+    })?;
+    let mut pickles: Vec<Vec<u8>> = Vec::new();
+    if bytes.starts_with(b"PK") {
+        let mut z = zip::ZipArchive::new(std::io::Cursor::new(&bytes))
+            .map_err(|e| fail(format!("truncated or corrupt PyTorch zip archive ({e})")))?;
+        for k in 0..z.len() {
+            let mut entry = z
+                .by_index(k)
+                .map_err(|e| fail(format!("zip entry {k} is unreadable ({e})")))?;
+            let name = entry.name().map(|n| n.into_owned()).unwrap_or_default();
+            if name.ends_with(".pkl") {
+                let mut v = Vec::new();
+                entry
+                    .read_to_end(&mut v)
+                    .map_err(|e| fail(format!("zip entry {name} is unreadable ({e})")))?;
+                pickles.push(v);
+            }
+        }
+        if pickles.is_empty() {
+            return Err(fail(
+                "zip archive holds no data.pkl: not a PyTorch checkpoint".into(),
+            ));
+        }
+        for p in &pickles {
+            check_globals(p, 1, &file)?;
+        }
+        Ok(())
+    } else {
+        // legacy torch.save: magic number, protocol, sys info, then the object
+        check_globals(&bytes, 4, &file)
+    }
+}
+
+fn check_globals(data: &[u8], streams: usize, file: &str) -> Result<(), CheckpointError> {
+    let mut off = 0;
+    for _ in 0..streams {
+        let (globals, used) = scan(&data[off..]).map_err(|m| CheckpointError::Format {
+            file: file.to_string(),
+            msg: format!("not a readable pickle ({m})"),
+        })?;
+        if let Some(g) = globals.iter().find(|g| !allowed(g)) {
+            return Err(CheckpointError::Format {
+                file: file.to_string(),
+                msg: format!(
+                    "the pickle references `{g}`, which loading would execute; only tensors and \
+                     plain containers are accepted (refused, nothing was run)"
+                ),
+            });
+        }
+        off += used;
+        if off >= data.len() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globals_of_hand_written_pickles() {
+        // protocol 2: GLOBAL collections OrderedDict, EMPTY_TUPLE, REDUCE, STOP
+        let ok = b"\x80\x02ccollections\nOrderedDict\nq\x00)R.";
+        assert_eq!(scan(ok).unwrap().0, ["collections.OrderedDict"]);
+        // protocol 4: SHORT_BINUNICODE "posix", SHORT_BINUNICODE "system", STACK_GLOBAL
+        let bad = b"\x80\x04\x8c\x05posix\x8c\x06system\x93\x8c\x02id\x85R.";
+        let g = scan(bad).unwrap().0;
+        assert_eq!(g, ["posix.system"]);
+        assert!(!allowed(&g[0]));
+        assert!(allowed("torch.FloatStorage") && allowed("torch.BFloat16Storage"));
+        assert!(!allowed("torch.nn.modules.conv.Conv2d"));
+        assert!(scan(b"\x80\x02ccollections\n").is_err());
+    }
+}

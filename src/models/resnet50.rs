@@ -1,0 +1,210 @@
+//! ResNet-50 in torchvision's layout (`torchvision.models.resnet50`, "v1.5": the stride sits on
+//! the 3x3 conv; reference doc §1.5): stem conv7x7(3->b, stride 2, pad 3)+BN+ReLU, MaxPool 3x3
+//! stride 2 pad 1, four stages of [3, 4, 6, 3] Bottleneck blocks with inner widths b, 2b, 4b, 8b
+//! and outputs 4x those, a **conv1x1(stride s)+BN** `downsample` on the first block of every stage,
+//! global average pooling and `fc: Linear(32b -> out)`.
+//!
+//! `b` is the base width in channels (`--width`): torchvision's ResNet-50 is b = 64; smaller
+//! values give narrow copies with the same names (used by the test fixtures). Field names follow
+//! the PyTorch checkpoint (`conv1`, `layer1.0.conv3`, ...); `downsample.conv`/`downsample.bn`
+//! are `downsample.0`/`downsample.1` in PyTorch naming (see [`crate::models::bridge`]).
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::{Device, Tensor};
+
+use super::layers::{bn, ForwardCtx};
+
+/// Blocks per stage of ResNet-50.
+pub const RESNET50_BLOCKS: [usize; 4] = [3, 4, 6, 3];
+/// Bottleneck expansion: block output channels = 4 x inner width.
+pub const EXPANSION: usize = 4;
+
+/// A conv with zero weights, no bias, square kernel `k`, stride `s`, padding `p`.
+fn conv(cin: usize, cout: usize, k: usize, s: usize, p: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([s, s])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .with_bias(false)
+        .with_initializer(Initializer::Zeros)
+        .init(device)
+}
+
+/// Projection shortcut: conv1x1 with stride s, no bias, then BN.
+#[derive(Module, Debug)]
+pub struct Downsample {
+    /// `downsample.0` in PyTorch naming.
+    pub conv: Conv2d,
+    /// `downsample.1` in PyTorch naming.
+    pub bn: BatchNorm,
+}
+
+/// conv1x1 -> BN -> ReLU -> conv3x3(stride s) -> BN -> ReLU -> conv1x1 -> BN, + shortcut, ReLU.
+#[derive(Module, Debug)]
+pub struct Bottleneck {
+    /// 1x1, cin -> width.
+    pub conv1: Conv2d,
+    /// BN after conv1.
+    pub bn1: BatchNorm,
+    /// 3x3 stride s, width -> width.
+    pub conv2: Conv2d,
+    /// BN after conv2.
+    pub bn2: BatchNorm,
+    /// 1x1, width -> 4 width.
+    pub conv3: Conv2d,
+    /// BN after conv3.
+    pub bn3: BatchNorm,
+    /// Present on the first block of each stage.
+    pub downsample: Option<Downsample>,
+}
+
+/// ResNet-50 with base width b.
+#[derive(Module, Debug)]
+pub struct ResNet50 {
+    /// Stem conv 7x7 stride 2, 3 -> b.
+    pub conv1: Conv2d,
+    /// Stem BN.
+    pub bn1: BatchNorm,
+    /// Stage 1 (inner b, out 4b).
+    pub layer1: Vec<Bottleneck>,
+    /// Stage 2 (inner 2b, out 8b, stride 2).
+    pub layer2: Vec<Bottleneck>,
+    /// Stage 3 (inner 4b, out 16b, stride 2).
+    pub layer3: Vec<Bottleneck>,
+    /// Stage 4 (inner 8b, out 32b, stride 2).
+    pub layer4: Vec<Bottleneck>,
+    /// Classifier 32b -> out.
+    pub fc: Linear,
+}
+
+impl Bottleneck {
+    fn new(cin: usize, width: usize, stride: usize, device: &Device) -> Self {
+        let cout = width * EXPANSION;
+        let downsample = (stride != 1 || cin != cout).then(|| Downsample {
+            conv: conv(cin, cout, 1, stride, 0, device),
+            bn: bn(cout, device),
+        });
+        Self {
+            conv1: conv(cin, width, 1, 1, 0, device),
+            bn1: bn(width, device),
+            conv2: conv(width, width, 3, stride, 1, device),
+            bn2: bn(width, device),
+            conv3: conv(width, cout, 1, 1, 0, device),
+            bn3: bn(cout, device),
+            downsample,
+        }
+    }
+
+    /// `x: [batch, cin, H, W] -> [batch, 4 width, H/s, W/s]`. Taps the two inner features
+    /// (inputs of conv2 and conv3, post-ReLU).
+    fn forward(&self, name: &str, x: Tensor<4>, ctx: &mut ForwardCtx) -> Tensor<4> {
+        let h = relu(ctx.bn(
+            &format!("{name}.bn1"),
+            &self.bn1,
+            self.conv1.forward(x.clone()),
+        ));
+        ctx.tap(&h);
+        let h = relu(ctx.bn(&format!("{name}.bn2"), &self.bn2, self.conv2.forward(h)));
+        ctx.tap(&h);
+        let h = ctx.bn(&format!("{name}.bn3"), &self.bn3, self.conv3.forward(h));
+        let s = match &self.downsample {
+            Some(d) => ctx.bn(&format!("{name}.downsample.1"), &d.bn, d.conv.forward(x)),
+            None => x,
+        };
+        relu(h + s)
+    }
+}
+
+impl ResNet50 {
+    /// Builds the module tree for base width `b` and `out` outputs. Weights are zero until
+    /// loaded.
+    pub fn new(b: usize, out: usize, device: &Device) -> Self {
+        let mut cin = b;
+        let mut stages = Vec::new();
+        for (s, &n) in RESNET50_BLOCKS.iter().enumerate() {
+            let width = b << s;
+            let stride = if s == 0 { 1 } else { 2 };
+            let blocks: Vec<Bottleneck> = (0..n)
+                .map(|i| {
+                    let blk = Bottleneck::new(cin, width, if i == 0 { stride } else { 1 }, device);
+                    cin = width * EXPANSION;
+                    blk
+                })
+                .collect();
+            stages.push(blocks);
+        }
+        let mut st = stages.into_iter();
+        Self {
+            conv1: conv(3, b, 7, 2, 3, device),
+            bn1: bn(b, device),
+            layer1: st.next().unwrap_or_default(),
+            layer2: st.next().unwrap_or_default(),
+            layer3: st.next().unwrap_or_default(),
+            layer4: st.next().unwrap_or_default(),
+            fc: LinearConfig::new(cin, out)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+        }
+    }
+
+    /// Runs cut segment `from..to`. Cuts: 0 = image `[B,3,H,W]` (224x224 for ImageNet),
+    /// 1 = end of layer1 `[B,4b,H/4,W/4]`, 2 = end of layer2 `[B,8b,H/8,W/8]`, 3 = end of layer3
+    /// `[B,16b,H/16,W/16]`, 4 = end of layer4 `[B,32b,H/32,W/32]` (pre-pool), 5 = output
+    /// `[B,out]` (returned as `[B,out,1,1]`).
+    pub fn forward_segment(
+        &self,
+        x: Tensor<4>,
+        from: usize,
+        to: usize,
+        ctx: &mut ForwardCtx,
+    ) -> Tensor<4> {
+        let mut x = x;
+        for cut in from..to {
+            x = match cut {
+                0..=3 => {
+                    let h = if cut == 0 {
+                        let h = relu(ctx.bn("bn1", &self.bn1, self.conv1.forward(x)));
+                        let h = max_pool2d(
+                            h,
+                            MaxPoolOptions {
+                                kernel_size: [3, 3],
+                                stride: [2, 2],
+                                padding: [(1, 1), (1, 1)],
+                                dilation: [1, 1],
+                                ceil_mode: false,
+                            },
+                        );
+                        ctx.tap(&h); // stem space (reference node 3)
+                        h
+                    } else {
+                        x
+                    };
+                    let (name, blocks) = match cut {
+                        0 => ("layer1", &self.layer1),
+                        1 => ("layer2", &self.layer2),
+                        2 => ("layer3", &self.layer3),
+                        _ => ("layer4", &self.layer4),
+                    };
+                    let h = blocks
+                        .iter()
+                        .enumerate()
+                        .fold(h, |h, (i, b)| b.forward(&format!("{name}.{i}"), h, ctx));
+                    ctx.tap(&h); // stage stream (nodes 33, 72, 129, 159)
+                    h
+                }
+                _ => {
+                    let [b, c, _, _] = x.dims();
+                    let pooled = x.mean_dims(&[2, 3]).reshape([b, c]);
+                    let y = self.fc.forward(pooled);
+                    let o = y.dims()[1];
+                    y.reshape([b, o, 1, 1])
+                }
+            };
+        }
+        x
+    }
+}

@@ -1,0 +1,268 @@
+//! PyTorch interop against fixtures made by PyTorch itself (tests/fixtures/make_fixtures.py):
+//! imported models reproduce PyTorch's logits, export -> import is bit-identical, and bad files
+//! give one clear error each.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use zipmerge::checkpoint::{interop, safetensors_io, NamedTensor, StateDict};
+use zipmerge::models::{Arch, ForwardCtx, Net, NetConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_zipmerge");
+const FIX: &str = "tests/fixtures";
+const TEN: &str = "0,1,2,3,4,5,6,7,8,9";
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run zipmerge")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("zipmerge-interop-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn expected() -> StateDict {
+    safetensors_io::from_bytes(
+        &std::fs::read(Path::new(FIX).join("expected.safetensors")).unwrap(),
+        "expected.safetensors",
+    )
+    .unwrap()
+}
+
+/// Logits of `state` loaded as `arch` (width inferred by the caller) on `input`.
+fn logits(arch: Arch, width: usize, state: &StateDict, input: &NamedTensor) -> Vec<f32> {
+    let d = Device::flex();
+    let cfg = NetConfig {
+        arch,
+        width,
+        out: 10,
+    };
+    let net = Net::from_state(&cfg, state, &d).expect("fits");
+    let s = &input.shape;
+    let x = Tensor::<4>::from_data(
+        TensorData::new(input.data.clone(), [s[0], s[1], s[2], s[3]]),
+        &d,
+    );
+    net.forward(x, &mut ForwardCtx::default())
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+/// max |a - b| / max |b|.
+fn rel(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let m = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |e, (x, y)| e.max((x - y).abs())) / m
+}
+
+#[test]
+fn imported_models_reproduce_pytorch_logits() {
+    let exp = expected();
+    // ResNet-20 x1, official layout, {"state_dict": {"module.*": ...}} wrapper
+    let (s20, notes) = interop::read_checkpoint(&Path::new(FIX).join("resnet20x1.pt")).unwrap();
+    assert_eq!(notes.stripped_prefixes, ["state_dict.", "module."]);
+    assert!(notes.converted.is_empty());
+    let y = logits(Arch::Resnet20, 1, &s20, &exp["resnet20.input"]);
+    let e = rel(&y, &exp["resnet20.logits"].data);
+    println!("resnet20x1.pt: logits rel err {e:.2e}");
+    assert!(e <= 1e-4, "{e}");
+
+    // torchvision ResNet-50 (base width 8), {"model": ...} wrapper, .pth.tar
+    let (s50, notes) =
+        interop::read_checkpoint(&Path::new(FIX).join("resnet50w8.pth.tar")).unwrap();
+    assert_eq!(notes.stripped_prefixes, ["model."]);
+    let y = logits(Arch::Resnet50, 8, &s50, &exp["resnet50.input"]);
+    let e = rel(&y, &exp["resnet50.logits"].data);
+    println!("resnet50w8.pth.tar: logits rel err {e:.2e}");
+    assert!(e <= 1e-4, "{e}");
+
+    // fp16 weights (converted to f32, reported) give PyTorch's fp16-weight logits
+    let (h, notes) = interop::read_checkpoint(&Path::new(FIX).join("resnet20x1-fp16.pt")).unwrap();
+    assert_eq!(notes.converted.len(), 107); // every float tensor; num_batches_tracked skipped
+    let y = logits(Arch::Resnet20, 1, &h, &exp["resnet20.input"]);
+    let e = rel(&y, &exp["resnet20_fp16.logits"].data);
+    println!("resnet20x1-fp16.pt: logits rel err {e:.2e}");
+    assert!(e <= 1e-4, "{e}");
+
+    // bf16 safetensors: converted; close to the f32 logits (bf16 keeps 8 mantissa bits)
+    let (b, notes) =
+        interop::read_checkpoint(&Path::new(FIX).join("resnet20x1-bf16.safetensors")).unwrap();
+    assert_eq!(notes.converted.len(), 107);
+    let y = logits(Arch::Resnet20, 1, &b, &exp["resnet20.input"]);
+    let e = rel(&y, &exp["resnet20.logits"].data);
+    println!("resnet20x1-bf16.safetensors vs f32 logits: rel err {e:.2e}");
+    assert!(e <= 0.1, "{e}");
+}
+
+#[test]
+fn export_then_import_is_bit_identical() {
+    for (file, arch) in [
+        ("resnet50w8.pth.tar", "resnet50"),
+        ("resnet20x1.pt", "resnet20"),
+    ] {
+        let m1 = tmp(&format!("{arch}-m1"));
+        let st = tmp(&format!("{arch}.safetensors"));
+        let m2 = tmp(&format!("{arch}-m2"));
+        let from = format!("{FIX}/{file}");
+        let o = run(&[
+            "import",
+            "--from",
+            &from,
+            "--arch",
+            arch,
+            "--classes",
+            TEN,
+            "--out",
+            m1.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for args in [
+            vec![
+                "export",
+                "--model",
+                m1.to_str().unwrap(),
+                "--out",
+                st.to_str().unwrap(),
+            ],
+            vec![
+                "import",
+                "--from",
+                st.to_str().unwrap(),
+                "--arch",
+                arch,
+                "--classes",
+                TEN,
+                "--out",
+                m2.to_str().unwrap(),
+            ],
+        ] {
+            let o = run(&args);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let a = std::fs::read(m1.join("model.safetensors")).unwrap();
+        let b = std::fs::read(m2.join("model.safetensors")).unwrap();
+        assert_eq!(a, b, "{arch}: round trip changed the weights");
+        // the export carries PyTorch's BN buffers (num_batches_tracked), as strict=True needs
+        let (exported, _) = interop::read_checkpoint(&st).unwrap();
+        let orig = interop::read_checkpoint(Path::new(&from)).unwrap().0;
+        assert_eq!(
+            exported, orig,
+            "{arch}: exported tensors differ from the PyTorch file"
+        );
+    }
+}
+
+fn import_err(from: &str, extra: &[&str]) -> String {
+    let out = tmp("bad-out");
+    let mut args = vec![
+        "import",
+        "--from",
+        from,
+        "--classes",
+        TEN,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(!o.status.success(), "{from} {extra:?} was accepted");
+    assert!(!out.exists(), "{from}: output written despite the error");
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    e
+}
+
+#[test]
+fn bad_files_give_one_clear_error() {
+    let dir = tmp("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    // truncated zip
+    let bytes = std::fs::read(format!("{FIX}/resnet20x1.pt")).unwrap();
+    let trunc = dir.join("truncated.pt");
+    std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    let e = import_err(trunc.to_str().unwrap(), &["--arch", "resnet20"]);
+    assert!(
+        e.contains("truncated.pt") && e.contains("truncated or corrupt"),
+        "{e}"
+    );
+    // truncated safetensors
+    let st = std::fs::read(format!("{FIX}/resnet20x1-bf16.safetensors")).unwrap();
+    let trunc_st = dir.join("truncated.safetensors");
+    std::fs::write(&trunc_st, &st[..st.len() - 1000]).unwrap();
+    let e = import_err(trunc_st.to_str().unwrap(), &["--arch", "resnet20"]);
+    assert!(e.contains("truncated.safetensors"), "{e}");
+
+    // wrong width: names the first mismatching key and both shapes
+    let r20 = format!("{FIX}/resnet20x1.pt");
+    let e = import_err(&r20, &["--arch", "resnet20", "--width", "2"]);
+    assert!(
+        e.contains("`conv1.weight`") && e.contains("[16, 3, 3, 3]") && e.contains("[32, 3, 3, 3]"),
+        "{e}"
+    );
+    // wrong architecture: a ResNet-20 file read as VGG-11 / a ResNet-50 file as ResNet-20
+    let e = import_err(&r20, &["--arch", "vgg11", "--width", "1"]);
+    assert!(
+        e.contains("features.0.bias") || e.contains("features.0.weight"),
+        "{e}"
+    );
+    let e = import_err(
+        &format!("{FIX}/resnet50w8.pth.tar"),
+        &["--arch", "resnet20", "--width", "1"],
+    );
+    assert!(
+        e.contains("conv1.weight") && e.contains("[8, 3, 7, 7]"),
+        "{e}"
+    );
+
+    // unknown keys
+    let (mut s, _) = interop::read_checkpoint(Path::new(&r20)).unwrap();
+    s.insert("extra.weight".into(), NamedTensor::zeros(vec![2]));
+    let extra = dir.join("extra.safetensors");
+    std::fs::write(&extra, safetensors_io::to_bytes(&s).unwrap()).unwrap();
+    let e = import_err(extra.to_str().unwrap(), &["--arch", "resnet20"]);
+    assert!(e.contains("unknown tensor `extra.weight`"), "{e}");
+
+    // a pickle that would run os.system: refused before anything is unpickled
+    let marker = Path::new("/tmp/zipmerge-pwned");
+    let _ = std::fs::remove_file(marker);
+    let e = import_err(
+        &format!("{FIX}/pickle-with-code.pt"),
+        &["--arch", "resnet20"],
+    );
+    assert!(e.contains("posix.system") && e.contains("refused"), "{e}");
+    assert!(!marker.exists());
+
+    // integer weights
+    let e = import_err(&format!("{FIX}/int-weights.pt"), &["--arch", "resnet20"]);
+    assert!(e.contains("`conv1.weight`") && e.contains("I32"), "{e}");
+
+    // layout that does not fit the architecture
+    let e = import_err(&r20, &["--arch", "resnet20", "--layout", "torchvision"]);
+    assert!(e.contains("--layout torchvision"), "{e}");
+}
+
+#[test]
+fn fp16_import_says_so() {
+    let out = tmp("fp16");
+    let o = run(&[
+        "import",
+        "--from",
+        &format!("{FIX}/resnet20x1-fp16.pt"),
+        "--arch",
+        "resnet20",
+        "--classes",
+        TEN,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("converted 107 of 107 tensors to f32"), "{e}");
+    let m = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(m.contains("converted_to_f32"));
+}

@@ -196,7 +196,19 @@ fn permuted_case(arch: Arch, width: usize) -> Case {
         out: 10,
     };
     let spec = MergeSpec::of(&cfg);
-    let set = sample();
+    let prep = cfg.preprocess();
+    let set = if prep == zipmerge::data::Preprocess::Cifar {
+        sample()
+    } else {
+        // ResNet-50: the sample upsampled as ImageNet images are prepared (resize, crop 224)
+        ImageSet::load(
+            std::path::Path::new("datasets/cifar10-sample/test"),
+            "test",
+            prep,
+        )
+        .unwrap()
+        .subset(&(0..200).map(|i| i * 5).collect::<Vec<_>>())
+    };
     let batches = probe_batches(
         &set,
         &ProbeOptions {
@@ -209,7 +221,7 @@ fn permuted_case(arch: Arch, width: usize) -> Case {
     let mut a = random_state(&cfg, 11);
     // no dead units: ResNet: re-estimate BN statistics on the probe images, so every BN output
     // has a positive mean (beta > 0) on the data; VGG: data-dependent conv biases.
-    if arch == Arch::Resnet20 {
+    if arch != Arch::Vgg11 {
         bn_reset::reset(
             &manifest(&cfg, (0..cfg.out).collect()),
             &mut a,
@@ -233,8 +245,8 @@ fn permuted_case(arch: Arch, width: usize) -> Case {
         })
         .collect();
     let b = permute_state(&spec, &a, &perms);
-    let imgs: Vec<&[u8]> = (0..16).map(|i| set.image(i * 37)).collect();
-    let x = to_tensor(&imgs, zipmerge::data::Preprocess::Cifar, &Device::flex());
+    let imgs: Vec<&[u8]> = (0..16).map(|i| set.image(i * 11)).collect();
+    let x = to_tensor(&imgs, prep, &Device::flex());
     Case {
         cfg,
         a,
@@ -302,6 +314,38 @@ fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
             );
             let e0 = rel_err(&got0[0], &want);
             assert!(e0 < 2e-6, "{arch} {method:?} eps 0: relative error {e0}");
+        }
+    }
+}
+
+/// T5 on torchvision's ResNet-50 (base width 4, 224x224 inputs, all 37 spaces): a permuted copy
+/// is recovered by Permute and ZipIt!, fully and when partially zipped at layer2 (both heads
+/// equal the endpoint).
+#[test]
+fn t5_permuted_copy_is_recovered_resnet50() {
+    let case = permuted_case(Arch::Resnet50, 4);
+    let want = net_out(&case.cfg, &case.a, &case.x);
+    assert!(rel_err(&net_out(&case.cfg, &case.b, &case.x), &want) < 1e-5);
+    for method in [
+        Method::Permute,
+        Method::Zipit {
+            alpha: 0.3,
+            beta: 0.125,
+        },
+    ] {
+        for stop in ["full", "layer2"] {
+            let got = merged_output(
+                &case,
+                &method,
+                0.0,
+                stop,
+                vec![case.a.clone(), case.b.clone()],
+            );
+            for (h, g) in got.iter().enumerate() {
+                let e = rel_err(g, &want);
+                println!("resnet50 {method:?} stop {stop} head {h}: rel err {e:.2e}");
+                assert!(e < 1e-5, "resnet50 {method:?} {stop} head {h}: {e}");
+            }
         }
     }
 }

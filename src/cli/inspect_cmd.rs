@@ -42,10 +42,13 @@ pub fn exec(a: InspectArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{}: {} x{}, {} head(s) ({}), {}",
+        "{}: {} {}, {} head(s) ({}), {}",
         dir.display(),
         m.arch,
-        m.width,
+        match m.arch {
+            zipmerge::models::Arch::Resnet50 => format!("base width {}", m.width),
+            _ => format!("x{}", m.width),
+        },
         m.heads.len(),
         m.heads[0].head.kind(),
         m.stop
@@ -56,7 +59,12 @@ pub fn exec(a: InspectArgs) -> Result<()> {
         println!("  head classes {:?}", h.classes);
     }
     println!("  parameters (one network): {}", param_count(&cfg));
-    println!("  forward MACs/image (whole system): {}", sys.flops());
+    println!(
+        "  forward MACs/image (whole system, {0}x{0} input, {1:?} preprocessing): {2}",
+        cfg.input_side(),
+        cfg.preprocess(),
+        sys.flops()
+    );
     println!("  feature spaces:");
     for (i, s) in spec.spaces.iter().enumerate() {
         println!(

@@ -418,6 +418,32 @@ mod tests {
         );
     }
 
+    /// torchvision's ResNet-50 at 224x224: 4,089,184,256 conv + fc MACs and 25,557,032
+    /// parameters (both counted with PyTorch forward hooks on `torchvision.models.resnet50()`,
+    /// torchvision 0.29.2).
+    #[test]
+    fn resnet50_matches_torchvision_counts() {
+        let cfg = NetConfig {
+            arch: Arch::Resnet50,
+            width: 64,
+            out: 1000,
+        };
+        assert_eq!(cfg.flops(), 4_089_184_256);
+        assert_eq!(param_count(&cfg), 25_557_032);
+        // a narrow copy runs end to end at 224x224 and at CIFAR size
+        let small = NetConfig {
+            arch: Arch::Resnet50,
+            width: 4,
+            out: 7,
+        };
+        let d = Device::flex();
+        let net = Net::from_state(&small, &init_state(&small, 0), &d).unwrap();
+        for side in [224, 32] {
+            let x = Tensor::<4>::zeros([2, 3, side, side], &d);
+            assert_eq!(net.forward(x, &mut ForwardCtx::default()).dims(), [2, 7]);
+        }
+    }
+
     #[test]
     fn output_shapes_and_parameter_counts() {
         let d = Device::flex();

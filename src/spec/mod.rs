@@ -586,6 +586,71 @@ mod tests {
             .contains("7/20 (layer1)"));
     }
 
+    /// §1.5: ResNet-50 has 37 merge points (stem, 2 per Bottleneck, 4 stage streams); stops after
+    /// layer1..4 zip 10 / 22 / 40 / 49 convs (downsample convs not counted).
+    #[test]
+    fn resnet50_spaces_and_stops_match_reference() {
+        let s = MergeSpec::of(&NetConfig {
+            arch: Arch::Resnet50,
+            width: 64,
+            out: 1000,
+        });
+        assert_eq!(s.spaces.len(), 37);
+        assert_eq!(s.spaces[0].name, "stem");
+        assert_eq!(s.spaces[0].width, 64);
+        let streams: Vec<(usize, &str, usize)> = s
+            .spaces
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.stop_cut.is_some())
+            .map(|(i, x)| (i, x.name.as_str(), x.width))
+            .collect();
+        assert_eq!(
+            streams,
+            [
+                (7, "stream1", 256),
+                (16, "stream2", 512),
+                (29, "stream3", 1024),
+                (36, "stream4", 2048)
+            ]
+        );
+        let zipped: Vec<usize> = s.stops().iter().map(|x| x.zipped).collect();
+        assert_eq!(zipped, [10, 22, 40, 49, 50]);
+        assert_eq!(s.stop("layer2").unwrap().name, "22/50");
+        // stem space: written by conv1/bn1, read by layer1.0.conv1 and layer1.0.downsample.0
+        assert_eq!(layer(&s, "conv1").output, Side::Space(0));
+        assert_eq!(layer(&s, "layer1.0.conv1").input, Side::Space(0));
+        assert_eq!(layer(&s, "layer1.0.downsample.0").input, Side::Space(0));
+        // layer1's stream: downsample and every conv3 write it; layer1.{1,2}.conv1 read it
+        for n in [
+            "layer1.0.downsample.0",
+            "layer1.0.conv3",
+            "layer1.1.conv3",
+            "layer1.2.conv3",
+        ] {
+            assert_eq!(layer(&s, n).output, Side::Space(7), "{n}");
+        }
+        assert_eq!(layer(&s, "layer1.2.conv1").input, Side::Space(7));
+        assert_eq!(layer(&s, "layer1.0.bn3").input, Side::Space(7));
+        // inner spaces of layer2.1: conv1 -> 10 -> conv2 -> 11 -> conv3
+        assert_eq!(layer(&s, "layer2.1.conv1").output, Side::Space(10));
+        assert_eq!(layer(&s, "layer2.1.conv2").input, Side::Space(10));
+        assert_eq!(layer(&s, "layer2.1.conv3").input, Side::Space(11));
+        assert_eq!(layer(&s, "fc").input, Side::Space(36));
+        let entries = |n: &str| -> Vec<String> {
+            let st = s.stop(n).unwrap();
+            s.head_entry_layers(&st)
+                .iter()
+                .map(|l| l.name.clone())
+                .collect()
+        };
+        assert_eq!(
+            entries("layer1"),
+            ["layer2.0.downsample.0", "layer2.0.conv1"]
+        );
+        assert_eq!(entries("49/50"), ["fc"]);
+    }
+
     #[test]
     fn vgg11_has_eight_spaces_and_every_point_is_a_stop() {
         let s = MergeSpec::of(&NetConfig {

@@ -182,7 +182,7 @@ fn resnet50_flops(b: u64, out: u64, cut: usize) -> u64 {
     let (mut cin, hw_in) = if cut == 0 {
         (b, 56)
     } else {
-        (b * e << (cut - 1), 56 >> (cut - 1))
+        ((b * e) << (cut - 1), 56 >> (cut - 1))
     };
     let width = b << cut;
     let hw = if cut == 0 { 56 } else { hw_in / 2 };

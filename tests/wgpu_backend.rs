@@ -53,10 +53,12 @@ fn wgpu_forward_statistics_and_clusters_match_flex() {
     let flex = Device::flex();
     let set = sample();
     let imgs: Vec<&[u8]> = (0..4).map(|i| set.image(i * 101)).collect();
-    for arch in [Arch::Resnet20, Arch::Vgg11] {
+    // ResNet-50 (base width 4) on the 32x32 images covers the 7x7 stem, the padded max-pool and
+    // the strided 1x1 downsample convs
+    for (arch, width) in [(Arch::Resnet20, 1), (Arch::Vgg11, 1), (Arch::Resnet50, 4)] {
         let cfg = NetConfig {
             arch,
-            width: 1,
+            width,
             out: 10,
         };
         let s = init_state(&cfg, 3);

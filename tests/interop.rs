@@ -237,6 +237,11 @@ fn bad_files_give_one_clear_error() {
     assert!(e.contains("posix.system") && e.contains("refused"), "{e}");
     assert!(!marker.exists());
 
+    // the same in the legacy (non-zip) format
+    let e = import_err(&format!("{FIX}/legacy-evil.pt"), &["--arch", "resnet20"]);
+    assert!(e.contains("posix.system") && e.contains("refused"), "{e}");
+    assert!(!marker.exists());
+
     // integer weights
     let e = import_err(&format!("{FIX}/int-weights.pt"), &["--arch", "resnet20"]);
     assert!(e.contains("`conv1.weight`") && e.contains("I32"), "{e}");
@@ -244,6 +249,18 @@ fn bad_files_give_one_clear_error() {
     // layout that does not fit the architecture
     let e = import_err(&r20, &["--arch", "resnet20", "--layout", "torchvision"]);
     assert!(e.contains("--layout torchvision"), "{e}");
+}
+
+#[test]
+fn legacy_pickle_format_is_read() {
+    let (s, _) = interop::read_checkpoint(&Path::new(FIX).join("legacy-small.pt")).unwrap();
+    let t = &s["conv1.weight"];
+    assert_eq!(t.shape, [16, 3, 3, 3]);
+    assert!(t
+        .data
+        .iter()
+        .enumerate()
+        .all(|(i, v)| (v - i as f32 / 432.0).abs() < 1e-7));
 }
 
 #[test]

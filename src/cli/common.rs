@@ -60,13 +60,41 @@ pub fn preprocess_of(model: &Path) -> Result<Preprocess> {
     Ok(m.net_config().preprocess())
 }
 
+/// Default in-memory pixel cache per loaded split, GiB (`ZIPMERGE_CACHE_GIB` overrides).
+pub const DEFAULT_CACHE_GIB: f64 = 4.0;
+
+/// How many images of `prep`'s stored size fit the pixel cache budget (`ZIPMERGE_CACHE_GIB`,
+/// default [`DEFAULT_CACHE_GIB`]): CIFAR (3 KiB per image) ~1.4M images, ImageNet evaluation
+/// (147 KiB) ~28,500, ImageNet training (192 KiB, stored at 256x256) ~21,800.
+pub fn max_cached_images(prep: Preprocess, split: &str) -> Result<usize> {
+    let gib = match std::env::var("ZIPMERGE_CACHE_GIB") {
+        Ok(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|g| *g > 0.0)
+            .ok_or_else(|| anyhow!("ZIPMERGE_CACHE_GIB=`{v}`: expected a positive number"))?,
+        Err(_) => DEFAULT_CACHE_GIB,
+    };
+    let side = prep.stored_side(split == "train");
+    Ok((gib * (1u64 << 30) as f64 / (side * side * 3) as f64) as usize)
+}
+
 /// Loads the `split` part of a data root (`ROOT/train`, `ROOT/test`, or a CIFAR binary folder),
-/// prepared for the models' architecture (`prep`).
+/// prepared for the models' architecture (`prep`). Folders larger than the pixel cache budget
+/// ([`max_cached_images`]) are subsampled (seeded) with a printed note.
 pub fn load_split(root: &Path, split: &str, prep: Preprocess, quiet: bool) -> Result<ImageSet> {
     let dir = split_dir(root, split);
     let t0 = std::time::Instant::now();
-    let set =
-        ImageSet::load(&dir, split, prep).with_context(|| format!("loading {split} images"))?;
+    let max = max_cached_images(prep, split)?;
+    let set = ImageSet::load_at_most(&dir, split, prep, max)
+        .with_context(|| format!("loading {split} images"))?;
+    if set.len() == max.max(1) && max < usize::MAX {
+        eprintln!(
+            "note: {} holds more {split} images than the pixel cache allows; decoded a seeded \
+             random subset of {max} (raise ZIPMERGE_CACHE_GIB, default {DEFAULT_CACHE_GIB})",
+            dir.display()
+        );
+    }
     if !quiet {
         eprintln!(
             "loaded {} {split} images ({} classes) from {} in {:.1}s",

@@ -14,7 +14,7 @@ use zipmerge::data::ImageSet;
 use zipmerge::eval::runner::evaluate;
 use zipmerge::merge::{self, Endpoints, Method};
 
-use super::common::{bar, command_line, data_root, load_split, BackendArgs};
+use super::common::{bar, command_line, data_root, load_split, max_cached_images, BackendArgs};
 use super::eval_cmd::print_table;
 
 /// Options shared by merge, sweep and reproduce: method, probe and BN-reset sets.
@@ -185,7 +185,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     let root = data_root(a.data.as_deref());
     let prep = ep.spec.net.preprocess();
     let probe = match &s.probe {
-        Some(p) => ImageSet::load(p, "train", prep)
+        Some(p) => ImageSet::load_at_most(p, "train", prep, max_cached_images(prep, "train")?)
             .with_context(|| format!("loading probe images {}", p.display()))?,
         None => load_split(&root, "train", prep, quiet)?,
     };

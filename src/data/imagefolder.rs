@@ -80,7 +80,30 @@ pub fn decode(path: &Path, prep: Preprocess, train: bool) -> Result<Vec<u8>, Dat
 /// # Errors
 /// As [`list`] and [`decode`].
 pub fn load(root: &Path, prep: Preprocess, train: bool) -> Result<ImageSet, DataError> {
-    let (items, class_names) = list(root)?;
+    load_at_most(root, prep, train, usize::MAX)
+}
+
+/// Like [`load`], but decodes at most `max_images`: when the folder holds more, a seeded random
+/// subset of that size (seed 0, kept in listing order) is decoded, so that very large folders
+/// (ImageNet: 1.28M training images) never have to fit the in-memory pixel cache.
+///
+/// # Errors
+/// As [`list`] and [`decode`].
+pub fn load_at_most(
+    root: &Path,
+    prep: Preprocess,
+    train: bool,
+    max_images: usize,
+) -> Result<ImageSet, DataError> {
+    let (mut items, class_names) = list(root)?;
+    if items.len() > max_images {
+        use rand::seq::index::sample;
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut keep = sample(&mut rng, items.len(), max_images.max(1)).into_vec();
+        keep.sort_unstable();
+        items = keep.into_iter().map(|i| items[i].clone()).collect();
+    }
     let decoded: Result<Vec<Vec<u8>>, DataError> = items
         .par_iter()
         .map(|(p, _)| decode(p, prep, train))
@@ -122,6 +145,16 @@ mod tests {
         assert_eq!(set.class_names, ["ant", "mole", "zebra"]);
         assert_eq!(set.labels, [0, 0, 1, 2]); // ant/0.png, ant/a.png, mole, zebra
         assert_eq!(&set.image(0)[..3], &[10, 20, 30]);
+        // a capped load decodes a seeded subset, in listing order
+        let two = load_at_most(root.path(), Preprocess::Cifar, false, 2).unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(
+            two.labels,
+            load_at_most(root.path(), Preprocess::Cifar, false, 2)
+                .unwrap()
+                .labels
+        );
+        assert!(two.labels.windows(2).all(|w| w[0] <= w[1]));
         // a wrong-size image is refused with its path
         image::RgbImage::new(8, 8)
             .save(root.path().join("mole").join("small.png"))

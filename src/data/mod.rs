@@ -90,6 +90,21 @@ impl ImageSet {
     /// # Errors
     /// [`DataError`] naming the folder or file when it is missing, empty or undecodable.
     pub fn load(path: &Path, split: &str, prep: Preprocess) -> Result<ImageSet, DataError> {
+        Self::load_at_most(path, split, prep, usize::MAX)
+    }
+
+    /// Like [`ImageSet::load`], decoding at most `max_images` of an ImageFolder tree (a seeded
+    /// subset when it holds more; [`imagefolder::load_at_most`]). CIFAR binary folders are read
+    /// whole.
+    ///
+    /// # Errors
+    /// As [`ImageSet::load`].
+    pub fn load_at_most(
+        path: &Path,
+        split: &str,
+        prep: Preprocess,
+        max_images: usize,
+    ) -> Result<ImageSet, DataError> {
         if !path.is_dir() {
             return Err(DataError::Io {
                 path: path.display().to_string(),
@@ -99,7 +114,7 @@ impl ImageSet {
         if cifar_bin::is_cifar_bin_dir(path) {
             cifar_bin::load_dir(path, split, prep)
         } else {
-            imagefolder::load(path, prep, split == "train")
+            imagefolder::load_at_most(path, prep, split == "train", max_images)
         }
     }
 }

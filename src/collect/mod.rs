@@ -118,7 +118,9 @@ pub struct ProbeOptions {
     pub seed: u64,
 }
 
-/// The probe batches: seeded subset and order, optionally augmented, as u8 images.
+/// The probe batches: seeded subset and order, optionally augmented (the training
+/// augmentation of `set.prep`), as u8 images of the network's input size (ImageNet training
+/// images stored at 256x256 are centre-cropped to 224 when not augmented).
 pub fn probe_batches(set: &ImageSet, opts: &ProbeOptions) -> Vec<Vec<Vec<u8>>> {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let mut idx: Vec<usize> = (0..set.len()).collect();
@@ -133,6 +135,16 @@ pub fn probe_batches(set: &ImageSet, opts: &ProbeOptions) -> Vec<Vec<Vec<u8>>> {
                         let mut out = vec![0u8; set.prep.side().pow(2) * 3];
                         augment_for(set.prep, set.side, set.image(i), &mut out, &mut rng);
                         out
+                    } else if set.side > set.prep.side() {
+                        // ImageNet training storage (256x256): centre crop to the network size
+                        let img = image::RgbImage::from_raw(
+                            set.side as u32,
+                            set.side as u32,
+                            set.image(i).to_vec(),
+                        )
+                        .expect("stored image has side*side*3 bytes");
+                        crate::data::preprocess::center_crop(&img, set.prep.side() as u32)
+                            .into_raw()
                     } else {
                         set.image(i).to_vec()
                     }
@@ -210,6 +222,49 @@ pub fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Preprocess;
+
+    /// ImageNet training storage (256x256) becomes 224x224 probe images: centre crop without
+    /// augmentation (pixel (16, 16) of the stored image is (0, 0) of the probe), random resized
+    /// crop with it.
+    #[test]
+    fn imagenet_probe_images_have_the_network_size() {
+        let side = 256;
+        let pixels: Vec<u8> = (0..2 * side * side * 3)
+            .map(|i| (i / 3 % 251) as u8)
+            .collect();
+        let set = ImageSet {
+            pixels,
+            side,
+            prep: Preprocess::ImageNet,
+            labels: vec![0, 1],
+            class_names: vec!["a".into(), "b".into()],
+            source: "t".into(),
+        };
+        for augment in [false, true] {
+            let b = probe_batches(
+                &set,
+                &ProbeOptions {
+                    images: None,
+                    batch_size: 2,
+                    augment,
+                    seed: 0,
+                },
+            );
+            assert!(b[0].iter().all(|img| img.len() == 224 * 224 * 3));
+            if !augment {
+                let first = &b[0][0];
+                let i = set.labels.len(); // order is shuffled: find which image came first
+                let src = (0..i)
+                    .map(|k| set.image(k))
+                    .find(|s| {
+                        s[(16 * side + 16) * 3] == first[0] && s[(16 * side + 17) * 3] == first[3]
+                    })
+                    .expect("centre crop starts at (16, 16)");
+                assert_eq!(src[(16 * side + 16) * 3 + 1], first[1]);
+            }
+        }
+    }
 
     /// T11: two unequal batches, [C, B*H*W] flattening, NaN/inf -> 0, image-count weighting.
     #[test]

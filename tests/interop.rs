@@ -252,6 +252,43 @@ fn bad_files_give_one_clear_error() {
 }
 
 #[test]
+fn classes_default_to_the_final_layer_outputs() {
+    let out = tmp("default-classes");
+    let r20 = format!("{FIX}/resnet20x1.pt");
+    let o = run(&[
+        "import",
+        "--from",
+        &r20,
+        "--arch",
+        "resnet20",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        m["heads"][0]["classes"],
+        serde_json::json!([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    );
+    // a text head needs the label ids spelled out
+    let out2 = tmp("text-no-classes");
+    let o = run(&[
+        "import",
+        "--from",
+        &r20,
+        "--arch",
+        "resnet20",
+        "--head",
+        "text",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--classes is required"));
+}
+
+#[test]
 fn legacy_pickle_format_is_read() {
     let (s, _) = interop::read_checkpoint(&Path::new(FIX).join("legacy-small.pt")).unwrap();
     let t = &s["conv1.weight"];

@@ -56,7 +56,11 @@ pub fn exec(a: InspectArgs) -> Result<()> {
             .map_or("single model".to_string(), |s| format!("zipped at {s}"))
     );
     for h in &m.heads {
-        println!("  head classes {:?}", h.classes);
+        println!(
+            "  head classes {} ({} classes)",
+            class_ranges(&h.classes),
+            h.classes.len()
+        );
     }
     println!("  parameters (one network): {}", param_count(&cfg));
     println!(
@@ -88,4 +92,34 @@ pub fn exec(a: InspectArgs) -> Result<()> {
         .collect();
     println!("  valid stops: {}", stops.join(", "));
     Ok(())
+}
+
+/// `0,1,2,3,7,9,10` -> `0-3,7,9,10` (runs of three or more become ranges).
+fn class_ranges(c: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        let mut j = i;
+        while j + 1 < c.len() && c[j + 1] == c[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j > i + 1 {
+            format!("{}-{}", c[i], c[j])
+        } else if j == i + 1 {
+            format!("{},{}", c[i], c[j])
+        } else {
+            c[i].to_string()
+        });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn class_ranges_compress_runs() {
+        assert_eq!(super::class_ranges(&[0, 1, 2, 3, 7, 9, 10]), "0-3,7,9,10");
+        assert_eq!(super::class_ranges(&[0, 5, 6, 7, 9]), "0,5-7,9");
+    }
 }

@@ -30,16 +30,18 @@ pub struct ImportArgs {
     /// Head: `linear` or `text[:FILE]`.
     #[arg(long, default_value = "linear")]
     pub head: String,
-    /// Classes (label ids) of the model's outputs / task, e.g. `0,1,2,3,4`.
+    /// Classes (label ids) of the model's outputs / task, e.g. `0,1,2,3,4` or `0-999`.
+    /// Default for linear heads: one class per output of the file's final layer, `0..N-1`.
     #[arg(long)]
-    pub classes: String,
+    pub classes: Option<String>,
     /// Parameter-name layout: `zipit` (official ZipIt! code: resnet20, vgg11) or `torchvision`
     /// (resnet50). Default: the architecture's own.
     #[arg(long)]
     pub layout: Option<String>,
-    /// Number of classes of the data set (for checking --classes).
-    #[arg(long, default_value_t = 10)]
-    pub num_classes: usize,
+    /// Number of classes of the data set (for checking --classes). Default: 10, or the final
+    /// layer's outputs when more (linear heads).
+    #[arg(long)]
+    pub num_classes: Option<usize>,
     /// Output model folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -49,7 +51,27 @@ pub struct ImportArgs {
 pub fn exec_import(a: ImportArgs) -> Result<()> {
     let arch: Arch = a.arch.parse()?;
     let layout = check_layout(arch, a.layout.as_deref())?;
-    let classes = parse_classes(&a.classes, a.num_classes)?;
+    let (state, notes) = interop::read_checkpoint(&a.from)?;
+    let out_key = match arch {
+        Arch::Resnet20 => "linear.weight",
+        Arch::Vgg11 => "classifier.weight",
+        Arch::Resnet50 => "fc.weight",
+    };
+    let file_outputs = state.get(out_key).map(|t| t.rows());
+    let linear = a.head == "linear";
+    let num_classes = a.num_classes.unwrap_or(if linear {
+        file_outputs.unwrap_or(10).max(10)
+    } else {
+        10
+    });
+    let classes = match (&a.classes, file_outputs) {
+        (Some(c), _) => parse_classes(c, num_classes)?,
+        (None, Some(n)) if linear => (0..n).collect(),
+        _ => bail!(
+            "--classes is required for --head {} (the label ids the model's outputs score)",
+            a.head
+        ),
+    };
     let head = match a.head.as_str() {
         "linear" => HeadSpec::Linear,
         h if h == "text" || h.starts_with("text:") => text_head(
@@ -58,7 +80,6 @@ pub fn exec_import(a: ImportArgs) -> Result<()> {
         )?,
         o => bail!("--head `{o}`: expected linear or text[:FILE]"),
     };
-    let (state, notes) = interop::read_checkpoint(&a.from)?;
     let width = match a.width {
         Some(w) => w,
         None => infer_width(arch, &state)

@@ -8,23 +8,41 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::DataError;
 
-/// Parses `0,1,2` into class ids, checking each is below `n_classes`.
+/// Parses `0,1,2` (or ranges, `0-4,7`) into class ids, checking each is below `n_classes`.
 ///
 /// # Errors
 /// [`DataError::Invalid`] for a non-number, a duplicate or an id out of range.
 pub fn parse_classes(s: &str, n_classes: usize) -> Result<Vec<usize>, DataError> {
-    let mut out = Vec::new();
+    let mut ids = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let c: usize = part.parse().map_err(|_| {
-            DataError::Invalid(format!("class `{part}` in `{s}` is not a class id"))
-        })?;
+        let num = |t: &str| -> Result<usize, DataError> {
+            t.trim().parse().map_err(|_| {
+                DataError::Invalid(format!("class `{part}` in `{s}` is not a class id"))
+            })
+        };
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (num(lo)?, num(hi)?);
+                if lo > hi {
+                    return Err(DataError::Invalid(format!(
+                        "class range `{part}` in `{s}` is empty"
+                    )));
+                }
+                ids.extend(lo..=hi.min(lo.max(n_classes)));
+            }
+            None => ids.push(num(part)?),
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for c in ids {
         if c >= n_classes {
             return Err(DataError::Invalid(format!(
                 "class id {c} is out of range: the data has {n_classes} classes (0..{})",
                 n_classes.saturating_sub(1)
             )));
         }
-        if out.contains(&c) {
+        if !seen.insert(c) {
             return Err(DataError::Invalid(format!(
                 "class id {c} is listed twice in `{s}`"
             )));
@@ -120,6 +138,14 @@ mod tests {
             .to_string()
             .contains("out of range"));
         assert!(parse_classes("1,1", 10).is_err());
+        assert_eq!(parse_classes("0-2,5", 10).unwrap(), vec![0, 1, 2, 5]);
+        assert_eq!(parse_classes("0-999", 1000).unwrap().len(), 1000);
+        assert!(parse_classes("3-1", 10).is_err());
+        assert!(parse_classes("5-4000000000", 10)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
+        assert!(parse_classes("0-2,2", 10).is_err());
         assert!(parse_tasks("0,1;1,2", 10).is_err());
         assert_eq!(parse_tasks("0,1;2", 10).unwrap(), vec![vec![0, 1], vec![2]]);
     }

@@ -25,9 +25,27 @@ pub struct ImportNotes {
     pub converted: Vec<String>,
     /// Prefixes removed from every key (`module.`, `state_dict.`, `model.`).
     pub stripped_prefixes: Vec<String>,
+    /// Tensors left out because they sit beside the weights in a training checkpoint
+    /// (optimizer state, EMA copies, ...).
+    pub ignored: Vec<String>,
 }
 
-fn strip_common_prefixes(mut s: StateDict, notes: &mut ImportNotes) -> StateDict {
+/// Entries of a training checkpoint that hold the model weights, most specific first.
+const WEIGHT_ENTRIES: [&str; 3] = ["state_dict.", "model_state_dict.", "model."];
+
+/// Picks the weights out of a checkpoint: a training checkpoint
+/// (`{"state_dict": ..., "optimizer": ..., "epoch": ...}`, torchvision/ImageNet-example style)
+/// keeps only its weight entry; then prefixes shared by every key (`state_dict.`, `model.`,
+/// DataParallel's `module.`) are removed.
+fn select_weights(mut s: StateDict, notes: &mut ImportNotes) -> StateDict {
+    for p in WEIGHT_ENTRIES {
+        let n = s.keys().filter(|k| k.starts_with(p)).count();
+        if n > 0 && n < s.len() {
+            notes.ignored = s.keys().filter(|k| !k.starts_with(p)).cloned().collect();
+            s.retain(|k, _| k.starts_with(p));
+            break;
+        }
+    }
     loop {
         let mut changed = false;
         for p in ["state_dict.", "model.", "module."] {
@@ -54,6 +72,16 @@ pub fn read_checkpoint(path: &Path) -> Result<(StateDict, ImportNotes), Checkpoi
     let f = path.display().to_string();
     let mut notes = ImportNotes::default();
     let is_st = path.extension().is_some_and(|e| e == "safetensors");
+    if !path.is_file() {
+        return Err(CheckpointError::Io {
+            file: f,
+            msg: if path.exists() {
+                "is not a file".into()
+            } else {
+                "no such file".into()
+            },
+        });
+    }
     let state = if is_st {
         let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io {
             file: f.clone(),
@@ -63,12 +91,6 @@ pub fn read_checkpoint(path: &Path) -> Result<(StateDict, ImportNotes), Checkpoi
         notes.converted = converted;
         s
     } else {
-        if !path.is_file() {
-            return Err(CheckpointError::Io {
-                file: f,
-                msg: "no such file".into(),
-            });
-        }
         super::pickle_guard::check_pytorch_file(path)?;
         let reader = PytorchReader::new(path).map_err(|e| CheckpointError::Format {
             file: f.clone(),
@@ -113,7 +135,24 @@ pub fn read_checkpoint(path: &Path) -> Result<(StateDict, ImportNotes), Checkpoi
         }
         s
     };
-    Ok((strip_common_prefixes(state, &mut notes), notes))
+    Ok((select_weights(state, &mut notes), notes))
+}
+
+/// The architecture whose official layout `state`'s names follow: `fc` + `layer4` (torchvision
+/// ResNet-50), `linear` + `layer3` (ZipIt! ResNet-20), `features.0` + `classifier` (ZipIt!
+/// VGG-11); `None` otherwise.
+pub fn detect_arch(state: &StateDict) -> Option<crate::models::Arch> {
+    use crate::models::Arch;
+    let has = |k: &str| state.contains_key(k);
+    if has("fc.weight") && has("layer4.0.conv3.weight") {
+        Some(Arch::Resnet50)
+    } else if has("linear.weight") && has("layer3.0.conv2.weight") {
+        Some(Arch::Resnet20)
+    } else if has("features.0.weight") && has("classifier.weight") {
+        Some(Arch::Vgg11)
+    } else {
+        None
+    }
 }
 
 /// Serialises `state` for PyTorch: f32 tensors plus an int64 scalar `num_batches_tracked` (= 0)

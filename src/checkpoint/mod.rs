@@ -213,15 +213,47 @@ pub fn read_weights(dir: &Path, file: &str) -> Result<StateDict, CheckpointError
     Ok(s)
 }
 
-/// Writes a model folder atomically: `manifest.json` plus the given weight files.
+/// Checks `dir` may receive a model folder: it does not exist, is empty, or is a zipmerge model
+/// folder (has `manifest.json`; it is then replaced). Anything else is never overwritten.
 ///
 /// # Errors
-/// [`CheckpointError::Io`] when the folder cannot be written.
+/// [`CheckpointError::Io`] naming the folder.
+pub fn check_out_dir(dir: &Path) -> Result<(), CheckpointError> {
+    let err = |msg: &str| CheckpointError::Io {
+        file: dir.display().to_string(),
+        msg: msg.into(),
+    };
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        return Err(err("exists and is not a folder; choose another --out"));
+    }
+    let empty = std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
+    if empty || dir.join("manifest.json").is_file() {
+        Ok(())
+    } else {
+        Err(err(
+            "exists and is not a zipmerge model folder (no manifest.json); it is left untouched: \
+             remove it or choose another --out",
+        ))
+    }
+}
+
+/// Writes a model folder atomically: `manifest.json` plus the given weight files, through a
+/// temporary sibling renamed into place, replacing an existing model folder at `dir` (see
+/// [`check_out_dir`]).
+///
+/// # Errors
+/// [`CheckpointError`] when `dir` may not be replaced or a file cannot be written.
 pub fn write_model(
     dir: &Path,
     manifest: &ModelManifest,
     files: &[(String, &StateDict)],
 ) -> Result<(), CheckpointError> {
+    check_out_dir(dir)?;
     let io = |e: std::io::Error| CheckpointError::Io {
         file: dir.display().to_string(),
         msg: e.to_string(),

@@ -21,7 +21,6 @@ fn allowed(global: &str) -> bool {
         "torch._utils._rebuild_parameter",
         "torch._utils._rebuild_parameter_with_state",
         "torch.storage.UntypedStorage",
-        "torch.storage._load_from_bytes",
         "torch.serialization._get_layout",
         "torch.device",
         "torch.Size",
@@ -50,13 +49,23 @@ fn allowed(global: &str) -> bool {
 
 /// Globals referenced by one pickle stream starting at `data[0]`; returns them and the offset
 /// just after its STOP opcode.
+///
+/// `STACK_GLOBAL` takes its module and name from the top two stack items. Only those two need to
+/// be known, so the walk keeps a *window*: the values of the topmost stack items that are known
+/// exactly (strings pushed by the string opcodes, or fetched from memo slots known to hold a
+/// string; `None` = an item of unknown value). Opcodes that only push a string, fetch from the
+/// memo, duplicate the top or store it in the memo update the window; every other opcode clears
+/// it. A `STACK_GLOBAL` whose two operands are not both known strings is reported as an unknown
+/// global (refused). Pickles written by `torch.save` always push (or memo-fetch) the two strings
+/// right before `STACK_GLOBAL`, so they pass.
 fn scan(data: &[u8]) -> Result<(Vec<String>, usize), String> {
     let mut globals = Vec::new();
-    let mut strings: Vec<String> = Vec::new();
+    let mut window: Vec<Option<String>> = Vec::new();
+    let mut memo: std::collections::HashMap<usize, Option<String>> = Default::default();
     let mut i = 0usize;
     let take = |i: &mut usize, n: usize| -> Result<&[u8], String> {
         let s = data
-            .get(*i..*i + n)
+            .get(*i..i.saturating_add(n))
             .ok_or_else(|| "pickle ends early".to_string())?;
         *i += n;
         Ok(s)
@@ -71,49 +80,91 @@ fn scan(data: &[u8]) -> Result<(Vec<String>, usize), String> {
         Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
     };
     let le = |b: &[u8]| b.iter().rev().fold(0usize, |a, &x| (a << 8) | x as usize);
+    let text = |b: &[u8]| Some(String::from_utf8_lossy(b).into_owned());
     loop {
         let op = *take(&mut i, 1)?.first().ok_or("empty")?;
+        // Some(value): the opcode pushes exactly one item of that (possibly unknown) value and
+        // does nothing else; None: any other effect (the window is cleared).
+        let mut push: Option<Option<String>> = None;
         match op {
             b'.' => return Ok((globals, i)), // STOP
-            // no argument
-            b'(' | b')' | b'0' | b'1' | b'2' | b'N' | b'R' | b'a' | b'b' | b'd' | b'e' | b'l'
-            | b's' | b't' | b'u' | b'}' | b']' | 0x85 | 0x86 | 0x87 | 0x88 | 0x89 | 0x8f | 0x90
-            | 0x91 | 0x94 | 0x97 | 0x98 | b'Q' | 0x81 | 0x92 => {}
-            0x93 => {
-                // STACK_GLOBAL: module and name are the last two strings pushed
-                let n = strings.len();
-                if n < 2 {
-                    globals.push("<STACK_GLOBAL of computed strings>".into());
-                } else {
-                    globals.push(format!("{}.{}", strings[n - 2], strings[n - 1]));
-                }
+            // memo stores: the stack is unchanged, the slot takes the top's value
+            0x94 => {
+                let v = window.last().cloned().flatten();
+                memo.insert(memo.len(), v);
+                continue;
             }
-            b'c' => {
-                let m = line(&mut i)?;
-                let n = line(&mut i)?;
-                globals.push(format!("{m}.{n}"));
+            b'p' => {
+                let idx: usize = line(&mut i)?.trim().parse().map_err(|_| "bad PUT")?;
+                memo.insert(idx, window.last().cloned().flatten());
+                continue;
             }
-            b'i' => {
-                // INST: instantiates a class
-                let m = line(&mut i)?;
-                let n = line(&mut i)?;
-                globals.push(format!("{m}.{n}"));
+            b'q' => {
+                let idx = le(take(&mut i, 1)?);
+                memo.insert(idx, window.last().cloned().flatten());
+                continue;
             }
-            b'o' => globals.push("<OBJ>".into()),
-            b'I' | b'L' | b'F' | b'P' | b'g' | b'p' | b'S' => {
+            b'r' => {
+                let idx = le(take(&mut i, 4)?);
+                memo.insert(idx, window.last().cloned().flatten());
+                continue;
+            }
+            // memo fetches push the slot's value
+            b'g' => {
+                let idx: usize = line(&mut i)?.trim().parse().map_err(|_| "bad GET")?;
+                push = Some(memo.get(&idx).cloned().flatten());
+            }
+            b'h' => push = Some(memo.get(&le(take(&mut i, 1)?)).cloned().flatten()),
+            b'j' => push = Some(memo.get(&le(take(&mut i, 4)?)).cloned().flatten()),
+            b'2' => push = Some(window.last().cloned().flatten()), // DUP
+            // strings (text: usable as STACK_GLOBAL operands)
+            b'V' => push = Some(Some(line(&mut i)?)),
+            b'S' => {
                 let s = line(&mut i)?;
-                if op == b'S' {
-                    strings.push(s.trim_matches(|c| c == '\'' || c == '"').to_string());
-                }
+                push = Some(Some(s.trim_matches(|c| c == '\'' || c == '"').to_string()));
             }
-            b'V' => strings.push(line(&mut i)?),
-            0x80 | b'K' | b'h' | b'q' => {
+            b'U' | 0x8c => {
+                let n = le(take(&mut i, 1)?);
+                push = Some(text(take(&mut i, n)?));
+            }
+            b'T' | b'X' => {
+                let n = le(take(&mut i, 4)?);
+                push = Some(text(take(&mut i, n)?));
+            }
+            0x8d => {
+                let n = le(take(&mut i, 8)?);
+                push = Some(text(take(&mut i, n)?));
+            }
+            0x93 => {
+                // STACK_GLOBAL: module and name are the top two items
+                let n = window.len();
+                let g = match (n >= 2).then(|| (&window[n - 2], &window[n - 1])) {
+                    Some((Some(m), Some(name))) => format!("{m}.{name}"),
+                    _ => "<STACK_GLOBAL of operands not pushed as strings>".to_string(),
+                };
+                globals.push(g);
+            }
+            b'c' | b'i' => {
+                // GLOBAL / INST
+                let m = line(&mut i)?;
+                let n = line(&mut i)?;
+                globals.push(format!("{m}.{n}"));
+            }
+            b'o' | 0x81 | 0x92 => {} // OBJ / NEWOBJ / NEWOBJ_EX: the class is a checked global
+            // other opcodes without an argument
+            b'(' | b')' | b'0' | b'1' | b'N' | b'R' | b'a' | b'b' | b'd' | b'e' | b'l' | b's'
+            | b't' | b'u' | b'}' | b']' | 0x85 | 0x86 | 0x87 | 0x88 | 0x89 | 0x8f | 0x90 | 0x91
+            | 0x97 | 0x98 | b'Q' => {}
+            b'I' | b'L' | b'F' | b'P' => {
+                line(&mut i)?;
+            }
+            0x80 | b'K' => {
                 take(&mut i, 1)?;
             }
             b'M' => {
                 take(&mut i, 2)?;
             }
-            b'J' | b'j' | b'r' => {
+            b'J' => {
                 take(&mut i, 4)?;
             }
             0x82..=0x84 => {
@@ -124,35 +175,15 @@ fn scan(data: &[u8]) -> Result<(Vec<String>, usize), String> {
             b'G' | 0x95 => {
                 take(&mut i, 8)?;
             }
-            0x8a => {
+            0x8a | b'C' => {
                 let n = le(take(&mut i, 1)?);
                 take(&mut i, n)?;
             }
-            0x8b => {
+            0x8b | b'B' => {
                 let n = le(take(&mut i, 4)?);
                 take(&mut i, n)?;
             }
-            b'U' | b'C' => {
-                let n = le(take(&mut i, 1)?);
-                let s = take(&mut i, n)?;
-                strings.push(String::from_utf8_lossy(s).into_owned());
-            }
-            b'T' | b'B' => {
-                let n = le(take(&mut i, 4)?);
-                let s = take(&mut i, n)?;
-                strings.push(String::from_utf8_lossy(s).into_owned());
-            }
-            0x8c => {
-                let n = le(take(&mut i, 1)?);
-                let s = take(&mut i, n)?;
-                strings.push(String::from_utf8_lossy(s).into_owned());
-            }
-            b'X' => {
-                let n = le(take(&mut i, 4)?);
-                let s = take(&mut i, n)?;
-                strings.push(String::from_utf8_lossy(s).into_owned());
-            }
-            0x8d | 0x8e | 0x96 => {
+            0x8e | 0x96 => {
                 let n = le(take(&mut i, 8)?);
                 take(&mut i, n)?;
             }
@@ -162,6 +193,10 @@ fn scan(data: &[u8]) -> Result<(Vec<String>, usize), String> {
                     i - 1
                 ))
             }
+        }
+        match push {
+            Some(v) => window.push(v),
+            None => window.clear(),
         }
     }
 }
@@ -208,9 +243,16 @@ pub fn check_pytorch_file(path: &Path) -> Result<(), CheckpointError> {
             check_globals(p, 1, &file)?;
         }
         Ok(())
+    } else if bytes.first() == Some(&0x80) {
+        // legacy torch.save: magic number, protocol, sys info, the object, the storage keys
+        // (then raw storage bytes)
+        check_globals(&bytes, 5, &file)
     } else {
-        // legacy torch.save: magic number, protocol, sys info, then the object
-        check_globals(&bytes, 4, &file)
+        Err(fail(
+            "not a PyTorch checkpoint: expected a zip archive (torch >= 1.6) or a legacy \
+             pickle (torch.save(..., _use_new_zipfile_serialization=False))"
+                .into(),
+        ))
     }
 }
 
@@ -226,7 +268,8 @@ fn check_globals(data: &[u8], streams: usize, file: &str) -> Result<(), Checkpoi
                 file: file.to_string(),
                 msg: format!(
                     "the pickle references `{g}`, which loading would execute; only tensors and \
-                     plain containers are accepted (refused, nothing was run)"
+                     plain containers are accepted (refused, nothing was run; re-save just the \
+                     weights: torch.save(ckpt[\"state_dict\"], ...) or safetensors)"
                 ),
             });
         }
@@ -255,5 +298,17 @@ mod tests {
         assert!(allowed("torch.FloatStorage") && allowed("torch.BFloat16Storage"));
         assert!(!allowed("torch.nn.modules.conv.Conv2d"));
         assert!(scan(b"\x80\x02ccollections\n").is_err());
+        // protocol 4 re-uses a memoised module string: MEMOIZE slot 0 = "torch", BINGET 0
+        let p4 = b"\x80\x04\x8c\x05torch\x94\x8c\x0cFloatStorage\x94\x93\x94h\x00\x8c\x0bLongStorage\x94\x93.";
+        assert_eq!(
+            scan(p4).unwrap().0,
+            ["torch.FloatStorage", "torch.LongStorage"]
+        );
+        // strings parked in the memo, popped, then fetched back: the real operands are found
+        let hidden = b"\x80\x04\x8c\x05posix\x94\x8c\x06system\x94000\x8c\x01a\x8c\x01bh\x00h\x01\x93.";
+        assert_eq!(scan(hidden).unwrap().0, ["posix.system"]);
+        // an operand of unknown value (an integer here) is refused as unknown
+        let unknown = b"\x80\x04\x8c\x05posixK\x01\x93.";
+        assert!(!allowed(&scan(unknown).unwrap().0[0]));
     }
 }

@@ -21,8 +21,9 @@ pub struct ImportArgs {
     #[arg(long)]
     pub from: PathBuf,
     /// Architecture: resnet20, vgg11 (official ZipIt! layout) or resnet50 (torchvision layout).
+    /// Default: told by the tensor names.
     #[arg(long)]
-    pub arch: String,
+    pub arch: Option<String>,
     /// Width: multiplier for resnet20/vgg11, base width in channels for resnet50 (torchvision:
     /// 64). Read off the file's first conv when omitted.
     #[arg(long)]
@@ -49,9 +50,32 @@ pub struct ImportArgs {
 
 /// Runs `zipmerge import`.
 pub fn exec_import(a: ImportArgs) -> Result<()> {
-    let arch: Arch = a.arch.parse()?;
-    let layout = check_layout(arch, a.layout.as_deref())?;
+    let given: Option<Arch> = a.arch.as_deref().map(str::parse).transpose()?;
+    checkpoint::check_out_dir(&a.out)?;
     let (state, notes) = interop::read_checkpoint(&a.from)?;
+    let from = a.from.display();
+    if state.keys().any(|k| k.starts_with("trunk.")) && state.keys().any(|k| k.starts_with("head"))
+    {
+        bail!("{from} is a multi-head zipmerge export (`trunk.*`, `head<i>.*` names): import one network's prefix at a time, or use the zipmerge model folder it was exported from");
+    }
+    let arch = match (given, interop::detect_arch(&state)) {
+        (Some(g), Some(d)) if g != d => bail!(
+            "{from} holds a {d} state_dict (by its tensor names), not a {g}: pass --arch {d}"
+        ),
+        (Some(g), _) => g,
+        (None, Some(d)) => d,
+        (None, None) => bail!(
+            "{from}: cannot tell the architecture from the tensor names (first: {}): pass --arch resnet20|vgg11|resnet50",
+            state.keys().take(3).cloned().collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let layout = check_layout(arch, a.layout.as_deref())?;
+    if let Some(first) = notes.ignored.first() {
+        eprintln!(
+            "note: took the weights entry of a training checkpoint; ignored {} other tensors (e.g. {first})",
+            notes.ignored.len()
+        );
+    }
     let out_key = match arch {
         Arch::Resnet20 => "linear.weight",
         Arch::Vgg11 => "classifier.weight",
@@ -106,7 +130,7 @@ pub fn exec_import(a: ImportArgs) -> Result<()> {
             state.len()
         );
     }
-    let provenance = serde_json::json!({"import": {"from": a.from.display().to_string(), "layout": layout, "converted_to_f32": notes.converted, "stripped_prefixes": notes.stripped_prefixes, "command": command_line()}});
+    let provenance = serde_json::json!({"import": {"from": a.from.display().to_string(), "layout": layout, "converted_to_f32": notes.converted, "stripped_prefixes": notes.stripped_prefixes, "ignored_tensors": notes.ignored.len(), "command": command_line()}});
     let manifest = ModelManifest::single(&cfg, classes, head, vec![], provenance);
     checkpoint::write_model(&a.out, &manifest, &[("model.safetensors".into(), &state)])?;
     println!("wrote {} ({} tensors)", a.out.display(), state.len());

@@ -179,6 +179,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     let quiet = a.quiet || a.json;
     let s = &a.settings;
     let method = s.method()?;
+    zipmerge::checkpoint::check_out_dir(&a.out)?;
     let mut ep = Endpoints::load(&a.models)?;
     let stop = ep.spec.stop(&a.stop)?;
     let device = a.backend.device(quiet)?;

@@ -112,6 +112,7 @@ pub const DEFAULT_EMBEDDINGS: &str = "datasets/class-text-embeddings.json";
 /// Runs `zipmerge train`.
 pub fn exec(a: TrainArgs) -> Result<()> {
     let arch: Arch = a.arch.parse()?;
+    zipmerge::checkpoint::check_out_dir(&a.out)?;
     NetConfig {
         arch,
         width: a.width,

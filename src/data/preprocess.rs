@@ -110,11 +110,12 @@ pub fn resize_shorter(img: &RgbImage, short: u32) -> RgbImage {
     imageops::resize(img, nw, nh, FilterType::Triangle)
 }
 
-/// Centre crop to `side x side` (torchvision `CenterCrop`: offsets `round((H - side) / 2)`).
+/// Centre crop to `side x side` (torchvision `CenterCrop`: offsets `round((H - side) / 2)` with
+/// Python's round, halves to even).
 pub fn center_crop(img: &RgbImage, side: u32) -> RgbImage {
     let (w, h) = img.dimensions();
-    let top = ((h.saturating_sub(side)) as f64 / 2.0).round() as u32;
-    let left = ((w.saturating_sub(side)) as f64 / 2.0).round() as u32;
+    let top = ((h.saturating_sub(side)) as f64 / 2.0).round_ties_even() as u32;
+    let left = ((w.saturating_sub(side)) as f64 / 2.0).round_ties_even() as u32;
     imageops::crop_imm(img, left, top, side.min(w), side.min(h)).to_image()
 }
 
@@ -173,6 +174,9 @@ mod tests {
         });
         let r = resize_shorter(&img, 256);
         assert_eq!(r.dimensions(), (384, 256));
+        // torchvision rounds the crop offset half to even: (385 - 224) / 2 = 80.5 -> 80
+        let odd = RgbImage::from_fn(385, 224, |x, _| image::Rgb([x as u8, 0, 0]));
+        assert_eq!(center_crop(&odd, 224).get_pixel(0, 0)[0], 80);
         let v = Preprocess::ImageNet.prepare(img, false).unwrap();
         assert_eq!(v.len(), 224 * 224 * 3);
         let px = |x: usize, y: usize| v[(y * 224 + x) * 3];

@@ -67,7 +67,9 @@ impl Tally {
     }
 
     /// Adds one batch. `task_logits[s]` holds, per image, the logits of task s's classes
-    /// (`tasks[s]` order). Images whose label is in no task are skipped (§5.2).
+    /// (`tasks[s]` order). Images whose label is in no task are skipped (§5.2). When tasks
+    /// share classes (e.g. two ImageNet-1k models), an image counts for every task holding its
+    /// label; the joint accuracy counts it once.
     pub fn add(
         &mut self,
         tasks: &[Vec<usize>],
@@ -76,16 +78,17 @@ impl Tally {
         rule: JointRule,
     ) {
         for (b, &y) in labels.iter().enumerate() {
-            let Some(ty) = tasks.iter().position(|t| t.contains(&y)) else {
+            if !tasks.iter().any(|t| t.contains(&y)) {
                 continue;
-            };
+            }
             self.images += 1;
             // per-task
-            let l = &task_logits[ty][b];
-            let k = argmax(l);
-            self.task[ty].1 += 1;
-            if tasks[ty][k] == y {
-                self.task[ty].0 += 1;
+            for (ty, t) in tasks.iter().enumerate().filter(|(_, t)| t.contains(&y)) {
+                let k = argmax(&task_logits[ty][b]);
+                self.task[ty].1 += 1;
+                if t[k] == y {
+                    self.task[ty].0 += 1;
+                }
             }
             // joint
             let mut best = (f32::NEG_INFINITY, usize::MAX);
@@ -184,5 +187,21 @@ mod tests {
         //      image 1: max(60, 0, 1, 3) = 60 -> class 3 (wrong).
         assert_eq!(raw.accuracy(&tasks, 0).joint, 0.0);
         assert_eq!(a.avg, 100.0);
+    }
+
+    /// Overlapping tasks (two models of the same classes): each image counts for both tasks,
+    /// once for the joint accuracy.
+    #[test]
+    fn overlapping_tasks_count_each_image_for_every_task() {
+        let tasks = vec![vec![0, 1], vec![0, 1]];
+        // one image of class 1: task 0 head says class 1 (right), task 1 head class 0 (wrong)
+        let logits = vec![vec![vec![0.0, 5.0]], vec![vec![2.0, 1.0]]];
+        let mut t = Tally::new(2);
+        t.add(&tasks, &logits, &[1], JointRule::TaskSoftmax);
+        let a = t.accuracy(&tasks, 0);
+        assert_eq!((a.tasks[0].accuracy, a.tasks[1].accuracy), (100.0, 0.0));
+        assert_eq!(a.images, 1);
+        // joint: softmax [0.0067, 0.9933] beats [0.73, 0.27] -> class 1
+        assert_eq!(a.joint, 100.0);
     }
 }

@@ -82,7 +82,12 @@ impl NetConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.width == 0 {
             return Err(ModelError::Invalid(
-                "--width 0: the width multiplier must be >= 1".into(),
+                if self.arch == Arch::Resnet50 {
+                    "--width 0: the base width (channels of the stem; torchvision: 64) must be >= 1"
+                } else {
+                    "--width 0: the width multiplier must be >= 1"
+                }
+                .into(),
             ));
         }
         let max = if self.arch == Arch::Resnet50 { 512 } else { 64 };
@@ -98,6 +103,14 @@ impl NetConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The width as users read it: `x4` (multiplier) or `base width 64` (ResNet-50).
+    pub fn width_label(&self) -> String {
+        match self.arch {
+            Arch::Resnet50 => format!("base width {}", self.width),
+            _ => format!("x{}", self.width),
+        }
     }
 
     /// Index of the output cut (number of segments): 4 for ResNet-20, 9 for VGG-11, 5 for
@@ -233,8 +246,10 @@ impl Net {
         let (net, rep) = bridge::load_state(Net::empty(cfg, device), state);
         if let Some((n, e, f)) = rep.mismatched.first() {
             return Err(ModelError::Weights(format!(
-                "tensor `{n}` has shape {f:?}, expected {e:?} for {} x{} with {} outputs",
-                cfg.arch, cfg.width, cfg.out
+                "tensor `{n}` has shape {f:?}, expected {e:?} for {} {} with {} outputs",
+                cfg.arch,
+                cfg.width_label(),
+                cfg.out
             )));
         }
         if let Some(n) = rep.missing.first() {

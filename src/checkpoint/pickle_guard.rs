@@ -305,7 +305,8 @@ mod tests {
             ["torch.FloatStorage", "torch.LongStorage"]
         );
         // strings parked in the memo, popped, then fetched back: the real operands are found
-        let hidden = b"\x80\x04\x8c\x05posix\x94\x8c\x06system\x94000\x8c\x01a\x8c\x01bh\x00h\x01\x93.";
+        let hidden =
+            b"\x80\x04\x8c\x05posix\x94\x8c\x06system\x94000\x8c\x01a\x8c\x01bh\x00h\x01\x93.";
         assert_eq!(scan(hidden).unwrap().0, ["posix.system"]);
         // an operand of unknown value (an integer here) is refused as unknown
         let unknown = b"\x80\x04\x8c\x05posixK\x01\x93.";

@@ -9,19 +9,24 @@ use crate::models::head::HeadSpec;
 use crate::models::system::System;
 use crate::models::ForwardCtx;
 
-/// Which head serves each task: `(system index, head index)`.
+/// Which head serves each task: `(system index, head index)`: the head trained on most of the
+/// task's classes; on a tie (models of the same classes) the k-th head overall serves task k.
 pub fn assign_heads(systems: &[System], tasks: &[Vec<usize>]) -> Vec<(usize, usize)> {
     tasks
         .iter()
-        .map(|t| {
-            let mut best: Option<((usize, usize), usize)> = None;
+        .enumerate()
+        .map(|(k, t)| {
+            let mut best: Option<((usize, usize), (usize, bool))> = None;
+            let mut flat = 0;
             for (i, s) in systems.iter().enumerate() {
                 for (j, h) in s.heads.iter().enumerate() {
                     let overlap = h.classes.iter().filter(|c| t.contains(c)).count();
                     let usable = overlap > 0 || matches!(h.spec, HeadSpec::Text { .. });
-                    if usable && best.is_none_or(|(_, o)| overlap > o) {
-                        best = Some(((i, j), overlap));
+                    let score = (overlap, flat == k);
+                    if usable && best.is_none_or(|(_, b)| score > b) {
+                        best = Some(((i, j), score));
                     }
+                    flat += 1;
                 }
             }
             best.map(|b| b.0).unwrap_or((0, 0))

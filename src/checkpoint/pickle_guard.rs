@@ -34,18 +34,46 @@ fn allowed(global: &str) -> bool {
         || (global.starts_with("torch.")
             && global.ends_with("Storage")
             && !global[6..].contains('.'))
-        || matches!(
-            global,
-            "torch.float32"
-                | "torch.float16"
-                | "torch.bfloat16"
-                | "torch.float64"
-                | "torch.int64"
-                | "torch.int32"
-                | "torch.uint8"
-                | "torch.bool"
-        )
+        || global
+            .strip_prefix("torch.")
+            .is_some_and(|d| TORCH_DTYPES.contains(&d))
 }
+
+/// `torch.<dtype>` objects a state_dict pickle may name (tensor dtypes, PyTorch 2.x).
+const TORCH_DTYPES: &[&str] = &[
+    "float32",
+    "float",
+    "float16",
+    "half",
+    "bfloat16",
+    "float64",
+    "double",
+    "complex32",
+    "complex64",
+    "complex128",
+    "cfloat",
+    "cdouble",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "int8",
+    "int16",
+    "short",
+    "int32",
+    "int",
+    "int64",
+    "long",
+    "bool",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float8_e4m3fnuz",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+    "qint8",
+    "quint8",
+    "qint32",
+];
 
 /// Globals referenced by one pickle stream starting at `data[0]`; returns them and the offset
 /// just after its STOP opcode.
@@ -118,10 +146,20 @@ fn scan(data: &[u8]) -> Result<(Vec<String>, usize), String> {
             b'j' => push = Some(memo.get(&le(take(&mut i, 4)?)).cloned().flatten()),
             b'2' => push = Some(window.last().cloned().flatten()), // DUP
             // strings (text: usable as STACK_GLOBAL operands)
-            b'V' => push = Some(Some(line(&mut i)?)),
+            // protocol-0 strings are escape-decoded by Python: a string with a backslash (or
+            // without its one pair of quotes) is treated as unknown rather than decoded here
+            b'V' => {
+                let s = line(&mut i)?;
+                push = Some((!s.contains('\\')).then_some(s));
+            }
             b'S' => {
                 let s = line(&mut i)?;
-                push = Some(Some(s.trim_matches(|c| c == '\'' || c == '"').to_string()));
+                let unquoted = ['\'', '"'].iter().find_map(|q| {
+                    s.strip_prefix(*q)
+                        .and_then(|r| r.strip_suffix(*q))
+                        .filter(|r| !r.contains('\\'))
+                });
+                push = Some(unquoted.map(str::to_string));
             }
             b'U' | 0x8c => {
                 let n = le(take(&mut i, 1)?);
@@ -221,12 +259,32 @@ pub fn check_pytorch_file(path: &Path) -> Result<(), CheckpointError> {
     if bytes.starts_with(b"PK") {
         let mut z = zip::ZipArchive::new(std::io::Cursor::new(&bytes))
             .map_err(|e| fail(format!("truncated or corrupt PyTorch zip archive ({e})")))?;
-        for k in 0..z.len() {
+        // PyTorch (miniz) looks records up by their stored name, ignoring case; the zip crate
+        // keeps one entry per name (and may prefer a Unicode-path field). Refuse archives whose
+        // central directory has more records than distinct names, or names equal up to case,
+        // and scan every stored name ending in .pkl in any case.
+        let raw = central_directory_names(&bytes)
+            .ok_or_else(|| fail("zip central directory is unreadable".into()))?;
+        if raw.len() != z.len() {
+            return Err(fail(
+                "zip archive has repeated entry names: refused (PyTorch and this check could \
+                 read different records)"
+                    .into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (k, raw_name) in raw.iter().enumerate() {
+            let name = String::from_utf8_lossy(raw_name).to_lowercase();
+            if !seen.insert(name.clone()) {
+                return Err(fail(format!(
+                    "zip archive has two entries named `{name}` (ignoring case): refused"
+                )));
+            }
             let mut entry = z
                 .by_index(k)
                 .map_err(|e| fail(format!("zip entry {k} is unreadable ({e})")))?;
-            let name = entry.name().map(|n| n.into_owned()).unwrap_or_default();
-            if name.ends_with(".pkl") {
+            let shown = entry.name().map(|n| n.to_lowercase()).unwrap_or_default();
+            if name.ends_with(".pkl") || shown.ends_with(".pkl") {
                 let mut v = Vec::new();
                 entry
                     .read_to_end(&mut v)
@@ -243,6 +301,12 @@ pub fn check_pytorch_file(path: &Path) -> Result<(), CheckpointError> {
             check_globals(p, 1, &file)?;
         }
         Ok(())
+    } else if is_tar(&bytes) {
+        Err(fail(
+            "tar-format PyTorch file (torch < 0.4): not supported (re-save it with a current \
+             torch.save)"
+                .into(),
+        ))
     } else if bytes.first() == Some(&0x80) {
         // legacy torch.save: magic number, protocol, sys info, the object, the storage keys
         // (then raw storage bytes)
@@ -254,6 +318,74 @@ pub fn check_pytorch_file(path: &Path) -> Result<(), CheckpointError> {
                 .into(),
         ))
     }
+}
+
+/// The stored names of every record of a zip central directory, in order (zip64 aware), read
+/// from the raw bytes: no Unicode-path extra field is applied (PyTorch's miniz ignores them).
+/// `None` if the directory cannot be found or parsed.
+fn central_directory_names(b: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let u16le = |i: usize| -> Option<usize> {
+        Some(u16::from_le_bytes(b.get(i..i + 2)?.try_into().ok()?) as usize)
+    };
+    let u32le = |i: usize| -> Option<u64> {
+        Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?) as u64)
+    };
+    let u64le =
+        |i: usize| -> Option<u64> { Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?)) };
+    let from = b.len().saturating_sub(65_557);
+    let eocd = (from..b.len().saturating_sub(21))
+        .rev()
+        .find(|&i| b[i..i + 4] == *b"PK\x05\x06")?;
+    let (mut n, mut off) = (u16le(eocd + 10)? as u64, u32le(eocd + 16)?);
+    if n == 0xFFFF || off == 0xFFFF_FFFF {
+        // zip64: the locator just before the EOCD gives the zip64 EOCD record's offset
+        let loc = eocd.checked_sub(20)?;
+        if b.get(loc..loc + 4)? != b"PK\x06\x07" {
+            return None;
+        }
+        let z = u64le(loc + 8)? as usize;
+        if b.get(z..z + 4)? != b"PK\x06\x06" {
+            return None;
+        }
+        n = u64le(z + 32)?;
+        off = u64le(z + 48)?;
+    }
+    let mut names = Vec::new();
+    let mut p = off as usize;
+    for _ in 0..n {
+        if b.get(p..p + 4)? != b"PK\x01\x02" {
+            return None;
+        }
+        let (nl, el, cl) = (u16le(p + 28)?, u16le(p + 30)?, u16le(p + 32)?);
+        names.push(b.get(p + 46..p + 46 + nl)?.to_vec());
+        p += 46 + nl + el + cl;
+    }
+    Some(names)
+}
+
+/// True when the first 512 bytes are a tar header with a valid checksum (what Python's
+/// `tarfile` accepts, and what `torch.load` tries first for non-zip files).
+fn is_tar(b: &[u8]) -> bool {
+    let Some(h) = b.get(..512) else {
+        return false;
+    };
+    let field = String::from_utf8_lossy(&h[148..156]);
+    let Ok(stored) = u32::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+    else {
+        return false;
+    };
+    let sum: u32 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                x as u32
+            }
+        })
+        .sum();
+    stored == sum
 }
 
 fn check_globals(data: &[u8], streams: usize, file: &str) -> Result<(), CheckpointError> {

@@ -83,10 +83,21 @@ pub fn max_cached_images(prep: Preprocess, split: &str) -> Result<usize> {
 /// prepared for the models' architecture (`prep`). Folders larger than the pixel cache budget
 /// ([`max_cached_images`]) are subsampled (seeded) with a printed note.
 pub fn load_split(root: &Path, split: &str, prep: Preprocess, quiet: bool) -> Result<ImageSet> {
+    load_split_classes(root, split, prep, None, quiet)
+}
+
+/// [`load_split`] keeping only the images of `classes` (decoded only those).
+pub fn load_split_classes(
+    root: &Path,
+    split: &str,
+    prep: Preprocess,
+    classes: Option<&[usize]>,
+    quiet: bool,
+) -> Result<ImageSet> {
     let dir = split_dir(root, split);
     let t0 = std::time::Instant::now();
     let max = max_cached_images(prep, split)?;
-    let set = ImageSet::load_at_most(&dir, split, prep, max)
+    let set = ImageSet::load_at_most(&dir, split, prep, max, classes)
         .with_context(|| format!("loading {split} images"))?;
     if set.len() == max.max(1) && max < usize::MAX {
         eprintln!(

@@ -186,8 +186,10 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     let root = data_root(a.data.as_deref());
     let prep = ep.spec.net.preprocess();
     let probe = match &s.probe {
-        Some(p) => ImageSet::load_at_most(p, "train", prep, max_cached_images(prep, "train")?)
-            .with_context(|| format!("loading probe images {}", p.display()))?,
+        Some(p) => {
+            ImageSet::load_at_most(p, "train", prep, max_cached_images(prep, "train")?, None)
+                .with_context(|| format!("loading probe images {}", p.display()))?
+        }
         None => load_split(&root, "train", prep, quiet)?,
     };
     // validate everything before the long steps

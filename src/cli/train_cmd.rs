@@ -11,7 +11,8 @@ use zipmerge::models::head::{text_head, HeadSpec};
 use zipmerge::models::{param_count, Arch, NetConfig};
 use zipmerge::train::{self, EpochLog, TrainObserver, TrainOptions};
 
-use super::common::{bar, command_line, data_root, load_split, BackendArgs};
+use super::common::{bar, command_line, data_root, load_split_classes, BackendArgs};
+use zipmerge::data::{split_dir, ImageSet};
 
 /// Arguments of `zipmerge train`.
 #[derive(Args, Debug)]
@@ -126,8 +127,9 @@ pub fn exec(a: TrainArgs) -> Result<()> {
         out: 1,
     }
     .preprocess();
-    let train_set = load_split(&root, "train", prep, a.quiet)?;
-    let n = train_set.class_names.len();
+    let n = ImageSet::class_names_of(&split_dir(&root, "train"), "train")
+        .context("loading train images")?
+        .len();
     let (classes, split_lists) = match (&a.classes, &a.split) {
         (Some(c), _) => (parse_classes(c, n)?, None),
         (None, Some(s)) => {
@@ -165,7 +167,7 @@ pub fn exec(a: TrainArgs) -> Result<()> {
         width: a.width,
         out: head.net_outputs(classes.len()),
     };
-    let mut train_task = train_set.filter_classes(&classes);
+    let mut train_task = load_split_classes(&root, "train", prep, Some(&classes), a.quiet)?;
     if let Some(l) = a.limit {
         use rand::{seq::SliceRandom, SeedableRng};
         let mut idx: Vec<usize> = (0..train_task.len()).collect();
@@ -174,7 +176,7 @@ pub fn exec(a: TrainArgs) -> Result<()> {
         idx.sort_unstable();
         train_task = train_task.subset(&idx);
     }
-    let test_task = load_split(&root, "test", prep, a.quiet)?.filter_classes(&classes);
+    let test_task = load_split_classes(&root, "test", prep, Some(&classes), a.quiet)?;
     if train_task.is_empty() {
         bail!(
             "{}: no training images of classes {classes:?}",
@@ -246,7 +248,7 @@ pub fn exec(a: TrainArgs) -> Result<()> {
             "epochs_log": log,
         }
     });
-    train::write_trained(&a.out, &opts, &state, &train_set.class_names, provenance)
+    train::write_trained(&a.out, &opts, &state, &train_task.class_names, provenance)
         .with_context(|| format!("writing {}", a.out.display()))?;
     std::fs::remove_dir_all(&state_dir).ok();
     println!(

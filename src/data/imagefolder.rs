@@ -80,12 +80,13 @@ pub fn decode(path: &Path, prep: Preprocess, train: bool) -> Result<Vec<u8>, Dat
 /// # Errors
 /// As [`list`] and [`decode`].
 pub fn load(root: &Path, prep: Preprocess, train: bool) -> Result<ImageSet, DataError> {
-    load_at_most(root, prep, train, usize::MAX)
+    load_at_most(root, prep, train, usize::MAX, None)
 }
 
-/// Like [`load`], but decodes at most `max_images`: when the folder holds more, a seeded random
-/// subset of that size (seed 0, kept in listing order) is decoded, so that very large folders
-/// (ImageNet: 1.28M training images) never have to fit the in-memory pixel cache.
+/// Like [`load`], but decodes only the images of `classes` (label ids; all when `None`) and at
+/// most `max_images` of them: when there are more, a seeded random subset of that size (seed 0,
+/// kept in listing order) is decoded, so that very large folders (ImageNet: 1.28M training
+/// images) never have to fit the in-memory pixel cache.
 ///
 /// # Errors
 /// As [`list`] and [`decode`].
@@ -94,8 +95,12 @@ pub fn load_at_most(
     prep: Preprocess,
     train: bool,
     max_images: usize,
+    classes: Option<&[usize]>,
 ) -> Result<ImageSet, DataError> {
     let (mut items, class_names) = list(root)?;
+    if let Some(c) = classes {
+        items.retain(|(_, l)| c.contains(l));
+    }
     if items.len() > max_images {
         use rand::seq::index::sample;
         use rand::SeedableRng;
@@ -146,15 +151,19 @@ mod tests {
         assert_eq!(set.labels, [0, 0, 1, 2]); // ant/0.png, ant/a.png, mole, zebra
         assert_eq!(&set.image(0)[..3], &[10, 20, 30]);
         // a capped load decodes a seeded subset, in listing order
-        let two = load_at_most(root.path(), Preprocess::Cifar, false, 2).unwrap();
+        let two = load_at_most(root.path(), Preprocess::Cifar, false, 2, None).unwrap();
         assert_eq!(two.len(), 2);
         assert_eq!(
             two.labels,
-            load_at_most(root.path(), Preprocess::Cifar, false, 2)
+            load_at_most(root.path(), Preprocess::Cifar, false, 2, None)
                 .unwrap()
                 .labels
         );
         assert!(two.labels.windows(2).all(|w| w[0] <= w[1]));
+        // class filter at listing time: only `mole` (label 1) is decoded, labels keep their ids
+        let mole = load_at_most(root.path(), Preprocess::Cifar, false, 9, Some(&[1])).unwrap();
+        assert_eq!(mole.labels, [1]);
+        assert_eq!(mole.class_names.len(), 3);
         // a wrong-size image is refused with its path
         image::RgbImage::new(8, 8)
             .save(root.path().join("mole").join("small.png"))

@@ -90,12 +90,25 @@ impl ImageSet {
     /// # Errors
     /// [`DataError`] naming the folder or file when it is missing, empty or undecodable.
     pub fn load(path: &Path, split: &str, prep: Preprocess) -> Result<ImageSet, DataError> {
-        Self::load_at_most(path, split, prep, usize::MAX)
+        Self::load_at_most(path, split, prep, usize::MAX, None)
     }
 
-    /// Like [`ImageSet::load`], decoding at most `max_images` of an ImageFolder tree (a seeded
-    /// subset when it holds more; [`imagefolder::load_at_most`]). CIFAR binary folders are read
-    /// whole.
+    /// Class names (label order) of a data folder, without decoding its images (a CIFAR binary
+    /// folder is read).
+    ///
+    /// # Errors
+    /// As [`ImageSet::load`].
+    pub fn class_names_of(path: &Path, split: &str) -> Result<Vec<String>, DataError> {
+        if cifar_bin::is_cifar_bin_dir(path) {
+            Ok(cifar_bin::load_dir(path, split, Preprocess::Cifar)?.class_names)
+        } else {
+            Ok(imagefolder::list(path)?.1)
+        }
+    }
+
+    /// Like [`ImageSet::load`], keeping only the images of `classes` (all when `None`) and
+    /// decoding at most `max_images` of an ImageFolder tree (a seeded subset when it holds more;
+    /// [`imagefolder::load_at_most`]). CIFAR binary folders are read whole, then filtered.
     ///
     /// # Errors
     /// As [`ImageSet::load`].
@@ -104,6 +117,7 @@ impl ImageSet {
         split: &str,
         prep: Preprocess,
         max_images: usize,
+        classes: Option<&[usize]>,
     ) -> Result<ImageSet, DataError> {
         if !path.is_dir() {
             return Err(DataError::Io {
@@ -112,9 +126,12 @@ impl ImageSet {
             });
         }
         if cifar_bin::is_cifar_bin_dir(path) {
-            cifar_bin::load_dir(path, split, prep)
+            cifar_bin::load_dir(path, split, prep).map(|s| match classes {
+                Some(c) => s.filter_classes(c),
+                None => s,
+            })
         } else {
-            imagefolder::load_at_most(path, prep, split == "train", max_images)
+            imagefolder::load_at_most(path, prep, split == "train", max_images, classes)
         }
     }
 }

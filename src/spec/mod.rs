@@ -146,6 +146,65 @@ impl Builder {
             counted,
         });
     }
+    /// One residual block `name` reading space `cur` (reference doc §1.3, §1.5, §1.6):
+    /// `{name}.conv{k}` (+ `{name}.bn{k}`) writes inner space k (widths `inner`, captured in
+    /// order), the last conv writes the block's output space. With an identity shortcut that is
+    /// `cur` itself (the SUM ties input and output); with a projection
+    /// `(field, stage, width)` it is a new stream space `stream{stage}`, also written by
+    /// `{name}.{field}.0` (+ BN `.1`). Returns the output space.
+    fn residual_block(
+        &mut self,
+        name: &str,
+        cur: usize,
+        inner: &[usize],
+        projection: Option<(&str, usize, usize)>,
+        capture: &mut Vec<usize>,
+    ) -> usize {
+        let inner: Vec<usize> = inner
+            .iter()
+            .enumerate()
+            .map(|(k, &w)| {
+                let n = if inner.len() == 1 {
+                    format!("{name}.inner")
+                } else {
+                    format!("{name}.inner{}", k + 1)
+                };
+                self.space(n, w, SpaceKind::Inner)
+            })
+            .collect();
+        let out = match projection {
+            Some((field, stage, width)) => {
+                let o = self.space(format!("stream{stage}"), width, SpaceKind::Stream);
+                self.layer(
+                    format!("{name}.{field}.0"),
+                    LayerKind::Conv,
+                    Side::Space(cur),
+                    Side::Space(o),
+                    false,
+                );
+                self.bn(format!("{name}.{field}.1"), o);
+                o
+            }
+            None => cur,
+        };
+        let chain: Vec<usize> = std::iter::once(cur)
+            .chain(inner.iter().copied())
+            .chain(std::iter::once(out))
+            .collect();
+        for (k, w) in chain.windows(2).enumerate() {
+            self.layer(
+                format!("{name}.conv{}", k + 1),
+                LayerKind::Conv,
+                Side::Space(w[0]),
+                Side::Space(w[1]),
+                true,
+            );
+            self.bn(format!("{name}.bn{}", k + 1), w[1]);
+        }
+        capture.extend(&inner);
+        out
+    }
+
     fn bn(&mut self, name: impl Into<String>, s: usize) {
         self.layer(
             name,
@@ -168,8 +227,8 @@ pub fn spec_of(net: &Net, cfg: &NetConfig) -> MergeSpec {
     let mut capture: Vec<usize> = Vec::new();
     match net {
         Net::Resnet20(m) => {
-            let w1 = m.bn1.gamma.dims()[0];
-            let mut cur = b.space("stream1".into(), w1, SpaceKind::Stream);
+            // §1.3: the stem writes stage 1's stream (layer1.0 has an identity shortcut)
+            let mut cur = b.space("stream1".into(), m.bn1.gamma.dims()[0], SpaceKind::Stream);
             b.layer(
                 "conv1",
                 LayerKind::Conv,
@@ -178,51 +237,16 @@ pub fn spec_of(net: &Net, cfg: &NetConfig) -> MergeSpec {
                 true,
             );
             b.bn("bn1", cur);
-            let mut stream_no = 1;
             for (s, blocks) in [&m.layer1, &m.layer2, &m.layer3].into_iter().enumerate() {
                 b.segment = s;
                 for (i, blk) in blocks.iter().enumerate() {
+                    let projection = blk
+                        .shortcut
+                        .as_ref()
+                        .map(|sc| ("shortcut", s + 1, sc.bn.gamma.dims()[0]));
+                    let inner = [blk.bn1.gamma.dims()[0]];
                     let name = format!("layer{}.{i}", s + 1);
-                    let wi = blk.bn1.gamma.dims()[0];
-                    let inner = b.space(format!("{name}.inner"), wi, SpaceKind::Inner);
-                    let out = match &blk.shortcut {
-                        Some(sc) => {
-                            stream_no += 1;
-                            let o = b.space(
-                                format!("stream{stream_no}"),
-                                sc.bn.gamma.dims()[0],
-                                SpaceKind::Stream,
-                            );
-                            b.layer(
-                                format!("{name}.shortcut.0"),
-                                LayerKind::Conv,
-                                Side::Space(cur),
-                                Side::Space(o),
-                                false,
-                            );
-                            b.bn(format!("{name}.shortcut.1"), o);
-                            o
-                        }
-                        None => cur, // identity shortcut: the SUM ties input and output spaces
-                    };
-                    b.layer(
-                        format!("{name}.conv1"),
-                        LayerKind::Conv,
-                        Side::Space(cur),
-                        Side::Space(inner),
-                        true,
-                    );
-                    b.bn(format!("{name}.bn1"), inner);
-                    b.layer(
-                        format!("{name}.conv2"),
-                        LayerKind::Conv,
-                        Side::Space(inner),
-                        Side::Space(out),
-                        true,
-                    );
-                    b.bn(format!("{name}.bn2"), out);
-                    capture.push(inner);
-                    cur = out;
+                    cur = b.residual_block(&name, cur, &inner, projection, &mut capture);
                 }
                 capture.push(cur);
                 b.spaces[cur].stop_cut = Some(s + 1);
@@ -254,51 +278,13 @@ pub fn spec_of(net: &Net, cfg: &NetConfig) -> MergeSpec {
             for (s, blocks) in stages.into_iter().enumerate() {
                 b.segment = s;
                 for (i, blk) in blocks.iter().enumerate() {
+                    let projection = blk
+                        .downsample
+                        .as_ref()
+                        .map(|d| ("downsample", s + 1, d.bn.gamma.dims()[0]));
+                    let inner = [blk.bn1.gamma.dims()[0], blk.bn2.gamma.dims()[0]];
                     let name = format!("layer{}.{i}", s + 1);
-                    let in1 = b.space(
-                        format!("{name}.inner1"),
-                        blk.bn1.gamma.dims()[0],
-                        SpaceKind::Inner,
-                    );
-                    let in2 = b.space(
-                        format!("{name}.inner2"),
-                        blk.bn2.gamma.dims()[0],
-                        SpaceKind::Inner,
-                    );
-                    let out = match &blk.downsample {
-                        Some(d) => {
-                            let o = b.space(
-                                format!("stream{}", s + 1),
-                                d.bn.gamma.dims()[0],
-                                SpaceKind::Stream,
-                            );
-                            b.layer(
-                                format!("{name}.downsample.0"),
-                                LayerKind::Conv,
-                                Side::Space(cur),
-                                Side::Space(o),
-                                false,
-                            );
-                            b.bn(format!("{name}.downsample.1"), o);
-                            o
-                        }
-                        None => cur,
-                    };
-                    for (k, (from, to)) in
-                        [(cur, in1), (in1, in2), (in2, out)].into_iter().enumerate()
-                    {
-                        b.layer(
-                            format!("{name}.conv{}", k + 1),
-                            LayerKind::Conv,
-                            Side::Space(from),
-                            Side::Space(to),
-                            true,
-                        );
-                        b.bn(format!("{name}.bn{}", k + 1), to);
-                    }
-                    capture.push(in1);
-                    capture.push(in2);
-                    cur = out;
+                    cur = b.residual_block(&name, cur, &inner, projection, &mut capture);
                 }
                 capture.push(cur);
                 b.spaces[cur].stop_cut = Some(s + 1);

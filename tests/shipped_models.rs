@@ -59,3 +59,44 @@ fn shipped_resnet20x1_pair_is_above_the_accuracy_floor() {
         );
     }
 }
+
+/// The shipped torchvision-layout ResNet-50 pair (base width 4, 3 epochs on the 5+5 split,
+/// ImageNet preprocessing at 224x224) on the embedded sample's 500 test images per task:
+/// measured 69.2% (A) and 61.0% (B); floors 5 points below.
+#[test]
+fn shipped_resnet50_pair_is_above_the_accuracy_floor() {
+    let test = ImageSet::load(
+        Path::new("datasets/cifar10-sample/test"),
+        "test",
+        zipmerge::data::Preprocess::ImageNet,
+    )
+    .expect("embedded sample");
+    let device = Device::flex();
+    for (name, classes, floor) in [
+        ("resnet50w4-a", vec![0, 5, 6, 7, 9], 64.0),
+        ("resnet50w4-b", vec![1, 2, 3, 4, 8], 56.0),
+    ] {
+        let sys = System::load(
+            &Path::new("models/cifar10-5+5-resnet50").join(name),
+            &device,
+        )
+        .expect("shipped model");
+        let acc = evaluate(
+            std::slice::from_ref(&sys),
+            &test,
+            std::slice::from_ref(&classes),
+            100,
+            &device,
+            &mut |_| {},
+        );
+        println!(
+            "{name}: task accuracy {:.2}% on {} sample images",
+            acc.tasks[0].accuracy, acc.images
+        );
+        assert!(
+            acc.tasks[0].accuracy >= floor,
+            "{name}: {:.2}% < {floor}%",
+            acc.tasks[0].accuracy
+        );
+    }
+}

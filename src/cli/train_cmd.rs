@@ -240,7 +240,10 @@ pub fn exec(a: TrainArgs) -> Result<()> {
             "weight_decay": a.weight_decay,
             "optimizer": "SGD (PyTorch semantics: dampening 0), weight decay on all parameters",
             "schedule": "per-iteration linear warm-up from 0, then linear decay to 0",
-            "augmentation": "random horizontal flip + random crop 32 with 4-pixel zero padding",
+            "augmentation": match prep {
+                zipmerge::data::Preprocess::Cifar => "random horizontal flip + random crop 32 with 4-pixel zero padding",
+                zipmerge::data::Preprocess::ImageNet => "RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3) of the image stored at 256x256 (resize 256 + centre crop 256) + random horizontal flip; test: resize 256 + centre crop 224; ImageNet mean/std",
+            },
             "backend": a.backend.backend.to_string(),
             "command": command_line(),
             "final_task_accuracy": final_acc,

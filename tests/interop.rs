@@ -62,40 +62,58 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn imported_models_reproduce_pytorch_logits() {
     let exp = expected();
+    // reads `file`, runs it as `arch`/`width` on `input`, compares with `want` (max rel err)
+    let check = |file: &str, arch, width, input: &str, want: &str, tol: f32| {
+        let (s, notes) = interop::read_checkpoint(&Path::new(FIX).join(file)).unwrap();
+        let e = rel(&logits(arch, width, &s, &exp[input]), &exp[want].data);
+        println!("{file} vs {want}: logits rel err {e:.2e}");
+        assert!(e <= tol, "{file}: {e}");
+        notes
+    };
     // ResNet-20 x1, official layout, {"state_dict": {"module.*": ...}} wrapper
-    let (s20, notes) = interop::read_checkpoint(&Path::new(FIX).join("resnet20x1.pt")).unwrap();
+    let notes = check(
+        "resnet20x1.pt",
+        Arch::Resnet20,
+        1,
+        "resnet20.input",
+        "resnet20.logits",
+        1e-4,
+    );
     assert_eq!(notes.stripped_prefixes, ["state_dict.", "module."]);
     assert!(notes.converted.is_empty());
-    let y = logits(Arch::Resnet20, 1, &s20, &exp["resnet20.input"]);
-    let e = rel(&y, &exp["resnet20.logits"].data);
-    println!("resnet20x1.pt: logits rel err {e:.2e}");
-    assert!(e <= 1e-4, "{e}");
 
     // torchvision ResNet-50 (base width 8), {"model": ...} wrapper, .pth.tar
-    let (s50, notes) =
-        interop::read_checkpoint(&Path::new(FIX).join("resnet50w8.pth.tar")).unwrap();
+    let notes = check(
+        "resnet50w8.pth.tar",
+        Arch::Resnet50,
+        8,
+        "resnet50.input",
+        "resnet50.logits",
+        1e-4,
+    );
     assert_eq!(notes.stripped_prefixes, ["model."]);
-    let y = logits(Arch::Resnet50, 8, &s50, &exp["resnet50.input"]);
-    let e = rel(&y, &exp["resnet50.logits"].data);
-    println!("resnet50w8.pth.tar: logits rel err {e:.2e}");
-    assert!(e <= 1e-4, "{e}");
 
     // fp16 weights (converted to f32, reported) give PyTorch's fp16-weight logits
-    let (h, notes) = interop::read_checkpoint(&Path::new(FIX).join("resnet20x1-fp16.pt")).unwrap();
+    let notes = check(
+        "resnet20x1-fp16.pt",
+        Arch::Resnet20,
+        1,
+        "resnet20.input",
+        "resnet20_fp16.logits",
+        1e-4,
+    );
     assert_eq!(notes.converted.len(), 107); // every float tensor; num_batches_tracked skipped
-    let y = logits(Arch::Resnet20, 1, &h, &exp["resnet20.input"]);
-    let e = rel(&y, &exp["resnet20_fp16.logits"].data);
-    println!("resnet20x1-fp16.pt: logits rel err {e:.2e}");
-    assert!(e <= 1e-4, "{e}");
 
     // bf16 safetensors: converted; close to the f32 logits (bf16 keeps 8 mantissa bits)
-    let (b, notes) =
-        interop::read_checkpoint(&Path::new(FIX).join("resnet20x1-bf16.safetensors")).unwrap();
+    let notes = check(
+        "resnet20x1-bf16.safetensors",
+        Arch::Resnet20,
+        1,
+        "resnet20.input",
+        "resnet20.logits",
+        0.1,
+    );
     assert_eq!(notes.converted.len(), 107);
-    let y = logits(Arch::Resnet20, 1, &b, &exp["resnet20.input"]);
-    let e = rel(&y, &exp["resnet20.logits"].data);
-    println!("resnet20x1-bf16.safetensors vs f32 logits: rel err {e:.2e}");
-    assert!(e <= 0.1, "{e}");
 }
 
 #[test]

@@ -205,15 +205,7 @@ pub fn exec_sweep(a: SweepArgs) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     let method = a.settings.method()?;
     let device = a.backend.device(quiet)?;
-    let root = data_root(a.io.data.as_deref());
-    let prep = preprocess_of(a.models.first().context("--model is required")?)?;
-    let train = load_split(&root, "train", prep, quiet)?;
-    let test = load_split(
-        a.io.eval_data.as_deref().unwrap_or(&root),
-        "test",
-        prep,
-        quiet,
-    )?;
+    let (train, test) = load_data(&a.io, a.models.first(), quiet)?;
     let t0 = Instant::now();
     let mut counters = Counters::default();
     let (p, stats) = prepare(
@@ -323,6 +315,28 @@ fn write_sweep(out: &Path, rows: &[Row], report: &serde_json::Value) -> Result<(
 }
 
 /// Finds `<name>-a`/`<name>-b` pairs of model folders.
+/// The train (probe) and test splits of `--data` (test: `--eval-data` when given), prepared for the architecture of
+/// `model` (an experiment's first endpoint; CIFAR preprocessing when there is none).
+fn load_data(
+    io: &ExperimentIo,
+    model: Option<&PathBuf>,
+    quiet: bool,
+) -> Result<(ImageSet, ImageSet)> {
+    let root = data_root(io.data.as_deref());
+    let prep = match model {
+        Some(m) => preprocess_of(m)?,
+        None => Default::default(),
+    };
+    let train = load_split(&root, "train", prep, quiet)?;
+    let test = load_split(
+        io.eval_data.as_deref().unwrap_or(&root),
+        "test",
+        prep,
+        quiet,
+    )?;
+    Ok((train, test))
+}
+
 fn find_pairs(dir: &Path, filter: Option<&str>) -> Result<Vec<(String, Vec<PathBuf>)>> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list endpoint pairs", dir.display()))?
@@ -363,15 +377,7 @@ pub fn exec_reproduce(a: ReproduceArgs) -> Result<()> {
 fn exec_grid(a: GridArgs) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     let device = a.backend.device(quiet)?;
-    let root = data_root(a.io.data.as_deref());
-    let prep = preprocess_of(a.models.first().context("--model is required")?)?;
-    let train = load_split(&root, "train", prep, quiet)?;
-    let mut test = load_split(
-        a.io.eval_data.as_deref().unwrap_or(&root),
-        "test",
-        prep,
-        quiet,
-    )?;
+    let (train, mut test) = load_data(&a.io, a.models.first(), quiet)?;
     if a.eval_images != "all" {
         let n: usize = a
             .eval_images
@@ -471,19 +477,10 @@ fn exec_grid(a: GridArgs) -> Result<()> {
 fn exec_table1(a: Table1Args) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     let device = a.backend.device(quiet)?;
-    let root = data_root(a.io.data.as_deref());
     let pairs = find_pairs(&a.pairs, a.filter.as_deref())?;
-    let prep = match pairs.first().and_then(|(_, m)| m.first()) {
-        Some(m) => preprocess_of(m)?,
-        None => Default::default(),
-    };
-    let train = load_split(&root, "train", prep, quiet)?;
-    let test = load_split(
-        a.io.eval_data.as_deref().unwrap_or(&root),
-        "test",
-        prep,
-        quiet,
-    )?;
+    let first_model = pairs.first().and_then(|(_, m)| m.first());
+    let (train, test) = load_data(&a.io, first_model, quiet)?;
+    let root = data_root(a.io.data.as_deref());
     let zipit = Method::Zipit {
         alpha: a.settings.alpha,
         beta: a.settings.beta,

@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
 /// A 3x3 conv with padding 1 (the only conv shape ResNet-20 and VGG-11 use).
@@ -20,6 +20,33 @@ pub fn conv3x3(cin: usize, cout: usize, stride: usize, bias: bool, device: &Devi
 /// BatchNorm2d with PyTorch's defaults (eps 1e-5, momentum 0.1).
 pub fn bn(channels: usize, device: &Device) -> BatchNorm {
     BatchNormConfig::new(channels).init(device)
+}
+
+/// Projection shortcut of a residual block: a conv (stride s, no bias) then BN. In PyTorch
+/// naming `shortcut.0`/`.1` (ResNet-20, 3x3 conv) or `downsample.0`/`.1` (ResNet-50, 1x1 conv).
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    /// `<field>.0` in PyTorch naming.
+    pub conv: Conv2d,
+    /// `<field>.1` in PyTorch naming.
+    pub bn: BatchNorm,
+}
+
+impl ConvBn {
+    /// `x: [batch, cin, H, W] -> [batch, cout, H/s, W/s]`; `name` is the PyTorch module name
+    /// (`layer2.0.shortcut`), the BN is recorded as `{name}.1`.
+    pub fn forward(&self, name: &str, x: Tensor<4>, ctx: &mut ForwardCtx) -> Tensor<4> {
+        ctx.bn(&format!("{name}.1"), &self.bn, self.conv.forward(x))
+    }
+}
+
+/// Global average pooling then `fc`: `x: [batch, C, H, W] -> [batch, out, 1, 1]` (the form of
+/// the output cut of a ResNet).
+pub fn pool_linear(fc: &Linear, x: Tensor<4>) -> Tensor<4> {
+    let [b, c, _, _] = x.dims();
+    let y = fc.forward(x.mean_dims(&[2, 3]).reshape([b, c]));
+    let o = y.dims()[1];
+    y.reshape([b, o, 1, 1])
 }
 
 /// How BatchNorm layers behave in a forward pass.

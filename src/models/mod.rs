@@ -38,6 +38,27 @@ pub enum Arch {
     Resnet50,
 }
 
+impl Arch {
+    /// Index of the output cut (number of forward segments): 4 for ResNet-20, 9 for VGG-11, 5
+    /// for ResNet-50.
+    pub fn output_cut(self) -> usize {
+        match self {
+            Arch::Resnet20 => 4,
+            Arch::Vgg11 => 9,
+            Arch::Resnet50 => 5,
+        }
+    }
+
+    /// The image preprocessing the architecture is trained and evaluated with: CIFAR for
+    /// ResNet-20 / VGG-11, ImageNet for ResNet-50.
+    pub fn preprocess(self) -> crate::data::Preprocess {
+        match self {
+            Arch::Resnet50 => crate::data::Preprocess::ImageNet,
+            _ => crate::data::Preprocess::Cifar,
+        }
+    }
+}
+
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -116,28 +137,18 @@ impl NetConfig {
     /// Index of the output cut (number of segments): 4 for ResNet-20, 9 for VGG-11, 5 for
     /// ResNet-50.
     pub fn output_cut(&self) -> usize {
-        match self.arch {
-            Arch::Resnet20 => 4,
-            Arch::Vgg11 => 9,
-            Arch::Resnet50 => 5,
-        }
+        self.arch.output_cut()
     }
 
     /// Side of the square input image in pixels: 32 for the CIFAR networks, 224 for ResNet-50
-    /// (ImageNet preprocessing, [`crate::data::Preprocess`]).
+    /// (the side of [`NetConfig::preprocess`]).
     pub fn input_side(&self) -> usize {
-        match self.arch {
-            Arch::Resnet50 => 224,
-            _ => 32,
-        }
+        self.preprocess().side()
     }
 
     /// The image preprocessing the architecture is trained and evaluated with.
     pub fn preprocess(&self) -> crate::data::Preprocess {
-        match self.arch {
-            Arch::Resnet50 => crate::data::Preprocess::ImageNet,
-            _ => crate::data::Preprocess::Cifar,
-        }
+        self.arch.preprocess()
     }
 
     /// Forward multiply-accumulates per input image of [`NetConfig::input_side`] (conv and
@@ -291,19 +302,21 @@ impl Net {
 
     /// The image preprocessing of this network's architecture ([`NetConfig::preprocess`]).
     pub fn preprocess(&self) -> crate::data::Preprocess {
+        self.arch().preprocess()
+    }
+
+    /// Architecture of this network.
+    pub fn arch(&self) -> Arch {
         match self {
-            Net::Resnet50(_) => crate::data::Preprocess::ImageNet,
-            _ => crate::data::Preprocess::Cifar,
+            Net::Resnet20(_) => Arch::Resnet20,
+            Net::Vgg11(_) => Arch::Vgg11,
+            Net::Resnet50(_) => Arch::Resnet50,
         }
     }
 
     /// Output cut index of this network.
     pub fn output_cut(&self) -> usize {
-        match self {
-            Net::Resnet20(_) => 4,
-            Net::Vgg11(_) => 9,
-            Net::Resnet50(_) => 5,
-        }
+        self.arch().output_cut()
     }
 
     /// Full forward: `x: [batch, 3, side, side]` (normalised; side 32, or 224 for ResNet-50) -> `[batch, out]`.

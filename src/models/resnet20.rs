@@ -13,16 +13,7 @@ use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::layers::{bn, conv3x3, ForwardCtx};
-
-/// Downsampling shortcut: conv3x3 with stride s, no bias, then BN.
-#[derive(Module, Debug)]
-pub struct Shortcut {
-    /// `shortcut.0` in PyTorch naming.
-    pub conv: Conv2d,
-    /// `shortcut.1` in PyTorch naming.
-    pub bn: BatchNorm,
-}
+use super::layers::{bn, conv3x3, pool_linear, ConvBn, ForwardCtx};
 
 /// conv3x3 -> BN -> ReLU -> conv3x3 -> BN, + shortcut, ReLU.
 #[derive(Module, Debug)]
@@ -35,8 +26,8 @@ pub struct BasicBlock {
     pub conv2: Conv2d,
     /// BN after conv2.
     pub bn2: BatchNorm,
-    /// Present when stride != 1 or channels change.
-    pub shortcut: Option<Shortcut>,
+    /// Present when stride != 1 or channels change: conv3x3 with stride s, no bias, then BN.
+    pub shortcut: Option<ConvBn>,
 }
 
 /// ResNet-20 x w.
@@ -58,7 +49,7 @@ pub struct ResNet20 {
 
 impl BasicBlock {
     fn new(cin: usize, cout: usize, stride: usize, device: &Device) -> Self {
-        let shortcut = (stride != 1 || cin != cout).then(|| Shortcut {
+        let shortcut = (stride != 1 || cin != cout).then(|| ConvBn {
             conv: conv3x3(cin, cout, stride, false, device),
             bn: bn(cout, device),
         });
@@ -79,7 +70,7 @@ impl BasicBlock {
         let h = self.conv2.forward(h);
         let h = ctx.bn(&format!("{name}.bn2"), &self.bn2, h);
         let s = match &self.shortcut {
-            Some(sc) => ctx.bn(&format!("{name}.shortcut.1"), &sc.bn, sc.conv.forward(x)),
+            Some(sc) => sc.forward(&format!("{name}.shortcut"), x, ctx),
             None => x,
         };
         relu(h + s)
@@ -142,13 +133,7 @@ impl ResNet20 {
                     ctx.tap(&h);
                     h
                 }
-                _ => {
-                    let [b, c, _, _] = x.dims();
-                    let pooled = x.mean_dims(&[2, 3]).reshape([b, c]);
-                    let y = self.linear.forward(pooled);
-                    let o = y.dims()[1];
-                    y.reshape([b, o, 1, 1])
-                }
+                _ => pool_linear(&self.linear, x),
             };
         }
         x

@@ -17,7 +17,7 @@ use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
-use super::layers::{bn, ForwardCtx};
+use super::layers::{bn, pool_linear, ConvBn, ForwardCtx};
 
 /// Blocks per stage of ResNet-50.
 pub const RESNET50_BLOCKS: [usize; 4] = [3, 4, 6, 3];
@@ -32,15 +32,6 @@ fn conv(cin: usize, cout: usize, k: usize, s: usize, p: usize, device: &Device) 
         .with_bias(false)
         .with_initializer(Initializer::Zeros)
         .init(device)
-}
-
-/// Projection shortcut: conv1x1 with stride s, no bias, then BN.
-#[derive(Module, Debug)]
-pub struct Downsample {
-    /// `downsample.0` in PyTorch naming.
-    pub conv: Conv2d,
-    /// `downsample.1` in PyTorch naming.
-    pub bn: BatchNorm,
 }
 
 /// conv1x1 -> BN -> ReLU -> conv3x3(stride s) -> BN -> ReLU -> conv1x1 -> BN, + shortcut, ReLU.
@@ -58,8 +49,8 @@ pub struct Bottleneck {
     pub conv3: Conv2d,
     /// BN after conv3.
     pub bn3: BatchNorm,
-    /// Present on the first block of each stage.
-    pub downsample: Option<Downsample>,
+    /// Present on the first block of each stage: conv1x1 with stride s, no bias, then BN.
+    pub downsample: Option<ConvBn>,
 }
 
 /// ResNet-50 with base width b.
@@ -84,7 +75,7 @@ pub struct ResNet50 {
 impl Bottleneck {
     fn new(cin: usize, width: usize, stride: usize, device: &Device) -> Self {
         let cout = width * EXPANSION;
-        let downsample = (stride != 1 || cin != cout).then(|| Downsample {
+        let downsample = (stride != 1 || cin != cout).then(|| ConvBn {
             conv: conv(cin, cout, 1, stride, 0, device),
             bn: bn(cout, device),
         });
@@ -112,7 +103,7 @@ impl Bottleneck {
         ctx.tap(&h);
         let h = ctx.bn(&format!("{name}.bn3"), &self.bn3, self.conv3.forward(h));
         let s = match &self.downsample {
-            Some(d) => ctx.bn(&format!("{name}.downsample.1"), &d.bn, d.conv.forward(x)),
+            Some(d) => d.forward(&format!("{name}.downsample"), x, ctx),
             None => x,
         };
         relu(h + s)
@@ -196,13 +187,7 @@ impl ResNet50 {
                     ctx.tap(&h); // stage stream (nodes 33, 72, 129, 159)
                     h
                 }
-                _ => {
-                    let [b, c, _, _] = x.dims();
-                    let pooled = x.mean_dims(&[2, 3]).reshape([b, c]);
-                    let y = self.fc.forward(pooled);
-                    let o = y.dims()[1];
-                    y.reshape([b, o, 1, 1])
-                }
+                _ => pool_linear(&self.fc, x),
             };
         }
         x

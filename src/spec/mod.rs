@@ -113,6 +113,18 @@ impl Stop {
     }
 }
 
+/// One residual block as the spec builder sees it: its projection shortcut (PyTorch field name,
+/// output channels), if any, and the widths of its inner spaces.
+struct BlockDesc {
+    projection: Option<(&'static str, usize)>,
+    inner: Vec<usize>,
+}
+
+/// Channels of a BatchNorm (the width of the space it lives in).
+fn channels(bn: &burn::nn::BatchNorm) -> usize {
+    bn.gamma.dims()[0]
+}
+
 struct Builder {
     spaces: Vec<Space>,
     layers: Vec<Layer>,
@@ -146,6 +158,54 @@ impl Builder {
             counted,
         });
     }
+    /// A ResNet (reference doc §1.3, §1.5): stem `conv1`/`bn1`, stages of residual blocks
+    /// (`layer{s}.{i}`), the final linear `head`. When the first block has an identity shortcut
+    /// the stem writes stage 1's stream (`stream1`, ResNet-20); otherwise the stem output is its
+    /// own space (`stem`, ResNet-50). Every stage's stream is a stop.
+    fn resnet(
+        &mut self,
+        stem_width: usize,
+        stages: &[Vec<BlockDesc>],
+        head: &str,
+        capture: &mut Vec<usize>,
+    ) {
+        let stem_is_stream = stages
+            .first()
+            .and_then(|s| s.first())
+            .is_some_and(|blk| blk.projection.is_none());
+        let name = if stem_is_stream { "stream1" } else { "stem" };
+        let mut cur = self.space(name.into(), stem_width, SpaceKind::Stream);
+        self.layer(
+            "conv1",
+            LayerKind::Conv,
+            Side::Input,
+            Side::Space(cur),
+            true,
+        );
+        self.bn("bn1", cur);
+        if !stem_is_stream {
+            capture.push(cur);
+        }
+        for (s, blocks) in stages.iter().enumerate() {
+            self.segment = s;
+            for (i, blk) in blocks.iter().enumerate() {
+                let projection = blk.projection.map(|(field, w)| (field, s + 1, w));
+                let name = format!("layer{}.{i}", s + 1);
+                cur = self.residual_block(&name, cur, &blk.inner, projection, capture);
+            }
+            capture.push(cur);
+            self.spaces[cur].stop_cut = Some(s + 1);
+        }
+        self.segment = stages.len();
+        self.layer(
+            head,
+            LayerKind::Linear,
+            Side::Space(cur),
+            Side::Output,
+            true,
+        );
+    }
+
     /// One residual block `name` reading space `cur` (reference doc §1.3, §1.5, §1.6):
     /// `{name}.conv{k}` (+ `{name}.bn{k}`) writes inner space k (widths `inner`, captured in
     /// order), the last conv writes the block's output space. With an identity shortcut that is
@@ -227,76 +287,33 @@ pub fn spec_of(net: &Net, cfg: &NetConfig) -> MergeSpec {
     let mut capture: Vec<usize> = Vec::new();
     match net {
         Net::Resnet20(m) => {
-            // §1.3: the stem writes stage 1's stream (layer1.0 has an identity shortcut)
-            let mut cur = b.space("stream1".into(), m.bn1.gamma.dims()[0], SpaceKind::Stream);
-            b.layer(
-                "conv1",
-                LayerKind::Conv,
-                Side::Input,
-                Side::Space(cur),
-                true,
-            );
-            b.bn("bn1", cur);
-            for (s, blocks) in [&m.layer1, &m.layer2, &m.layer3].into_iter().enumerate() {
-                b.segment = s;
-                for (i, blk) in blocks.iter().enumerate() {
-                    let projection = blk
-                        .shortcut
-                        .as_ref()
-                        .map(|sc| ("shortcut", s + 1, sc.bn.gamma.dims()[0]));
-                    let inner = [blk.bn1.gamma.dims()[0]];
-                    let name = format!("layer{}.{i}", s + 1);
-                    cur = b.residual_block(&name, cur, &inner, projection, &mut capture);
-                }
-                capture.push(cur);
-                b.spaces[cur].stop_cut = Some(s + 1);
-            }
-            b.segment = 3;
-            b.layer(
-                "linear",
-                LayerKind::Linear,
-                Side::Space(cur),
-                Side::Output,
-                true,
-            );
+            // §1.3: BasicBlocks, one inner space each, a 3x3 conv `shortcut` on stage starts
+            let stages = [&m.layer1, &m.layer2, &m.layer3].map(|blocks| {
+                blocks
+                    .iter()
+                    .map(|blk| BlockDesc {
+                        projection: blk.shortcut.as_ref().map(|p| ("shortcut", channels(&p.bn))),
+                        inner: vec![channels(&blk.bn1)],
+                    })
+                    .collect()
+            });
+            b.resnet(channels(&m.bn1), &stages, "linear", &mut capture);
         }
         Net::Resnet50(m) => {
-            // §1.5: the stem output is its own space (layer1.0 has a downsample), two inner
-            // spaces per Bottleneck, one stream space per stage (stops after layer1..layer4).
-            let stem = b.space("stem".into(), m.bn1.gamma.dims()[0], SpaceKind::Stream);
-            b.layer(
-                "conv1",
-                LayerKind::Conv,
-                Side::Input,
-                Side::Space(stem),
-                true,
-            );
-            b.bn("bn1", stem);
-            capture.push(stem);
-            let mut cur = stem;
-            let stages = [&m.layer1, &m.layer2, &m.layer3, &m.layer4];
-            for (s, blocks) in stages.into_iter().enumerate() {
-                b.segment = s;
-                for (i, blk) in blocks.iter().enumerate() {
-                    let projection = blk
-                        .downsample
-                        .as_ref()
-                        .map(|d| ("downsample", s + 1, d.bn.gamma.dims()[0]));
-                    let inner = [blk.bn1.gamma.dims()[0], blk.bn2.gamma.dims()[0]];
-                    let name = format!("layer{}.{i}", s + 1);
-                    cur = b.residual_block(&name, cur, &inner, projection, &mut capture);
-                }
-                capture.push(cur);
-                b.spaces[cur].stop_cut = Some(s + 1);
-            }
-            b.segment = 4;
-            b.layer(
-                "fc",
-                LayerKind::Linear,
-                Side::Space(cur),
-                Side::Output,
-                true,
-            );
+            // §1.5: Bottlenecks, two inner spaces each, a 1x1 conv `downsample` on stage starts
+            let stages = [&m.layer1, &m.layer2, &m.layer3, &m.layer4].map(|blocks| {
+                blocks
+                    .iter()
+                    .map(|blk| BlockDesc {
+                        projection: blk
+                            .downsample
+                            .as_ref()
+                            .map(|p| ("downsample", channels(&p.bn))),
+                        inner: vec![channels(&blk.bn1), channels(&blk.bn2)],
+                    })
+                    .collect()
+            });
+            b.resnet(channels(&m.bn1), &stages, "fc", &mut capture);
         }
         Net::Vgg11(m) => {
             let mut prev = Side::Input;

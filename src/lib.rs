@@ -11,6 +11,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod collect;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod experiments;

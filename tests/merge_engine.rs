@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Tensor};
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use zipmerge::checkpoint::{ModelManifest, StateDict};
@@ -14,9 +14,12 @@ use zipmerge::collect::{probe_batches, ProbeOptions};
 use zipmerge::data::{to_tensor, ImageSet};
 use zipmerge::merge::{self, Endpoints, Method};
 use zipmerge::models::head::HeadSpec;
-use zipmerge::models::{init_state, Arch, ForwardCtx, Net, NetConfig};
+use zipmerge::models::{Arch, ForwardCtx, Net, NetConfig};
 use zipmerge::rewrite::bn_reset;
 use zipmerge::spec::{LayerKind, MergeSpec, Side};
+
+mod common;
+use common::random_state;
 
 fn sample() -> ImageSet {
     ImageSet::load(
@@ -25,34 +28,6 @@ fn sample() -> ImageSet {
         zipmerge::data::Preprocess::Cifar,
     )
     .expect("embedded sample")
-}
-
-/// Random network with no dead units: BN shifts and conv biases positive, running statistics
-/// moderate, so every ReLU is active on some inputs.
-fn random_state(cfg: &NetConfig, seed: u64) -> StateDict {
-    let mut s = init_state(cfg, seed);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xabcdef);
-    for (k, t) in s.iter_mut() {
-        if k.starts_with("features") && k.ends_with(".weight") {
-            // He-scaled weights (std sqrt(2/fan_in)) so activations are not bias-dominated
-            t.data.iter_mut().for_each(|v| *v *= 6f32.sqrt());
-        } else if k.starts_with("features") && k.ends_with(".bias") {
-            t.data
-                .iter_mut()
-                .for_each(|v| *v = rng.gen_range(0.02..0.1));
-        } else if k.ends_with(".bias") && (k.contains("bn") || k.contains("shortcut.1")) {
-            t.data.iter_mut().for_each(|v| *v = rng.gen_range(0.1..0.5));
-        } else if k.ends_with("running_var") {
-            t.data.iter_mut().for_each(|v| *v = rng.gen_range(0.5..2.0));
-        } else if k.ends_with("running_mean") {
-            t.data
-                .iter_mut()
-                .for_each(|v| *v = rng.gen_range(-0.2..0.2));
-        } else if k.ends_with(".weight") && t.shape.len() == 1 {
-            t.data.iter_mut().for_each(|v| *v = rng.gen_range(0.5..1.5));
-        }
-    }
-    s
 }
 
 /// Applies a consistent permutation of every feature space (the test's own implementation,

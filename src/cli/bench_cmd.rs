@@ -9,6 +9,7 @@ use serde_json::json;
 
 use zipmerge::collect::{collect, probe_batches, ProbeOptions};
 use zipmerge::data::{to_tensor, ImageSet};
+use zipmerge::engine::{Act, CpuNet, EngineCtx};
 use zipmerge::matching::{correlation, Matcher, Permute, SquareMatrix, ZipIt};
 use zipmerge::models::{init_state, Arch, ForwardCtx, Net, NetConfig};
 
@@ -69,35 +70,57 @@ pub fn exec(a: BenchArgs) -> Result<()> {
         .iter()
         .map(|&s| Net::from_state(&cfg, &init_state(&cfg, s), &device))
         .collect::<Result<_, _>>()?;
-    // warm-up (kernel compilation on wgpu)
-    let warm: Vec<&[u8]> = batches[0].iter().map(|v| v.as_slice()).collect();
-    let _ = nets[0]
-        .forward(
-            to_tensor(&warm, cfg.preprocess(), &device),
-            &mut ForwardCtx::default(),
-        )
-        .into_data();
-    let t = Instant::now();
-    for b in &batches {
+    let engine = zipmerge::engine::applies(&device);
+    let cpu_net = if engine {
+        Some(CpuNet::compile(&nets[0])?)
+    } else {
+        None
+    };
+    // one forward pass (eval mode) of a batch, on the engine when it applies, else burn
+    let forward = |b: &Vec<Vec<u8>>, record: bool, use_engine: bool| {
         let r: Vec<&[u8]> = b.iter().map(|v| v.as_slice()).collect();
-        let _ = nets[0]
-            .forward(
-                to_tensor(&r, cfg.preprocess(), &device),
-                &mut ForwardCtx::default(),
-            )
-            .into_data();
-    }
-    let fwd = a.images as f64 / t.elapsed().as_secs_f64();
+        match (&cpu_net, use_engine) {
+            (Some(c), true) => {
+                let mut ctx = EngineCtx {
+                    record_bn: record,
+                    ..Default::default()
+                };
+                let _ = c.forward(Act::from_images(&r, cfg.preprocess()), &mut ctx);
+            }
+            _ => {
+                let mut ctx = if record {
+                    ForwardCtx::recording_bn()
+                } else {
+                    ForwardCtx::default()
+                };
+                let _ = nets[0]
+                    .forward(to_tensor(&r, cfg.preprocess(), &device), &mut ctx)
+                    .into_data();
+            }
+        }
+    };
+    // warm-up (kernel compilation on wgpu, page faults of the first buffers)
+    forward(&batches[0], false, engine);
+    let timed = |record: bool, use_engine: bool| {
+        let t = Instant::now();
+        for b in &batches {
+            forward(b, record, use_engine);
+        }
+        a.images as f64 / t.elapsed().as_secs_f64()
+    };
+    let fwd = timed(false, engine);
+    // burn's own forward on the same device, for the ratio (only when the engine replaced it)
+    let burn_fwd = if engine {
+        Some(timed(false, false))
+    } else {
+        None
+    };
     let t = Instant::now();
     let accs = collect(&nets, &batches, &device, &mut |_| {})?;
     let stats = a.images as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     for b in &batches {
-        let r: Vec<&[u8]> = b.iter().map(|v| v.as_slice()).collect();
-        let mut ctx = ForwardCtx::recording_bn();
-        let _ = nets[0]
-            .forward(to_tensor(&r, cfg.preprocess(), &device), &mut ctx)
-            .into_data();
+        forward(b, true, engine);
     }
     let bn = a.images as f64 / t.elapsed().as_secs_f64();
     // matchers on a real correlation (last space), and on a random one of the requested size
@@ -133,7 +156,10 @@ pub fn exec(a: BenchArgs) -> Result<()> {
     };
     let report = json!({
         "backend": a.backend.backend.to_string(), "arch": arch, "width": a.width, "images": a.images, "batch_size": a.batch_size,
+        "engine": if engine { "cpu-engine" } else { "burn" },
         "forward_images_per_second": fwd,
+        "forward_macs_per_second": fwd * cfg.flops() as f64,
+        "burn_forward_images_per_second": burn_fwd,
         "statistics_images_per_second": stats,
         "bn_reset_images_per_second": bn,
         "zipit_ms": {"real_last_space": time(&z, &real)?, format!("random_{o}x{o}"): time(&z, &rand_corr)?},

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use zipmerge::data::ImageSet;
+use zipmerge::data::{ImageSet, SparseSet};
 use zipmerge::experiments::table::{aggregate, csv, markdown};
 use zipmerge::experiments::{match_all, Context as Exp, Counters, Row};
 use zipmerge::merge::{self, Endpoints, Method, Statistics};
@@ -142,7 +142,7 @@ struct Prepared {
 fn prepare(
     models: &[PathBuf],
     s: &MergeSettings,
-    train: &ImageSet,
+    train: &SparseSet,
     device: &burn::tensor::Device,
     quiet: bool,
     counters: &mut Counters,
@@ -205,7 +205,7 @@ pub fn exec_sweep(a: SweepArgs) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     let method = a.settings.method()?;
     let device = a.backend.device(quiet)?;
-    let (train, test) = load_data(&a.io, a.models.first(), quiet)?;
+    let (train, test) = load_data(&a.io, &a.settings, a.models.first(), quiet)?;
     let t0 = Instant::now();
     let mut counters = Counters::default();
     let (p, stats) = prepare(
@@ -319,15 +319,20 @@ fn write_sweep(out: &Path, rows: &[Row], report: &serde_json::Value) -> Result<(
 /// `model` (an experiment's first endpoint; CIFAR preprocessing when there is none).
 fn load_data(
     io: &ExperimentIo,
+    s: &MergeSettings,
     model: Option<&PathBuf>,
     quiet: bool,
-) -> Result<(ImageSet, ImageSet)> {
+) -> Result<(SparseSet, ImageSet)> {
     let root = data_root(io.data.as_deref());
     let prep = match model {
         Some(m) => preprocess_of(m)?,
         None => Default::default(),
     };
-    let train = load_split(&root, "train", prep, quiet)?;
+    let train_dir = match &s.probe {
+        Some(p) => p.clone(),
+        None => zipmerge::data::split_dir(&root, "train"),
+    };
+    let train = s.load_probe(&train_dir, prep, quiet)?;
     let test = load_split(
         io.eval_data.as_deref().unwrap_or(&root),
         "test",
@@ -377,7 +382,7 @@ pub fn exec_reproduce(a: ReproduceArgs) -> Result<()> {
 fn exec_grid(a: GridArgs) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     let device = a.backend.device(quiet)?;
-    let (train, mut test) = load_data(&a.io, a.models.first(), quiet)?;
+    let (train, mut test) = load_data(&a.io, &a.settings, a.models.first(), quiet)?;
     if a.eval_images != "all" {
         let n: usize = a
             .eval_images
@@ -479,7 +484,7 @@ fn exec_table1(a: Table1Args) -> Result<()> {
     let device = a.backend.device(quiet)?;
     let pairs = find_pairs(&a.pairs, a.filter.as_deref())?;
     let first_model = pairs.first().and_then(|(_, m)| m.first());
-    let (train, test) = load_data(&a.io, first_model, quiet)?;
+    let (train, test) = load_data(&a.io, &a.settings, first_model, quiet)?;
     let root = data_root(a.io.data.as_deref());
     let zipit = Method::Zipit {
         alpha: a.settings.alpha,

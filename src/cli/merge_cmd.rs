@@ -1,16 +1,16 @@
 //! `zipmerge merge`: statistics -> matching -> rewriting -> BN reset -> (eval) -> model folder
 //! + `report.json`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use zipmerge::collect::{probe_batches, ProbeOptions};
+use zipmerge::collect::{probe_batches_sparse, probe_indices, ProbeOptions};
 use zipmerge::data::tasks::parse_tasks;
-use zipmerge::data::ImageSet;
+use zipmerge::data::{Preprocess, SparseSet};
 use zipmerge::eval::runner::evaluate;
 use zipmerge::merge::{self, Endpoints, Method};
 
@@ -81,50 +81,94 @@ impl MergeSettings {
         count(&self.bn_reset_images, "--bn-reset-images")
     }
 
+    /// The probe draw's options (statistics).
+    fn probe_options(&self) -> Result<ProbeOptions> {
+        Ok(ProbeOptions {
+            images: self.probe_count()?,
+            batch_size: self.batch_size,
+            augment: !self.no_probe_augment,
+            seed: self.seed,
+        })
+    }
+
+    /// The BN-reset draw's options (augmented, seeded with seed + 1).
+    fn bn_options(&self) -> Result<ProbeOptions> {
+        Ok(ProbeOptions {
+            images: self.bn_count()?,
+            batch_size: self.batch_size,
+            augment: true,
+            seed: self.seed.wrapping_add(1),
+        })
+    }
+
+    /// Loads the probe folder, decoding only the images the probe and BN-reset draws use.
+    pub fn load_probe(&self, dir: &Path, prep: Preprocess, quiet: bool) -> Result<SparseSet> {
+        let t0 = Instant::now();
+        let (p, b) = (self.probe_options()?, self.bn_options()?);
+        let reset = self.bn_count()? != Some(0);
+        let set = SparseSet::load(
+            dir,
+            "train",
+            prep,
+            max_cached_images(prep, "train")?,
+            &|n| {
+                let mut v = probe_indices(n, &p);
+                if reset {
+                    v.extend(probe_indices(n, &b));
+                }
+                v
+            },
+        )
+        .with_context(|| format!("loading probe images {}", dir.display()))?;
+        if !quiet {
+            eprintln!(
+                "decoded {} of {} probe-folder images from {} in {:.1}s",
+                set.set.len(),
+                set.total,
+                dir.display(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        Ok(set)
+    }
+
     /// Probe batches (statistics) from the probe set.
-    pub fn probe_batches(&self, probe: &ImageSet) -> Result<Vec<Vec<Vec<u8>>>> {
+    pub fn probe_batches(&self, probe: &SparseSet) -> Result<Vec<Vec<Vec<u8>>>> {
         let n = self.probe_count()?;
         if n == Some(0) {
             bail!("--probe-images 0: the statistics need at least one image");
         }
-        if probe.is_empty() {
-            bail!("the probe set {} is empty", probe.source);
+        if probe.total == 0 {
+            bail!("the probe set {} is empty", probe.set.source);
         }
-        let used = n.unwrap_or(probe.len()).min(probe.len());
+        let used = n.unwrap_or(probe.total).min(probe.total);
         if used < self.batch_size {
             bail!(
                 "the probe set gives {used} images ({} in {}), fewer than one batch of {}: lower --batch-size or add images",
-                probe.len(),
-                probe.source,
+                probe.total,
+                probe.set.source,
                 self.batch_size
             );
         }
-        Ok(probe_batches(
-            probe,
-            &ProbeOptions {
-                images: n,
-                batch_size: self.batch_size,
-                augment: !self.no_probe_augment,
-                seed: self.seed,
-            },
-        ))
+        Ok(probe_batches_sparse(
+            &probe.set,
+            probe.total,
+            &probe.positions,
+            &self.probe_options()?,
+        )?)
     }
 
     /// BN-reset batches (augmented, seeded with seed + 1).
-    pub fn bn_batches(&self, probe: &ImageSet) -> Result<Vec<Vec<Vec<u8>>>> {
-        let n = self.bn_count()?;
-        if n == Some(0) {
+    pub fn bn_batches(&self, probe: &SparseSet) -> Result<Vec<Vec<Vec<u8>>>> {
+        if self.bn_count()? == Some(0) {
             return Ok(vec![]);
         }
-        Ok(probe_batches(
-            probe,
-            &ProbeOptions {
-                images: n,
-                batch_size: self.batch_size,
-                augment: true,
-                seed: self.seed.wrapping_add(1),
-            },
-        ))
+        Ok(probe_batches_sparse(
+            &probe.set,
+            probe.total,
+            &probe.positions,
+            &self.bn_options()?,
+        )?)
     }
 }
 
@@ -185,13 +229,11 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     let device = a.backend.device(quiet)?;
     let root = data_root(a.data.as_deref());
     let prep = ep.spec.net.preprocess();
-    let probe = match &s.probe {
-        Some(p) => {
-            ImageSet::load_at_most(p, "train", prep, max_cached_images(prep, "train")?, None)
-                .with_context(|| format!("loading probe images {}", p.display()))?
-        }
-        None => load_split(&root, "train", prep, quiet)?,
+    let probe_dir = match &s.probe {
+        Some(p) => p.clone(),
+        None => zipmerge::data::split_dir(&root, "train"),
     };
+    let probe = s.load_probe(&probe_dir, prep, quiet)?;
     // validate everything before the long steps
     let probe_b = if method.needs_statistics() {
         s.probe_batches(&probe)?
@@ -207,7 +249,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
             .map(|m| m.heads[0].classes.clone())
             .collect()
     } else {
-        parse_tasks(&a.tasks, probe.class_names.len().max(1))?
+        parse_tasks(&a.tasks, probe.set.class_names.len().max(1))?
     };
     let t_all = Instant::now();
     let mut timings = serde_json::Map::new();
@@ -245,7 +287,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
             "alpha": s.alpha, "beta": s.beta, "merge_eps": s.merge_eps,
             "stop": stop.name, "zipped_layers": stop.zipped, "total_layers": stop.total,
             "sources": a.models.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-            "probe": probe.source, "probe_images": stats.as_ref().map(|s| s.images),
+            "probe": probe.set.source, "probe_images": stats.as_ref().map(|s| s.images),
             "probe_augment": !s.no_probe_augment,
             "bn_reset_images": bn_b.iter().map(Vec::len).sum::<usize>(),
             "merged_bn_reset": reset_merged,

@@ -53,6 +53,20 @@ impl CovAccumulator {
         }
     }
 
+    /// Adds one batch of `images` images from its f64 column sums `[O]` and sum of outer
+    /// products `X^T X` (`[O, O]`) over its `n = B*H*W` samples (the engine's path: the
+    /// per-batch moments never pass through f32).
+    pub fn update_sums(&mut self, images: usize, n: usize, sum: &[f64], outer: &[f64]) {
+        let w = images as f64 / n.max(1) as f64;
+        self.count += images as f64;
+        for (a, s) in self.sum_mean.iter_mut().zip(sum) {
+            *a += w * s;
+        }
+        for (a, s) in self.sum_outer.iter_mut().zip(outer) {
+            *a += w * s;
+        }
+    }
+
     /// Adds one batch from raw features `x: [O, n]` (row-major) of `images` images, computing
     /// the moments in f64 (the reference path for tests and CPU use). Non-finite values count as 0.
     pub fn update_features(&mut self, images: usize, x: &[f32], n: usize) {
@@ -122,15 +136,66 @@ pub struct ProbeOptions {
 /// augmentation of `set.prep`), as u8 images of the network's input size (ImageNet training
 /// images stored at 256x256 are centre-cropped to 224 when not augmented).
 pub fn probe_batches(set: &ImageSet, opts: &ProbeOptions) -> Vec<Vec<Vec<u8>>> {
+    draw(set, set.len(), &|i| Some(i), opts)
+}
+
+/// The positions (into a set of `len` images) a probe draw with `opts` uses: the seeded
+/// shuffle and truncation of [`probe_batches`], so a caller can decode only those.
+pub fn probe_indices(len: usize, opts: &ProbeOptions) -> Vec<usize> {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let mut idx: Vec<usize> = (0..set.len()).collect();
-    idx.shuffle(&mut rng);
-    idx.truncate(opts.images.unwrap_or(set.len()).min(set.len()));
+    shuffled(len, opts, &mut rng)
+}
+
+/// [`probe_batches`] of a set of `total` images of which only those at sorted `positions`
+/// were decoded, into `sub` (in that order): the same batches, bit for bit, as from the
+/// whole set.
+///
+/// # Errors
+/// [`MergeError::Invalid`] when the draw needs an image that was not decoded.
+pub fn probe_batches_sparse(
+    sub: &ImageSet,
+    total: usize,
+    positions: &[usize],
+    opts: &ProbeOptions,
+) -> Result<Vec<Vec<Vec<u8>>>, MergeError> {
+    let need = probe_indices(total, opts);
+    if let Some(i) = need.iter().find(|i| positions.binary_search(i).is_err()) {
+        return Err(MergeError::Invalid(format!(
+            "probe image {i} of {} was not decoded",
+            sub.source
+        )));
+    }
+    Ok(draw(
+        sub,
+        total,
+        &|i| positions.binary_search(&i).ok(),
+        opts,
+    ))
+}
+
+fn shuffled(len: usize, opts: &ProbeOptions, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..len).collect();
+    idx.shuffle(rng);
+    idx.truncate(opts.images.unwrap_or(len).min(len));
+    idx
+}
+
+/// The draw of [`probe_batches`] over `total` positions; `slot` maps a position to its image
+/// in `set`.
+fn draw(
+    set: &ImageSet,
+    total: usize,
+    slot: &dyn Fn(usize) -> Option<usize>,
+    opts: &ProbeOptions,
+) -> Vec<Vec<Vec<u8>>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let idx = shuffled(total, opts, &mut rng);
     idx.chunks(opts.batch_size.max(1))
         .map(|chunk| {
             chunk
                 .iter()
-                .map(|&i| {
+                .filter_map(|&p| slot(p))
+                .map(|i| {
                     if opts.augment {
                         let mut out = vec![0u8; set.prep.side().pow(2) * 3];
                         augment_for(set.prep, set.side, set.image(i), &mut out, &mut rng);
@@ -160,6 +225,27 @@ pub fn probe_batches(set: &ImageSet, opts: &ProbeOptions) -> Vec<Vec<Vec<u8>>> {
 /// # Errors
 /// [`MergeError::Invalid`] when the probe set is empty or the models' feature widths differ.
 pub fn collect(
+    models: &[Net],
+    batches: &[Vec<Vec<u8>>],
+    device: &Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<CovAccumulator>, MergeError> {
+    if batches.is_empty() {
+        return Err(MergeError::Invalid(
+            "the probe set is empty: expected at least one image".into(),
+        ));
+    }
+    if crate::engine::applies(device) {
+        return collect_engine(models, batches, progress);
+    }
+    collect_burn(models, batches, device, progress)
+}
+
+/// [`collect`] through burn's own forward on any device (the reference for the engine).
+///
+/// # Errors
+/// As [`collect`].
+pub fn collect_burn(
     models: &[Net],
     batches: &[Vec<Vec<u8>>],
     device: &Device,
@@ -213,6 +299,79 @@ pub fn collect(
                 .try_to_vec::<f32>()
                 .unwrap_or_default();
             accs[s].update(b, &mean, &second);
+        }
+        progress(batch.len());
+    }
+    Ok(accs)
+}
+
+/// Bytes of tapped features held at once by [`collect_engine`]; larger probe batches are run
+/// in sub-batches (the statistics are the same: every image weighs the same).
+const TAP_BUDGET_BYTES: usize = 512 << 20;
+
+/// [`collect`] on the CPU engine: the same statistics, with the second moment of the stacked
+/// features formed in f32 blocks of 512 rows and accumulated in f64
+/// ([`crate::engine::kernels::second_moment`]).
+///
+/// # Errors
+/// As [`collect`].
+pub fn collect_engine(
+    models: &[Net],
+    batches: &[Vec<Vec<u8>>],
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<CovAccumulator>, MergeError> {
+    use crate::engine::{Act, CpuNet, EngineCtx};
+    let nets: Vec<CpuNet> = models
+        .iter()
+        .map(CpuNet::compile)
+        .collect::<Result<_, _>>()?;
+    let prep = models[0].preprocess();
+    let mut accs: Vec<CovAccumulator> = Vec::new();
+    let mut per_image: Option<usize> = None;
+    for batch in batches {
+        let refs: Vec<&[u8]> = batch.iter().map(|v| v.as_slice()).collect();
+        // sub-batch size from the tap bytes of one image (known after the first sub-batch)
+        let sub = per_image
+            .map(|b| (TAP_BUDGET_BYTES / b.max(1)).clamp(1, refs.len()))
+            .unwrap_or(refs.len().min(8));
+        for chunk in refs.chunks(sub.max(1)) {
+            let x = Act::from_images(chunk, prep);
+            let taps: Vec<Vec<Act>> = nets
+                .iter()
+                .map(|m| {
+                    let mut ctx = EngineCtx {
+                        taps: Some(Vec::new()),
+                        ..Default::default()
+                    };
+                    m.forward(x.clone(), &mut ctx);
+                    ctx.taps.unwrap_or_default()
+                })
+                .collect();
+            let bytes: usize = taps.iter().flatten().map(|t| t.data.len() * 4).sum();
+            per_image.get_or_insert(bytes / chunk.len().max(1));
+            for s in 0..taps[0].len() {
+                let c = taps[0][s].c;
+                if taps.iter().any(|t| t[s].c != c) {
+                    return Err(MergeError::Invalid(format!(
+                        "feature space {s}: the models have different widths"
+                    )));
+                }
+                let o = c * models.len();
+                let n = taps[0][s].rows();
+                let mut stacked = vec![0f32; n * o];
+                for (m, t) in taps.iter().enumerate() {
+                    for (dst, src) in stacked.chunks_exact_mut(o).zip(t[s].data.chunks_exact(c)) {
+                        for (d, v) in dst[m * c..(m + 1) * c].iter_mut().zip(src) {
+                            *d = if v.is_finite() { *v } else { 0.0 };
+                        }
+                    }
+                }
+                let (sum, outer) = crate::engine::kernels::second_moment(&stacked, o);
+                if accs.len() <= s {
+                    accs.push(CovAccumulator::new(o));
+                }
+                accs[s].update_sums(chunk.len(), n, &sum, &outer);
+            }
         }
         progress(batch.len());
     }

@@ -97,6 +97,20 @@ pub fn load_at_most(
     max_images: usize,
     classes: Option<&[usize]>,
 ) -> Result<ImageSet, DataError> {
+    let (items, class_names) = listing_at_most(root, max_images, classes)?;
+    decode_items(root, &items, class_names, prep, train)
+}
+
+/// The listing [`load_at_most`] decodes: `(path, label)` of the kept images, and the class
+/// names.
+///
+/// # Errors
+/// As [`list`].
+pub fn listing_at_most(
+    root: &Path,
+    max_images: usize,
+    classes: Option<&[usize]>,
+) -> Result<Listing, DataError> {
     let (mut items, class_names) = list(root)?;
     if let Some(c) = classes {
         items.retain(|(_, l)| c.contains(l));
@@ -109,6 +123,20 @@ pub fn load_at_most(
         keep.sort_unstable();
         items = keep.into_iter().map(|i| items[i].clone()).collect();
     }
+    Ok((items, class_names))
+}
+
+/// Decodes listed images (in parallel) into an [`ImageSet`].
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_items(
+    root: &Path,
+    items: &[(PathBuf, usize)],
+    class_names: Vec<String>,
+    prep: Preprocess,
+    train: bool,
+) -> Result<ImageSet, DataError> {
     let decoded: Result<Vec<Vec<u8>>, DataError> = items
         .par_iter()
         .map(|(p, _)| decode(p, prep, train))

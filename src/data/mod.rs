@@ -136,6 +136,58 @@ impl ImageSet {
     }
 }
 
+/// A folder of which only some images were decoded: `set` holds the images at sorted
+/// `positions` of the folder's listing of `total` images (see
+/// [`crate::collect::probe_batches_sparse`]). Probe and BN-reset draws decode only what they
+/// use (a 1,000-image probe of CIFAR-10's 50,000 training images decodes ~2,000).
+#[derive(Clone, Debug)]
+pub struct SparseSet {
+    /// The decoded images, in position order.
+    pub set: ImageSet,
+    /// Images in the folder's listing.
+    pub total: usize,
+    /// Listing position of each image of `set` (sorted).
+    pub positions: Vec<usize>,
+}
+
+impl SparseSet {
+    /// Lists `path` (capped at `max_images` as [`ImageSet::load_at_most`]) and decodes only
+    /// the positions `select(total)` returns. A CIFAR binary folder is read whole.
+    ///
+    /// # Errors
+    /// As [`ImageSet::load`].
+    pub fn load(
+        path: &Path,
+        split: &str,
+        prep: Preprocess,
+        max_images: usize,
+        select: &dyn Fn(usize) -> Vec<usize>,
+    ) -> Result<Self, DataError> {
+        if !path.is_dir() || cifar_bin::is_cifar_bin_dir(path) {
+            let set = ImageSet::load_at_most(path, split, prep, max_images, None)?;
+            let total = set.len();
+            return Ok(Self {
+                set,
+                total,
+                positions: (0..total).collect(),
+            });
+        }
+        let (items, class_names) = imagefolder::listing_at_most(path, max_images, None)?;
+        let total = items.len();
+        let mut positions = select(total);
+        positions.retain(|&p| p < total);
+        positions.sort_unstable();
+        positions.dedup();
+        let chosen: Vec<_> = positions.iter().map(|&p| items[p].clone()).collect();
+        let set = imagefolder::decode_items(path, &chosen, class_names, prep, split == "train")?;
+        Ok(Self {
+            set,
+            total,
+            positions,
+        })
+    }
+}
+
 /// Resolves `--data ROOT` plus a split (`train`/`test`): `ROOT/<split>` when that folder exists,
 /// else ROOT itself (a CIFAR binary folder, or a plain ImageFolder).
 pub fn split_dir(root: &Path, split: &str) -> PathBuf {

@@ -5,6 +5,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::{Accuracy, JointRule, Tally};
 use crate::data::{to_tensor, ImageSet};
+use crate::engine::{Act, CpuSystem, EngineCtx};
 use crate::models::head::HeadSpec;
 use crate::models::system::System;
 use crate::models::ForwardCtx;
@@ -60,17 +61,42 @@ pub fn evaluate(
     let assign = assign_heads(systems, tasks);
     let rule = joint_rule(systems);
     let mut tally = Tally::new(tasks.len());
+    // the CPU engine when it applies (falls back to burn if a network does not compile)
+    let cpu: Option<Vec<CpuSystem>> = crate::engine::applies(device)
+        .then(|| {
+            systems
+                .iter()
+                .map(CpuSystem::compile)
+                .collect::<Result<_, _>>()
+                .ok()
+        })
+        .flatten();
     let idx: Vec<usize> = (0..data.len())
         .filter(|&i| tasks.iter().any(|t| t.contains(&data.labels[i])))
         .collect();
     for chunk in idx.chunks(batch.max(1)) {
         let imgs: Vec<&[u8]> = chunk.iter().map(|&i| data.image(i)).collect();
         let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i]).collect();
-        let x = to_tensor(&imgs, data.prep, device);
-        let outs: Vec<Vec<Tensor<2>>> = systems
-            .iter()
-            .map(|s| s.forward_heads(x.clone(), &mut ForwardCtx::default()))
-            .collect();
+        let outs: Vec<Vec<Tensor<2>>> = match &cpu {
+            Some(cpu) => {
+                let x = Act::from_images(&imgs, data.prep);
+                cpu.iter()
+                    .map(|s| {
+                        s.forward_heads(x.clone(), &mut EngineCtx::default())
+                            .iter()
+                            .map(|y| y.to_logits(device))
+                            .collect()
+                    })
+                    .collect()
+            }
+            None => {
+                let x = to_tensor(&imgs, data.prep, device);
+                systems
+                    .iter()
+                    .map(|s| s.forward_heads(x.clone(), &mut ForwardCtx::default()))
+                    .collect()
+            }
+        };
         let task_logits: Vec<Vec<Vec<f32>>> = tasks
             .iter()
             .zip(&assign)

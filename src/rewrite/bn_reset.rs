@@ -25,13 +25,32 @@ pub fn measure(
     device: &Device,
     progress: &mut dyn FnMut(usize),
 ) -> BnStats {
+    let cpu = crate::engine::applies(device)
+        .then(|| crate::engine::CpuSystem::compile(sys).ok())
+        .flatten();
     let mut sums: BnStats = BTreeMap::new();
     let mut count = 0usize;
     for batch in batches {
         let refs: Vec<&[u8]> = batch.iter().map(|v| v.as_slice()).collect();
-        let mut ctx = ForwardCtx::recording_bn();
-        sys.forward_heads(to_tensor(&refs, sys.trunk.preprocess(), device), &mut ctx);
-        for (name, mean, var) in ctx.bn_records {
+        let records = match &cpu {
+            Some(c) => {
+                let mut ctx = crate::engine::EngineCtx {
+                    record_bn: true,
+                    ..Default::default()
+                };
+                c.forward_heads(
+                    crate::engine::Act::from_images(&refs, sys.trunk.preprocess()),
+                    &mut ctx,
+                );
+                ctx.bn_records
+            }
+            None => {
+                let mut ctx = ForwardCtx::recording_bn();
+                sys.forward_heads(to_tensor(&refs, sys.trunk.preprocess(), device), &mut ctx);
+                ctx.bn_records
+            }
+        };
+        for (name, mean, var) in records {
             let e = sums
                 .entry(name)
                 .or_insert_with(|| (vec![0.0; mean.len()], vec![0.0; var.len()]));

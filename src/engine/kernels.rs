@@ -1,0 +1,593 @@
+//! Forward kernels of the CPU engine on channels-last (NHWC) activations: convolution by
+//! im2col + `gemm` (1x1 stride-1 convs read the activations directly) with a fused BN / bias /
+//! residual-add / ReLU epilogue, batch statistics of BN in train mode, max pooling, global
+//! average pooling + linear, and the streamed second moment of stacked features.
+//!
+//! Parallelism is rayon over fixed row ranges of the output; every reduction has a fixed
+//! partition independent of the thread count, so results are the same bits run to run.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Target size of one im2col block in bytes (fits the L2 cache of current x86 cores).
+const IM2COL_BYTES: usize = 1 << 21;
+
+/// A convolution in the engine's layout.
+#[derive(Clone, Debug)]
+pub struct Conv {
+    /// PyTorch module name (`layer1.0.conv1`), for messages.
+    pub name: String,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Square kernel side.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+    /// Weights `[k*k*cin, cout]` row-major: row `(ky*k + kx)*cin + ci`, column `co` (PyTorch's
+    /// `[cout, cin, k, k]` transposed).
+    pub weight: Vec<f32>,
+    /// Bias `[cout]`, if any.
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Conv {
+    /// Converts a PyTorch-layout weight `[cout, cin, k, k]` (row-major) into a conv.
+    pub fn from_torch(
+        name: &str,
+        w: &[f32],
+        shape: &[usize],
+        stride: usize,
+        pad: usize,
+        bias: Option<Vec<f32>>,
+    ) -> Self {
+        let (cout, cin, k) = (shape[0], shape[1], shape[2]);
+        let kk = k * k * cin;
+        let mut weight = vec![0f32; kk * cout];
+        for co in 0..cout {
+            for ci in 0..cin {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let src = ((co * cin + ci) * k + ky) * k + kx;
+                        weight[((ky * k + kx) * cin + ci) * cout + co] = w[src];
+                    }
+                }
+            }
+        }
+        Self {
+            name: name.to_string(),
+            cin,
+            cout,
+            k,
+            stride,
+            pad,
+            weight,
+            bias,
+        }
+    }
+
+    /// Output side for an input side.
+    pub fn out_side(&self, side: usize) -> usize {
+        (side + 2 * self.pad - self.k) / self.stride + 1
+    }
+
+    /// Multiply-accumulates per output pixel.
+    pub fn macs_per_pixel(&self) -> usize {
+        self.k * self.k * self.cin * self.cout
+    }
+}
+
+/// Per-channel affine map `y = x * scale + shift` applied after a conv (a BN in eval mode, a
+/// BN normalised with batch statistics, or a bias), then `+ residual` and ReLU.
+pub struct Epilogue<'a> {
+    /// `[cout]`, or `None` for identity.
+    pub scale: Option<&'a [f32]>,
+    /// `[cout]`, or `None` for zero.
+    pub shift: Option<&'a [f32]>,
+    /// Residual `[rows, cout]` added after the affine map.
+    pub residual: Option<&'a [f32]>,
+    /// Apply ReLU last.
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// No-op epilogue (raw conv output).
+    pub fn none() -> Self {
+        Epilogue {
+            scale: None,
+            shift: None,
+            residual: None,
+            relu: false,
+        }
+    }
+
+    /// Applies the epilogue to rows `row0..` of `out: [rows, c]`.
+    fn apply(&self, out: &mut [f32], c: usize, row0: usize) {
+        if self.scale.is_none() && self.shift.is_none() && self.residual.is_none() && !self.relu {
+            return;
+        }
+        let rows = out.len() / c;
+        for r in 0..rows {
+            let o = &mut out[r * c..(r + 1) * c];
+            if let Some(s) = self.scale {
+                o.iter_mut().zip(s).for_each(|(v, s)| *v *= s);
+            }
+            if let Some(b) = self.shift {
+                o.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+            if let Some(res) = self.residual {
+                let rr = &res[(row0 + r) * c..(row0 + r + 1) * c];
+                o.iter_mut().zip(rr).for_each(|(v, a)| *v += a);
+            }
+            if self.relu {
+                o.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+        }
+    }
+}
+
+/// `out = epilogue(conv(x))` for NHWC `x: [batch, side, side, cin]` into `out: [batch, os, os,
+/// cout]` (os = [`Conv::out_side`]).
+pub fn conv_forward(
+    conv: &Conv,
+    x: &[f32],
+    batch: usize,
+    side: usize,
+    out: &mut [f32],
+    epi: &Epilogue,
+) {
+    let os = conv.out_side(side);
+    let rows = batch * os * os;
+    let kk = conv.k * conv.k * conv.cin;
+    let cout = conv.cout;
+    debug_assert_eq!(out.len(), rows * cout);
+    debug_assert_eq!(x.len(), batch * side * side * conv.cin);
+    let direct = conv.k == 1 && conv.stride == 1 && conv.pad == 0;
+    let block = (IM2COL_BYTES / (4 * kk.max(cout))).clamp(64, 4096);
+    out.par_chunks_mut(block * cout)
+        .enumerate()
+        .for_each_init(Vec::<f32>::new, |buf, (i, o)| {
+            let row0 = i * block;
+            let n = o.len() / cout;
+            let lhs: &[f32] = if direct {
+                &x[row0 * kk..(row0 + n) * kk]
+            } else {
+                buf.resize(n * kk, 0.0);
+                im2col(conv, x, side, os, row0, n, buf);
+                buf
+            };
+            // SAFETY: lhs is [n, kk], weight [kk, cout] and o [n, cout], all row-major and
+            // in bounds.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    cout,
+                    kk,
+                    o.as_mut_ptr(),
+                    1,
+                    cout as isize,
+                    false,
+                    lhs.as_ptr(),
+                    1,
+                    kk as isize,
+                    conv.weight.as_ptr(),
+                    1,
+                    cout as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            if let Some(b) = &conv.bias {
+                for r in 0..n {
+                    o[r * cout..(r + 1) * cout]
+                        .iter_mut()
+                        .zip(b)
+                        .for_each(|(v, b)| *v += b);
+                }
+            }
+            epi.apply(o, cout, row0);
+        });
+}
+
+/// Patch rows `row0..row0+n` of `x` into `buf: [n, k*k*cin]`.
+fn im2col(conv: &Conv, x: &[f32], side: usize, os: usize, row0: usize, n: usize, buf: &mut [f32]) {
+    let (k, cin, s, p) = (conv.k, conv.cin, conv.stride, conv.pad);
+    let kk = k * k * cin;
+    for r in 0..n {
+        let g = row0 + r;
+        let b = g / (os * os);
+        let rem = g % (os * os);
+        let (oy, ox) = (rem / os, rem % os);
+        let row = &mut buf[r * kk..(r + 1) * kk];
+        for ky in 0..k {
+            let iy = (oy * s + ky) as isize - p as isize;
+            for kx in 0..k {
+                let ix = (ox * s + kx) as isize - p as isize;
+                let dst = &mut row[(ky * k + kx) * cin..(ky * k + kx + 1) * cin];
+                if iy < 0 || ix < 0 || iy >= side as isize || ix >= side as isize {
+                    dst.fill(0.0);
+                } else {
+                    let src = ((b * side + iy as usize) * side + ix as usize) * cin;
+                    dst.copy_from_slice(&x[src..src + cin]);
+                }
+            }
+        }
+    }
+}
+
+/// Number of fixed parts a row reduction is split into (independent of the thread count, so
+/// the result's bits do not depend on it).
+const PARTS: usize = 16;
+
+/// Per-channel mean and biased variance of `x: [rows, c]` over its rows, accumulated in f64
+/// (two passes: mean, then squared deviations). Returns `(mean, biased var)`.
+pub fn channel_moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
+    let rows = x.len() / c;
+    let part = rows.div_ceil(PARTS).max(1);
+    let sum_parts = |f: &(dyn Fn(usize, f32) -> f64 + Sync)| -> Vec<f64> {
+        let parts: Vec<Vec<f64>> = x
+            .par_chunks(part * c)
+            .map(|chunk| {
+                let mut acc = vec![0f64; c];
+                for row in chunk.chunks_exact(c) {
+                    for (j, v) in row.iter().enumerate() {
+                        acc[j] += f(j, *v);
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut tot = vec![0f64; c];
+        for p in parts {
+            tot.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+        }
+        tot
+    };
+    let n = rows.max(1) as f64;
+    let mean: Vec<f64> = sum_parts(&|_, v| v as f64).iter().map(|s| s / n).collect();
+    let var: Vec<f64> = sum_parts(&|j, v| {
+        let d = v as f64 - mean[j];
+        d * d
+    })
+    .iter()
+    .map(|s| s / n)
+    .collect();
+    (mean, var)
+}
+
+/// Applies `epi` in place to `x: [rows, c]` (used after batch statistics are known).
+pub fn apply_epilogue(x: &mut [f32], c: usize, epi: &Epilogue) {
+    let block = 1024;
+    x.par_chunks_mut(block * c)
+        .enumerate()
+        .for_each(|(i, o)| epi.apply(o, c, i * block));
+}
+
+/// Max pooling (PyTorch semantics: padding with -inf, floor mode) of NHWC `x: [batch, side,
+/// side, c]`; returns the output and its side.
+pub fn max_pool(
+    x: &[f32],
+    batch: usize,
+    side: usize,
+    c: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+) -> (Vec<f32>, usize) {
+    let os = (side + 2 * p - k) / s + 1;
+    let mut out = vec![f32::NEG_INFINITY; batch * os * os * c];
+    out.par_chunks_mut(os * os * c)
+        .enumerate()
+        .for_each(|(b, o)| {
+            for oy in 0..os {
+                for ox in 0..os {
+                    let dst = &mut o[(oy * os + ox) * c..(oy * os + ox + 1) * c];
+                    for ky in 0..k {
+                        let iy = (oy * s + ky) as isize - p as isize;
+                        if iy < 0 || iy >= side as isize {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = (ox * s + kx) as isize - p as isize;
+                            if ix < 0 || ix >= side as isize {
+                                continue;
+                            }
+                            let src = ((b * side + iy as usize) * side + ix as usize) * c;
+                            dst.iter_mut()
+                                .zip(&x[src..src + c])
+                                .for_each(|(d, v)| *d = d.max(*v));
+                        }
+                    }
+                }
+            }
+        });
+    (out, os)
+}
+
+/// Global average pooling then a linear layer: NHWC `x: [batch, hw, c]` (hw pixels per image),
+/// PyTorch weight `[out, c]`, bias `[out]` -> `[batch, out]`.
+pub fn pool_linear(
+    x: &[f32],
+    batch: usize,
+    hw: usize,
+    c: usize,
+    w: &[f32],
+    bias: &[f32],
+) -> Vec<f32> {
+    let out = bias.len();
+    let mut pooled = vec![0f32; batch * c];
+    pooled.par_chunks_mut(c).enumerate().for_each(|(b, p)| {
+        for px in 0..hw {
+            let row = &x[(b * hw + px) * c..(b * hw + px + 1) * c];
+            p.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+        }
+        let inv = 1.0 / hw as f32;
+        p.iter_mut().for_each(|v| *v *= inv);
+    });
+    let mut y = vec![0f32; batch * out];
+    for (b, yr) in y.chunks_mut(out).enumerate() {
+        yr.copy_from_slice(bias);
+        let _ = b;
+    }
+    // SAFETY: pooled [batch, c], w [out, c] read as its transpose [c, out], y [batch, out].
+    unsafe {
+        gemm::gemm(
+            batch,
+            out,
+            c,
+            y.as_mut_ptr(),
+            1,
+            out as isize,
+            true,
+            pooled.as_ptr(),
+            1,
+            c as isize,
+            w.as_ptr(),
+            c as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+    y
+}
+
+/// Column sums `[o]` and the sum of outer products `X^T X` (`[o, o]`, row-major) of stacked
+/// features `x: [n, o]` (non-finite values already zeroed). Products are formed in f32 over
+/// blocks of at most 512 rows and accumulated in f64; the partition of rows and output rows is
+/// fixed by `(n, o)` alone, so the result is the same bits on any thread count.
+pub fn second_moment(x: &[f32], o: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = x.len() / o;
+    const KB: usize = 512;
+    // (output row tile, k part) tasks: small o -> split rows; large o -> split output rows
+    let (tiles, parts) = if o <= 256 {
+        (1, PARTS)
+    } else {
+        (o.div_ceil(128), 1)
+    };
+    let tile = o.div_ceil(tiles);
+    let part = n.div_ceil(parts).max(1);
+    let tasks: Vec<(usize, usize)> = (0..tiles)
+        .flat_map(|t| (0..parts).map(move |p| (t, p)))
+        .collect();
+    let results: Vec<Vec<f64>> = tasks
+        .par_iter()
+        .map(|&(t, p)| {
+            let i0 = t * tile;
+            let i1 = ((t + 1) * tile).min(o);
+            let m = i1.saturating_sub(i0);
+            let mut acc = vec![0f64; m * o];
+            let mut tmp = vec![0f32; m * o];
+            let (k0, k1) = ((p * part).min(n), ((p + 1) * part).min(n));
+            let mut kb0 = k0;
+            while kb0 < k1 && m > 0 {
+                let kb = KB.min(k1 - kb0);
+                let base = &x[kb0 * o..];
+                // SAFETY: lhs(i, kk) = x[(kb0+kk)*o + i0 + i], rhs(kk, j) = x[(kb0+kk)*o + j],
+                // both within rows kb0..kb0+kb; tmp is [m, o].
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        o,
+                        kb,
+                        tmp.as_mut_ptr(),
+                        1,
+                        o as isize,
+                        false,
+                        base.as_ptr().add(i0),
+                        o as isize,
+                        1,
+                        base.as_ptr(),
+                        1,
+                        o as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                acc.iter_mut().zip(&tmp).for_each(|(a, v)| *a += *v as f64);
+                kb0 += kb;
+            }
+            acc
+        })
+        .collect();
+    let mut outer = vec![0f64; o * o];
+    for (&(t, _), r) in tasks.iter().zip(results) {
+        let i0 = t * tile;
+        outer[i0 * o..i0 * o + r.len()]
+            .iter_mut()
+            .zip(r)
+            .for_each(|(a, v)| *a += v);
+    }
+    let (mean, _) = channel_sums(x, o);
+    (mean, outer)
+}
+
+/// Column sums of `x: [n, o]` in f64 (fixed partition).
+fn channel_sums(x: &[f32], o: usize) -> (Vec<f64>, usize) {
+    let n = x.len() / o;
+    let part = n.div_ceil(PARTS).max(1);
+    let parts: Vec<Vec<f64>> = x
+        .par_chunks(part * o)
+        .map(|chunk| {
+            let mut acc = vec![0f64; o];
+            for row in chunk.chunks_exact(o) {
+                acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v as f64);
+            }
+            acc
+        })
+        .collect();
+    let mut tot = vec![0f64; o];
+    for p in parts {
+        tot.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+    }
+    (tot, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct convolution in NCHW from PyTorch-layout weights (the definition, written
+    /// independently of im2col).
+    fn naive(
+        x: &[f32],
+        b: usize,
+        cin: usize,
+        side: usize,
+        w: &[f32],
+        cout: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+    ) -> (Vec<f32>, usize) {
+        let os = (side + 2 * p - k) / s + 1;
+        let mut y = vec![0f32; b * cout * os * os];
+        for n in 0..b {
+            for co in 0..cout {
+                for oy in 0..os {
+                    for ox in 0..os {
+                        let mut acc = 0f64;
+                        for ci in 0..cin {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * s + ky) as isize - p as isize;
+                                    let ix = (ox * s + kx) as isize - p as isize;
+                                    if iy >= 0
+                                        && ix >= 0
+                                        && (iy as usize) < side
+                                        && (ix as usize) < side
+                                    {
+                                        acc += x[((n * cin + ci) * side + iy as usize) * side
+                                            + ix as usize]
+                                            as f64
+                                            * w[((co * cin + ci) * k + ky) * k + kx] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        y[((n * cout + co) * os + oy) * os + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+        (y, os)
+    }
+
+    fn nchw_to_nhwc(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        for n in 0..b {
+            for ch in 0..c {
+                for p in 0..hw {
+                    y[(n * hw + p) * c + ch] = x[(n * c + ch) * hw + p];
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn hand_sized_3x3_conv() {
+        // 1 image, 1 channel, 3x3 input 1..9, kernel all ones, pad 1: each output is the sum of
+        // the 3x3 neighbourhood: centre 45, corner (1+2+4+5) = 12, edge top-middle 1+2+3+4+5+6 = 21.
+        let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let conv = Conv::from_torch("c", &[1.0; 9], &[1, 1, 3, 3], 1, 1, None);
+        let mut y = vec![0f32; 9];
+        conv_forward(&conv, &x, 1, 3, &mut y, &Epilogue::none());
+        assert_eq!(
+            y,
+            vec![12.0, 21.0, 16.0, 27.0, 45.0, 33.0, 24.0, 39.0, 28.0]
+        );
+    }
+
+    #[test]
+    fn odd_sizes_strides_and_padding_match_the_definition() {
+        let mut st = 7u64;
+        let mut rnd = || {
+            st = st
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((st >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for &(b, cin, cout, side, k, s, p) in &[
+            (2, 3, 5, 7, 3, 1, 1),
+            (3, 4, 6, 9, 3, 2, 1),
+            (1, 5, 3, 11, 7, 2, 3),
+            (2, 6, 4, 5, 1, 2, 0),
+            (2, 6, 4, 5, 1, 1, 0),
+            (1, 2, 3, 4, 3, 1, 0),
+        ] {
+            let x: Vec<f32> = (0..b * cin * side * side).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..cout * cin * k * k).map(|_| rnd()).collect();
+            let (want, os) = naive(&x, b, cin, side, &w, cout, k, s, p);
+            let conv = Conv::from_torch("c", &w, &[cout, cin, k, k], s, p, None);
+            let xh = nchw_to_nhwc(&x, b, cin, side * side);
+            let mut y = vec![0f32; b * os * os * cout];
+            conv_forward(&conv, &xh, b, side, &mut y, &Epilogue::none());
+            let want = nchw_to_nhwc(&want, b, cout, os * os);
+            for (g, w) in y.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() < 1e-5,
+                    "{b} {cin} {cout} {side} {k} {s} {p}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn moments_and_second_moment_against_two_pass_f64() {
+        // x: [n=3, o=2] = (1, 2), (3, -1), (5, 0): column sums 9, 1; X^T X =
+        // [[1+9+25, 2-3+0], [., 4+1+0]] = [[35, -1], [-1, 5]]
+        let x = [1.0f32, 2.0, 3.0, -1.0, 5.0, 0.0];
+        let (s, xx) = second_moment(&x, 2);
+        assert_eq!(s, vec![9.0, 1.0]);
+        assert_eq!(xx, vec![35.0, -1.0, -1.0, 5.0]);
+        let (m, v) = channel_moments(&x, 2);
+        assert_eq!(m, vec![3.0, 1.0 / 3.0]);
+        // var of (1, 3, 5) = 8/3; of (2, -1, 0): mean 1/3, deviations 5/3, -4/3, -1/3 -> 42/27
+        assert!((v[0] - 8.0 / 3.0).abs() < 1e-12 && (v[1] - 42.0 / 27.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn max_pool_pads_with_minus_infinity() {
+        // 1 image, 1 channel, 3x3 of -1..-9, k3 s2 p1 -> 2x2; top-left window covers
+        // (-1, -2, -4, -5) -> -1
+        let x: Vec<f32> = (1..=9).map(|v| -(v as f32)).collect();
+        let (y, os) = max_pool(&x, 1, 3, 1, 3, 2, 1);
+        assert_eq!((os, y), (2, vec![-1.0, -3.0, -7.0, -9.0]));
+    }
+}

@@ -1,0 +1,562 @@
+//! The CPU inference engine: the forward passes of statistics collection, BN reset, evaluation,
+//! prediction and sweeps on the CPU, on channels-last (NHWC) activations with conv + BN +
+//! residual add + ReLU fused per layer (kernels in [`kernels`]).
+//!
+//! It is fed by the same [`Net`] the burn model files define: [`CpuNet::compile`] reads the
+//! network's weights by their PyTorch names and lays out one program per cut segment that
+//! mirrors the module's `forward_segment` (the same taps, in the same order, and the same BN
+//! names), so there is one model definition and the engine is checked against it
+//! (`tests/engine.rs`: logits, BN-reset statistics and covariances against burn-flex).
+//! Training keeps burn's autodiff path. The engine is used whenever the device is burn-flex
+//! ([`applies`]); `ZIPMERGE_ENGINE=burn` turns it off (for side-by-side measurements).
+//!
+//! BN in train mode (BN reset, reference doc §4.4) normalises with the batch's own statistics,
+//! computed from the conv output in the same pass, and records the batch mean and unbiased
+//! variance per BN layer, like [`crate::models::ForwardCtx::bn`].
+
+pub mod kernels;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::checkpoint::StateDict;
+use crate::data::Preprocess;
+use crate::error::ModelError;
+use crate::models::layers::BnRecord;
+use crate::models::resnet50::RESNET50_BLOCKS;
+use crate::models::system::System;
+use crate::models::vgg11::{VGG11_POOL_AFTER, VGG11_TORCH_INDEX};
+use crate::models::{Arch, Net};
+use kernels::{Conv, Epilogue};
+
+/// BatchNorm epsilon (PyTorch's and burn's default, used by every model file).
+const BN_EPS: f64 = 1e-5;
+
+/// Whether forward passes on `device` run on this engine: burn-flex (CPU) devices, unless
+/// the environment sets `ZIPMERGE_ENGINE=burn`.
+pub fn applies(device: &Device) -> bool {
+    *device == Device::flex() && std::env::var("ZIPMERGE_ENGINE").as_deref() != Ok("burn")
+}
+
+/// Channels-last activations of square images: `[batch, side, side, c]`, row-major (one row of
+/// `c` values per pixel; rows ordered by image, then y, then x).
+#[derive(Clone, Debug)]
+pub struct Act {
+    /// Images.
+    pub batch: usize,
+    /// Height = width in pixels (1 for the output cut).
+    pub side: usize,
+    /// Channels.
+    pub c: usize,
+    /// `batch * side * side * c` values.
+    pub data: Vec<f32>,
+}
+
+impl Act {
+    /// Normalised network input from u8 RGB images (`side*side*3` bytes each, HWC) with the
+    /// mean/std of `prep`: the same values as [`crate::data::to_tensor`], channels last.
+    pub fn from_images(images: &[&[u8]], prep: Preprocess) -> Self {
+        let px = images.first().map_or(0, |i| i.len() / 3);
+        let side = (px as f64).sqrt().round() as usize;
+        let (mean, std) = (prep.mean(), prep.std());
+        let mut data = vec![0f32; images.len() * px * 3];
+        for (n, img) in images.iter().enumerate() {
+            let out = &mut data[n * px * 3..(n + 1) * px * 3];
+            for (p, (o, i)) in out.chunks_exact_mut(3).zip(img.chunks_exact(3)).enumerate() {
+                let _ = p;
+                for c in 0..3 {
+                    o[c] = (i[c] as f32 / 255.0 - mean[c]) / std[c];
+                }
+            }
+        }
+        Self {
+            batch: images.len(),
+            side,
+            c: 3,
+            data,
+        }
+    }
+
+    /// Rows (pixels of all images).
+    pub fn rows(&self) -> usize {
+        self.batch * self.side * self.side
+    }
+
+    /// The output cut as a `[batch, out]` burn tensor on `device`.
+    pub fn to_logits(&self, device: &Device) -> Tensor<2> {
+        Tensor::from_data(
+            TensorData::new(
+                self.data.clone(),
+                [self.batch, self.c * self.side * self.side],
+            ),
+            device,
+        )
+    }
+
+    /// NCHW burn tensor `[batch, c, side, side]` (tests and comparisons).
+    pub fn to_nchw(&self, device: &Device) -> Tensor<4> {
+        let hw = self.side * self.side;
+        let mut v = vec![0f32; self.data.len()];
+        for n in 0..self.batch {
+            for p in 0..hw {
+                for ch in 0..self.c {
+                    v[(n * self.c + ch) * hw + p] = self.data[(n * hw + p) * self.c + ch];
+                }
+            }
+        }
+        Tensor::from_data(
+            TensorData::new(v, [self.batch, self.c, self.side, self.side]),
+            device,
+        )
+    }
+}
+
+/// A BatchNorm layer: PyTorch name (`layer1.0.bn1`), affine parameters and running statistics.
+#[derive(Clone, Debug)]
+struct Bn {
+    name: String,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    /// Eval-mode `gamma / sqrt(var + eps)`.
+    scale: Vec<f32>,
+    /// Eval-mode `beta - mean * scale`.
+    shift: Vec<f32>,
+}
+
+/// Register holding an activation during a cut's program (0 = the cut's input and output).
+type Slot = usize;
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// `dst = relu?(bn(conv(src)) + res)`.
+    Conv {
+        conv: Conv,
+        bn: Option<Bn>,
+        src: Slot,
+        dst: Slot,
+        res: Option<Slot>,
+        relu: bool,
+    },
+    /// In-place max pooling of slot 0.
+    MaxPool { k: usize, s: usize, p: usize },
+    /// Feature-space tap of a slot.
+    Tap(Slot),
+    /// Slot 0 <- linear(mean over pixels(slot 0)); PyTorch weight `[out, in]`.
+    PoolLinear { weight: Vec<f32>, bias: Vec<f32> },
+}
+
+/// Mutable side channel of one engine forward pass (the engine's [`crate::models::ForwardCtx`]).
+#[derive(Default)]
+pub struct EngineCtx {
+    /// BN in train mode: normalise with batch statistics and record them.
+    pub record_bn: bool,
+    /// Recorded `(prefix + name, mean [C], unbiased var [C])`, in forward order.
+    pub bn_records: Vec<BnRecord>,
+    /// Prefix of recorded names (`trunk:`, `head0:`).
+    pub prefix: String,
+    /// When `Some`, a copy of the features at every merge point, in feature-space order.
+    pub taps: Option<Vec<Act>>,
+}
+
+/// A network compiled for the engine: one program per cut segment.
+#[derive(Clone, Debug)]
+pub struct CpuNet {
+    arch: Arch,
+    cuts: Vec<Vec<Op>>,
+}
+
+impl CpuNet {
+    /// Compiles `net` (any architecture) from its weights.
+    ///
+    /// # Errors
+    /// [`ModelError::Weights`] naming the tensor when a weight the architecture needs is
+    /// missing (cannot happen for a `Net` built by [`Net::from_state`]).
+    pub fn compile(net: &Net) -> Result<Self, ModelError> {
+        let s = net.to_state();
+        let b = Builder { s: &s };
+        let cuts = match net.arch() {
+            Arch::Resnet20 => b.resnet20()?,
+            Arch::Vgg11 => b.vgg11()?,
+            Arch::Resnet50 => b.resnet50()?,
+        };
+        Ok(Self {
+            arch: net.arch(),
+            cuts,
+        })
+    }
+
+    /// Architecture.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// Number of taps (feature spaces) produced by each cut segment.
+    pub fn taps_per_cut(&self) -> Vec<usize> {
+        self.cuts
+            .iter()
+            .map(|ops| ops.iter().filter(|o| matches!(o, Op::Tap(_))).count())
+            .collect()
+    }
+
+    /// Runs cut segment `from..to` on `x` (`[batch, side, side, c]` at cut `from`); the output
+    /// cut comes back as `[batch, 1, 1, out]`.
+    pub fn run(&self, x: Act, from: usize, to: usize, ctx: &mut EngineCtx) -> Act {
+        let mut regs: Vec<Option<Act>> = vec![Some(x), None, None, None];
+        for ops in &self.cuts[from..to] {
+            for op in ops {
+                run_op(op, &mut regs, ctx);
+            }
+        }
+        regs[0].take().expect("cut output in slot 0")
+    }
+
+    /// Full forward: normalised input -> `[batch, 1, 1, out]`.
+    pub fn forward(&self, x: Act, ctx: &mut EngineCtx) -> Act {
+        self.run(x, 0, self.cuts.len(), ctx)
+    }
+}
+
+fn run_op(op: &Op, regs: &mut [Option<Act>], ctx: &mut EngineCtx) {
+    match op {
+        Op::Conv {
+            conv,
+            bn,
+            src,
+            dst,
+            res,
+            relu,
+        } => {
+            let x = regs[*src].as_ref().expect("conv input");
+            let (batch, side) = (x.batch, x.side);
+            let os = conv.out_side(side);
+            let mut out = vec![0f32; batch * os * os * conv.cout];
+            let resid = res.map(|r| regs[r].as_ref().expect("residual input"));
+            match bn {
+                Some(bn) if ctx.record_bn => {
+                    kernels::conv_forward(conv, &x.data, batch, side, &mut out, &Epilogue::none());
+                    let (mean, var_b) = kernels::channel_moments(&out, conv.cout);
+                    let n = (batch * os * os) as f64;
+                    let unbias = n / (n - 1.0).max(1.0);
+                    ctx.bn_records.push((
+                        format!("{}{}", ctx.prefix, bn.name),
+                        mean.iter().map(|&m| m as f32).collect(),
+                        var_b.iter().map(|&v| (v * unbias) as f32).collect(),
+                    ));
+                    let scale: Vec<f32> = var_b
+                        .iter()
+                        .zip(&bn.gamma)
+                        .map(|(v, g)| (*g as f64 / (v + BN_EPS).sqrt()) as f32)
+                        .collect();
+                    let shift: Vec<f32> = mean
+                        .iter()
+                        .zip(&scale)
+                        .zip(&bn.beta)
+                        .map(|((m, s), b)| (*b as f64 - m * *s as f64) as f32)
+                        .collect();
+                    kernels::apply_epilogue(
+                        &mut out,
+                        conv.cout,
+                        &Epilogue {
+                            scale: Some(&scale),
+                            shift: Some(&shift),
+                            residual: resid.map(|r| r.data.as_slice()),
+                            relu: *relu,
+                        },
+                    );
+                }
+                _ => {
+                    let epi = Epilogue {
+                        scale: bn.as_ref().map(|b| b.scale.as_slice()),
+                        shift: bn.as_ref().map(|b| b.shift.as_slice()),
+                        residual: resid.map(|r| r.data.as_slice()),
+                        relu: *relu,
+                    };
+                    kernels::conv_forward(conv, &x.data, batch, side, &mut out, &epi);
+                }
+            }
+            regs[*dst] = Some(Act {
+                batch,
+                side: os,
+                c: conv.cout,
+                data: out,
+            });
+        }
+        Op::MaxPool { k, s, p } => {
+            let x = regs[0].take().expect("pool input");
+            let (data, side) = kernels::max_pool(&x.data, x.batch, x.side, x.c, *k, *s, *p);
+            regs[0] = Some(Act { side, data, ..x });
+        }
+        Op::Tap(slot) => {
+            if let Some(t) = ctx.taps.as_mut() {
+                t.push(regs[*slot].clone().expect("tapped slot"));
+            }
+        }
+        Op::PoolLinear { weight, bias } => {
+            let x = regs[0].take().expect("linear input");
+            let y = kernels::pool_linear(&x.data, x.batch, x.side * x.side, x.c, weight, bias);
+            regs[0] = Some(Act {
+                batch: x.batch,
+                side: 1,
+                c: bias.len(),
+                data: y,
+            });
+        }
+    }
+}
+
+/// Lays out the programs from a PyTorch-named state dict (names as in the model files).
+struct Builder<'a> {
+    s: &'a StateDict,
+}
+
+impl Builder<'_> {
+    fn get(&self, name: &str) -> Result<&crate::checkpoint::NamedTensor, ModelError> {
+        self.s
+            .get(name)
+            .ok_or_else(|| ModelError::Weights(format!("tensor `{name}` is missing")))
+    }
+
+    fn conv(&self, name: &str, stride: usize, pad: usize, bias: bool) -> Result<Conv, ModelError> {
+        let w = self.get(&format!("{name}.weight"))?;
+        if w.shape.len() != 4 || w.shape[2] != w.shape[3] {
+            return Err(ModelError::Weights(format!(
+                "tensor `{name}.weight` has shape {:?}, expected a square conv kernel",
+                w.shape
+            )));
+        }
+        let b = if bias {
+            Some(self.get(&format!("{name}.bias"))?.data.clone())
+        } else {
+            None
+        };
+        Ok(Conv::from_torch(name, &w.data, &w.shape, stride, pad, b))
+    }
+
+    fn bn(&self, name: &str) -> Result<Bn, ModelError> {
+        let g = &self.get(&format!("{name}.weight"))?.data;
+        let b = &self.get(&format!("{name}.bias"))?.data;
+        let m = &self.get(&format!("{name}.running_mean"))?.data;
+        let v = &self.get(&format!("{name}.running_var"))?.data;
+        let scale: Vec<f32> = g
+            .iter()
+            .zip(v)
+            .map(|(g, v)| (*g as f64 / (*v as f64 + BN_EPS).sqrt()) as f32)
+            .collect();
+        let shift = b
+            .iter()
+            .zip(m)
+            .zip(&scale)
+            .map(|((b, m), s)| (*b as f64 - *m as f64 * *s as f64) as f32)
+            .collect();
+        Ok(Bn {
+            name: name.to_string(),
+            gamma: g.clone(),
+            beta: b.clone(),
+            scale,
+            shift,
+        })
+    }
+
+    fn linear(&self, name: &str) -> Result<Op, ModelError> {
+        Ok(Op::PoolLinear {
+            weight: self.get(&format!("{name}.weight"))?.data.clone(),
+            bias: self.get(&format!("{name}.bias"))?.data.clone(),
+        })
+    }
+
+    /// conv + BN (+ residual) (+ ReLU).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_bn(
+        &self,
+        conv: &str,
+        bn: &str,
+        stride: usize,
+        pad: usize,
+        src: Slot,
+        dst: Slot,
+        res: Option<Slot>,
+        relu: bool,
+    ) -> Result<Op, ModelError> {
+        Ok(Op::Conv {
+            conv: self.conv(conv, stride, pad, false)?,
+            bn: Some(self.bn(bn)?),
+            src,
+            dst,
+            res,
+            relu,
+        })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.s.contains_key(name)
+    }
+
+    /// ResNet-20: mirrors [`crate::models::resnet20::ResNet20::forward_segment`].
+    fn resnet20(&self) -> Result<Vec<Vec<Op>>, ModelError> {
+        let mut cuts = Vec::new();
+        for stage in 1..=3 {
+            let mut ops = Vec::new();
+            if stage == 1 {
+                ops.push(self.conv_bn("conv1", "bn1", 1, 1, 0, 0, None, true)?);
+            }
+            for i in 0..3 {
+                let n = format!("layer{stage}.{i}");
+                let stride = if stage > 1 && i == 0 { 2 } else { 1 };
+                ops.push(self.conv_bn(
+                    &format!("{n}.conv1"),
+                    &format!("{n}.bn1"),
+                    stride,
+                    1,
+                    0,
+                    1,
+                    None,
+                    true,
+                )?);
+                ops.push(Op::Tap(1));
+                let res = if self.has(&format!("{n}.shortcut.0.weight")) {
+                    ops.push(self.conv_bn(
+                        &format!("{n}.shortcut.0"),
+                        &format!("{n}.shortcut.1"),
+                        stride,
+                        1,
+                        0,
+                        2,
+                        None,
+                        false,
+                    )?);
+                    2
+                } else {
+                    0
+                };
+                ops.push(self.conv_bn(
+                    &format!("{n}.conv2"),
+                    &format!("{n}.bn2"),
+                    1,
+                    1,
+                    1,
+                    0,
+                    Some(res),
+                    true,
+                )?);
+            }
+            ops.push(Op::Tap(0));
+            cuts.push(ops);
+        }
+        cuts.push(vec![self.linear("linear")?]);
+        Ok(cuts)
+    }
+
+    /// VGG-11: mirrors [`crate::models::vgg11::Vgg11::forward_segment`].
+    fn vgg11(&self) -> Result<Vec<Vec<Op>>, ModelError> {
+        let pool = Op::MaxPool { k: 2, s: 2, p: 0 };
+        let mut cuts = Vec::new();
+        for cut in 0..9 {
+            let mut ops = Vec::new();
+            if cut > 0 && VGG11_POOL_AFTER[cut - 1] {
+                ops.push(pool.clone());
+            }
+            if cut < 8 {
+                ops.push(Op::Conv {
+                    conv: self.conv(&format!("features.{}", VGG11_TORCH_INDEX[cut]), 1, 1, true)?,
+                    bn: None,
+                    src: 0,
+                    dst: 0,
+                    res: None,
+                    relu: true,
+                });
+                ops.push(Op::Tap(0));
+            } else {
+                ops.push(self.linear("classifier")?);
+            }
+            cuts.push(ops);
+        }
+        Ok(cuts)
+    }
+
+    /// ResNet-50: mirrors [`crate::models::resnet50::ResNet50::forward_segment`].
+    fn resnet50(&self) -> Result<Vec<Vec<Op>>, ModelError> {
+        let mut cuts = Vec::new();
+        for (stage, &blocks) in RESNET50_BLOCKS.iter().enumerate() {
+            let mut ops = Vec::new();
+            if stage == 0 {
+                ops.push(self.conv_bn("conv1", "bn1", 2, 3, 0, 0, None, true)?);
+                ops.push(Op::MaxPool { k: 3, s: 2, p: 1 });
+                ops.push(Op::Tap(0));
+            }
+            for i in 0..blocks {
+                let n = format!("layer{}.{i}", stage + 1);
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let c = |k: &str| format!("{n}.{k}");
+                ops.push(self.conv_bn(&c("conv1"), &c("bn1"), 1, 0, 0, 1, None, true)?);
+                ops.push(Op::Tap(1));
+                ops.push(self.conv_bn(&c("conv2"), &c("bn2"), stride, 1, 1, 2, None, true)?);
+                ops.push(Op::Tap(2));
+                let res = if self.has(&c("downsample.0.weight")) {
+                    ops.push(self.conv_bn(
+                        &c("downsample.0"),
+                        &c("downsample.1"),
+                        stride,
+                        0,
+                        0,
+                        3,
+                        None,
+                        false,
+                    )?);
+                    3
+                } else {
+                    0
+                };
+                ops.push(self.conv_bn(&c("conv3"), &c("bn3"), 1, 0, 2, 0, Some(res), true)?);
+            }
+            ops.push(Op::Tap(0));
+            cuts.push(ops);
+        }
+        cuts.push(vec![self.linear("fc")?]);
+        Ok(cuts)
+    }
+}
+
+/// A [`System`] compiled for the engine: the trunk and one network per head (multi-head).
+#[derive(Clone, Debug)]
+pub struct CpuSystem {
+    trunk: CpuNet,
+    heads: Vec<Option<CpuNet>>,
+    stop_cut: usize,
+    out_cut: usize,
+}
+
+impl CpuSystem {
+    /// Compiles every network of `sys`.
+    ///
+    /// # Errors
+    /// As [`CpuNet::compile`].
+    pub fn compile(sys: &System) -> Result<Self, ModelError> {
+        Ok(Self {
+            trunk: CpuNet::compile(&sys.trunk)?,
+            heads: sys
+                .heads
+                .iter()
+                .map(|h| h.net.as_ref().map(CpuNet::compile).transpose())
+                .collect::<Result<_, _>>()?,
+            stop_cut: sys.stop_cut,
+            out_cut: sys.trunk.output_cut(),
+        })
+    }
+
+    /// Final-layer outputs of every head (`[batch, 1, 1, out]` each), as
+    /// [`System::forward_heads`]; BN records are prefixed `trunk:` / `head{i}:`.
+    pub fn forward_heads(&self, x: Act, ctx: &mut EngineCtx) -> Vec<Act> {
+        ctx.prefix = "trunk:".into();
+        let z = self.trunk.run(x, 0, self.stop_cut, ctx);
+        self.heads
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                ctx.prefix = format!("head{i}:");
+                match h {
+                    Some(n) => n.run(z.clone(), self.stop_cut, self.out_cut, ctx),
+                    None => z.clone(),
+                }
+            })
+            .collect()
+    }
+}

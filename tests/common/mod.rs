@@ -1,0 +1,35 @@
+//! Helpers shared by the integration tests.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use zipmerge::checkpoint::StateDict;
+use zipmerge::models::{init_state, NetConfig};
+
+/// Random network with no dead units: BN shifts and conv biases positive, running statistics
+/// moderate, so every ReLU is active on some inputs.
+pub fn random_state(cfg: &NetConfig, seed: u64) -> StateDict {
+    let mut s = init_state(cfg, seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xabcdef);
+    for (k, t) in s.iter_mut() {
+        if k.starts_with("features") && k.ends_with(".weight") {
+            // He-scaled weights (std sqrt(2/fan_in)) so activations are not bias-dominated
+            t.data.iter_mut().for_each(|v| *v *= 6f32.sqrt());
+        } else if k.starts_with("features") && k.ends_with(".bias") {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = rng.gen_range(0.02..0.1));
+        } else if k.ends_with(".bias") && (k.contains("bn") || k.contains("shortcut.1")) {
+            t.data.iter_mut().for_each(|v| *v = rng.gen_range(0.1..0.5));
+        } else if k.ends_with("running_var") {
+            t.data.iter_mut().for_each(|v| *v = rng.gen_range(0.5..2.0));
+        } else if k.ends_with("running_mean") {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = rng.gen_range(-0.2..0.2));
+        } else if k.ends_with(".weight") && t.shape.len() == 1 {
+            t.data.iter_mut().for_each(|v| *v = rng.gen_range(0.5..1.5));
+        }
+    }
+    s
+}

@@ -40,3 +40,17 @@ pub fn write_dir_atomic<E: From<std::io::Error>>(
     std::fs::rename(&p, dir)?;
     Ok(())
 }
+
+/// Peak resident set size of this process so far, in MiB (`getrusage`'s `ru_maxrss`); `None`
+/// where the platform does not report it.
+pub fn peak_rss_mb() -> Option<f64> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getrusage writes into the zeroed struct we own.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            return Some(u.ru_maxrss as f64 / 1024.0); // KiB on Linux
+        }
+    }
+    None
+}

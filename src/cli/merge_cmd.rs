@@ -233,7 +233,9 @@ pub fn exec(a: MergeArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => zipmerge::data::split_dir(&root, "train"),
     };
+    let t_load = Instant::now();
     let probe = s.load_probe(&probe_dir, prep, quiet)?;
+    let probe_load_s = t_load.elapsed().as_secs_f64();
     // validate everything before the long steps
     let probe_b = if method.needs_statistics() {
         s.probe_batches(&probe)?
@@ -271,7 +273,9 @@ pub fn exec(a: MergeArgs) -> Result<()> {
             "statistics",
             quiet,
         );
-        let st = merge::statistics(&ep, &probe_b, &device, &mut |k| pb.inc(k as u64))?;
+        let st = merge::statistics_upto(&ep, &probe_b, &device, stop.spaces, &mut |k| {
+            pb.inc(k as u64)
+        })?;
         pb.finish_and_clear();
         timings.insert("statistics".into(), json!(t.elapsed().as_secs_f64()));
         Some(st)
@@ -334,6 +338,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
         Some(acc)
     };
     timings.insert("total".into(), json!(t_all.elapsed().as_secs_f64()));
+    timings.insert("loading_probe".into(), json!(probe_load_s));
     let report = json!({
         "method": method.label(),
         "settings": provenance["merge"],
@@ -344,6 +349,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
         "accuracy": accuracy,
         "timings_seconds": timings,
         "statistics_passes": stats.as_ref().map_or(0, |_| 1),
+        "peak_rss_mb": zipmerge::util::peak_rss_mb(),
     });
     let report_bytes = serde_json::to_vec_pretty(&report)?;
     merged

@@ -320,12 +320,39 @@ pub fn collect_engine(
     batches: &[Vec<Vec<u8>>],
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<CovAccumulator>, MergeError> {
+    collect_engine_upto(models, batches, usize::MAX, progress)
+}
+
+/// [`collect_engine`] of the first `spaces` feature spaces: the forward passes run only the
+/// cut segments up to the one holding the last of them.
+///
+/// # Errors
+/// As [`collect`].
+pub fn collect_engine_upto(
+    models: &[Net],
+    batches: &[Vec<Vec<u8>>],
+    spaces: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<CovAccumulator>, MergeError> {
     use crate::engine::{Act, CpuNet, EngineCtx};
+    if batches.is_empty() {
+        return Err(MergeError::Invalid(
+            "the probe set is empty: expected at least one image".into(),
+        ));
+    }
     let nets: Vec<CpuNet> = models
         .iter()
         .map(CpuNet::compile)
         .collect::<Result<_, _>>()?;
     let prep = models[0].preprocess();
+    // cut segments to run: the fewest whose taps cover `spaces`
+    let per_cut = nets[0].taps_per_cut();
+    let mut cuts = 0;
+    let mut covered = 0;
+    while cuts < per_cut.len() && covered < spaces {
+        covered += per_cut[cuts];
+        cuts += 1;
+    }
     let mut accs: Vec<CovAccumulator> = Vec::new();
     let mut per_image: Option<usize> = None;
     for batch in batches {
@@ -343,8 +370,10 @@ pub fn collect_engine(
                         taps: Some(Vec::new()),
                         ..Default::default()
                     };
-                    m.forward(x.clone(), &mut ctx);
-                    ctx.taps.unwrap_or_default()
+                    m.run(x.clone(), 0, cuts, &mut ctx);
+                    let mut t = ctx.taps.unwrap_or_default();
+                    t.truncate(spaces);
+                    t
                 })
                 .collect();
             let bytes: usize = taps.iter().flatten().map(|t| t.data.len() * 4).sum();

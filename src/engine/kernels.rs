@@ -32,6 +32,9 @@ pub struct Conv {
     pub weight: Vec<f32>,
     /// Bias `[cout]`, if any.
     pub bias: Option<Vec<f32>>,
+    /// Winograd F(2x2, 3x3) weights, for 3x3 stride-1 pad-1 convs with at least 8 input
+    /// channels (the path [`conv_forward`] takes for them).
+    pub winograd: Option<super::winograd::WinogradWeights>,
 }
 
 impl Conv {
@@ -57,6 +60,8 @@ impl Conv {
                 }
             }
         }
+        let winograd = (k == 3 && stride == 1 && pad == 1 && cin >= 32)
+            .then(|| super::winograd::WinogradWeights::from_torch(w, cout, cin));
         Self {
             name: name.to_string(),
             cin,
@@ -66,6 +71,7 @@ impl Conv {
             pad,
             weight,
             bias,
+            winograd,
         }
     }
 
@@ -105,7 +111,7 @@ impl Epilogue<'_> {
     }
 
     /// Applies the epilogue to rows `row0..` of `out: [rows, c]`.
-    fn apply(&self, out: &mut [f32], c: usize, row0: usize) {
+    pub(crate) fn apply(&self, out: &mut [f32], c: usize, row0: usize) {
         if self.scale.is_none() && self.shift.is_none() && self.residual.is_none() && !self.relu {
             return;
         }
@@ -145,6 +151,9 @@ pub fn conv_forward(
     let cout = conv.cout;
     debug_assert_eq!(out.len(), rows * cout);
     debug_assert_eq!(x.len(), batch * side * side * conv.cin);
+    if let Some(w) = &conv.winograd {
+        return super::winograd::conv3x3(w, conv.bias.as_deref(), x, batch, side, out, epi);
+    }
     let direct = conv.k == 1 && conv.stride == 1 && conv.pad == 0;
     let block = (IM2COL_BYTES / (4 * kk.max(cout))).clamp(64, 4096);
     out.par_chunks_mut(block * cout)
@@ -208,14 +217,27 @@ fn im2col(conv: &Conv, x: &[f32], side: usize, os: usize, row0: usize, n: usize,
         let row = &mut buf[r * kk..(r + 1) * kk];
         for ky in 0..k {
             let iy = (oy * s + ky) as isize - p as isize;
-            for kx in 0..k {
-                let ix = (ox * s + kx) as isize - p as isize;
-                let dst = &mut row[(ky * k + kx) * cin..(ky * k + kx + 1) * cin];
-                if iy < 0 || ix < 0 || iy >= side as isize || ix >= side as isize {
-                    dst.fill(0.0);
-                } else {
-                    let src = ((b * side + iy as usize) * side + ix as usize) * cin;
-                    dst.copy_from_slice(&x[src..src + cin]);
+            let seg = &mut row[ky * k * cin..(ky + 1) * k * cin];
+            if iy < 0 || iy >= side as isize {
+                seg.fill(0.0);
+                continue;
+            }
+            let ix0 = (ox * s) as isize - p as isize;
+            let base = (b * side + iy as usize) * side;
+            if ix0 >= 0 && ix0 as usize + k <= side {
+                // the k pixels of this kernel row are contiguous in NHWC: one copy
+                let src = (base + ix0 as usize) * cin;
+                seg.copy_from_slice(&x[src..src + k * cin]);
+            } else {
+                for kx in 0..k {
+                    let ix = ix0 + kx as isize;
+                    let dst = &mut seg[kx * cin..(kx + 1) * cin];
+                    if ix < 0 || ix >= side as isize {
+                        dst.fill(0.0);
+                    } else {
+                        let src = (base + ix as usize) * cin;
+                        dst.copy_from_slice(&x[src..src + cin]);
+                    }
                 }
             }
         }
@@ -464,6 +486,7 @@ mod tests {
 
     /// Direct convolution in NCHW from PyTorch-layout weights (the definition, written
     /// independently of im2col).
+    #[allow(clippy::too_many_arguments)]
     fn naive(
         x: &[f32],
         b: usize,
@@ -550,6 +573,8 @@ mod tests {
             (2, 6, 4, 5, 1, 2, 0),
             (2, 6, 4, 5, 1, 1, 0),
             (1, 2, 3, 4, 3, 1, 0),
+            (2, 9, 5, 7, 3, 1, 1),  // Winograd path
+            (1, 16, 8, 8, 3, 1, 1), // Winograd path
         ] {
             let x: Vec<f32> = (0..b * cin * side * side).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..cout * cin * k * k).map(|_| rnd()).collect();
@@ -585,9 +610,9 @@ mod tests {
     #[test]
     fn max_pool_pads_with_minus_infinity() {
         // 1 image, 1 channel, 3x3 of -1..-9, k3 s2 p1 -> 2x2; top-left window covers
-        // (-1, -2, -4, -5) -> -1
+        // (-1, -2, -4, -5) -> -1; the others (-2, -3, -5, -6), (-4, -5, -7, -8), (-5, -6, -8, -9)
         let x: Vec<f32> = (1..=9).map(|v| -(v as f32)).collect();
         let (y, os) = max_pool(&x, 1, 3, 1, 3, 2, 1);
-        assert_eq!((os, y), (2, vec![-1.0, -3.0, -7.0, -9.0]));
+        assert_eq!((os, y), (2, vec![-1.0, -2.0, -4.0, -5.0]));
     }
 }

@@ -15,6 +15,7 @@
 //! variance per BN layer, like [`crate::models::ForwardCtx::bn`].
 
 pub mod kernels;
+pub mod winograd;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -126,6 +127,7 @@ struct Bn {
 type Slot = usize;
 
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // a few dozen ops per network; boxing buys nothing
 enum Op {
     /// `dst = relu?(bn(conv(src)) + res)`.
     Conv {

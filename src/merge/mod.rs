@@ -214,7 +214,7 @@ pub struct Statistics {
     pub images: usize,
 }
 
-/// Collects feature statistics of the endpoints on the probe batches.
+/// Collects feature statistics of the endpoints on the probe batches (every feature space).
 ///
 /// # Errors
 /// [`MergeError`] for an empty probe set.
@@ -224,8 +224,30 @@ pub fn statistics(
     device: &Device,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Statistics, MergeError> {
+    statistics_upto(ep, batches, device, ep.spec.spaces.len(), progress)
+}
+
+/// [`statistics`] of the first `spaces` feature spaces only (a partial zip needs the spaces
+/// up to its stop): on the CPU engine the forward passes stop after the last cut segment
+/// holding one of them.
+///
+/// # Errors
+/// As [`statistics`].
+pub fn statistics_upto(
+    ep: &Endpoints,
+    batches: &[Vec<Vec<u8>>],
+    device: &Device,
+    spaces: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Statistics, MergeError> {
     let nets = ep.nets(device)?;
-    let accs: Vec<CovAccumulator> = collect::collect(&nets, batches, device, progress)?;
+    let accs: Vec<CovAccumulator> = if crate::engine::applies(device) {
+        collect::collect_engine_upto(&nets, batches, spaces, progress)?
+    } else {
+        let mut a = collect::collect(&nets, batches, device, progress)?;
+        a.truncate(spaces);
+        a
+    };
     let covariances = accs
         .iter()
         .map(CovAccumulator::finalize)

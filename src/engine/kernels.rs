@@ -9,6 +9,51 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+/// `dst = lhs * rhs` (f32, single-threaded `gemm`), `dst: [m, n]` row-major with row stride
+/// `dst_rs`; `lhs: [m, k]` and `rhs: [k, n]` given by (row stride, column stride).
+///
+/// # Safety
+/// Every element addressed through the pointers and strides must be in bounds, and `dst`
+/// must not overlap the inputs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
 /// Target size of one im2col block in bytes (fits the L2 cache of current x86 cores).
 const IM2COL_BYTES: usize = 1 << 21;
 
@@ -171,26 +216,17 @@ pub fn conv_forward(
             // SAFETY: lhs is [n, kk], weight [kk, cout] and o [n, cout], all row-major and
             // in bounds.
             unsafe {
-                gemm::gemm(
+                matmul(
                     n,
                     cout,
                     kk,
                     o.as_mut_ptr(),
-                    1,
-                    cout as isize,
-                    false,
+                    cout,
                     lhs.as_ptr(),
-                    1,
-                    kk as isize,
+                    (kk, 1),
                     conv.weight.as_ptr(),
-                    1,
-                    cout as isize,
-                    0.0,
-                    1.0,
+                    (cout, 1),
                     false,
-                    false,
-                    false,
-                    Parallelism::None,
                 );
             }
             if let Some(b) = &conv.bias {
@@ -360,26 +396,17 @@ pub fn pool_linear(
     }
     // SAFETY: pooled [batch, c], w [out, c] read as its transpose [c, out], y [batch, out].
     unsafe {
-        gemm::gemm(
+        matmul(
             batch,
             out,
             c,
             y.as_mut_ptr(),
-            1,
-            out as isize,
-            true,
+            out,
             pooled.as_ptr(),
-            1,
-            c as isize,
+            (c, 1),
             w.as_ptr(),
-            c as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
+            (1, c),
+            true,
         );
     }
     y
@@ -419,26 +446,17 @@ pub fn second_moment(x: &[f32], o: usize) -> (Vec<f64>, Vec<f64>) {
                 // SAFETY: lhs(i, kk) = x[(kb0+kk)*o + i0 + i], rhs(kk, j) = x[(kb0+kk)*o + j],
                 // both within rows kb0..kb0+kb; tmp is [m, o].
                 unsafe {
-                    gemm::gemm(
+                    matmul(
                         m,
                         o,
                         kb,
                         tmp.as_mut_ptr(),
-                        1,
-                        o as isize,
-                        false,
+                        o,
                         base.as_ptr().add(i0),
-                        o as isize,
-                        1,
+                        (1, o),
                         base.as_ptr(),
-                        1,
-                        o as isize,
-                        0.0,
-                        1.0,
+                        (o, 1),
                         false,
-                        false,
-                        false,
-                        Parallelism::None,
                     );
                 }
                 acc.iter_mut().zip(&tmp).for_each(|(a, v)| *a += *v as f64);
@@ -478,6 +496,18 @@ fn channel_sums(x: &[f32], o: usize) -> (Vec<f64>, usize) {
         tot.iter_mut().zip(p).for_each(|(t, v)| *t += v);
     }
     (tot, n)
+}
+
+/// A seeded stream of values uniform in [-0.5, 0.5) (an LCG; test inputs only).
+#[cfg(test)]
+pub(crate) fn uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut st = seed;
+    move || {
+        st = st
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((st >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
 }
 
 #[cfg(test)]
@@ -559,13 +589,7 @@ mod tests {
 
     #[test]
     fn odd_sizes_strides_and_padding_match_the_definition() {
-        let mut st = 7u64;
-        let mut rnd = || {
-            st = st
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((st >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut rnd = uniform(7);
         for &(b, cin, cout, side, k, s, p) in &[
             (2, 3, 5, 7, 3, 1, 1),
             (3, 4, 6, 9, 3, 2, 1),

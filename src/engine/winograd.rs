@@ -7,10 +7,9 @@
 //! `B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]`,
 //! `G = [[1,0,0],[1/2,1/2,1/2],[1/2,-1/2,1/2],[0,0,1]]`, `A^T = [[1,1,1,0],[0,1,-1,-1]]`.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::kernels::Epilogue;
+use super::kernels::{matmul, Epilogue};
 
 /// Transformed weights of a 3x3 conv: `u[k]` is `[cin, cout]` for the 16 positions k = 4*i + j
 /// of `G g G^T`.
@@ -92,26 +91,17 @@ pub fn conv3x3(
             for k in 0..16 {
                 // SAFETY: v[k] is [nt, cin], u[k] is [cin, cout], m[k] is [nt, cout].
                 unsafe {
-                    gemm::gemm(
+                    matmul(
                         nt,
                         cout,
                         cin,
                         m.as_mut_ptr().add(k * nt * cout),
-                        1,
-                        cout as isize,
-                        false,
+                        cout,
                         v.as_ptr().add(k * nt * cin),
-                        1,
-                        cin as isize,
+                        (cin, 1),
                         w.u.as_ptr().add(k * cin * cout),
-                        1,
-                        cout as isize,
-                        0.0,
-                        1.0,
+                        (cout, 1),
                         false,
-                        false,
-                        false,
-                        Parallelism::None,
                     );
                 }
             }
@@ -270,7 +260,7 @@ fn output_transform(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::kernels::{conv_forward, Conv};
+    use crate::engine::kernels::{conv_forward, uniform, Conv};
 
     /// Hand-sized case: a 4x4 single-channel input 1..16 and the kernel with a single 1 at
     /// the centre (identity) gives the input back; the all-ones kernel gives 3x3 box sums
@@ -293,13 +283,7 @@ mod tests {
     /// Odd sides, several channels, bias and a fused epilogue: equal to the im2col path.
     #[test]
     fn matches_im2col_on_odd_sizes() {
-        let mut st = 11u64;
-        let mut rnd = || {
-            st = st
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((st >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut rnd = uniform(11);
         for &(b, cin, cout, side) in &[(2, 3, 5, 7), (1, 8, 4, 5), (3, 5, 9, 8), (1, 2, 3, 1)] {
             let x: Vec<f32> = (0..b * side * side * cin).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..cout * cin * 9).map(|_| rnd()).collect();

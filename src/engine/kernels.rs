@@ -199,6 +199,9 @@ pub fn conv_forward(
     if let Some(w) = &conv.winograd {
         return super::winograd::conv3x3(w, conv.bias.as_deref(), x, batch, side, out, epi);
     }
+    if conv.stride == 1 && conv.k > 1 {
+        return shifted_conv(conv, x, batch, side, out, epi);
+    }
     let direct = conv.k == 1 && conv.stride == 1 && conv.pad == 0;
     let block = (IM2COL_BYTES / (4 * kk.max(cout))).clamp(64, 4096);
     out.par_chunks_mut(block * cout)
@@ -239,6 +242,73 @@ pub fn conv_forward(
             }
             epi.apply(o, cout, row0);
         });
+}
+
+/// Stride-1 convolution as `k*k` shifted matrix products per image, without im2col: the
+/// image is zero-padded once into a `[(side+2p)^2, cin]` buffer; on that grid, the input of
+/// kernel tap `(ky, kx)` for every output pixel is the same matrix shifted by `ky*(side+2p)+kx`
+/// rows, so `out_grid += shift(P) * W[ky, kx]` accumulates the conv on a grid of padded width
+/// (whose extra columns are dropped when the epilogue writes the image).
+fn shifted_conv(
+    conv: &Conv,
+    x: &[f32],
+    _batch: usize,
+    side: usize,
+    out: &mut [f32],
+    epi: &Epilogue,
+) {
+    let (k, p, cin, cout) = (conv.k, conv.pad, conv.cin, conv.cout);
+    let os = conv.out_side(side);
+    let wp = side + 2 * p;
+    let grid = os * wp; // output rows on the padded-width grid
+    out.par_chunks_mut(os * os * cout)
+        .enumerate()
+        .for_each_init(
+            || (Vec::<f32>::new(), Vec::<f32>::new()),
+            |(pad, acc), (b, o)| {
+                // padded image (+ k rows of slack read by the last shifts' dropped columns)
+                pad.clear();
+                pad.resize((wp * wp + k) * cin, 0.0);
+                for y in 0..side {
+                    let src = &x[(b * side + y) * side * cin..(b * side + y + 1) * side * cin];
+                    let d0 = ((y + p) * wp + p) * cin;
+                    pad[d0..d0 + side * cin].copy_from_slice(src);
+                }
+                acc.resize(grid * cout, 0.0);
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let shift = (ky * wp + kx) * cin;
+                        let wrow = (ky * k + kx) * cin * cout;
+                        // SAFETY: rows shift/cin .. shift/cin + grid of `pad` lie within its
+                        // (wp*wp + k) rows; the weight block is [cin, cout]; acc is [grid, cout].
+                        unsafe {
+                            matmul(
+                                grid,
+                                cout,
+                                cin,
+                                acc.as_mut_ptr(),
+                                cout,
+                                pad.as_ptr().add(shift),
+                                (cin, 1),
+                                conv.weight.as_ptr().add(wrow),
+                                (cout, 1),
+                                ky + kx > 0,
+                            );
+                        }
+                    }
+                }
+                for oy in 0..os {
+                    let src = &acc[oy * wp * cout..(oy * wp + os) * cout];
+                    o[oy * os * cout..(oy + 1) * os * cout].copy_from_slice(src);
+                }
+                if let Some(bs) = &conv.bias {
+                    for r in o.chunks_exact_mut(cout) {
+                        r.iter_mut().zip(bs).for_each(|(v, b)| *v += b);
+                    }
+                }
+                epi.apply(o, cout, b * os * os);
+            },
+        );
 }
 
 /// Patch rows `row0..row0+n` of `x` into `buf: [n, k*k*cin]`.

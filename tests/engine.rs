@@ -158,6 +158,9 @@ fn bn_reset_statistics_equal_burn_flex() {
         b.sort_by(|x, y| x.0.cmp(&y.0));
         e.sort_by(|x, y| x.0.cmp(&y.0));
         assert_eq!(b.len(), e.len());
+        // burn computes the batch variance in f32 and both paths round 50 layers of f32 convs
+        // differently: ResNet-50's deepest layers drift to ~1e-5, ResNet-20's stay below 1e-5
+        let tol = if cfg.arch == Arch::Resnet50 { 3e-5 } else { 1e-5 };
         for (x, y) in b.iter().zip(&e) {
             assert_eq!(x.0, y.0);
             // means are compared relative to the layer's spread (a mean can be ~0)
@@ -167,9 +170,9 @@ fn bn_reset_statistics_equal_burn_flex() {
                     .zip(&y.1)
                     .map(|(a, b)| (a - b).abs() as f64)
                     .fold(0.0, f64::max);
-            assert!(dm / spread.max(1e-12) < 1e-5, "{}: mean error {dm}", x.0);
+            assert!(dm / spread.max(1e-12) < tol, "{}: mean error {dm}", x.0);
             let ev = rel(&y.2, &x.2);
-            assert!(ev < 1e-5, "{}: variance relative error {ev}", x.0);
+            assert!(ev < tol, "{}: variance relative error {ev}", x.0);
         }
     }
 }

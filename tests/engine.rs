@@ -160,7 +160,11 @@ fn bn_reset_statistics_equal_burn_flex() {
         assert_eq!(b.len(), e.len());
         // burn computes the batch variance in f32 and both paths round 50 layers of f32 convs
         // differently: ResNet-50's deepest layers drift to ~1e-5, ResNet-20's stay below 1e-5
-        let tol = if cfg.arch == Arch::Resnet50 { 3e-5 } else { 1e-5 };
+        let tol = if cfg.arch == Arch::Resnet50 {
+            3e-5
+        } else {
+            1e-5
+        };
         for (x, y) in b.iter().zip(&e) {
             assert_eq!(x.0, y.0);
             // means are compared relative to the layer's spread (a mean can be ~0)

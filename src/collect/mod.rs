@@ -363,43 +363,51 @@ pub fn collect_engine_upto(
             .unwrap_or(refs.len().min(8));
         for chunk in refs.chunks(sub.max(1)) {
             let x = Act::from_images(chunk, prep);
-            let taps: Vec<Vec<Act>> = nets
-                .iter()
-                .map(|m| {
-                    let mut ctx = EngineCtx {
-                        taps: Some(Vec::new()),
-                        ..Default::default()
-                    };
-                    m.run(x.clone(), 0, cuts, &mut ctx);
-                    let mut t = ctx.taps.unwrap_or_default();
-                    t.truncate(spaces);
-                    t
-                })
-                .collect();
-            let bytes: usize = taps.iter().flatten().map(|t| t.data.len() * 4).sum();
-            per_image.get_or_insert(bytes / chunk.len().max(1));
-            for s in 0..taps[0].len() {
-                let c = taps[0][s].c;
-                if taps.iter().any(|t| t[s].c != c) {
-                    return Err(MergeError::Invalid(format!(
-                        "feature space {s}: the models have different widths"
-                    )));
-                }
-                let o = c * models.len();
-                let n = taps[0][s].rows();
-                let mut stacked = vec![0f32; n * o];
-                for (m, t) in taps.iter().enumerate() {
-                    for (dst, src) in stacked.chunks_exact_mut(o).zip(t[s].data.chunks_exact(c)) {
-                        for (d, v) in dst[m * c..(m + 1) * c].iter_mut().zip(src) {
-                            *d = if v.is_finite() { *v } else { 0.0 };
+            // stacked features per space, [n, O] with model m in columns m*C..(m+1)*C, filled
+            // straight from the taps (non-finite values set to 0)
+            let mut stacked: Vec<(usize, usize, Vec<f32>)> = Vec::new(); // (C, n, data)
+            let mut error: Option<MergeError> = None;
+            let n_models = nets.len();
+            for (m, net) in nets.iter().enumerate() {
+                let mut ctx = EngineCtx {
+                    sink: Some(Box::new(|s: usize, t: &Act| {
+                        if s >= spaces {
+                            return;
                         }
-                    }
-                }
-                let (sum, outer) = crate::engine::kernels::second_moment(&stacked, o);
+                        let (c, n) = (t.c, t.rows());
+                        if stacked.len() <= s {
+                            stacked.push((c, n, vec![0f32; n * c * n_models]));
+                        }
+                        let (sc, sn, buf) = &mut stacked[s];
+                        if *sc != c || *sn != n {
+                            error.get_or_insert(MergeError::Invalid(format!(
+                                "feature space {s}: the models have different widths"
+                            )));
+                            return;
+                        }
+                        let o = c * n_models;
+                        for (dst, src) in buf.chunks_exact_mut(o).zip(t.data.chunks_exact(c)) {
+                            for (d, v) in dst[m * c..(m + 1) * c].iter_mut().zip(src) {
+                                *d = if v.is_finite() { *v } else { 0.0 };
+                            }
+                        }
+                    })),
+                    ..Default::default()
+                };
+                net.run(x.clone(), 0, cuts, &mut ctx);
+            }
+            if let Some(e) = error {
+                return Err(e);
+            }
+            let bytes: usize = stacked.iter().map(|(_, _, b)| b.len() * 4).sum();
+            per_image.get_or_insert(bytes / chunk.len().max(1));
+            for (s, (c, n, buf)) in stacked.iter().enumerate() {
+                let o = c * n_models;
+                let (sum, outer) = crate::engine::kernels::second_moment(buf, o);
                 if accs.len() <= s {
                     accs.push(CovAccumulator::new(o));
                 }
-                accs[s].update_sums(chunk.len(), n, &sum, &outer);
+                accs[s].update_sums(chunk.len(), *n, &sum, &outer);
             }
         }
         progress(batch.len());

@@ -146,9 +146,12 @@ enum Op {
     PoolLinear { weight: Vec<f32>, bias: Vec<f32> },
 }
 
+/// Receives each tapped feature space `(space index, features)` without a copy.
+pub type TapSink<'a> = Box<dyn FnMut(usize, &Act) + 'a>;
+
 /// Mutable side channel of one engine forward pass (the engine's [`crate::models::ForwardCtx`]).
 #[derive(Default)]
-pub struct EngineCtx {
+pub struct EngineCtx<'a> {
     /// BN in train mode: normalise with batch statistics and record them.
     pub record_bn: bool,
     /// Recorded `(prefix + name, mean [C], unbiased var [C])`, in forward order.
@@ -157,6 +160,10 @@ pub struct EngineCtx {
     pub prefix: String,
     /// When `Some`, a copy of the features at every merge point, in feature-space order.
     pub taps: Option<Vec<Act>>,
+    /// When `Some`, called with the features at every merge point instead of copying them.
+    pub sink: Option<TapSink<'a>>,
+    /// Taps seen so far in this pass (the space index given to `sink`).
+    pub tapped: usize,
 }
 
 /// A network compiled for the engine: one program per cut segment.
@@ -288,9 +295,14 @@ fn run_op(op: &Op, regs: &mut [Option<Act>], ctx: &mut EngineCtx) {
             regs[0] = Some(Act { side, data, ..x });
         }
         Op::Tap(slot) => {
-            if let Some(t) = ctx.taps.as_mut() {
-                t.push(regs[*slot].clone().expect("tapped slot"));
+            let a = regs[*slot].as_ref().expect("tapped slot");
+            if let Some(f) = ctx.sink.as_mut() {
+                f(ctx.tapped, a);
             }
+            if let Some(t) = ctx.taps.as_mut() {
+                t.push(a.clone());
+            }
+            ctx.tapped += 1;
         }
         Op::PoolLinear { weight, bias } => {
             let x = regs[0].take().expect("linear input");

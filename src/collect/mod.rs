@@ -357,11 +357,15 @@ pub fn collect_engine_upto(
     let mut per_image: Option<usize> = None;
     for batch in batches {
         let refs: Vec<&[u8]> = batch.iter().map(|v| v.as_slice()).collect();
-        // sub-batch size from the tap bytes of one image (known after the first sub-batch)
-        let sub = per_image
-            .map(|b| (TAP_BUDGET_BYTES / b.max(1)).clamp(1, refs.len()))
-            .unwrap_or(refs.len().min(8));
-        for chunk in refs.chunks(sub.max(1)) {
+        let mut start = 0;
+        while start < refs.len() {
+            // sub-batch size from the tap bytes of one image (known after the first 8 images)
+            let sub = per_image
+                .map(|b| TAP_BUDGET_BYTES / b.max(1))
+                .unwrap_or(8)
+                .clamp(1, refs.len() - start);
+            let chunk = &refs[start..start + sub];
+            start += sub;
             let x = Act::from_images(chunk, prep);
             // stacked features per space, [n, O] with model m in columns m*C..(m+1)*C, filled
             // straight from the taps (non-finite values set to 0)

@@ -355,6 +355,9 @@ pub fn collect_engine_upto(
     }
     let mut accs: Vec<CovAccumulator> = Vec::new();
     let mut per_image: Option<usize> = None;
+    // stacked features per space, (C, n, [n, O]) with model m in columns m*C..(m+1)*C, filled
+    // straight from the taps (non-finite values set to 0)
+    let mut stacked: Vec<(usize, usize, Vec<f32>)> = Vec::new();
     for batch in batches {
         let refs: Vec<&[u8]> = batch.iter().map(|v| v.as_slice()).collect();
         let mut start = 0;
@@ -367,9 +370,6 @@ pub fn collect_engine_upto(
             let chunk = &refs[start..start + sub];
             start += sub;
             let x = Act::from_images(chunk, prep);
-            // stacked features per space, [n, O] with model m in columns m*C..(m+1)*C, filled
-            // straight from the taps (non-finite values set to 0)
-            let mut stacked: Vec<(usize, usize, Vec<f32>)> = Vec::new(); // (C, n, data)
             let mut error: Option<MergeError> = None;
             let n_models = nets.len();
             for (m, net) in nets.iter().enumerate() {
@@ -379,8 +379,16 @@ pub fn collect_engine_upto(
                             return;
                         }
                         let (c, n) = (t.c, t.rows());
-                        if stacked.len() <= s {
-                            stacked.push((c, n, vec![0f32; n * c * n_models]));
+                        if m == 0 {
+                            // the first model sets this sub-batch's shape (buffers are reused
+                            // across sub-batches; every element is overwritten below)
+                            if stacked.len() <= s {
+                                stacked.push((0, 0, Vec::new()));
+                            }
+                            let e = &mut stacked[s];
+                            e.0 = c;
+                            e.1 = n;
+                            e.2.resize(n * c * n_models, 0.0);
                         }
                         let (sc, sn, buf) = &mut stacked[s];
                         if *sc != c || *sn != n {

@@ -354,39 +354,39 @@ fn im2col(conv: &Conv, x: &[f32], side: usize, os: usize, row0: usize, n: usize,
 /// the result's bits do not depend on it).
 const PARTS: usize = 16;
 
-/// Per-channel mean and biased variance of `x: [rows, c]` over its rows, accumulated in f64
-/// (two passes: mean, then squared deviations). Returns `(mean, biased var)`.
+/// Per-channel mean and biased variance of `x: [rows, c]` over its rows: one pass of f64 sums
+/// and sums of squares on a fixed partition (`var = E[x^2] - mean^2` in f64, which loses
+/// nothing that matters for f32 data). Returns `(mean, biased var)`.
 pub fn channel_moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let rows = x.len() / c;
     let part = rows.div_ceil(PARTS).max(1);
-    let sum_parts = |f: &(dyn Fn(usize, f32) -> f64 + Sync)| -> Vec<f64> {
-        let parts: Vec<Vec<f64>> = x
-            .par_chunks(part * c)
-            .map(|chunk| {
-                let mut acc = vec![0f64; c];
-                for row in chunk.chunks_exact(c) {
-                    for (j, v) in row.iter().enumerate() {
-                        acc[j] += f(j, *v);
-                    }
+    let parts: Vec<(Vec<f64>, Vec<f64>)> = x
+        .par_chunks(part * c)
+        .map(|chunk| {
+            let mut s = vec![0f64; c];
+            let mut q = vec![0f64; c];
+            for row in chunk.chunks_exact(c) {
+                for ((s, q), v) in s.iter_mut().zip(q.iter_mut()).zip(row) {
+                    let v = *v as f64;
+                    *s += v;
+                    *q += v * v;
                 }
-                acc
-            })
-            .collect();
-        let mut tot = vec![0f64; c];
-        for p in parts {
-            tot.iter_mut().zip(p).for_each(|(t, v)| *t += v);
-        }
-        tot
-    };
+            }
+            (s, q)
+        })
+        .collect();
+    let (mut s, mut q) = (vec![0f64; c], vec![0f64; c]);
+    for (ps, pq) in parts {
+        s.iter_mut().zip(ps).for_each(|(t, v)| *t += v);
+        q.iter_mut().zip(pq).for_each(|(t, v)| *t += v);
+    }
     let n = rows.max(1) as f64;
-    let mean: Vec<f64> = sum_parts(&|_, v| v as f64).iter().map(|s| s / n).collect();
-    let var: Vec<f64> = sum_parts(&|j, v| {
-        let d = v as f64 - mean[j];
-        d * d
-    })
-    .iter()
-    .map(|s| s / n)
-    .collect();
+    let mean: Vec<f64> = s.iter().map(|v| v / n).collect();
+    let var = q
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| (q / n - m * m).max(0.0))
+        .collect();
     (mean, var)
 }
 

@@ -274,6 +274,18 @@ fn shifted_conv(
                     let d0 = ((y + p) * wp + p) * cin;
                     pad[d0..d0 + side * cin].copy_from_slice(src);
                 }
+                if let Some(direct) = direct_kernel(cout) {
+                    pad.resize((wp * wp + k + DIRECT_PX) * cin, 0.0);
+                    // SAFETY: the kernel was chosen for features this CPU has.
+                    unsafe { direct(pad, wp, k, cin, cout, os, &conv.weight, o) };
+                    if let Some(bs) = &conv.bias {
+                        for r in o.chunks_exact_mut(cout) {
+                            r.iter_mut().zip(bs).for_each(|(v, b)| *v += b);
+                        }
+                    }
+                    epi.apply(o, cout, b * os * os);
+                    return;
+                }
                 acc.resize(grid * cout, 0.0);
                 for ky in 0..k {
                     for kx in 0..k {
@@ -309,6 +321,114 @@ fn shifted_conv(
                 epi.apply(o, cout, b * os * os);
             },
         );
+}
+
+/// Output pixels per register block of the direct kernel.
+const DIRECT_PX: usize = 8;
+
+/// Signature of the direct stride-1 kernel: (padded image, padded width, k, cin, cout, output
+/// side, weights `[k*k*cin, cout]`, output `[os*os, cout]`).
+type DirectFn = unsafe fn(&[f32], usize, usize, usize, usize, usize, &[f32], &mut [f32]);
+
+/// The direct register-blocked kernel for this CPU, when `cout` is a multiple of 16 and the CPU
+/// has FMA (AVX-512 or AVX2); `None` sends the conv to the shifted products.
+fn direct_kernel(cout: usize) -> Option<DirectFn> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cout % 16 != 0 {
+            return None;
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Some(direct_avx512);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Some(direct_avx2);
+        }
+    }
+    let _ = cout;
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn direct_avx512(
+    pad: &[f32],
+    wp: usize,
+    k: usize,
+    cin: usize,
+    cout: usize,
+    os: usize,
+    w: &[f32],
+    o: &mut [f32],
+) {
+    direct_body(pad, wp, k, cin, cout, os, w, o)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn direct_avx2(
+    pad: &[f32],
+    wp: usize,
+    k: usize,
+    cin: usize,
+    cout: usize,
+    os: usize,
+    w: &[f32],
+    o: &mut [f32],
+) {
+    direct_body(pad, wp, k, cin, cout, os, w, o)
+}
+
+/// Direct stride-1 convolution of one zero-padded image: for each block of [`DIRECT_PX`]
+/// output pixels and 16 output channels, `acc[p][j] += x[p, tap, ci] * w[tap, ci, j]` over every
+/// kernel tap and input channel, accumulators held in registers (fused multiply-adds).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn direct_body(
+    pad: &[f32],
+    wp: usize,
+    k: usize,
+    cin: usize,
+    cout: usize,
+    os: usize,
+    w: &[f32],
+    o: &mut [f32],
+) {
+    for oy in 0..os {
+        for cb in (0..cout).step_by(16) {
+            let mut ox0 = 0;
+            while ox0 < os {
+                let np = DIRECT_PX.min(os - ox0);
+                let mut acc = [[0f32; 16]; DIRECT_PX];
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let xb = ((oy + ky) * wp + ox0 + kx) * cin;
+                        let wb = (ky * k + kx) * cin * cout + cb;
+                        assert!(xb + DIRECT_PX * cin <= pad.len());
+                        assert!(wb + cin * cout <= w.len() + cout - 16);
+                        for ci in 0..cin {
+                            // SAFETY: in bounds by the two asserts above (ci < cin, p < PX).
+                            let wv: [f32; 16] = unsafe {
+                                std::ptr::read_unaligned(w.as_ptr().add(wb + ci * cout).cast())
+                            };
+                            for (p, a) in acc.iter_mut().enumerate() {
+                                let xv = unsafe { *pad.get_unchecked(xb + p * cin + ci) };
+                                for j in 0..16 {
+                                    a[j] = xv.mul_add(wv[j], a[j]);
+                                }
+                            }
+                        }
+                    }
+                }
+                for (p, a) in acc.iter().enumerate().take(np) {
+                    let d = ((oy * os) + ox0 + p) * cout + cb;
+                    o[d..d + 16].copy_from_slice(a);
+                }
+                ox0 += DIRECT_PX;
+            }
+        }
+    }
 }
 
 /// Patch rows `row0..row0+n` of `x` into `buf: [n, k*k*cin]`.
@@ -667,8 +787,12 @@ mod tests {
             (2, 6, 4, 5, 1, 2, 0),
             (2, 6, 4, 5, 1, 1, 0),
             (1, 2, 3, 4, 3, 1, 0),
-            (2, 9, 5, 7, 3, 1, 1),  // Winograd path
-            (1, 16, 8, 8, 3, 1, 1), // Winograd path
+            (2, 5, 16, 7, 3, 1, 1), // direct register-blocked path (cout % 16 == 0)
+            (1, 3, 32, 6, 3, 1, 1), // direct, two channel blocks
+            (1, 4, 16, 9, 5, 1, 2), // direct, 5x5
+            (2, 9, 5, 7, 3, 1, 1),  // shifted products
+            (1, 16, 8, 8, 3, 1, 1), // shifted products
+            (1, 32, 16, 5, 3, 1, 1), // Winograd
         ] {
             let x: Vec<f32> = (0..b * cin * side * side).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..cout * cin * k * k).map(|_| rnd()).collect();

@@ -335,7 +335,7 @@ type DirectFn = unsafe fn(&[f32], usize, usize, usize, usize, usize, &[f32], &mu
 fn direct_kernel(cout: usize) -> Option<DirectFn> {
     #[cfg(target_arch = "x86_64")]
     {
-        if cout % 16 != 0 {
+        if !cout.is_multiple_of(16) {
             return None;
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -351,6 +351,7 @@ fn direct_kernel(cout: usize) -> Option<DirectFn> {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn direct_avx512(
     pad: &[f32],
@@ -366,6 +367,7 @@ unsafe fn direct_avx512(
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn direct_avx2(
     pad: &[f32],

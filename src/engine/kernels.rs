@@ -350,37 +350,28 @@ fn direct_kernel(cout: usize) -> Option<DirectFn> {
     None
 }
 
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn direct_avx512(
-    pad: &[f32],
-    wp: usize,
-    k: usize,
-    cin: usize,
-    cout: usize,
-    os: usize,
-    w: &[f32],
-    o: &mut [f32],
-) {
-    direct_body(pad, wp, k, cin, cout, os, w, o)
+/// The direct kernel compiled for one set of CPU features (the body is inlined into each).
+macro_rules! direct_variant {
+    ($name:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            pad: &[f32],
+            wp: usize,
+            k: usize,
+            cin: usize,
+            cout: usize,
+            os: usize,
+            w: &[f32],
+            o: &mut [f32],
+        ) {
+            direct_body(pad, wp, k, cin, cout, os, w, o)
+        }
+    };
 }
-
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn direct_avx2(
-    pad: &[f32],
-    wp: usize,
-    k: usize,
-    cin: usize,
-    cout: usize,
-    os: usize,
-    w: &[f32],
-    o: &mut [f32],
-) {
-    direct_body(pad, wp, k, cin, cout, os, w, o)
-}
+direct_variant!(direct_avx512, "avx512f,fma");
+direct_variant!(direct_avx2, "avx2,fma");
 
 /// Direct stride-1 convolution of one zero-padded image: for each block of [`DIRECT_PX`]
 /// output pixels and 16 output channels, `acc[p][j] += x[p, tap, ci] * w[tap, ci, j]` over every

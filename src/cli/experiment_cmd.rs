@@ -328,11 +328,7 @@ fn load_data(
         Some(m) => preprocess_of(m)?,
         None => Default::default(),
     };
-    let train_dir = match &s.probe {
-        Some(p) => p.clone(),
-        None => zipmerge::data::split_dir(&root, "train"),
-    };
-    let train = s.load_probe(&train_dir, prep, quiet)?;
+    let train = s.load_probe(&root, prep, quiet)?;
     let test = load_split(
         io.eval_data.as_deref().unwrap_or(&root),
         "test",

@@ -101,9 +101,15 @@ impl MergeSettings {
         })
     }
 
-    /// Loads the probe folder, decoding only the images the probe and BN-reset draws use.
-    pub fn load_probe(&self, dir: &Path, prep: Preprocess, quiet: bool) -> Result<SparseSet> {
+    /// Loads the probe folder (`--probe`, else the train split of the data root `root`),
+    /// decoding only the images the probe and BN-reset draws use.
+    pub fn load_probe(&self, root: &Path, prep: Preprocess, quiet: bool) -> Result<SparseSet> {
         let t0 = Instant::now();
+        let dir = match &self.probe {
+            Some(p) => p.clone(),
+            None => zipmerge::data::split_dir(root, "train"),
+        };
+        let dir = dir.as_path();
         let (p, b) = (self.probe_options()?, self.bn_options()?);
         let reset = self.bn_count()? != Some(0);
         let set = SparseSet::load(
@@ -229,12 +235,8 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     let device = a.backend.device(quiet)?;
     let root = data_root(a.data.as_deref());
     let prep = ep.spec.net.preprocess();
-    let probe_dir = match &s.probe {
-        Some(p) => p.clone(),
-        None => zipmerge::data::split_dir(&root, "train"),
-    };
     let t_load = Instant::now();
-    let probe = s.load_probe(&probe_dir, prep, quiet)?;
+    let probe = s.load_probe(&root, prep, quiet)?;
     let probe_load_s = t_load.elapsed().as_secs_f64();
     // validate everything before the long steps
     let probe_b = if method.needs_statistics() {

@@ -230,15 +230,28 @@ pub fn collect(
     device: &Device,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<CovAccumulator>, MergeError> {
-    if batches.is_empty() {
-        return Err(MergeError::Invalid(
-            "the probe set is empty: expected at least one image".into(),
-        ));
-    }
+    collect_upto(models, batches, device, usize::MAX, progress)
+}
+
+/// [`collect`] of the first `spaces` feature spaces only (a partial zip needs the spaces up
+/// to its stop): on the CPU engine the forward passes stop after the last cut segment holding
+/// one of them; through burn every space is computed and the rest dropped.
+///
+/// # Errors
+/// As [`collect`].
+pub fn collect_upto(
+    models: &[Net],
+    batches: &[Vec<Vec<u8>>],
+    device: &Device,
+    spaces: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<CovAccumulator>, MergeError> {
     if crate::engine::applies(device) {
-        return collect_engine(models, batches, progress);
+        return collect_engine_upto(models, batches, spaces, progress);
     }
-    collect_burn(models, batches, device, progress)
+    let mut accs = collect_burn(models, batches, device, progress)?;
+    accs.truncate(spaces);
+    Ok(accs)
 }
 
 /// [`collect`] through burn's own forward on any device (the reference for the engine).

@@ -200,7 +200,7 @@ pub fn conv_forward(
         return super::winograd::conv3x3(w, conv.bias.as_deref(), x, batch, side, out, epi);
     }
     if conv.stride == 1 && conv.k > 1 {
-        return shifted_conv(conv, x, batch, side, out, epi);
+        return shifted_conv(conv, x, side, out, epi);
     }
     let direct = conv.k == 1 && conv.stride == 1 && conv.pad == 0;
     let block = (IM2COL_BYTES / (4 * kk.max(cout))).clamp(64, 4096);
@@ -232,95 +232,84 @@ pub fn conv_forward(
                     false,
                 );
             }
-            if let Some(b) = &conv.bias {
-                for r in 0..n {
-                    o[r * cout..(r + 1) * cout]
-                        .iter_mut()
-                        .zip(b)
-                        .for_each(|(v, b)| *v += b);
-                }
-            }
+            add_bias(o, conv.bias.as_deref(), cout);
             epi.apply(o, cout, row0);
         });
 }
 
-/// Stride-1 convolution as `k*k` shifted matrix products per image, without im2col: the
-/// image is zero-padded once into a `[(side+2p)^2, cin]` buffer; on that grid, the input of
+/// Stride-1 convolution per zero-padded image (`[(side+2p)^2, cin]`, no im2col): by the direct
+/// register-blocked kernel when `cout` is a multiple of 16 and the CPU has FMA, else as `k*k`
+/// shifted matrix products: on the padded grid, the input of
 /// kernel tap `(ky, kx)` for every output pixel is the same matrix shifted by `ky*(side+2p)+kx`
 /// rows, so `out_grid += shift(P) * W[ky, kx]` accumulates the conv on a grid of padded width
 /// (whose extra columns are dropped when the epilogue writes the image).
-fn shifted_conv(
-    conv: &Conv,
-    x: &[f32],
-    _batch: usize,
-    side: usize,
-    out: &mut [f32],
-    epi: &Epilogue,
-) {
+fn shifted_conv(conv: &Conv, x: &[f32], side: usize, out: &mut [f32], epi: &Epilogue) {
     let (k, p, cin, cout) = (conv.k, conv.pad, conv.cin, conv.cout);
     let os = conv.out_side(side);
     let wp = side + 2 * p;
     let grid = os * wp; // output rows on the padded-width grid
+    let direct = direct_kernel(cout);
     out.par_chunks_mut(os * os * cout)
         .enumerate()
         .for_each_init(
             || (Vec::<f32>::new(), Vec::<f32>::new()),
             |(pad, acc), (b, o)| {
-                // padded image (+ k rows of slack read by the last shifts' dropped columns)
+                // padded image, plus slack rows read by the dropped columns of the last shifts
+                // (k rows) and by the last pixel block of the direct kernel (DIRECT_PX rows)
                 pad.clear();
-                pad.resize((wp * wp + k) * cin, 0.0);
+                pad.resize((wp * wp + k + DIRECT_PX) * cin, 0.0);
                 for y in 0..side {
                     let src = &x[(b * side + y) * side * cin..(b * side + y + 1) * side * cin];
                     let d0 = ((y + p) * wp + p) * cin;
                     pad[d0..d0 + side * cin].copy_from_slice(src);
                 }
-                if let Some(direct) = direct_kernel(cout) {
-                    pad.resize((wp * wp + k + DIRECT_PX) * cin, 0.0);
+                match direct {
                     // SAFETY: the kernel was chosen for features this CPU has.
-                    unsafe { direct(pad, wp, k, cin, cout, os, &conv.weight, o) };
-                    if let Some(bs) = &conv.bias {
-                        for r in o.chunks_exact_mut(cout) {
-                            r.iter_mut().zip(bs).for_each(|(v, b)| *v += b);
+                    Some(f) => unsafe { f(pad, wp, k, cin, cout, os, &conv.weight, o) },
+                    None => {
+                        acc.resize(grid * cout, 0.0);
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let shift = (ky * wp + kx) * cin;
+                                let wrow = (ky * k + kx) * cin * cout;
+                                // SAFETY: rows shift/cin .. shift/cin + grid of `pad` lie within
+                                // its rows (slack above); the weight block is [cin, cout]; acc
+                                // is [grid, cout].
+                                unsafe {
+                                    matmul(
+                                        grid,
+                                        cout,
+                                        cin,
+                                        acc.as_mut_ptr(),
+                                        cout,
+                                        pad.as_ptr().add(shift),
+                                        (cin, 1),
+                                        conv.weight.as_ptr().add(wrow),
+                                        (cout, 1),
+                                        ky + kx > 0,
+                                    );
+                                }
+                            }
+                        }
+                        for oy in 0..os {
+                            let src = &acc[oy * wp * cout..(oy * wp + os) * cout];
+                            o[oy * os * cout..(oy + 1) * os * cout].copy_from_slice(src);
                         }
                     }
-                    epi.apply(o, cout, b * os * os);
-                    return;
                 }
-                acc.resize(grid * cout, 0.0);
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let shift = (ky * wp + kx) * cin;
-                        let wrow = (ky * k + kx) * cin * cout;
-                        // SAFETY: rows shift/cin .. shift/cin + grid of `pad` lie within its
-                        // (wp*wp + k) rows; the weight block is [cin, cout]; acc is [grid, cout].
-                        unsafe {
-                            matmul(
-                                grid,
-                                cout,
-                                cin,
-                                acc.as_mut_ptr(),
-                                cout,
-                                pad.as_ptr().add(shift),
-                                (cin, 1),
-                                conv.weight.as_ptr().add(wrow),
-                                (cout, 1),
-                                ky + kx > 0,
-                            );
-                        }
-                    }
-                }
-                for oy in 0..os {
-                    let src = &acc[oy * wp * cout..(oy * wp + os) * cout];
-                    o[oy * os * cout..(oy + 1) * os * cout].copy_from_slice(src);
-                }
-                if let Some(bs) = &conv.bias {
-                    for r in o.chunks_exact_mut(cout) {
-                        r.iter_mut().zip(bs).for_each(|(v, b)| *v += b);
-                    }
-                }
+                add_bias(o, conv.bias.as_deref(), cout);
                 epi.apply(o, cout, b * os * os);
             },
         );
+}
+
+/// Adds a per-channel bias `[c]` to every row of `o: [rows, c]`.
+pub(crate) fn add_bias(o: &mut [f32], bias: Option<&[f32]>, c: usize) {
+    if let Some(bs) = bias {
+        for r in o.chunks_exact_mut(c) {
+            r.iter_mut().zip(bs).for_each(|(v, b)| *v += b);
+        }
+    }
 }
 
 /// Output pixels per register block of the direct kernel.

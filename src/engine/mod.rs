@@ -123,6 +123,24 @@ struct Bn {
     shift: Vec<f32>,
 }
 
+/// BatchNorm as a per-channel affine map `y = x * scale + shift` for mean `m` and (biased)
+/// variance `v`: `scale = gamma / sqrt(v + eps)`, `shift = beta - m * scale` (computed in f64;
+/// running statistics in eval mode, batch statistics in train mode).
+fn bn_affine(gamma: &[f32], beta: &[f32], m: &[f64], v: &[f64]) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = gamma
+        .iter()
+        .zip(v)
+        .map(|(g, v)| (*g as f64 / (v + BN_EPS).sqrt()) as f32)
+        .collect();
+    let shift = beta
+        .iter()
+        .zip(m)
+        .zip(&scale)
+        .map(|((b, m), s)| (*b as f64 - m * *s as f64) as f32)
+        .collect();
+    (scale, shift)
+}
+
 /// Register holding an activation during a cut's program (0 = the cut's input and output).
 type Slot = usize;
 
@@ -250,17 +268,7 @@ fn run_op(op: &Op, regs: &mut [Option<Act>], ctx: &mut EngineCtx) {
                         mean.iter().map(|&m| m as f32).collect(),
                         var_b.iter().map(|&v| (v * unbias) as f32).collect(),
                     ));
-                    let scale: Vec<f32> = var_b
-                        .iter()
-                        .zip(&bn.gamma)
-                        .map(|(v, g)| (*g as f64 / (v + BN_EPS).sqrt()) as f32)
-                        .collect();
-                    let shift: Vec<f32> = mean
-                        .iter()
-                        .zip(&scale)
-                        .zip(&bn.beta)
-                        .map(|((m, s), b)| (*b as f64 - m * *s as f64) as f32)
-                        .collect();
+                    let (scale, shift) = bn_affine(&bn.gamma, &bn.beta, &mean, &var_b);
                     kernels::apply_epilogue(
                         &mut out,
                         conv.cout,
@@ -350,17 +358,8 @@ impl Builder<'_> {
         let b = &self.get(&format!("{name}.bias"))?.data;
         let m = &self.get(&format!("{name}.running_mean"))?.data;
         let v = &self.get(&format!("{name}.running_var"))?.data;
-        let scale: Vec<f32> = g
-            .iter()
-            .zip(v)
-            .map(|(g, v)| (*g as f64 / (*v as f64 + BN_EPS).sqrt()) as f32)
-            .collect();
-        let shift = b
-            .iter()
-            .zip(m)
-            .zip(&scale)
-            .map(|((b, m), s)| (*b as f64 - *m as f64 * *s as f64) as f32)
-            .collect();
+        let f64s = |t: &[f32]| t.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        let (scale, shift) = bn_affine(g, b, &f64s(m), &f64s(v));
         Ok(Bn {
             name: name.to_string(),
             gamma: g.clone(),

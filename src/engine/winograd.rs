@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{matmul, Epilogue};
+use super::kernels::{add_bias, matmul, Epilogue};
 
 /// Transformed weights of a 3x3 conv: `u[k]` is `[cin, cout]` for the 16 positions k = 4*i + j
 /// of `G g G^T`.
@@ -242,9 +242,7 @@ fn output_transform(
                         .zip(a1.iter().zip(a2.iter().zip(a3)))
                         .for_each(|(o, (a, (b, c)))| *o = a - b - c);
                 }
-                if let Some(bs) = bias {
-                    y.iter_mut().zip(bs).for_each(|(v, b)| *v += b);
-                }
+                add_bias(&mut y, bias, cout);
                 let row = (b * side + oy) * side + ox;
                 epi.apply(&mut y, cout, row);
                 // SAFETY: `row` is a pixel of this task's own tile; rows of distinct tiles

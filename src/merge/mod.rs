@@ -228,8 +228,7 @@ pub fn statistics(
 }
 
 /// [`statistics`] of the first `spaces` feature spaces only (a partial zip needs the spaces
-/// up to its stop): on the CPU engine the forward passes stop after the last cut segment
-/// holding one of them.
+/// up to its stop; [`collect::collect_upto`]).
 ///
 /// # Errors
 /// As [`statistics`].
@@ -241,13 +240,8 @@ pub fn statistics_upto(
     progress: &mut dyn FnMut(usize),
 ) -> Result<Statistics, MergeError> {
     let nets = ep.nets(device)?;
-    let accs: Vec<CovAccumulator> = if crate::engine::applies(device) {
-        collect::collect_engine_upto(&nets, batches, spaces, progress)?
-    } else {
-        let mut a = collect::collect(&nets, batches, device, progress)?;
-        a.truncate(spaces);
-        a
-    };
+    let accs: Vec<CovAccumulator> =
+        collect::collect_upto(&nets, batches, device, spaces, progress)?;
     let covariances = accs
         .iter()
         .map(CovAccumulator::finalize)

@@ -82,6 +82,13 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// A message naming the option when the backend was built without support or `device` is not
 /// understood.
 pub fn device(backend: Backend, device: Option<&str>) -> Result<Device, String> {
+    if backend != Backend::Wgpu {
+        if let Some(d) = device {
+            return Err(format!(
+                "--device {d}: applies only to --backend wgpu (the {backend} backend has one device)"
+            ));
+        }
+    }
     match backend {
         Backend::Flex => Ok(Device::flex()),
         #[cfg(feature = "ndarray")]
@@ -107,10 +114,23 @@ pub fn device(backend: Backend, device: Option<&str>) -> Result<Device, String> 
             let kind = match device {
                 None => DeviceKind::DefaultDevice,
                 Some("cpu") => DeviceKind::Cpu,
-                Some(n) => DeviceKind::DiscreteGpu(
-                    n.parse()
-                        .map_err(|_| format!("--device `{n}`: expected a GPU number or `cpu`"))?,
-                ),
+                Some(n) => {
+                    let i: usize = n
+                        .parse()
+                        .map_err(|_| format!("--device `{n}`: expected a GPU number or `cpu`"))?;
+                    // cubecl panics on a missing adapter: check the list first
+                    let discrete = adapters
+                        .iter()
+                        .filter(|a| a.contains("type DiscreteGpu"))
+                        .count();
+                    if i >= discrete {
+                        return Err(format!(
+                            "--device {i}: there are {discrete} discrete GPU adapter(s) (numbered from 0); found: {}",
+                            adapters.join("; ")
+                        ));
+                    }
+                    DeviceKind::DiscreteGpu(i)
+                }
             };
             Ok(Device::wgpu(kind))
         }

@@ -14,6 +14,10 @@ pub enum CheckpointError {
         /// Cause.
         msg: String,
     },
+    /// An operating-system error whose message already names its path
+    /// ([`crate::util::with_path`]).
+    #[error("{0}")]
+    Os(String),
     /// The file exists but its content is not what was expected.
     #[error("{file}: {msg}")]
     Format {

@@ -22,8 +22,12 @@ fn main() {
     let code = match cli::run() {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            1
+            eprintln!("error: {}", cli::one_line(&format!("{e:#}")));
+            if e.chain().any(|c| c.is::<cli::Usage>()) {
+                2
+            } else {
+                1
+            }
         }
     };
     std::process::exit(code);

@@ -10,16 +10,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.flush()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| with_path(e, dir))?;
+    tmp.write_all(bytes).map_err(|e| with_path(e, path))?;
+    tmp.flush().map_err(|e| with_path(e, path))?;
+    tmp.persist(path).map_err(|e| with_path(e.error, path))?;
     Ok(())
 }
 
 /// Writes a directory atomically: `fill` populates a temporary sibling folder, which is then
-/// renamed to `dir` (replacing an existing one). On error nothing is left at `dir`'s new state.
+/// renamed to `dir`. An existing `dir` is replaced safely: it is first renamed aside, the new
+/// folder renamed in, and only then is the old one deleted; if the second rename fails the old
+/// folder is put back. On any failure the temporary folder is removed, so nothing partial is
+/// left beside `dir` and an existing `dir` survives.
+///
+/// # Errors
+/// The first I/O error, naming the path it concerns, or `fill`'s error.
 pub fn write_dir_atomic<E: From<std::io::Error>>(
     dir: &Path,
     fill: impl FnOnce(&Path) -> Result<(), E>,
@@ -28,17 +34,41 @@ pub fn write_dir_atomic<E: From<std::io::Error>>(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
+    std::fs::create_dir_all(parent).map_err(|e| with_path(e, parent))?;
     let tmp = tempfile::Builder::new()
         .prefix(".zipmerge-tmp-")
-        .tempdir_in(parent)?;
+        .tempdir_in(parent)
+        .map_err(|e| with_path(e, parent))?;
     fill(tmp.path())?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
+    // `tmp` stays owned (and is deleted on drop) until the new folder is in place
+    let aside = if dir.exists() {
+        let old = tempfile::Builder::new()
+            .prefix(".zipmerge-old-")
+            .tempdir_in(parent)
+            .map_err(|e| with_path(e, parent))?
+            .keep();
+        // rename over the (empty) placeholder folder we just made
+        std::fs::rename(dir, &old).map_err(|e| with_path(e, dir))?;
+        Some(old)
+    } else {
+        None
+    };
+    if let Err(e) = std::fs::rename(tmp.path(), dir) {
+        if let Some(old) = &aside {
+            let _ = std::fs::rename(old, dir);
+        }
+        return Err(with_path(e, dir).into());
     }
-    let p = tmp.keep();
-    std::fs::rename(&p, dir)?;
+    let _ = tmp.keep();
+    if let Some(old) = aside {
+        let _ = std::fs::remove_dir_all(old);
+    }
     Ok(())
+}
+
+/// An I/O error whose message names `path` (the standard messages do not).
+pub fn with_path(e: std::io::Error, path: &Path) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Peak resident set size of this process so far, in MiB (`getrusage`'s `ru_maxrss`); `None`

@@ -221,11 +221,6 @@ fn bad_merge_input_gives_one_line_errors() {
         "exactly 2 models",
         Some(&out),
     );
-    assert_clean_error(
-        &base(&["--probe-images", "100", "--batch-size", "500"]),
-        "fewer than one batch",
-        Some(&out),
-    );
     let empty = tmp().join("empty-probe");
     std::fs::create_dir_all(empty.join("cls")).unwrap();
     assert_clean_error(

@@ -166,19 +166,12 @@ pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ModelError> {
         }
         .into());
     }
-    if m.heads.is_empty() {
-        return Err(CheckpointError::Format {
-            file: f,
-            msg: "lists no heads".into(),
-        }
-        .into());
-    }
+    validate_manifest(&m, &f)?;
     let cfg = NetConfig {
         arch: m.arch,
         width: m.width,
         out: 1,
     };
-    cfg.validate()?;
     let out_cut = cfg.output_cut();
     let with_weights = m.heads.iter().filter(|h| h.weights.is_some()).count();
     let consistent = if with_weights == 0 {
@@ -202,12 +195,165 @@ pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ModelError> {
     Ok(m)
 }
 
-/// Reads one weight file of a model folder and checks it is finite.
+/// Largest label id + 1 a manifest may name (ImageNet-21k has 21,841 classes).
+pub const MAX_LABELS: usize = 100_000;
+
+/// Largest text-head embedding dimension a manifest may declare.
+pub const MAX_HEAD_DIM: usize = 65_536;
+
+/// Checks a manifest read from `file` before anything is allocated from its numbers: known
+/// format, a valid architecture width, at least one head, every head with classes (distinct, and
+/// inside the class table: `class_names` when given, a text head's embedding rows), a text head
+/// whose `dim` is sane and whose rows all have `dim` finite values, and weight file names that
+/// stay inside the folder ([`check_file_name`]). A manifest is untrusted data.
+///
+/// # Errors
+/// [`CheckpointError::Format`] naming `file` and the field at fault.
+pub fn validate_manifest(m: &ModelManifest, file: &str) -> Result<(), CheckpointError> {
+    let bad = |msg: String| CheckpointError::Format {
+        file: file.to_string(),
+        msg,
+    };
+    if m.heads.is_empty() {
+        return Err(bad("lists no heads".into()));
+    }
+    NetConfig {
+        arch: m.arch,
+        width: m.width,
+        out: 1,
+    }
+    .check("field `width`")
+    .map_err(|e| bad(e.to_string()))?;
+    let mut names = vec![m.weights.as_str()];
+    names.extend(m.heads.iter().filter_map(|h| h.weights.as_deref()));
+    for (i, n) in names.iter().enumerate() {
+        check_file_name(n).map_err(|e| bad(format!("weight file `{n}`: {e}")))?;
+        if names[..i].contains(n) {
+            return Err(bad(format!(
+                "weight file `{n}` is named twice; expected one file per network"
+            )));
+        }
+    }
+    let table = (!m.class_names.is_empty()).then_some(m.class_names.len());
+    for (i, h) in m.heads.iter().enumerate() {
+        let head = format!("head {i}");
+        if h.classes.is_empty() {
+            return Err(bad(format!(
+                "{head} lists no classes; expected at least one label id"
+            )));
+        }
+        let mut sorted = h.classes.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(bad(format!("{head} lists class {} twice", w[0])));
+        }
+        let max = *sorted.last().expect("non-empty");
+        if max >= MAX_LABELS {
+            return Err(bad(format!(
+                "{head}: class id {max} is out of range (expected < {MAX_LABELS})"
+            )));
+        }
+        if let Some(n) = table {
+            if max >= n {
+                return Err(bad(format!(
+                    "{head}: class id {max} is outside the class table (`class_names` has {n} entries)"
+                )));
+            }
+        }
+        if let HeadSpec::Text {
+            dim, embeddings, ..
+        } = &h.head
+        {
+            if *dim == 0 || *dim > MAX_HEAD_DIM {
+                return Err(bad(format!(
+                    "{head}: text head dim {dim} is out of range (expected 1..={MAX_HEAD_DIM})"
+                )));
+            }
+            if max >= embeddings.len() {
+                return Err(bad(format!(
+                    "{head}: the text head has {} embedding rows, none for class {max}",
+                    embeddings.len()
+                )));
+            }
+            for (r, row) in embeddings.iter().enumerate() {
+                if row.len() != *dim {
+                    return Err(bad(format!(
+                        "{head}: embedding row {r} has {} values, expected dim {dim}",
+                        row.len()
+                    )));
+                }
+                if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+                    return Err(bad(format!(
+                        "{head}: embedding row {r} value {j} is not a finite f32"
+                    )));
+                }
+                if row.iter().all(|v| *v == 0.0) {
+                    return Err(bad(format!(
+                        "{head}: embedding row {r} is all zeros; expected a unit-norm row"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a weight file name from a manifest names a file inside its own folder: one plain
+/// path component (no `/`, `\\`, `..`, absolute path or drive), ending in `.safetensors`, not
+/// hidden. Symlinks are checked when the file is opened ([`read_weights`]).
+///
+/// # Errors
+/// What is wrong with the name, as a phrase.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    use std::path::Component;
+    let mut comps = Path::new(name).components();
+    let plain = matches!(
+        (comps.next(), comps.next()),
+        (Some(Component::Normal(_)), None)
+    ) && !name.contains(['/', '\\', '\0']);
+    if !plain {
+        return Err(
+            "expected a plain file name inside the model folder (no path, `..` or absolute path)"
+                .into(),
+        );
+    }
+    if name.starts_with('.') || !name.ends_with(".safetensors") || name.len() > 200 {
+        return Err(
+            "expected a visible `<name>.safetensors` file name of at most 200 bytes".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Reads one weight file of a model folder and checks it is finite. The file must be a regular
+/// file inside `dir` once symlinks are resolved.
 ///
 /// # Errors
 /// [`CheckpointError`] naming the file.
 pub fn read_weights(dir: &Path, file: &str) -> Result<StateDict, CheckpointError> {
     let path = dir.join(file);
+    let shown = path.display().to_string();
+    check_file_name(file).map_err(|msg| CheckpointError::Format {
+        file: shown.clone(),
+        msg,
+    })?;
+    let inside = match (std::fs::canonicalize(dir), std::fs::canonicalize(&path)) {
+        (Ok(d), Ok(p)) => p.starts_with(&d) && p.is_file(),
+        (_, Err(e)) => {
+            return Err(CheckpointError::Io {
+                file: shown,
+                msg: e.to_string(),
+            })
+        }
+        _ => false,
+    };
+    if !inside {
+        return Err(CheckpointError::Format {
+            file: shown,
+            msg: "resolves outside its model folder or is not a regular file (symlink?); refused"
+                .into(),
+        });
+    }
     let s = safetensors_io::load(&path)?;
     check_finite(&s, &path.display().to_string())?;
     Ok(s)
@@ -253,6 +399,19 @@ pub fn write_model(
     manifest: &ModelManifest,
     files: &[(String, &StateDict)],
 ) -> Result<(), CheckpointError> {
+    write_model_with(dir, manifest, files, &[])
+}
+
+/// [`write_model`] with extra files (e.g. `report.json`) written into the same atomic folder.
+///
+/// # Errors
+/// As [`write_model`].
+pub fn write_model_with(
+    dir: &Path,
+    manifest: &ModelManifest,
+    files: &[(String, &StateDict)],
+    extra: &[(String, Vec<u8>)],
+) -> Result<(), CheckpointError> {
     check_out_dir(dir)?;
     let io = |e: std::io::Error| CheckpointError::Io {
         file: dir.display().to_string(),
@@ -264,23 +423,16 @@ pub fn write_model(
             let bytes = safetensors_io::to_bytes(state)?;
             std::fs::write(tmp.join(name), bytes).map_err(io)?;
         }
+        for (name, bytes) in extra {
+            std::fs::write(tmp.join(name), bytes).map_err(io)?;
+        }
         std::fs::write(tmp.join("manifest.json"), &json).map_err(io)?;
         Ok(())
-    })
-    .map_err(|e| match e {
-        CheckpointError::Io { msg, .. } => CheckpointError::Io {
-            file: dir.display().to_string(),
-            msg,
-        },
-        o => o,
     })
 }
 
 impl From<std::io::Error> for CheckpointError {
     fn from(e: std::io::Error) -> Self {
-        CheckpointError::Io {
-            file: "<output folder>".into(),
-            msg: e.to_string(),
-        }
+        CheckpointError::Os(e.to_string())
     }
 }

@@ -13,7 +13,7 @@ use zipmerge::engine::{Act, CpuNet, EngineCtx};
 use zipmerge::matching::{correlation, Matcher, Permute, SquareMatrix, ZipIt};
 use zipmerge::models::{init_state, Arch, ForwardCtx, Net, NetConfig};
 
-use super::common::BackendArgs;
+use super::common::{positive, BackendArgs};
 
 /// Arguments of `zipmerge bench`.
 #[derive(Args, Debug)]
@@ -25,13 +25,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub width: usize,
     /// Images per measurement (the embedded sample, repeated as needed).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = positive)]
     pub images: usize,
     /// Batch size.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 250, value_parser = positive)]
     pub batch_size: usize,
     /// Matcher size: features per model (O = 2 x this).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = positive)]
     pub match_width: usize,
     /// JSON output.
     #[arg(long)]

@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use zipmerge::checkpoint::{self, StateDict};
 use zipmerge::collect::{probe_batches, ProbeOptions};
 use zipmerge::rewrite::bn_reset;
 
-use super::common::{bar, data_root, load_split, BackendArgs};
+use super::common::{bar, data_root, load_split, positive, usage, BackendArgs};
 
 /// Arguments of `zipmerge bn-reset`.
 #[derive(Args, Debug)]
@@ -25,7 +25,7 @@ pub struct BnResetArgs {
     #[arg(long, default_value = "1000")]
     pub images: String,
     /// Batch size.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = positive)]
     pub batch_size: usize,
     /// Seed of the subset and augmentation.
     #[arg(long, default_value_t = 0)]
@@ -42,6 +42,26 @@ pub struct BnResetArgs {
 
 /// Runs `zipmerge bn-reset`.
 pub fn exec(a: BnResetArgs) -> Result<()> {
+    let images = if a.images == "all" {
+        None
+    } else {
+        match a.images.parse::<usize>() {
+            Ok(0) | Err(_) => {
+                return Err(usage(format!(
+                    "--images `{}`: expected a number >= 1 or `all`",
+                    a.images
+                )))
+            }
+            Ok(n) => Some(n),
+        }
+    };
+    if a.out.exists() && !a.out.is_dir() {
+        return Err(usage(format!(
+            "--out {}: exists and is not a folder; choose another --out",
+            a.out.display()
+        )));
+    }
+    checkpoint::check_out_dir(&a.out)?;
     let dir = checkpoint::model_dir(&a.model);
     let mut manifest = checkpoint::read_manifest(&dir)?;
     let mut trunk = checkpoint::read_weights(&dir, &manifest.weights)?;
@@ -54,15 +74,6 @@ pub fn exec(a: BnResetArgs) -> Result<()> {
     let device = a.backend.device(a.quiet)?;
     let prep = manifest.net_config().preprocess();
     let set = load_split(&data_root(a.data.as_deref()), "train", prep, a.quiet)?;
-    let images = if a.images == "all" {
-        None
-    } else {
-        Some(
-            a.images
-                .parse::<usize>()
-                .context("--images: expected a number or `all`")?,
-        )
-    };
     let batches = probe_batches(
         &set,
         &ProbeOptions {

@@ -11,6 +11,81 @@ use zipmerge::backend::{self, Backend};
 use zipmerge::checkpoint;
 use zipmerge::data::{split_dir, ImageSet, Preprocess};
 
+/// A usage error: a bad option value or a combination of options that cannot work. The CLI
+/// exits with code 2 for it (1 for runtime errors), see README "Errors and exit codes".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// A [`Usage`] error as an `anyhow` error.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Usage(msg.into()).into()
+}
+
+/// Marks an error as a usage error (exit code 2), keeping its message.
+pub trait UsageExt<T> {
+    /// `Err(e)` becomes `Err(Usage(e.to_string()))`.
+    fn usage(self) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> UsageExt<T> for std::result::Result<T, E> {
+    fn usage(self) -> Result<T> {
+        self.map_err(|e| usage(e.to_string()))
+    }
+}
+
+/// clap value parser: an integer >= 1 (batch sizes, image counts, epochs).
+pub fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("expected an integer >= 1, got 0".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("expected an integer >= 1, got `{s}`")),
+    }
+}
+
+/// clap value parser: a finite number >= 0 (learning rate, weight decay, warm-up epochs).
+pub fn non_negative(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("expected a finite number >= 0, got `{s}`")),
+    }
+}
+
+/// clap value parser: a finite number (no NaN or infinity).
+pub fn finite(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("expected a finite number, got `{s}`")),
+    }
+}
+
+/// Refuses an output folder that is one of the input model folders (it would silently replace
+/// an input) or an existing non-folder.
+///
+/// # Errors
+/// [`Usage`] naming `--out`.
+pub fn check_out_not_input(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    if let Some(o) = canon(out) {
+        for m in inputs {
+            if canon(&checkpoint::model_dir(m)).is_some_and(|c| c == o) {
+                return Err(usage(format!(
+                    "--out {}: is the input model {}; choose another folder (an input is never replaced)",
+                    out.display(),
+                    m.display()
+                )));
+            }
+        }
+    }
+    if out.exists() && !out.is_dir() {
+        return Err(usage(format!(
+            "--out {}: exists and is not a folder; choose another --out",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
 /// `--backend`, `--device`.
 #[derive(Args, Debug, Clone)]
 pub struct BackendArgs {
@@ -25,7 +100,7 @@ pub struct BackendArgs {
 impl BackendArgs {
     /// Builds the device, printing the wgpu adapter choice once.
     pub fn device(&self, quiet: bool) -> Result<Device> {
-        let d = backend::device(self.backend, self.device.as_deref()).map_err(|e| anyhow!(e))?;
+        let d = backend::device(self.backend, self.device.as_deref()).map_err(usage)?;
         #[cfg(feature = "wgpu")]
         if self.backend == Backend::Wgpu && !quiet {
             let adapters = backend::wgpu_adapters();
@@ -138,4 +213,28 @@ pub fn bar(len: u64, msg: &str, quiet: bool) -> ProgressBar {
 /// The command line as typed, for manifests.
 pub fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// Prints one `warning:` line per (feature space, model) with dead units (zero variance on the
+/// probe images; [`zipmerge::merge::Statistics::dead_units`]) and returns them for the report.
+pub fn warn_dead_units(
+    stats: &zipmerge::merge::Statistics,
+    spaces: &[zipmerge::spec::Space],
+) -> Vec<zipmerge::merge::DeadUnits> {
+    let dead = stats.dead_units(spaces);
+    for d in &dead {
+        let model = (b'A' + (d.model % 26) as u8) as char;
+        if d.dead == d.width {
+            eprintln!(
+                "warning: feature space `{}`: model {model} has all {} units dead (zero variance on the probe images: a zero or constant model?)",
+                d.space, d.width
+            );
+        } else {
+            eprintln!(
+                "warning: feature space `{}`: model {model} has {} dead units of {} (zero variance on the probe images)",
+                d.space, d.dead, d.width
+            );
+        }
+    }
+    dead
 }

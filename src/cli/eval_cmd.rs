@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use zipmerge::data::tasks::parse_tasks;
@@ -10,7 +10,7 @@ use zipmerge::eval::runner::evaluate;
 use zipmerge::eval::Accuracy;
 use zipmerge::models::system::System;
 
-use super::common::{bar, data_root, load_split, BackendArgs};
+use super::common::{bar, data_root, load_split, positive, BackendArgs, UsageExt};
 
 /// Arguments of `zipmerge eval`.
 #[derive(Args, Debug)]
@@ -26,7 +26,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub tasks: Option<String>,
     /// Batch size.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = positive)]
     pub batch_size: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -77,6 +77,10 @@ pub fn print_table(label: &str, a: &Accuracy) {
 /// Runs `zipmerge eval`.
 pub fn exec(a: EvalArgs) -> Result<()> {
     let quiet = a.quiet || a.json;
+    let tasks = match &a.tasks {
+        Some(t) => Some(parse_tasks(t, zipmerge::checkpoint::MAX_LABELS).usage()?),
+        None => None,
+    };
     let device = a.backend.device(quiet)?;
     let systems: Vec<System> = a
         .models
@@ -98,40 +102,12 @@ pub fn exec(a: EvalArgs) -> Result<()> {
     }
     let root = data_root(a.data.as_deref());
     let test = load_split(&root, "test", systems[0].config().preprocess(), quiet)?;
-    let tasks = match &a.tasks {
-        Some(t) => parse_tasks(t, test.class_names.len())?,
-        None => default_tasks(&systems),
-    };
-    if let Some(c) = tasks
-        .iter()
-        .flatten()
-        .find(|&&c| c >= test.class_names.len())
-    {
-        bail!(
-            "class {c} of the model's tasks is not in {} ({} classes)",
-            root.display(),
-            test.class_names.len()
-        );
-    }
-    for (s, p) in systems.iter().zip(&a.models) {
-        for h in &s.heads {
-            if let Some(limit) = h.spec.label_count() {
-                if let Some(c) = tasks.iter().flatten().find(|&&c| c >= limit) {
-                    bail!(
-                        "{}: its text head has class embeddings for labels 0..{}, not for class {c} of --tasks",
-                        p.display(),
-                        limit - 1
-                    );
-                }
-            }
-        }
-    }
-    let n: usize = (0..test.len())
-        .filter(|&i| tasks.iter().any(|t| t.contains(&test.labels[i])))
-        .count();
-    if n == 0 {
-        bail!("{}: no test images of the tasks' classes", root.display());
-    }
+    let tasks = tasks.unwrap_or_else(|| default_tasks(&systems));
+    let n = zipmerge::eval::runner::check_evaluation(
+        &zipmerge::eval::runner::heads_of(&systems),
+        &test,
+        &tasks,
+    )?;
     let pb = bar(n as u64, "eval", quiet);
     let t0 = std::time::Instant::now();
     let acc = evaluate(&systems, &test, &tasks, a.batch_size, &device, &mut |k| {

@@ -14,7 +14,10 @@ use zipmerge::experiments::{match_all, Context as Exp, Counters, Row};
 use zipmerge::merge::{self, Endpoints, Method, Statistics};
 use zipmerge::util::write_atomic;
 
-use super::common::{bar, data_root, load_split, preprocess_of, BackendArgs};
+use super::common::{
+    bar, check_out_not_input, data_root, load_split, preprocess_of, usage, warn_dead_units,
+    BackendArgs, UsageExt,
+};
 use super::merge_cmd::MergeSettings;
 
 /// Data and output options shared by the experiment commands.
@@ -139,15 +142,61 @@ struct Prepared {
     tasks: Vec<Vec<usize>>,
 }
 
+/// Checks `--out` before any work: not a file, not one of the input models, and creatable (its
+/// nearest existing ancestor is a folder). Nothing is created until the results are written.
+fn check_out(io: &ExperimentIo, inputs: &[PathBuf]) -> Result<()> {
+    let Some(out) = &io.out else { return Ok(()) };
+    check_out_not_input(out, inputs)?;
+    let mut at = out.as_path();
+    while !at.as_os_str().is_empty() && !at.exists() {
+        at = at.parent().unwrap_or(Path::new(""));
+    }
+    if !at.as_os_str().is_empty() && !at.is_dir() {
+        return Err(usage(format!(
+            "--out {}: {} is a file, so the folder cannot be created",
+            out.display(),
+            at.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Loads and validates one group of endpoints and checks that every method the experiment will
+/// run applies to it (e.g. Git Re-Basin needs exactly two models), before any image is decoded.
+fn load_endpoints(models: &[PathBuf], methods: &[Method], eps: f64) -> Result<Endpoints> {
+    let ep = Endpoints::load(models)?;
+    for m in methods {
+        merge::check_method(&ep, m, eps).usage()?;
+    }
+    Ok(ep)
+}
+
+/// The task (class ids of the first head) of each endpoint, checked against the test set: every
+/// class must be in it and have images, as `eval` requires.
+fn tasks_checked(ep: &Endpoints, test: &ImageSet) -> Result<Vec<Vec<usize>>> {
+    let tasks: Vec<Vec<usize>> = ep
+        .manifests
+        .iter()
+        .map(|m| m.heads[0].classes.clone())
+        .collect();
+    let heads: Vec<_> = ep
+        .manifests
+        .iter()
+        .flat_map(|m| m.heads.iter().map(|h| &h.head))
+        .collect();
+    zipmerge::eval::runner::check_evaluation(&heads, test, &tasks)?;
+    Ok(tasks)
+}
+
 fn prepare(
-    models: &[PathBuf],
+    mut ep: Endpoints,
+    tasks: Vec<Vec<usize>>,
     s: &MergeSettings,
     train: &SparseSet,
     device: &burn::tensor::Device,
     quiet: bool,
     counters: &mut Counters,
 ) -> Result<(Prepared, Statistics)> {
-    let mut ep = Endpoints::load(models)?;
     let bn = s.bn_batches(train)?;
     let probe = s.probe_batches(train)?;
     if !s.no_endpoint_bn_reset && !bn.is_empty() {
@@ -167,11 +216,7 @@ fn prepare(
     let stats = merge::statistics(&ep, &probe, device, &mut |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
     counters.statistics_passes += 1;
-    let tasks = ep
-        .manifests
-        .iter()
-        .map(|m| m.heads[0].classes.clone())
-        .collect();
+    warn_dead_units(&stats, &ep.spec.spaces);
     Ok((
         Prepared {
             ep,
@@ -204,27 +249,37 @@ fn print_rows(rows: &[Row]) {
 pub fn exec_sweep(a: SweepArgs) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     let method = a.settings.method()?;
+    a.settings.probe_count()?;
+    a.settings.bn_count()?;
+    check_out(&a.io, &a.models)?;
     let device = a.backend.device(quiet)?;
+    let ep = load_endpoints(
+        &a.models,
+        std::slice::from_ref(&method),
+        a.settings.merge_eps,
+    )?;
+    let stops = if a.stops == "all" {
+        ep.spec.stops()
+    } else {
+        a.stops
+            .split(',')
+            .map(|s| ep.spec.stop(s.trim()))
+            .collect::<Result<_, _>>()
+            .usage()?
+    };
     let (train, test) = load_data(&a.io, &a.settings, a.models.first(), quiet)?;
+    let tasks = tasks_checked(&ep, &test)?;
     let t0 = Instant::now();
     let mut counters = Counters::default();
     let (p, stats) = prepare(
-        &a.models,
+        ep,
+        tasks,
         &a.settings,
         &train,
         &device,
         quiet,
         &mut counters,
     )?;
-    let all_stops = p.ep.spec.stops();
-    let stops = if a.stops == "all" {
-        all_stops
-    } else {
-        a.stops
-            .split(',')
-            .map(|s| p.ep.spec.stop(s.trim()))
-            .collect::<Result<_, _>>()?
-    };
     let transforms = match_all(
         &p.ep,
         &method,
@@ -377,13 +432,31 @@ pub fn exec_reproduce(a: ReproduceArgs) -> Result<()> {
 
 fn exec_grid(a: GridArgs) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
+    let eval_images =
+        match a.eval_images.as_str() {
+            "all" => None,
+            n => Some(n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                usage(format!("--eval-images {n}: expected a number > 0 or `all`"))
+            })?),
+        };
+    if a.alphas.is_empty() || a.betas.is_empty() {
+        return Err(usage("--alphas/--betas: expected at least one value each"));
+    }
+    let methods = a
+        .alphas
+        .iter()
+        .flat_map(|&al| a.betas.iter().map(move |&be| (al, be)))
+        .map(|(al, be)| Method::parse("zipit", al, be, a.settings.seed))
+        .collect::<Result<Vec<_>, _>>()
+        .usage()?;
+    a.settings.probe_count()?;
+    a.settings.bn_count()?;
+    check_out(&a.io, &a.models)?;
     let device = a.backend.device(quiet)?;
+    let ep = load_endpoints(&a.models, &methods, a.settings.merge_eps)?;
+    let stop = ep.spec.stop(&a.stop).usage()?;
     let (train, mut test) = load_data(&a.io, &a.settings, a.models.first(), quiet)?;
-    if a.eval_images != "all" {
-        let n: usize = a
-            .eval_images
-            .parse()
-            .context("--eval-images: expected a number or `all`")?;
+    if let Some(n) = eval_images {
         use rand::{seq::SliceRandom, SeedableRng};
         let mut idx: Vec<usize> = (0..test.len()).collect();
         idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(a.settings.seed));
@@ -393,15 +466,16 @@ fn exec_grid(a: GridArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let mut counters = Counters::default();
+    let tasks = tasks_checked(&ep, &test)?;
     let (p, stats) = prepare(
-        &a.models,
+        ep,
+        tasks,
         &a.settings,
         &train,
         &device,
         quiet,
         &mut counters,
     )?;
-    let stop = p.ep.spec.stop(&a.stop)?;
     let exp = Exp {
         endpoints: &p.ep,
         bn_batches: &p.bn,
@@ -413,9 +487,10 @@ fn exec_grid(a: GridArgs) -> Result<()> {
     };
     let mut cells = Vec::new();
     let pb = bar((a.alphas.len() * a.betas.len()) as u64, "grid", quiet);
+    let mut methods = methods.into_iter();
     for &alpha in &a.alphas {
         for &beta in &a.betas {
-            let method = Method::parse("zipit", alpha, beta, a.settings.seed)?;
+            let method = methods.next().expect("one method per cell");
             let t = merge::match_spaces(
                 &p.ep,
                 &method,
@@ -477,19 +552,39 @@ fn exec_grid(a: GridArgs) -> Result<()> {
 
 fn exec_table1(a: Table1Args) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
-    let device = a.backend.device(quiet)?;
+    a.settings.probe_count()?;
+    a.settings.bn_count()?;
     let pairs = find_pairs(&a.pairs, a.filter.as_deref())?;
-    let first_model = pairs.first().and_then(|(_, m)| m.first());
-    let (train, test) = load_data(&a.io, &a.settings, first_model, quiet)?;
-    let root = data_root(a.io.data.as_deref());
+    let inputs: Vec<PathBuf> = pairs.iter().flat_map(|(_, m)| m.iter().cloned()).collect();
+    check_out(&a.io, &inputs)?;
+    let device = a.backend.device(quiet)?;
     let zipit = Method::Zipit {
         alpha: a.settings.alpha,
         beta: a.settings.beta,
     };
+    let methods = [
+        zipit.clone(),
+        Method::WeightAvg,
+        Method::GitRebasin {
+            seed: a.settings.seed,
+        },
+        Method::Permute,
+    ];
+    let endpoints = pairs
+        .iter()
+        .map(|(_, m)| load_endpoints(m, &methods, a.settings.merge_eps))
+        .collect::<Result<Vec<_>>>()?;
+    let first_model = pairs.first().and_then(|(_, m)| m.first());
+    let (train, test) = load_data(&a.io, &a.settings, first_model, quiet)?;
+    let tasks = endpoints
+        .iter()
+        .map(|ep| tasks_checked(ep, &test))
+        .collect::<Result<Vec<_>>>()?;
+    let root = data_root(a.io.data.as_deref());
     let t0 = Instant::now();
     let mut all_rows: Vec<Vec<Row>> = Vec::new();
     let mut counters = Counters::default();
-    for (name, models) in &pairs {
+    for (((name, models), ep), tasks) in pairs.iter().zip(endpoints).zip(tasks) {
         if !quiet {
             eprintln!(
                 "pair {name}: {}",
@@ -500,7 +595,15 @@ fn exec_table1(a: Table1Args) -> Result<()> {
                     .join(" + ")
             );
         }
-        let (p, stats) = prepare(models, &a.settings, &train, &device, quiet, &mut counters)?;
+        let (p, stats) = prepare(
+            ep,
+            tasks,
+            &a.settings,
+            &train,
+            &device,
+            quiet,
+            &mut counters,
+        )?;
         let exp = Exp {
             endpoints: &p.ep,
             bn_batches: &p.bn,

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+
+use super::common::{finite, non_negative, positive};
 use clap::Args;
 use serde_json::json;
 
@@ -19,19 +21,19 @@ pub struct MatchArgs {
     #[arg(long)]
     pub correlation: bool,
     /// Number of models N (O must be divisible by N).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = positive)]
     pub models: usize,
     /// zipit, permute, weight-avg or return-a.
     #[arg(long, default_value = "zipit")]
     pub method: String,
     /// ZipIt! alpha (> 0).
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, value_parser = finite)]
     pub alpha: f64,
     /// ZipIt! beta in [0, 1].
-    #[arg(long, default_value_t = 0.125)]
+    #[arg(long, default_value_t = 0.125, value_parser = finite)]
     pub beta: f64,
     /// Merge normalisation epsilon.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, value_parser = non_negative)]
     pub merge_eps: f64,
 }
 

@@ -14,7 +14,10 @@ use zipmerge::data::{Preprocess, SparseSet};
 use zipmerge::eval::runner::evaluate;
 use zipmerge::merge::{self, Endpoints, Method};
 
-use super::common::{bar, command_line, data_root, load_split, max_cached_images, BackendArgs};
+use super::common::{
+    bar, check_out_not_input, command_line, data_root, finite, load_split, max_cached_images,
+    non_negative, positive, usage, warn_dead_units, BackendArgs, UsageExt,
+};
 use super::eval_cmd::print_table;
 
 /// Options shared by merge, sweep and reproduce: method, probe and BN-reset sets.
@@ -24,13 +27,13 @@ pub struct MergeSettings {
     #[arg(long, default_value = "zipit")]
     pub method: String,
     /// ZipIt! alpha (> 0): similarity of a merged feature is alpha * min of its parts'.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, value_parser = finite)]
     pub alpha: f64,
     /// ZipIt! beta in [0, 1]: budget of same-model merges per model, floor(Om/2) * beta.
-    #[arg(long, default_value_t = 0.125)]
+    #[arg(long, default_value_t = 0.125, value_parser = finite)]
     pub beta: f64,
     /// Merge normalisation epsilon: merge = P / (colsum(P) + eps).
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, value_parser = non_negative)]
     pub merge_eps: f64,
     /// Probe folder (ImageFolder of both tasks' classes; labels unused); default: the train/
     /// folder of --data.
@@ -53,7 +56,7 @@ pub struct MergeSettings {
     #[arg(long)]
     pub rebasin_bn_reset: bool,
     /// Batch size of statistics, BN reset and evaluation.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = positive)]
     pub batch_size: usize,
     /// Seed of probe/BN-reset subsets, augmentation and Git Re-Basin's visiting order.
     #[arg(long, default_value_t = 0)]
@@ -63,12 +66,7 @@ pub struct MergeSettings {
 impl MergeSettings {
     /// Parsed method.
     pub fn method(&self) -> Result<Method> {
-        Ok(Method::parse(
-            &self.method,
-            self.alpha,
-            self.beta,
-            self.seed,
-        )?)
+        Method::parse(&self.method, self.alpha, self.beta, self.seed).usage()
     }
 
     /// `--probe-images` as a count.
@@ -142,18 +140,18 @@ impl MergeSettings {
     pub fn probe_batches(&self, probe: &SparseSet) -> Result<Vec<Vec<Vec<u8>>>> {
         let n = self.probe_count()?;
         if n == Some(0) {
-            bail!("--probe-images 0: the statistics need at least one image");
+            return Err(usage(
+                "--probe-images 0: the statistics need at least one image",
+            ));
         }
         if probe.total == 0 {
             bail!("the probe set {} is empty", probe.set.source);
         }
         let used = n.unwrap_or(probe.total).min(probe.total);
         if used < self.batch_size {
-            bail!(
-                "the probe set gives {used} images ({} in {}), fewer than one batch of {}: lower --batch-size or add images",
-                probe.total,
-                probe.set.source,
-                self.batch_size
+            eprintln!(
+                "note: the probe set gives {used} images ({} in {}), fewer than --batch-size {}: using one batch of {used}",
+                probe.total, probe.set.source, self.batch_size
             );
         }
         Ok(probe_batches_sparse(
@@ -184,7 +182,7 @@ fn count(s: &str, opt: &str) -> Result<Option<usize>> {
     }
     s.parse::<usize>()
         .map(Some)
-        .with_context(|| format!("{opt} `{s}`: expected a number or `all`"))
+        .map_err(|_| usage(format!("{opt} `{s}`: expected a number or `all`")))
 }
 
 /// Arguments of `zipmerge merge`.
@@ -229,9 +227,18 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     let quiet = a.quiet || a.json;
     let s = &a.settings;
     let method = s.method()?;
+    s.probe_count()?;
+    s.bn_count()?;
+    check_out_not_input(&a.out, &a.models)?;
     zipmerge::checkpoint::check_out_dir(&a.out)?;
     let mut ep = Endpoints::load(&a.models)?;
-    let stop = ep.spec.stop(&a.stop)?;
+    let stop = ep.spec.stop(&a.stop).usage()?;
+    merge::check_method(&ep, &method, s.merge_eps).usage()?;
+    let tasks = if a.tasks == "auto" {
+        None
+    } else {
+        Some(parse_tasks(&a.tasks, zipmerge::checkpoint::MAX_LABELS).usage()?)
+    };
     let device = a.backend.device(quiet)?;
     let root = data_root(a.data.as_deref());
     let prep = ep.spec.net.preprocess();
@@ -247,13 +254,26 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     let bn_b = s.bn_batches(&probe)?;
     let reset_merged =
         !bn_b.is_empty() && (s.rebasin_bn_reset || !matches!(method, Method::GitRebasin { .. }));
-    let tasks = if a.tasks == "auto" {
+    let tasks = tasks.unwrap_or_else(|| {
         ep.manifests
             .iter()
             .map(|m| m.heads[0].classes.clone())
             .collect()
+    });
+    // the test set is loaded and checked before the long steps, so data that `eval` refuses is
+    // refused here too, before any statistics
+    let test = if a.no_eval {
+        None
     } else {
-        parse_tasks(&a.tasks, probe.set.class_names.len().max(1))?
+        let test_root = a.eval_data.clone().unwrap_or(root.clone());
+        let test = load_split(&test_root, "test", prep, quiet)?;
+        let heads: Vec<_> = ep
+            .manifests
+            .iter()
+            .flat_map(|m| m.heads.iter().map(|h| &h.head))
+            .collect();
+        let n = zipmerge::eval::runner::check_evaluation(&heads, &test, &tasks)?;
+        Some((test, n))
     };
     let t_all = Instant::now();
     let mut timings = serde_json::Map::new();
@@ -268,6 +288,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
         pb.finish_and_clear();
         timings.insert("endpoint_bn_reset".into(), json!(t.elapsed().as_secs_f64()));
     }
+    let mut dead_units = Vec::new();
     let stats = if method.needs_statistics() {
         let t = Instant::now();
         let pb = bar(
@@ -280,6 +301,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
         })?;
         pb.finish_and_clear();
         timings.insert("statistics".into(), json!(t.elapsed().as_secs_f64()));
+        dead_units = warn_dead_units(&st, &ep.spec.spaces);
         Some(st)
     } else {
         None
@@ -294,7 +316,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
             "stop": stop.name, "zipped_layers": stop.zipped, "total_layers": stop.total,
             "sources": a.models.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "probe": probe.set.source, "probe_images": stats.as_ref().map(|s| s.images),
-            "probe_augment": !s.no_probe_augment,
+            "probe_augment": !s.no_probe_augment, "dead_units": dead_units,
             "bn_reset_images": bn_b.iter().map(Vec::len).sum::<usize>(),
             "merged_bn_reset": reset_merged,
             "endpoint_bn_reset": !s.no_endpoint_bn_reset,
@@ -318,26 +340,18 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     }
     let sys = merged.system(&device)?;
     let flops = sys.flops();
-    let accuracy = if a.no_eval {
-        None
-    } else {
+    let accuracy = if let Some((test, n)) = &test {
+        let (test, n) = (test, *n);
         let t = Instant::now();
-        let test_root = a.eval_data.clone().unwrap_or(root.clone());
-        let test = load_split(&test_root, "test", prep, quiet)?;
-        let n = (0..test.len())
-            .filter(|&i| {
-                tasks
-                    .iter()
-                    .any(|t: &Vec<usize>| t.contains(&test.labels[i]))
-            })
-            .count();
         let pb = bar(n as u64, "eval", quiet);
-        let acc = evaluate(&[sys], &test, &tasks, s.batch_size, &device, &mut |k| {
+        let acc = evaluate(&[sys], test, &tasks, s.batch_size, &device, &mut |k| {
             pb.inc(k as u64)
         });
         pb.finish_and_clear();
         timings.insert("eval".into(), json!(t.elapsed().as_secs_f64()));
         Some(acc)
+    } else {
+        None
     };
     timings.insert("total".into(), json!(t_all.elapsed().as_secs_f64()));
     timings.insert("loading_probe".into(), json!(probe_load_s));
@@ -355,9 +369,8 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     });
     let report_bytes = serde_json::to_vec_pretty(&report)?;
     merged
-        .save(&a.out)
+        .save_with(&a.out, &[("report.json".into(), report_bytes)])
         .with_context(|| format!("writing {}", a.out.display()))?;
-    zipmerge::util::write_atomic(&a.out.join("report.json"), &report_bytes)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

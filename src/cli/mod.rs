@@ -14,6 +14,21 @@ mod train_cmd;
 
 use clap::{Parser, Subcommand};
 
+pub use common::Usage;
+
+/// An error message as one line: line breaks inside (decoder or header text quoted in a
+/// message) become `; `, runs of blanks one space.
+pub fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// zipmerge: merge two (or more) vision networks trained from different initializations on
 /// different tasks into one network, without training (ZipIt! and baselines).
 #[derive(Parser, Debug)]
@@ -59,8 +74,17 @@ pub fn run() -> anyhow::Result<()> {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let _ = e.print();
-            std::process::exit(if e.use_stderr() { 2 } else { 0 });
+            if !e.use_stderr() {
+                // --help, --version
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            // clap's message is several lines (usage, tips): keep its first line, point to --help
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: bad command line");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("error: {} (see --help)", one_line(first));
+            std::process::exit(2);
         }
     };
     match cli.command {

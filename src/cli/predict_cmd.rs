@@ -13,7 +13,7 @@ use zipmerge::eval::softmax;
 use zipmerge::models::system::System;
 use zipmerge::models::ForwardCtx;
 
-use super::common::BackendArgs;
+use super::common::{positive, BackendArgs};
 
 /// Arguments of `zipmerge predict`.
 #[derive(Args, Debug)]
@@ -25,7 +25,7 @@ pub struct PredictArgs {
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     /// Classes to show per image.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = positive)]
     pub top: usize,
     /// JSON output with raw logits.
     #[arg(long)]

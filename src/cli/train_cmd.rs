@@ -11,7 +11,10 @@ use zipmerge::models::head::{text_head, HeadSpec};
 use zipmerge::models::{param_count, Arch, NetConfig};
 use zipmerge::train::{self, EpochLog, TrainObserver, TrainOptions};
 
-use super::common::{bar, command_line, data_root, load_split_classes, BackendArgs};
+use super::common::{
+    bar, command_line, data_root, load_split_classes, non_negative, positive, usage, BackendArgs,
+    UsageExt,
+};
 use zipmerge::data::{split_dir, ImageSet};
 
 /// Arguments of `zipmerge train`.
@@ -44,26 +47,26 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub part: usize,
     /// Epochs.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = positive)]
     pub epochs: usize,
     /// Warm-up epochs (linear from 0, then linear decay to 0).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = non_negative)]
     pub warmup: f64,
     /// Mini-batch size.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = positive)]
     pub batch_size: usize,
     /// Peak learning rate (SGD, momentum 0.9, weight decay 5e-4).
-    #[arg(long, default_value_t = 0.4)]
+    #[arg(long, default_value_t = 0.4, value_parser = non_negative)]
     pub lr: f64,
     /// Weight decay.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = non_negative)]
     pub weight_decay: f64,
     /// Seed of initial weights, shuffling and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Use only N training images of the task, a subset drawn with --seed (for quick runs);
     /// default all.
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub limit: Option<usize>,
     /// Output model folder.
     #[arg(long)]
@@ -112,14 +115,27 @@ pub const DEFAULT_EMBEDDINGS: &str = "datasets/class-text-embeddings.json";
 
 /// Runs `zipmerge train`.
 pub fn exec(a: TrainArgs) -> Result<()> {
-    let arch: Arch = a.arch.parse()?;
+    let arch: Arch = a.arch.parse().usage()?;
+    if a.out.exists() && !a.out.is_dir() {
+        return Err(usage(format!(
+            "--out {}: exists and is not a folder; choose another --out",
+            a.out.display()
+        )));
+    }
     zipmerge::checkpoint::check_out_dir(&a.out)?;
     NetConfig {
         arch,
         width: a.width,
         out: 1,
     }
-    .validate()?;
+    .validate()
+    .usage()?;
+    let head_opt = a.head.as_str();
+    if !(head_opt == "linear" || head_opt == "text" || head_opt.starts_with("text:")) {
+        return Err(usage(format!(
+            "--head `{head_opt}`: expected linear or text[:FILE]"
+        )));
+    }
     let root = data_root(a.data.as_deref());
     let prep = NetConfig {
         arch,
@@ -131,15 +147,18 @@ pub fn exec(a: TrainArgs) -> Result<()> {
         .context("loading train images")?
         .len();
     let (classes, split_lists) = match (&a.classes, &a.split) {
-        (Some(c), _) => (parse_classes(c, n)?, None),
+        (Some(c), _) => (
+            parse_classes(c, n).map_err(|e| usage(format!("--classes: {e}")))?,
+            None,
+        ),
         (None, Some(s)) => {
-            let parts = random_split(s, a.split_seed, n)?;
+            let parts = random_split(s, a.split_seed, n).usage()?;
             if a.part >= parts.len() {
-                bail!(
+                return Err(usage(format!(
                     "--part {}: --split {s} has only {} parts",
                     a.part,
                     parts.len()
-                );
+                )));
             }
             if !a.quiet {
                 eprintln!(
@@ -151,7 +170,9 @@ pub fn exec(a: TrainArgs) -> Result<()> {
             (parts[a.part].clone(), Some(parts))
         }
         (None, None) => {
-            bail!("give the task's classes with --classes 0,1,2 or --split 5+5 --split-seed S")
+            return Err(usage(
+                "give the task's classes with --classes 0,1,2 or --split 5+5 --split-seed S",
+            ))
         }
     };
     let head = match a.head.as_str() {
@@ -160,7 +181,11 @@ pub fn exec(a: TrainArgs) -> Result<()> {
             let file = h.strip_prefix("text:").unwrap_or(DEFAULT_EMBEDDINGS);
             text_head(std::path::Path::new(file), &classes)?
         }
-        o => bail!("--head `{o}`: expected linear or text[:FILE]"),
+        o => {
+            return Err(usage(format!(
+                "--head `{o}`: expected linear or text[:FILE]"
+            )))
+        }
     };
     let net = NetConfig {
         arch,

@@ -71,8 +71,35 @@ pub fn decode(path: &Path, prep: Preprocess, train: bool) -> Result<Vec<u8>, Dat
         path: path.display().to_string(),
         msg,
     };
-    let img = image::open(path).map_err(|e| err(format!("cannot decode image ({e})")))?;
-    prep.prepare(img.to_rgb8(), train).map_err(err)
+    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read ({e})")))?;
+    prep.prepare(decode_bytes(&bytes).map_err(err)?, train)
+        .map_err(err)
+}
+
+/// Decodes an encoded image to RGB, choosing the decoder from the bytes (as PIL does, whatever
+/// the file is named): JPEG through libjpeg-turbo exactly as PIL/torchvision ([`super::jpeg`]),
+/// PNG through the `image` crate (lossless, so every decoder agrees).
+///
+/// # Errors
+/// A one-line message: unknown format, or the decoder's complaint.
+pub fn decode_bytes(bytes: &[u8]) -> Result<image::RgbImage, String> {
+    if super::jpeg::is_jpeg(bytes) {
+        let (w, h, rgb) = super::jpeg::decode_rgb(bytes)
+            .map_err(|e| format!("cannot decode JPEG ({})", one_line(&e)))?;
+        return image::RgbImage::from_raw(w as u32, h as u32, rgb)
+            .ok_or_else(|| "JPEG decoder returned a short buffer".to_string());
+    }
+    let img = image::load_from_memory(bytes).map_err(|e| {
+        format!(
+            "cannot decode image: expected a JPEG or PNG file ({})",
+            one_line(&e.to_string())
+        )
+    })?;
+    Ok(img.to_rgb8())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Loads and decodes a whole ImageFolder tree.
@@ -200,5 +227,43 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("small.png"));
+    }
+
+    /// The JPEG fixtures' pixels were decoded by PIL 13 (libjpeg-turbo) with
+    /// `Image.open(f).convert("RGB")`: baseline 4:2:0, greyscale, 4:4:4, 4:2:2, odd size and
+    /// progressive streams must all decode to the same bytes.
+    #[test]
+    fn jpeg_pixels_equal_pil() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg");
+        for i in 0..8 {
+            let jpg = std::fs::read(dir.join(format!("{i}.jpg"))).unwrap();
+            let want = std::fs::read(dir.join(format!("{i}.rgb"))).unwrap();
+            let got = decode_bytes(&jpg).unwrap();
+            assert_eq!(got.as_raw().len(), want.len(), "fixture {i}");
+            let diff = got
+                .as_raw()
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(diff, 0, "fixture {i}: {diff} bytes differ from PIL");
+        }
+    }
+
+    #[test]
+    fn decoder_follows_content_not_name() {
+        let root = tempfile::tempdir().unwrap();
+        let png = root.path().join("really-a-png.jpg");
+        image::RgbImage::from_pixel(32, 32, image::Rgb([1, 2, 3]))
+            .save_with_format(&png, image::ImageFormat::Png)
+            .unwrap();
+        let px = decode(&png, Preprocess::Cifar, false).unwrap();
+        assert_eq!(&px[..3], &[1, 2, 3]);
+        let junk = root.path().join("junk.png");
+        std::fs::write(&junk, b"not an image\nsecond line").unwrap();
+        let e = decode(&junk, Preprocess::Cifar, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("junk.png") && !e.contains('\n'), "{e}");
     }
 }

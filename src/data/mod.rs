@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod cifar_bin;
 pub mod imagefolder;
+pub mod jpeg;
 pub mod preprocess;
 pub mod tasks;
 

@@ -58,13 +58,20 @@ pub fn parse_classes(s: &str, n_classes: usize) -> Result<Vec<usize>, DataError>
 /// Parses `0,1,2;3,4` into disjoint tasks.
 ///
 /// # Errors
-/// As [`parse_classes`], plus overlapping tasks.
+/// As [`parse_classes`], plus an empty task (`0,1;;2`) and overlapping tasks.
 pub fn parse_tasks(s: &str, n_classes: usize) -> Result<Vec<Vec<usize>>, DataError> {
-    let tasks: Vec<Vec<usize>> = s
-        .split(';')
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| parse_classes(t, n_classes))
-        .collect::<Result<_, _>>()?;
+    let mut tasks: Vec<Vec<usize>> = Vec::new();
+    for (k, t) in s.split(';').enumerate() {
+        if t.trim().is_empty() {
+            return Err(DataError::Invalid(format!(
+                "--tasks `{s}`: task {} is empty; expected class lists separated by `;`",
+                k + 1
+            )));
+        }
+        tasks.push(
+            parse_classes(t, n_classes).map_err(|e| DataError::Invalid(format!("--tasks: {e}")))?,
+        );
+    }
     let mut seen = Vec::new();
     for t in &tasks {
         for c in t {

@@ -6,6 +6,7 @@ use burn::tensor::{Device, Tensor};
 use super::{Accuracy, JointRule, Tally};
 use crate::data::{to_tensor, ImageSet};
 use crate::engine::{Act, CpuSystem, EngineCtx};
+use crate::error::DataError;
 use crate::models::head::HeadSpec;
 use crate::models::system::System;
 use crate::models::ForwardCtx;
@@ -46,6 +47,51 @@ pub fn joint_rule(systems: &[System]) -> JointRule {
     } else {
         JointRule::TaskSoftmax
     }
+}
+
+/// Checks that `data` can evaluate models with these heads (every head of every model, in order) on `tasks` before any image is run: every task
+/// class exists in the data (`data.class_names`), every text head has an embedding row for each
+/// task class, and the data holds at least one image of the tasks. Returns that image count.
+/// `eval`, `merge`, `sweep` and `reproduce` all call it, so they refuse the same data the same
+/// way.
+/// Call it with [`heads_of`] of the systems.
+///
+/// # Errors
+/// [`DataError::Invalid`] naming `data.source` (and the head) and the class at fault.
+pub fn check_evaluation(
+    heads: &[&HeadSpec],
+    data: &ImageSet,
+    tasks: &[Vec<usize>],
+) -> Result<usize, DataError> {
+    let classes = data.class_names.len();
+    if let Some(c) = tasks.iter().flatten().find(|&&c| c >= classes) {
+        return Err(DataError::Invalid(format!(
+            "{}: class {c} of the tasks is not in this data ({classes} classes)",
+            data.source
+        )));
+    }
+    for (i, h) in heads.iter().enumerate() {
+        if let Some(limit) = h.label_count() {
+            if let Some(c) = tasks.iter().flatten().find(|&&c| c >= limit) {
+                return Err(DataError::Invalid(format!(
+                    "head {i}: its text head has class embeddings for labels 0..{}, not for class {c} of the tasks",
+                    limit.saturating_sub(1)
+                )));
+            }
+        }
+    }
+    let n = data
+        .labels
+        .iter()
+        .filter(|l| tasks.iter().any(|t| t.contains(l)))
+        .count();
+    if n == 0 {
+        return Err(DataError::Invalid(format!(
+            "{}: no test images of the tasks' classes {tasks:?}",
+            data.source
+        )));
+    }
+    Ok(n)
 }
 
 /// Evaluates `systems` (an ensemble when several) on `data` with the given tasks, in batches of
@@ -122,4 +168,12 @@ pub fn rows(t: Tensor<2>) -> Vec<Vec<f32>> {
         .try_to_vec::<f32>()
         .unwrap_or_default();
     (0..r).map(|i| v[i * c..(i + 1) * c].to_vec()).collect()
+}
+
+/// Every head of `systems`, in order (for [`check_evaluation`]).
+pub fn heads_of(systems: &[System]) -> Vec<&HeadSpec> {
+    systems
+        .iter()
+        .flat_map(|s| s.heads.iter().map(|h| &h.spec))
+        .collect()
 }

@@ -109,7 +109,7 @@ impl SquareMatrix {
     /// # Errors
     /// [`MatchError::BadLength`] when `data.len() != n * n`.
     pub fn new(n: usize, data: Vec<f64>) -> Result<Self, MatchError> {
-        if data.len() != n * n {
+        if n.checked_mul(n) != Some(data.len()) {
             return Err(MatchError::BadLength { n, len: data.len() });
         }
         Ok(Self { n, data })

@@ -42,22 +42,31 @@ fn parse_npy(b: &[u8]) -> Result<(usize, usize, Vec<f64>), String> {
     }
     let major = b[6];
     let (hlen, start) = if major == 1 {
-        (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
+        (u16::from_le_bytes([b[8], b[9]]) as usize, 10usize)
     } else {
         if b.len() < 12 {
             return Err("truncated .npy header".into());
         }
         (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
     };
-    let header = std::str::from_utf8(b.get(start..start + hlen).ok_or("truncated .npy header")?)
-        .map_err(|_| "bad header")?;
+    let header = std::str::from_utf8(
+        b.get(start..start.saturating_add(hlen))
+            .ok_or("truncated .npy header")?,
+    )
+    .map_err(|_| "bad header")?;
     let descr = if header.contains("'<f8'") {
         8
     } else if header.contains("'<f4'") {
         4
     } else {
+        let descr = header
+            .split("'descr':")
+            .nth(1)
+            .and_then(|d| d.split('\'').nth(1))
+            .unwrap_or("?");
         return Err(format!(
-            "unsupported dtype in header {header}: expected '<f4' or '<f8'"
+            "unsupported .npy dtype `{}`: expected '<f4' or '<f8'",
+            descr.escape_debug()
         ));
     };
     if header.contains("'fortran_order': True") {
@@ -79,7 +88,10 @@ fn parse_npy(b: &[u8]) -> Result<(usize, usize, Vec<f64>), String> {
         return Err(format!("expected a 2-D array, found shape {dims:?}"));
     }
     let body = &b[start + hlen..];
-    let n = dims[0] * dims[1];
+    let n = dims[0]
+        .checked_mul(dims[1])
+        .filter(|n| n.checked_mul(descr).is_some())
+        .ok_or_else(|| format!("shape {dims:?} is too large"))?;
     if body.len() < n * descr {
         return Err(format!(
             "truncated data: {} bytes for {n} values",

@@ -214,6 +214,53 @@ pub struct Statistics {
     pub images: usize,
 }
 
+/// Units of one model in one feature space that did not vary on the probe images (dead ReLUs,
+/// zeroed channels): they carry no signal to match, so their pairing is arbitrary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeadUnits {
+    /// Feature space name.
+    pub space: String,
+    /// Model index (0 = A).
+    pub model: usize,
+    /// Units whose variance is zero (at most 1e-12 of the largest variance in the space).
+    pub dead: usize,
+    /// Units of the model in the space.
+    pub width: usize,
+}
+
+impl Statistics {
+    /// Dead units per (space, model), from the covariance diagonals: a unit counts as dead when
+    /// its probe variance is at most `1e-12` times the largest variance of the space (all models
+    /// together), so an all-zero endpoint shows every unit dead. `spaces` is the spec's list (the
+    /// first `covariances.len()` are read). Only pairs with at least one dead unit are returned.
+    pub fn dead_units(&self, spaces: &[crate::spec::Space]) -> Vec<DeadUnits> {
+        let mut out = Vec::new();
+        for (cov, sp) in self.covariances.iter().zip(spaces) {
+            let n = cov.n;
+            if sp.width == 0 || n % sp.width != 0 {
+                continue;
+            }
+            let var: Vec<f64> = (0..n).map(|i| cov.get(i, i)).collect();
+            let top = var.iter().copied().fold(0.0f64, f64::max);
+            for model in 0..n / sp.width {
+                let dead = var[model * sp.width..(model + 1) * sp.width]
+                    .iter()
+                    .filter(|&&v| !(v > 1e-12 * top))
+                    .count();
+                if dead > 0 {
+                    out.push(DeadUnits {
+                        space: sp.name.clone(),
+                        model,
+                        dead,
+                        width: sp.width,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Collects feature statistics of the endpoints on the probe batches (every feature space).
 ///
 /// # Errors
@@ -250,6 +297,26 @@ pub fn statistics_upto(
         covariances,
         images: batches.iter().map(Vec::len).sum(),
     })
+}
+
+/// Checks, before any image is run, that `method` can merge these endpoints with merge
+/// epsilon `eps`: `eps` finite and >= 0, Git Re-Basin only for two models (reference doc §3.5).
+///
+/// # Errors
+/// [`MergeError::Invalid`] naming the option.
+pub fn check_method(ep: &Endpoints, method: &Method, eps: f64) -> Result<(), MergeError> {
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(MergeError::Invalid(format!(
+            "--merge-eps {eps}: expected a finite number >= 0"
+        )));
+    }
+    if matches!(method, Method::GitRebasin { .. }) && ep.n() != 2 {
+        return Err(MergeError::Invalid(format!(
+            "--method git-rebasin merges exactly 2 models, got {} --model",
+            ep.n()
+        )));
+    }
+    Ok(())
 }
 
 /// Matches the first `spaces` feature spaces.
@@ -430,6 +497,14 @@ impl Merged {
     /// # Errors
     /// [`MergeError::Checkpoint`] when the folder cannot be written.
     pub fn save(&self, dir: &Path) -> Result<(), MergeError> {
+        self.save_with(dir, &[])
+    }
+
+    /// [`Merged::save`] with extra files (`report.json`) in the same atomic folder write.
+    ///
+    /// # Errors
+    /// As [`Merged::save`].
+    pub fn save_with(&self, dir: &Path, extra: &[(String, Vec<u8>)]) -> Result<(), MergeError> {
         let mut files: Vec<(String, &StateDict)> =
             vec![(self.manifest.weights.clone(), &self.zipped.trunk)];
         for (h, s) in self.manifest.heads.iter().zip(&self.zipped.heads) {
@@ -437,7 +512,51 @@ impl Merged {
                 files.push((f.clone(), s));
             }
         }
-        checkpoint::write_model(dir, &self.manifest, &files)?;
+        checkpoint::write_model_with(dir, &self.manifest, &files, extra)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matching::SquareMatrix;
+    use crate::spec::{Space, SpaceKind};
+
+    fn space(name: &str, width: usize) -> Space {
+        Space {
+            name: name.into(),
+            width,
+            kind: SpaceKind::Inner,
+            stop_cut: None,
+        }
+    }
+
+    #[test]
+    fn dead_units_are_counted_per_space_and_model() {
+        // two models of width 2: model A's unit 1 never varies; in the second space model B is
+        // all zero (a zeroed endpoint); the third space is healthy.
+        let diag = |d: [f64; 4]| {
+            let mut m = vec![0.0; 16];
+            for (i, v) in d.iter().enumerate() {
+                m[i * 4 + i] = *v;
+            }
+            SquareMatrix::new(4, m).unwrap()
+        };
+        let stats = Statistics {
+            covariances: vec![
+                diag([2.0, 0.0, 1.0, 3.0]),
+                diag([1.0, 0.5, 0.0, 1e-15]),
+                diag([1.0, 1.0, 1.0, 1.0]),
+            ],
+            images: 10,
+        };
+        let spaces = [space("s0", 2), space("s1", 2), space("s2", 2)];
+        let d = stats.dead_units(&spaces);
+        let got: Vec<(&str, usize, usize)> = d
+            .iter()
+            .map(|u| (u.space.as_str(), u.model, u.dead))
+            .collect();
+        assert_eq!(got, [("s0", 0, 1), ("s1", 1, 2)]);
     }
 }

@@ -73,7 +73,12 @@ impl HeadSpec {
             } => {
                 let rows: Vec<f32> = query
                     .iter()
-                    .flat_map(|&c| embeddings[c].iter().copied())
+                    // a class without a row (refused earlier by eval::runner::check_evaluation)
+                    // scores cos = 0 instead of panicking
+                    .flat_map(|&c| match embeddings.get(c) {
+                        Some(r) => r.clone(),
+                        None => vec![0.0; *dim],
+                    })
                     .collect();
                 let t = Tensor::<2>::from_data(TensorData::new(rows, [query.len(), *dim]), &device);
                 let norm = y
@@ -131,8 +136,20 @@ pub fn text_head(path: &Path, classes: &[usize]) -> Result<HeadSpec, ModelError>
             ef.embeddings.len()
         )));
     }
+    if ef.dim == 0 || ef.dim > crate::checkpoint::MAX_HEAD_DIM {
+        return Err(ModelError::Invalid(format!(
+            "{f}: dim {} is out of range (expected 1..={})",
+            ef.dim,
+            crate::checkpoint::MAX_HEAD_DIM
+        )));
+    }
     let mut embeddings = Vec::new();
     for (c, row) in ef.embeddings.iter().enumerate() {
+        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::Invalid(format!(
+                "{f}: row {c} value {j} is not a finite f32 (overflow or NaN)"
+            )));
+        }
         if row.len() != ef.dim {
             return Err(ModelError::Invalid(format!(
                 "{f}: row {c} has {} values, expected dim {}",
@@ -140,7 +157,12 @@ pub fn text_head(path: &Path, classes: &[usize]) -> Result<HeadSpec, ModelError>
                 ef.dim
             )));
         }
-        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if !(n.is_finite() && n > 0.0) {
+            return Err(ModelError::Invalid(format!(
+                "{f}: row {c} has norm {n}; expected a non-zero row whose squares fit f32"
+            )));
+        }
         embeddings.push(row.iter().map(|v| v / n).collect());
     }
     Ok(HeadSpec::Text {

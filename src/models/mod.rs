@@ -101,20 +101,27 @@ impl NetConfig {
     /// # Errors
     /// [`ModelError::Invalid`] for width 0 or out 0.
     pub fn validate(&self) -> Result<(), ModelError> {
+        self.check("--width")
+    }
+
+    /// [`NetConfig::validate`] naming the width as `what` (`--width`, or a manifest field).
+    ///
+    /// # Errors
+    /// [`ModelError::Invalid`] for a width of 0 or above the supported maximum, or no output.
+    pub fn check(&self, what: &str) -> Result<(), ModelError> {
         if self.width == 0 {
-            return Err(ModelError::Invalid(
-                if self.arch == Arch::Resnet50 {
-                    "--width 0: the base width (channels of the stem; torchvision: 64) must be >= 1"
-                } else {
-                    "--width 0: the width multiplier must be >= 1"
-                }
-                .into(),
-            ));
+            return Err(ModelError::Invalid(if self.arch == Arch::Resnet50 {
+                format!(
+                    "{what} 0: the base width (channels of the stem; torchvision: 64) must be >= 1"
+                )
+            } else {
+                format!("{what} 0: the width multiplier must be >= 1")
+            }));
         }
         let max = if self.arch == Arch::Resnet50 { 512 } else { 64 };
         if self.width > max {
             return Err(ModelError::Invalid(format!(
-                "--width {}: widths above {max} are not supported for {}",
+                "{what} {}: widths above {max} are not supported for {}",
                 self.width, self.arch
             )));
         }

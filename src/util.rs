@@ -48,7 +48,10 @@ pub fn write_dir_atomic<E: From<std::io::Error>>(
             .map_err(|e| with_path(e, parent))?
             .keep();
         // rename over the (empty) placeholder folder we just made
-        std::fs::rename(dir, &old).map_err(|e| with_path(e, dir))?;
+        if let Err(e) = std::fs::rename(dir, &old) {
+            let _ = std::fs::remove_dir(&old);
+            return Err(with_path(e, dir).into());
+        }
         Some(old)
     } else {
         None
@@ -83,4 +86,46 @@ pub fn peak_rss_mb() -> Option<f64> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn folder_replacement_is_all_or_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("model");
+        let put = |text: &'static str| {
+            move |d: &Path| -> std::io::Result<()> { std::fs::write(d.join("f"), text) }
+        };
+        write_dir_atomic(&dir, put("one")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("f")).unwrap(), "one");
+        // replacing: the new content, no temporary or old folder left beside it
+        write_dir_atomic(&dir, put("two")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("f")).unwrap(), "two");
+        assert_eq!(names(root.path()), ["model"]);
+        // a failing fill: the old folder survives, nothing else is left
+        let r = write_dir_atomic(&dir, |d: &Path| -> std::io::Result<()> {
+            std::fs::write(d.join("f"), "half")?;
+            Err(std::io::Error::other("disk full"))
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read_to_string(dir.join("f")).unwrap(), "two");
+        assert_eq!(names(root.path()), ["model"]);
+        // a failing final rename (name too long): nothing left, error names the path
+        let long = root.path().join("n".repeat(300));
+        let e = write_dir_atomic(&long, put("x")).unwrap_err().to_string();
+        assert!(e.contains("nnnn"), "{e}");
+        assert_eq!(names(root.path()), ["model"]);
+    }
 }

@@ -69,9 +69,29 @@ pub enum Command {
     Export(interop_cmd::ExportArgs),
 }
 
+/// Lets every option that takes a value accept a negative number as that value, in every
+/// subcommand.
+fn negative_numbers(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| {
+        if a.get_action().takes_values() && !a.is_positional() {
+            a.allow_negative_numbers(true)
+        } else {
+            a
+        }
+    })
+    .mut_subcommands(negative_numbers)
+}
+
 /// Parses the command line and runs the subcommand.
 pub fn run() -> anyhow::Result<()> {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+    // `--lr -0.1` reaches the option's validator (which names the option) instead of being
+    // taken for an unknown flag `-0`
+    let cmd = negative_numbers(Cli::command());
+    let parsed = cmd
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             if !e.use_stderr() {
@@ -79,11 +99,15 @@ pub fn run() -> anyhow::Result<()> {
                 let _ = e.print();
                 std::process::exit(0);
             }
-            // clap's message is several lines (usage, tips): keep its first line, point to --help
+            // clap's message is several paragraphs (usage, tips): keep the first one (the
+            // error and, e.g., the missing arguments) as one line, point to --help
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("error: bad command line");
+            let first = text
+                .split("\n\n")
+                .next()
+                .unwrap_or("error: bad command line");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {} (see --help)", one_line(first));
+            eprintln!("error: {} (see --help)", one_line(first).replace(":;", ":"));
             std::process::exit(2);
         }
     };

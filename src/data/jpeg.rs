@@ -65,9 +65,9 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
         // `C-unwind`), and the guard destroys the decompressor on every path.
         unsafe {
             let mut err: Box<jpeg_error_mgr> = Box::new(mem::zeroed());
-            let e = jpeg_std_error(&mut *err);
-            (*e).error_exit = Some(error_exit);
-            (*e).emit_message = Some(quiet_message);
+            let e = jpeg_std_error(&mut err);
+            e.error_exit = Some(error_exit);
+            e.emit_message = Some(quiet_message);
             let mut c: Box<jpeg_decompress_struct> = Box::new(mem::zeroed());
             c.common.err = e;
             jpeg_CreateDecompress(

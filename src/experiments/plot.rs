@@ -142,7 +142,7 @@ pub fn sweep_plot(rows: &[Row], svg: &Path, png: &Path) -> Result<(), PlotError>
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|x| PlotError(x.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|x| PlotError(format!("{}: {x}", dir.display())))?;
     let tmp_svg = dir.join(".sweep.svg.tmp");
     let tmp_png = dir.join(".sweep.png.tmp.png");
     draw(
@@ -153,8 +153,8 @@ pub fn sweep_plot(rows: &[Row], svg: &Path, png: &Path) -> Result<(), PlotError>
         BitMapBackend::new(&tmp_png, (900, 600)).into_drawing_area(),
         rows,
     )?;
-    std::fs::rename(&tmp_svg, svg).map_err(|x| PlotError(x.to_string()))?;
-    std::fs::rename(&tmp_png, png).map_err(|x| PlotError(x.to_string()))?;
+    std::fs::rename(&tmp_svg, svg).map_err(|x| PlotError(format!("{}: {x}", svg.display())))?;
+    std::fs::rename(&tmp_png, png).map_err(|x| PlotError(format!("{}: {x}", png.display())))?;
     Ok(())
 }
 
@@ -182,7 +182,7 @@ pub fn grid_heatmap(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|x| PlotError(x.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|x| PlotError(format!("{}: {x}", dir.display())))?;
     let tmp = dir.join(".grid.png.tmp.png");
     {
         let root = BitMapBackend::new(&tmp, (800, 650)).into_drawing_area();
@@ -248,6 +248,6 @@ pub fn grid_heatmap(
         }
         root.present().map_err(|x| e(&x))?;
     }
-    std::fs::rename(&tmp, png).map_err(|x| PlotError(x.to_string()))?;
+    std::fs::rename(&tmp, png).map_err(|x| PlotError(format!("{}: {x}", png.display())))?;
     Ok(())
 }

@@ -245,7 +245,7 @@ impl Statistics {
             for model in 0..n / sp.width {
                 let dead = var[model * sp.width..(model + 1) * sp.width]
                     .iter()
-                    .filter(|&&v| !(v > 1e-12 * top))
+                    .filter(|&&v| v.is_nan() || v <= 1e-12 * top)
                     .count();
                 if dead > 0 {
                     out.push(DeadUnits {

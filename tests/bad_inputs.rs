@@ -1,0 +1,713 @@
+//! Bad and hostile inputs, one or more cases per family of issue 10, run through the release
+//! binary on the shipped ResNet-20 x1 pair and the embedded sample. Every refusal asserts:
+//! the exit code (1 runtime, 2 usage), exactly one stderr line starting with `error:` that names
+//! the file/option/field, no `panicked`, and a file system left exactly as it was (every file
+//! of the sandbox byte for byte, no new file, no `.zipmerge-tmp-*` left). A few inputs that
+//! used to be refused or silently misread must now succeed (with a note or a warning).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_zipmerge");
+const SAMPLE: &str = "datasets/cifar10-sample";
+const PAIR: &str = "models/cifar10-5+5";
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("ZIPMERGE_DATA")
+        .output()
+        .expect("run zipmerge")
+}
+
+/// A scratch folder holding copies of the shipped pair (`a/`, `b/`) and a `victim.safetensors`
+/// that no command may touch.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for m in ["a", "b"] {
+            let to = dir.path().join(m);
+            std::fs::create_dir_all(&to).unwrap();
+            for f in ["manifest.json", "model.safetensors"] {
+                std::fs::copy(
+                    Path::new(PAIR).join(format!("resnet20x1-{m}")).join(f),
+                    to.join(f),
+                )
+                .unwrap();
+            }
+        }
+        std::fs::write(dir.path().join("victim.safetensors"), b"precious").unwrap();
+        Self { dir }
+    }
+    fn p(&self, rel: &str) -> String {
+        self.dir.path().join(rel).to_str().unwrap().to_string()
+    }
+    /// A copy of model `a` named `name` whose manifest is edited by `f`.
+    fn model_with(&self, name: &str, f: impl FnOnce(&mut Value)) -> String {
+        let to = self.dir.path().join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(
+            self.dir.path().join("a/model.safetensors"),
+            to.join("model.safetensors"),
+        )
+        .unwrap();
+        let mut m: Value = serde_json::from_slice(
+            &std::fs::read(self.dir.path().join("a/manifest.json")).unwrap(),
+        )
+        .unwrap();
+        f(&mut m);
+        std::fs::write(to.join("manifest.json"), m.to_string()).unwrap();
+        to.to_str().unwrap().to_string()
+    }
+    /// Every file under the sandbox with its bytes (symlinks as their target).
+    fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        fn walk(d: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                let meta = std::fs::symlink_metadata(&p).unwrap();
+                if meta.file_type().is_symlink() {
+                    let t = std::fs::read_link(&p).unwrap();
+                    out.insert(p, t.to_string_lossy().as_bytes().to_vec());
+                } else if meta.is_dir() {
+                    out.insert(p.clone(), b"<dir>".to_vec());
+                    walk(&p, out);
+                } else {
+                    out.insert(p.clone(), std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        let mut m = BTreeMap::new();
+        walk(self.dir.path(), &mut m);
+        m
+    }
+    /// Runs `args`, asserting a refusal with exit `code`, one `error:` line containing
+    /// `needle`, no panic, and an untouched sandbox.
+    fn refuses(&self, args: &[&str], code: i32, needle: &str) {
+        let before = self.snapshot();
+        let o = run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: exit code\n{err}");
+        assert!(!err.contains("panicked"), "{args:?}: panic\n{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: expected one error line\n{err}");
+        assert!(
+            !err.lines()
+                .any(|l| l.starts_with("  ") || l.starts_with("Caused")),
+            "{args:?}: multi-line error\n{err}"
+        );
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: `{}` lacks `{needle}`",
+            lines[0]
+        );
+        let after = self.snapshot();
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>(),
+            "{args:?}: files created or removed"
+        );
+        assert!(before == after, "{args:?}: a file changed");
+    }
+}
+
+/// An edit of a manifest.
+type Edit = fn(&mut Value);
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{args:?} failed\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+// ---- family 1: no write (or read) outside the model folder / --out -------------------------
+
+#[test]
+fn family1_manifest_paths_stay_inside_the_model_folder() {
+    let s = Sandbox::new();
+    let out = s.p("out");
+    for (name, weights) in [
+        ("dotdot", "../victim.safetensors"),
+        ("absolute", s.p("victim.safetensors").leak() as &str),
+        ("nested", "sub/model.safetensors"),
+        ("hidden", ".model.safetensors"),
+    ] {
+        let m = s.model_with(name, |v| v["weights"] = weights.into());
+        s.refuses(
+            &[
+                "bn-reset", "--model", &m, "--data", SAMPLE, "--out", &m, "-q",
+            ],
+            1,
+            "manifest.json",
+        );
+        s.refuses(
+            &[
+                "bn-reset", "--model", &m, "--data", SAMPLE, "--out", &out, "-q",
+            ],
+            1,
+            "weight file",
+        );
+        s.refuses(
+            &["eval", "--model", &m, "--data", SAMPLE],
+            1,
+            "manifest.json",
+        );
+    }
+    // a weights file that is a symlink escaping the folder
+    #[cfg(unix)]
+    {
+        let m = s.model_with("symlink", |_| {});
+        let w = Path::new(&m).join("model.safetensors");
+        std::fs::remove_file(&w).unwrap();
+        std::os::unix::fs::symlink(s.p("victim.safetensors"), &w).unwrap();
+        s.refuses(
+            &[
+                "bn-reset", "--model", &m, "--data", SAMPLE, "--out", &m, "-q",
+            ],
+            1,
+            "outside",
+        );
+    }
+}
+
+// ---- family 2: checkpoint contents that used to panic ------------------------------------
+
+#[test]
+fn family2_hostile_heads_are_refused_by_every_command() {
+    let s = Sandbox::new();
+    let b = s.p("b");
+    let out = s.p("merged");
+    let cases: [(&str, Edit, &str); 6] = [
+        (
+            "class-out-of-table",
+            |v| v["heads"][0]["classes"][0] = 12.into(),
+            "class",
+        ),
+        (
+            "few-rows",
+            |v| {
+                v["heads"][0]["head"]["embeddings"]
+                    .as_array_mut()
+                    .unwrap()
+                    .truncate(3);
+            },
+            "embedding",
+        ),
+        (
+            "short-row",
+            |v| {
+                v["heads"][0]["head"]["embeddings"][2]
+                    .as_array_mut()
+                    .unwrap()
+                    .truncate(7);
+            },
+            "row 2",
+        ),
+        (
+            "huge-dim",
+            |v| v["heads"][0]["head"]["dim"] = 1_000_000_000_000u64.into(),
+            "dim",
+        ),
+        (
+            "no-classes",
+            |v| v["heads"][0]["classes"] = Value::Array(vec![]),
+            "classes",
+        ),
+        (
+            "overflowing-value",
+            |v| v["heads"][0]["head"]["embeddings"][0][0] = 1e300.into(),
+            "finite",
+        ),
+    ];
+    for (name, edit, needle) in cases {
+        let m = s.model_with(name, edit);
+        s.refuses(&["eval", "--model", &m, "--data", SAMPLE], 1, needle);
+        s.refuses(
+            &[
+                "merge", "--model", &m, "--model", &b, "--data", SAMPLE, "--out", &out, "-q",
+            ],
+            1,
+            needle,
+        );
+        s.refuses(&["inspect", "--model", &m], 1, "manifest.json");
+    }
+}
+
+// ---- family 3: options that used to panic -------------------------------------------------
+
+#[test]
+fn family3_options_and_headers_that_panicked() {
+    let s = Sandbox::new();
+    s.refuses(&["bench", "--images", "0"], 2, "--images");
+    s.refuses(&["bench", "--batch-size", "0"], 2, "--batch-size");
+    s.refuses(
+        &["bench", "--backend", "wgpu", "--device", "99"],
+        2,
+        "--device",
+    );
+    s.refuses(
+        &["bench", "--backend", "flex", "--device", "1"],
+        2,
+        "--device",
+    );
+    // a .npy header whose shape product overflows usize
+    let npy = s.dir.path().join("overflow.npy");
+    let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (18446744073709551615, 18446744073709551615), }\n";
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    b.extend_from_slice(header.as_bytes());
+    std::fs::write(&npy, &b).unwrap();
+    s.refuses(
+        &["match", "--cov", npy.to_str().unwrap()],
+        1,
+        "overflow.npy",
+    );
+    // a dtype with a newline in the header is quoted, not pasted
+    let npy2 = s.dir.path().join("dtype.npy");
+    let header = "{'descr': '<i\n8', 'fortran_order': False, 'shape': (2, 2), }\n";
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    b.extend_from_slice(header.as_bytes());
+    std::fs::write(&npy2, &b).unwrap();
+    s.refuses(&["match", "--cov", npy2.to_str().unwrap()], 1, "dtype");
+}
+
+// ---- family 4: bad values that used to be accepted ----------------------------------------
+
+#[test]
+fn family4_bad_values_are_refused() {
+    let s = Sandbox::new();
+    let out = s.p("never");
+    let train = |extra: &[&str]| {
+        let mut a = vec!["train", "--data", SAMPLE, "--classes", "0,1", "--out", &out];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    for (flag, val) in [
+        ("--lr", "NaN"),
+        ("--lr", "-0.1"),
+        ("--weight-decay", "inf"),
+        ("--epochs", "0"),
+        ("--batch-size", "0"),
+        ("--warmup", "nan"),
+        ("--limit", "0"),
+    ] {
+        let a = if val.is_empty() {
+            train(&[flag])
+        } else {
+            train(&[flag, val])
+        };
+        let flag = flag.split('=').next().unwrap();
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        s.refuses(&a, 2, flag);
+    }
+    for arg in ["--alpha=nan", "--beta=inf", "--probe-images=0"] {
+        s.refuses(
+            &[
+                "merge",
+                "--model",
+                &s.p("a"),
+                "--model",
+                &s.p("b"),
+                "--out",
+                &out,
+                arg,
+            ],
+            2,
+            arg.split('=').next().unwrap(),
+        );
+    }
+    s.refuses(
+        &[
+            "merge",
+            "--model",
+            &s.p("a"),
+            "--model",
+            &s.p("b"),
+            "--out",
+            &out,
+            "--merge-eps",
+            "-1",
+        ],
+        2,
+        "--merge-eps",
+    );
+    // --eval-data that `eval` would refuse: the tasks' classes have no test image there
+    let data = s.dir.path().join("one-class/test/airplane");
+    std::fs::create_dir_all(&data).unwrap();
+    image::RgbImage::new(32, 32)
+        .save(data.join("x.png"))
+        .unwrap();
+    let root = s.p("one-class");
+    s.refuses(
+        &["eval", "--model", &s.p("a"), "--data", &root],
+        1,
+        "one-class",
+    );
+    s.refuses(
+        &[
+            "merge",
+            "--model",
+            &s.p("a"),
+            "--model",
+            &s.p("b"),
+            "--data",
+            SAMPLE,
+            "--eval-data",
+            &root,
+            "--out",
+            &out,
+            "-q",
+        ],
+        1,
+        "one-class",
+    );
+}
+
+// ---- family 5: nothing partial, an existing model survives --------------------------------
+
+#[test]
+fn family5_failed_writes_leave_nothing_and_keep_the_old_model() {
+    let s = Sandbox::new();
+    let (a, b) = (s.p("a"), s.p("b"));
+    // the final rename fails (name too long): no .zipmerge-tmp-* left beside it
+    let long = s.p(&"n".repeat(300));
+    s.refuses(
+        &[
+            "merge",
+            "--model",
+            &a,
+            "--model",
+            &b,
+            "--data",
+            SAMPLE,
+            "--out",
+            &long,
+            "--no-eval",
+            "--probe-images",
+            "50",
+            "--bn-reset-images",
+            "50",
+            "--batch-size",
+            "50",
+            "-q",
+        ],
+        1,
+        "nnnn",
+    );
+    // an existing model at --out survives a failed run
+    let old = s.p("old");
+    ok(&[
+        "merge",
+        "--model",
+        &a,
+        "--model",
+        &b,
+        "--data",
+        SAMPLE,
+        "--out",
+        &old,
+        "--no-eval",
+        "--probe-images",
+        "50",
+        "--bn-reset-images",
+        "50",
+        "--batch-size",
+        "50",
+        "-q",
+    ]);
+    s.refuses(
+        &[
+            "merge", "--model", &a, "--model", &b, "--data", SAMPLE, "--out", &old, "--stop",
+            "99/20",
+        ],
+        2,
+        "--stop",
+    );
+    s.refuses(
+        &[
+            "merge",
+            "--model",
+            &a,
+            "--model",
+            &b,
+            "--data",
+            "/nonexistent-data",
+            "--out",
+            &old,
+            "-q",
+        ],
+        1,
+        "/nonexistent-data",
+    );
+    // a folder that is not a model is never replaced
+    let notes = s.dir.path().join("notes");
+    std::fs::create_dir_all(&notes).unwrap();
+    std::fs::write(notes.join("thesis.tex"), b"years of work").unwrap();
+    s.refuses(
+        &[
+            "merge",
+            "--model",
+            &a,
+            "--model",
+            &b,
+            "--data",
+            SAMPLE,
+            "--out",
+            notes.to_str().unwrap(),
+        ],
+        1,
+        "notes",
+    );
+}
+
+// ---- family 6: clear, one-line messages naming what the user wrote -----------------------
+
+#[test]
+fn family6_messages_name_the_field_and_come_before_the_work() {
+    let s = Sandbox::new();
+    let (a, b) = (s.p("a"), s.p("b"));
+    let m = s.model_with("width0", |v| v["width"] = 0.into());
+    s.refuses(
+        &["eval", "--model", &m, "--data", SAMPLE],
+        1,
+        "field `width`",
+    );
+    // decoder text is not pasted over several lines; the file is named
+    let bad = s.dir.path().join("bad-images/test/airplane");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("x.jpg"), b"\xff\xd8\xffnot really\na jpeg\n").unwrap();
+    s.refuses(
+        &[
+            "predict",
+            "--model",
+            &a,
+            bad.join("x.jpg").to_str().unwrap(),
+        ],
+        1,
+        "x.jpg",
+    );
+    // an output file that is a folder, with its path
+    let dir_out = s.dir.path().join("a-folder");
+    std::fs::create_dir_all(&dir_out).unwrap();
+    s.refuses(
+        &["export", "--model", &a, "--out", dir_out.to_str().unwrap()],
+        1,
+        "a-folder",
+    );
+    // experiments check --out, stops and methods before any image is decoded
+    let file_out = s.dir.path().join("victim.safetensors");
+    let f = file_out.to_str().unwrap();
+    s.refuses(
+        &[
+            "sweep", "--model", &a, "--model", &b, "--data", SAMPLE, "--out", f,
+        ],
+        2,
+        "--out",
+    );
+    s.refuses(
+        &[
+            "reproduce",
+            "grid",
+            "--model",
+            &a,
+            "--model",
+            &b,
+            "--data",
+            SAMPLE,
+            "--out",
+            f,
+        ],
+        2,
+        "--out",
+    );
+    s.refuses(
+        &[
+            "reproduce",
+            "table1",
+            "--pairs",
+            PAIR,
+            "--data",
+            SAMPLE,
+            "--out",
+            f,
+        ],
+        2,
+        "--out",
+    );
+    s.refuses(
+        &[
+            "sweep",
+            "--model",
+            &a,
+            "--model",
+            &b,
+            "--data",
+            "/nonexistent",
+            "--stops",
+            "5/20",
+        ],
+        2,
+        "5/20",
+    );
+    s.refuses(
+        &[
+            "merge",
+            "--model",
+            &a,
+            "--model",
+            &b,
+            "--model",
+            &a,
+            "--method",
+            "git-rebasin",
+            "--data",
+            "/nonexistent",
+            "--out",
+            &s.p("x"),
+        ],
+        2,
+        "2 models",
+    );
+    s.refuses(
+        &[
+            "merge",
+            "--model",
+            &a,
+            "--model",
+            &b,
+            "--data",
+            "/nonexistent",
+            "--out",
+            &s.p("x"),
+            "--stop",
+            "3/20",
+        ],
+        2,
+        "--stop",
+    );
+    // usage errors: unknown flag, missing value
+    s.refuses(&["merge", "--frobnicate"], 2, "--frobnicate");
+    s.refuses(&["eval"], 2, "--model");
+}
+
+// ---- family 7: surprises a user would call bugs -------------------------------------------
+
+#[test]
+fn family7_surprises() {
+    let s = Sandbox::new();
+    let (a, b) = (s.p("a"), s.p("b"));
+    // --out equal to an input is refused (before any work), the input untouched
+    s.refuses(
+        &[
+            "merge", "--model", &a, "--model", &b, "--data", SAMPLE, "--out", &a,
+        ],
+        2,
+        "input model",
+    );
+    s.refuses(
+        &[
+            "sweep", "--model", &a, "--model", &b, "--data", SAMPLE, "--out", &b,
+        ],
+        2,
+        "input model",
+    );
+    s.refuses(
+        &[
+            "merge",
+            "--model",
+            &a,
+            "--model",
+            &b,
+            "--batch-size",
+            "0",
+            "--out",
+            &s.p("x"),
+        ],
+        2,
+        "--batch-size",
+    );
+    s.refuses(
+        &["eval", "--model", &a, "--tasks", "0,1;;2,3"],
+        2,
+        "--tasks",
+    );
+    s.refuses(&["eval", "--model", &a, "--tasks", "0,1;2,x"], 2, "--tasks");
+    // a probe set smaller than one batch: one smaller batch, with a note
+    let out = s.p("small-probe");
+    let err = ok(&[
+        "merge",
+        "--model",
+        &a,
+        "--model",
+        &b,
+        "--data",
+        SAMPLE,
+        "--out",
+        &out,
+        "--no-eval",
+        "--probe-images",
+        "40",
+        "--bn-reset-images",
+        "40",
+        "--batch-size",
+        "500",
+        "-q",
+    ]);
+    assert!(err.contains("one batch of 40"), "{err}");
+    // a PNG named .jpg is decoded from its bytes, as PIL does
+    let img = s.dir.path().join("png-named.jpg");
+    image::RgbImage::from_pixel(32, 32, image::Rgb([200, 30, 30]))
+        .save_with_format(&img, image::ImageFormat::Png)
+        .unwrap();
+    let o = run(&["predict", "--model", &a, "--json", img.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // an all-zero endpoint merges with a warning naming the space and the count
+    let zero = s.dir.path().join("zero");
+    std::fs::create_dir_all(&zero).unwrap();
+    std::fs::copy(
+        s.dir.path().join("b/manifest.json"),
+        zero.join("manifest.json"),
+    )
+    .unwrap();
+    let mut st =
+        zipmerge::checkpoint::safetensors_io::load(&s.dir.path().join("b/model.safetensors"))
+            .unwrap();
+    for (_, t) in st.iter_mut() {
+        t.data.iter_mut().for_each(|v| *v = 0.0);
+    }
+    zipmerge::checkpoint::safetensors_io::save(&st, &zero.join("model.safetensors")).unwrap();
+    let err = ok(&[
+        "merge",
+        "--model",
+        &a,
+        "--model",
+        zero.to_str().unwrap(),
+        "--data",
+        SAMPLE,
+        "--out",
+        &s.p("with-zero"),
+        "--no-eval",
+        "--probe-images",
+        "50",
+        "--bn-reset-images",
+        "50",
+        "--batch-size",
+        "50",
+        "-q",
+    ]);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning: feature space `")
+                && l.contains("model B has all 16 units dead")),
+        "{err}"
+    );
+}

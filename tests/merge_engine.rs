@@ -415,3 +415,64 @@ fn t10_partial_zip_of_identical_models_has_equal_heads() {
         }
     }
 }
+
+/// Issue 14 item 4: the endpoints' BN reset in one loop over the images gives the same bits as
+/// one reset per endpoint, and the Ensemble row built from the endpoint rows' kept outputs
+/// equals a fresh ensemble evaluation (the shipped pair, 160 sample images).
+#[test]
+fn shared_passes_give_the_same_bits() {
+    let device = Device::flex();
+    let data = sample();
+    let data = data.subset(&(0..1000).step_by(6).collect::<Vec<_>>());
+    let batches = probe_batches(
+        &data,
+        &ProbeOptions {
+            images: Some(96),
+            batch_size: 32,
+            seed: 3,
+            augment: true,
+        },
+    );
+    let dirs =
+        ["a", "b"].map(|m| std::path::PathBuf::from(format!("models/cifar10-5+5/resnet20x1-{m}")));
+    let mut ep = Endpoints::load(&dirs).unwrap();
+    let states = ep.states.clone();
+    // one loop for both endpoints
+    ep.reset_bn(&batches, &device, &mut |_| {}).unwrap();
+    // one reset per endpoint
+    for (k, mut s) in states.into_iter().enumerate() {
+        let m = ep.manifests[k].clone();
+        bn_reset::reset(&m, &mut s, &mut [], &batches, &device, &mut |_| {}).unwrap();
+        for (name, t) in &s {
+            assert_eq!(t.data, ep.states[k][name].data, "endpoint {k}: {name}");
+        }
+    }
+    // ensemble from kept endpoint outputs == fresh ensemble
+    let tasks: Vec<Vec<usize>> = ep
+        .manifests
+        .iter()
+        .map(|m| m.heads[0].classes.clone())
+        .collect();
+    let exp = zipmerge::experiments::Context::new(&ep, &batches, &data, &tasks, 64, &device, 1e-5);
+    let a = exp.endpoint_row(0, "Model A", &mut |_| {}).unwrap();
+    exp.endpoint_row(1, "Model B", &mut |_| {}).unwrap();
+    let kept = exp.ensemble_row(&mut |_| {}).unwrap();
+    let systems: Vec<_> = (0..2)
+        .map(|i| {
+            let cfg = ep.manifests[i].net_config();
+            let net = Net::from_state(&cfg, &ep.states[i], &device).unwrap();
+            zipmerge::system::System::single(ep.manifests[i].clone(), net)
+        })
+        .collect();
+    let fresh = zipmerge::eval::runner::evaluate(&systems, &data, &tasks, 64, &device, &mut |_| {});
+    assert_eq!(kept.accuracy, fresh);
+    let alone =
+        zipmerge::eval::runner::evaluate(&systems[..1], &data, &tasks, 64, &device, &mut |_| {});
+    assert_eq!(a.accuracy, alone);
+    assert_eq!(fresh.images, data.len());
+    assert!(
+        fresh.joint > 30.0,
+        "the shipped ensemble is far above chance: {}",
+        fresh.joint
+    );
+}

@@ -287,15 +287,15 @@ pub fn exec_sweep(a: SweepArgs) -> Result<()> {
         a.settings.merge_eps,
         &mut counters,
     )?;
-    let exp = Exp {
-        endpoints: &p.ep,
-        bn_batches: &p.bn,
-        test: &test,
-        tasks: &p.tasks,
-        batch_size: a.settings.batch_size,
-        device: &device,
-        eps: a.settings.merge_eps,
-    };
+    let exp = Exp::new(
+        &p.ep,
+        &p.bn,
+        &test,
+        &p.tasks,
+        a.settings.batch_size,
+        &device,
+        a.settings.merge_eps,
+    );
     let mut rows = Vec::new();
     for i in 0..p.ep.n() {
         let label = format!("Model {}", (b'A' + i as u8) as char);
@@ -476,15 +476,15 @@ fn exec_grid(a: GridArgs) -> Result<()> {
         quiet,
         &mut counters,
     )?;
-    let exp = Exp {
-        endpoints: &p.ep,
-        bn_batches: &p.bn,
-        test: &test,
-        tasks: &p.tasks,
-        batch_size: a.settings.batch_size,
-        device: &device,
-        eps: a.settings.merge_eps,
-    };
+    let exp = Exp::new(
+        &p.ep,
+        &p.bn,
+        &test,
+        &p.tasks,
+        a.settings.batch_size,
+        &device,
+        a.settings.merge_eps,
+    );
     let mut cells = Vec::new();
     let pb = bar((a.alphas.len() * a.betas.len()) as u64, "grid", quiet);
     let mut methods = methods.into_iter();
@@ -604,15 +604,15 @@ fn exec_table1(a: Table1Args) -> Result<()> {
             quiet,
             &mut counters,
         )?;
-        let exp = Exp {
-            endpoints: &p.ep,
-            bn_batches: &p.bn,
-            test: &test,
-            tasks: &p.tasks,
-            batch_size: a.settings.batch_size,
-            device: &device,
-            eps: a.settings.merge_eps,
-        };
+        let exp = Exp::new(
+            &p.ep,
+            &p.bn,
+            &test,
+            &p.tasks,
+            a.settings.batch_size,
+            &device,
+            a.settings.merge_eps,
+        );
         let stops = p.ep.spec.stops();
         let full = stops.last().expect("full").clone();
         let zip_t = match_all(

@@ -94,8 +94,78 @@ pub fn check_evaluation(
     Ok(n)
 }
 
-/// Evaluates `systems` (an ensemble when several) on `data` with the given tasks, in batches of
-/// `batch` images, calling `progress(images_done)` after each batch.
+/// Largest normalised test set (f32 bytes) an [`EvalSet`] keeps for all rows of an experiment;
+/// bigger sets (ImageNet) are normalised batch by batch, each time.
+pub const INPUT_CACHE_BYTES: usize = 1 << 30;
+
+/// The evaluation images of `tasks` (those whose label is in a task), batched once, with their
+/// labels and, on the CPU engine when they fit [`INPUT_CACHE_BYTES`], the normalised input
+/// batches `[batch, side, side, 3]` (NHWC f32): an experiment that evaluates many rows on the
+/// same test set normalises it once (issue 14, item 4).
+pub struct EvalSet<'a> {
+    data: &'a ImageSet,
+    tasks: &'a [Vec<usize>],
+    chunks: Vec<Vec<usize>>,
+    inputs: Vec<Act>,
+}
+
+impl<'a> EvalSet<'a> {
+    /// Batches `data` for `tasks` (`batch` images per batch, at least 1); `keep_inputs` keeps
+    /// the normalised batches when `device` runs on the CPU engine and they fit the budget.
+    pub fn new(
+        data: &'a ImageSet,
+        tasks: &'a [Vec<usize>],
+        batch: usize,
+        device: &Device,
+        keep_inputs: bool,
+    ) -> Self {
+        let idx: Vec<usize> = (0..data.len())
+            .filter(|&i| tasks.iter().any(|t| t.contains(&data.labels[i])))
+            .collect();
+        let chunks: Vec<Vec<usize>> = idx.chunks(batch.max(1)).map(<[usize]>::to_vec).collect();
+        let px = data.pixels.len();
+        let inputs = if keep_inputs
+            && !idx.is_empty()
+            && crate::engine::applies(device)
+            && px.saturating_mul(4) <= INPUT_CACHE_BYTES
+        {
+            chunks.iter().map(|c| Self::normalise(data, c)).collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            data,
+            tasks,
+            chunks,
+            inputs,
+        }
+    }
+
+    fn normalise(data: &ImageSet, chunk: &[usize]) -> Act {
+        let imgs: Vec<&[u8]> = chunk.iter().map(|&i| data.image(i)).collect();
+        Act::from_images(&imgs, data.prep)
+    }
+
+    /// Images evaluated.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
+    }
+
+    /// Whether no image belongs to the tasks.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Head outputs of one system over an [`EvalSet`]: per batch, per head, `[batch, out]` (logits,
+/// or embeddings for a text head). Kept by experiments so that the Ensemble row reuses the
+/// endpoints' outputs instead of running them again.
+#[derive(Clone)]
+pub struct Outputs(Vec<Vec<Tensor<2>>>);
+
+/// Evaluates `systems` (one model, a multi-head model, or an ensemble when several) on `data`
+/// with the given tasks, in batches of `batch` images, calling `progress(images_done)` after
+/// each batch. Returns the joint / per-task / average accuracy (reference doc §5).
 pub fn evaluate(
     systems: &[System],
     data: &ImageSet,
@@ -104,45 +174,98 @@ pub fn evaluate(
     device: &Device,
     progress: &mut dyn FnMut(usize),
 ) -> Accuracy {
+    let set = EvalSet::new(data, tasks, batch, device, false);
+    evaluate_on(&set, systems, device, progress, None)
+}
+
+/// [`evaluate`] on a prepared [`EvalSet`]. With `cache` (one slot per system), a system whose
+/// slot holds [`Outputs`] is not run again, and the outputs of every system run are stored in
+/// its slot. Outputs are identical to a fresh run (same weights, same inputs, deterministic
+/// kernels).
+pub fn evaluate_on(
+    set: &EvalSet<'_>,
+    systems: &[System],
+    device: &Device,
+    progress: &mut dyn FnMut(usize),
+    mut cache: Option<&mut [Option<Outputs>]>,
+) -> Accuracy {
+    let tasks = set.tasks;
     let assign = assign_heads(systems, tasks);
     let rule = joint_rule(systems);
     let mut tally = Tally::new(tasks.len());
-    // the CPU engine when it applies (falls back to burn if a network does not compile)
-    let cpu: Option<Vec<CpuSystem>> = crate::engine::applies(device)
+    let cached = |i: usize, cache: &Option<&mut [Option<Outputs>]>| {
+        cache
+            .as_ref()
+            .and_then(|c| c.get(i))
+            .is_some_and(Option::is_some)
+    };
+    // the CPU engine when it applies (falls back to burn if a network does not compile);
+    // systems with cached outputs are not compiled
+    let cpu: Option<Vec<Option<CpuSystem>>> = crate::engine::applies(device)
         .then(|| {
             systems
                 .iter()
-                .map(CpuSystem::compile)
+                .enumerate()
+                .map(|(i, s)| {
+                    if cached(i, &cache) {
+                        Ok(None)
+                    } else {
+                        CpuSystem::compile(s).map(Some)
+                    }
+                })
                 .collect::<Result<_, _>>()
                 .ok()
         })
         .flatten();
-    let idx: Vec<usize> = (0..data.len())
-        .filter(|&i| tasks.iter().any(|t| t.contains(&data.labels[i])))
-        .collect();
-    for chunk in idx.chunks(batch.max(1)) {
-        let imgs: Vec<&[u8]> = chunk.iter().map(|&i| data.image(i)).collect();
-        let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i]).collect();
-        let outs: Vec<Vec<Tensor<2>>> = match &cpu {
-            Some(cpu) => {
-                let x = Act::from_images(&imgs, data.prep);
-                cpu.iter()
-                    .map(|s| {
-                        s.forward_heads(x.clone(), &mut EngineCtx::default())
-                            .iter()
-                            .map(|y| y.to_logits(device))
-                            .collect()
-                    })
-                    .collect()
+    let mut fresh: Vec<Vec<Vec<Tensor<2>>>> = vec![Vec::new(); systems.len()];
+    for (b, chunk) in set.chunks.iter().enumerate() {
+        let labels: Vec<usize> = chunk.iter().map(|&i| set.data.labels[i]).collect();
+        let need = (0..systems.len()).any(|i| !cached(i, &cache));
+        let mut outs: Vec<Vec<Tensor<2>>> = Vec::with_capacity(systems.len());
+        if need {
+            match &cpu {
+                Some(cpu) => {
+                    let own;
+                    let x = match set.inputs.get(b) {
+                        Some(x) => x,
+                        None => {
+                            own = EvalSet::normalise(set.data, chunk);
+                            &own
+                        }
+                    };
+                    for c in cpu {
+                        outs.push(match c {
+                            Some(c) => c
+                                .forward_heads(x.clone(), &mut EngineCtx::default())
+                                .iter()
+                                .map(|y| y.to_logits(device))
+                                .collect(),
+                            None => Vec::new(),
+                        });
+                    }
+                }
+                None => {
+                    let imgs: Vec<&[u8]> = chunk.iter().map(|&i| set.data.image(i)).collect();
+                    let x = to_tensor(&imgs, set.data.prep, device);
+                    for (i, s) in systems.iter().enumerate() {
+                        outs.push(if cached(i, &cache) {
+                            Vec::new()
+                        } else {
+                            s.forward_heads(x.clone(), &mut ForwardCtx::default())
+                        });
+                    }
+                }
             }
-            None => {
-                let x = to_tensor(&imgs, data.prep, device);
-                systems
-                    .iter()
-                    .map(|s| s.forward_heads(x.clone(), &mut ForwardCtx::default()))
-                    .collect()
+        } else {
+            outs.resize(systems.len(), Vec::new());
+        }
+        for (i, o) in outs.iter_mut().enumerate() {
+            if let Some(Some(Outputs(c))) = cache.as_ref().and_then(|c| c.get(i)) {
+                *o = c[b].clone();
+            } else if cache.is_some() {
+                fresh[i].push(o.clone());
             }
-        };
+        }
         let task_logits: Vec<Vec<Vec<f32>>> = tasks
             .iter()
             .zip(&assign)
@@ -154,6 +277,15 @@ pub fn evaluate(
             .collect();
         tally.add(tasks, &task_logits, &labels, rule);
         progress(chunk.len());
+    }
+    if let Some(c) = cache.as_mut() {
+        for (i, f) in fresh.into_iter().enumerate() {
+            if let Some(slot) = c.get_mut(i) {
+                if slot.is_none() {
+                    *slot = Some(Outputs(f));
+                }
+            }
+        }
     }
     let flops = systems.iter().map(System::flops).sum();
     tally.accuracy(tasks, flops)

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::checkpoint::ModelManifest;
 use crate::data::ImageSet;
 use crate::error::MergeError;
-use crate::eval::runner::evaluate;
+use crate::eval::runner::{evaluate_on, EvalSet, Outputs};
 use crate::eval::Accuracy;
 use crate::matching::MergeUnmerge;
 use crate::merge::{self, Endpoints, Method, Statistics};
@@ -41,6 +41,10 @@ pub struct Row {
 }
 
 /// Shared inputs of an experiment on one endpoint pair.
+///
+/// The test set is batched and normalised once for all rows ([`EvalSet`]), and the endpoints'
+/// head outputs computed by [`Context::endpoint_row`] are kept, so that
+/// [`Context::ensemble_row`] does not run the endpoints again.
 pub struct Context<'a> {
     /// The endpoints (after the endpoint BN reset, if any).
     pub endpoints: &'a Endpoints,
@@ -56,6 +60,10 @@ pub struct Context<'a> {
     pub device: &'a Device,
     /// Merge epsilon.
     pub eps: f64,
+    /// The batched test set ([`Context::new`] builds it).
+    eval_set: EvalSet<'a>,
+    /// Endpoint outputs on `eval_set`, filled by [`Context::endpoint_row`].
+    endpoint_outputs: std::cell::RefCell<Vec<Option<Outputs>>>,
 }
 
 /// Counts forward passes over the probe set, to show statistics are computed once.
@@ -67,16 +75,33 @@ pub struct Counters {
     pub matching_runs: usize,
 }
 
-impl Context<'_> {
+impl<'a> Context<'a> {
+    /// An experiment's shared inputs; batches and (on the CPU engine, within
+    /// [`crate::eval::runner::INPUT_CACHE_BYTES`]) normalises `test` once.
+    pub fn new(
+        endpoints: &'a Endpoints,
+        bn_batches: &'a [Vec<Vec<u8>>],
+        test: &'a ImageSet,
+        tasks: &'a [Vec<usize>],
+        batch_size: usize,
+        device: &'a Device,
+        eps: f64,
+    ) -> Self {
+        Self {
+            endpoints,
+            bn_batches,
+            test,
+            tasks,
+            batch_size,
+            device,
+            eps,
+            eval_set: EvalSet::new(test, tasks, batch_size, device, true),
+            endpoint_outputs: std::cell::RefCell::new(vec![None; endpoints.n()]),
+        }
+    }
+
     fn evaluate(&self, systems: &[System], progress: &mut dyn FnMut(usize)) -> Accuracy {
-        evaluate(
-            systems,
-            self.test,
-            self.tasks,
-            self.batch_size,
-            self.device,
-            progress,
-        )
+        evaluate_on(&self.eval_set, systems, self.device, progress, None)
     }
 
     /// Evaluates endpoint `i` alone.
@@ -91,7 +116,15 @@ impl Context<'_> {
     ) -> Result<Row, MergeError> {
         let t = Instant::now();
         let sys = self.endpoint_system(i)?;
-        let accuracy = self.evaluate(std::slice::from_ref(&sys), progress);
+        let mut slot = [self.endpoint_outputs.borrow_mut()[i].take()];
+        let accuracy = evaluate_on(
+            &self.eval_set,
+            std::slice::from_ref(&sys),
+            self.device,
+            progress,
+            Some(&mut slot),
+        );
+        self.endpoint_outputs.borrow_mut()[i] = slot[0].take();
         Ok(Row {
             label: label.into(),
             stop: None,
@@ -118,7 +151,14 @@ impl Context<'_> {
         let systems: Vec<System> = (0..self.endpoints.n())
             .map(|i| self.endpoint_system(i))
             .collect::<Result<_, _>>()?;
-        let accuracy = self.evaluate(&systems, progress);
+        let mut cache = self.endpoint_outputs.borrow_mut();
+        let accuracy = evaluate_on(
+            &self.eval_set,
+            &systems,
+            self.device,
+            progress,
+            Some(cache.as_mut_slice()),
+        );
         Ok(Row {
             label: "Ensemble".into(),
             stop: None,

@@ -176,7 +176,8 @@ impl Endpoints {
         self.states.len()
     }
 
-    /// Resets the BN statistics of every endpoint (reference §1.1 step 2).
+    /// Resets the BN statistics of every endpoint (reference §1.1 step 2), all endpoints in one
+    /// loop over the images ([`bn_reset::measure_many`]).
     ///
     /// # Errors
     /// As [`bn_reset::reset`].
@@ -186,8 +187,16 @@ impl Endpoints {
         device: &Device,
         progress: &mut dyn FnMut(usize),
     ) -> Result<(), MergeError> {
-        for (m, s) in self.manifests.iter().zip(self.states.iter_mut()) {
-            bn_reset::reset(m, s, &mut [], batches, device, progress)?;
+        let systems = self
+            .manifests
+            .iter()
+            .zip(&self.states)
+            .map(|(m, s)| bn_reset::build_system(m, s, &[], device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&crate::models::system::System> = systems.iter().collect();
+        let stats = bn_reset::measure_many(&refs, batches, device, progress);
+        for (st, s) in stats.iter().zip(self.states.iter_mut()) {
+            bn_reset::apply(st, s, &mut []);
         }
         Ok(())
     }

@@ -319,12 +319,14 @@ pub fn collect_burn(
 }
 
 /// Bytes of tapped features held at once by [`collect_engine`]; larger probe batches are run
-/// in sub-batches (the statistics are the same: every image weighs the same).
-const TAP_BUDGET_BYTES: usize = 512 << 20;
+/// in sub-batches (the statistics are the same: every image weighs the same). Small enough that
+/// the tap buffers are not re-faulted for every batch (64 MiB: 512 MiB made the x1 statistics
+/// pass ~25% slower), large enough for full-width products.
+const TAP_BUDGET_BYTES: usize = 64 << 20;
 
 /// [`collect`] on the CPU engine: the same statistics, with the second moment of the stacked
-/// features formed in f32 blocks of 512 rows and accumulated in f64
-/// ([`crate::engine::kernels::second_moment`]).
+/// features formed in f32 blocks of 512 rows and accumulated in f64, straight from each
+/// model's taps ([`crate::engine::kernels::second_moment_parts`]).
 ///
 /// # Errors
 /// As [`collect`].
@@ -368,9 +370,10 @@ pub fn collect_engine_upto(
     }
     let mut accs: Vec<CovAccumulator> = Vec::new();
     let mut per_image: Option<usize> = None;
-    // stacked features per space, (C, n, [n, O]) with model m in columns m*C..(m+1)*C, filled
-    // straight from the taps (non-finite values set to 0)
-    let mut stacked: Vec<(usize, usize, Vec<f32>)> = Vec::new();
+    let n_models = nets.len();
+    // per space, per model: the tap `[n, C]` (non-finite values set to 0) and C; buffers are
+    // reused across sub-batches (a plain copy of each tap: no stacked matrix is formed)
+    let mut taps: Vec<(usize, Vec<Vec<f32>>)> = Vec::new();
     for batch in batches {
         let refs: Vec<&[u8]> = batch.iter().map(|v| v.as_slice()).collect();
         let mut start = 0;
@@ -384,38 +387,53 @@ pub fn collect_engine_upto(
             start += sub;
             let x = Act::from_images(chunk, prep);
             let mut error: Option<MergeError> = None;
-            let n_models = nets.len();
             for (m, net) in nets.iter().enumerate() {
                 let mut ctx = EngineCtx {
                     sink: Some(Box::new(|s: usize, t: &Act| {
                         if s >= spaces {
                             return;
                         }
-                        let (c, n) = (t.c, t.rows());
-                        if m == 0 {
-                            // the first model sets this sub-batch's shape (buffers are reused
-                            // across sub-batches; every element is overwritten below)
-                            if stacked.len() <= s {
-                                stacked.push((0, 0, Vec::new()));
-                            }
-                            let e = &mut stacked[s];
-                            e.0 = c;
-                            e.1 = n;
-                            e.2.resize(n * c * n_models, 0.0);
+                        if taps.len() <= s {
+                            taps.push((t.c, vec![Vec::new(); n_models]));
                         }
-                        let (sc, sn, buf) = &mut stacked[s];
-                        if *sc != c || *sn != n {
+                        let (c, bufs) = &mut taps[s];
+                        if m == 0 {
+                            *c = t.c;
+                        }
+                        if *c != t.c || (m > 0 && bufs[0].len() != t.data.len()) {
                             error.get_or_insert(MergeError::Invalid(format!(
                                 "feature space {s}: the models have different widths"
                             )));
                             return;
                         }
-                        let o = c * n_models;
-                        for (dst, src) in buf.chunks_exact_mut(o).zip(t.data.chunks_exact(c)) {
-                            for (d, v) in dst[m * c..(m + 1) * c].iter_mut().zip(src) {
-                                *d = if v.is_finite() { *v } else { 0.0 };
+                        let finite = t.data.iter().all(|v| v.is_finite());
+                        let clean = |buf: &mut Vec<f32>| {
+                            buf.clear();
+                            if finite {
+                                buf.extend_from_slice(&t.data);
+                            } else {
+                                buf.extend(
+                                    t.data.iter().map(|v| if v.is_finite() { *v } else { 0.0 }),
+                                );
                             }
+                        };
+                        if m + 1 < n_models {
+                            clean(&mut bufs[m]);
+                            return;
                         }
+                        // the last model: its tap is used in place (copied only when it holds
+                        // non-finite values) and the space's moments are taken right away
+                        if !finite {
+                            clean(&mut bufs[m]);
+                        }
+                        let mut parts: Vec<&[f32]> = bufs[..m].iter().map(Vec::as_slice).collect();
+                        parts.push(if finite { &t.data } else { &bufs[m] });
+                        let n = t.rows();
+                        let (sum, outer) = crate::engine::kernels::second_moment_parts(&parts, *c);
+                        if accs.len() <= s {
+                            accs.push(CovAccumulator::new(*c * n_models));
+                        }
+                        accs[s].update_sums(chunk.len(), n, &sum, &outer);
                     })),
                     ..Default::default()
                 };
@@ -424,16 +442,8 @@ pub fn collect_engine_upto(
             if let Some(e) = error {
                 return Err(e);
             }
-            let bytes: usize = stacked.iter().map(|(_, _, b)| b.len() * 4).sum();
+            let bytes: usize = taps.iter().map(|(_, b)| b[0].len() * 4 * n_models).sum();
             per_image.get_or_insert(bytes / chunk.len().max(1));
-            for (s, (c, n, buf)) in stacked.iter().enumerate() {
-                let o = c * n_models;
-                let (sum, outer) = crate::engine::kernels::second_moment(buf, o);
-                if accs.len() <= s {
-                    accs.push(CovAccumulator::new(o));
-                }
-                accs[s].update_sums(chunk.len(), *n, &sum, &outer);
-            }
         }
         progress(batch.len());
     }

@@ -324,6 +324,10 @@ pub fn collect_burn(
 /// pass ~25% slower), large enough for full-width products.
 const TAP_BUDGET_BYTES: usize = 64 << 20;
 
+/// Fewest images per sub-batch, whatever the tap budget (ResNet-50 at 224x224 taps ~34 MB per
+/// image of two models: 8 images hold ~270 MB).
+const MIN_SUB_BATCH: usize = 8;
+
 /// [`collect`] on the CPU engine: the same statistics, with the second moment of the stacked
 /// features formed in f32 blocks of 512 rows and accumulated in f64, straight from each
 /// model's taps ([`crate::engine::kernels::second_moment_parts`]).
@@ -378,10 +382,11 @@ pub fn collect_engine_upto(
         let refs: Vec<&[u8]> = batch.iter().map(|v| v.as_slice()).collect();
         let mut start = 0;
         while start < refs.len() {
-            // sub-batch size from the tap bytes of one image (known after the first 8 images)
+            // sub-batch size from the tap bytes of one image (known after the first 8 images),
+            // never under MIN_SUB_BATCH images (the engine parallelises across images)
             let sub = per_image
-                .map(|b| TAP_BUDGET_BYTES / b.max(1))
-                .unwrap_or(8)
+                .map(|b| (TAP_BUDGET_BYTES / b.max(1)).max(MIN_SUB_BATCH))
+                .unwrap_or(MIN_SUB_BATCH)
                 .clamp(1, refs.len() - start);
             let chunk = &refs[start..start + sub];
             start += sub;
@@ -406,7 +411,7 @@ pub fn collect_engine_upto(
                             )));
                             return;
                         }
-                        let finite = t.data.iter().all(|v| v.is_finite());
+                        let finite = crate::engine::kernels::all_finite(&t.data);
                         let clean = |buf: &mut Vec<f32>| {
                             buf.clear();
                             if finite {

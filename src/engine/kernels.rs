@@ -746,6 +746,71 @@ pub fn second_moment_parts(parts: &[&[f32]], c: usize) -> (Vec<f64>, Vec<f64>) {
     (sum, outer)
 }
 
+/// `acc[j] += sum_r x[r * c + j]` in f64 over the rows of `x: [rows, c]` (the column sums of
+/// [`second_moment`]), compiled for AVX-512 / AVX2 and chosen at run time (the crate itself is
+/// built for baseline x86-64, where these loops run two lanes wide).
+fn add_rows_f64(x: &[f32], c: usize, acc: &mut [f64]) {
+    #[inline(always)]
+    fn body(x: &[f32], c: usize, acc: &mut [f64]) {
+        for row in x.chunks_exact(c) {
+            acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v as f64);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn v4(x: &[f32], c: usize, acc: &mut [f64]) {
+            body(x, c, acc)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn v3(x: &[f32], c: usize, acc: &mut [f64]) {
+            body(x, c, acc)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { v4(x, c, acc) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { v3(x, c, acc) };
+        }
+    }
+    body(x, c, acc)
+}
+
+/// Whether every value of `x` is finite (no NaN, no infinity): a branch-free scan of the
+/// exponent bits, compiled for AVX-512 / AVX2 and chosen at run time.
+pub fn all_finite(x: &[f32]) -> bool {
+    #[inline(always)]
+    fn body(x: &[f32]) -> bool {
+        x.chunks(1024).all(|c| {
+            c.iter()
+                .fold(0u32, |a, v| a | ((v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32))
+                == 0
+        })
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn v4(x: &[f32]) -> bool {
+            body(x)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn v3(x: &[f32]) -> bool {
+            body(x)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { v4(x) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { v3(x) };
+        }
+    }
+    body(x)
+}
+
 fn channel_sums(x: &[f32], o: usize) -> (Vec<f64>, usize) {
     let n = x.len() / o;
     let part = n.div_ceil(PARTS).max(1);
@@ -753,9 +818,7 @@ fn channel_sums(x: &[f32], o: usize) -> (Vec<f64>, usize) {
         .par_chunks(part * o)
         .map(|chunk| {
             let mut acc = vec![0f64; o];
-            for row in chunk.chunks_exact(o) {
-                acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v as f64);
-            }
+            add_rows_f64(chunk, o, &mut acc);
             acc
         })
         .collect();
@@ -937,6 +1000,18 @@ mod tests {
                 assert!((x1[i * o + j] - x2[i * o + j]).abs() < 1e-4, "{i} {j}");
                 assert_eq!(x1[i * o + j], x1[j * o + i]);
             }
+        }
+    }
+
+    #[test]
+    fn all_finite_finds_every_nan_and_infinity() {
+        let mut x = vec![1.5f32; 3000];
+        assert!(all_finite(&x));
+        assert!(all_finite(&[f32::MAX, -f32::MAX, f32::MIN_POSITIVE, 0.0, -0.0, 1e-45]));
+        for (i, bad) in [(0, f32::NAN), (1023, f32::INFINITY), (1024, f32::NEG_INFINITY), (2999, -f32::NAN)] {
+            x[i] = bad;
+            assert!(!all_finite(&x), "{i}");
+            x[i] = 1.5;
         }
     }
 

@@ -7,21 +7,25 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_zipmerge");
 const SAMPLE: &str = "datasets/cifar10-sample";
 const PAIR: &str = "models/cifar10-5+5";
+/// A quick merge: no evaluation, 50 probe and BN-reset images.
+const FAST: &[&str] = &[
+    "--no-eval",
+    "--probe-images",
+    "50",
+    "--bn-reset-images",
+    "50",
+    "--batch-size",
+    "50",
+    "-q",
+];
 
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("ZIPMERGE_DATA")
-        .output()
-        .expect("run zipmerge")
-}
+mod common;
+use common::run;
 
 /// A scratch folder holding copies of the shipped pair (`a/`, `b/`) and a `victim.safetensors`
 /// that no command may touch.
@@ -66,6 +70,16 @@ impl Sandbox {
         std::fs::write(to.join("manifest.json"), m.to_string()).unwrap();
         to.to_str().unwrap().to_string()
     }
+    /// `merge --model a --model b` followed by `rest`.
+    fn merge_ab(&self, rest: &[&str]) -> Vec<String> {
+        let (a, b) = (self.p("a"), self.p("b"));
+        let mut v: Vec<String> = ["merge", "--model", &a, "--model", &b]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        v.extend(rest.iter().map(|x| x.to_string()));
+        v
+    }
     /// Every file under the sandbox with its bytes (symlinks as their target).
     fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         fn walk(d: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
@@ -89,7 +103,9 @@ impl Sandbox {
     }
     /// Runs `args`, asserting a refusal with exit `code`, one `error:` line containing
     /// `needle`, no panic, and an untouched sandbox.
-    fn refuses(&self, args: &[&str], code: i32, needle: &str) {
+    fn refuses(&self, args: &[impl AsRef<str>], code: i32, needle: &str) {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let args = args.as_slice();
         let before = self.snapshot();
         let o = run(args);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -120,8 +136,9 @@ impl Sandbox {
 /// An edit of a manifest.
 type Edit = fn(&mut Value);
 
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
+fn ok(args: &[impl AsRef<str>]) -> String {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let o = run(&args);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{args:?} failed\n{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -259,24 +276,28 @@ fn family3_options_and_headers_that_panicked() {
         "--device",
     );
     // a .npy header whose shape product overflows usize
-    let npy = s.dir.path().join("overflow.npy");
-    let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (18446744073709551615, 18446744073709551615), }\n";
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    b.extend_from_slice(header.as_bytes());
-    std::fs::write(&npy, &b).unwrap();
+    let npy_file = |name: &str, header: &str| {
+        let path = s.dir.path().join(name);
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        b.extend_from_slice(header.as_bytes());
+        std::fs::write(&path, &b).unwrap();
+        path
+    };
+    let npy = npy_file(
+        "overflow.npy",
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (18446744073709551615, 18446744073709551615), }\n",
+    );
     s.refuses(
         &["match", "--cov", npy.to_str().unwrap()],
         1,
         "overflow.npy",
     );
     // a dtype with a newline in the header is quoted, not pasted
-    let npy2 = s.dir.path().join("dtype.npy");
-    let header = "{'descr': '<i\n8', 'fortran_order': False, 'shape': (2, 2), }\n";
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    b.extend_from_slice(header.as_bytes());
-    std::fs::write(&npy2, &b).unwrap();
+    let npy2 = npy_file(
+        "dtype.npy",
+        "{'descr': '<i\n8', 'fortran_order': False, 'shape': (2, 2), }\n",
+    );
     s.refuses(&["match", "--cov", npy2.to_str().unwrap()], 1, "dtype");
 }
 
@@ -311,32 +332,13 @@ fn family4_bad_values_are_refused() {
     }
     for arg in ["--alpha=nan", "--beta=inf", "--probe-images=0"] {
         s.refuses(
-            &[
-                "merge",
-                "--model",
-                &s.p("a"),
-                "--model",
-                &s.p("b"),
-                "--out",
-                &out,
-                arg,
-            ],
+            &s.merge_ab(&["--out", &out, arg]),
             2,
             arg.split('=').next().unwrap(),
         );
     }
     s.refuses(
-        &[
-            "merge",
-            "--model",
-            &s.p("a"),
-            "--model",
-            &s.p("b"),
-            "--out",
-            &out,
-            "--merge-eps",
-            "-1",
-        ],
+        &s.merge_ab(&["--out", &out, "--merge-eps", "-1"]),
         2,
         "--merge-eps",
     );
@@ -353,20 +355,7 @@ fn family4_bad_values_are_refused() {
         "one-class",
     );
     s.refuses(
-        &[
-            "merge",
-            "--model",
-            &s.p("a"),
-            "--model",
-            &s.p("b"),
-            "--data",
-            SAMPLE,
-            "--eval-data",
-            &root,
-            "--out",
-            &out,
-            "-q",
-        ],
+        &s.merge_ab(&["--data", SAMPLE, "--eval-data", &root, "--out", &out, "-q"]),
         1,
         "one-class",
     );
@@ -377,74 +366,23 @@ fn family4_bad_values_are_refused() {
 #[test]
 fn family5_failed_writes_leave_nothing_and_keep_the_old_model() {
     let s = Sandbox::new();
-    let (a, b) = (s.p("a"), s.p("b"));
     // the final rename fails (name too long): no .zipmerge-tmp-* left beside it
     let long = s.p(&"n".repeat(300));
     s.refuses(
-        &[
-            "merge",
-            "--model",
-            &a,
-            "--model",
-            &b,
-            "--data",
-            SAMPLE,
-            "--out",
-            &long,
-            "--no-eval",
-            "--probe-images",
-            "50",
-            "--bn-reset-images",
-            "50",
-            "--batch-size",
-            "50",
-            "-q",
-        ],
+        &s.merge_ab(&[&["--data", SAMPLE, "--out", &long][..], FAST].concat()),
         1,
         "nnnn",
     );
     // an existing model at --out survives a failed run
     let old = s.p("old");
-    ok(&[
-        "merge",
-        "--model",
-        &a,
-        "--model",
-        &b,
-        "--data",
-        SAMPLE,
-        "--out",
-        &old,
-        "--no-eval",
-        "--probe-images",
-        "50",
-        "--bn-reset-images",
-        "50",
-        "--batch-size",
-        "50",
-        "-q",
-    ]);
+    ok(&s.merge_ab(&[&["--data", SAMPLE, "--out", &old][..], FAST].concat()));
     s.refuses(
-        &[
-            "merge", "--model", &a, "--model", &b, "--data", SAMPLE, "--out", &old, "--stop",
-            "99/20",
-        ],
+        &s.merge_ab(&["--data", SAMPLE, "--out", &old, "--stop", "99/20"]),
         2,
         "--stop",
     );
     s.refuses(
-        &[
-            "merge",
-            "--model",
-            &a,
-            "--model",
-            &b,
-            "--data",
-            "/nonexistent-data",
-            "--out",
-            &old,
-            "-q",
-        ],
+        &s.merge_ab(&["--data", "/nonexistent-data", "--out", &old, "-q"]),
         1,
         "/nonexistent-data",
     );
@@ -453,17 +391,7 @@ fn family5_failed_writes_leave_nothing_and_keep_the_old_model() {
     std::fs::create_dir_all(&notes).unwrap();
     std::fs::write(notes.join("thesis.tex"), b"years of work").unwrap();
     s.refuses(
-        &[
-            "merge",
-            "--model",
-            &a,
-            "--model",
-            &b,
-            "--data",
-            SAMPLE,
-            "--out",
-            notes.to_str().unwrap(),
-        ],
+        &s.merge_ab(&["--data", SAMPLE, "--out", notes.to_str().unwrap()]),
         1,
         "notes",
     );
@@ -559,12 +487,7 @@ fn family6_messages_name_the_field_and_come_before_the_work() {
         "5/20",
     );
     s.refuses(
-        &[
-            "merge",
-            "--model",
-            &a,
-            "--model",
-            &b,
+        &s.merge_ab(&[
             "--model",
             &a,
             "--method",
@@ -573,24 +496,19 @@ fn family6_messages_name_the_field_and_come_before_the_work() {
             "/nonexistent",
             "--out",
             &s.p("x"),
-        ],
+        ]),
         2,
         "2 models",
     );
     s.refuses(
-        &[
-            "merge",
-            "--model",
-            &a,
-            "--model",
-            &b,
+        &s.merge_ab(&[
             "--data",
             "/nonexistent",
             "--out",
             &s.p("x"),
             "--stop",
             "3/20",
-        ],
+        ]),
         2,
         "--stop",
     );
@@ -607,9 +525,7 @@ fn family7_surprises() {
     let (a, b) = (s.p("a"), s.p("b"));
     // --out equal to an input is refused (before any work), the input untouched
     s.refuses(
-        &[
-            "merge", "--model", &a, "--model", &b, "--data", SAMPLE, "--out", &a,
-        ],
+        &s.merge_ab(&["--data", SAMPLE, "--out", &a]),
         2,
         "input model",
     );
@@ -621,17 +537,7 @@ fn family7_surprises() {
         "input model",
     );
     s.refuses(
-        &[
-            "merge",
-            "--model",
-            &a,
-            "--model",
-            &b,
-            "--batch-size",
-            "0",
-            "--out",
-            &s.p("x"),
-        ],
+        &s.merge_ab(&["--batch-size", "0", "--out", &s.p("x")]),
         2,
         "--batch-size",
     );
@@ -643,12 +549,7 @@ fn family7_surprises() {
     s.refuses(&["eval", "--model", &a, "--tasks", "0,1;2,x"], 2, "--tasks");
     // a probe set smaller than one batch: one smaller batch, with a note
     let out = s.p("small-probe");
-    let err = ok(&[
-        "merge",
-        "--model",
-        &a,
-        "--model",
-        &b,
+    let err = ok(&s.merge_ab(&[
         "--data",
         SAMPLE,
         "--out",
@@ -661,7 +562,7 @@ fn family7_surprises() {
         "--batch-size",
         "500",
         "-q",
-    ]);
+    ]));
     assert!(err.contains("one batch of 40"), "{err}");
     // a PNG named .jpg is decoded from its bytes, as PIL does
     let img = s.dir.path().join("png-named.jpg");

@@ -2,19 +2,13 @@
 //! != 0, no panic, no partial output), and the JSON interfaces of eval/predict/match.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
-const BIN: &str = env!("CARGO_BIN_EXE_zipmerge");
 const SAMPLE: &str = "datasets/cifar10-sample";
 
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("ZIPMERGE_DATA")
-        .output()
-        .expect("run zipmerge")
-}
+mod common;
+use common::run;
 
 fn tmp() -> PathBuf {
     let d = std::env::temp_dir().join(format!("zipmerge-cli-{}", std::process::id()));

@@ -228,6 +228,26 @@ fn prepare(
     ))
 }
 
+impl Prepared {
+    /// The experiment context of these endpoints on `test`.
+    fn context<'a>(
+        &'a self,
+        test: &'a ImageSet,
+        s: &MergeSettings,
+        device: &'a burn::tensor::Device,
+    ) -> Exp<'a> {
+        Exp::new(
+            &self.ep,
+            &self.bn,
+            test,
+            &self.tasks,
+            s.batch_size,
+            device,
+            s.merge_eps,
+        )
+    }
+}
+
 fn eval_bar(
     test: &ImageSet,
     tasks: &[Vec<usize>],
@@ -287,15 +307,7 @@ pub fn exec_sweep(a: SweepArgs) -> Result<()> {
         a.settings.merge_eps,
         &mut counters,
     )?;
-    let exp = Exp::new(
-        &p.ep,
-        &p.bn,
-        &test,
-        &p.tasks,
-        a.settings.batch_size,
-        &device,
-        a.settings.merge_eps,
-    );
+    let exp = p.context(&test, &a.settings, &device);
     let mut rows = Vec::new();
     for i in 0..p.ep.n() {
         let label = format!("Model {}", (b'A' + i as u8) as char);
@@ -476,15 +488,7 @@ fn exec_grid(a: GridArgs) -> Result<()> {
         quiet,
         &mut counters,
     )?;
-    let exp = Exp::new(
-        &p.ep,
-        &p.bn,
-        &test,
-        &p.tasks,
-        a.settings.batch_size,
-        &device,
-        a.settings.merge_eps,
-    );
+    let exp = p.context(&test, &a.settings, &device);
     let mut cells = Vec::new();
     let pb = bar((a.alphas.len() * a.betas.len()) as u64, "grid", quiet);
     let mut methods = methods.into_iter();
@@ -604,15 +608,7 @@ fn exec_table1(a: Table1Args) -> Result<()> {
             quiet,
             &mut counters,
         )?;
-        let exp = Exp::new(
-            &p.ep,
-            &p.bn,
-            &test,
-            &p.tasks,
-            a.settings.batch_size,
-            &device,
-            a.settings.merge_eps,
-        );
+        let exp = p.context(&test, &a.settings, &device);
         let stops = p.ep.spec.stops();
         let full = stops.last().expect("full").clone();
         let zip_t = match_all(

@@ -784,9 +784,9 @@ pub fn all_finite(x: &[f32]) -> bool {
     #[inline(always)]
     fn body(x: &[f32]) -> bool {
         x.chunks(1024).all(|c| {
-            c.iter()
-                .fold(0u32, |a, v| a | ((v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32))
-                == 0
+            c.iter().fold(0u32, |a, v| {
+                a | ((v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32)
+            }) == 0
         })
     }
     #[cfg(target_arch = "x86_64")]
@@ -1007,8 +1007,20 @@ mod tests {
     fn all_finite_finds_every_nan_and_infinity() {
         let mut x = vec![1.5f32; 3000];
         assert!(all_finite(&x));
-        assert!(all_finite(&[f32::MAX, -f32::MAX, f32::MIN_POSITIVE, 0.0, -0.0, 1e-45]));
-        for (i, bad) in [(0, f32::NAN), (1023, f32::INFINITY), (1024, f32::NEG_INFINITY), (2999, -f32::NAN)] {
+        assert!(all_finite(&[
+            f32::MAX,
+            -f32::MAX,
+            f32::MIN_POSITIVE,
+            0.0,
+            -0.0,
+            1e-45
+        ]));
+        for (i, bad) in [
+            (0, f32::NAN),
+            (1023, f32::INFINITY),
+            (1024, f32::NEG_INFINITY),
+            (2999, -f32::NAN),
+        ] {
             x[i] = bad;
             assert!(!all_finite(&x), "{i}");
             x[i] = 1.5;

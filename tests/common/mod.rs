@@ -8,6 +8,7 @@ use zipmerge::models::{init_state, NetConfig};
 
 /// Random network with no dead units: BN shifts and conv biases positive, running statistics
 /// moderate, so every ReLU is active on some inputs.
+#[allow(dead_code)] // not every test crate uses every helper
 pub fn random_state(cfg: &NetConfig, seed: u64) -> StateDict {
     let mut s = init_state(cfg, seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xabcdef);
@@ -32,4 +33,14 @@ pub fn random_state(cfg: &NetConfig, seed: u64) -> StateDict {
         }
     }
     s
+}
+
+/// Runs the zipmerge binary of this build with `args`, ignoring `ZIPMERGE_DATA`.
+#[allow(dead_code)] // used by the command-line test crates only
+pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_zipmerge"))
+        .args(args)
+        .env_remove("ZIPMERGE_DATA")
+        .output()
+        .expect("run zipmerge")
 }

@@ -585,71 +585,11 @@ pub fn pool_linear(
 }
 
 /// Column sums `[o]` and the sum of outer products `X^T X` (`[o, o]`, row-major) of stacked
-/// features `x: [n, o]` (non-finite values already zeroed). Products are formed in f32 over
-/// blocks of at most 512 rows and accumulated in f64; the partition of rows and output rows is
-/// fixed by `(n, o)` alone, so the result is the same bits on any thread count.
+/// features `x: [n, o]` (non-finite values already zeroed): [`second_moment_parts`] of one part.
 pub fn second_moment(x: &[f32], o: usize) -> (Vec<f64>, Vec<f64>) {
-    let n = x.len() / o;
-    const KB: usize = 512;
-    // (output row tile, k part) tasks: small o -> split rows; large o -> split output rows
-    let (tiles, parts) = if o <= 256 {
-        (1, PARTS)
-    } else {
-        (o.div_ceil(128), 1)
-    };
-    let tile = o.div_ceil(tiles);
-    let part = n.div_ceil(parts).max(1);
-    let tasks: Vec<(usize, usize)> = (0..tiles)
-        .flat_map(|t| (0..parts).map(move |p| (t, p)))
-        .collect();
-    let results: Vec<Vec<f64>> = tasks
-        .par_iter()
-        .map(|&(t, p)| {
-            let i0 = t * tile;
-            let i1 = ((t + 1) * tile).min(o);
-            let m = i1.saturating_sub(i0);
-            let mut acc = vec![0f64; m * o];
-            let mut tmp = vec![0f32; m * o];
-            let (k0, k1) = ((p * part).min(n), ((p + 1) * part).min(n));
-            let mut kb0 = k0;
-            while kb0 < k1 && m > 0 {
-                let kb = KB.min(k1 - kb0);
-                let base = &x[kb0 * o..];
-                // SAFETY: lhs(i, kk) = x[(kb0+kk)*o + i0 + i], rhs(kk, j) = x[(kb0+kk)*o + j],
-                // both within rows kb0..kb0+kb; tmp is [m, o].
-                unsafe {
-                    matmul(
-                        m,
-                        o,
-                        kb,
-                        tmp.as_mut_ptr(),
-                        o,
-                        base.as_ptr().add(i0),
-                        (1, o),
-                        base.as_ptr(),
-                        (o, 1),
-                        false,
-                    );
-                }
-                acc.iter_mut().zip(&tmp).for_each(|(a, v)| *a += *v as f64);
-                kb0 += kb;
-            }
-            acc
-        })
-        .collect();
-    let mut outer = vec![0f64; o * o];
-    for (&(t, _), r) in tasks.iter().zip(results) {
-        let i0 = t * tile;
-        outer[i0 * o..i0 * o + r.len()]
-            .iter_mut()
-            .zip(r)
-            .for_each(|(a, v)| *a += v);
-    }
-    let (mean, _) = channel_sums(x, o);
-    (mean, outer)
+    second_moment_parts(&[x], o)
 }
 
-/// Column sums of `x: [n, o]` in f64 (fixed partition).
 /// [`second_moment`] of features stacked from per-model parts without forming the stacked
 /// matrix: `X = [P_0 | P_1 | ... ]` with every part `[n, c]` (row-major, non-finite values
 /// already zeroed), `o = parts.len() * c`. Only the blocks `P_a^T P_b` with `a <= b` are

@@ -252,8 +252,9 @@ fn merged_output(
     outputs(sys.forward_heads(case.x.clone(), &mut ForwardCtx::default()))
 }
 
-/// T5: merging a model with a permuted copy of itself reproduces it (permute and zipit),
-/// within 1e-4 relative at eps = 1e-5 and to float round-off at eps = 0.
+/// T5: merging a model with a permuted copy of itself reproduces it (permute and zipit within
+/// 1e-4 relative at eps = 1e-5 and to float round-off at eps = 0; Git Re-Basin's weight
+/// matching, which starts from the identity, to round-off).
 #[test]
 fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
     for (arch, width) in [(Arch::Resnet20, 1), (Arch::Vgg11, 1)] {
@@ -263,6 +264,18 @@ fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
         assert!(
             rel_err(&net_out(&case.cfg, &case.b, &case.x), &want) < 1e-5,
             "{arch}: permuted copy differs"
+        );
+        // and averaging A with B unaligned does not (so recovering A is not by chance)
+        let unaligned = merged_output(
+            &case,
+            &Method::WeightAvg,
+            0.0,
+            "full",
+            vec![case.a.clone(), case.b.clone()],
+        );
+        assert!(
+            rel_err(&unaligned[0], &want) > 1e-2,
+            "{arch}: W.Avg of the permuted copy already equals A"
         );
         for method in [
             Method::Permute,
@@ -290,6 +303,21 @@ fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
             let e0 = rel_err(&got0[0], &want);
             assert!(e0 < 2e-6, "{arch} {method:?} eps 0: relative error {e0}");
         }
+        // Git Re-Basin's weight matching starts from the identity: recovering A means it found
+        // the permutation from the weights alone (ResNet-20 only: on VGG-11's 512-wide spaces
+        // the passes take ~20 s here)
+        if arch != Arch::Resnet20 {
+            continue;
+        }
+        let got = merged_output(
+            &case,
+            &Method::GitRebasin { seed: 0 },
+            0.0,
+            "full",
+            vec![case.a.clone(), case.b.clone()],
+        );
+        let e = rel_err(&got[0], &want);
+        assert!(e < 2e-6, "{arch} Git Re-Basin: relative error {e}");
     }
 }
 
@@ -475,4 +503,66 @@ fn shared_passes_give_the_same_bits() {
         "the shipped ensemble is far above chance: {}",
         fresh.joint
     );
+}
+
+/// T12 (measure over batches): with conv1 made to copy input channel `k % 3` into channel `k`
+/// (centre tap 1, all else 0), bn1's train-mode batch statistics are those of the normalised
+/// pixels, computed here directly from the bytes: per batch the mean and the unbiased variance
+/// over (images, y, x), then the unweighted mean over the batches.
+#[test]
+fn t12_measure_averages_per_batch_statistics() {
+    let device = Device::flex();
+    let cfg = NetConfig {
+        arch: Arch::Resnet20,
+        width: 1,
+        out: 10,
+    };
+    let mut state = zipmerge::models::init_state(&cfg, 4);
+    let w = state.get_mut("conv1.weight").unwrap(); // [16, 3, 3, 3]
+    w.data.iter_mut().for_each(|v| *v = 0.0);
+    for k in 0..16 {
+        w.data[((k * 3 + k % 3) * 3 + 1) * 3 + 1] = 1.0;
+    }
+    let m = manifest(&cfg, (0..10).collect());
+    let sys = bn_reset::build_system(&m, &state, &[], &device).unwrap();
+    // two batches of 2 and 3 images with seeded pixels
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let img = |rng: &mut ChaCha8Rng| -> Vec<u8> {
+        use rand::Rng;
+        (0..32 * 32 * 3).map(|_| rng.gen::<u8>()).collect()
+    };
+    let batches: Vec<Vec<Vec<u8>>> = vec![
+        (0..2).map(|_| img(&mut rng)).collect(),
+        (0..3).map(|_| img(&mut rng)).collect(),
+    ];
+    let stats = bn_reset::measure(&sys, &batches, &device, &mut |_| {});
+    let (mean, var) = &stats["trunk:bn1"];
+    let prep = zipmerge::data::Preprocess::Cifar;
+    let (pm, ps) = (prep.mean(), prep.std());
+    for k in 0..16 {
+        let c = k % 3;
+        let (mut want_m, mut want_v) = (0.0f64, 0.0f64);
+        for b in &batches {
+            let xs: Vec<f64> = b
+                .iter()
+                .flat_map(|im| im.chunks_exact(3).map(move |px| px[c]))
+                .map(|p| ((p as f64 / 255.0) - pm[c] as f64) / ps[c] as f64)
+                .collect();
+            let n = xs.len() as f64;
+            let mu = xs.iter().sum::<f64>() / n;
+            let v = xs.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (n - 1.0);
+            want_m += mu / batches.len() as f64;
+            want_v += v / batches.len() as f64;
+        }
+        assert!(
+            (mean[k] - want_m).abs() < 1e-5,
+            "channel {k}: mean {} vs {want_m}",
+            mean[k]
+        );
+        assert!(
+            (var[k] - want_v).abs() < 1e-5 * want_v,
+            "channel {k}: var {} vs {want_v}",
+            var[k]
+        );
+    }
 }

@@ -46,10 +46,14 @@ impl FromStr for Backend {
 }
 
 /// Names of the wgpu adapters this machine offers (`name (type T, backend B)`), empty when none.
+/// Only wgpu's primary backends (Vulkan, Metal, DX12) are asked: the GL backend, which burn does
+/// not use, prints driver messages (`error: XDG_RUNTIME_DIR is invalid ...`) on stderr.
 #[cfg(feature = "wgpu")]
 pub fn wgpu_adapters() -> Vec<String> {
-    let instance = wgpu::Instance::default();
-    let adapters = block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::PRIMARY;
+    let instance = wgpu::Instance::new(desc);
+    let adapters = block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
     adapters
         .iter()
         .map(|a| {

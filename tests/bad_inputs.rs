@@ -320,6 +320,8 @@ fn family4_bad_values_are_refused() {
         ("--batch-size", "0"),
         ("--warmup", "nan"),
         ("--limit", "0"),
+        ("--head", "bogus"),
+        ("--head", "text:"),
     ] {
         let a = if val.is_empty() {
             train(&[flag])

@@ -238,3 +238,35 @@ pub fn warn_dead_units(
     }
     dead
 }
+
+/// The class-embedding table a `--head text` uses when no file is given.
+pub const DEFAULT_EMBEDDINGS: &str = "datasets/class-text-embeddings.json";
+
+/// Parses `--head linear | text | text:FILE`: `None` for a linear head, the embedding table's
+/// path for a text head.
+///
+/// # Errors
+/// A usage error (exit 2) for anything else.
+pub fn parse_head(opt: &str) -> Result<Option<PathBuf>> {
+    match opt {
+        "linear" => Ok(None),
+        "text" => Ok(Some(PathBuf::from(DEFAULT_EMBEDDINGS))),
+        o => match o.strip_prefix("text:") {
+            Some(f) if !f.is_empty() => Ok(Some(PathBuf::from(f))),
+            _ => Err(usage(format!(
+                "--head `{o}`: expected linear, text or text:FILE"
+            ))),
+        },
+    }
+}
+
+/// The head of `--head opt` for `classes` ([`parse_head`]; a text head reads its table).
+///
+/// # Errors
+/// As [`parse_head`]; the table's errors for a text head.
+pub fn build_head(opt: &str, classes: &[usize]) -> Result<zipmerge::models::head::HeadSpec> {
+    Ok(match parse_head(opt)? {
+        None => zipmerge::models::head::HeadSpec::Linear,
+        Some(file) => zipmerge::models::head::text_head(&file, classes)?,
+    })
+}

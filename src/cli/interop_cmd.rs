@@ -8,11 +8,9 @@ use clap::Args;
 
 use zipmerge::checkpoint::{self, interop, ModelManifest, StateDict};
 use zipmerge::data::tasks::parse_classes;
-use zipmerge::models::head::{text_head, HeadSpec};
 use zipmerge::models::{Arch, Net, NetConfig};
 
-use super::common::command_line;
-use super::train_cmd::DEFAULT_EMBEDDINGS;
+use super::common::{build_head, command_line, parse_head};
 
 /// Arguments of `zipmerge import`.
 #[derive(Args, Debug)]
@@ -82,7 +80,7 @@ pub fn exec_import(a: ImportArgs) -> Result<()> {
         Arch::Resnet50 => "fc.weight",
     };
     let file_outputs = state.get(out_key).map(|t| t.rows());
-    let linear = a.head == "linear";
+    let linear = parse_head(&a.head)?.is_none();
     let num_classes = a.num_classes.unwrap_or(if linear {
         file_outputs.unwrap_or(10).max(10)
     } else {
@@ -96,14 +94,7 @@ pub fn exec_import(a: ImportArgs) -> Result<()> {
             a.head
         ),
     };
-    let head = match a.head.as_str() {
-        "linear" => HeadSpec::Linear,
-        h if h == "text" || h.starts_with("text:") => text_head(
-            std::path::Path::new(h.strip_prefix("text:").unwrap_or(DEFAULT_EMBEDDINGS)),
-            &classes,
-        )?,
-        o => bail!("--head `{o}`: expected linear or text[:FILE]"),
-    };
+    let head = build_head(&a.head, &classes)?;
     let width = match a.width {
         Some(w) => w,
         None => infer_width(arch, &state)

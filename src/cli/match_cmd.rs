@@ -2,14 +2,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use super::common::{finite, non_negative, positive};
+use super::common::{finite, non_negative, positive, usage, UsageExt};
 use clap::Args;
 use serde_json::json;
 
+use zipmerge::matching::correlation;
 use zipmerge::matching::npy::read_matrix;
-use zipmerge::matching::{correlation, Identity, Matcher, Permute, ReturnA, ZipIt};
+use zipmerge::merge::Method;
 
 /// Arguments of `zipmerge match`.
 #[derive(Args, Debug)]
@@ -39,21 +40,14 @@ pub struct MatchArgs {
 
 /// Runs `zipmerge match`: prints `{"clusters": [...], "merge": [[...]], "unmerge": [[...]]}`.
 pub fn exec(a: MatchArgs) -> Result<()> {
+    let method = Method::parse(&a.method, a.alpha, a.beta, 0).usage()?;
+    let Some(matcher) = method.matcher() else {
+        return Err(usage(
+            "--method git-rebasin matches weights, not a matrix: use `zipmerge merge`",
+        ));
+    };
     let m = read_matrix(&a.cov).with_context(|| format!("reading {}", a.cov.display()))?;
     let corr = if a.correlation { m } else { correlation(&m) };
-    let matcher: Box<dyn Matcher> = match a.method.as_str() {
-        "zipit" => Box::new(ZipIt {
-            alpha: a.alpha,
-            beta: a.beta,
-        }),
-        "permute" => Box::new(Permute),
-        "weight-avg" => Box::new(Identity),
-        "return-a" => Box::new(ReturnA),
-        "git-rebasin" => {
-            bail!("--method git-rebasin matches weights, not a matrix: use `zipmerge merge`")
-        }
-        o => bail!("--method `{o}`: expected zipit, permute, weight-avg or return-a"),
-    };
     let r = matcher
         .solve(&corr, a.models, a.merge_eps)
         .with_context(|| a.cov.display().to_string())?;

@@ -7,13 +7,12 @@ use clap::Args;
 use indicatif::ProgressBar;
 
 use zipmerge::data::tasks::{format_tasks, parse_classes, random_split};
-use zipmerge::models::head::{text_head, HeadSpec};
 use zipmerge::models::{param_count, Arch, NetConfig};
 use zipmerge::train::{self, EpochLog, TrainObserver, TrainOptions};
 
 use super::common::{
-    bar, command_line, data_root, load_split_classes, non_negative, positive, usage, BackendArgs,
-    UsageExt,
+    bar, build_head, command_line, data_root, load_split_classes, non_negative, parse_head,
+    positive, usage, BackendArgs, UsageExt,
 };
 use zipmerge::data::{split_dir, ImageSet};
 
@@ -110,9 +109,6 @@ impl TrainObserver for Bars {
     }
 }
 
-/// Default class-embedding file.
-pub const DEFAULT_EMBEDDINGS: &str = "datasets/class-text-embeddings.json";
-
 /// Runs `zipmerge train`.
 pub fn exec(a: TrainArgs) -> Result<()> {
     let arch: Arch = a.arch.parse().usage()?;
@@ -130,12 +126,7 @@ pub fn exec(a: TrainArgs) -> Result<()> {
     }
     .validate()
     .usage()?;
-    let head_opt = a.head.as_str();
-    if !(head_opt == "linear" || head_opt == "text" || head_opt.starts_with("text:")) {
-        return Err(usage(format!(
-            "--head `{head_opt}`: expected linear or text[:FILE]"
-        )));
-    }
+    parse_head(&a.head)?;
     let root = data_root(a.data.as_deref());
     let prep = NetConfig {
         arch,
@@ -175,18 +166,7 @@ pub fn exec(a: TrainArgs) -> Result<()> {
             ))
         }
     };
-    let head = match a.head.as_str() {
-        "linear" => HeadSpec::Linear,
-        h if h == "text" || h.starts_with("text:") => {
-            let file = h.strip_prefix("text:").unwrap_or(DEFAULT_EMBEDDINGS);
-            text_head(std::path::Path::new(file), &classes)?
-        }
-        o => {
-            return Err(usage(format!(
-                "--head `{o}`: expected linear or text[:FILE]"
-            )))
-        }
-    };
+    let head = build_head(&a.head, &classes)?;
     let net = NetConfig {
         arch,
         width: a.width,

@@ -5,8 +5,6 @@
 //! touching the space on its output or input axis (conv/linear weights and biases, BN weight and
 //! bias). Passes repeat until one makes no change (at most 100). Two models only.
 
-use pathfinding::kuhn_munkres::kuhn_munkres;
-use pathfinding::matrix::Matrix;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -19,30 +17,12 @@ use crate::spec::{LayerKind, MergeSpec, Side};
 /// Maximum number of passes over the spaces (the reference implementation's cap).
 pub const MAX_PASSES: usize = 100;
 
-/// Scale of the i64 weights given to the Hungarian solver: similarities are rounded to 1e-9 of
-/// the largest |entry| of the cost matrix.
-const LAP_SCALE: f64 = 1e9;
-
 /// Solves a maximising linear assignment on a square cost matrix `c` (`n x n`, row-major):
-/// returns `assign[i] = j`.
+/// returns `assign[i] = j`. The Hungarian solver, integer scaling and sanitising of
+/// [`super::Permute`] (one rule for every matcher).
 pub fn lap_max(c: &[f64], n: usize) -> Vec<usize> {
-    let maxabs = c
-        .iter()
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, |m, v| m.max(v.abs()))
-        .max(1e-300);
-    let w: Vec<i64> = c
-        .iter()
-        .map(|v| {
-            if v.is_finite() {
-                (v / maxabs * LAP_SCALE).round() as i64
-            } else {
-                -(LAP_SCALE as i64) * 4
-            }
-        })
-        .collect();
-    let m = Matrix::from_vec(n, n, w).expect("square");
-    kuhn_munkres(&m).1
+    // one Hungarian solver and one sanitising rule for every matcher
+    super::permute::max_assignment(n, c)
 }
 
 /// Runs weight matching on two models and returns one (merge, unmerge) pair per space, in the

@@ -74,6 +74,18 @@ impl Method {
         matches!(self, Method::Zipit { .. } | Method::Permute)
     }
 
+    /// The matcher that solves one feature space for this method from a correlation matrix;
+    /// `None` for Git Re-Basin, which matches weights, not features (reference doc §3).
+    pub fn matcher(&self) -> Option<Box<dyn Matcher>> {
+        Some(match *self {
+            Method::Zipit { alpha, beta } => Box::new(ZipIt { alpha, beta }),
+            Method::Permute => Box::new(Permute),
+            Method::WeightAvg => Box::new(Identity),
+            Method::ReturnA => Box::new(ReturnA),
+            Method::GitRebasin { .. } => return None,
+        })
+    }
+
     /// Display name as in the paper's tables.
     pub fn label(&self) -> String {
         match self {
@@ -344,42 +356,28 @@ pub fn match_spaces(
     if let Method::GitRebasin { seed } = method {
         return git_rebasin(&ep.spec, &ep.states, *seed, eps);
     }
+    let matcher = method
+        .matcher()
+        .expect("every method but Git Re-Basin has a matcher");
     let mut out = Vec::new();
     for s in 0..spaces {
         let space = &ep.spec.spaces[s];
         let o = space.width * n;
-        let r = match method {
-            Method::Zipit { alpha, beta } => {
-                let cov = need(stats, s)?;
-                ZipIt {
-                    alpha: *alpha,
-                    beta: *beta,
-                }
-                .solve(&correlation(cov), n, eps)
+        // W.Avg and return-a ignore the features: a zero matrix of the right size
+        let corr = if method.needs_statistics() {
+            correlation(need(stats, s)?)
+        } else {
+            SquareMatrix {
+                n: o,
+                data: vec![0.0; o * o],
             }
-            Method::Permute => Permute.solve(&correlation(need(stats, s)?), n, eps),
-            Method::WeightAvg => Identity.solve(
-                &SquareMatrix {
-                    n: o,
-                    data: vec![0.0; o * o],
-                },
-                n,
-                eps,
-            ),
-            Method::ReturnA => ReturnA.solve(
-                &SquareMatrix {
-                    n: o,
-                    data: vec![0.0; o * o],
-                },
-                n,
-                eps,
-            ),
-            Method::GitRebasin { .. } => unreachable!(),
-        }
-        .map_err(|e| MergeError::Space {
-            space: space.name.clone(),
-            msg: e.to_string(),
-        })?;
+        };
+        let r = matcher
+            .solve(&corr, n, eps)
+            .map_err(|e| MergeError::Space {
+                space: space.name.clone(),
+                msg: e.to_string(),
+            })?;
         out.push(r);
     }
     Ok(out)

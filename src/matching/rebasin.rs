@@ -25,6 +25,30 @@ pub fn lap_max(c: &[f64], n: usize) -> Vec<usize> {
     super::permute::max_assignment(n, c)
 }
 
+/// `cost[i * n + j] += sum_k x[i, k] y[j, k]` for row-major `x, y: [n, k]`: one f32 matrix
+/// product (as the reference's float32 matmuls), accumulated into the f64 cost.
+fn add_gram(cost: &mut [f64], x: &[f32], y: &[f32], n: usize, k: usize) {
+    assert!(x.len() >= n * k && y.len() >= n * k && cost.len() == n * n);
+    let mut tmp = vec![0f32; n * n];
+    // SAFETY: lhs(i, kk) = x[i * k + kk], rhs(kk, j) = y[j * k + kk], both in bounds by the
+    // assertion; tmp is [n, n] and does not overlap the inputs.
+    unsafe {
+        crate::engine::kernels::matmul(
+            n,
+            n,
+            k,
+            tmp.as_mut_ptr(),
+            n,
+            x.as_ptr(),
+            (k, 1),
+            y.as_ptr(),
+            (1, k),
+            false,
+        );
+    }
+    cost.iter_mut().zip(&tmp).for_each(|(c, t)| *c += *t as f64);
+}
+
 /// Runs weight matching on two models and returns one (merge, unmerge) pair per space, in the
 /// Permute form (`U_A = I`, B's feature `perm[k]` joins A's feature k, merge normalised by
 /// `2 + eps`).
@@ -91,52 +115,43 @@ pub fn git_rebasin(
                 let (ta, tb) = (&a[key], &b[key]);
                 let rows = ta.shape[0];
                 let inner = if ta.shape.len() >= 2 { ta.shape[1] } else { 1 };
-                let spatial = ta.data.len() / (rows * inner);
-                if *out_s == Some(s) {
-                    // rows of A vs rows of B with B's input axis permuted
-                    for i in 0..rows {
-                        for j in 0..rows {
-                            let mut acc = 0.0;
-                            for c in 0..inner {
-                                let cb = match in_s {
-                                    Some(is) => perms[*is][c],
-                                    None => c,
-                                };
-                                let ra = &ta.data
-                                    [(i * inner + c) * spatial..(i * inner + c + 1) * spatial];
-                                let rb = &tb.data
-                                    [(j * inner + cb) * spatial..(j * inner + cb + 1) * spatial];
-                                acc += ra
-                                    .iter()
-                                    .zip(rb)
-                                    .map(|(x, y)| *x as f64 * *y as f64)
-                                    .sum::<f64>();
+                let spatial = ta.data.len() / (rows * inner).max(1);
+                if *out_s == Some(s) && rows == n {
+                    // rows of A vs rows of B with B's input axis permuted: A B'^T over
+                    // [rows, inner * spatial]
+                    let y = match in_s {
+                        Some(is) => {
+                            let p = &perms[*is];
+                            let mut y = Vec::with_capacity(tb.data.len());
+                            for j in 0..rows {
+                                for c in 0..inner {
+                                    let at = (j * inner + p[c]) * spatial;
+                                    y.extend_from_slice(&tb.data[at..at + spatial]);
+                                }
                             }
-                            cost[i * n + j] += acc;
+                            std::borrow::Cow::Owned(y)
                         }
-                    }
+                        None => std::borrow::Cow::Borrowed(&tb.data[..]),
+                    };
+                    add_gram(&mut cost, &ta.data, &y, n, inner * spatial);
                 }
-                if *in_s == Some(s) && ta.shape.len() >= 2 {
-                    // input columns of A vs input columns of B with B's output axis permuted
-                    for r in 0..rows {
-                        let rb = match out_s {
-                            Some(os) => perms[*os][r],
-                            None => r,
-                        };
-                        for i in 0..inner {
-                            let ca =
-                                &ta.data[(r * inner + i) * spatial..(r * inner + i + 1) * spatial];
-                            for j in 0..inner {
-                                let cb = &tb.data
-                                    [(rb * inner + j) * spatial..(rb * inner + j + 1) * spatial];
-                                cost[i * n + j] += ca
-                                    .iter()
-                                    .zip(cb)
-                                    .map(|(x, y)| *x as f64 * *y as f64)
-                                    .sum::<f64>();
-                            }
+                if *in_s == Some(s) && ta.shape.len() >= 2 && inner == n {
+                    // input columns of A vs input columns of B with B's output axis permuted:
+                    // over [inner, rows * spatial]
+                    let mut x = Vec::with_capacity(ta.data.len());
+                    let mut y = Vec::with_capacity(tb.data.len());
+                    for i in 0..inner {
+                        for r in 0..rows {
+                            let rb = match out_s {
+                                Some(os) => perms[*os][r],
+                                None => r,
+                            };
+                            let (pa, pb) = ((r * inner + i) * spatial, (rb * inner + i) * spatial);
+                            x.extend_from_slice(&ta.data[pa..pa + spatial]);
+                            y.extend_from_slice(&tb.data[pb..pb + spatial]);
                         }
                     }
+                    add_gram(&mut cost, &x, &y, n, rows * spatial);
                 }
             }
             let new = lap_max(&cost, n);

@@ -588,7 +588,8 @@ fn family7_surprises() {
         t.data.iter_mut().for_each(|v| *v = 0.0);
     }
     zipmerge::checkpoint::safetensors_io::save(&st, &zero.join("model.safetensors")).unwrap();
-    let err = ok(&[
+    let out = s.p("with-zero");
+    let head = [
         "merge",
         "--model",
         &a,
@@ -597,16 +598,9 @@ fn family7_surprises() {
         "--data",
         SAMPLE,
         "--out",
-        &s.p("with-zero"),
-        "--no-eval",
-        "--probe-images",
-        "50",
-        "--bn-reset-images",
-        "50",
-        "--batch-size",
-        "50",
-        "-q",
-    ]);
+        &out,
+    ];
+    let err = ok(&[&head[..], FAST].concat());
     assert!(
         err.lines()
             .any(|l| l.starts_with("warning: feature space `")

@@ -562,3 +562,51 @@ fn t12_measure_averages_per_batch_statistics() {
         );
     }
 }
+
+/// N = 3 end to end: A and two differently permuted copies of it. ZipIt! over three models and
+/// Permute (every model matched to A) must both give A back, fully zipped, and a partial zip
+/// must give three heads equal to A. ZipIt! runs with alpha = 1: with alpha < 1 a merged pair's
+/// similarity to the third copy drops to alpha (reference doc §3.1), below the within-model
+/// correlations that its budget then lets merge first, so the exact copy is not recovered by
+/// design.
+#[test]
+fn three_models_merge_losslessly() {
+    let case = permuted_case(Arch::Resnet20, 1);
+    let spec = MergeSpec::of(&case.cfg);
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    let perms: Vec<Vec<usize>> = spec
+        .spaces
+        .iter()
+        .map(|s| {
+            let mut p: Vec<usize> = (0..s.width).collect();
+            p.shuffle(&mut rng);
+            p
+        })
+        .collect();
+    let c = permute_state(&spec, &case.a, &perms);
+    let want = net_out(&case.cfg, &case.a, &case.x);
+    assert!(rel_err(&net_out(&case.cfg, &c, &case.x), &want) < 1e-5);
+    let three = || vec![case.a.clone(), case.b.clone(), c.clone()];
+    for method in [
+        Method::Permute,
+        Method::Zipit {
+            alpha: 1.0,
+            beta: 0.125,
+        },
+    ] {
+        let got = merged_output(&case, &method, 0.0, "full", three());
+        assert_eq!(got.len(), 1, "{method:?}: a full zip has one head");
+        let e = rel_err(&got[0], &want);
+        assert!(e < 2e-6, "{method:?}, 3 models: relative error {e}");
+        let part = merged_output(&case, &method, 0.0, "7/20", three());
+        assert_eq!(
+            part.len(),
+            3,
+            "{method:?}: a partial zip has one head per model"
+        );
+        for (k, h) in part.iter().enumerate() {
+            let e = rel_err(h, &want);
+            assert!(e < 2e-6, "{method:?} 7/20, head {k}: relative error {e}");
+        }
+    }
+}

@@ -215,7 +215,7 @@ fn prepare(
     );
     let stats = merge::statistics(&ep, &probe, device, &mut |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
-    counters.statistics_passes += 1;
+    counters.statistics_passes += stats.passes;
     warn_dead_units(&stats, &ep.spec.spaces);
     Ok((
         Prepared {

@@ -364,7 +364,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
         "flops": flops,
         "accuracy": accuracy,
         "timings_seconds": timings,
-        "statistics_passes": stats.as_ref().map_or(0, |_| 1),
+        "statistics_passes": stats.as_ref().map_or(0, |s| s.passes),
         "peak_rss_mb": zipmerge::util::peak_rss_mb(),
     });
     let report_bytes = serde_json::to_vec_pretty(&report)?;

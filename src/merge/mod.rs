@@ -233,6 +233,9 @@ pub struct Statistics {
     pub covariances: Vec<SquareMatrix>,
     /// Probe images used.
     pub images: usize,
+    /// Passes over the probe set that produced these statistics, counted by the collector
+    /// (`statistics` runs exactly one; experiments add these up to show it is done once).
+    pub passes: usize,
 }
 
 /// Units of one model in one feature space that did not vary on the probe images (dead ReLUs,
@@ -317,6 +320,7 @@ pub fn statistics_upto(
     Ok(Statistics {
         covariances,
         images: batches.iter().map(Vec::len).sum(),
+        passes: 1,
     })
 }
 
@@ -557,6 +561,7 @@ mod tests {
                 diag([1.0, 1.0, 1.0, 1.0]),
             ],
             images: 10,
+            passes: 1,
         };
         let spaces = [space("s0", 2), space("s1", 2), space("s2", 2)];
         let d = stats.dead_units(&spaces);

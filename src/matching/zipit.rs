@@ -786,7 +786,7 @@ mod tests {
     /// Release-mode timing on a 2048 x 2048 correlation (N = 2, Om = 1024). Run with
     /// `cargo test --release -- --ignored --nocapture zipit_timing`.
     #[test]
-    #[ignore]
+    #[ignore = "a timing printout, not a check: cargo test --release -- --ignored --nocapture zipit_timing"]
     fn zipit_timing() {
         use std::time::Instant;
         let om = 1024;

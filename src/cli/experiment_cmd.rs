@@ -644,7 +644,8 @@ fn exec_table1(a: Table1Args) -> Result<()> {
                 a.settings.merge_eps,
                 &mut counters,
             )?;
-            let reset = a.settings.rebasin_bn_reset || !matches!(method, Method::GitRebasin { .. });
+            let reset =
+                !a.settings.no_rebasin_bn_reset || !matches!(method, Method::GitRebasin { .. });
             run(label, &mut |pr| {
                 exp.merged_row_bn(label, &t, &full, reset, pr)
             })?;
@@ -669,11 +670,19 @@ fn exec_table1(a: Table1Args) -> Result<()> {
         all_rows.push(rows);
     }
     let lines = aggregate(&all_rows, a.paper);
-    let md = markdown(&lines);
+    let md = format!(
+        "{}\n{}\n",
+        markdown(&lines),
+        if a.settings.no_rebasin_bn_reset {
+            "BatchNorm is reset after every merge except Git Re-Basin's (--no-rebasin-bn-reset: one reference script's behaviour)."
+        } else {
+            "BatchNorm is reset after every merge, Git Re-Basin's included, as the paper states (--no-rebasin-bn-reset skips it for Git Re-Basin, as one reference script does)."
+        }
+    );
     let report = json!({
         "pairs": pairs.iter().map(|(n, m)| json!({"name": n, "models": m})).collect::<Vec<_>>(),
         "lines": lines, "rows": all_rows, "counters": counters,
-        "settings": {"alpha": a.settings.alpha, "beta": a.settings.beta, "probe_images": a.settings.probe_images, "bn_reset_images": a.settings.bn_reset_images, "seed": a.settings.seed, "augment_probe": !a.settings.no_probe_augment},
+        "settings": {"alpha": a.settings.alpha, "beta": a.settings.beta, "probe_images": a.settings.probe_images, "bn_reset_images": a.settings.bn_reset_images, "seed": a.settings.seed, "augment_probe": !a.settings.no_probe_augment, "rebasin_bn_reset": !a.settings.no_rebasin_bn_reset},
         "data": root.display().to_string(), "test_images": test.len(), "seconds": t0.elapsed().as_secs_f64(),
         "paper_note": if a.paper { Some("paper numbers: ZipIt! (ICLR 2024) CIFAR-10 5+5, ResNet-20 x4 with CLIP ViT-B/32 text heads, 100 epochs; ours: the models and heads listed above") } else { None },
     });

@@ -51,10 +51,11 @@ pub struct MergeSettings {
     /// Skip the BN reset of the endpoints before merging (the reference resets them).
     #[arg(long)]
     pub no_endpoint_bn_reset: bool,
-    /// Also reset BN after a Git Re-Basin merge (the reference evaluates CIFAR Git Re-Basin
-    /// merges without a reset, reference doc §3.5, so by default none is done).
+    /// Skip the BN reset after a Git Re-Basin merge, as one reference script does (its JAX
+    /// models use LayerNorm; reference doc §3.5). By default every method's merge is reset, as
+    /// the paper states.
     #[arg(long)]
-    pub rebasin_bn_reset: bool,
+    pub no_rebasin_bn_reset: bool,
     /// Batch size of statistics, BN reset and evaluation.
     #[arg(long, default_value_t = 500, value_parser = positive)]
     pub batch_size: usize,
@@ -252,8 +253,8 @@ pub fn exec(a: MergeArgs) -> Result<()> {
         vec![]
     };
     let bn_b = s.bn_batches(&probe)?;
-    let reset_merged =
-        !bn_b.is_empty() && (s.rebasin_bn_reset || !matches!(method, Method::GitRebasin { .. }));
+    let reset_merged = !bn_b.is_empty()
+        && (!s.no_rebasin_bn_reset || !matches!(method, Method::GitRebasin { .. }));
     let tasks = tasks.unwrap_or_else(|| {
         ep.manifests
             .iter()

@@ -164,6 +164,19 @@ struct Case {
     x: Tensor<4>,
 }
 
+/// A seeded random permutation of every feature space.
+fn random_perms(spec: &MergeSpec, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    spec.spaces
+        .iter()
+        .map(|s| {
+            let mut p: Vec<usize> = (0..s.width).collect();
+            p.shuffle(&mut rng);
+            p
+        })
+        .collect()
+}
+
 fn permuted_case(arch: Arch, width: usize) -> Case {
     let cfg = NetConfig {
         arch,
@@ -209,17 +222,7 @@ fn permuted_case(arch: Arch, width: usize) -> Case {
     } else {
         vgg_positive_biases(&cfg, &mut a, &batches);
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let perms: Vec<Vec<usize>> = spec
-        .spaces
-        .iter()
-        .map(|s| {
-            let mut p: Vec<usize> = (0..s.width).collect();
-            p.shuffle(&mut rng);
-            p
-        })
-        .collect();
-    let b = permute_state(&spec, &a, &perms);
+    let b = permute_state(&spec, &a, &random_perms(&spec, 5));
     let imgs: Vec<&[u8]> = (0..16).map(|i| set.image(i * 11)).collect();
     let x = to_tensor(&imgs, prep, &Device::flex());
     Case {
@@ -573,17 +576,7 @@ fn t12_measure_averages_per_batch_statistics() {
 fn three_models_merge_losslessly() {
     let case = permuted_case(Arch::Resnet20, 1);
     let spec = MergeSpec::of(&case.cfg);
-    let mut rng = ChaCha8Rng::seed_from_u64(77);
-    let perms: Vec<Vec<usize>> = spec
-        .spaces
-        .iter()
-        .map(|s| {
-            let mut p: Vec<usize> = (0..s.width).collect();
-            p.shuffle(&mut rng);
-            p
-        })
-        .collect();
-    let c = permute_state(&spec, &case.a, &perms);
+    let c = permute_state(&spec, &case.a, &random_perms(&spec, 77));
     let want = net_out(&case.cfg, &case.a, &case.x);
     assert!(rel_err(&net_out(&case.cfg, &c, &case.x), &want) < 1e-5);
     let three = || vec![case.a.clone(), case.b.clone(), c.clone()];

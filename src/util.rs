@@ -74,6 +74,19 @@ pub fn with_path(e: std::io::Error, path: &Path) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
+/// A message as one line: line breaks inside (decoder or header text quoted in a message)
+/// become `; `, runs of blanks one space.
+pub fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Peak resident set size of this process so far, in MiB (`getrusage`'s `ru_maxrss`); `None`
 /// where the platform does not report it.
 pub fn peak_rss_mb() -> Option<f64> {

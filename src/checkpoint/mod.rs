@@ -264,35 +264,14 @@ pub fn validate_manifest(m: &ModelManifest, file: &str) -> Result<(), Checkpoint
             dim, embeddings, ..
         } = &h.head
         {
-            if *dim == 0 || *dim > MAX_HEAD_DIM {
-                return Err(bad(format!(
-                    "{head}: text head dim {dim} is out of range (expected 1..={MAX_HEAD_DIM})"
-                )));
-            }
             if max >= embeddings.len() {
                 return Err(bad(format!(
                     "{head}: the text head has {} embedding rows, none for class {max}",
                     embeddings.len()
                 )));
             }
-            for (r, row) in embeddings.iter().enumerate() {
-                if row.len() != *dim {
-                    return Err(bad(format!(
-                        "{head}: embedding row {r} has {} values, expected dim {dim}",
-                        row.len()
-                    )));
-                }
-                if let Some(j) = row.iter().position(|v| !v.is_finite()) {
-                    return Err(bad(format!(
-                        "{head}: embedding row {r} value {j} is not a finite f32"
-                    )));
-                }
-                if row.iter().all(|v| *v == 0.0) {
-                    return Err(bad(format!(
-                        "{head}: embedding row {r} is all zeros; expected a unit-norm row"
-                    )));
-                }
-            }
+            crate::models::head::check_embeddings(*dim, embeddings)
+                .map_err(|e| bad(format!("{head}: text head {e}")))?;
         }
     }
     Ok(())
@@ -355,7 +334,7 @@ pub fn read_weights(dir: &Path, file: &str) -> Result<StateDict, CheckpointError
         });
     }
     let s = safetensors_io::load(&path)?;
-    check_finite(&s, &path.display().to_string())?;
+    check_finite(&s, &shown)?;
     Ok(s)
 }
 

@@ -174,17 +174,8 @@ fn load_endpoints(models: &[PathBuf], methods: &[Method], eps: f64) -> Result<En
 /// The task (class ids of the first head) of each endpoint, checked against the test set: every
 /// class must be in it and have images, as `eval` requires.
 fn tasks_checked(ep: &Endpoints, test: &ImageSet) -> Result<Vec<Vec<usize>>> {
-    let tasks: Vec<Vec<usize>> = ep
-        .manifests
-        .iter()
-        .map(|m| m.heads[0].classes.clone())
-        .collect();
-    let heads: Vec<_> = ep
-        .manifests
-        .iter()
-        .flat_map(|m| m.heads.iter().map(|h| &h.head))
-        .collect();
-    zipmerge::eval::runner::check_evaluation(&heads, test, &tasks)?;
+    let tasks = ep.tasks();
+    zipmerge::eval::runner::check_evaluation(&ep.heads(), test, &tasks)?;
     Ok(tasks)
 }
 

@@ -255,12 +255,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     let bn_b = s.bn_batches(&probe)?;
     let reset_merged = !bn_b.is_empty()
         && (!s.no_rebasin_bn_reset || !matches!(method, Method::GitRebasin { .. }));
-    let tasks = tasks.unwrap_or_else(|| {
-        ep.manifests
-            .iter()
-            .map(|m| m.heads[0].classes.clone())
-            .collect()
-    });
+    let tasks = tasks.unwrap_or_else(|| ep.tasks());
     // the test set is loaded and checked before the long steps, so data that `eval` refuses is
     // refused here too, before any statistics
     let test = if a.no_eval {
@@ -268,12 +263,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     } else {
         let test_root = a.eval_data.clone().unwrap_or(root.clone());
         let test = load_split(&test_root, "test", prep, quiet)?;
-        let heads: Vec<_> = ep
-            .manifests
-            .iter()
-            .flat_map(|m| m.heads.iter().map(|h| &h.head))
-            .collect();
-        let n = zipmerge::eval::runner::check_evaluation(&heads, &test, &tasks)?;
+        let n = zipmerge::eval::runner::check_evaluation(&ep.heads(), &test, &tasks)?;
         Some((test, n))
     };
     let t_all = Instant::now();

@@ -16,18 +16,7 @@ use clap::{Parser, Subcommand};
 
 pub use common::Usage;
 
-/// An error message as one line: line breaks inside (decoder or header text quoted in a
-/// message) become `; `, runs of blanks one space.
-pub fn one_line(msg: &str) -> String {
-    msg.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use zipmerge::util::one_line;
 
 /// zipmerge: merge two (or more) vision networks trained from different initializations on
 /// different tasks into one network, without training (ZipIt! and baselines).

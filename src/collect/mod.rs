@@ -329,7 +329,7 @@ const TAP_BUDGET_BYTES: usize = 64 << 20;
 const MIN_SUB_BATCH: usize = 8;
 
 /// [`collect`] on the CPU engine: the same statistics, with the second moment of the stacked
-/// features formed in f32 blocks of 512 rows and accumulated in f64, straight from each
+/// features formed in f32 blocks of 256 rows and accumulated in f64, straight from each
 /// model's taps ([`crate::engine::kernels::second_moment_parts`]).
 ///
 /// # Errors

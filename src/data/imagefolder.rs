@@ -85,21 +85,17 @@ pub fn decode(path: &Path, prep: Preprocess, train: bool) -> Result<Vec<u8>, Dat
 pub fn decode_bytes(bytes: &[u8]) -> Result<image::RgbImage, String> {
     if super::jpeg::is_jpeg(bytes) {
         let (w, h, rgb) = super::jpeg::decode_rgb(bytes)
-            .map_err(|e| format!("cannot decode JPEG ({})", one_line(&e)))?;
+            .map_err(|e| format!("cannot decode JPEG ({})", crate::util::one_line(&e)))?;
         return image::RgbImage::from_raw(w as u32, h as u32, rgb)
             .ok_or_else(|| "JPEG decoder returned a short buffer".to_string());
     }
     let img = image::load_from_memory(bytes).map_err(|e| {
         format!(
             "cannot decode image: expected a JPEG or PNG file ({})",
-            one_line(&e.to_string())
+            crate::util::one_line(&e.to_string())
         )
     })?;
     Ok(img.to_rgb8())
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Loads and decodes a whole ImageFolder tree.

@@ -595,8 +595,9 @@ pub fn second_moment(x: &[f32], o: usize) -> (Vec<f64>, Vec<f64>) {
 /// already zeroed), `o = parts.len() * c`. Only the blocks `P_a^T P_b` with `a <= b` are
 /// multiplied (the others are their transposes), each over fixed blocks of at most 256 rows in
 /// f32 (the covariance keeps a relative error below 1e-6 against an f64 reference:
-/// `tests/engine.rs`), accumulated in f64; the partition depends on `(n, c, parts)` alone, so the result is
-/// the same bits on any thread count. Returns column sums `[o]` and `X^T X` (`[o, o]`).
+/// `tests/engine.rs`), accumulated in f64. The partition depends on `(n, c, parts)` alone, so
+/// the result is the same bits on any thread count. Returns column sums `[o]` and `X^T X`
+/// (`[o, o]`).
 ///
 /// # Panics
 /// If the parts differ in length or a length is not a multiple of `c`.
@@ -618,10 +619,8 @@ pub fn second_moment_parts(parts: &[&[f32]], c: usize) -> (Vec<f64>, Vec<f64>) {
     let tile = c.div_ceil(tiles);
     let kpart = n.div_ceil(kparts).max(1);
     let pairs: Vec<(usize, usize)> = (0..np).flat_map(|a| (a..np).map(move |b| (a, b))).collect();
-    let tasks: Vec<(usize, usize, usize)> = pairs
-        .iter()
-        .enumerate()
-        .flat_map(|(pi, _)| (0..tiles).flat_map(move |t| (0..kparts).map(move |kp| (pi, t, kp))))
+    let tasks: Vec<(usize, usize, usize)> = (0..pairs.len())
+        .flat_map(|pi| (0..tiles).flat_map(move |t| (0..kparts).map(move |kp| (pi, t, kp))))
         .collect();
     let results: Vec<Vec<f64>> = tasks
         .par_iter()
@@ -686,71 +685,17 @@ pub fn second_moment_parts(parts: &[&[f32]], c: usize) -> (Vec<f64>, Vec<f64>) {
     (sum, outer)
 }
 
-/// `acc[j] += sum_r x[r * c + j]` in f64 over the rows of `x: [rows, c]` (the column sums of
-/// [`second_moment`]), compiled for AVX-512 / AVX2 and chosen at run time (the crate itself is
-/// built for baseline x86-64, where these loops run two lanes wide).
-fn add_rows_f64(x: &[f32], c: usize, acc: &mut [f64]) {
-    #[inline(always)]
-    fn body(x: &[f32], c: usize, acc: &mut [f64]) {
-        for row in x.chunks_exact(c) {
-            acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v as f64);
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn v4(x: &[f32], c: usize, acc: &mut [f64]) {
-            body(x, c, acc)
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn v3(x: &[f32], c: usize, acc: &mut [f64]) {
-            body(x, c, acc)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { v4(x, c, acc) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { v3(x, c, acc) };
-        }
-    }
-    body(x, c, acc)
-}
-
 /// Whether every value of `x` is finite (no NaN, no infinity): a branch-free scan of the
-/// exponent bits, compiled for AVX-512 / AVX2 and chosen at run time.
+/// exponent bits, in chunks of 1,024 values.
 pub fn all_finite(x: &[f32]) -> bool {
-    #[inline(always)]
-    fn body(x: &[f32]) -> bool {
-        x.chunks(1024).all(|c| {
-            c.iter().fold(0u32, |a, v| {
-                a | ((v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32)
-            }) == 0
-        })
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn v4(x: &[f32]) -> bool {
-            body(x)
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn v3(x: &[f32]) -> bool {
-            body(x)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { v4(x) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { v3(x) };
-        }
-    }
-    body(x)
+    x.chunks(1024).all(|c| {
+        c.iter().fold(0u32, |a, v| {
+            a | ((v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32)
+        }) == 0
+    })
 }
 
+/// Column sums of `x: [n, o]` in f64 (fixed partition).
 fn channel_sums(x: &[f32], o: usize) -> (Vec<f64>, usize) {
     let n = x.len() / o;
     let part = n.div_ceil(PARTS).max(1);
@@ -758,7 +703,9 @@ fn channel_sums(x: &[f32], o: usize) -> (Vec<f64>, usize) {
         .par_chunks(part * o)
         .map(|chunk| {
             let mut acc = vec![0f64; o];
-            add_rows_f64(chunk, o, &mut acc);
+            for row in chunk.chunks_exact(o) {
+                acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v as f64);
+            }
             acc
         })
         .collect();
@@ -912,7 +859,7 @@ mod tests {
         let (s, xx) = second_moment_parts(&[&[1.0, 3.0, 5.0], &[2.0, -1.0, 0.0]], 1);
         assert_eq!(s, vec![9.0, 1.0]);
         assert_eq!(xx, vec![35.0, -1.0, -1.0, 5.0]);
-        // random parts (3 models, c = 5, n = 1300 rows: several 512-row blocks) against the
+        // random parts (3 models, c = 5, n = 1300 rows: several 256-row blocks) against the
         // stacked kernel and a plain f64 double loop
         let (np, c, n) = (3, 5, 1300);
         let mut u = uniform(7);

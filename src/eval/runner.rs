@@ -193,12 +193,16 @@ pub fn evaluate_on(
     let assign = assign_heads(systems, tasks);
     let rule = joint_rule(systems);
     let mut tally = Tally::new(tasks.len());
-    let cached = |i: usize, cache: &Option<&mut [Option<Outputs>]>| {
-        cache
-            .as_ref()
-            .and_then(|c| c.get(i))
-            .is_some_and(Option::is_some)
-    };
+    // which systems already have their outputs (they are neither compiled nor run)
+    let cached: Vec<bool> = (0..systems.len())
+        .map(|i| {
+            cache
+                .as_ref()
+                .and_then(|c| c.get(i))
+                .is_some_and(Option::is_some)
+        })
+        .collect();
+    let need = cached.iter().any(|c| !c);
     // the CPU engine when it applies (falls back to burn if a network does not compile);
     // systems with cached outputs are not compiled
     let cpu: Option<Vec<Option<CpuSystem>>> = crate::engine::applies(device)
@@ -207,7 +211,7 @@ pub fn evaluate_on(
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    if cached(i, &cache) {
+                    if cached[i] {
                         Ok(None)
                     } else {
                         CpuSystem::compile(s).map(Some)
@@ -220,7 +224,6 @@ pub fn evaluate_on(
     let mut fresh: Vec<Vec<Vec<Tensor<2>>>> = vec![Vec::new(); systems.len()];
     for (b, chunk) in set.chunks.iter().enumerate() {
         let labels: Vec<usize> = chunk.iter().map(|&i| set.data.labels[i]).collect();
-        let need = (0..systems.len()).any(|i| !cached(i, &cache));
         let mut outs: Vec<Vec<Tensor<2>>> = Vec::with_capacity(systems.len());
         if need {
             match &cpu {
@@ -248,7 +251,7 @@ pub fn evaluate_on(
                     let imgs: Vec<&[u8]> = chunk.iter().map(|&i| set.data.image(i)).collect();
                     let x = to_tensor(&imgs, set.data.prep, device);
                     for (i, s) in systems.iter().enumerate() {
-                        outs.push(if cached(i, &cache) {
+                        outs.push(if cached[i] {
                             Vec::new()
                         } else {
                             s.forward_heads(x.clone(), &mut ForwardCtx::default())

@@ -188,6 +188,23 @@ impl Endpoints {
         self.states.len()
     }
 
+    /// Each endpoint's task: the class ids of its (first) head, in model order.
+    pub fn tasks(&self) -> Vec<Vec<usize>> {
+        self.manifests
+            .iter()
+            .map(|m| m.heads[0].classes.clone())
+            .collect()
+    }
+
+    /// Every head of every endpoint, in model order (for
+    /// [`crate::eval::runner::check_evaluation`]).
+    pub fn heads(&self) -> Vec<&HeadSpec> {
+        self.manifests
+            .iter()
+            .flat_map(|m| m.heads.iter().map(|h| &h.head))
+            .collect()
+    }
+
     /// Resets the BN statistics of every endpoint (reference §1.1 step 2), all endpoints in one
     /// loop over the images ([`bn_reset::measure_many`]).
     ///
@@ -415,11 +432,7 @@ pub fn build(
     let zipped = rewrite::zip(&ep.spec, &ep.states, transforms, stop)?;
     let a = &ep.manifests[0];
     let heads = if stop.is_full() {
-        let mut classes: Vec<usize> = ep
-            .manifests
-            .iter()
-            .flat_map(|m| m.heads[0].classes.clone())
-            .collect();
+        let mut classes: Vec<usize> = ep.tasks().concat();
         if let HeadSpec::Linear = a.heads[0].head {
             if ep
                 .manifests

@@ -118,6 +118,39 @@ pub struct EmbeddingFile {
     pub embeddings: Vec<Vec<f32>>,
 }
 
+/// Checks a class-embedding table of a text head, wherever it comes from (an embedding file,
+/// a manifest): `dim` in `1..=MAX_HEAD_DIM`, and every row of `dim` finite values with a
+/// non-zero norm whose squares fit f32.
+///
+/// # Errors
+/// What is wrong, as a phrase naming the row (the caller adds the file or head).
+pub fn check_embeddings(dim: usize, rows: &[Vec<f32>]) -> Result<(), String> {
+    let max = crate::checkpoint::MAX_HEAD_DIM;
+    if dim == 0 || dim > max {
+        return Err(format!("dim {dim} is out of range (expected 1..={max})"));
+    }
+    for (r, row) in rows.iter().enumerate() {
+        if row.len() != dim {
+            return Err(format!(
+                "row {r} has {} values, expected dim {dim}",
+                row.len()
+            ));
+        }
+        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "row {r} value {j} is not a finite f32 (overflow or NaN)"
+            ));
+        }
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if !(n.is_finite() && n > 0.0) {
+            return Err(format!(
+                "row {r} has norm {n}; expected a non-zero row whose squares fit f32"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Reads an embedding file and builds a text head, L2-normalising rows; checks it has a row for
 /// each of `classes` (label ids).
 ///
@@ -136,33 +169,11 @@ pub fn text_head(path: &Path, classes: &[usize]) -> Result<HeadSpec, ModelError>
             ef.embeddings.len()
         )));
     }
-    if ef.dim == 0 || ef.dim > crate::checkpoint::MAX_HEAD_DIM {
-        return Err(ModelError::Invalid(format!(
-            "{f}: dim {} is out of range (expected 1..={})",
-            ef.dim,
-            crate::checkpoint::MAX_HEAD_DIM
-        )));
-    }
+    check_embeddings(ef.dim, &ef.embeddings)
+        .map_err(|e| ModelError::Invalid(format!("{f}: {e}")))?;
     let mut embeddings = Vec::new();
-    for (c, row) in ef.embeddings.iter().enumerate() {
-        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
-            return Err(ModelError::Invalid(format!(
-                "{f}: row {c} value {j} is not a finite f32 (overflow or NaN)"
-            )));
-        }
-        if row.len() != ef.dim {
-            return Err(ModelError::Invalid(format!(
-                "{f}: row {c} has {} values, expected dim {}",
-                row.len(),
-                ef.dim
-            )));
-        }
+    for row in &ef.embeddings {
         let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if !(n.is_finite() && n > 0.0) {
-            return Err(ModelError::Invalid(format!(
-                "{f}: row {c} has norm {n}; expected a non-zero row whose squares fit f32"
-            )));
-        }
         embeddings.push(row.iter().map(|v| v / n).collect());
     }
     Ok(HeadSpec::Text {

@@ -48,11 +48,12 @@ pub fn measure_many(
         })
         .collect();
     let mut sums: Vec<BnStats> = vec![BTreeMap::new(); systems.len()];
+    let Some(prep) = systems.first().map(|s| s.trunk.preprocess()) else {
+        return sums;
+    };
     let mut count = 0usize;
     for batch in batches {
         let refs: Vec<&[u8]> = batch.iter().map(|v| v.as_slice()).collect();
-        let Some(first) = systems.first() else { break };
-        let prep = first.trunk.preprocess();
         let mut act = None;
         let mut tensor = None;
         for ((sys, cpu), sums) in systems.iter().zip(&cpu).zip(sums.iter_mut()) {

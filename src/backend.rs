@@ -107,7 +107,10 @@ pub fn device(backend: Backend, device: Option<&str>) -> Result<Device, String> 
             use burn::tensor::DeviceKind;
             let adapters = wgpu_adapters();
             if adapters.is_empty() {
-                return Err("--backend wgpu: no GPU adapter found (wgpu saw no Vulkan/Metal/DX12/GL device); install a driver, e.g. Mesa's lavapipe (Debian: mesa-vulkan-drivers libvulkan1) for a CPU adapter, or use --backend flex".into());
+                let opt = device.map_or("--backend wgpu".to_string(), |d| {
+                    format!("--backend wgpu --device {d}")
+                });
+                return Err(format!("{opt}: no GPU adapter found (wgpu saw no Vulkan/Metal/DX12/GL device); install a driver, e.g. Mesa's lavapipe (Debian: mesa-vulkan-drivers libvulkan1) for a CPU adapter, or use --backend flex"));
             }
             if device == Some("cpu") && !adapters.iter().any(|a| a.contains("type Cpu")) {
                 return Err(format!(

@@ -82,6 +82,15 @@ pub enum MergeError {
     /// Invalid option or incompatible models.
     #[error("{0}")]
     Invalid(String),
+    /// A tensor of a model that no layer of the merge spec covers: merging would keep one
+    /// model's copy of it unmerged, so the merge is refused.
+    #[error("tensor `{tensor}` is not covered by the merge spec of {arch}: it would keep model A's values unmerged")]
+    Uncovered {
+        /// Tensor name.
+        tensor: String,
+        /// Architecture whose spec misses it.
+        arch: String,
+    },
     /// A matcher failure naming the feature space.
     #[error("feature space `{space}`: {msg}")]
     Space {

@@ -332,7 +332,13 @@ fn family4_bad_values_are_refused() {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         s.refuses(&a, 2, flag);
     }
-    for arg in ["--alpha=nan", "--beta=inf", "--probe-images=0"] {
+    for arg in [
+        "--alpha=nan",
+        "--beta=inf",
+        "--probe-images=0",
+        "--cca-reg=-1",
+        "--cca-reg=nan",
+    ] {
         s.refuses(
             &s.merge_ab(&["--out", &out, arg]),
             2,

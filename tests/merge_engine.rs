@@ -257,7 +257,7 @@ fn merged_output(
 
 /// T5: merging a model with a permuted copy of itself reproduces it (permute and zipit within
 /// 1e-4 relative at eps = 1e-5 and to float round-off at eps = 0; Git Re-Basin's weight
-/// matching, which starts from the identity, to round-off).
+/// matching, which starts from the identity, to round-off; CCA Merge within 1e-4).
 #[test]
 fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
     for (arch, width) in [(Arch::Resnet20, 1), (Arch::Vgg11, 1)] {
@@ -317,6 +317,17 @@ fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
         );
         let e = rel_err(&got[0], &want);
         assert!(e < 2e-6, "{arch} Git Re-Basin: relative error {e}");
+        // CCA Merge: the ridge is the same for A and its permuted copy, so the map it finds is
+        // the inverse permutation (dense in form, a permutation up to round-off)
+        let got = merged_output(
+            &case,
+            &Method::Cca { reg: 1e-4 },
+            0.0,
+            "full",
+            vec![case.a.clone(), case.b.clone()],
+        );
+        let e = rel_err(&got[0], &want);
+        assert!(e < 1e-4, "{arch} CCA Merge: relative error {e}");
     }
 }
 
@@ -602,4 +613,65 @@ fn three_models_merge_losslessly() {
             assert!(e < 2e-6, "{method:?} 7/20, head {k}: relative error {e}");
         }
     }
+}
+
+/// Issue 11, item 3: a tensor the merge spec does not cover is refused by name, both by a spec
+/// that lost a layer and by a state dict that gained a tensor; every shipped architecture's
+/// spec covers its own module tree exactly.
+#[test]
+fn uncovered_tensors_are_refused_by_name() {
+    for cfg in [
+        NetConfig {
+            arch: Arch::Resnet20,
+            width: 1,
+            out: 10,
+        },
+        NetConfig {
+            arch: Arch::Vgg11,
+            width: 1,
+            out: 10,
+        },
+        NetConfig {
+            arch: Arch::Resnet50,
+            width: 4,
+            out: 10,
+        },
+    ] {
+        let s = random_state(&cfg, 1);
+        MergeSpec::of(&cfg).check_covers(s.keys()).unwrap();
+    }
+    let cfg = NetConfig {
+        arch: Arch::Resnet20,
+        width: 1,
+        out: 10,
+    };
+    let (a, b) = (random_state(&cfg, 1), random_state(&cfg, 2));
+    let mut ep = endpoints(&cfg, vec![a, b]);
+    let stop = ep.spec.stop("full").unwrap();
+    let t = merge::match_spaces(&ep, &Method::WeightAvg, None, stop.spaces, 0.0).unwrap();
+    // the spec forgets layer2.0.bn1
+    let full = ep.spec.clone();
+    ep.spec.layers.retain(|l| l.name != "layer2.0.bn1");
+    let e = merge::build(&ep, &t, &stop, serde_json::Value::Null).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("`layer2.0.bn1."), "{msg}");
+    assert!(msg.contains("not covered by the merge spec"), "{msg}");
+    // a layer listed twice
+    ep.spec = full.clone();
+    let dup = ep.spec.layers[3].clone();
+    ep.spec.layers.push(dup.clone());
+    let msg = merge::build(&ep, &t, &stop, serde_json::Value::Null)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains(&format!("`{}.weight`", dup.name)), "{msg}");
+    // a model with an extra tensor
+    ep.spec = full;
+    ep.states[1].insert(
+        "extra.weight".into(),
+        zipmerge::checkpoint::NamedTensor::new(vec![2], vec![0.0, 1.0]),
+    );
+    let msg = merge::build(&ep, &t, &stop, serde_json::Value::Null)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("`extra.weight`"), "{msg}");
 }

@@ -41,6 +41,12 @@ pub struct MatchArgs {
 /// Runs `zipmerge match`: prints `{"clusters": [...], "merge": [[...]], "unmerge": [[...]]}`.
 pub fn exec(a: MatchArgs) -> Result<()> {
     let method = Method::parse(&a.method, a.alpha, a.beta, 0).usage()?;
+    if let Method::Cca { reg } = method {
+        let m = read_matrix(&a.cov).with_context(|| format!("reading {}", a.cov.display()))?;
+        let r = zipmerge::matching::cca::cca_merge(&m, a.models, reg)
+            .with_context(|| a.cov.display().to_string())?;
+        return print_result(&r);
+    }
     let Some(matcher) = method.matcher() else {
         return Err(usage(
             "--method git-rebasin matches weights, not a matrix: use `zipmerge merge`",
@@ -51,8 +57,13 @@ pub fn exec(a: MatchArgs) -> Result<()> {
     let r = matcher
         .solve(&corr, a.models, a.merge_eps)
         .with_context(|| a.cov.display().to_string())?;
-    let rows = |v: &[f64], r: usize, c: usize| -> Vec<Vec<f64>> {
-        (0..r).map(|i| v[i * c..(i + 1) * c].to_vec()).collect()
+    print_result(&r)
+}
+
+/// Prints one space's result as JSON (`clusters`, `merge` rows, `unmerge` rows).
+fn print_result(r: &zipmerge::matching::MergeUnmerge) -> Result<()> {
+    let rows = |v: &[f64], rows: usize, c: usize| -> Vec<Vec<f64>> {
+        (0..rows).map(|i| v[i * c..(i + 1) * c].to_vec()).collect()
     };
     println!(
         "{}",

@@ -23,7 +23,7 @@ use super::eval_cmd::print_table;
 /// Options shared by merge, sweep and reproduce: method, probe and BN-reset sets.
 #[derive(Args, Debug, Clone)]
 pub struct MergeSettings {
-    /// Matching method: zipit, permute, weight-avg, git-rebasin, return-a.
+    /// Matching method: zipit, permute, weight-avg, git-rebasin, cca (CCA Merge), return-a.
     #[arg(long, default_value = "zipit")]
     pub method: String,
     /// ZipIt! alpha (> 0): similarity of a merged feature is alpha * min of its parts'.
@@ -32,6 +32,9 @@ pub struct MergeSettings {
     /// ZipIt! beta in [0, 1]: budget of same-model merges per model, floor(Om/2) * beta.
     #[arg(long, default_value_t = 0.125, value_parser = finite)]
     pub beta: f64,
+    /// CCA Merge's ridge, relative to the mean variance of each feature space (>= 0).
+    #[arg(long, default_value_t = zipmerge::matching::cca::DEFAULT_CCA_REG, value_parser = non_negative)]
+    pub cca_reg: f64,
     /// Merge normalisation epsilon: merge = P / (colsum(P) + eps).
     #[arg(long, default_value_t = 1e-5, value_parser = non_negative)]
     pub merge_eps: f64,
@@ -67,7 +70,9 @@ pub struct MergeSettings {
 impl MergeSettings {
     /// Parsed method.
     pub fn method(&self) -> Result<Method> {
-        Method::parse(&self.method, self.alpha, self.beta, self.seed).usage()
+        Method::parse(&self.method, self.alpha, self.beta, self.seed)
+            .and_then(|m| m.with_cca_reg(self.cca_reg))
+            .usage()
     }
 
     /// `--probe-images` as a count.

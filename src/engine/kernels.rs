@@ -77,9 +77,10 @@ pub struct Conv {
     pub weight: Vec<f32>,
     /// Bias `[cout]`, if any.
     pub bias: Option<Vec<f32>>,
-    /// Winograd F(2x2, 3x3) weights, for 3x3 stride-1 pad-1 convs with at least 8 input
-    /// channels (the path [`conv_forward`] takes for them).
-    pub winograd: Option<super::winograd::WinogradWeights>,
+    /// Winograd forms (F(2x2, 3x3) and F(4x4, 3x3), transformed on first use) for 3x3
+    /// stride-1 pad-1 convs with at least 32 input channels (the path [`conv_forward`] takes
+    /// for them).
+    pub winograd: Option<super::winograd::Winograd>,
 }
 
 impl Conv {
@@ -106,7 +107,7 @@ impl Conv {
             }
         }
         let winograd = (k == 3 && stride == 1 && pad == 1 && cin >= 32)
-            .then(|| super::winograd::WinogradWeights::from_torch(w, cout, cin));
+            .then(|| super::winograd::Winograd::new(cin, cout));
         Self {
             name: name.to_string(),
             cin,
@@ -196,7 +197,8 @@ pub fn conv_forward(
     let cout = conv.cout;
     debug_assert_eq!(out.len(), rows * cout);
     debug_assert_eq!(x.len(), batch * side * side * conv.cin);
-    if let Some(w) = &conv.winograd {
+    if let Some(wg) = &conv.winograd {
+        let w = wg.weights(wg.tile_for(side), &conv.weight);
         return super::winograd::conv3x3(w, conv.bias.as_deref(), x, batch, side, out, epi);
     }
     if conv.stride == 1 && conv.k > 1 {

@@ -1,57 +1,146 @@
-//! Winograd F(2x2, 3x3) convolution (Lavin & Gray, "Fast Algorithms for Convolutional Neural
-//! Networks", CVPR 2016) for 3x3 stride-1 pad-1 convs on NHWC activations: 2.25x fewer
-//! multiplies than im2col. Each 2x2 output tile is computed from a 4x4 input tile `d` as
-//! `Y = A^T [ sum_ci (G g G^T) . (B^T d B) ] A`; the sum over input channels is 16 matrix
-//! products `[tiles, cin] x [cin, cout]` through `gemm`, one per transformed position.
+//! Winograd convolution (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+//! CVPR 2016) for 3x3 stride-1 pad-1 convs on NHWC activations, in two tile sizes:
+//! - **F(2x2, 3x3)**: 2x2 output tiles from 4x4 input tiles, 16 products per tile, 2.25x fewer
+//!   multiplies than im2col;
+//! - **F(4x4, 3x3)**: 4x4 output tiles from 6x6 input tiles, 36 products per tile, 4x fewer
+//!   multiplies (interpolation points 0, +-1, +-2, infinity; the round-off stays ~1e-6
+//!   relative at the channel counts of ResNet-20/VGG-11/ResNet-50).
 //!
-//! `B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]`,
+//! Each output tile is `Y = A^T [ sum_ci (G g G^T) . (B^T d B) ] A`; the sum over input
+//! channels is one matrix product `[tiles, cin] x [cin, cout]` through `gemm` per transformed
+//! position. [`conv3x3`] takes F(4x4) on sides of at least 8 when `cin` is a multiple of 8,
+//! F(2x2) otherwise.
+//!
+//! F(2x2): `B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]`,
 //! `G = [[1,0,0],[1/2,1/2,1/2],[1/2,-1/2,1/2],[0,0,1]]`, `A^T = [[1,1,1,0],[0,1,-1,-1]]`.
+//!
+//! F(4x4): `B^T = [[4,0,-5,0,1,0],[0,-4,-4,1,1,0],[0,4,-4,-1,1,0],[0,-2,-1,2,1,0],
+//! [0,2,-1,-2,1,0],[0,4,0,-5,0,1]]`, `G = [[1/4,0,0],[-1/6,-1/6,-1/6],[-1/6,1/6,-1/6],
+//! [1/24,1/12,1/6],[1/24,-1/12,1/6],[0,0,1]]`, `A^T = [[1,1,1,1,1,0],[0,1,-1,2,-2,0],
+//! [0,1,1,4,4,0],[0,1,-1,8,-8,1]]`.
+
+use std::ops::{Add, Mul, Sub};
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 use super::kernels::{add_bias, matmul, Epilogue};
 
-/// Transformed weights of a 3x3 conv: `u[k]` is `[cin, cout]` for the 16 positions k = 4*i + j
-/// of `G g G^T`.
+const G2: [[f64; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+const G4: [[f64; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// Transformed weights of a 3x3 conv for one tile size: `u[k]` is `[cin, cout]` for the
+/// `(tile + 2)^2` positions k = (tile + 2) * i + j of `G g G^T`.
 #[derive(Clone, Debug)]
 pub struct WinogradWeights {
+    /// Output tile side: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3).
+    pub tile: usize,
     /// Input channels.
     pub cin: usize,
     /// Output channels.
     pub cout: usize,
-    /// `[16, cin, cout]` row-major.
+    /// `[(tile + 2)^2, cin, cout]` row-major.
     pub u: Vec<f32>,
 }
 
 impl WinogradWeights {
-    /// From PyTorch-layout weights `[cout, cin, 3, 3]`; the transform is computed in f64.
+    /// F(2x2, 3x3) weights from PyTorch-layout weights `[cout, cin, 3, 3]`.
     pub fn from_torch(w: &[f32], cout: usize, cin: usize) -> Self {
-        const G: [[f64; 3]; 4] = [
-            [1.0, 0.0, 0.0],
-            [0.5, 0.5, 0.5],
-            [0.5, -0.5, 0.5],
-            [0.0, 0.0, 1.0],
-        ];
-        let mut u = vec![0f32; 16 * cin * cout];
+        Self::new(2, cin, cout, |co, ci, y, x| {
+            w[((co * cin + ci) * 3 + y) * 3 + x]
+        })
+    }
+
+    /// Weights for tile side `tile` (2 or 4) from `g(co, ci, ky, kx)`; the transform is
+    /// computed in f64.
+    pub fn new(
+        tile: usize,
+        cin: usize,
+        cout: usize,
+        g: impl Fn(usize, usize, usize, usize) -> f32,
+    ) -> Self {
+        let gm: &[[f64; 3]] = if tile == 4 { &G4 } else { &G2 };
+        let a = gm.len();
+        let mut u = vec![0f32; a * a * cin * cout];
+        let mut t = vec![[0f64; 3]; a];
         for co in 0..cout {
             for ci in 0..cin {
-                let g = |y: usize, x: usize| w[((co * cin + ci) * 3 + y) * 3 + x] as f64;
-                // t = G g  (4x3), then t G^T (4x4)
-                let mut t = [[0f64; 3]; 4];
+                // t = G g  (a x 3), then t G^T (a x a)
                 for (i, row) in t.iter_mut().enumerate() {
                     for (x, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|y| G[i][y] * g(y, x)).sum();
+                        *v = (0..3).map(|y| gm[i][y] * g(co, ci, y, x) as f64).sum();
                     }
                 }
-                for i in 0..4 {
-                    for j in 0..4 {
-                        let v: f64 = (0..3).map(|x| t[i][x] * G[j][x]).sum();
-                        u[((i * 4 + j) * cin + ci) * cout + co] = v as f32;
+                for i in 0..a {
+                    for j in 0..a {
+                        let v: f64 = (0..3).map(|x| t[i][x] * gm[j][x]).sum();
+                        u[((i * a + j) * cin + ci) * cout + co] = v as f32;
                     }
                 }
             }
         }
-        Self { cin, cout, u }
+        Self { tile, cin, cout, u }
+    }
+}
+
+/// The Winograd forms of one 3x3 stride-1 pad-1 conv, each transformed on first use from the
+/// conv's `[9 * cin, cout]` weights (so a network run only at small sides never holds the
+/// F(4x4) form, and one run only at large sides never holds the F(2x2) one).
+#[derive(Clone, Debug)]
+pub struct Winograd {
+    cin: usize,
+    cout: usize,
+    f2: OnceLock<WinogradWeights>,
+    f4: OnceLock<WinogradWeights>,
+}
+
+impl Winograd {
+    /// For a conv with `cin` input and `cout` output channels.
+    pub fn new(cin: usize, cout: usize) -> Self {
+        Self {
+            cin,
+            cout,
+            f2: OnceLock::new(),
+            f4: OnceLock::new(),
+        }
+    }
+
+    /// The tile side [`conv3x3`] uses at input side `side`: 4 when `side >= 8` and `cin` is a
+    /// multiple of 8 (the F(4x4) transforms work on 8 channels at a time), 2 otherwise.
+    pub fn tile_for(&self, side: usize) -> usize {
+        if side >= 8 && self.cin.is_multiple_of(8) && self.cout.is_multiple_of(8) {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// The transformed weights for tile side `tile`, from `weight: [9 * cin, cout]` (row
+    /// `(ky * 3 + kx) * cin + ci`).
+    pub fn weights(&self, tile: usize, weight: &[f32]) -> &WinogradWeights {
+        let (cin, cout) = (self.cin, self.cout);
+        let make = || {
+            WinogradWeights::new(tile, cin, cout, |co, ci, y, x| {
+                weight[((y * 3 + x) * cin + ci) * cout + co]
+            })
+        };
+        if tile == 4 {
+            self.f4.get_or_init(make)
+        } else {
+            self.f2.get_or_init(make)
+        }
     }
 }
 
@@ -63,7 +152,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// `out = epilogue(conv3x3(x) + bias)` for NHWC `x: [batch, side, side, cin]` ->
-/// `out: [batch, side, side, cout]` (stride 1, padding 1).
+/// `out: [batch, side, side, cout]` (stride 1, padding 1), with the tile size of `w`.
 pub fn conv3x3(
     w: &WinogradWeights,
     bias: Option<&[f32]>,
@@ -73,22 +162,34 @@ pub fn conv3x3(
     out: &mut [f32],
     epi: &Epilogue,
 ) {
-    let (cin, cout) = (w.cin, w.cout);
-    let tps = side.div_ceil(2); // tiles per side
+    let (cin, cout, tile) = (w.cin, w.cout, w.tile);
+    let a = tile + 2;
+    let pos = a * a;
+    let tps = side.div_ceil(tile); // tiles per side
     let tiles = batch * tps * tps;
-    // tiles per task: V and M of a task stay within ~1 MiB
-    let block = ((1usize << 20) / (64 * (cin + cout))).clamp(32, 512);
+    // tiles per task: V and M of a task stay within ~4 MiB (1 MiB measured 10-15% slower at
+    // ResNet-20 x4: the products get too few rows)
+    let block = ((4usize << 20) / (4 * pos * (cin + cout))).clamp(32, 512);
     let ptr = OutPtr(out.as_mut_ptr());
     let n_tasks = tiles.div_ceil(block);
+    let f4 = tile == 4;
+    assert!(
+        tile == 2 || (f4 && cin.is_multiple_of(8) && cout.is_multiple_of(8)),
+        "F(4x4) needs channel counts that are multiples of 8 (Winograd::tile_for)"
+    );
     (0..n_tasks).into_par_iter().for_each_init(
         || (Vec::<f32>::new(), Vec::<f32>::new()),
         |(v, m), task| {
             let t0 = task * block;
             let nt = block.min(tiles - t0);
-            v.resize(16 * nt * cin, 0.0);
-            m.resize(16 * nt * cout, 0.0);
-            input_transform(x, side, tps, cin, t0, nt, v);
-            for k in 0..16 {
+            v.resize(pos * nt * cin, 0.0);
+            m.resize(pos * nt * cout, 0.0);
+            if f4 {
+                input_transform_f4(x, side, tps, cin, t0, nt, v);
+            } else {
+                input_transform(x, side, tps, cin, t0, nt, v);
+            }
+            for k in 0..pos {
                 // SAFETY: v[k] is [nt, cin], u[k] is [cin, cout], m[k] is [nt, cout].
                 unsafe {
                     matmul(
@@ -106,7 +207,11 @@ pub fn conv3x3(
                 }
             }
             let p = ptr;
-            output_transform(m, side, tps, cout, t0, nt, bias, epi, p);
+            if f4 {
+                output_transform_f4(m, side, tps, cout, t0, nt, bias, epi, p);
+            } else {
+                output_transform(m, side, tps, cout, t0, nt, bias, epi, p);
+            }
         },
     );
 }
@@ -255,10 +360,258 @@ fn output_transform(
     }
 }
 
+/// Eight channels, the unit of the F(4x4) transforms (one AVX register; the arithmetic is
+/// written lane by lane so it vectorises for whatever the function is compiled for).
+#[derive(Clone, Copy)]
+struct L8([f32; 8]);
+
+impl L8 {
+    const ZERO: L8 = L8([0.0; 8]);
+    /// # Safety
+    /// `p..p+8` must be readable.
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> L8 {
+        // SAFETY: forwarded from the caller.
+        L8(unsafe { std::ptr::read_unaligned(p.cast()) })
+    }
+    /// # Safety
+    /// `p..p+8` must be writable.
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: forwarded from the caller.
+        unsafe { std::ptr::write_unaligned(p.cast(), self.0) }
+    }
+}
+impl Add for L8 {
+    type Output = L8;
+    #[inline(always)]
+    fn add(mut self, o: L8) -> L8 {
+        for i in 0..8 {
+            self.0[i] += o.0[i];
+        }
+        self
+    }
+}
+impl Sub for L8 {
+    type Output = L8;
+    #[inline(always)]
+    fn sub(mut self, o: L8) -> L8 {
+        for i in 0..8 {
+            self.0[i] -= o.0[i];
+        }
+        self
+    }
+}
+impl Mul<f32> for L8 {
+    type Output = L8;
+    #[inline(always)]
+    fn mul(mut self, s: f32) -> L8 {
+        for i in 0..8 {
+            self.0[i] *= s;
+        }
+        self
+    }
+}
+
+/// `B^T d` for one column of six input values (F(4x4)).
+#[inline(always)]
+fn bt6([d0, d1, d2, d3, d4, d5]: [L8; 6]) -> [L8; 6] {
+    [
+        d0 * 4.0 - d2 * 5.0 + d4,
+        (d3 + d4) - (d1 + d2) * 4.0,
+        (d4 - d3) + (d1 - d2) * 4.0,
+        (d4 - d2) + (d3 - d1) * 2.0,
+        (d4 - d2) + (d1 - d3) * 2.0,
+        d1 * 4.0 - d3 * 5.0 + d5,
+    ]
+}
+
+/// `A^T m` for one column of six transformed products (F(4x4)).
+#[inline(always)]
+fn at6([m0, m1, m2, m3, m4, m5]: [L8; 6]) -> [L8; 4] {
+    let (s12, d12, s34, d34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+    [
+        m0 + s12 + s34,
+        d12 + d34 * 2.0,
+        s12 + s34 * 4.0,
+        d12 + d34 * 8.0 + m5,
+    ]
+}
+
+/// A transform body compiled for AVX2 + FMA when the CPU has them (checked at run time), for
+/// the baseline target otherwise.
+macro_rules! dispatch {
+    ($body:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the variant is compiled for.
+            return unsafe { $avx2($($arg),*) };
+        }
+        $body($($arg),*)
+    };
+}
+
+/// `V = B^T d B` (F(4x4)) for tiles `t0..t0+nt` into `v: [36, nt, cin]`; `cin % 8 == 0`.
+fn input_transform_f4(
+    x: &[f32],
+    side: usize,
+    tps: usize,
+    cin: usize,
+    t0: usize,
+    nt: usize,
+    v: &mut [f32],
+) {
+    dispatch!(input_f4_body, input_f4_avx2, (x: &[f32], side: usize, tps: usize, cin: usize, t0: usize, nt: usize, v: &mut [f32]));
+}
+
+#[inline(always)]
+fn input_f4_body(
+    x: &[f32],
+    side: usize,
+    tps: usize,
+    cin: usize,
+    t0: usize,
+    nt: usize,
+    v: &mut [f32],
+) {
+    assert!(cin.is_multiple_of(8) && v.len() >= 36 * nt * cin);
+    let zeros = vec![0f32; cin];
+    let mut src = [std::ptr::null::<f32>(); 36];
+    let mut t = [[L8::ZERO; 6]; 6];
+    for ti in 0..nt {
+        let g = t0 + ti;
+        let b = g / (tps * tps);
+        let (ty, tx) = ((g % (tps * tps)) / tps, g % tps);
+        // the 36 input pixels of the tile, read in place (zeros outside the image)
+        for (k, s) in src.iter_mut().enumerate() {
+            let iy = (4 * ty + k / 6) as isize - 1;
+            let ix = (4 * tx + k % 6) as isize - 1;
+            *s = if iy < 0 || ix < 0 || iy >= side as isize || ix >= side as isize {
+                zeros.as_ptr()
+            } else {
+                let p = ((b * side + iy as usize) * side + ix as usize) * cin;
+                x[p..p + cin].as_ptr()
+            };
+        }
+        let dst = v.as_mut_ptr();
+        for c in (0..cin).step_by(8) {
+            // SAFETY: every `src[k]` addresses `cin` readable values (a pixel of `x` or
+            // `zeros`) and `c + 8 <= cin`; the stores address `v[(k * nt + ti) * cin + c..+8]`
+            // with k < 36, ti < nt, inside `v` by the assert above.
+            unsafe {
+                for j in 0..6 {
+                    let col = bt6(std::array::from_fn(|i| L8::load(src[i * 6 + j].add(c))));
+                    for (row, v) in t.iter_mut().zip(col) {
+                        row[j] = v;
+                    }
+                }
+                for (i, row) in t.iter().enumerate() {
+                    let r = bt6(*row);
+                    for (j, val) in r.iter().enumerate() {
+                        val.store(dst.add(((i * 6 + j) * nt + ti) * cin + c));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Y = A^T M A` (F(4x4)) for tiles `t0..t0+nt` from `m: [36, nt, cout]`, then bias and the
+/// epilogue, written to the output pixels of each tile (pixels past the edge are dropped);
+/// `cout % 8 == 0`.
+#[allow(clippy::too_many_arguments)]
+fn output_transform_f4(
+    m: &[f32],
+    side: usize,
+    tps: usize,
+    cout: usize,
+    t0: usize,
+    nt: usize,
+    bias: Option<&[f32]>,
+    epi: &Epilogue,
+    out: OutPtr,
+) {
+    dispatch!(output_f4_body, output_f4_avx2, (m: &[f32], side: usize, tps: usize, cout: usize, t0: usize, nt: usize, bias: Option<&[f32]>, epi: &Epilogue, out: OutPtr));
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn output_f4_body(
+    m: &[f32],
+    side: usize,
+    tps: usize,
+    cout: usize,
+    t0: usize,
+    nt: usize,
+    bias: Option<&[f32]>,
+    epi: &Epilogue,
+    out: OutPtr,
+) {
+    assert!(cout.is_multiple_of(8) && m.len() >= 36 * nt * cout);
+    let mut y = vec![0f32; 16 * cout]; // the tile's 4x4 output pixels, [16, cout]
+    let mut t = [[L8::ZERO; 6]; 4];
+    let src = m.as_ptr();
+    for ti in 0..nt {
+        for c in (0..cout).step_by(8) {
+            // SAFETY: the loads address `m[(k * nt + ti) * cout + c..+8]` with k < 36, ti < nt,
+            // inside `m` by the assert; the stores address `y[p * cout + c..+8]`, p < 16.
+            unsafe {
+                for j in 0..6 {
+                    let col = at6(std::array::from_fn(|i| {
+                        L8::load(src.add(((i * 6 + j) * nt + ti) * cout + c))
+                    }));
+                    for (row, v) in t.iter_mut().zip(col) {
+                        row[j] = v;
+                    }
+                }
+                for (i, row) in t.iter().enumerate() {
+                    for (j, val) in at6(*row).iter().enumerate() {
+                        val.store(y.as_mut_ptr().add((i * 4 + j) * cout + c));
+                    }
+                }
+            }
+        }
+        add_bias(&mut y, bias, cout);
+        let g = t0 + ti;
+        let b = g / (tps * tps);
+        let (ty, tx) = ((g % (tps * tps)) / tps, g % tps);
+        let npx = 4.min(side - 4 * tx);
+        for i in 0..4 {
+            let oy = 4 * ty + i;
+            if oy >= side {
+                break;
+            }
+            let row = (b * side + oy) * side + 4 * tx;
+            let ys = &mut y[i * 4 * cout..(i * 4 + npx) * cout];
+            epi.apply(ys, cout, row);
+            // SAFETY: pixels `row..row + npx` are this task's own tile's (distinct tiles have
+            // distinct pixels) and lie inside `out` (`oy < side`, `4 * tx + npx <= side`).
+            unsafe {
+                std::ptr::copy_nonoverlapping(ys.as_ptr(), out.0.add(row * cout), npx * cout);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::kernels::{conv_forward, uniform, Conv};
+
+    /// F(2x2) and F(4x4) weights of one PyTorch-layout kernel `[cout, cin, 3, 3]`.
+    fn both(w: &[f32], cout: usize, cin: usize) -> [WinogradWeights; 2] {
+        [2, 4].map(|t| {
+            WinogradWeights::new(t, cin, cout, |co, ci, y, x| {
+                w[((co * cin + ci) * 3 + y) * 3 + x]
+            })
+        })
+    }
 
     /// Hand-sized case: a 4x4 single-channel input 1..16 and the kernel with a single 1 at
     /// the centre (identity) gives the input back; the all-ones kernel gives 3x3 box sums
@@ -278,11 +631,58 @@ mod tests {
         assert_eq!(y[5], 54.0);
     }
 
-    /// Odd sides, several channels, bias and a fused epilogue: equal to the im2col path.
+    /// F(4x4) by hand: an 8x8 image with 8 channels, pixel (r, c) of channel 0 equal to
+    /// 8r + c + 1 and every other channel 0. Output channel 0 is the identity kernel on channel
+    /// 0, output channel 1 the all-ones kernel on channel 0 (3x3 box sums: corner (0,0):
+    /// 1+2+9+10 = 22; (1,1): 1+2+3+9+10+11+17+18+19 = 90; (7,7): 55+56+63+64 = 238),
+    /// and the other 6 output channels are 0.
+    #[test]
+    fn hand_sized_f4_8x8_input() {
+        let (cin, cout, side) = (8, 8, 8);
+        let mut x = vec![0f32; side * side * cin];
+        for p in 0..side * side {
+            x[p * cin] = (p + 1) as f32;
+        }
+        let mut w = vec![0f32; cout * cin * 9];
+        w[4] = 1.0; // co 0, ci 0, centre
+        for k in 0..9 {
+            w[cin * 9 + k] = 1.0; // co 1, ci 0
+        }
+        let [_, w4] = both(&w, cout, cin);
+        let mut y = vec![0f32; side * side * cout];
+        conv3x3(&w4, None, &x, 1, side, &mut y, &Epilogue::none());
+        let at = |r: usize, c: usize, co: usize| y[(r * side + c) * cout + co];
+        for p in 0..side * side {
+            assert!(
+                (y[p * cout] - (p + 1) as f32).abs() < 1e-4,
+                "identity at pixel {p}"
+            );
+            for co in 2..cout {
+                assert!(y[p * cout + co].abs() < 1e-4);
+            }
+        }
+        assert!((at(0, 0, 1) - 22.0).abs() < 1e-4);
+        assert!((at(1, 1, 1) - 90.0).abs() < 1e-3);
+        assert!((at(7, 7, 1) - 238.0).abs() < 1e-3);
+    }
+
+    /// Odd sides, several channels, bias and a fused epilogue: both tile sizes equal to the
+    /// im2col path (F(4x4) on channel counts that are multiples of 8, sides not multiples of
+    /// 4 included).
     #[test]
     fn matches_im2col_on_odd_sizes() {
         let mut rnd = uniform(11);
-        for &(b, cin, cout, side) in &[(2, 3, 5, 7), (1, 8, 4, 5), (3, 5, 9, 8), (1, 2, 3, 1)] {
+        let cases = [
+            (2, 3, 5, 7),
+            (1, 8, 4, 5),
+            (3, 5, 9, 8),
+            (1, 2, 3, 1),
+            (2, 8, 16, 9),
+            (1, 16, 8, 13),
+            (2, 32, 32, 8),
+            (1, 64, 24, 6),
+        ];
+        for &(b, cin, cout, side) in &cases {
             let x: Vec<f32> = (0..b * side * side * cin).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..cout * cin * 9).map(|_| rnd()).collect();
             let bias: Vec<f32> = (0..cout).map(|_| rnd()).collect();
@@ -298,12 +698,30 @@ mod tests {
             conv.winograd = None; // the im2col path
             let mut want = vec![0f32; b * side * side * cout];
             conv_forward(&conv, &x, b, side, &mut want, &epi);
-            let wg = WinogradWeights::from_torch(&w, cout, cin);
-            let mut got = vec![0f32; want.len()];
-            conv3x3(&wg, Some(&bias), &x, b, side, &mut got, &epi);
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() < 1e-5, "{b} {cin} {cout} {side}: {g} vs {w}");
+            let m = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let both = both(&w, cout, cin);
+            for wg in &both {
+                if wg.tile == 4 && (cin % 8 != 0 || cout % 8 != 0) {
+                    continue;
+                }
+                let mut got = vec![0f32; want.len()];
+                conv3x3(wg, Some(&bias), &x, b, side, &mut got, &epi);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() < 1e-5 * m,
+                        "F({t}x{t}) {b} {cin} {cout} {side}: {g} vs {w}",
+                        t = wg.tile
+                    );
+                }
             }
         }
+    }
+
+    /// The conv picks F(4x4) from side 8 on when the channel counts allow it, F(2x2) below.
+    #[test]
+    fn tile_choice() {
+        let wg = Winograd::new(64, 64);
+        assert_eq!((wg.tile_for(7), wg.tile_for(8), wg.tile_for(32)), (2, 4, 4));
+        assert_eq!(Winograd::new(36, 64).tile_for(32), 2);
     }
 }

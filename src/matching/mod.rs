@@ -11,8 +11,11 @@
 //! - [`ZipIt`]: the ZipIt! greedy matcher (reference doc §3.1);
 //! - [`Permute`]: activation matching by linear assignment (reference doc §3.2);
 //! - [`Identity`]: weight averaging (reference doc §3.3);
-//! - [`ReturnA`]: debug matcher that reproduces model A (reference doc §3.4).
+//! - [`ReturnA`]: debug matcher that reproduces model A (reference doc §3.4);
+//! - [`cca::cca_merge`]: CCA Merge's dense linear maps (Horoi et al., ICML 2024), from the
+//!   covariance rather than the correlation.
 
+pub mod cca;
 pub mod npy;
 mod permute;
 pub mod rebasin;

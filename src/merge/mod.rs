@@ -41,6 +41,12 @@ pub enum Method {
     },
     /// Model A unchanged (debug, §3.4).
     ReturnA,
+    /// CCA Merge (Horoi et al., ICML 2024): dense linear maps of every model into model A's
+    /// features by regularised CCA ([`crate::matching::cca`]).
+    Cca {
+        /// Ridge relative to the mean variance of each space (>= 0).
+        reg: f64,
+    },
 }
 
 impl Method {
@@ -55,10 +61,13 @@ impl Method {
             "weight-avg" | "wavg" => Method::WeightAvg,
             "git-rebasin" => Method::GitRebasin { seed },
             "return-a" => Method::ReturnA,
+            "cca" => Method::Cca {
+                reg: crate::matching::cca::DEFAULT_CCA_REG,
+            },
             o => {
                 return Err(MergeError::Invalid(format!(
-                    "--method `{o}`: expected zipit, permute, weight-avg, git-rebasin or return-a"
-                )))
+                "--method `{o}`: expected zipit, permute, weight-avg, git-rebasin, cca or return-a"
+            )))
             }
         };
         if let Method::Zipit { alpha, beta } = m {
@@ -69,20 +78,40 @@ impl Method {
         Ok(m)
     }
 
+    /// Sets CCA Merge's regularisation (other methods are returned unchanged).
+    ///
+    /// # Errors
+    /// [`MergeError::Invalid`] for a negative or non-finite `reg`.
+    pub fn with_cca_reg(self, reg: f64) -> Result<Self, MergeError> {
+        if !(reg.is_finite() && reg >= 0.0) {
+            return Err(MergeError::Invalid(format!(
+                "--cca-reg {reg}: expected a finite number >= 0"
+            )));
+        }
+        Ok(match self {
+            Method::Cca { .. } => Method::Cca { reg },
+            m => m,
+        })
+    }
+
     /// Whether the method needs feature statistics.
     pub fn needs_statistics(&self) -> bool {
-        matches!(self, Method::Zipit { .. } | Method::Permute)
+        matches!(
+            self,
+            Method::Zipit { .. } | Method::Permute | Method::Cca { .. }
+        )
     }
 
     /// The matcher that solves one feature space for this method from a correlation matrix;
-    /// `None` for Git Re-Basin, which matches weights, not features (reference doc §3).
+    /// `None` for Git Re-Basin, which matches weights, not features (reference doc §3), and for
+    /// CCA Merge, which solves from the covariance ([`crate::matching::cca::cca_merge`]).
     pub fn matcher(&self) -> Option<Box<dyn Matcher>> {
         Some(match *self {
             Method::Zipit { alpha, beta } => Box::new(ZipIt { alpha, beta }),
             Method::Permute => Box::new(Permute),
             Method::WeightAvg => Box::new(Identity),
             Method::ReturnA => Box::new(ReturnA),
-            Method::GitRebasin { .. } => return None,
+            Method::GitRebasin { .. } | Method::Cca { .. } => return None,
         })
     }
 
@@ -94,6 +123,7 @@ impl Method {
             Method::WeightAvg => "W.Avg".into(),
             Method::GitRebasin { .. } => "Git Re-Basin".into(),
             Method::ReturnA => "Model A".into(),
+            Method::Cca { .. } => "CCA Merge".into(),
         }
     }
 }
@@ -175,6 +205,10 @@ impl Endpoints {
             }
         }
         let spec = MergeSpec::of(&a.net_config());
+        for (s, d) in states.iter().zip(dirs) {
+            spec.check_covers(s.keys())
+                .map_err(|e| MergeError::Invalid(format!("{}: {e}", d.display())))?;
+        }
         Ok(Self {
             dirs: dirs.to_vec(),
             manifests,
@@ -377,9 +411,21 @@ pub fn match_spaces(
     if let Method::GitRebasin { seed } = method {
         return git_rebasin(&ep.spec, &ep.states, *seed, eps);
     }
+    if let Method::Cca { reg } = method {
+        return (0..spaces)
+            .map(|s| {
+                crate::matching::cca::cca_merge(need(stats, s)?, n, *reg).map_err(|e| {
+                    MergeError::Space {
+                        space: ep.spec.spaces[s].name.clone(),
+                        msg: e.to_string(),
+                    }
+                })
+            })
+            .collect();
+    }
     let matcher = method
         .matcher()
-        .expect("every method but Git Re-Basin has a matcher");
+        .expect("every method but Git Re-Basin and CCA Merge has a matcher");
     let mut out = Vec::new();
     for s in 0..spaces {
         let space = &ep.spec.spaces[s];

@@ -14,7 +14,7 @@ pub mod bn_reset;
 use crate::checkpoint::{NamedTensor, StateDict};
 use crate::error::MergeError;
 use crate::matching::MergeUnmerge;
-use crate::spec::{LayerKind, MergeSpec, Side, Stop};
+use crate::spec::{MergeSpec, Side, Stop};
 
 /// A sparse view of the per-model blocks of one space's matrices.
 struct Blocks {
@@ -116,14 +116,6 @@ fn accumulate(
     }
 }
 
-/// Suffixes of the tensors of a layer kind.
-fn tensor_names(kind: LayerKind) -> &'static [&'static str] {
-    match kind {
-        LayerKind::Conv | LayerKind::Linear => &["weight", "bias"],
-        LayerKind::BatchNorm => &["weight", "bias", "running_mean", "running_var"],
-    }
-}
-
 /// The zipped network: trunk state and, for a partial zip, one state per source model's head.
 #[derive(Debug, Clone)]
 pub struct Zipped {
@@ -137,7 +129,8 @@ pub struct Zipped {
 /// Applies the matrices of the first `stop.spaces` spaces to `states` (N models).
 ///
 /// # Errors
-/// [`MergeError::Invalid`] when a tensor is missing or shapes differ between models.
+/// [`MergeError::Invalid`] when a tensor is missing or shapes differ between models;
+/// [`MergeError::Uncovered`] naming a tensor of a model the spec does not cover.
 pub fn zip(
     spec: &MergeSpec,
     states: &[StateDict],
@@ -157,6 +150,11 @@ pub fn zip(
             stop.spaces
         )));
     }
+    // every tensor is rewritten by the loop below, or the merge is refused (no tensor keeps
+    // model A's values silently)
+    for st in states {
+        spec.check_covers(st.keys())?;
+    }
     let blocks: Vec<Blocks> = transforms[..stop.spaces]
         .iter()
         .map(|t| Blocks::new(t, n))
@@ -171,77 +169,74 @@ pub fn zip(
     } else {
         states.to_vec()
     };
-    for layer in &spec.layers {
+    for (key, layer) in spec.covered_tensors() {
         let in_trunk = stop.is_full() || layer.segment < stop.cut;
-        for suffix in tensor_names(layer.kind) {
-            let key = format!("{}.{suffix}", layer.name);
-            let Some(w0) = states[0].get(&key) else {
-                if *suffix == "bias" {
-                    continue;
-                }
-                return Err(MergeError::Invalid(format!(
-                    "model 0 has no tensor `{key}`"
-                )));
-            };
-            for (mi, s) in states.iter().enumerate() {
-                let shape = s.get(&key).map(|t| &t.shape);
-                if shape != Some(&w0.shape) {
-                    return Err(MergeError::Invalid(format!(
-                        "tensor `{key}`: model {mi} has shape {:?}, model 0 has {:?}; the models must share one architecture and width",
-                        shape, w0.shape
-                    )));
-                }
+        let Some(w0) = states[0].get(&key) else {
+            if key.ends_with(".bias") {
+                continue;
             }
-            let is_vector = w0.shape.len() == 1;
-            // a bias or BN vector only has an output side
-            let in_space = if is_vector { None } else { merged(layer.input) };
-            let out_space = merged(layer.output);
-            if in_trunk {
-                let out_rows = out_space.map_or(w0.shape[0], |s| blocks[s].k);
-                let per_row = if is_vector {
-                    1
+            return Err(MergeError::Invalid(format!(
+                "model 0 has no tensor `{key}`"
+            )));
+        };
+        for (mi, s) in states.iter().enumerate() {
+            let shape = s.get(&key).map(|t| &t.shape);
+            if shape != Some(&w0.shape) {
+                return Err(MergeError::Invalid(format!(
+                    "tensor `{key}`: model {mi} has shape {:?}, model 0 has {:?}; the models must share one architecture and width",
+                    shape, w0.shape
+                )));
+            }
+        }
+        let is_vector = w0.shape.len() == 1;
+        // a bias or BN vector only has an output side
+        let in_space = if is_vector { None } else { merged(layer.input) };
+        let out_space = merged(layer.output);
+        if in_trunk {
+            let out_rows = out_space.map_or(w0.shape[0], |s| blocks[s].k);
+            let per_row = if is_vector {
+                1
+            } else {
+                in_space.map_or(w0.row_len(), |s| blocks[s].k * w0.row_len() / w0.shape[1])
+            };
+            let mut acc = vec![0.0; out_rows * per_row];
+            for (mi, st) in states.iter().enumerate() {
+                let m = out_space.map(|s| blocks[s].merge_rows[mi].as_slice());
+                let u = in_space.map(|s| (blocks[s].unmerge_rows[mi].as_slice(), blocks[s].k));
+                let scale = if out_space.is_some() {
+                    1.0
                 } else {
-                    in_space.map_or(w0.row_len(), |s| blocks[s].k * w0.row_len() / w0.shape[1])
+                    1.0 / n as f64
                 };
-                let mut acc = vec![0.0; out_rows * per_row];
-                for (mi, st) in states.iter().enumerate() {
-                    let m = out_space.map(|s| blocks[s].merge_rows[mi].as_slice());
-                    let u = in_space.map(|s| (blocks[s].unmerge_rows[mi].as_slice(), blocks[s].k));
-                    let scale = if out_space.is_some() {
-                        1.0
-                    } else {
-                        1.0 / n as f64
-                    };
-                    accumulate(&mut acc, &st[&key], m, u, scale);
-                }
-                let mut shape = w0.shape.clone();
-                shape[0] = out_rows;
-                if let (Some(s), false) = (in_space, is_vector) {
-                    shape[1] = blocks[s].k;
-                }
-                trunk.insert(
+                accumulate(&mut acc, &st[&key], m, u, scale);
+            }
+            let mut shape = w0.shape.clone();
+            shape[0] = out_rows;
+            if let (Some(s), false) = (in_space, is_vector) {
+                shape[1] = blocks[s].k;
+            }
+            trunk.insert(
+                key.clone(),
+                NamedTensor::new(shape, acc.iter().map(|&v| v as f32).collect()),
+            );
+        } else if let Some(s) = in_space {
+            // head entry layer: W_m U_m for each head
+            for (mi, head) in heads.iter_mut().enumerate() {
+                let w = &states[mi][&key];
+                let mut acc = vec![0.0; w.shape[0] * blocks[s].k * w.row_len() / w.shape[1]];
+                accumulate(
+                    &mut acc,
+                    w,
+                    None,
+                    Some((blocks[s].unmerge_rows[mi].as_slice(), blocks[s].k)),
+                    1.0,
+                );
+                let mut shape = w.shape.clone();
+                shape[1] = blocks[s].k;
+                head.insert(
                     key.clone(),
                     NamedTensor::new(shape, acc.iter().map(|&v| v as f32).collect()),
                 );
-            } else if let Some(s) = in_space {
-                // head entry layer: W_m U_m for each head
-                for (mi, head) in heads.iter_mut().enumerate() {
-                    let w = &states[mi][&key];
-                    let mut acc = vec![0.0; w.shape[0] * blocks[s].k * w.row_len() / w.shape[1]];
-                    accumulate(
-                        &mut acc,
-                        w,
-                        None,
-                        Some((blocks[s].unmerge_rows[mi].as_slice(), blocks[s].k)),
-                        1.0,
-                    );
-                    let mut shape = w.shape.clone();
-                    shape[1] = blocks[s].k;
-                    head.insert(
-                        key.clone(),
-                        NamedTensor::new(shape, acc.iter().map(|&v| v as f32).collect()),
-                    );
-                }
             }
         }
     }

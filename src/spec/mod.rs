@@ -372,6 +372,53 @@ impl MergeSpec {
         spec_of(&Net::empty(cfg, &burn::tensor::Device::flex()), cfg)
     }
 
+    /// The tensor names (`{layer}.weight`, `{layer}.bias`, BN's running statistics) the spec's
+    /// layers cover, each with the layer that covers it, in forward order.
+    pub fn covered_tensors(&self) -> Vec<(String, &Layer)> {
+        let mut out = Vec::new();
+        for l in &self.layers {
+            let suffixes: &[&str] = match l.kind {
+                LayerKind::Conv | LayerKind::Linear => &["weight", "bias"],
+                LayerKind::BatchNorm => &["weight", "bias", "running_mean", "running_var"],
+            };
+            for s in suffixes {
+                out.push((format!("{}.{s}", l.name), l));
+            }
+        }
+        out
+    }
+
+    /// Checks that the spec covers every tensor of a model's state dict exactly once: a tensor
+    /// no layer of the spec names would be copied from model A unmerged, and one named twice
+    /// would be rewritten twice (issue 11, item 3). Biases the model lacks are fine.
+    ///
+    /// # Errors
+    /// [`MergeError::Uncovered`] naming the first uncovered tensor, or [`MergeError::Invalid`]
+    /// naming a tensor two layers claim.
+    pub fn check_covers<'a>(
+        &self,
+        tensors: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), MergeError> {
+        let mut seen = std::collections::BTreeMap::new();
+        for (name, layer) in self.covered_tensors() {
+            if let Some(first) = seen.insert(name.clone(), layer.name.clone()) {
+                return Err(MergeError::Invalid(format!(
+                    "merge spec of {}: tensor `{name}` is claimed by layers `{first}` and `{}`",
+                    self.net.arch, layer.name
+                )));
+            }
+        }
+        for t in tensors {
+            if !seen.contains_key(t) {
+                return Err(MergeError::Uncovered {
+                    tensor: t.clone(),
+                    arch: self.net.arch.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Total counted layers (20 for ResNet-20, 9 for VGG-11, 50 for ResNet-50).
     pub fn total_layers(&self) -> usize {
         self.layers.iter().filter(|l| l.counted).count()

@@ -168,8 +168,11 @@ pub fn conv3x3(
     let tps = side.div_ceil(tile); // tiles per side
     let tiles = batch * tps * tps;
     // tiles per task: V and M of a task stay within ~4 MiB (1 MiB measured 10-15% slower at
-    // ResNet-20 x4: the products get too few rows)
-    let block = ((4usize << 20) / (4 * pos * (cin + cout))).clamp(32, 512);
+    // ResNet-20 x4: the products get too few rows), and small batches (the statistics pass runs
+    // sub-batches of ~20 images) still make at least ~8 tasks, so both cores stay busy. The
+    // partition depends on the shapes alone, never on the thread count.
+    let budget = ((4usize << 20) / (4 * pos * (cin + cout))).clamp(32, 512);
+    let block = budget.min(tiles.div_ceil(8)).max(16);
     let ptr = OutPtr(out.as_mut_ptr());
     let n_tasks = tiles.div_ceil(block);
     let f4 = tile == 4;

@@ -76,12 +76,71 @@ pub enum DataError {
     Invalid(String),
 }
 
+/// An option of the merge pipeline, as library errors name it ([`MergeError::Param`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergeParam {
+    /// The matching method.
+    Method,
+    /// The merge-normalisation epsilon.
+    MergeEps,
+    /// CCA Merge's ridge.
+    CcaReg,
+    /// The source models.
+    Models,
+    /// The stop of a partial zip.
+    Stop,
+    /// ZipIt!'s alpha.
+    Alpha,
+    /// ZipIt!'s beta.
+    Beta,
+}
+
+impl std::fmt::Display for MergeParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MergeParam::Method => "method",
+            MergeParam::MergeEps => "merge epsilon",
+            MergeParam::CcaReg => "CCA regularisation",
+            MergeParam::Models => "models",
+            MergeParam::Stop => "stop",
+            MergeParam::Alpha => "ZipIt! alpha",
+            MergeParam::Beta => "ZipIt! beta",
+        })
+    }
+}
+
+impl MergeError {
+    /// [`MergeError::Param`] for `param` with `value` and what was `expected`.
+    pub fn param(
+        param: MergeParam,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        MergeError::Param {
+            param,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+}
+
 /// Errors of the merge engine (statistics, matching, rewriting).
 #[derive(Debug, Error)]
 pub enum MergeError {
     /// Invalid option or incompatible models.
     #[error("{0}")]
     Invalid(String),
+    /// A merge option with a value it cannot take, named as an option (the CLI names its flag:
+    /// `cli::common::flag_of`).
+    #[error("{param} `{value}`: {expected}")]
+    Param {
+        /// Which option.
+        param: MergeParam,
+        /// The value given.
+        value: String,
+        /// What was expected.
+        expected: String,
+    },
     /// A tensor of a model that no layer of the merge spec covers: merging would keep one
     /// model's copy of it unmerged, so the merge is refused.
     #[error("tensor `{tensor}` is not covered by the merge spec of {arch}: it would keep model A's values unmerged")]

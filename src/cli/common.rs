@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use zipmerge::backend::{self, Backend};
 use zipmerge::checkpoint;
 use zipmerge::data::{split_dir, ImageSet, Preprocess};
+use zipmerge::error::{MergeError, MergeParam};
 
 /// A usage error: a bad option value or a combination of options that cannot work. The CLI
 /// exits with code 2 for it (1 for runtime errors), see README "Errors and exit codes".
@@ -20,6 +21,34 @@ pub struct Usage(pub String);
 /// A [`Usage`] error as an `anyhow` error.
 pub fn usage(msg: impl Into<String>) -> anyhow::Error {
     Usage(msg.into()).into()
+}
+
+/// The flag of a merge option a library error names ([`MergeParam`]): the library names
+/// options, the CLI names its flags.
+pub fn flag_of(p: MergeParam) -> &'static str {
+    match p {
+        MergeParam::Method => "--method",
+        MergeParam::MergeEps => "--merge-eps",
+        MergeParam::CcaReg => "--cca-reg",
+        MergeParam::Models => "--model",
+        MergeParam::Stop => "--stop",
+        MergeParam::Alpha => "--alpha",
+        MergeParam::Beta => "--beta",
+    }
+}
+
+/// A library merge error as the CLI reports it: an option's bad value ([`MergeError::Param`])
+/// is a usage error (exit code 2) naming the option's flag; anything else is a runtime error
+/// (exit code 1) with the library's message.
+pub fn merge_error(e: MergeError) -> anyhow::Error {
+    match &e {
+        MergeError::Param {
+            param,
+            value,
+            expected,
+        } => usage(format!("{} `{value}`: {expected}", flag_of(*param))),
+        _ => e.into(),
+    }
 }
 
 /// Marks an error as a usage error (exit code 2), keeping its message.

@@ -15,8 +15,8 @@ use zipmerge::merge::{self, Endpoints, Method, Statistics};
 use zipmerge::util::write_atomic;
 
 use super::common::{
-    bar, check_out_not_input, data_root, load_split, preprocess_of, usage, warn_dead_units,
-    BackendArgs, UsageExt,
+    bar, check_out_not_input, data_root, load_split, merge_error, preprocess_of, usage,
+    warn_dead_units, BackendArgs,
 };
 use super::merge_cmd::MergeSettings;
 
@@ -164,9 +164,9 @@ fn check_out(io: &ExperimentIo, inputs: &[PathBuf]) -> Result<()> {
 /// Loads and validates one group of endpoints and checks that every method the experiment will
 /// run applies to it (e.g. Git Re-Basin needs exactly two models), before any image is decoded.
 fn load_endpoints(models: &[PathBuf], methods: &[Method], eps: f64) -> Result<Endpoints> {
-    let ep = Endpoints::load(models)?;
+    let ep = Endpoints::load(models).map_err(merge_error)?;
     for m in methods {
-        merge::check_method(&ep, m, eps).usage()?;
+        merge::check_method(&ep, m, eps).map_err(merge_error)?;
     }
     Ok(ep)
 }
@@ -276,7 +276,7 @@ pub fn exec_sweep(a: SweepArgs) -> Result<()> {
             .split(',')
             .map(|s| ep.spec.stop(s.trim()))
             .collect::<Result<_, _>>()
-            .usage()?
+            .map_err(merge_error)?
     };
     let (train, test) = load_data(&a.io, &a.settings, a.models.first(), quiet)?;
     let tasks = tasks_checked(&ep, &test)?;
@@ -451,13 +451,13 @@ fn exec_grid(a: GridArgs) -> Result<()> {
         .flat_map(|&al| a.betas.iter().map(move |&be| (al, be)))
         .map(|(al, be)| Method::parse("zipit", al, be, a.settings.seed))
         .collect::<Result<Vec<_>, _>>()
-        .usage()?;
+        .map_err(merge_error)?;
     a.settings.probe_count()?;
     a.settings.bn_count()?;
     check_out(&a.io, &a.models)?;
     let device = a.backend.device(quiet)?;
     let ep = load_endpoints(&a.models, &methods, a.settings.merge_eps)?;
-    let stop = ep.spec.stop(&a.stop).usage()?;
+    let stop = ep.spec.stop(&a.stop).map_err(merge_error)?;
     let (train, mut test) = load_data(&a.io, &a.settings, a.models.first(), quiet)?;
     if let Some(n) = eval_images {
         use rand::{seq::SliceRandom, SeedableRng};

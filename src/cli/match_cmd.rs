@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::common::{finite, non_negative, positive, usage, UsageExt};
+use super::common::{finite, merge_error, non_negative, positive, usage};
 use clap::Args;
 use serde_json::json;
 
@@ -40,7 +40,7 @@ pub struct MatchArgs {
 
 /// Runs `zipmerge match`: prints `{"clusters": [...], "merge": [[...]], "unmerge": [[...]]}`.
 pub fn exec(a: MatchArgs) -> Result<()> {
-    let method = Method::parse(&a.method, a.alpha, a.beta, 0).usage()?;
+    let method = Method::parse(&a.method, a.alpha, a.beta, 0).map_err(merge_error)?;
     if let Method::Cca { reg } = method {
         let m = read_matrix(&a.cov).with_context(|| format!("reading {}", a.cov.display()))?;
         let r = zipmerge::matching::cca::cca_merge(&m, a.models, reg)

@@ -16,7 +16,7 @@ use zipmerge::merge::{self, Endpoints, Method};
 
 use super::common::{
     bar, check_out_not_input, command_line, data_root, finite, load_split, max_cached_images,
-    non_negative, positive, usage, warn_dead_units, BackendArgs, UsageExt,
+    merge_error, non_negative, positive, usage, warn_dead_units, BackendArgs, UsageExt,
 };
 use super::eval_cmd::print_table;
 
@@ -72,7 +72,7 @@ impl MergeSettings {
     pub fn method(&self) -> Result<Method> {
         Method::parse(&self.method, self.alpha, self.beta, self.seed)
             .and_then(|m| m.with_cca_reg(self.cca_reg))
-            .usage()
+            .map_err(merge_error)
     }
 
     /// `--probe-images` as a count.
@@ -237,9 +237,9 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     s.bn_count()?;
     check_out_not_input(&a.out, &a.models)?;
     zipmerge::checkpoint::check_out_dir(&a.out)?;
-    let mut ep = Endpoints::load(&a.models)?;
-    let stop = ep.spec.stop(&a.stop).usage()?;
-    merge::check_method(&ep, &method, s.merge_eps).usage()?;
+    let mut ep = Endpoints::load(&a.models).map_err(merge_error)?;
+    let stop = ep.spec.stop(&a.stop).map_err(merge_error)?;
+    merge::check_method(&ep, &method, s.merge_eps).map_err(merge_error)?;
     let tasks = if a.tasks == "auto" {
         None
     } else {

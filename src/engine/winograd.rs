@@ -151,6 +151,26 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// The tiles one task transforms: tiles `t0..t0 + nt` of a batch of `side x side` images cut
+/// into `tps x tps` tiles each (image-major, then tile rows, then tile columns).
+#[derive(Clone, Copy)]
+struct Tiles {
+    side: usize,
+    tps: usize,
+    t0: usize,
+    nt: usize,
+}
+
+impl Tiles {
+    /// (image, tile row, tile column) of the task's `ti`-th tile.
+    #[inline(always)]
+    fn at(&self, ti: usize) -> (usize, usize, usize) {
+        let g = self.t0 + ti;
+        let per = self.tps * self.tps;
+        (g / per, (g % per) / self.tps, g % self.tps)
+    }
+}
+
 /// `out = epilogue(conv3x3(x) + bias)` for NHWC `x: [batch, side, side, cin]` ->
 /// `out: [batch, side, side, cout]` (stride 1, padding 1), with the tile size of `w`.
 pub fn conv3x3(
@@ -185,12 +205,13 @@ pub fn conv3x3(
         |(v, m), task| {
             let t0 = task * block;
             let nt = block.min(tiles - t0);
+            let r = Tiles { side, tps, t0, nt };
             v.resize(pos * nt * cin, 0.0);
             m.resize(pos * nt * cout, 0.0);
             if f4 {
-                input_transform_f4(x, side, tps, cin, t0, nt, v);
+                input_transform_f4(x, r, cin, v);
             } else {
-                input_transform(x, side, tps, cin, t0, nt, v);
+                input_transform(x, r, cin, v);
             }
             for k in 0..pos {
                 // SAFETY: v[k] is [nt, cin], u[k] is [cin, cout], m[k] is [nt, cout].
@@ -211,9 +232,9 @@ pub fn conv3x3(
             }
             let p = ptr;
             if f4 {
-                output_transform_f4(m, side, tps, cout, t0, nt, bias, epi, p);
+                output_transform_f4(m, r, cout, bias, epi, p);
             } else {
-                output_transform(m, side, tps, cout, t0, nt, bias, epi, p);
+                output_transform(m, r, cout, bias, epi, p);
             }
         },
     );
@@ -234,21 +255,12 @@ fn add(o: &mut [f32], a: &[f32], b: &[f32]) {
 }
 
 /// `V = B^T d B` for tiles `t0..t0+nt` into `v: [16, nt, cin]`.
-fn input_transform(
-    x: &[f32],
-    side: usize,
-    tps: usize,
-    cin: usize,
-    t0: usize,
-    nt: usize,
-    v: &mut [f32],
-) {
+fn input_transform(x: &[f32], r: Tiles, cin: usize, v: &mut [f32]) {
+    let Tiles { side, nt, .. } = r;
     let zeros = vec![0f32; cin];
     let mut t = vec![0f32; 16 * cin];
     for ti in 0..nt {
-        let g = t0 + ti;
-        let b = g / (tps * tps);
-        let (ty, tx) = ((g % (tps * tps)) / tps, g % tps);
+        let (b, ty, tx) = r.at(ti);
         // the 16 input pixels of the tile, read in place (zeros outside the image)
         let px = |k: usize| -> &[f32] {
             let iy = (2 * ty + k / 4) as isize - 1;
@@ -293,15 +305,13 @@ fn input_transform(
 #[allow(clippy::too_many_arguments)]
 fn output_transform(
     m: &[f32],
-    side: usize,
-    tps: usize,
+    r: Tiles,
     cout: usize,
-    t0: usize,
-    nt: usize,
     bias: Option<&[f32]>,
     epi: &Epilogue,
     out: OutPtr,
 ) {
+    let Tiles { side, nt, .. } = r;
     let mut t = vec![0f32; 8 * cout]; // A^T M: [2, 4, cout]
     let mut y = vec![0f32; cout];
     for ti in 0..nt {
@@ -321,9 +331,7 @@ fn output_transform(
                     .for_each(|(o, (a, (b, c)))| *o = a - b - c);
             }
         }
-        let g = t0 + ti;
-        let b = g / (tps * tps);
-        let (ty, tx) = ((g % (tps * tps)) / tps, g % tps);
+        let (b, ty, tx) = r.at(ti);
         for i in 0..2 {
             let oy = 2 * ty + i;
             if oy >= side {
@@ -461,36 +469,19 @@ macro_rules! dispatch {
 }
 
 /// `V = B^T d B` (F(4x4)) for tiles `t0..t0+nt` into `v: [36, nt, cin]`; `cin % 8 == 0`.
-fn input_transform_f4(
-    x: &[f32],
-    side: usize,
-    tps: usize,
-    cin: usize,
-    t0: usize,
-    nt: usize,
-    v: &mut [f32],
-) {
-    dispatch!(input_f4_body, input_f4_avx2, (x: &[f32], side: usize, tps: usize, cin: usize, t0: usize, nt: usize, v: &mut [f32]));
+fn input_transform_f4(x: &[f32], r: Tiles, cin: usize, v: &mut [f32]) {
+    dispatch!(input_f4_body, input_f4_avx2, (x: &[f32], r: Tiles, cin: usize, v: &mut [f32]));
 }
 
 #[inline(always)]
-fn input_f4_body(
-    x: &[f32],
-    side: usize,
-    tps: usize,
-    cin: usize,
-    t0: usize,
-    nt: usize,
-    v: &mut [f32],
-) {
+fn input_f4_body(x: &[f32], r: Tiles, cin: usize, v: &mut [f32]) {
+    let Tiles { side, nt, .. } = r;
     assert!(cin.is_multiple_of(8) && v.len() >= 36 * nt * cin);
     let zeros = vec![0f32; cin];
     let mut src = [std::ptr::null::<f32>(); 36];
     let mut t = [[L8::ZERO; 6]; 6];
     for ti in 0..nt {
-        let g = t0 + ti;
-        let b = g / (tps * tps);
-        let (ty, tx) = ((g % (tps * tps)) / tps, g % tps);
+        let (b, ty, tx) = r.at(ti);
         // the 36 input pixels of the tile, read in place (zeros outside the image)
         for (k, s) in src.iter_mut().enumerate() {
             let iy = (4 * ty + k / 6) as isize - 1;
@@ -531,31 +522,26 @@ fn input_f4_body(
 #[allow(clippy::too_many_arguments)]
 fn output_transform_f4(
     m: &[f32],
-    side: usize,
-    tps: usize,
+    r: Tiles,
     cout: usize,
-    t0: usize,
-    nt: usize,
     bias: Option<&[f32]>,
     epi: &Epilogue,
     out: OutPtr,
 ) {
-    dispatch!(output_f4_body, output_f4_avx2, (m: &[f32], side: usize, tps: usize, cout: usize, t0: usize, nt: usize, bias: Option<&[f32]>, epi: &Epilogue, out: OutPtr));
+    dispatch!(output_f4_body, output_f4_avx2, (m: &[f32], r: Tiles, cout: usize, bias: Option<&[f32]>, epi: &Epilogue, out: OutPtr));
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn output_f4_body(
     m: &[f32],
-    side: usize,
-    tps: usize,
+    r: Tiles,
     cout: usize,
-    t0: usize,
-    nt: usize,
     bias: Option<&[f32]>,
     epi: &Epilogue,
     out: OutPtr,
 ) {
+    let Tiles { side, nt, .. } = r;
     assert!(cout.is_multiple_of(8) && m.len() >= 36 * nt * cout);
     let mut y = vec![0f32; 16 * cout]; // the tile's 4x4 output pixels, [16, cout]
     let mut t = [[L8::ZERO; 6]; 4];
@@ -581,9 +567,7 @@ fn output_f4_body(
             }
         }
         add_bias(&mut y, bias, cout);
-        let g = t0 + ti;
-        let b = g / (tps * tps);
-        let (ty, tx) = ((g % (tps * tps)) / tps, g % tps);
+        let (b, ty, tx) = r.at(ti);
         let npx = 4.min(side - 4 * tx);
         for i in 0..4 {
             let oy = 4 * ty + i;

@@ -63,10 +63,14 @@ pub fn git_rebasin(
     eps: f64,
 ) -> Result<Vec<MergeUnmerge>, MergeError> {
     if states.len() != 2 {
-        return Err(MergeError::Invalid(format!(
-            "--method git-rebasin merges exactly 2 models, got {}; use zipit, permute or weight-avg for more",
-            states.len()
-        )));
+        return Err(MergeError::param(
+            crate::error::MergeParam::Method,
+            "git-rebasin",
+            format!(
+                "merges exactly 2 models, got {}; use zipit, permute or weight-avg for more",
+                states.len()
+            ),
+        ));
     }
     let (a, b) = (&states[0], &states[1]);
     let ns = spec.spaces.len();

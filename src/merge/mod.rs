@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, HeadManifest, ModelManifest, StateDict};
 use crate::collect::{self, CovAccumulator};
-use crate::error::MergeError;
+use crate::error::{MergeError, MergeParam};
 use crate::matching::{
     correlation, rebasin::git_rebasin, Identity, Matcher, MergeUnmerge, Permute, ReturnA,
     SquareMatrix, ZipIt,
@@ -65,15 +65,23 @@ impl Method {
                 reg: crate::matching::cca::DEFAULT_CCA_REG,
             },
             o => {
-                return Err(MergeError::Invalid(format!(
-                "--method `{o}`: expected zipit, permute, weight-avg, git-rebasin, cca or return-a"
-            )))
+                return Err(MergeError::param(
+                    MergeParam::Method,
+                    o,
+                    "expected zipit, permute, weight-avg, git-rebasin, cca or return-a",
+                ))
             }
         };
         if let Method::Zipit { alpha, beta } = m {
-            ZipIt { alpha, beta }
-                .check_params()
-                .map_err(|e| MergeError::Invalid(e.to_string()))?;
+            ZipIt { alpha, beta }.check_params().map_err(|e| match e {
+                crate::matching::MatchError::InvalidAlpha(a) => {
+                    MergeError::param(MergeParam::Alpha, a, "expected a finite number > 0")
+                }
+                crate::matching::MatchError::InvalidBeta(b) => {
+                    MergeError::param(MergeParam::Beta, b, "expected a number in [0, 1]")
+                }
+                e => MergeError::Invalid(e.to_string()),
+            })?;
         }
         Ok(m)
     }
@@ -81,12 +89,14 @@ impl Method {
     /// Sets CCA Merge's regularisation (other methods are returned unchanged).
     ///
     /// # Errors
-    /// [`MergeError::Invalid`] for a negative or non-finite `reg`.
+    /// [`MergeError::Param`] for a negative or non-finite `reg`.
     pub fn with_cca_reg(self, reg: f64) -> Result<Self, MergeError> {
         if !(reg.is_finite() && reg >= 0.0) {
-            return Err(MergeError::Invalid(format!(
-                "--cca-reg {reg}: expected a finite number >= 0"
-            )));
+            return Err(MergeError::param(
+                MergeParam::CcaReg,
+                reg,
+                "expected a finite number >= 0",
+            ));
         }
         Ok(match self {
             Method::Cca { .. } => Method::Cca { reg },
@@ -149,8 +159,10 @@ impl Endpoints {
     /// dimension, multi-head inputs).
     pub fn load(dirs: &[PathBuf]) -> Result<Self, MergeError> {
         if dirs.len() < 2 {
-            return Err(MergeError::Invalid(
-                "merging needs at least two --model folders".into(),
+            return Err(MergeError::param(
+                MergeParam::Models,
+                dirs.len(),
+                "merging needs at least two model folders",
             ));
         }
         let mut manifests = Vec::new();
@@ -382,15 +394,18 @@ pub fn statistics_upto(
 /// [`MergeError::Invalid`] naming the option.
 pub fn check_method(ep: &Endpoints, method: &Method, eps: f64) -> Result<(), MergeError> {
     if !(eps.is_finite() && eps >= 0.0) {
-        return Err(MergeError::Invalid(format!(
-            "--merge-eps {eps}: expected a finite number >= 0"
-        )));
+        return Err(MergeError::param(
+            MergeParam::MergeEps,
+            eps,
+            "expected a finite number >= 0",
+        ));
     }
     if matches!(method, Method::GitRebasin { .. }) && ep.n() != 2 {
-        return Err(MergeError::Invalid(format!(
-            "--method git-rebasin merges exactly 2 models, got {} --model",
-            ep.n()
-        )));
+        return Err(MergeError::param(
+            MergeParam::Method,
+            "git-rebasin",
+            format!("merges exactly 2 models, got {}", ep.n()),
+        ));
     }
     Ok(())
 }

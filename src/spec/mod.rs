@@ -482,11 +482,15 @@ impl MergeSpec {
                         }
                     })
                     .collect();
-                MergeError::Invalid(format!(
-                    "--stop `{name}` is not a valid stop for {}: expected one of {}",
-                    self.net.arch,
-                    valid.join(", ")
-                ))
+                MergeError::param(
+                    crate::error::MergeParam::Stop,
+                    name,
+                    format!(
+                        "not a valid stop for {}; expected one of {}",
+                        self.net.arch,
+                        valid.join(", ")
+                    ),
+                )
             })
     }
 

@@ -41,29 +41,25 @@ pub struct MatchArgs {
 /// Runs `zipmerge match`: prints `{"clusters": [...], "merge": [[...]], "unmerge": [[...]]}`.
 pub fn exec(a: MatchArgs) -> Result<()> {
     let method = Method::parse(&a.method, a.alpha, a.beta, 0).map_err(merge_error)?;
-    if let Method::Cca { reg } = method {
-        let m = read_matrix(&a.cov).with_context(|| format!("reading {}", a.cov.display()))?;
-        let r = zipmerge::matching::cca::cca_merge(&m, a.models, reg)
-            .with_context(|| a.cov.display().to_string())?;
-        return print_result(&r);
-    }
-    let Some(matcher) = method.matcher() else {
+    if matches!(method, Method::GitRebasin { .. }) {
         return Err(usage(
             "--method git-rebasin matches weights, not a matrix: use `zipmerge merge`",
         ));
-    };
+    }
     let m = read_matrix(&a.cov).with_context(|| format!("reading {}", a.cov.display()))?;
-    let corr = if a.correlation { m } else { correlation(&m) };
-    let r = matcher
-        .solve(&corr, a.models, a.merge_eps)
-        .with_context(|| a.cov.display().to_string())?;
-    print_result(&r)
-}
-
-/// Prints one space's result as JSON (`clusters`, `merge` rows, `unmerge` rows).
-fn print_result(r: &zipmerge::matching::MergeUnmerge) -> Result<()> {
-    let rows = |v: &[f64], rows: usize, c: usize| -> Vec<Vec<f64>> {
-        (0..rows).map(|i| v[i * c..(i + 1) * c].to_vec()).collect()
+    let r = if let Method::Cca { reg } = method {
+        // CCA Merge solves from the matrix itself
+        zipmerge::matching::cca::cca_merge(&m, a.models, reg)
+    } else {
+        let corr = if a.correlation { m } else { correlation(&m) };
+        method
+            .matcher()
+            .expect("every method but Git Re-Basin and CCA Merge has a matcher")
+            .solve(&corr, a.models, a.merge_eps)
+    }
+    .with_context(|| a.cov.display().to_string())?;
+    let rows = |v: &[f64], r: usize, c: usize| -> Vec<Vec<f64>> {
+        (0..r).map(|i| v[i * c..(i + 1) * c].to_vec()).collect()
     };
     println!(
         "{}",

@@ -11,8 +11,8 @@ use crate::checkpoint::{self, HeadManifest, ModelManifest, StateDict};
 use crate::collect::{self, CovAccumulator};
 use crate::error::{MergeError, MergeParam};
 use crate::matching::{
-    correlation, rebasin::git_rebasin, Identity, Matcher, MergeUnmerge, Permute, ReturnA,
-    SquareMatrix, ZipIt,
+    cca::cca_merge, correlation, rebasin::git_rebasin, Identity, Matcher, MergeUnmerge, Permute,
+    ReturnA, SquareMatrix, ZipIt,
 };
 use crate::models::head::HeadSpec;
 use crate::models::Net;
@@ -53,7 +53,7 @@ impl Method {
     /// Parses `--method` with its hyper-parameters.
     ///
     /// # Errors
-    /// [`MergeError::Invalid`] for an unknown name or invalid alpha/beta.
+    /// [`MergeError::Param`] for an unknown name or invalid alpha/beta.
     pub fn parse(name: &str, alpha: f64, beta: f64, seed: u64) -> Result<Self, MergeError> {
         let m = match name {
             "zipit" => Method::Zipit { alpha, beta },
@@ -155,8 +155,9 @@ impl Endpoints {
     /// Loads N >= 2 single models and checks they can be merged.
     ///
     /// # Errors
-    /// [`MergeError`] naming the file and the mismatch (architecture, width, head kind or
-    /// dimension, multi-head inputs).
+    /// [`MergeError::Param`] for fewer than two folders; [`MergeError`] naming the file and the
+    /// mismatch (architecture, width, head kind or dimension, multi-head inputs, a tensor the
+    /// merge spec does not cover).
     pub fn load(dirs: &[PathBuf]) -> Result<Self, MergeError> {
         if dirs.len() < 2 {
             return Err(MergeError::param(
@@ -391,7 +392,7 @@ pub fn statistics_upto(
 /// epsilon `eps`: `eps` finite and >= 0, Git Re-Basin only for two models (reference doc §3.5).
 ///
 /// # Errors
-/// [`MergeError::Invalid`] naming the option.
+/// [`MergeError::Param`] naming the option.
 pub fn check_method(ep: &Endpoints, method: &Method, eps: f64) -> Result<(), MergeError> {
     if !(eps.is_finite() && eps >= 0.0) {
         return Err(MergeError::param(
@@ -426,40 +427,33 @@ pub fn match_spaces(
     if let Method::GitRebasin { seed } = method {
         return git_rebasin(&ep.spec, &ep.states, *seed, eps);
     }
-    if let Method::Cca { reg } = method {
-        return (0..spaces)
-            .map(|s| {
-                crate::matching::cca::cca_merge(need(stats, s)?, n, *reg).map_err(|e| {
-                    MergeError::Space {
-                        space: ep.spec.spaces[s].name.clone(),
-                        msg: e.to_string(),
-                    }
-                })
-            })
-            .collect();
-    }
-    let matcher = method
-        .matcher()
-        .expect("every method but Git Re-Basin and CCA Merge has a matcher");
+    let matcher = method.matcher();
     let mut out = Vec::new();
     for s in 0..spaces {
         let space = &ep.spec.spaces[s];
         let o = space.width * n;
-        // W.Avg and return-a ignore the features: a zero matrix of the right size
-        let corr = if method.needs_statistics() {
-            correlation(need(stats, s)?)
+        let r = if let Method::Cca { reg } = method {
+            // CCA Merge solves from the covariance itself
+            cca_merge(need(stats, s)?, n, *reg)
         } else {
-            SquareMatrix {
-                n: o,
-                data: vec![0.0; o * o],
-            }
-        };
-        let r = matcher
-            .solve(&corr, n, eps)
-            .map_err(|e| MergeError::Space {
-                space: space.name.clone(),
-                msg: e.to_string(),
-            })?;
+            // W.Avg and return-a ignore the features: a zero matrix of the right size
+            let corr = if method.needs_statistics() {
+                correlation(need(stats, s)?)
+            } else {
+                SquareMatrix {
+                    n: o,
+                    data: vec![0.0; o * o],
+                }
+            };
+            matcher
+                .as_deref()
+                .expect("every method but Git Re-Basin and CCA Merge has a matcher")
+                .solve(&corr, n, eps)
+        }
+        .map_err(|e| MergeError::Space {
+            space: space.name.clone(),
+            msg: e.to_string(),
+        })?;
         out.push(r);
     }
     Ok(out)

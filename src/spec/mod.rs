@@ -464,7 +464,7 @@ impl MergeSpec {
     /// Finds a stop by name or alias.
     ///
     /// # Errors
-    /// [`MergeError::Invalid`] listing the valid names.
+    /// [`MergeError::Param`] listing the valid names.
     pub fn stop(&self, name: &str) -> Result<Stop, MergeError> {
         let stops = self.stops();
         stops

@@ -93,6 +93,8 @@ pub enum MergeParam {
     Alpha,
     /// ZipIt!'s beta.
     Beta,
+    /// The closed-form refit's ridge.
+    RefitRidge,
 }
 
 impl std::fmt::Display for MergeParam {
@@ -105,6 +107,7 @@ impl std::fmt::Display for MergeParam {
             MergeParam::Stop => "stop",
             MergeParam::Alpha => "ZipIt! alpha",
             MergeParam::Beta => "ZipIt! beta",
+            MergeParam::RefitRidge => "refit ridge",
         })
     }
 }

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod collect;
+pub mod correct;
 pub mod data;
 pub mod engine;
 pub mod error;

@@ -34,6 +34,7 @@ pub fn flag_of(p: MergeParam) -> &'static str {
         MergeParam::Stop => "--stop",
         MergeParam::Alpha => "--alpha",
         MergeParam::Beta => "--beta",
+        MergeParam::RefitRidge => "--refit-ridge",
     }
 }
 

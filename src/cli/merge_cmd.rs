@@ -59,6 +59,19 @@ pub struct MergeSettings {
     /// the paper states.
     #[arg(long)]
     pub no_rebasin_bn_reset: bool,
+    /// REPAIR after the merge (Jordan et al., ICLR 2023): reset each merged channel's mean and
+    /// std on the probe images to the average of its source channels' (any method; in a partial
+    /// zip, the merged trunk).
+    #[arg(long)]
+    pub repair: bool,
+    /// Closed-form refit after the merge: `lstsq` refits every merged conv/linear by ridge
+    /// least squares to its merge-matrix target from the merged network's own inputs on the
+    /// probe images; `none` skips it.
+    #[arg(long, default_value = "none", value_parser = ["none", "lstsq"])]
+    pub refit: String,
+    /// Relative ridge of `--refit lstsq` (>= 0; times the mean diagonal of the normal equations).
+    #[arg(long, default_value_t = zipmerge::correct::refit::DEFAULT_REFIT_RIDGE, value_parser = non_negative)]
+    pub refit_ridge: f64,
     /// Batch size of statistics, BN reset and evaluation.
     #[arg(long, default_value_t = 500, value_parser = positive)]
     pub batch_size: usize,
@@ -73,6 +86,14 @@ impl MergeSettings {
         Method::parse(&self.method, self.alpha, self.beta, self.seed)
             .and_then(|m| m.with_cca_reg(self.cca_reg))
             .map_err(merge_error)
+    }
+
+    /// The post-merge corrections asked for.
+    pub fn corrections(&self) -> zipmerge::correct::Corrections {
+        zipmerge::correct::Corrections {
+            repair: self.repair,
+            refit_ridge: (self.refit == "lstsq").then_some(self.refit_ridge),
+        }
     }
 
     /// `--probe-images` as a count.
@@ -252,7 +273,9 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     let probe = s.load_probe(&root, prep, quiet)?;
     let probe_load_s = t_load.elapsed().as_secs_f64();
     // validate everything before the long steps
-    let probe_b = if method.needs_statistics() {
+    let corrections = s.corrections();
+    corrections.check().map_err(merge_error)?;
+    let probe_b = if method.needs_statistics() || corrections.any() {
         s.probe_batches(&probe)?
     } else {
         vec![]
@@ -316,6 +339,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
             "bn_reset_images": bn_b.iter().map(Vec::len).sum::<usize>(),
             "merged_bn_reset": reset_merged,
             "endpoint_bn_reset": !s.no_endpoint_bn_reset,
+            "corrections": corrections,
             "seed": s.seed, "backend": a.backend.backend.to_string(),
             "command": command_line(),
         }
@@ -334,6 +358,22 @@ pub fn exec(a: MergeArgs) -> Result<()> {
         pb.finish_and_clear();
         timings.insert("bn_reset".into(), json!(t.elapsed().as_secs_f64()));
     }
+    let correction = if corrections.any() {
+        let t = Instant::now();
+        if !quiet {
+            eprintln!(
+                "correcting the merged trunk ({})",
+                corrections.label().trim_start_matches(" + ")
+            );
+        }
+        let r =
+            zipmerge::correct::apply(&mut merged, &ep, &transforms, &stop, &probe_b, &corrections)
+                .map_err(merge_error)?;
+        timings.insert("corrections".into(), json!(t.elapsed().as_secs_f64()));
+        Some(r)
+    } else {
+        None
+    };
     let sys = merged.system(&device)?;
     let flops = sys.flops();
     let accuracy = if let Some((test, n)) = &test {
@@ -361,6 +401,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
         "accuracy": accuracy,
         "timings_seconds": timings,
         "statistics_passes": stats.as_ref().map_or(0, |s| s.passes),
+        "correction": correction,
         "peak_rss_mb": zipmerge::util::peak_rss_mb(),
     });
     let report_bytes = serde_json::to_vec_pretty(&report)?;
@@ -372,7 +413,13 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     } else {
         if let Some(acc) = &accuracy {
             print_table(
-                &format!("{} {} -> {}", method.label(), stop.name, a.out.display()),
+                &format!(
+                    "{}{} {} -> {}",
+                    method.label(),
+                    corrections.label(),
+                    stop.name,
+                    a.out.display()
+                ),
                 acc,
             );
         }

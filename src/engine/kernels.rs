@@ -121,6 +121,33 @@ impl Conv {
         }
     }
 
+    /// The same conv (name, geometry) with new weights `[k*k*cin, cout]` (engine layout) and
+    /// bias `[cout]`; Winograd forms are re-derived on first use.
+    ///
+    /// # Panics
+    /// If `weight` or `bias` has the wrong length.
+    pub fn with_weights(&self, weight: Vec<f32>, bias: Option<Vec<f32>>) -> Self {
+        assert_eq!(
+            weight.len(),
+            self.k * self.k * self.cin * self.cout,
+            "conv weight size"
+        );
+        assert!(
+            bias.as_ref().is_none_or(|b| b.len() == self.cout),
+            "conv bias size"
+        );
+        Self {
+            name: self.name.clone(),
+            weight,
+            bias,
+            winograd: self
+                .winograd
+                .as_ref()
+                .map(|_| super::winograd::Winograd::new(self.cin, self.cout)),
+            ..*self
+        }
+    }
+
     /// Output side for an input side.
     pub fn out_side(&self, side: usize) -> usize {
         (side + 2 * self.pad - self.k) / self.stride + 1
@@ -415,12 +442,101 @@ fn direct_body(
     }
 }
 
+/// Patch rows (output pixels in NHWC order) of NHWC `x: [batch, side, side,
+/// cin]` for `conv`'s geometry, as `[n, k*k*cin]` (row layout of [`Conv::weight`]).
+/// Rows `start, start + stride, ...` (`n` of them) are taken.
+pub fn patches(
+    conv: &Conv,
+    x: &[f32],
+    side: usize,
+    start: usize,
+    stride: usize,
+    n: usize,
+) -> Vec<f32> {
+    let mut buf = vec![0f32; n * conv.k * conv.k * conv.cin];
+    let os = conv.out_side(side);
+    im2col_rows(conv, x, side, os, n, |r| start + r * stride, &mut buf);
+    buf
+}
+
+/// `x W` for `x: [rows, k]` and `w: [k, m]` (both row-major): `[rows, m]`, parallel over
+/// fixed row blocks.
+pub fn matmul_rows(x: &[f32], k: usize, w: &[f32], m: usize) -> Vec<f32> {
+    assert_eq!(w.len(), k * m, "matmul_rows: weight size");
+    let rows = x.len() / k.max(1);
+    let mut out = vec![0f32; rows * m];
+    if m == 0 || rows == 0 {
+        return out;
+    }
+    out.par_chunks_mut(1024 * m).enumerate().for_each(|(i, o)| {
+        let n = o.len() / m;
+        let lhs = &x[i * 1024 * k..(i * 1024 + n) * k];
+        // SAFETY: lhs [n, k], w [k, m], o [n, m], row-major and in bounds.
+        unsafe {
+            matmul(
+                n,
+                m,
+                k,
+                o.as_mut_ptr(),
+                m,
+                lhs.as_ptr(),
+                (k, 1),
+                w.as_ptr(),
+                (m, 1),
+                false,
+            );
+        }
+    });
+    out
+}
+
+/// `A^T B` for `a: [n, p]` and `b: [n, q]` (row-major): `[p, q]`, summed in f32 over the `n`
+/// rows.
+pub fn matmul_tn(a: &[f32], p: usize, b: &[f32], q: usize) -> Vec<f32> {
+    let n = a.len() / p.max(1);
+    assert_eq!(b.len(), n * q, "matmul_tn: row counts differ");
+    let mut out = vec![0f32; p * q];
+    if n == 0 || p == 0 || q == 0 {
+        return out;
+    }
+    // SAFETY: lhs(i, kk) = a[kk * p + i] (a transposed, [p, n]), rhs [n, q], out [p, q].
+    unsafe {
+        matmul(
+            p,
+            q,
+            n,
+            out.as_mut_ptr(),
+            q,
+            a.as_ptr(),
+            (1, p),
+            b.as_ptr(),
+            (q, 1),
+            false,
+        );
+    }
+    out
+}
+
 /// Patch rows `row0..row0+n` of `x` into `buf: [n, k*k*cin]`.
 fn im2col(conv: &Conv, x: &[f32], side: usize, os: usize, row0: usize, n: usize, buf: &mut [f32]) {
+    im2col_rows(conv, x, side, os, n, |r| row0 + r, buf)
+}
+
+/// [`im2col`] of the output pixels `row_of(0..n)`.
+#[inline(always)]
+fn im2col_rows(
+    conv: &Conv,
+    x: &[f32],
+    side: usize,
+    os: usize,
+    n: usize,
+    row_of: impl Fn(usize) -> usize,
+    buf: &mut [f32],
+) {
     let (k, cin, s, p) = (conv.k, conv.cin, conv.stride, conv.pad);
     let kk = k * k * cin;
     for r in 0..n {
-        let g = row0 + r;
+        let g = row_of(r);
         let b = g / (os * os);
         let rem = g % (os * os);
         let (oy, ox) = (rem / os, rem % os);

@@ -15,6 +15,7 @@
 //! variance per BN layer, like [`crate::models::ForwardCtx::bn`].
 
 pub mod kernels;
+pub mod layerwise;
 pub mod winograd;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -160,8 +161,12 @@ enum Op {
     MaxPool { k: usize, s: usize, p: usize },
     /// Feature-space tap of a slot.
     Tap(Slot),
-    /// Slot 0 <- linear(mean over pixels(slot 0)); PyTorch weight `[out, in]`.
-    PoolLinear { weight: Vec<f32>, bias: Vec<f32> },
+    /// Slot 0 <- linear(mean over pixels(slot 0)); PyTorch name, weight `[out, in]`, bias.
+    PoolLinear {
+        name: String,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    },
 }
 
 /// Receives each tapped feature space `(space index, features)` without a copy.
@@ -312,7 +317,7 @@ fn run_op(op: &Op, regs: &mut [Option<Act>], ctx: &mut EngineCtx) {
             }
             ctx.tapped += 1;
         }
-        Op::PoolLinear { weight, bias } => {
+        Op::PoolLinear { weight, bias, .. } => {
             let x = regs[0].take().expect("linear input");
             let y = kernels::pool_linear(&x.data, x.batch, x.side * x.side, x.c, weight, bias);
             regs[0] = Some(Act {
@@ -371,6 +376,7 @@ impl Builder<'_> {
 
     fn linear(&self, name: &str) -> Result<Op, ModelError> {
         Ok(Op::PoolLinear {
+            name: name.to_string(),
             weight: self.get(&format!("{name}.weight"))?.data.clone(),
             bias: self.get(&format!("{name}.bias"))?.data.clone(),
         })

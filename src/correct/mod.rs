@@ -1,0 +1,390 @@
+//! Post-merge corrections of a merged trunk from the probe images, layer by layer in forward
+//! order: REPAIR (Jordan et al., ICLR 2023, [`repair`]) and the closed-form least-squares refit
+//! ([`refit`]). Each merged layer is corrected from its own inputs, after every earlier layer
+//! was corrected, towards the *target* of its output space: the merge-matrix projection
+//! `sum_m M_m z_m` of the source models' features `z_m` at that layer (reference doc §3: the
+//! merged feature a cluster stands for), or their average `(1/N) sum_m z_m` at the network
+//! output.
+//!
+//! Both run in one layer-wise pass ([`crate::engine::layerwise`]) of the merged trunk and the N
+//! endpoints over the probe images on the CPU engine (whatever `--backend` the rest uses): N + 1
+//! forward passes of the trunk. In a partial zip only the merged trunk is corrected; the heads
+//! are the source models' own layers.
+
+mod linalg;
+pub mod refit;
+pub mod repair;
+
+use std::time::Instant;
+
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::checkpoint::{NamedTensor, StateDict};
+use crate::engine::layerwise::{self, Corrected, Site, Update};
+use crate::engine::{Act, CpuNet};
+use crate::error::MergeError;
+use crate::matching::MergeUnmerge;
+use crate::merge::{Endpoints, Merged};
+use crate::models::Net;
+use crate::spec::{LayerKind, MergeSpec, Side, Stop};
+
+/// BatchNorm epsilon of every model file (PyTorch's default).
+const BN_EPS: f64 = 1e-5;
+
+/// Which corrections to run after a merge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Corrections {
+    /// REPAIR: reset each merged channel's mean and standard deviation to its target's
+    /// ([`repair`]).
+    pub repair: bool,
+    /// Closed-form refit with this relative ridge (`>= 0`), or none ([`refit`]).
+    pub refit_ridge: Option<f64>,
+}
+
+impl Corrections {
+    /// Whether any correction runs.
+    pub fn any(&self) -> bool {
+        self.repair || self.refit_ridge.is_some()
+    }
+
+    /// Row label suffix: ` + REPAIR`, ` + refit`, both, or empty.
+    pub fn label(&self) -> String {
+        let mut s = String::new();
+        if self.repair {
+            s.push_str(" + REPAIR");
+        }
+        if self.refit_ridge.is_some() {
+            s.push_str(" + refit");
+        }
+        s
+    }
+
+    /// Checks the options.
+    ///
+    /// # Errors
+    /// [`MergeError::Param`] for a refit ridge that is negative or not finite.
+    pub fn check(&self) -> Result<(), MergeError> {
+        if let Some(r) = self.refit_ridge {
+            if !(r.is_finite() && r >= 0.0) {
+                return Err(MergeError::param(
+                    crate::error::MergeParam::RefitRidge,
+                    r,
+                    "expected a finite number >= 0",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a correction pass did.
+#[derive(Clone, Debug, Serialize)]
+pub struct CorrectionReport {
+    /// The corrections run.
+    pub corrections: Corrections,
+    /// Merged layers changed (convs and the final linear).
+    pub layers: usize,
+    /// Layers the refit left as merged: fewer probe pixels than
+    /// [`refit::MIN_ROWS_PER_UNKNOWN`] per unknown (REPAIR still applies to them).
+    pub refit_skipped: Vec<String>,
+    /// Probe images the pass ran on.
+    pub images: usize,
+    /// Forward passes of the trunk over those images (N endpoints + the merged trunk).
+    pub forward_passes: usize,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// The target of one layer's output space: the merge matrix of a feature space, or the average
+/// of the N models at the network output.
+pub enum Target<'a> {
+    /// A feature space's merge/unmerge matrices (`M`: `K x N*Om`).
+    Space(&'a MergeUnmerge),
+    /// The network output: `(1/N) sum_m z_m`.
+    Average(usize),
+}
+
+impl Target<'_> {
+    /// Number of source models.
+    fn n(&self, site: &Site) -> usize {
+        site.sources.len()
+    }
+
+    /// `M_m` as `[Om, K]` (transposed, row-major) for `x M_m^T` products.
+    pub fn block_t(&self, m: usize, n: usize, om: usize) -> Vec<f32> {
+        match self {
+            Target::Space(mu) => {
+                let b = mu.merge_block(m, n); // K x Om
+                let k = mu.k;
+                let mut t = vec![0f32; om * k];
+                for c in 0..k {
+                    for o in 0..om {
+                        t[o * k + c] = b[c * om + o] as f32;
+                    }
+                }
+                t
+            }
+            Target::Average(n) => {
+                let mut t = vec![0f32; om * om];
+                for o in 0..om {
+                    t[o * om + o] = 1.0 / *n as f32;
+                }
+                t
+            }
+        }
+    }
+
+    /// Merged width `K`.
+    pub fn k(&self, om: usize) -> usize {
+        match self {
+            Target::Space(mu) => mu.k,
+            Target::Average(_) => om,
+        }
+    }
+
+    /// Whether every entry of `M` is `>= 0` (zip clusters, permutations, averages; not CCA).
+    pub fn non_negative(&self) -> bool {
+        match self {
+            Target::Space(mu) => mu.merge.iter().all(|&v| v >= 0.0),
+            Target::Average(_) => true,
+        }
+    }
+
+    /// `sum_m (a_m [+ r_m]) M_m^T`: the projected features `[rows, K]` of the sources'
+    /// branch outputs, with their residuals when `with_residual`.
+    pub fn project(&self, site: &Site, with_residual: bool) -> Vec<f32> {
+        let n = self.n(site);
+        let om = site.sources[0].c;
+        let k = self.k(om);
+        let rows = site.sources[0].rows();
+        let mut acc = vec![0f32; rows * k];
+        for m in 0..n {
+            let mut z = site.sources[m].data.clone();
+            if with_residual {
+                if let Some(r) = site.source_residuals[m] {
+                    z.iter_mut().zip(&r.data).for_each(|(a, b)| *a += b);
+                }
+            }
+            let p = crate::engine::kernels::matmul_rows(&z, om, &self.block_t(m, n, om), k);
+            acc.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        }
+        acc
+    }
+}
+
+/// The target of each conv / linear of `spec` by its PyTorch name.
+fn target_of<'a>(
+    spec: &MergeSpec,
+    transforms: &'a [MergeUnmerge],
+    n: usize,
+    layer: &str,
+) -> Result<Target<'a>, MergeError> {
+    let l = spec
+        .layers
+        .iter()
+        .find(|l| l.name == layer && l.kind != LayerKind::BatchNorm)
+        .ok_or_else(|| MergeError::Invalid(format!("layer `{layer}` is not in the merge spec")))?;
+    match l.output {
+        Side::Output => Ok(Target::Average(n)),
+        Side::Space(s) => transforms.get(s).map(Target::Space).ok_or_else(|| {
+            MergeError::Invalid(format!(
+                "layer `{layer}` writes feature space {s}, which this stop does not merge"
+            ))
+        }),
+        Side::Input => Err(MergeError::Invalid(format!(
+            "layer `{layer}` writes the network input"
+        ))),
+    }
+}
+
+/// Runs the corrections `c` on the merged trunk of `merged` (built from `ep` with `transforms`
+/// at `stop`) over the probe images `batches`, and writes the corrected weights into its trunk.
+///
+/// # Errors
+/// [`MergeError::Param`] for invalid options; [`MergeError::Model`] when the weights do not
+/// fit; [`MergeError::Space`] naming the layer when a refit's normal equations cannot be solved.
+pub fn apply(
+    merged: &mut Merged,
+    ep: &Endpoints,
+    transforms: &[MergeUnmerge],
+    stop: &Stop,
+    batches: &[Vec<Vec<u8>>],
+    c: &Corrections,
+) -> Result<CorrectionReport, MergeError> {
+    c.check()?;
+    let t0 = Instant::now();
+    let images: Vec<&[u8]> = batches.iter().flatten().map(Vec::as_slice).collect();
+    if !c.any() || images.is_empty() {
+        return Ok(CorrectionReport {
+            corrections: *c,
+            layers: 0,
+            refit_skipped: vec![],
+            images: 0,
+            forward_passes: 0,
+            seconds: 0.0,
+        });
+    }
+    let cpu = Device::flex();
+    let sources = ep
+        .nets(&cpu)?
+        .iter()
+        .map(CpuNet::compile)
+        .collect::<Result<Vec<_>, _>>()?;
+    let net = Net::from_state(&merged.manifest.net_config(), &merged.zipped.trunk, &cpu)?;
+    let mnet = CpuNet::compile(&net)?;
+    drop(net);
+    let x = Act::from_images(&images, ep.spec.net.preprocess());
+    let n = ep.n();
+    let mut refit_skipped = Vec::new();
+    let done = layerwise::correct(&mnet, &sources, x, stop.cut, &mut |site: &Site| {
+        let target = target_of(&ep.spec, transforms, n, &site.conv.name)?;
+        correct_site(site, &target, c, &mut refit_skipped)
+    })?;
+    let mut layers = 0;
+    for d in &done {
+        if d.update != Update::Keep {
+            write(&mut merged.zipped.trunk, d)?;
+            layers += 1;
+        }
+    }
+    Ok(CorrectionReport {
+        corrections: *c,
+        layers,
+        refit_skipped,
+        images: images.len(),
+        forward_passes: n + 1,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The update of one layer: refit, then REPAIR on the refit layer's output (both when asked).
+fn correct_site(
+    site: &Site,
+    target: &Target,
+    c: &Corrections,
+    skipped: &mut Vec<String>,
+) -> Result<Update, MergeError> {
+    let mut update = Update::Keep;
+    if let Some(ridge) = c.refit_ridge {
+        match refit::solve(site, target, ridge)? {
+            Some(u) => update = u,
+            None => skipped.push(site.conv.name.clone()),
+        }
+    }
+    if c.repair && !site.linear {
+        let Update::Affine { weight, bias } = &update else {
+            return Ok(repair::rescale(site, target, site.output));
+        };
+        // REPAIR on the refit layer's own output
+        let conv = site.conv.with_weights(weight.clone(), Some(bias.clone()));
+        let out = layerwise::branch(&conv, None, site.input);
+        let Update::Rescale { scale, shift } = repair::rescale(site, target, &out) else {
+            return Ok(update);
+        };
+        let cout = conv.cout;
+        let w = weight
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * scale[i % cout])
+            .collect();
+        let b = bias
+            .iter()
+            .zip(scale.iter().zip(&shift))
+            .map(|(b, (s, t))| b * s + t)
+            .collect();
+        update = Update::Affine { weight: w, bias: b };
+    }
+    Ok(update)
+}
+
+fn tensor<'a>(s: &'a mut StateDict, name: &str) -> Result<&'a mut NamedTensor, MergeError> {
+    s.get_mut(name).ok_or_else(|| {
+        MergeError::Invalid(format!("tensor `{name}` is missing from the merged trunk"))
+    })
+}
+
+/// Engine layout `[k*k*cin, cout]` -> PyTorch `[cout, cin, k, k]`, each output channel divided
+/// by `div[co]`.
+fn to_torch(w: &[f32], shape: &[usize], div: &[f64]) -> Vec<f32> {
+    let (cout, cin) = (shape[0], shape[1]);
+    let k = shape.get(2).copied().unwrap_or(1);
+    let mut t = vec![0f32; w.len()];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let v = w[((ky * k + kx) * cin + ci) * cout + co] as f64 / div[co];
+                    t[((co * cin + ci) * k + ky) * k + kx] = v as f32;
+                }
+            }
+        }
+    }
+    t
+}
+
+/// Writes one layer's update into the trunk's PyTorch-named tensors.
+///
+/// - Rescale with BN: `gamma *= s`, `beta = beta * s + t` (the BN's running statistics stay).
+/// - Rescale without BN: the conv's / linear's weight rows `*= s`, `bias = bias * s + t`.
+/// - Affine with BN: the BN keeps its statistics and `gamma` (`scale = gamma / sqrt(var +
+///   eps)`); the conv weight becomes `W / scale` and `beta = b + mean * scale`. A channel with
+///   `scale = 0` gets `gamma = 1`, `mean = 0`, `var = 1 - eps` (scale 1).
+/// - Affine without BN: weight `W`, bias `b`.
+fn write(s: &mut StateDict, d: &Corrected) -> Result<(), MergeError> {
+    let wname = format!("{}.weight", d.layer);
+    let shape = tensor(s, &wname)?.shape.clone();
+    let cout = shape[0];
+    match (&d.update, &d.bn) {
+        (Update::Keep, _) => {}
+        (Update::Rescale { scale, shift }, Some(bn)) => {
+            let g = tensor(s, &format!("{bn}.weight"))?;
+            g.data.iter_mut().zip(scale).for_each(|(g, s)| *g *= s);
+            let b = tensor(s, &format!("{bn}.bias"))?;
+            for ((b, s), t) in b.data.iter_mut().zip(scale).zip(shift) {
+                *b = *b * s + t;
+            }
+        }
+        (Update::Rescale { scale, shift }, None) => {
+            let w = tensor(s, &wname)?;
+            let per = w.data.len() / cout.max(1);
+            for (co, row) in w.data.chunks_mut(per.max(1)).enumerate() {
+                row.iter_mut().for_each(|v| *v *= scale[co]);
+            }
+            let b = tensor(s, &format!("{}.bias", d.layer))?;
+            for ((b, s), t) in b.data.iter_mut().zip(scale).zip(shift) {
+                *b = *b * s + t;
+            }
+        }
+        (Update::Affine { weight, bias }, Some(bn)) => {
+            let g = tensor(s, &format!("{bn}.weight"))?.data.clone();
+            let m = tensor(s, &format!("{bn}.running_mean"))?.data.clone();
+            let v = tensor(s, &format!("{bn}.running_var"))?.data.clone();
+            let mut sc: Vec<f64> = g
+                .iter()
+                .zip(&v)
+                .map(|(g, v)| *g as f64 / (*v as f64 + BN_EPS).sqrt())
+                .collect();
+            let (mut g2, mut m2, mut v2) = (g, m, v);
+            for co in 0..cout {
+                if sc[co].abs() < 1e-12 || !sc[co].is_finite() {
+                    (g2[co], m2[co], v2[co]) = (1.0, 0.0, (1.0 - BN_EPS) as f32);
+                    sc[co] = 1.0 / ((1.0 - BN_EPS) as f32 as f64 + BN_EPS).sqrt();
+                }
+            }
+            let beta: Vec<f32> = (0..cout)
+                .map(|co| (bias[co] as f64 + m2[co] as f64 * sc[co]) as f32)
+                .collect();
+            tensor(s, &wname)?.data = to_torch(weight, &shape, &sc);
+            tensor(s, &format!("{bn}.weight"))?.data = g2;
+            tensor(s, &format!("{bn}.running_mean"))?.data = m2;
+            tensor(s, &format!("{bn}.running_var"))?.data = v2;
+            tensor(s, &format!("{bn}.bias"))?.data = beta;
+        }
+        (Update::Affine { weight, bias }, None) => {
+            tensor(s, &wname)?.data = to_torch(weight, &shape, &vec![1.0; cout]);
+            tensor(s, &format!("{}.bias", d.layer))?.data = bias.clone();
+        }
+    }
+    Ok(())
+}

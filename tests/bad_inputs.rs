@@ -338,6 +338,9 @@ fn family4_bad_values_are_refused() {
         "--probe-images=0",
         "--cca-reg=-1",
         "--cca-reg=nan",
+        "--refit-ridge=-1",
+        "--refit-ridge=inf",
+        "--refit=gradient",
     ] {
         s.refuses(
             &s.merge_ab(&["--out", &out, arg]),

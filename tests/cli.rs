@@ -399,3 +399,101 @@ fn sweep_writes_schema_plot_and_collects_statistics_once() {
         .unwrap()
         .contains("accuracy (%)"));
 }
+
+/// Issue 12, item 5: three tiny trained ResNet-20s (classes 0-3, 4-6, 7-9) end to end: `merge`
+/// with REPAIR and the refit (one layer-wise pass: 3 endpoints + the merged trunk), `sweep`,
+/// and `reproduce table1` on a folder of groups `g-a`, `g-b`, `g-c` (one row per model, no Git
+/// Re-Basin row: it merges exactly two).
+#[test]
+fn three_trained_models_merge_sweep_and_reproduce() {
+    let d = tmp().join("three");
+    let group = d.join("groups");
+    let m: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|l| group.join(format!("g-{l}")))
+        .collect();
+    for (p, c, s) in [
+        (&m[0], "0,1,2,3", "4"),
+        (&m[1], "4,5,6", "5"),
+        (&m[2], "7,8,9", "6"),
+    ] {
+        let o = train_tiny(p, "resnet20", c, s);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let small = ["--probe-images", "100", "--bn-reset-images", "100"];
+    let mut args = vec![
+        "merge", "--data", SAMPLE, "--json", "--repair", "--refit", "lstsq",
+    ];
+    for p in &m {
+        args.extend(["--model", p.to_str().unwrap()]);
+    }
+    let out = d.join("merged");
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(small);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["accuracy"]["tasks"].as_array().unwrap().len(), 3);
+    assert_eq!(r["correction"]["forward_passes"], 4);
+    assert_eq!(r["correction"]["images"], 100);
+    // 19 convs + 2 shortcut convs, each with enough probe pixels (at least 100 images x 8 x 8
+    // >= 2 x (9 x 64 + 1)); the final linear sees 100 pooled rows < 2 x (64 + 1), so it keeps
+    // the merged weights (REPAIR does not touch it)
+    assert_eq!(r["correction"]["layers"], 21);
+    assert_eq!(
+        r["correction"]["refit_skipped"],
+        serde_json::json!(["linear"])
+    );
+    assert_eq!(r["method"], "ZipIt!");
+    let mut sweep = vec!["sweep", "--data", SAMPLE, "--json", "--stops", "7/20,full"];
+    for p in &m {
+        sweep.extend(["--model", p.to_str().unwrap()]);
+    }
+    sweep.extend(small);
+    let o = run(&sweep);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let labels: Vec<&str> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "Model A",
+            "Model B",
+            "Model C",
+            "ZipIt!7/20",
+            "ZipIt!20/20",
+            "Ensemble"
+        ]
+    );
+    let mut rep = vec!["reproduce", "table1", "--data", SAMPLE, "--json"];
+    rep.extend(["--pairs", group.to_str().unwrap()]);
+    rep.extend(small);
+    let o = run(&rep);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let labels: Vec<&str> = v["rows"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "Model A",
+            "Model B",
+            "Model C",
+            "W.Avg",
+            "Permute",
+            "ZipIt!20/20",
+            "Ensemble",
+            "ZipIt!13/20",
+            "ZipIt!7/20"
+        ]
+    );
+}

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use zipmerge::correct::Corrections;
 use zipmerge::data::{ImageSet, SparseSet};
 use zipmerge::experiments::table::{aggregate, csv, markdown};
 use zipmerge::experiments::{match_all, Context as Exp, Counters, Row};
@@ -123,6 +124,11 @@ pub struct Table1Args {
     /// Add the paper's published CIFAR-10 5+5 joint accuracies (ResNet-20 x4, CLIP heads).
     #[arg(long)]
     pub paper: bool,
+    /// Add issue 12's rows on the same checkpoints and statistics: CCA Merge, and every method
+    /// with REPAIR, the closed-form refit (--refit-ridge) and both, at the full zip; ZipIt!
+    /// with them at the partial stops.
+    #[arg(long)]
+    pub extended: bool,
     #[command(flatten)]
     pub settings: MergeSettings,
     #[command(flatten)]
@@ -236,6 +242,7 @@ impl Prepared {
             device,
             s.merge_eps,
         )
+        .with_probe(&self.probe)
     }
 }
 
@@ -260,6 +267,8 @@ fn print_rows(rows: &[Row]) {
 pub fn exec_sweep(a: SweepArgs) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     let method = a.settings.method()?;
+    let corrections = a.settings.corrections();
+    corrections.check().map_err(merge_error)?;
     a.settings.probe_count()?;
     a.settings.bn_count()?;
     check_out(&a.io, &a.models)?;
@@ -307,9 +316,13 @@ pub fn exec_sweep(a: SweepArgs) -> Result<()> {
         pb.finish_and_clear();
     }
     for st in &stops {
-        let label = format!("{}{}", method.label(), st.name);
+        let label = format!("{}{}{}", method.label(), st.name, corrections.label());
         let pb = eval_bar(&test, &p.tasks, &label, quiet);
-        rows.push(exp.merged_row(&label, &transforms, st, &mut |k| pb.inc(k as u64))?);
+        rows.push(
+            exp.corrected_row(&label, &transforms, st, true, &corrections, &mut |k| {
+                pb.inc(k as u64)
+            })?,
+        );
         pb.finish_and_clear();
     }
     let pb = eval_bar(&test, &p.tasks, "ensemble", quiet);
@@ -410,15 +423,26 @@ fn find_pairs(dir: &Path, filter: Option<&str>) -> Result<Vec<(String, Vec<PathB
             if filter.is_some_and(|f| !base.contains(f)) {
                 continue;
             }
-            let b = format!("{base}-b");
-            if names.contains(&b) {
-                pairs.push((base.to_string(), vec![dir.join(n), dir.join(&b)]));
+            // the group: <base>-a, <base>-b, <base>-c, ... while the next letter exists
+            let group: Vec<PathBuf> = ('a'..='z')
+                .map(|l| format!("{base}-{l}"))
+                .take_while(|m| names.contains(m))
+                .map(|m| dir.join(m))
+                .collect();
+            if group.len() >= 2 {
+                pairs.push((base.to_string(), group));
             }
         }
     }
     if pairs.is_empty() {
         bail!(
-            "{}: no endpoint pairs (model folders named <name>-a and <name>-b)",
+            "{}: no endpoint groups (model folders named <name>-a, <name>-b, ...)",
+            dir.display()
+        );
+    }
+    if pairs.iter().any(|(_, g)| g.len() != pairs[0].1.len()) {
+        bail!(
+            "{}: the endpoint groups differ in size (use --filter to pick groups of one size)",
             dir.display()
         );
     }
@@ -434,6 +458,8 @@ pub fn exec_reproduce(a: ReproduceArgs) -> Result<()> {
 }
 
 fn exec_grid(a: GridArgs) -> Result<()> {
+    let corrections = a.settings.corrections();
+    corrections.check().map_err(merge_error)?;
     let quiet = a.io.quiet || a.io.json;
     let eval_images =
         match a.eval_images.as_str() {
@@ -494,7 +520,14 @@ fn exec_grid(a: GridArgs) -> Result<()> {
                 a.settings.merge_eps,
             )?;
             counters.matching_runs += 1;
-            let row = exp.merged_row(&format!("a={alpha} b={beta}"), &t, &stop, &mut |_| {})?;
+            let row = exp.corrected_row(
+                &format!("a={alpha} b={beta}"),
+                &t,
+                &stop,
+                true,
+                &corrections,
+                &mut |_| {},
+            )?;
             cells.push((alpha, beta, row));
             pb.inc(1);
         }
@@ -557,14 +590,27 @@ fn exec_table1(a: Table1Args) -> Result<()> {
         alpha: a.settings.alpha,
         beta: a.settings.beta,
     };
-    let methods = [
+    let n_models = pairs[0].1.len();
+    if a.settings.corrections().any() {
+        return Err(usage(
+            "--repair/--refit: `reproduce table1` adds the corrected rows with --extended (its standard rows stay the paper's)",
+        ));
+    }
+    let cca = Method::Cca {
+        reg: a.settings.cca_reg,
+    };
+    let rebasin = Method::GitRebasin {
+        seed: a.settings.seed,
+    };
+    let mut methods = vec![
         zipit.clone(),
         Method::WeightAvg,
-        Method::GitRebasin {
-            seed: a.settings.seed,
-        },
         Method::Permute,
+        cca.clone(),
     ];
+    if n_models == 2 {
+        methods.push(rebasin.clone());
+    }
     let endpoints = pairs
         .iter()
         .map(|(_, m)| load_endpoints(m, &methods, a.settings.merge_eps))
@@ -616,18 +662,17 @@ fn exec_table1(a: Table1Args) -> Result<()> {
             pb.finish_and_clear();
             Ok(())
         };
-        run("Model A", &mut |pr| exp.endpoint_row(0, "Model A", pr))?;
-        run("Model B", &mut |pr| exp.endpoint_row(1, "Model B", pr))?;
-        for (label, method) in [
-            ("W.Avg", Method::WeightAvg),
-            (
-                "Git Re-Basin",
-                Method::GitRebasin {
-                    seed: a.settings.seed,
-                },
-            ),
-            ("Permute", Method::Permute),
-        ] {
+        for i in 0..p.ep.n() {
+            let label = format!("Model {}", (b'A' + i as u8) as char);
+            run(&label.clone(), &mut |pr| exp.endpoint_row(i, &label, pr))?;
+        }
+        let mut baselines = vec![("W.Avg", Method::WeightAvg)];
+        if n_models == 2 {
+            baselines.push(("Git Re-Basin", rebasin.clone()));
+        }
+        baselines.push(("Permute", Method::Permute));
+        let mut matched = Vec::new();
+        for (label, method) in baselines {
             let t = match_all(
                 &p.ep,
                 &method,
@@ -640,6 +685,7 @@ fn exec_table1(a: Table1Args) -> Result<()> {
             run(label, &mut |pr| {
                 exp.merged_row_bn(label, &t, &full, reset, pr)
             })?;
+            matched.push((label, t, reset));
         }
         run("ZipIt!20/20", &mut |pr| {
             exp.merged_row(&format!("ZipIt!{}", full.name), &zip_t, &full, pr)
@@ -657,6 +703,54 @@ fn exec_table1(a: Table1Args) -> Result<()> {
             run(&label.clone(), &mut |pr| {
                 exp.merged_row(&label, &zip_t, st, pr)
             })?;
+        }
+        if a.extended {
+            // issue 12's rows: every method with REPAIR, the refit and both at the full zip;
+            // CCA Merge; ZipIt! with the corrections at the partial stops
+            let ridge = Some(a.settings.refit_ridge);
+            let variants = [
+                Corrections {
+                    repair: true,
+                    refit_ridge: None,
+                },
+                Corrections {
+                    repair: false,
+                    refit_ridge: ridge,
+                },
+                Corrections {
+                    repair: true,
+                    refit_ridge: ridge,
+                },
+            ];
+            let cca_t = match_all(
+                &p.ep,
+                &cca,
+                Some(&stats),
+                a.settings.merge_eps,
+                &mut counters,
+            )?;
+            run("CCA Merge", &mut |pr| {
+                exp.merged_row("CCA Merge", &cca_t, &full, pr)
+            })?;
+            let zip_label = format!("ZipIt!{}", full.name);
+            matched.push(("CCA Merge", cca_t, true));
+            matched.push((zip_label.as_str(), zip_t.clone(), true));
+            for (label, t, reset) in &matched {
+                for c in &variants {
+                    let l = format!("{label}{}", c.label());
+                    run(&l.clone(), &mut |pr| {
+                        exp.corrected_row(&l, t, &full, *reset, c, pr)
+                    })?;
+                }
+            }
+            for st in partial.iter().filter(|s| s.zipped + 1 < s.total) {
+                for c in &variants {
+                    let l = format!("ZipIt!{}{}", st.name, c.label());
+                    run(&l.clone(), &mut |pr| {
+                        exp.corrected_row(&l, &zip_t, st, true, c, pr)
+                    })?;
+                }
+            }
         }
         all_rows.push(rows);
     }

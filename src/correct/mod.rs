@@ -388,3 +388,25 @@ fn write(s: &mut StateDict, d: &Corrected) -> Result<(), MergeError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+pub(crate) mod test_site {
+    //! Hand-made one-channel sites for the corrections' unit tests.
+    use crate::engine::kernels::Conv;
+    use crate::engine::Act;
+
+    /// `[rows, 1]` activations of single pixels.
+    pub fn act(v: &[f32]) -> Act {
+        Act {
+            batch: v.len(),
+            side: 1,
+            c: 1,
+            data: v.to_vec(),
+        }
+    }
+
+    /// A 1x1 conv with one input and one output channel, weight `w`, bias `b`.
+    pub fn conv(w: f32, b: f32) -> Conv {
+        Conv::from_torch("layer", &[w], &[1, 1, 1, 1], 1, 0, Some(vec![b]))
+    }
+}

@@ -224,3 +224,52 @@ fn split(w: &[f64], kk: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
     let bias = w[kk * k..].iter().map(|&v| v as f32).collect();
     (weight, bias)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correct::test_site::{act, conv};
+    use crate::matching::MergeUnmerge;
+
+    /// Hand-computed refits of a 1x1 conv from `W_0 = 0` on inputs `x = 0..8` towards the target
+    /// `t = 2x + 1` (both sources output it, `M = [1/2, 1/2]`): at ridge 0 the solution is
+    /// `w = 2, b = 1`; at relative ridge 1 (lambda = the centred `sum (x - 3.5)^2`) it is
+    /// `w = 2 / (1 + 1) = 1` and `b = mean(t) - w mean(x) = 8 - 3.5 = 4.5`. With fewer than
+    /// twice as many pixels as unknowns (3 < 2 * 2) the layer is not refit.
+    #[test]
+    fn hand_computed_solutions() {
+        let xs: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let ts: Vec<f32> = xs.iter().map(|x| 2.0 * x + 1.0).collect();
+        let (x, t, zero) = (act(&xs), act(&ts), act(&[0.0; 8]));
+        let c = conv(0.0, 0.0);
+        let mu = MergeUnmerge::from_clusters(vec![vec![0, 1]], 2, 0.0);
+        let site = Site {
+            conv: &c,
+            bn: None,
+            linear: false,
+            input: &x,
+            bn_affine: None,
+            output: &zero,
+            residual: None,
+            sources: vec![&t, &t],
+            source_residuals: vec![None, None],
+        };
+        let close = |u: Option<Update>, w: f32, b: f32| match u {
+            Some(Update::Affine { weight, bias }) => {
+                assert!((weight[0] - w).abs() < 1e-5, "weight {weight:?}, want {w}");
+                assert!((bias[0] - b).abs() < 1e-5, "bias {bias:?}, want {b}");
+            }
+            other => panic!("expected an affine update, got {other:?}"),
+        };
+        close(solve(&site, &Target::Space(&mu), 0.0).unwrap(), 2.0, 1.0);
+        close(solve(&site, &Target::Space(&mu), 1.0).unwrap(), 1.0, 4.5);
+        let (x3, t3) = (act(&xs[..3]), act(&ts[..3]));
+        let short = Site {
+            input: &x3,
+            output: &x3,
+            sources: vec![&t3, &t3],
+            ..site
+        };
+        assert_eq!(solve(&short, &Target::Space(&mu), 0.0).unwrap(), None);
+    }
+}

@@ -58,3 +58,49 @@ pub fn rescale(site: &Site, target: &Target, out: &Act) -> Update {
     }
     Update::Rescale { scale, shift }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correct::test_site::{act, conv};
+    use crate::matching::MergeUnmerge;
+
+    /// Hand-computed REPAIR targets. Sources `a = [1, 3]` (mean 2, std 1) and `b = [0, 4]`
+    /// (mean 2, std 2) matched into one merged channel (`M = [1/2, 1/2]`): target mean 2, std
+    /// (1 + 2) / 2 = 1.5. The merged output `[2, 2.5]` (mean 2.25, std 0.25) gets scale 6 and
+    /// shift 2 - 6 * 2.25 = -11.5, i.e. `[0.5, 3.5]`. With `M = [1/2, -1/2]` (a CCA-like map)
+    /// the target is the sum over models of the mapped parts: mean 1 - 1 = 0, std 0.5 + 1 =
+    /// 1.5, so scale 6 and shift -13.5.
+    #[test]
+    fn hand_computed_targets() {
+        let (a, b, merged) = (act(&[1.0, 3.0]), act(&[0.0, 4.0]), act(&[2.0, 2.5]));
+        let c = conv(1.0, 0.0);
+        let site = Site {
+            conv: &c,
+            bn: None,
+            linear: false,
+            input: &merged,
+            bn_affine: None,
+            output: &merged,
+            residual: None,
+            sources: vec![&a, &b],
+            source_residuals: vec![None, None],
+        };
+        let mut mu = MergeUnmerge::from_clusters(vec![vec![0, 1]], 2, 0.0);
+        assert_eq!(
+            rescale(&site, &Target::Space(&mu), &merged),
+            Update::Rescale {
+                scale: vec![6.0],
+                shift: vec![-11.5]
+            }
+        );
+        mu.merge[1] = -0.5;
+        assert_eq!(
+            rescale(&site, &Target::Space(&mu), &merged),
+            Update::Rescale {
+                scale: vec![6.0],
+                shift: vec![-13.5]
+            }
+        );
+    }
+}

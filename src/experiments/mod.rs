@@ -11,6 +11,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::checkpoint::ModelManifest;
+use crate::correct::Corrections;
 use crate::data::ImageSet;
 use crate::error::MergeError;
 use crate::eval::runner::{evaluate_on, EvalSet, Outputs};
@@ -64,6 +65,8 @@ pub struct Context<'a> {
     eval_set: EvalSet<'a>,
     /// Endpoint outputs on `eval_set`, filled by [`Context::endpoint_row`].
     endpoint_outputs: std::cell::RefCell<Vec<Option<Outputs>>>,
+    /// Probe batches of the post-merge corrections ([`Context::with_probe`]).
+    probe: &'a [Vec<Vec<u8>>],
 }
 
 /// Counts forward passes over the probe set, to show statistics are computed once.
@@ -97,7 +100,13 @@ impl<'a> Context<'a> {
             eps,
             eval_set: EvalSet::new(test, tasks, batch_size, device, true),
             endpoint_outputs: std::cell::RefCell::new(vec![None; endpoints.n()]),
+            probe: &[],
         }
+    }
+
+    /// The same context with probe batches for [`Context::corrected_row`] (REPAIR, refit).
+    pub fn with_probe(self, probe: &'a [Vec<Vec<u8>>]) -> Self {
+        Self { probe, ..self }
     }
 
     fn evaluate(&self, systems: &[System], progress: &mut dyn FnMut(usize)) -> Accuracy {
@@ -197,10 +206,42 @@ impl<'a> Context<'a> {
         reset_bn: bool,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Row, MergeError> {
+        self.corrected_row(
+            label,
+            transforms,
+            stop,
+            reset_bn,
+            &Corrections::default(),
+            progress,
+        )
+    }
+
+    /// As [`Context::merged_row_bn`], then the post-merge corrections `c` on the probe batches
+    /// of [`Context::with_probe`] ([`crate::correct::apply`]).
+    ///
+    /// # Errors
+    /// As [`merge::build`] and [`crate::correct::apply`].
+    pub fn corrected_row(
+        &self,
+        label: &str,
+        transforms: &[MergeUnmerge],
+        stop: &Stop,
+        reset_bn: bool,
+        c: &Corrections,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Row, MergeError> {
         let t = Instant::now();
         let mut m = merge::build(self.endpoints, transforms, stop, serde_json::Value::Null)?;
         if reset_bn && !self.bn_batches.is_empty() {
             m.reset_bn(self.bn_batches, self.device, &mut |_| {})?;
+        }
+        if c.any() {
+            if self.probe.is_empty() {
+                return Err(MergeError::Invalid(
+                    "the post-merge corrections need probe images".into(),
+                ));
+            }
+            crate::correct::apply(&mut m, self.endpoints, transforms, stop, self.probe, c)?;
         }
         let sys = m.system(self.device)?;
         let accuracy = self.evaluate(std::slice::from_ref(&sys), progress);

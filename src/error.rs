@@ -95,6 +95,8 @@ pub enum MergeParam {
     Beta,
     /// The closed-form refit's ridge.
     RefitRidge,
+    /// The dual-space similarity's lambda.
+    DualLambda,
 }
 
 impl std::fmt::Display for MergeParam {
@@ -108,6 +110,7 @@ impl std::fmt::Display for MergeParam {
             MergeParam::Alpha => "ZipIt! alpha",
             MergeParam::Beta => "ZipIt! beta",
             MergeParam::RefitRidge => "refit ridge",
+            MergeParam::DualLambda => "dual-space lambda",
         })
     }
 }

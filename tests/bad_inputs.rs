@@ -341,6 +341,9 @@ fn family4_bad_values_are_refused() {
         "--refit-ridge=-1",
         "--refit-ridge=inf",
         "--refit=gradient",
+        "--dual-lambda=2",
+        "--dual-lambda=-0.5",
+        "--similarity=gradients",
     ] {
         s.refuses(
             &s.merge_ab(&["--out", &out, arg]),
@@ -352,6 +355,18 @@ fn family4_bad_values_are_refused() {
         &s.merge_ab(&["--out", &out, "--merge-eps", "-1"]),
         2,
         "--merge-eps",
+    );
+    s.refuses(
+        &s.merge_ab(&[
+            "--out",
+            &out,
+            "--method",
+            "weight-avg",
+            "--similarity",
+            "dual",
+        ]),
+        2,
+        "--dual-lambda",
     );
     // --eval-data that `eval` would refuse: the tasks' classes have no test image there
     let data = s.dir.path().join("one-class/test/airplane");

@@ -338,6 +338,57 @@ fn corrections_keep_an_exact_merge() {
     assert!(e < 1e-6, "3 models, REPAIR + refit: relative change {e}");
 }
 
+/// Issue 12, dual-space similarity (MuDSC): lambda 0 gives the activation matching's merge and
+/// unmerge matrices bit for bit; weight similarity alone (lambda 1) finds the permutation of a
+/// permuted copy from its filters (mapped through the matched input spaces), so Permute gives A
+/// back; lambda outside [0, 1] and W.Avg with lambda > 0 are refused.
+#[test]
+fn dual_space_similarity() {
+    let case = permuted_case(Arch::Resnet20, 1);
+    let ep = endpoints(&case.cfg, vec![case.a.clone(), case.b.clone()]);
+    let device = Device::flex();
+    let stats = merge::statistics(&ep, &case.batches, &device, &mut |_| {}).unwrap();
+    let n = ep.spec.spaces.len();
+    for method in [
+        Method::Permute,
+        Method::Zipit {
+            alpha: 0.3,
+            beta: 0.125,
+        },
+    ] {
+        let act = merge::match_spaces(&ep, &method, Some(&stats), n, 1e-5).unwrap();
+        let dual0 = merge::match_spaces_with(&ep, &method, Some(&stats), n, 1e-5, 0.0).unwrap();
+        assert_eq!(
+            act, dual0,
+            "{method:?}: lambda 0 differs from activation matching"
+        );
+    }
+    let t = merge::match_spaces_with(&ep, &Method::Permute, None, n, 0.0, 1.0).unwrap();
+    let stop = ep.spec.stop("full").unwrap();
+    let m = merge::build(&ep, &t, &stop, serde_json::Value::Null).unwrap();
+    let got = outputs(
+        m.system(&device)
+            .unwrap()
+            .forward_heads(case.x.clone(), &mut ForwardCtx::default()),
+    );
+    let e = rel_err(&got[0], &net_out(&case.cfg, &case.a, &case.x));
+    assert!(
+        e < 2e-6,
+        "weight-only Permute of a permuted copy: relative error {e}"
+    );
+    for (method, l) in [
+        (Method::Permute, 1.5),
+        (Method::Permute, -0.1),
+        (Method::WeightAvg, 0.5),
+    ] {
+        let r = merge::match_spaces_with(&ep, &method, Some(&stats), n, 0.0, l);
+        assert!(
+            matches!(r, Err(zipmerge::error::MergeError::Param { .. })),
+            "{method:?} lambda {l}: {r:?}"
+        );
+    }
+}
+
 /// T5: merging a model with a permuted copy of itself reproduces it (permute and zipit within
 /// 1e-4 relative at eps = 1e-5 and to float round-off at eps = 0; Git Re-Basin's weight
 /// matching, which starts from the identity, to round-off; CCA Merge within 1e-4).

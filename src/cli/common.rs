@@ -35,6 +35,7 @@ pub fn flag_of(p: MergeParam) -> &'static str {
         MergeParam::Alpha => "--alpha",
         MergeParam::Beta => "--beta",
         MergeParam::RefitRidge => "--refit-ridge",
+        MergeParam::DualLambda => "--dual-lambda",
     }
 }
 

@@ -267,6 +267,7 @@ fn print_rows(rows: &[Row]) {
 pub fn exec_sweep(a: SweepArgs) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     let method = a.settings.method()?;
+    let lambda = a.settings.dual_lambda(&method)?;
     let corrections = a.settings.corrections();
     corrections.check().map_err(merge_error)?;
     a.settings.probe_count()?;
@@ -305,6 +306,7 @@ pub fn exec_sweep(a: SweepArgs) -> Result<()> {
         &method,
         method.needs_statistics().then_some(&stats),
         a.settings.merge_eps,
+        lambda,
         &mut counters,
     )?;
     let exp = p.context(&test, &a.settings, &device);
@@ -478,6 +480,7 @@ fn exec_grid(a: GridArgs) -> Result<()> {
         .map(|(al, be)| Method::parse("zipit", al, be, a.settings.seed))
         .collect::<Result<Vec<_>, _>>()
         .map_err(merge_error)?;
+    let lambda = a.settings.dual_lambda(&Method::Permute)?;
     a.settings.probe_count()?;
     a.settings.bn_count()?;
     check_out(&a.io, &a.models)?;
@@ -512,12 +515,13 @@ fn exec_grid(a: GridArgs) -> Result<()> {
     for &alpha in &a.alphas {
         for &beta in &a.betas {
             let method = methods.next().expect("one method per cell");
-            let t = merge::match_spaces(
+            let t = merge::match_spaces_with(
                 &p.ep,
                 &method,
                 Some(&stats),
                 stop.spaces,
                 a.settings.merge_eps,
+                lambda,
             )?;
             counters.matching_runs += 1;
             let row = exp.corrected_row(
@@ -578,6 +582,13 @@ fn exec_grid(a: GridArgs) -> Result<()> {
     Ok(())
 }
 
+fn zipit_of(s: &MergeSettings) -> Method {
+    Method::Zipit {
+        alpha: s.alpha,
+        beta: s.beta,
+    }
+}
+
 fn exec_table1(a: Table1Args) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     a.settings.probe_count()?;
@@ -591,9 +602,10 @@ fn exec_table1(a: Table1Args) -> Result<()> {
         beta: a.settings.beta,
     };
     let n_models = pairs[0].1.len();
-    if a.settings.corrections().any() {
+    merge::check_dual(&zipit_of(&a.settings), a.settings.dual_lambda).map_err(merge_error)?;
+    if a.settings.corrections().any() || a.settings.similarity != "activation" {
         return Err(usage(
-            "--repair/--refit: `reproduce table1` adds the corrected rows with --extended (its standard rows stay the paper's)",
+            "--repair/--refit/--similarity: `reproduce table1` adds those rows with --extended (--refit-ridge, --dual-lambda set them; its standard rows stay the paper's)",
         ));
     }
     let cca = Method::Cca {
@@ -653,6 +665,7 @@ fn exec_table1(a: Table1Args) -> Result<()> {
             &zipit,
             Some(&stats),
             a.settings.merge_eps,
+            0.0,
             &mut counters,
         )?;
         let mut rows = Vec::new();
@@ -678,6 +691,7 @@ fn exec_table1(a: Table1Args) -> Result<()> {
                 &method,
                 Some(&stats),
                 a.settings.merge_eps,
+                0.0,
                 &mut counters,
             )?;
             let reset =
@@ -727,6 +741,7 @@ fn exec_table1(a: Table1Args) -> Result<()> {
                 &cca,
                 Some(&stats),
                 a.settings.merge_eps,
+                0.0,
                 &mut counters,
             )?;
             run("CCA Merge", &mut |pr| {
@@ -735,6 +750,20 @@ fn exec_table1(a: Table1Args) -> Result<()> {
             let zip_label = format!("ZipIt!{}", full.name);
             matched.push(("CCA Merge", cca_t, true));
             matched.push((zip_label.as_str(), zip_t.clone(), true));
+            // dual-space ZipIt! (MuDSC) at --dual-lambda
+            let dual_t = match_all(
+                &p.ep,
+                &zipit,
+                Some(&stats),
+                a.settings.merge_eps,
+                a.settings.dual_lambda,
+                &mut counters,
+            )?;
+            let dual_label = format!("ZipIt!{} dual {}", full.name, a.settings.dual_lambda);
+            run(&dual_label.clone(), &mut |pr| {
+                exp.merged_row(&dual_label, &dual_t, &full, pr)
+            })?;
+            matched.push((dual_label.as_str(), dual_t, true));
             for (label, t, reset) in &matched {
                 for c in &variants {
                     let l = format!("{label}{}", c.label());

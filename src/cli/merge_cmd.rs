@@ -59,6 +59,13 @@ pub struct MergeSettings {
     /// the paper states.
     #[arg(long)]
     pub no_rebasin_bn_reset: bool,
+    /// Feature similarity of zipit and permute: `activation` (correlation), `weight` (cosine
+    /// of the producing filters) or `dual` (MuDSC: (1 - L) * activation + L * weight).
+    #[arg(long, default_value = "activation", value_parser = ["activation", "weight", "dual"])]
+    pub similarity: String,
+    /// L of `--similarity dual`, in [0, 1].
+    #[arg(long, default_value_t = 0.5, value_parser = finite)]
+    pub dual_lambda: f64,
     /// REPAIR after the merge (Jordan et al., ICLR 2023): reset each merged channel's mean and
     /// std on the probe images to the average of its source channels' (any method; in a partial
     /// zip, the merged trunk).
@@ -86,6 +93,19 @@ impl MergeSettings {
         Method::parse(&self.method, self.alpha, self.beta, self.seed)
             .and_then(|m| m.with_cca_reg(self.cca_reg))
             .map_err(merge_error)
+    }
+
+    /// The dual-space lambda of `--similarity` (0 for activation, 1 for weight), checked
+    /// against `method`.
+    pub fn dual_lambda(&self, method: &Method) -> Result<f64> {
+        merge::check_dual(&Method::Permute, self.dual_lambda).map_err(merge_error)?;
+        let l = match self.similarity.as_str() {
+            "weight" => 1.0,
+            "dual" => self.dual_lambda,
+            _ => 0.0,
+        };
+        merge::check_dual(method, l).map_err(merge_error)?;
+        Ok(l)
     }
 
     /// The post-merge corrections asked for.
@@ -275,6 +295,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
     // validate everything before the long steps
     let corrections = s.corrections();
     corrections.check().map_err(merge_error)?;
+    let lambda = s.dual_lambda(&method)?;
     let probe_b = if method.needs_statistics() || corrections.any() {
         s.probe_batches(&probe)?
     } else {
@@ -326,7 +347,14 @@ pub fn exec(a: MergeArgs) -> Result<()> {
         None
     };
     let t = Instant::now();
-    let transforms = merge::match_spaces(&ep, &method, stats.as_ref(), stop.spaces, s.merge_eps)?;
+    let transforms = merge::match_spaces_with(
+        &ep,
+        &method,
+        stats.as_ref(),
+        stop.spaces,
+        s.merge_eps,
+        lambda,
+    )?;
     timings.insert("matching".into(), json!(t.elapsed().as_secs_f64()));
     let provenance = json!({
         "merge": {
@@ -340,6 +368,7 @@ pub fn exec(a: MergeArgs) -> Result<()> {
             "merged_bn_reset": reset_merged,
             "endpoint_bn_reset": !s.no_endpoint_bn_reset,
             "corrections": corrections,
+            "similarity": s.similarity, "dual_lambda": lambda,
             "seed": s.seed, "backend": a.backend.backend.to_string(),
             "command": command_line(),
         }

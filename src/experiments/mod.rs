@@ -257,19 +257,21 @@ impl<'a> Context<'a> {
     }
 }
 
-/// Matches every space once for `method` (all stops reuse the result).
+/// Matches every space once for `method` (all stops reuse the result), with dual-space
+/// `lambda` (0: activations only; [`merge::match_spaces_with`]).
 ///
 /// # Errors
-/// As [`merge::match_spaces`].
+/// As [`merge::match_spaces_with`].
 pub fn match_all(
     ep: &Endpoints,
     method: &Method,
     stats: Option<&Statistics>,
     eps: f64,
+    lambda: f64,
     counters: &mut Counters,
 ) -> Result<Vec<MergeUnmerge>, MergeError> {
     counters.matching_runs += 1;
-    merge::match_spaces(ep, method, stats, ep.spec.spaces.len(), eps)
+    merge::match_spaces_with(ep, method, stats, ep.spec.spaces.len(), eps, lambda)
 }
 
 /// Population standard deviation and mean of a list.

@@ -16,6 +16,7 @@
 //!   covariance rather than the correlation.
 
 pub mod cca;
+pub mod dual;
 pub mod npy;
 mod permute;
 pub mod rebasin;

@@ -423,26 +423,63 @@ pub fn match_spaces(
     spaces: usize,
     eps: f64,
 ) -> Result<Vec<MergeUnmerge>, MergeError> {
+    match_spaces_with(ep, method, stats, spaces, eps, 0.0)
+}
+
+/// [`match_spaces`] with dual-space similarity ([`crate::matching::dual`], MuDSC): ZipIt! and
+/// Permute match on `(1 - lambda) * correlation + lambda * weight similarity`, the spaces in
+/// dependency order. `lambda = 0` is [`match_spaces`] exactly (the weights are not read).
+///
+/// # Errors
+/// As [`match_spaces`]; [`MergeError::Param`] for `lambda` outside `[0, 1]` or a method other
+/// than ZipIt! and Permute with `lambda > 0`.
+pub fn match_spaces_with(
+    ep: &Endpoints,
+    method: &Method,
+    stats: Option<&Statistics>,
+    spaces: usize,
+    eps: f64,
+    lambda: f64,
+) -> Result<Vec<MergeUnmerge>, MergeError> {
+    check_dual(method, lambda)?;
     let n = ep.n();
     if let Method::GitRebasin { seed } = method {
         return git_rebasin(&ep.spec, &ep.states, *seed, eps);
     }
     let matcher = method.matcher();
-    let mut out = Vec::new();
-    for s in 0..spaces {
+    let order: Vec<usize> = if lambda > 0.0 {
+        crate::matching::dual::order(&ep.spec, spaces)
+    } else {
+        (0..spaces).collect()
+    };
+    let mut done: Vec<Option<MergeUnmerge>> = vec![None; ep.spec.spaces.len()];
+    for s in order {
         let space = &ep.spec.spaces[s];
         let o = space.width * n;
         let r = if let Method::Cca { reg } = method {
             // CCA Merge solves from the covariance itself
             cca_merge(need(stats, s)?, n, *reg)
         } else {
-            // W.Avg and return-a ignore the features: a zero matrix of the right size
-            let corr = if method.needs_statistics() {
-                correlation(need(stats, s)?)
-            } else {
-                SquareMatrix {
-                    n: o,
-                    data: vec![0.0; o * o],
+            let w = (lambda > 0.0)
+                .then(|| crate::matching::dual::weight_similarity(&ep.spec, &ep.states, s, &done))
+                .flatten();
+            let corr = match w {
+                // weight similarity alone reads no features
+                Some(w) if lambda == 1.0 => w,
+                w => {
+                    // W.Avg and return-a ignore the features: a zero matrix of the right size
+                    let c = if method.needs_statistics() {
+                        correlation(need(stats, s)?)
+                    } else {
+                        SquareMatrix {
+                            n: o,
+                            data: vec![0.0; o * o],
+                        }
+                    };
+                    match w {
+                        Some(w) => crate::matching::dual::blend(&c, &w, lambda),
+                        None => c,
+                    }
                 }
             };
             matcher
@@ -454,9 +491,39 @@ pub fn match_spaces(
             space: space.name.clone(),
             msg: e.to_string(),
         })?;
-        out.push(r);
+        done[s] = Some(r);
     }
-    Ok(out)
+    Ok(done
+        .into_iter()
+        .take(spaces)
+        .map(|r| r.expect("every space matched"))
+        .collect())
+}
+
+/// Checks a dual-space `lambda` for `method`.
+///
+/// # Errors
+/// [`MergeError::Param`] for `lambda` outside `[0, 1]` (or NaN), or `lambda > 0` with a method
+/// other than ZipIt! and Permute.
+pub fn check_dual(method: &Method, lambda: f64) -> Result<(), MergeError> {
+    if !(0.0..=1.0).contains(&lambda) {
+        return Err(MergeError::param(
+            MergeParam::DualLambda,
+            lambda,
+            "expected a number in [0, 1]",
+        ));
+    }
+    if lambda > 0.0 && !matches!(method, Method::Zipit { .. } | Method::Permute) {
+        return Err(MergeError::param(
+            MergeParam::DualLambda,
+            lambda,
+            format!(
+                "dual-space similarity applies to zipit and permute, not {}",
+                method.label()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn need(stats: Option<&Statistics>, s: usize) -> Result<&SquareMatrix, MergeError> {

@@ -227,9 +227,9 @@ mod tests {
             [0.0, 1.0, 1.0, 0.0],
             [1.0, 0.0, 0.0, 1.0],
         ];
-        for i in 0..4 {
-            for j in 0..4 {
-                assert!((w.get(i, j) - want[i][j]).abs() < 1e-12, "({i},{j})");
+        for (i, row) in want.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                assert!((w.get(i, j) - v).abs() < 1e-12, "({i},{j})");
             }
         }
     }

@@ -61,6 +61,15 @@ fn models() -> &'static (PathBuf, PathBuf, PathBuf) {
     })
 }
 
+/// The `label` of every row of a JSON array of rows.
+fn row_labels(rows: &serde_json::Value) -> Vec<&str> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap())
+        .collect()
+}
+
 /// Asserts a one-line error mentioning `needle`, exit code != 0, no panic, and `out` not created.
 fn assert_clean_error(o: &Output, needle: &str, out: Option<&Path>) {
     let err = String::from_utf8_lossy(&o.stderr);
@@ -366,12 +375,7 @@ fn sweep_writes_schema_plot_and_collects_statistics_once() {
         "statistics must be collected once for all stops"
     );
     assert_eq!(v["counters"]["matching_runs"], 1);
-    let labels: Vec<&str> = v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["label"].as_str().unwrap())
-        .collect();
+    let labels = row_labels(&v["rows"]);
     assert_eq!(
         labels,
         [
@@ -453,12 +457,7 @@ fn three_trained_models_merge_sweep_and_reproduce() {
     let o = run(&sweep);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let labels: Vec<&str> = v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["label"].as_str().unwrap())
-        .collect();
+    let labels = row_labels(&v["rows"]);
     assert_eq!(
         labels,
         [
@@ -476,12 +475,7 @@ fn three_trained_models_merge_sweep_and_reproduce() {
     let o = run(&rep);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let labels: Vec<&str> = v["rows"][0]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["label"].as_str().unwrap())
-        .collect();
+    let labels = row_labels(&v["rows"][0]);
     assert_eq!(
         labels,
         [

@@ -9,28 +9,25 @@ use rayon::prelude::*;
 /// Block size of the factorisation and solves.
 const NB: usize = 128;
 
-/// `dst[m, n] (row stride ld_dst) -= lhs[m, k] (row stride ld_l) * rhs`, where `rhs(kk, j) =
-/// rt[j * ld_r + kk]` (the transpose of a row-major `[n, k]` block) when `rhs_t`, else
-/// `rt[kk * ld_r + j]`.
+/// `dst[m, n] (row stride ld_dst) -= lhs * rhs`, where `lhs(i, kk) = lhs[i * ld_l + kk]`, or
+/// `lhs[kk * ld_l + i]` when `lhs_t`, and `rhs(kk, j) = rt[j * ld_r + kk]` (the transpose of a
+/// row-major `[n, k]` block) when `rhs_t`, else `rt[kk * ld_r + j]`.
 ///
 /// # Safety
 /// All three blocks must lie inside their slices; `dst` must not overlap the operands.
-#[allow(clippy::too_many_arguments)]
 unsafe fn sub_mul(
     m: usize,
     n: usize,
     k: usize,
     dst: *mut f64,
     ld_dst: usize,
-    lhs: *const f64,
-    ld_l: usize,
-    rt: *const f64,
-    ld_r: usize,
-    rhs_t: bool,
+    (lhs, ld_l, lhs_t): (*const f64, usize, bool),
+    (rt, ld_r, rhs_t): (*const f64, usize, bool),
 ) {
     if m == 0 || n == 0 || k == 0 {
         return;
     }
+    let (lcs, lrs) = if lhs_t { (ld_l, 1) } else { (1, ld_l) };
     let (rcs, rrs) = if rhs_t { (ld_r, 1) } else { (1, ld_r) };
     // SAFETY: forwarded from the caller's contract.
     unsafe {
@@ -43,8 +40,8 @@ unsafe fn sub_mul(
             ld_dst as isize,
             true,
             lhs,
-            1,
-            ld_l as isize,
+            lcs as isize,
+            lrs as isize,
             rt,
             rcs as isize,
             rrs as isize,
@@ -111,11 +108,8 @@ pub fn cholesky(a: &mut [f64], n: usize) -> bool {
                     jb,
                     p.add(e * n + e),
                     n,
-                    p.add(e * n + j0),
-                    n,
-                    p.add(e * n + j0),
-                    n,
-                    true,
+                    (p.add(e * n + j0), n, false),
+                    (p.add(e * n + j0), n, true),
                 );
             }
         }
@@ -140,11 +134,8 @@ pub fn solve(l: &[f64], n: usize, b: &mut [f64], k: usize) {
                 i0,
                 rest.as_mut_ptr(),
                 k,
-                l.as_ptr().add(i0 * n),
-                n,
-                done.as_ptr(),
-                k,
-                false,
+                (l.as_ptr().add(i0 * n), n, false),
+                (done.as_ptr(), k, false),
             );
         }
         for i in 0..ib {
@@ -170,29 +161,15 @@ pub fn solve(l: &[f64], n: usize, b: &mut [f64], k: usize) {
         // SAFETY: dst = cur[0..ib, :], lhs(i, r) = l[(i1 + r) * n + i0 + i] (column stride n),
         // rhs = solved[0..n-i1, :].
         unsafe {
-            if n > i1 {
-                gemm::gemm(
-                    ib,
-                    k,
-                    n - i1,
-                    cur.as_mut_ptr(),
-                    1,
-                    k as isize,
-                    true,
-                    l.as_ptr().add(i1 * n + i0),
-                    n as isize,
-                    1,
-                    solved.as_ptr(),
-                    1,
-                    k as isize,
-                    1.0,
-                    -1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::Rayon(0),
-                );
-            }
+            sub_mul(
+                ib,
+                k,
+                n - i1,
+                cur.as_mut_ptr(),
+                k,
+                (l.as_ptr().add(i1 * n + i0), n, true),
+                (solved.as_ptr(), k, false),
+            );
         }
         for i in (0..ib).rev() {
             for r in i + 1..ib {

@@ -241,6 +241,29 @@ fn merged_output(
     stop: &str,
     states: Vec<StateDict>,
 ) -> Vec<Vec<f32>> {
+    output_of(case, method, eps, stop, states, &Default::default())
+}
+
+/// [`merged_output`] (eps 0) with post-merge corrections run on the probe batches.
+fn corrected_output(
+    case: &Case,
+    method: &Method,
+    stop: &str,
+    states: Vec<StateDict>,
+    c: &zipmerge::correct::Corrections,
+) -> Vec<Vec<f32>> {
+    output_of(case, method, 0.0, stop, states, c)
+}
+
+/// Head outputs on `case.x` of `states` merged by `method` at `stop`, corrected by `c`.
+fn output_of(
+    case: &Case,
+    method: &Method,
+    eps: f64,
+    stop: &str,
+    states: Vec<StateDict>,
+    c: &zipmerge::correct::Corrections,
+) -> Vec<Vec<f32>> {
     let ep = endpoints(&case.cfg, states);
     let stop = ep.spec.stop(stop).unwrap();
     let device = Device::flex();
@@ -250,27 +273,11 @@ fn merged_output(
         None
     };
     let t = merge::match_spaces(&ep, method, stats.as_ref(), stop.spaces, eps).unwrap();
-    let m = merge::build(&ep, &t, &stop, serde_json::Value::Null).unwrap();
-    let sys = m.system(&device).unwrap();
-    outputs(sys.forward_heads(case.x.clone(), &mut ForwardCtx::default()))
-}
-
-/// [`merged_output`] with post-merge corrections run on the probe batches.
-fn corrected_output(
-    case: &Case,
-    method: &Method,
-    stop: &str,
-    states: Vec<StateDict>,
-    c: &zipmerge::correct::Corrections,
-) -> Vec<Vec<f32>> {
-    let ep = endpoints(&case.cfg, states);
-    let stop = ep.spec.stop(stop).unwrap();
-    let device = Device::flex();
-    let stats = merge::statistics(&ep, &case.batches, &device, &mut |_| {}).unwrap();
-    let t = merge::match_spaces(&ep, method, Some(&stats), stop.spaces, 0.0).unwrap();
     let mut m = merge::build(&ep, &t, &stop, serde_json::Value::Null).unwrap();
-    let r = zipmerge::correct::apply(&mut m, &ep, &t, &stop, &case.batches, c).unwrap();
-    assert_eq!(r.forward_passes, ep.n() + 1);
+    if c.any() {
+        let r = zipmerge::correct::apply(&mut m, &ep, &t, &stop, &case.batches, c).unwrap();
+        assert_eq!(r.forward_passes, ep.n() + 1);
+    }
     let sys = m.system(&device).unwrap();
     outputs(sys.forward_heads(case.x.clone(), &mut ForwardCtx::default()))
 }

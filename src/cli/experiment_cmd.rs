@@ -582,13 +582,6 @@ fn exec_grid(a: GridArgs) -> Result<()> {
     Ok(())
 }
 
-fn zipit_of(s: &MergeSettings) -> Method {
-    Method::Zipit {
-        alpha: s.alpha,
-        beta: s.beta,
-    }
-}
-
 fn exec_table1(a: Table1Args) -> Result<()> {
     let quiet = a.io.quiet || a.io.json;
     a.settings.probe_count()?;
@@ -602,7 +595,7 @@ fn exec_table1(a: Table1Args) -> Result<()> {
         beta: a.settings.beta,
     };
     let n_models = pairs[0].1.len();
-    merge::check_dual(&zipit_of(&a.settings), a.settings.dual_lambda).map_err(merge_error)?;
+    merge::check_dual_lambda(a.settings.dual_lambda).map_err(merge_error)?;
     if a.settings.corrections().any() || a.settings.similarity != "activation" {
         return Err(usage(
             "--repair/--refit/--similarity: `reproduce table1` adds those rows with --extended (--refit-ridge, --dual-lambda set them; its standard rows stay the paper's)",

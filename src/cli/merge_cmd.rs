@@ -98,7 +98,7 @@ impl MergeSettings {
     /// The dual-space lambda of `--similarity` (0 for activation, 1 for weight), checked
     /// against `method`.
     pub fn dual_lambda(&self, method: &Method) -> Result<f64> {
-        merge::check_dual(&Method::Permute, self.dual_lambda).map_err(merge_error)?;
+        merge::check_dual_lambda(self.dual_lambda).map_err(merge_error)?;
         let l = match self.similarity.as_str() {
             "weight" => 1.0,
             "dual" => self.dual_lambda,

@@ -22,15 +22,12 @@ use serde::Serialize;
 
 use crate::checkpoint::{NamedTensor, StateDict};
 use crate::engine::layerwise::{self, Corrected, Site, Update};
-use crate::engine::{Act, CpuNet};
+use crate::engine::{Act, CpuNet, BN_EPS};
 use crate::error::MergeError;
 use crate::matching::MergeUnmerge;
 use crate::merge::{Endpoints, Merged};
 use crate::models::Net;
 use crate::spec::{LayerKind, MergeSpec, Side, Stop};
-
-/// BatchNorm epsilon of every model file (PyTorch's default).
-const BN_EPS: f64 = 1e-5;
 
 /// Which corrections to run after a merge.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -106,11 +103,6 @@ pub enum Target<'a> {
 }
 
 impl Target<'_> {
-    /// Number of source models.
-    fn n(&self, site: &Site) -> usize {
-        site.sources.len()
-    }
-
     /// `M_m` as `[Om, K]` (transposed, row-major) for `x M_m^T` products.
     pub fn block_t(&self, m: usize, n: usize, om: usize) -> Vec<f32> {
         match self {
@@ -154,7 +146,7 @@ impl Target<'_> {
     /// `sum_m (a_m [+ r_m]) M_m^T`: the projected features `[rows, K]` of the sources'
     /// branch outputs, with their residuals when `with_residual`.
     pub fn project(&self, site: &Site, with_residual: bool) -> Vec<f32> {
-        let n = self.n(site);
+        let n = site.sources.len();
         let om = site.sources[0].c;
         let k = self.k(om);
         let rows = site.sources[0].rows();

@@ -659,6 +659,23 @@ pub fn max_pool(
     (out, os)
 }
 
+/// Global average pooling: NHWC `x: [batch, hw, c]` -> `[batch, c]` (f32 sums, then `/ hw`).
+pub fn mean_pool(x: &[f32], batch: usize, hw: usize, c: usize) -> Vec<f32> {
+    let mut pooled = vec![0f32; batch * c];
+    pooled
+        .par_chunks_mut(c.max(1))
+        .enumerate()
+        .for_each(|(b, p)| {
+            for px in 0..hw {
+                let row = &x[(b * hw + px) * c..(b * hw + px + 1) * c];
+                p.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+            }
+            let inv = 1.0 / hw as f32;
+            p.iter_mut().for_each(|v| *v *= inv);
+        });
+    pooled
+}
+
 /// Global average pooling then a linear layer: NHWC `x: [batch, hw, c]` (hw pixels per image),
 /// PyTorch weight `[out, c]`, bias `[out]` -> `[batch, out]`.
 pub fn pool_linear(
@@ -670,15 +687,7 @@ pub fn pool_linear(
     bias: &[f32],
 ) -> Vec<f32> {
     let out = bias.len();
-    let mut pooled = vec![0f32; batch * c];
-    pooled.par_chunks_mut(c).enumerate().for_each(|(b, p)| {
-        for px in 0..hw {
-            let row = &x[(b * hw + px) * c..(b * hw + px + 1) * c];
-            p.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-        }
-        let inv = 1.0 / hw as f32;
-        p.iter_mut().for_each(|v| *v *= inv);
-    });
+    let pooled = mean_pool(x, batch, hw, c);
     let mut y = vec![0f32; batch * out];
     for (b, yr) in y.chunks_mut(out).enumerate() {
         yr.copy_from_slice(bias);

@@ -91,23 +91,14 @@ pub fn branch(conv: &Conv, bn: Option<(&[f32], &[f32])>, x: &Act) -> Act {
     }
 }
 
-/// Mean over pixels: `[b, s, s, c]` -> `[b, 1, 1, c]` (as [`kernels::pool_linear`] pools).
+/// Mean over pixels: `[b, s, s, c]` -> `[b, 1, 1, c]` ([`kernels::mean_pool`], as
+/// [`kernels::pool_linear`] pools).
 fn pool(x: &Act) -> Act {
-    let hw = x.side * x.side;
-    let mut data = vec![0f32; x.batch * x.c];
-    for (b, p) in data.chunks_mut(x.c.max(1)).enumerate() {
-        for px in 0..hw {
-            let row = &x.data[(b * hw + px) * x.c..(b * hw + px + 1) * x.c];
-            p.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-        }
-        let inv = 1.0 / hw as f32;
-        p.iter_mut().for_each(|v| *v *= inv);
-    }
     Act {
         batch: x.batch,
         side: 1,
         c: x.c,
-        data,
+        data: kernels::mean_pool(&x.data, x.batch, x.side * x.side, x.c),
     }
 }
 
@@ -117,18 +108,18 @@ fn mismatch(what: String) -> ModelError {
     ))
 }
 
-/// The conv of a layer op: the conv itself, or the final linear as a 1x1 conv.
-fn layer_conv(op: &Op) -> Option<Conv> {
+/// The conv of a layer op: the conv itself (borrowed), or the final linear as a 1x1 conv.
+fn layer_conv(op: &Op) -> Option<Cow<'_, Conv>> {
     match op {
-        Op::Conv { conv, .. } => Some(conv.clone()),
-        Op::PoolLinear { name, weight, bias } => Some(Conv::from_torch(
+        Op::Conv { conv, .. } => Some(Cow::Borrowed(conv)),
+        Op::PoolLinear { name, weight, bias } => Some(Cow::Owned(Conv::from_torch(
             name,
             weight,
             &[bias.len(), weight.len() / bias.len().max(1), 1, 1],
             1,
             0,
             Some(bias.clone()),
-        )),
+        ))),
         _ => None,
     }
 }

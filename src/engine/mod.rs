@@ -31,7 +31,7 @@ use crate::models::{Arch, Net};
 use kernels::{Conv, Epilogue};
 
 /// BatchNorm epsilon (PyTorch's and burn's default, used by every model file).
-const BN_EPS: f64 = 1e-5;
+pub(crate) const BN_EPS: f64 = 1e-5;
 
 /// Whether forward passes on `device` run on this engine: burn-flex (CPU) devices, unless
 /// the environment sets `ZIPMERGE_ENGINE=burn`.

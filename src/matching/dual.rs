@@ -15,19 +15,19 @@ use crate::matching::{MergeUnmerge, SquareMatrix};
 use crate::spec::{LayerKind, MergeSpec, Side};
 
 /// Producers (conv / linear layers writing space `s`) and whether their input is available
-/// (the image, or a space already matched).
-fn producers<'a>(
-    spec: &'a MergeSpec,
+/// (the image, or a space `t` with `matched(t)`).
+fn producers(
+    spec: &MergeSpec,
     s: usize,
-    done: &[Option<MergeUnmerge>],
-) -> Vec<(&'a crate::spec::Layer, bool)> {
+    matched: impl Fn(usize) -> bool,
+) -> Vec<(&crate::spec::Layer, bool)> {
     spec.layers
         .iter()
         .filter(|l| l.kind != LayerKind::BatchNorm && l.output == Side::Space(s))
         .map(|l| {
             let ok = match l.input {
                 Side::Input => true,
-                Side::Space(t) => done.get(t).is_some_and(Option::is_some),
+                Side::Space(t) => matched(t),
                 Side::Output => false,
             };
             (l, ok)
@@ -37,23 +37,22 @@ fn producers<'a>(
 
 /// The order in which the first `spaces` spaces are matched (see the module doc).
 pub fn order(spec: &MergeSpec, spaces: usize) -> Vec<usize> {
-    let mut done: Vec<Option<MergeUnmerge>> = vec![None; spec.spaces.len()];
-    let dummy = MergeUnmerge::from_clusters(vec![], 0, 0.0);
+    let mut done = vec![false; spec.spaces.len()];
     let mut out = Vec::with_capacity(spaces);
     while out.len() < spaces {
-        let pending: Vec<usize> = (0..spaces).filter(|s| done[*s].is_none()).collect();
+        let pending: Vec<usize> = (0..spaces).filter(|s| !done[*s]).collect();
         let full = pending.iter().copied().find(|&s| {
-            let p = producers(spec, s, &done);
+            let p = producers(spec, s, |t| done[t]);
             !p.is_empty() && p.iter().all(|x| x.1)
         });
         let some = || {
             pending
                 .iter()
                 .copied()
-                .find(|&s| producers(spec, s, &done).iter().any(|x| x.1))
+                .find(|&s| producers(spec, s, |t| done[t]).iter().any(|x| x.1))
         };
         let s = full.or_else(some).unwrap_or(pending[0]);
-        done[s] = Some(dummy.clone());
+        done[s] = true;
         out.push(s);
     }
     out
@@ -71,7 +70,7 @@ pub fn weight_similarity(
 ) -> Option<SquareMatrix> {
     let n = states.len();
     let om = spec.spaces[s].width;
-    let layers: Vec<_> = producers(spec, s, done)
+    let layers: Vec<_> = producers(spec, s, |t| done.get(t).is_some_and(Option::is_some))
         .into_iter()
         .filter(|x| x.1)
         .map(|x| x.0)

@@ -500,12 +500,11 @@ pub fn match_spaces_with(
         .collect())
 }
 
-/// Checks a dual-space `lambda` for `method`.
+/// Checks that a dual-space `lambda` lies in `[0, 1]`.
 ///
 /// # Errors
-/// [`MergeError::Param`] for `lambda` outside `[0, 1]` (or NaN), or `lambda > 0` with a method
-/// other than ZipIt! and Permute.
-pub fn check_dual(method: &Method, lambda: f64) -> Result<(), MergeError> {
+/// [`MergeError::Param`] otherwise (NaN included).
+pub fn check_dual_lambda(lambda: f64) -> Result<(), MergeError> {
     if !(0.0..=1.0).contains(&lambda) {
         return Err(MergeError::param(
             MergeParam::DualLambda,
@@ -513,6 +512,16 @@ pub fn check_dual(method: &Method, lambda: f64) -> Result<(), MergeError> {
             "expected a number in [0, 1]",
         ));
     }
+    Ok(())
+}
+
+/// Checks a dual-space `lambda` for `method`.
+///
+/// # Errors
+/// [`MergeError::Param`] for `lambda` outside `[0, 1]` (or NaN), or `lambda > 0` with a method
+/// other than ZipIt! and Permute.
+pub fn check_dual(method: &Method, lambda: f64) -> Result<(), MergeError> {
+    check_dual_lambda(lambda)?;
     if lambda > 0.0 && !matches!(method, Method::Zipit { .. } | Method::Permute) {
         return Err(MergeError::param(
             MergeParam::DualLambda,

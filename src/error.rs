@@ -97,6 +97,10 @@ pub enum MergeParam {
     RefitRidge,
     /// The dual-space similarity's lambda.
     DualLambda,
+    /// The probe images of the statistics.
+    ProbeImages,
+    /// The images per batch.
+    BatchSize,
 }
 
 impl std::fmt::Display for MergeParam {
@@ -111,6 +115,8 @@ impl std::fmt::Display for MergeParam {
             MergeParam::Beta => "ZipIt! beta",
             MergeParam::RefitRidge => "refit ridge",
             MergeParam::DualLambda => "dual-space lambda",
+            MergeParam::ProbeImages => "probe images",
+            MergeParam::BatchSize => "batch size",
         })
     }
 }
@@ -173,4 +179,53 @@ pub enum MergeError {
     /// From the checkpoint layer.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+}
+
+/// Errors of the experiment recipes ([`crate::experiments::runs`]): the merges they run, the
+/// endpoint folders they scan and the files they write.
+#[derive(Debug, Error)]
+pub enum ExperimentError {
+    /// From a merge.
+    #[error(transparent)]
+    Merge(#[from] MergeError),
+    /// A folder of endpoint groups that cannot be used.
+    #[error("{dir}: {msg}")]
+    Groups {
+        /// The folder.
+        dir: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// An output file that cannot be written.
+    #[error("{path}: {msg}")]
+    Output {
+        /// Path.
+        path: String,
+        /// Cause.
+        msg: String,
+    },
+    /// A plot that cannot be drawn.
+    #[error("drawing {what}: {source}")]
+    Plot {
+        /// Which plot.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: crate::experiments::plot::PlotError,
+    },
+}
+
+impl ExperimentError {
+    /// [`ExperimentError::Output`] for `path`.
+    pub fn output(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        ExperimentError::Output {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        }
+    }
+
+    /// [`ExperimentError::Plot`] for `what`.
+    pub fn plot(what: &'static str, source: crate::experiments::plot::PlotError) -> Self {
+        ExperimentError::Plot { what, source }
+    }
 }

@@ -5,6 +5,24 @@
 //! Data flows one way: checkpoints + probe images -> [`collect`] (feature statistics) ->
 //! [`matching`] (merge/unmerge matrices per feature space) -> [`rewrite`] (merged weights, BN
 //! reset) -> [`eval`] (joint/task accuracy). Architectures are described as data in [`spec`].
+//! [`merge::run`] runs the whole pipeline for one merge, [`experiments`] the sweeps and tables;
+//! both report progress to a [`progress::Observer`] and return serde reports.
+//!
+//! Merging the shipped ResNet-20 pair with ZipIt! on the embedded CIFAR-10 sample:
+//!
+//! ```
+//! use zipmerge::merge::{run, MergePlan, Method};
+//!
+//! let models = ["models/cifar10-5+5/resnet20x1-a", "models/cifar10-5+5/resnet20x1-b"].map(Into::into);
+//! let zipit = Method::Zipit { alpha: 0.3, beta: 0.125 };
+//! let mut plan = MergePlan::new(&models, zipit, "datasets/cifar10-sample".as_ref());
+//! plan.settings.probe_images = Some(100);
+//! plan.settings.bn_reset_images = Some(100);
+//! let outcome = run(&plan, &mut zipmerge::progress::Silent)?;
+//! let accuracy = outcome.report.accuracy.as_ref().expect("evaluated");
+//! assert!(accuracy.joint > 10.0, "joint accuracy {:.1}%", accuracy.joint);
+//! # Ok::<(), zipmerge::error::MergeError>(())
+//! ```
 #![warn(missing_docs)]
 
 pub mod backend;
@@ -19,6 +37,7 @@ pub mod experiments;
 pub mod matching;
 pub mod merge;
 pub mod models;
+pub mod progress;
 pub mod rewrite;
 pub mod spec;
 pub mod train;

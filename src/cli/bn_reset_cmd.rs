@@ -9,7 +9,10 @@ use zipmerge::checkpoint::{self, StateDict};
 use zipmerge::collect::{probe_batches, ProbeOptions};
 use zipmerge::rewrite::bn_reset;
 
-use super::common::{bar, data_root, load_split, positive, usage, BackendArgs};
+use zipmerge::progress::phase;
+
+use super::common::{data_root, load_split, positive, usage, BackendArgs};
+use super::printer::Printer;
 
 /// Arguments of `zipmerge bn-reset`.
 #[derive(Args, Debug)]
@@ -33,15 +36,12 @@ pub struct BnResetArgs {
     /// Output folder (may equal --model).
     #[arg(long)]
     pub out: PathBuf,
-    /// No progress bars.
-    #[arg(long, short)]
-    pub quiet: bool,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
 
 /// Runs `zipmerge bn-reset`.
-pub fn exec(a: BnResetArgs) -> Result<()> {
+pub fn exec(a: BnResetArgs, p: &mut Printer) -> Result<()> {
     let images = if a.images == "all" {
         None
     } else {
@@ -71,9 +71,9 @@ pub fn exec(a: BnResetArgs) -> Result<()> {
             heads.push(checkpoint::read_weights(&dir, f)?);
         }
     }
-    let device = a.backend.device(a.quiet)?;
+    let device = a.backend.device(p)?;
     let prep = manifest.net_config().preprocess();
-    let set = load_split(&data_root(a.data.as_deref()), "train", prep, a.quiet)?;
+    let set = load_split(&data_root(a.data.as_deref()), "train", prep, p)?;
     let batches = probe_batches(
         &set,
         &ProbeOptions {
@@ -83,20 +83,10 @@ pub fn exec(a: BnResetArgs) -> Result<()> {
             seed: a.seed,
         },
     );
-    let pb = bar(
-        batches.iter().map(Vec::len).sum::<usize>() as u64,
-        "BN reset",
-        a.quiet,
-    );
-    bn_reset::reset(
-        &manifest,
-        &mut trunk,
-        &mut heads,
-        &batches,
-        &device,
-        &mut |k| pb.inc(k as u64),
-    )?;
-    pb.finish_and_clear();
+    let total = zipmerge::merge::images(&batches) as u64;
+    phase(p, "BN reset", total, |pr| {
+        bn_reset::reset(&manifest, &mut trunk, &mut heads, &batches, &device, pr)
+    })?;
     manifest.provenance["bn_reset"] = serde_json::json!({"images": batches.iter().map(Vec::len).sum::<usize>(), "seed": a.seed, "data": set.source});
     let mut files: Vec<(String, &StateDict)> = vec![(manifest.weights.clone(), &trunk)];
     let mut hi = heads.iter();
@@ -106,6 +96,9 @@ pub fn exec(a: BnResetArgs) -> Result<()> {
         }
     }
     checkpoint::write_model(&a.out, &manifest, &files)?;
-    println!("wrote {}", a.out.display());
+    p.done(
+        &format!("wrote {}", a.out.display()),
+        serde_json::json!({"wrote": a.out, "images": total}),
+    );
     Ok(())
 }

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use burn::tensor::Device;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use zipmerge::backend::{self, Backend};
 use zipmerge::checkpoint;
-use zipmerge::data::{split_dir, ImageSet, Preprocess};
+use zipmerge::data::{ImageSet, Preprocess};
 use zipmerge::error::{MergeError, MergeParam};
+use zipmerge::progress::Observer;
 
 /// A usage error: a bad option value or a combination of options that cannot work. The CLI
 /// exits with code 2 for it (1 for runtime errors), see README "Errors and exit codes".
@@ -36,6 +36,8 @@ pub fn flag_of(p: MergeParam) -> &'static str {
         MergeParam::Beta => "--beta",
         MergeParam::RefitRidge => "--refit-ridge",
         MergeParam::DualLambda => "--dual-lambda",
+        MergeParam::ProbeImages => "--probe-images",
+        MergeParam::BatchSize => "--batch-size",
     }
 }
 
@@ -129,21 +131,23 @@ pub struct BackendArgs {
 }
 
 impl BackendArgs {
-    /// Builds the device, printing the wgpu adapter choice once.
-    pub fn device(&self, quiet: bool) -> Result<Device> {
+    /// Builds the device, reporting the wgpu adapter choice once.
+    pub fn device(&self, obs: &mut dyn Observer) -> Result<Device> {
         let d = backend::device(self.backend, self.device.as_deref()).map_err(usage)?;
         #[cfg(feature = "wgpu")]
-        if self.backend == Backend::Wgpu && !quiet {
+        if self.backend == Backend::Wgpu {
             let adapters = backend::wgpu_adapters();
-            eprintln!(
+            obs.info(&format!(
                 "backend: wgpu, device {} ({} adapter(s): {})",
                 self.device
                     .as_deref()
                     .unwrap_or("default (high-performance preferred)"),
                 adapters.len(),
                 adapters.join("; ")
-            );
+            ));
         }
+        #[cfg(not(feature = "wgpu"))]
+        let _ = obs;
         Ok(d)
     }
 }
@@ -159,37 +163,38 @@ pub fn data_root(arg: Option<&Path>) -> PathBuf {
     PathBuf::from("datasets/cifar10-sample")
 }
 
-/// The image preprocessing of the model folder `model` (from its manifest's architecture).
-pub fn preprocess_of(model: &Path) -> Result<Preprocess> {
-    let m = checkpoint::read_manifest(&checkpoint::model_dir(model))
-        .with_context(|| format!("reading model {}", model.display()))?;
-    Ok(m.net_config().preprocess())
-}
-
-/// Default in-memory pixel cache per loaded split, GiB (`ZIPMERGE_CACHE_GIB` overrides).
-pub const DEFAULT_CACHE_GIB: f64 = 4.0;
-
-/// How many images of `prep`'s stored size fit the pixel cache budget (`ZIPMERGE_CACHE_GIB`,
-/// default [`DEFAULT_CACHE_GIB`]): CIFAR (3 KiB per image) ~1.4M images, ImageNet evaluation
-/// (147 KiB) ~28,500, ImageNet training (192 KiB, stored at 256x256) ~21,800.
-pub fn max_cached_images(prep: Preprocess, split: &str) -> Result<usize> {
-    let gib = match std::env::var("ZIPMERGE_CACHE_GIB") {
+/// The pixel cache per loaded split, GiB: `ZIPMERGE_CACHE_GIB`, else
+/// [`zipmerge::data::DEFAULT_CACHE_GIB`].
+pub fn cache_gib() -> Result<f64> {
+    match std::env::var("ZIPMERGE_CACHE_GIB") {
         Ok(v) => v
             .parse::<f64>()
             .ok()
             .filter(|g| *g > 0.0)
-            .ok_or_else(|| anyhow!("ZIPMERGE_CACHE_GIB=`{v}`: expected a positive number"))?,
-        Err(_) => DEFAULT_CACHE_GIB,
-    };
-    let side = prep.stored_side(split == "train");
-    Ok((gib * (1u64 << 30) as f64 / (side * side * 3) as f64) as usize)
+            .ok_or_else(|| anyhow!("ZIPMERGE_CACHE_GIB=`{v}`: expected a positive number")),
+        Err(_) => Ok(zipmerge::data::DEFAULT_CACHE_GIB),
+    }
+}
+
+/// How many images of `prep`'s stored size fit the pixel cache ([`cache_gib`]).
+pub fn max_cached_images(prep: Preprocess, split: &str) -> Result<usize> {
+    Ok(zipmerge::data::images_in_cache(
+        prep,
+        split == "train",
+        cache_gib()?,
+    ))
 }
 
 /// Loads the `split` part of a data root (`ROOT/train`, `ROOT/test`, or a CIFAR binary folder),
 /// prepared for the models' architecture (`prep`). Folders larger than the pixel cache budget
 /// ([`max_cached_images`]) are subsampled (seeded) with a printed note.
-pub fn load_split(root: &Path, split: &str, prep: Preprocess, quiet: bool) -> Result<ImageSet> {
-    load_split_classes(root, split, prep, None, quiet)
+pub fn load_split(
+    root: &Path,
+    split: &str,
+    prep: Preprocess,
+    obs: &mut dyn Observer,
+) -> Result<ImageSet> {
+    load_split_classes(root, split, prep, None, obs)
 }
 
 /// [`load_split`] keeping only the images of `classes` (decoded only those).
@@ -198,76 +203,18 @@ pub fn load_split_classes(
     split: &str,
     prep: Preprocess,
     classes: Option<&[usize]>,
-    quiet: bool,
+    obs: &mut dyn Observer,
 ) -> Result<ImageSet> {
-    let dir = split_dir(root, split);
-    let t0 = std::time::Instant::now();
     let max = max_cached_images(prep, split)?;
-    let set = ImageSet::load_at_most(&dir, split, prep, max, classes)
+    let l = zipmerge::data::load_split(root, split, prep, max, classes)
         .with_context(|| format!("loading {split} images"))?;
-    if set.len() == max.max(1) && max < usize::MAX {
-        eprintln!(
-            "note: {} holds more {split} images than the pixel cache allows; decoded a seeded \
-             random subset of {max} (raise ZIPMERGE_CACHE_GIB, default {DEFAULT_CACHE_GIB})",
-            dir.display()
-        );
-    }
-    if !quiet {
-        eprintln!(
-            "loaded {} {split} images ({} classes) from {} in {:.1}s",
-            set.len(),
-            set.class_names.len(),
-            dir.display(),
-            t0.elapsed().as_secs_f64()
-        );
-    }
-    Ok(set)
-}
-
-/// A progress bar (hidden when quiet).
-pub fn bar(len: u64, msg: &str, quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let b = ProgressBar::new(len);
-    b.set_style(
-        ProgressStyle::with_template(
-            "{msg:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {prefix}",
-        )
-        .expect("template")
-        .progress_chars("=> "),
-    );
-    b.set_message(msg.to_string());
-    b
+    l.report(split, max, obs);
+    Ok(l.set)
 }
 
 /// The command line as typed, for manifests.
 pub fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
-}
-
-/// Prints one `warning:` line per (feature space, model) with dead units (zero variance on the
-/// probe images; [`zipmerge::merge::Statistics::dead_units`]) and returns them for the report.
-pub fn warn_dead_units(
-    stats: &zipmerge::merge::Statistics,
-    spaces: &[zipmerge::spec::Space],
-) -> Vec<zipmerge::merge::DeadUnits> {
-    let dead = stats.dead_units(spaces);
-    for d in &dead {
-        let model = (b'A' + (d.model % 26) as u8) as char;
-        if d.dead == d.width {
-            eprintln!(
-                "warning: feature space `{}`: model {model} has all {} units dead (zero variance on the probe images: a zero or constant model?)",
-                d.space, d.width
-            );
-        } else {
-            eprintln!(
-                "warning: feature space `{}`: model {model} has {} dead units of {} (zero variance on the probe images)",
-                d.space, d.dead, d.width
-            );
-        }
-    }
-    dead
 }
 
 /// The class-embedding table a `--head text` uses when no file is given.

@@ -10,7 +10,10 @@ use zipmerge::eval::runner::evaluate;
 use zipmerge::eval::Accuracy;
 use zipmerge::models::system::System;
 
-use super::common::{bar, data_root, load_split, positive, BackendArgs, UsageExt};
+use zipmerge::progress::{phase, Observer};
+
+use super::common::{data_root, load_split, positive, BackendArgs, UsageExt};
+use super::printer::Printer;
 
 /// Arguments of `zipmerge eval`.
 #[derive(Args, Debug)]
@@ -28,12 +31,6 @@ pub struct EvalArgs {
     /// Batch size.
     #[arg(long, default_value_t = 500, value_parser = positive)]
     pub batch_size: usize,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bars.
-    #[arg(long, short)]
-    pub quiet: bool,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
@@ -75,47 +72,44 @@ pub fn print_table(label: &str, a: &Accuracy) {
 }
 
 /// Runs `zipmerge eval`.
-pub fn exec(a: EvalArgs) -> Result<()> {
-    let quiet = a.quiet || a.json;
+pub fn exec(a: EvalArgs, p: &mut Printer) -> Result<()> {
     let tasks = match &a.tasks {
         Some(t) => Some(parse_tasks(t, zipmerge::checkpoint::MAX_LABELS).usage()?),
         None => None,
     };
-    let device = a.backend.device(quiet)?;
+    let device = a.backend.device(p)?;
     let systems: Vec<System> = a
         .models
         .iter()
         .map(|m| System::load(m, &device).with_context(|| format!("loading model {}", m.display())))
         .collect::<Result<_>>()?;
     let arch0 = (systems[0].manifest.arch, systems[0].manifest.width);
-    for (s, p) in systems.iter().zip(&a.models) {
-        if (s.manifest.arch, s.manifest.width) != arch0 && !quiet {
-            eprintln!(
+    for (s, m) in systems.iter().zip(&a.models) {
+        if (s.manifest.arch, s.manifest.width) != arch0 {
+            p.info(&format!(
                 "note: {} is {} x{}, the first model is {} x{}",
-                p.display(),
+                m.display(),
                 s.manifest.arch,
                 s.manifest.width,
                 arch0.0,
                 arch0.1
-            );
+            ));
         }
     }
     let root = data_root(a.data.as_deref());
-    let test = load_split(&root, "test", systems[0].config().preprocess(), quiet)?;
+    let test = load_split(&root, "test", systems[0].config().preprocess(), p)?;
     let tasks = tasks.unwrap_or_else(|| default_tasks(&systems));
     let n = zipmerge::eval::runner::check_evaluation(
         &zipmerge::eval::runner::heads_of(&systems),
         &test,
         &tasks,
     )?;
-    let pb = bar(n as u64, "eval", quiet);
     let t0 = std::time::Instant::now();
-    let acc = evaluate(&systems, &test, &tasks, a.batch_size, &device, &mut |k| {
-        pb.inc(k as u64)
+    let acc = phase(p, "eval", n as u64, |pr| {
+        evaluate(&systems, &test, &tasks, a.batch_size, &device, pr)
     });
-    pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    if a.json {
+    if p.json() {
         let mut v = serde_json::to_value(&acc)?;
         v["seconds"] = serde_json::json!(secs);
         v["images_per_second"] = serde_json::json!(acc.images as f64 / secs);

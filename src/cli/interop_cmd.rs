@@ -10,7 +10,10 @@ use zipmerge::checkpoint::{self, interop, ModelManifest, StateDict};
 use zipmerge::data::tasks::parse_classes;
 use zipmerge::models::{Arch, Net, NetConfig};
 
+use zipmerge::progress::Observer;
+
 use super::common::{build_head, command_line, parse_head};
+use super::printer::Printer;
 
 /// Arguments of `zipmerge import`.
 #[derive(Args, Debug)]
@@ -47,7 +50,7 @@ pub struct ImportArgs {
 }
 
 /// Runs `zipmerge import`.
-pub fn exec_import(a: ImportArgs) -> Result<()> {
+pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
     let given: Option<Arch> = a.arch.as_deref().map(str::parse).transpose()?;
     checkpoint::check_out_dir(&a.out)?;
     let (state, notes) = interop::read_checkpoint(&a.from)?;
@@ -69,10 +72,10 @@ pub fn exec_import(a: ImportArgs) -> Result<()> {
     };
     let layout = check_layout(arch, a.layout.as_deref())?;
     if let Some(first) = notes.ignored.first() {
-        eprintln!(
+        p.warn(&format!(
             "note: took the weights entry of a training checkpoint; ignored {} other tensors (e.g. {first})",
             notes.ignored.len()
-        );
+        ));
     }
     let out_key = match arch {
         Arch::Resnet20 => "linear.weight",
@@ -115,16 +118,19 @@ pub fn exec_import(a: ImportArgs) -> Result<()> {
         )
     })?;
     if let Some(first) = notes.converted.first() {
-        eprintln!(
+        p.warn(&format!(
             "note: converted {} of {} tensors to f32 (e.g. {first})",
             notes.converted.len(),
             state.len()
-        );
+        ));
     }
     let provenance = serde_json::json!({"import": {"from": a.from.display().to_string(), "layout": layout, "converted_to_f32": notes.converted, "stripped_prefixes": notes.stripped_prefixes, "ignored_tensors": notes.ignored.len(), "command": command_line()}});
     let manifest = ModelManifest::single(&cfg, classes, head, vec![], provenance);
     checkpoint::write_model(&a.out, &manifest, &[("model.safetensors".into(), &state)])?;
-    println!("wrote {} ({} tensors)", a.out.display(), state.len());
+    p.done(
+        &format!("wrote {} ({} tensors)", a.out.display(), state.len()),
+        serde_json::json!({"wrote": a.out, "tensors": state.len()}),
+    );
     Ok(())
 }
 
@@ -185,7 +191,7 @@ pub struct ExportArgs {
 }
 
 /// Runs `zipmerge export`.
-pub fn exec_export(a: ExportArgs) -> Result<()> {
+pub fn exec_export(a: ExportArgs, p: &mut Printer) -> Result<()> {
     if a.format != "safetensors" {
         bail!("--format {}: only safetensors is supported", a.format);
     }
@@ -208,6 +214,9 @@ pub fn exec_export(a: ExportArgs) -> Result<()> {
         interop::to_pytorch_safetensors(&parts)?
     };
     zipmerge::util::write_atomic(&a.out, &bytes)?;
-    println!("wrote {} ({} bytes)", a.out.display(), bytes.len());
+    p.done(
+        &format!("wrote {} ({} bytes)", a.out.display(), bytes.len()),
+        serde_json::json!({"wrote": a.out, "bytes": bytes.len()}),
+    );
     Ok(())
 }

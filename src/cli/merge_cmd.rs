@@ -1,24 +1,20 @@
-//! `zipmerge merge`: statistics -> matching -> rewriting -> BN reset -> (eval) -> model folder
-//! + `report.json`.
+//! `zipmerge merge`: flags -> [`MergePlan`] -> [`zipmerge::merge::run`] -> model folder +
+//! `report.json`, and the accuracy table.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::json;
 
-use zipmerge::collect::{probe_batches_sparse, probe_indices, ProbeOptions};
 use zipmerge::data::tasks::parse_tasks;
-use zipmerge::data::{Preprocess, SparseSet};
-use zipmerge::eval::runner::evaluate;
-use zipmerge::merge::{self, Endpoints, Method};
+use zipmerge::merge::{self, EvalPlan, MergePlan, Method, Similarity};
 
 use super::common::{
-    bar, check_out_not_input, command_line, data_root, finite, load_split, max_cached_images,
-    merge_error, non_negative, positive, usage, warn_dead_units, BackendArgs, UsageExt,
+    cache_gib, check_out_not_input, command_line, data_root, finite, merge_error, non_negative,
+    positive, usage, BackendArgs, UsageExt,
 };
 use super::eval_cmd::print_table;
+use super::printer::Printer;
 
 /// Options shared by merge, sweep and reproduce: method, probe and BN-reset sets.
 #[derive(Args, Debug, Clone)]
@@ -95,131 +91,41 @@ impl MergeSettings {
             .map_err(merge_error)
     }
 
-    /// The dual-space lambda of `--similarity` (0 for activation, 1 for weight), checked
-    /// against `method`.
-    pub fn dual_lambda(&self, method: &Method) -> Result<f64> {
+    /// The library's settings of these flags, checked.
+    pub fn library(&self) -> Result<merge::MergeSettings> {
+        let method = self.method()?;
         merge::check_dual_lambda(self.dual_lambda).map_err(merge_error)?;
-        let l = match self.similarity.as_str() {
-            "weight" => 1.0,
-            "dual" => self.dual_lambda,
-            _ => 0.0,
+        let similarity = match self.similarity.as_str() {
+            "weight" => Similarity::Weight,
+            "dual" => Similarity::Dual(self.dual_lambda),
+            _ => Similarity::Activation,
         };
-        merge::check_dual(method, l).map_err(merge_error)?;
-        Ok(l)
-    }
-
-    /// The post-merge corrections asked for.
-    pub fn corrections(&self) -> zipmerge::correct::Corrections {
-        zipmerge::correct::Corrections {
-            repair: self.repair,
-            refit_ridge: (self.refit == "lstsq").then_some(self.refit_ridge),
-        }
-    }
-
-    /// `--probe-images` as a count.
-    pub fn probe_count(&self) -> Result<Option<usize>> {
-        count(&self.probe_images, "--probe-images")
-    }
-
-    /// `--bn-reset-images` as a count.
-    pub fn bn_count(&self) -> Result<Option<usize>> {
-        count(&self.bn_reset_images, "--bn-reset-images")
-    }
-
-    /// The probe draw's options (statistics).
-    fn probe_options(&self) -> Result<ProbeOptions> {
-        Ok(ProbeOptions {
-            images: self.probe_count()?,
+        let s = merge::MergeSettings {
+            method,
+            merge_eps: self.merge_eps,
+            similarity,
+            corrections: zipmerge::correct::Corrections {
+                repair: self.repair,
+                refit_ridge: (self.refit == "lstsq").then_some(self.refit_ridge),
+            },
+            probe_images: count(&self.probe_images, "--probe-images")?,
+            probe_augment: !self.no_probe_augment,
+            bn_reset_images: count(&self.bn_reset_images, "--bn-reset-images")?,
+            endpoint_bn_reset: !self.no_endpoint_bn_reset,
+            rebasin_bn_reset: !self.no_rebasin_bn_reset,
             batch_size: self.batch_size,
-            augment: !self.no_probe_augment,
             seed: self.seed,
-        })
+        };
+        s.check().map_err(merge_error)?;
+        Ok(s)
     }
 
-    /// The BN-reset draw's options (augmented, seeded with seed + 1).
-    fn bn_options(&self) -> Result<ProbeOptions> {
-        Ok(ProbeOptions {
-            images: self.bn_count()?,
-            batch_size: self.batch_size,
-            augment: true,
-            seed: self.seed.wrapping_add(1),
-        })
-    }
-
-    /// Loads the probe folder (`--probe`, else the train split of the data root `root`),
-    /// decoding only the images the probe and BN-reset draws use.
-    pub fn load_probe(&self, root: &Path, prep: Preprocess, quiet: bool) -> Result<SparseSet> {
-        let t0 = Instant::now();
-        let dir = match &self.probe {
+    /// The probe folder: `--probe`, else the train split of the data root `root`.
+    pub fn probe_dir(&self, root: &Path) -> PathBuf {
+        match &self.probe {
             Some(p) => p.clone(),
             None => zipmerge::data::split_dir(root, "train"),
-        };
-        let dir = dir.as_path();
-        let (p, b) = (self.probe_options()?, self.bn_options()?);
-        let reset = self.bn_count()? != Some(0);
-        let set = SparseSet::load(
-            dir,
-            "train",
-            prep,
-            max_cached_images(prep, "train")?,
-            &|n| {
-                let mut v = probe_indices(n, &p);
-                if reset {
-                    v.extend(probe_indices(n, &b));
-                }
-                v
-            },
-        )
-        .with_context(|| format!("loading probe images {}", dir.display()))?;
-        if !quiet {
-            eprintln!(
-                "decoded {} of {} probe-folder images from {} in {:.1}s",
-                set.set.len(),
-                set.total,
-                dir.display(),
-                t0.elapsed().as_secs_f64()
-            );
         }
-        Ok(set)
-    }
-
-    /// Probe batches (statistics) from the probe set.
-    pub fn probe_batches(&self, probe: &SparseSet) -> Result<Vec<Vec<Vec<u8>>>> {
-        let n = self.probe_count()?;
-        if n == Some(0) {
-            return Err(usage(
-                "--probe-images 0: the statistics need at least one image",
-            ));
-        }
-        if probe.total == 0 {
-            bail!("the probe set {} is empty", probe.set.source);
-        }
-        let used = n.unwrap_or(probe.total).min(probe.total);
-        if used < self.batch_size {
-            eprintln!(
-                "note: the probe set gives {used} images ({} in {}), fewer than --batch-size {}: using one batch of {used}",
-                probe.total, probe.set.source, self.batch_size
-            );
-        }
-        Ok(probe_batches_sparse(
-            &probe.set,
-            probe.total,
-            &probe.positions,
-            &self.probe_options()?,
-        )?)
-    }
-
-    /// BN-reset batches (augmented, seeded with seed + 1).
-    pub fn bn_batches(&self, probe: &SparseSet) -> Result<Vec<Vec<Vec<u8>>>> {
-        if self.bn_count()? == Some(0) {
-            return Ok(vec![]);
-        }
-        Ok(probe_batches_sparse(
-            &probe.set,
-            probe.total,
-            &probe.positions,
-            &self.bn_options()?,
-        )?)
     }
 }
 
@@ -259,204 +165,56 @@ pub struct MergeArgs {
     /// Output model folder (gets the weights, manifest.json and report.json).
     #[arg(long)]
     pub out: PathBuf,
-    /// Print the report as JSON only.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bars.
-    #[arg(long, short)]
-    pub quiet: bool,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
 
 /// Runs `zipmerge merge`.
-pub fn exec(a: MergeArgs) -> Result<()> {
-    let quiet = a.quiet || a.json;
-    let s = &a.settings;
-    let method = s.method()?;
-    s.probe_count()?;
-    s.bn_count()?;
+pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
+    let settings = a.settings.library()?;
     check_out_not_input(&a.out, &a.models)?;
     zipmerge::checkpoint::check_out_dir(&a.out)?;
-    let mut ep = Endpoints::load(&a.models).map_err(merge_error)?;
-    let stop = ep.spec.stop(&a.stop).map_err(merge_error)?;
-    merge::check_method(&ep, &method, s.merge_eps).map_err(merge_error)?;
-    let tasks = if a.tasks == "auto" {
-        None
-    } else {
-        Some(parse_tasks(&a.tasks, zipmerge::checkpoint::MAX_LABELS).usage()?)
+    let tasks = match a.tasks.as_str() {
+        "auto" => None,
+        t => Some(parse_tasks(t, zipmerge::checkpoint::MAX_LABELS).usage()?),
     };
-    let device = a.backend.device(quiet)?;
     let root = data_root(a.data.as_deref());
-    let prep = ep.spec.net.preprocess();
-    let t_load = Instant::now();
-    let probe = s.load_probe(&root, prep, quiet)?;
-    let probe_load_s = t_load.elapsed().as_secs_f64();
-    // validate everything before the long steps
-    let corrections = s.corrections();
-    corrections.check().map_err(merge_error)?;
-    let lambda = s.dual_lambda(&method)?;
-    let probe_b = if method.needs_statistics() || corrections.any() {
-        s.probe_batches(&probe)?
-    } else {
-        vec![]
+    let plan = MergePlan {
+        models: a.models.clone(),
+        stop: a.stop.clone(),
+        probe_dir: a.settings.probe_dir(&root),
+        eval: (!a.no_eval).then(|| EvalPlan {
+            root: a.eval_data.clone().unwrap_or(root.clone()),
+            tasks,
+        }),
+        cache_gib: cache_gib()?,
+        device: a.backend.device(p)?,
+        backend: a.backend.backend.to_string(),
+        command: command_line(),
+        settings,
     };
-    let bn_b = s.bn_batches(&probe)?;
-    let reset_merged = !bn_b.is_empty()
-        && (!s.no_rebasin_bn_reset || !matches!(method, Method::GitRebasin { .. }));
-    let tasks = tasks.unwrap_or_else(|| ep.tasks());
-    // the test set is loaded and checked before the long steps, so data that `eval` refuses is
-    // refused here too, before any statistics
-    let test = if a.no_eval {
-        None
-    } else {
-        let test_root = a.eval_data.clone().unwrap_or(root.clone());
-        let test = load_split(&test_root, "test", prep, quiet)?;
-        let n = zipmerge::eval::runner::check_evaluation(&ep.heads(), &test, &tasks)?;
-        Some((test, n))
-    };
-    let t_all = Instant::now();
-    let mut timings = serde_json::Map::new();
-    if !a.settings.no_endpoint_bn_reset && !bn_b.is_empty() {
-        let t = Instant::now();
-        let pb = bar(
-            (bn_b.iter().map(Vec::len).sum::<usize>() * ep.n()) as u64,
-            "endpoint BN",
-            quiet,
-        );
-        ep.reset_bn(&bn_b, &device, &mut |k| pb.inc(k as u64))?;
-        pb.finish_and_clear();
-        timings.insert("endpoint_bn_reset".into(), json!(t.elapsed().as_secs_f64()));
-    }
-    let mut dead_units = Vec::new();
-    let stats = if method.needs_statistics() {
-        let t = Instant::now();
-        let pb = bar(
-            probe_b.iter().map(Vec::len).sum::<usize>() as u64,
-            "statistics",
-            quiet,
-        );
-        let st = merge::statistics_upto(&ep, &probe_b, &device, stop.spaces, &mut |k| {
-            pb.inc(k as u64)
-        })?;
-        pb.finish_and_clear();
-        timings.insert("statistics".into(), json!(t.elapsed().as_secs_f64()));
-        dead_units = warn_dead_units(&st, &ep.spec.spaces);
-        Some(st)
-    } else {
-        None
-    };
-    let t = Instant::now();
-    let transforms = merge::match_spaces_with(
-        &ep,
-        &method,
-        stats.as_ref(),
-        stop.spaces,
-        s.merge_eps,
-        lambda,
-    )?;
-    timings.insert("matching".into(), json!(t.elapsed().as_secs_f64()));
-    let provenance = json!({
-        "merge": {
-            "method": method,
-            "alpha": s.alpha, "beta": s.beta, "merge_eps": s.merge_eps,
-            "stop": stop.name, "zipped_layers": stop.zipped, "total_layers": stop.total,
-            "sources": a.models.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-            "probe": probe.set.source, "probe_images": stats.as_ref().map(|s| s.images),
-            "probe_augment": !s.no_probe_augment, "dead_units": dead_units,
-            "bn_reset_images": bn_b.iter().map(Vec::len).sum::<usize>(),
-            "merged_bn_reset": reset_merged,
-            "endpoint_bn_reset": !s.no_endpoint_bn_reset,
-            "corrections": corrections,
-            "similarity": s.similarity, "dual_lambda": lambda,
-            "seed": s.seed, "backend": a.backend.backend.to_string(),
-            "command": command_line(),
-        }
-    });
-    let t = Instant::now();
-    let mut merged = merge::build(&ep, &transforms, &stop, provenance.clone())?;
-    timings.insert("rewriting".into(), json!(t.elapsed().as_secs_f64()));
-    if reset_merged {
-        let t = Instant::now();
-        let pb = bar(
-            bn_b.iter().map(Vec::len).sum::<usize>() as u64,
-            "BN reset",
-            quiet,
-        );
-        merged.reset_bn(&bn_b, &device, &mut |k| pb.inc(k as u64))?;
-        pb.finish_and_clear();
-        timings.insert("bn_reset".into(), json!(t.elapsed().as_secs_f64()));
-    }
-    let correction = if corrections.any() {
-        let t = Instant::now();
-        if !quiet {
-            eprintln!(
-                "correcting the merged trunk ({})",
-                corrections.label().trim_start_matches(" + ")
-            );
-        }
-        let r =
-            zipmerge::correct::apply(&mut merged, &ep, &transforms, &stop, &probe_b, &corrections)
-                .map_err(merge_error)?;
-        timings.insert("corrections".into(), json!(t.elapsed().as_secs_f64()));
-        Some(r)
-    } else {
-        None
-    };
-    let sys = merged.system(&device)?;
-    let flops = sys.flops();
-    let accuracy = if let Some((test, n)) = &test {
-        let (test, n) = (test, *n);
-        let t = Instant::now();
-        let pb = bar(n as u64, "eval", quiet);
-        let acc = evaluate(&[sys], test, &tasks, s.batch_size, &device, &mut |k| {
-            pb.inc(k as u64)
-        });
-        pb.finish_and_clear();
-        timings.insert("eval".into(), json!(t.elapsed().as_secs_f64()));
-        Some(acc)
-    } else {
-        None
-    };
-    timings.insert("total".into(), json!(t_all.elapsed().as_secs_f64()));
-    timings.insert("loading_probe".into(), json!(probe_load_s));
-    let report = json!({
-        "method": method.label(),
-        "settings": provenance["merge"],
-        "stop": stop.name,
-        "zipped_layers": stop.zipped,
-        "total_layers": stop.total,
-        "flops": flops,
-        "accuracy": accuracy,
-        "timings_seconds": timings,
-        "statistics_passes": stats.as_ref().map_or(0, |s| s.passes),
-        "correction": correction,
-        "peak_rss_mb": zipmerge::util::peak_rss_mb(),
-    });
-    let report_bytes = serde_json::to_vec_pretty(&report)?;
-    merged
-        .save_with(&a.out, &[("report.json".into(), report_bytes)])
+    let outcome = merge::run(&plan, p).map_err(merge_error)?;
+    outcome
+        .save(&a.out)
         .with_context(|| format!("writing {}", a.out.display()))?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        if let Some(acc) = &accuracy {
-            print_table(
-                &format!(
-                    "{}{} {} -> {}",
-                    method.label(),
-                    corrections.label(),
-                    stop.name,
-                    a.out.display()
-                ),
-                acc,
-            );
-        }
-        eprintln!(
-            "wrote {} ({:.1}s)",
-            a.out.display(),
-            t_all.elapsed().as_secs_f64()
-        );
+    let r = &outcome.report;
+    if p.json() {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(());
     }
+    if let Some(acc) = &r.accuracy {
+        let label = format!("{}{}", r.method, plan.settings.corrections.label());
+        print_table(&format!("{label} {} -> {}", r.stop, a.out.display()), acc);
+    }
+    if p.verbose() {
+        for (phase, secs) in &r.timings_seconds {
+            eprintln!("  {phase:>18}: {secs:8.3} s");
+        }
+    }
+    eprintln!(
+        "wrote {} ({:.1}s)",
+        a.out.display(),
+        r.timings_seconds["total"]
+    );
     Ok(())
 }

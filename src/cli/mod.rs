@@ -10,6 +10,7 @@ mod interop_cmd;
 mod match_cmd;
 mod merge_cmd;
 mod predict_cmd;
+mod printer;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,9 @@ pub use zipmerge::util::one_line;
 #[derive(Parser, Debug)]
 #[command(name = "zipmerge", version, about, long_about = None)]
 pub struct Cli {
+    /// Output flags (global: before or after the subcommand).
+    #[command(flatten)]
+    pub output: printer::OutputArgs,
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -100,18 +104,20 @@ pub fn run() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    let mut p = printer::Printer::new(&cli.output);
+    let p = &mut p;
     match cli.command {
-        Command::Train(a) => train_cmd::exec(a),
-        Command::Eval(a) => eval_cmd::exec(a),
-        Command::Predict(a) => predict_cmd::exec(a),
-        Command::Merge(a) => merge_cmd::exec(a),
+        Command::Train(a) => train_cmd::exec(a, p),
+        Command::Eval(a) => eval_cmd::exec(a, p),
+        Command::Predict(a) => predict_cmd::exec(a, p),
+        Command::Merge(a) => merge_cmd::exec(a, p),
         Command::Match(a) => match_cmd::exec(a),
-        Command::BnReset(a) => bn_reset_cmd::exec(a),
-        Command::Inspect(a) => inspect_cmd::exec(a),
-        Command::Sweep(a) => experiment_cmd::exec_sweep(a),
-        Command::Reproduce(a) => experiment_cmd::exec_reproduce(a),
-        Command::Bench(a) => bench_cmd::exec(a),
-        Command::Import(a) => interop_cmd::exec_import(a),
-        Command::Export(a) => interop_cmd::exec_export(a),
+        Command::BnReset(a) => bn_reset_cmd::exec(a, p),
+        Command::Inspect(a) => inspect_cmd::exec(a, p),
+        Command::Sweep(a) => experiment_cmd::exec_sweep(a, p),
+        Command::Reproduce(a) => experiment_cmd::exec_reproduce(a, p),
+        Command::Bench(a) => bench_cmd::exec(a, p),
+        Command::Import(a) => interop_cmd::exec_import(a, p),
+        Command::Export(a) => interop_cmd::exec_export(a, p),
     }
 }

@@ -4,17 +4,19 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::ProgressBar;
 
 use zipmerge::data::tasks::{format_tasks, parse_classes, random_split};
 use zipmerge::models::{param_count, Arch, NetConfig};
 use zipmerge::train::{self, EpochLog, TrainObserver, TrainOptions};
 
 use super::common::{
-    bar, build_head, command_line, data_root, load_split_classes, non_negative, parse_head,
-    positive, usage, BackendArgs, UsageExt,
+    build_head, command_line, data_root, load_split_classes, non_negative, parse_head, positive,
+    usage, BackendArgs, UsageExt,
 };
 use zipmerge::data::{split_dir, ImageSet};
+use zipmerge::progress::Observer;
+
+use super::printer::Printer;
 
 /// Arguments of `zipmerge train`.
 #[derive(Args, Debug)]
@@ -73,44 +75,32 @@ pub struct TrainArgs {
     /// Resume from OUT.train-state if present.
     #[arg(long)]
     pub resume: bool,
-    /// No progress bars.
-    #[arg(long, short)]
-    pub quiet: bool,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
 
-struct Bars {
-    quiet: bool,
-    bar: Option<ProgressBar>,
-}
+/// Training progress on the printer: a bar per epoch, one line per finished epoch.
+struct Bars<'a>(&'a mut Printer);
 
-impl TrainObserver for Bars {
+impl TrainObserver for Bars<'_> {
     fn epoch_start(&mut self, epoch: usize, steps: usize) {
-        let b = bar(steps as u64, &format!("epoch {epoch}"), self.quiet);
-        self.bar = Some(b);
+        self.0.begin(&format!("epoch {epoch}"), steps as u64);
     }
     fn step(&mut self, loss: f64, acc: f64) {
-        if let Some(b) = &self.bar {
-            b.set_prefix(format!("loss {loss:.3} acc {acc:.1}%"));
-            b.inc(1);
-        }
+        self.0.status(&format!("loss {loss:.3} acc {acc:.1}%"));
+        self.0.advance(1);
     }
     fn epoch_end(&mut self, l: &EpochLog) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-        if !self.quiet {
-            eprintln!(
-                "epoch {:>3}: loss {:.4}  train acc {:.2}%  test task acc {:.2}%  ({:.1}s)",
-                l.epoch, l.loss, l.train_accuracy, l.test_accuracy, l.seconds
-            );
-        }
+        self.0.end();
+        self.0.info(&format!(
+            "epoch {:>3}: loss {:.4}  train acc {:.2}%  test task acc {:.2}%  ({:.1}s)",
+            l.epoch, l.loss, l.train_accuracy, l.test_accuracy, l.seconds
+        ));
     }
 }
 
 /// Runs `zipmerge train`.
-pub fn exec(a: TrainArgs) -> Result<()> {
+pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
     let arch: Arch = a.arch.parse().usage()?;
     if a.out.exists() && !a.out.is_dir() {
         return Err(usage(format!(
@@ -151,13 +141,11 @@ pub fn exec(a: TrainArgs) -> Result<()> {
                     parts.len()
                 )));
             }
-            if !a.quiet {
-                eprintln!(
-                    "split {s} (seed {}): {}",
-                    a.split_seed,
-                    format_tasks(&parts)
-                );
-            }
+            p.info(&format!(
+                "split {s} (seed {}): {}",
+                a.split_seed,
+                format_tasks(&parts)
+            ));
             (parts[a.part].clone(), Some(parts))
         }
         (None, None) => {
@@ -172,7 +160,7 @@ pub fn exec(a: TrainArgs) -> Result<()> {
         width: a.width,
         out: head.net_outputs(classes.len()),
     };
-    let mut train_task = load_split_classes(&root, "train", prep, Some(&classes), a.quiet)?;
+    let mut train_task = load_split_classes(&root, "train", prep, Some(&classes), p)?;
     if let Some(l) = a.limit {
         use rand::{seq::SliceRandom, SeedableRng};
         let mut idx: Vec<usize> = (0..train_task.len()).collect();
@@ -181,7 +169,7 @@ pub fn exec(a: TrainArgs) -> Result<()> {
         idx.sort_unstable();
         train_task = train_task.subset(&idx);
     }
-    let test_task = load_split_classes(&root, "test", prep, Some(&classes), a.quiet)?;
+    let test_task = load_split_classes(&root, "test", prep, Some(&classes), p)?;
     if train_task.is_empty() {
         bail!(
             "{}: no training images of classes {classes:?}",
@@ -200,26 +188,21 @@ pub fn exec(a: TrainArgs) -> Result<()> {
         weight_decay: a.weight_decay,
         seed: a.seed,
     };
-    let device = a.backend.device(a.quiet)?;
-    if !a.quiet {
-        eprintln!(
-            "training {arch} x{} ({} params, {} forward MACs/image) on classes {classes:?}: {} train / {} test images",
-            a.width,
-            param_count(&net),
-            net.flops(),
-            train_task.len(),
-            test_task.len()
-        );
-    }
+    let device = a.backend.device(p)?;
+    p.info(&format!(
+        "training {arch} x{} ({} params, {} forward MACs/image) on classes {classes:?}: {} train / {} test images",
+        a.width,
+        param_count(&net),
+        net.flops(),
+        train_task.len(),
+        test_task.len()
+    ));
     let state_dir = PathBuf::from(format!("{}.train-state", a.out.display()));
     if !a.resume && state_dir.exists() {
         std::fs::remove_dir_all(&state_dir).ok();
     }
     let t0 = std::time::Instant::now();
-    let mut obs = Bars {
-        quiet: a.quiet,
-        bar: None,
-    };
+    let mut obs = Bars(p);
     let (state, log) = train::train(
         &opts,
         &train_task,

@@ -3,7 +3,13 @@
 //! once; only the rewriting, BN reset and evaluation run per stop.
 
 pub mod plot;
+pub mod runs;
 pub mod table;
+
+pub use runs::{
+    find_groups, grid, sweep, table1, GridPlan, GridReport, Inputs, SweepPlan, SweepReport,
+    Table1Plan, Table1Report,
+};
 
 use std::time::Instant;
 

@@ -19,6 +19,12 @@ use crate::models::Net;
 use crate::rewrite::{self, bn_reset, Zipped};
 use crate::spec::{MergeSpec, Stop};
 
+mod run;
+pub use run::{
+    images, run, warn_dead_units, Batches, EvalPlan, MergeOutcome, MergePlan, MergeProvenance,
+    MergeReport, MergeSettings, Similarity,
+};
+
 /// Matching method.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "name", rename_all = "kebab-case")]

@@ -3,6 +3,7 @@
 
 pub mod bridge;
 pub mod head;
+pub mod inspect;
 pub mod layers;
 pub mod resnet20;
 pub mod resnet50;

@@ -111,6 +111,15 @@ impl Stop {
     pub fn is_full(&self) -> bool {
         self.zipped == self.total
     }
+
+    /// The name with its aliases, as help and error messages list stops: `13/20 (layer2)`.
+    pub fn label(&self) -> String {
+        if self.aliases.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{} ({})", self.name, self.aliases.join(", "))
+        }
+    }
 }
 
 /// One residual block as the spec builder sees it: its projection shortcut (PyTorch field name,
@@ -472,16 +481,7 @@ impl MergeSpec {
             .find(|s| s.name == name || s.aliases.iter().any(|a| a == name))
             .cloned()
             .ok_or_else(|| {
-                let valid: Vec<String> = stops
-                    .iter()
-                    .map(|s| {
-                        if s.aliases.is_empty() {
-                            s.name.clone()
-                        } else {
-                            format!("{} ({})", s.name, s.aliases.join(", "))
-                        }
-                    })
-                    .collect();
+                let valid: Vec<String> = stops.iter().map(Stop::label).collect();
                 MergeError::param(
                     crate::error::MergeParam::Stop,
                     name,

@@ -1,0 +1,606 @@
+//! The merge pipeline as one library call ([`run`]): load and check the endpoints, decode the
+//! probe and BN-reset images, reset the endpoints' BN, collect statistics up to the stop,
+//! match, rewrite, reset the merged BN, apply the post-merge corrections, evaluate. The CLI's
+//! `merge` builds a [`MergePlan`] from its flags, calls [`run`] and prints the
+//! [`MergeReport`]. Reference doc §1.1 gives the order of the steps.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use serde::Serialize;
+
+use super::{build, check_dual, check_method, match_spaces_with, statistics_upto};
+use super::{DeadUnits, Endpoints, Merged, Method};
+use crate::collect::{probe_batches_sparse, probe_indices, ProbeOptions};
+use crate::correct::{CorrectionReport, Corrections};
+use crate::data::{Preprocess, SparseSet};
+use crate::error::{DataError, MergeError, MergeParam};
+use crate::eval::Accuracy;
+use crate::progress::{phase, Observer};
+
+/// Probe or BN-reset images: batches of `[side, side, 3]` u8 images.
+pub type Batches = Vec<Vec<Vec<u8>>>;
+
+/// How features are compared by ZipIt! and Permute ([`crate::matching::dual`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Similarity {
+    /// Correlation of the activations (the paper).
+    Activation,
+    /// Cosine of the producing filters.
+    Weight,
+    /// MuDSC's `(1 - lambda) * activation + lambda * weight`, lambda in [0, 1].
+    Dual(f64),
+}
+
+impl Similarity {
+    /// The weight-similarity share lambda (0 for activations, 1 for weights).
+    pub fn lambda(&self) -> f64 {
+        match self {
+            Similarity::Activation => 0.0,
+            Similarity::Weight => 1.0,
+            Similarity::Dual(l) => *l,
+        }
+    }
+
+    /// Name as the report writes it (`activation`, `weight`, `dual`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Similarity::Activation => "activation",
+            Similarity::Weight => "weight",
+            Similarity::Dual(_) => "dual",
+        }
+    }
+}
+
+/// Settings of one merge shared by `merge`, `sweep` and `reproduce`: method, probe and
+/// BN-reset draws, corrections. [`MergeSettings::new`] gives the reference's defaults
+/// (reference doc §2, §4.4).
+#[derive(Clone, Debug)]
+pub struct MergeSettings {
+    /// Matching method.
+    pub method: Method,
+    /// Merge normalisation epsilon: `merge = P / (colsum(P) + eps)` (reference doc §3.1).
+    pub merge_eps: f64,
+    /// Feature similarity of ZipIt! and Permute.
+    pub similarity: Similarity,
+    /// Post-merge corrections (REPAIR, closed-form refit).
+    pub corrections: Corrections,
+    /// Probe images for the statistics (`None` = every image of the probe folder).
+    pub probe_images: Option<usize>,
+    /// Apply the training augmentation to the probe images (the reference does).
+    pub probe_augment: bool,
+    /// Images of the BN reset (`Some(0)` = no reset; `None` = every probe-folder image).
+    pub bn_reset_images: Option<usize>,
+    /// Reset the endpoints' BN before merging (the reference does).
+    pub endpoint_bn_reset: bool,
+    /// Reset BN after a Git Re-Basin merge too (the paper; one reference script does not:
+    /// reference doc §3.5).
+    pub rebasin_bn_reset: bool,
+    /// Images per batch of statistics, BN reset and evaluation.
+    pub batch_size: usize,
+    /// Seed of the probe and BN-reset draws and their augmentation (the BN-reset draw uses
+    /// `seed + 1`).
+    pub seed: u64,
+}
+
+impl MergeSettings {
+    /// The reference's settings for `method`: 1,000 augmented probe images, endpoint and merged
+    /// BN reset on 1,000 images, batch 500, merge epsilon 1e-5, activation similarity, no
+    /// corrections, seed 0.
+    pub fn new(method: Method) -> Self {
+        Self {
+            method,
+            merge_eps: 1e-5,
+            similarity: Similarity::Activation,
+            corrections: Corrections::default(),
+            probe_images: Some(1000),
+            probe_augment: true,
+            bn_reset_images: Some(1000),
+            endpoint_bn_reset: true,
+            rebasin_bn_reset: true,
+            batch_size: 500,
+            seed: 0,
+        }
+    }
+
+    /// Checks the settings that do not depend on the models.
+    ///
+    /// # Errors
+    /// [`MergeError::Param`] naming the option: a batch size of 0, no probe image, a
+    /// dual-space lambda outside [0, 1] or with a method that does not use it, a negative
+    /// refit ridge.
+    pub fn check(&self) -> Result<(), MergeError> {
+        if self.batch_size == 0 {
+            return Err(MergeError::param(
+                MergeParam::BatchSize,
+                0,
+                "expected an integer >= 1",
+            ));
+        }
+        if self.probe_images == Some(0) {
+            return Err(MergeError::param(
+                MergeParam::ProbeImages,
+                0,
+                "the statistics need at least one image",
+            ));
+        }
+        super::check_dual_lambda(self.similarity.lambda())?;
+        check_dual(&self.method, self.similarity.lambda())?;
+        self.corrections.check()
+    }
+
+    /// The probe draw (statistics).
+    pub fn probe_options(&self) -> ProbeOptions {
+        ProbeOptions {
+            images: self.probe_images,
+            batch_size: self.batch_size,
+            augment: self.probe_augment,
+            seed: self.seed,
+        }
+    }
+
+    /// The BN-reset draw: augmented, seeded with `seed + 1`.
+    pub fn bn_options(&self) -> ProbeOptions {
+        ProbeOptions {
+            images: self.bn_reset_images,
+            batch_size: self.batch_size,
+            augment: true,
+            seed: self.seed.wrapping_add(1),
+        }
+    }
+
+    /// Whether a merge by `self.method` gets its BN reset.
+    pub fn resets_merged(&self) -> bool {
+        self.bn_reset_images != Some(0)
+            && (self.rebasin_bn_reset || !matches!(self.method, Method::GitRebasin { .. }))
+    }
+
+    /// Lists the probe folder `dir` (at most `max_images`) and decodes only the images the
+    /// probe and BN-reset draws use.
+    ///
+    /// # Errors
+    /// [`MergeError::Data`] for an unreadable folder or image.
+    pub fn load_probe(
+        &self,
+        dir: &Path,
+        prep: Preprocess,
+        max_images: usize,
+        obs: &mut dyn Observer,
+    ) -> Result<SparseSet, MergeError> {
+        let t0 = Instant::now();
+        let (p, b) = (self.probe_options(), self.bn_options());
+        let reset = self.bn_reset_images != Some(0);
+        let set = SparseSet::load(dir, "train", prep, max_images, &|n| {
+            let mut v = probe_indices(n, &p);
+            if reset {
+                v.extend(probe_indices(n, &b));
+            }
+            v
+        })?;
+        obs.info(&format!(
+            "decoded {} of {} probe-folder images from {} in {:.1}s",
+            set.set.len(),
+            set.total,
+            dir.display(),
+            t0.elapsed().as_secs_f64()
+        ));
+        Ok(set)
+    }
+
+    /// The probe batches (statistics) of `probe`.
+    ///
+    /// # Errors
+    /// [`MergeError::Data`] for an empty probe set.
+    pub fn probe_batches(
+        &self,
+        probe: &SparseSet,
+        obs: &mut dyn Observer,
+    ) -> Result<Batches, MergeError> {
+        if probe.total == 0 {
+            return Err(
+                DataError::Invalid(format!("the probe set {} is empty", probe.set.source)).into(),
+            );
+        }
+        let used = self.probe_images.unwrap_or(probe.total).min(probe.total);
+        if used < self.batch_size {
+            obs.warn(&format!(
+                "note: the probe set gives {used} images ({} in {}), fewer than the batch size {}: using one batch of {used}",
+                probe.total, probe.set.source, self.batch_size
+            ));
+        }
+        probe_batches_sparse(
+            &probe.set,
+            probe.total,
+            &probe.positions,
+            &self.probe_options(),
+        )
+    }
+
+    /// The BN-reset batches of `probe` (none when `bn_reset_images` is `Some(0)`).
+    ///
+    /// # Errors
+    /// As [`probe_batches_sparse`].
+    pub fn bn_batches(&self, probe: &SparseSet) -> Result<Batches, MergeError> {
+        if self.bn_reset_images == Some(0) {
+            return Ok(vec![]);
+        }
+        probe_batches_sparse(
+            &probe.set,
+            probe.total,
+            &probe.positions,
+            &self.bn_options(),
+        )
+    }
+
+    /// Resets the endpoints' BN on `bn` (when asked and there are images), as one phase.
+    ///
+    /// # Errors
+    /// As [`Endpoints::reset_bn`].
+    pub fn reset_endpoints(
+        &self,
+        ep: &mut Endpoints,
+        bn: &Batches,
+        device: &Device,
+        obs: &mut dyn Observer,
+    ) -> Result<bool, MergeError> {
+        if !self.endpoint_bn_reset || bn.is_empty() {
+            return Ok(false);
+        }
+        let total = (images(bn) * ep.n()) as u64;
+        phase(obs, "endpoint BN", total, |p| ep.reset_bn(bn, device, p))?;
+        Ok(true)
+    }
+}
+
+/// Images in `batches`.
+pub fn images(batches: &Batches) -> usize {
+    batches.iter().map(Vec::len).sum()
+}
+
+/// Evaluation of the merged model.
+#[derive(Clone, Debug)]
+pub struct EvalPlan {
+    /// Data root whose `test` split is evaluated ([`crate::data::split_dir`]).
+    pub root: PathBuf,
+    /// Class ids of each task (`None`: each source model's classes).
+    pub tasks: Option<Vec<Vec<usize>>>,
+}
+
+/// Everything one merge needs ([`run`]).
+#[derive(Clone, Debug)]
+pub struct MergePlan {
+    /// Source model folders (N >= 2).
+    pub models: Vec<PathBuf>,
+    /// Stop: `7/20`, `layer2`, `full`, ... ([`crate::spec::MergeSpec::stop`]).
+    pub stop: String,
+    /// Method, draws, corrections.
+    pub settings: MergeSettings,
+    /// Probe folder (an ImageFolder of both tasks' classes; labels unused).
+    pub probe_dir: PathBuf,
+    /// Evaluation after the merge (none: skipped).
+    pub eval: Option<EvalPlan>,
+    /// Pixel cache per folder, GiB: folders holding more images are subsampled (seeded;
+    /// [`crate::data::images_in_cache`]).
+    pub cache_gib: f64,
+    /// Compute device.
+    pub device: Device,
+    /// Backend name for the provenance (`flex`, `wgpu`, ...).
+    pub backend: String,
+    /// The command that asked for the merge, for the provenance.
+    pub command: String,
+}
+
+impl MergePlan {
+    /// A plan merging `models` fully with `method` at the reference's settings, probing
+    /// `data_root`'s train split and evaluating on its test split, on the CPU.
+    pub fn new(models: &[PathBuf], method: Method, data_root: &Path) -> Self {
+        Self {
+            models: models.to_vec(),
+            stop: "full".into(),
+            settings: MergeSettings::new(method),
+            probe_dir: crate::data::split_dir(data_root, "train"),
+            eval: Some(EvalPlan {
+                root: data_root.to_path_buf(),
+                tasks: None,
+            }),
+            cache_gib: crate::data::DEFAULT_CACHE_GIB,
+            device: Default::default(),
+            backend: "flex".into(),
+            command: String::new(),
+        }
+    }
+}
+
+/// What a merge records in its manifest's provenance and report (`settings`).
+#[derive(Clone, Debug, Serialize)]
+pub struct MergeProvenance {
+    /// Method with its parameters.
+    pub method: Method,
+    /// ZipIt!'s alpha (`None` for other methods).
+    pub alpha: Option<f64>,
+    /// ZipIt!'s beta (`None` for other methods).
+    pub beta: Option<f64>,
+    /// Merge normalisation epsilon.
+    pub merge_eps: f64,
+    /// Stop name.
+    pub stop: String,
+    /// Layers zipped.
+    pub zipped_layers: usize,
+    /// Layers in all.
+    pub total_layers: usize,
+    /// Source model folders.
+    pub sources: Vec<String>,
+    /// Probe folder.
+    pub probe: String,
+    /// Probe images used by the statistics (`None` without statistics).
+    pub probe_images: Option<usize>,
+    /// Augmented probe.
+    pub probe_augment: bool,
+    /// Units with zero variance on the probe images.
+    pub dead_units: Vec<DeadUnits>,
+    /// Images of the BN resets.
+    pub bn_reset_images: usize,
+    /// The merged model's BN was reset.
+    pub merged_bn_reset: bool,
+    /// The endpoints' BN was reset first.
+    pub endpoint_bn_reset: bool,
+    /// Post-merge corrections.
+    pub corrections: Corrections,
+    /// Feature similarity name.
+    pub similarity: &'static str,
+    /// Its lambda.
+    pub dual_lambda: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Backend.
+    pub backend: String,
+    /// Command line.
+    pub command: String,
+}
+
+/// The report of one merge (`report.json`; the keys are a stable interface).
+#[derive(Clone, Debug, Serialize)]
+pub struct MergeReport {
+    /// Method label (`ZipIt!`, `Permute`, ...).
+    pub method: String,
+    /// The settings as recorded in the manifest.
+    pub settings: MergeProvenance,
+    /// Stop name.
+    pub stop: String,
+    /// Layers zipped.
+    pub zipped_layers: usize,
+    /// Layers in all.
+    pub total_layers: usize,
+    /// Multiply-accumulates of one forward pass of the merged system (one image, all heads).
+    pub flops: u64,
+    /// Accuracy on the test split (`None` when not evaluated).
+    pub accuracy: Option<Accuracy>,
+    /// Seconds per phase (`loading_probe`, `endpoint_bn_reset`, `statistics`, `matching`,
+    /// `rewriting`, `bn_reset`, `corrections`, `eval`, `total`).
+    pub timings_seconds: BTreeMap<&'static str, f64>,
+    /// Passes over the probe images the statistics made (0 or 1).
+    pub statistics_passes: usize,
+    /// What the corrections did.
+    pub correction: Option<CorrectionReport>,
+    /// Peak resident memory of the process, MB.
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// A merged model and its report.
+#[derive(Clone, Debug)]
+pub struct MergeOutcome {
+    /// The merged (or partially zipped multi-head) model.
+    pub merged: Merged,
+    /// What was done and measured.
+    pub report: MergeReport,
+}
+
+impl MergeOutcome {
+    /// Writes the model folder with `report.json`, atomically: an existing folder is replaced
+    /// only once everything is written.
+    ///
+    /// # Errors
+    /// [`MergeError::Checkpoint`] when the folder cannot be written.
+    pub fn save(&self, dir: &Path) -> Result<(), MergeError> {
+        let report = serde_json::to_vec_pretty(&self.report)
+            .map_err(|e| MergeError::Invalid(format!("serialising the report: {e}")))?;
+        self.merged
+            .save_with(dir, &[("report.json".into(), report)])
+    }
+}
+
+/// Runs one merge (reference doc §1.1): every input is loaded and checked before the first
+/// forward pass, so bad models, stops, settings, probe folders or test sets are refused within
+/// seconds.
+///
+/// ```no_run
+/// use zipmerge::merge::{run, Method, MergePlan};
+/// let models = ["models/cifar10-5+5/resnet20x1-a".into(), "models/cifar10-5+5/resnet20x1-b".into()];
+/// let plan = MergePlan::new(&models, Method::Permute, "datasets/cifar10-sample".as_ref());
+/// let outcome = run(&plan, &mut zipmerge::progress::Silent)?;
+/// println!("joint {:.1}%", outcome.report.accuracy.unwrap().joint);
+/// # Ok::<(), zipmerge::error::MergeError>(())
+/// ```
+///
+/// # Errors
+/// [`MergeError`]: [`MergeError::Param`] for a bad setting (naming it), model, data and
+/// checkpoint errors naming the file.
+pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, MergeError> {
+    let s = &plan.settings;
+    s.check()?;
+    let mut ep = Endpoints::load(&plan.models)?;
+    let stop = ep.spec.stop(&plan.stop)?;
+    check_method(&ep, &s.method, s.merge_eps)?;
+    let prep = ep.spec.net.preprocess();
+    let t_load = Instant::now();
+    let max_train = crate::data::images_in_cache(prep, true, plan.cache_gib);
+    let probe = s.load_probe(&plan.probe_dir, prep, max_train, obs)?;
+    let mut timings = BTreeMap::new();
+    timings.insert("loading_probe", t_load.elapsed().as_secs_f64());
+    let corrections = s.corrections;
+    let probe_b = if s.method.needs_statistics() || corrections.any() {
+        s.probe_batches(&probe, obs)?
+    } else {
+        vec![]
+    };
+    let bn_b = s.bn_batches(&probe)?;
+    let reset_merged = !bn_b.is_empty() && s.resets_merged();
+    let tasks = plan
+        .eval
+        .as_ref()
+        .and_then(|e| e.tasks.clone())
+        .unwrap_or_else(|| ep.tasks());
+    // the test set is loaded and checked before the long steps
+    let test = match &plan.eval {
+        None => None,
+        Some(e) => {
+            let max = crate::data::images_in_cache(prep, false, plan.cache_gib);
+            let l = crate::data::load_split(&e.root, "test", prep, max, None)?;
+            l.report("test", max, obs);
+            let n = crate::eval::runner::check_evaluation(&ep.heads(), &l.set, &tasks)?;
+            Some((l.set, n))
+        }
+    };
+    let t_all = Instant::now();
+    let mut timed = |key: &'static str, t: Instant| {
+        timings.insert(key, t.elapsed().as_secs_f64());
+    };
+    let t = Instant::now();
+    if s.reset_endpoints(&mut ep, &bn_b, &plan.device, obs)? {
+        timed("endpoint_bn_reset", t);
+    }
+    let mut dead_units = Vec::new();
+    let stats = if s.method.needs_statistics() {
+        let t = Instant::now();
+        let st = phase(obs, "statistics", images(&probe_b) as u64, |p| {
+            statistics_upto(&ep, &probe_b, &plan.device, stop.spaces, p)
+        })?;
+        timed("statistics", t);
+        dead_units = warn_dead_units(&st, &ep.spec.spaces, obs);
+        Some(st)
+    } else {
+        None
+    };
+    let t = Instant::now();
+    let lambda = s.similarity.lambda();
+    let transforms = match_spaces_with(
+        &ep,
+        &s.method,
+        stats.as_ref(),
+        stop.spaces,
+        s.merge_eps,
+        lambda,
+    )?;
+    timed("matching", t);
+    let (alpha, beta) = match s.method {
+        Method::Zipit { alpha, beta } => (Some(alpha), Some(beta)),
+        _ => (None, None),
+    };
+    let provenance = MergeProvenance {
+        method: s.method.clone(),
+        alpha,
+        beta,
+        merge_eps: s.merge_eps,
+        stop: stop.name.clone(),
+        zipped_layers: stop.zipped,
+        total_layers: stop.total,
+        sources: plan
+            .models
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        probe: probe.set.source.clone(),
+        probe_images: stats.as_ref().map(|s| s.images),
+        probe_augment: s.probe_augment,
+        dead_units,
+        bn_reset_images: images(&bn_b),
+        merged_bn_reset: reset_merged,
+        endpoint_bn_reset: s.endpoint_bn_reset,
+        corrections,
+        similarity: s.similarity.name(),
+        dual_lambda: lambda,
+        seed: s.seed,
+        backend: plan.backend.clone(),
+        command: plan.command.clone(),
+    };
+    let t = Instant::now();
+    let prov_json = serde_json::json!({ "merge": provenance });
+    let mut merged = build(&ep, &transforms, &stop, prov_json)?;
+    timed("rewriting", t);
+    if reset_merged {
+        let t = Instant::now();
+        phase(obs, "BN reset", images(&bn_b) as u64, |p| {
+            merged.reset_bn(&bn_b, &plan.device, p)
+        })?;
+        timed("bn_reset", t);
+    }
+    let correction = if corrections.any() {
+        let t = Instant::now();
+        obs.info(&format!(
+            "correcting the merged trunk ({})",
+            corrections.label().trim_start_matches(" + ")
+        ));
+        let r =
+            crate::correct::apply(&mut merged, &ep, &transforms, &stop, &probe_b, &corrections)?;
+        timed("corrections", t);
+        Some(r)
+    } else {
+        None
+    };
+    let sys = merged.system(&plan.device)?;
+    let flops = sys.flops();
+    let accuracy = match &test {
+        Some((test, n)) => {
+            let t = Instant::now();
+            let acc = phase(obs, "eval", *n as u64, |p| {
+                crate::eval::runner::evaluate(&[sys], test, &tasks, s.batch_size, &plan.device, p)
+            });
+            timed("eval", t);
+            Some(acc)
+        }
+        None => None,
+    };
+    timed("total", t_all);
+    let report = MergeReport {
+        method: s.method.label(),
+        settings: provenance,
+        stop: stop.name.clone(),
+        zipped_layers: stop.zipped,
+        total_layers: stop.total,
+        flops,
+        accuracy,
+        timings_seconds: timings,
+        statistics_passes: stats.as_ref().map_or(0, |s| s.passes),
+        correction,
+        peak_rss_mb: crate::util::peak_rss_mb(),
+    };
+    Ok(MergeOutcome { merged, report })
+}
+
+/// Reports one `warning:` line per (feature space, model) with dead units (zero variance on
+/// the probe images; [`super::Statistics::dead_units`]) and returns them for the report.
+pub fn warn_dead_units(
+    stats: &super::Statistics,
+    spaces: &[crate::spec::Space],
+    obs: &mut dyn Observer,
+) -> Vec<DeadUnits> {
+    let dead = stats.dead_units(spaces);
+    for d in &dead {
+        let model = (b'A' + (d.model % 26) as u8) as char;
+        obs.warn(&if d.dead == d.width {
+            format!(
+                "warning: feature space `{}`: model {model} has all {} units dead (zero variance on the probe images: a zero or constant model?)",
+                d.space, d.width
+            )
+        } else {
+            format!(
+                "warning: feature space `{}`: model {model} has {} dead units of {} (zero variance on the probe images)",
+                d.space, d.dead, d.width
+            )
+        });
+    }
+    dead
+}

@@ -142,17 +142,11 @@ pub fn read_checkpoint(path: &Path) -> Result<(StateDict, ImportNotes), Checkpoi
 /// ResNet-50), `linear` + `layer3` (ZipIt! ResNet-20), `features.0` + `classifier` (ZipIt!
 /// VGG-11); `None` otherwise.
 pub fn detect_arch(state: &StateDict) -> Option<crate::models::Arch> {
-    use crate::models::Arch;
     let has = |k: &str| state.contains_key(k);
-    if has("fc.weight") && has("layer4.0.conv3.weight") {
-        Some(Arch::Resnet50)
-    } else if has("linear.weight") && has("layer3.0.conv2.weight") {
-        Some(Arch::Resnet20)
-    } else if has("features.0.weight") && has("classifier.weight") {
-        Some(Arch::Vgg11)
-    } else {
-        None
-    }
+    crate::models::Arch::ALL
+        .iter()
+        .copied()
+        .find(|a| a.def().detect(&has))
 }
 
 /// Serialises `state` for PyTorch: f32 tensors plus an int64 scalar `num_batches_tracked` (= 0)

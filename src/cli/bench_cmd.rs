@@ -6,7 +6,7 @@ use clap::Args;
 use zipmerge::eval::bench::{bench, BenchPlan};
 use zipmerge::models::{Arch, NetConfig};
 
-use super::common::{positive, BackendArgs};
+use super::common::{positive, usage, BackendArgs};
 use super::printer::Printer;
 /// Arguments of `zipmerge bench`.
 #[derive(Args, Debug)]
@@ -32,7 +32,7 @@ pub struct BenchArgs {
 
 /// Runs `zipmerge bench`.
 pub fn exec(a: BenchArgs, p: &mut Printer) -> Result<()> {
-    let arch: Arch = a.arch.parse()?;
+    let arch: Arch = a.arch.parse().map_err(|e| usage(format!("--arch: {e}")))?;
     let plan = BenchPlan {
         cfg: NetConfig {
             arch,

@@ -12,7 +12,7 @@ use zipmerge::models::{Arch, Net, NetConfig};
 
 use zipmerge::progress::Observer;
 
-use super::common::{build_head, command_line, parse_head};
+use super::common::{build_head, command_line, parse_head, usage};
 use super::printer::Printer;
 
 /// Arguments of `zipmerge import`.
@@ -51,7 +51,12 @@ pub struct ImportArgs {
 
 /// Runs `zipmerge import`.
 pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
-    let given: Option<Arch> = a.arch.as_deref().map(str::parse).transpose()?;
+    let given: Option<Arch> = a
+        .arch
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| usage(format!("--arch: {e}")))?;
     checkpoint::check_out_dir(&a.out)?;
     let (state, notes) = interop::read_checkpoint(&a.from)?;
     let from = a.from.display();
@@ -66,8 +71,9 @@ pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
         (Some(g), _) => g,
         (None, Some(d)) => d,
         (None, None) => bail!(
-            "{from}: cannot tell the architecture from the tensor names (first: {}): pass --arch resnet20|vgg11|resnet50",
-            state.keys().take(3).cloned().collect::<Vec<_>>().join(", ")
+            "{from}: cannot tell the architecture from the tensor names (first: {}): pass --arch ({})",
+            state.keys().take(3).cloned().collect::<Vec<_>>().join(", "),
+            Arch::names()
         ),
     };
     let layout = check_layout(arch, a.layout.as_deref())?;
@@ -77,12 +83,8 @@ pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
             notes.ignored.len()
         ));
     }
-    let out_key = match arch {
-        Arch::Resnet20 => "linear.weight",
-        Arch::Vgg11 => "classifier.weight",
-        Arch::Resnet50 => "fc.weight",
-    };
-    let file_outputs = state.get(out_key).map(|t| t.rows());
+    let out_key = format!("{}.weight", arch.def().head_layer());
+    let file_outputs = state.get(&out_key).map(|t| t.rows());
     let linear = parse_head(&a.head)?.is_none();
     let num_classes = a.num_classes.unwrap_or(if linear {
         file_outputs.unwrap_or(10).max(10)
@@ -134,13 +136,10 @@ pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
     Ok(())
 }
 
-/// The layout of `arch` (`zipit` for resnet20/vgg11, `torchvision` for resnet50), checking
-/// `--layout` when given.
+/// The layout of `arch` (`zipit` for resnet20/vgg11, `torchvision` for torchvision's ResNets),
+/// checking `--layout` when given.
 fn check_layout(arch: Arch, given: Option<&str>) -> Result<&'static str> {
-    let own = match arch {
-        Arch::Resnet50 => "torchvision",
-        _ => "zipit",
-    };
+    let own = arch.def().layout();
     match given {
         None => Ok(own),
         Some(l) if l == own => Ok(own),
@@ -151,14 +150,11 @@ fn check_layout(arch: Arch, given: Option<&str>) -> Result<&'static str> {
     }
 }
 
-/// Width read off the first conv of a state dict: `conv1.weight` rows / 16 for ResNet-20,
-/// `features.0.weight` rows / 64 for VGG-11, `conv1.weight` rows for ResNet-50.
+/// Width read off the first conv of a state dict ([`zipmerge::models::arch::Architecture::width_probe`]):
+/// `conv1.weight` rows / 16 for ResNet-20, `features.0.weight` rows / 64 for VGG-11,
+/// `conv1.weight` rows for torchvision's ResNets.
 fn infer_width(arch: Arch, state: &StateDict) -> Result<usize> {
-    let (key, unit) = match arch {
-        Arch::Resnet20 => ("conv1.weight", 16),
-        Arch::Vgg11 => ("features.0.weight", 64),
-        Arch::Resnet50 => ("conv1.weight", 1),
-    };
+    let (key, unit) = arch.def().width_probe();
     let t = state
         .get(key)
         .with_context(|| format!("no tensor `{key}` to read the width of a {arch} from"))?;

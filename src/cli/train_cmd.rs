@@ -101,7 +101,7 @@ impl TrainObserver for Bars<'_> {
 
 /// Runs `zipmerge train`.
 pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
-    let arch: Arch = a.arch.parse().usage()?;
+    let arch: Arch = a.arch.parse().map_err(|e| usage(format!("--arch: {e}")))?;
     if a.out.exists() && !a.out.is_dir() {
         return Err(usage(format!(
             "--out {}: exists and is not a folder; choose another --out",

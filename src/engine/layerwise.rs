@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 
 use super::kernels::{self, Conv, Epilogue};
-use super::{Act, CpuNet, EngineCtx, Op};
+use super::{Act, CpuNet, EngineCtx, Op, OpKind};
 use crate::error::ModelError;
 
 /// One merged layer as a correction sees it: a conv with its BN, or the final linear (as a 1x1
@@ -110,9 +110,9 @@ fn mismatch(what: String) -> ModelError {
 
 /// The conv of a layer op: the conv itself (borrowed), or the final linear as a 1x1 conv.
 fn layer_conv(op: &Op) -> Option<Cow<'_, Conv>> {
-    match op {
-        Op::Conv { conv, .. } => Some(Cow::Borrowed(conv)),
-        Op::PoolLinear { name, weight, bias } => Some(Cow::Owned(Conv::from_torch(
+    match &op.0 {
+        OpKind::Conv { conv, .. } => Some(Cow::Borrowed(conv)),
+        OpKind::PoolLinear { name, weight, bias } => Some(Cow::Owned(Conv::from_torch(
             name,
             weight,
             &[bias.len(), weight.len() / bias.len().max(1), 1, 1],
@@ -177,8 +177,8 @@ pub fn correct<E: From<ModelError>>(
                 }
                 continue;
             };
-            let (src, dst, res, relu, bn) = match op {
-                Op::Conv {
+            let (src, dst, res, relu, bn) = match &op.0 {
+                OpKind::Conv {
                     src,
                     dst,
                     res,
@@ -188,7 +188,7 @@ pub fn correct<E: From<ModelError>>(
                 } => (*src, *dst, *res, *relu, bn.as_ref()),
                 _ => (0, 0, None, false, None),
             };
-            let linear = matches!(op, Op::PoolLinear { .. });
+            let linear = matches!(op.0, OpKind::PoolLinear { .. });
             // every model's input and branch output
             let mut inputs = Vec::with_capacity(n + 1);
             let mut outs = Vec::with_capacity(n + 1);
@@ -204,8 +204,10 @@ pub fn correct<E: From<ModelError>>(
                 } else {
                     Cow::Borrowed(input)
                 };
-                let bnj = match opj {
-                    Op::Conv { bn: Some(b), .. } => Some((b.scale.as_slice(), b.shift.as_slice())),
+                let bnj = match &opj.0 {
+                    OpKind::Conv { bn: Some(b), .. } => {
+                        Some((b.scale.as_slice(), b.shift.as_slice()))
+                    }
                     _ => None,
                 };
                 if input.c != conv.cin {

@@ -24,9 +24,7 @@ use crate::checkpoint::StateDict;
 use crate::data::Preprocess;
 use crate::error::ModelError;
 use crate::models::layers::BnRecord;
-use crate::models::resnet50::RESNET50_BLOCKS;
 use crate::models::system::System;
-use crate::models::vgg11::{VGG11_POOL_AFTER, VGG11_TORCH_INDEX};
 use crate::models::{Arch, Net};
 use kernels::{Conv, Epilogue};
 
@@ -143,11 +141,15 @@ fn bn_affine(gamma: &[f32], beta: &[f32], m: &[f64], v: &[f64]) -> (Vec<f32>, Ve
 }
 
 /// Register holding an activation during a cut's program (0 = the cut's input and output).
-type Slot = usize;
+pub type Slot = usize;
+
+/// One step of a cut's program, made by [`ProgramBuilder`].
+#[derive(Clone, Debug)]
+pub struct Op(OpKind);
 
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)] // a few dozen ops per network; boxing buys nothing
-enum Op {
+enum OpKind {
     /// `dst = relu?(bn(conv(src)) + res)`.
     Conv {
         conv: Conv,
@@ -204,12 +206,7 @@ impl CpuNet {
     /// missing (cannot happen for a `Net` built by [`Net::from_state`]).
     pub fn compile(net: &Net) -> Result<Self, ModelError> {
         let s = net.to_state();
-        let b = Builder { s: &s };
-        let cuts = match net.arch() {
-            Arch::Resnet20 => b.resnet20()?,
-            Arch::Vgg11 => b.vgg11()?,
-            Arch::Resnet50 => b.resnet50()?,
-        };
+        let cuts = net.arch().def().program(&ProgramBuilder { s: &s })?;
         Ok(Self {
             arch: net.arch(),
             cuts,
@@ -225,7 +222,7 @@ impl CpuNet {
     pub fn taps_per_cut(&self) -> Vec<usize> {
         self.cuts
             .iter()
-            .map(|ops| ops.iter().filter(|o| matches!(o, Op::Tap(_))).count())
+            .map(|ops| ops.iter().filter(|o| matches!(o.0, OpKind::Tap(_))).count())
             .collect()
     }
 
@@ -248,8 +245,8 @@ impl CpuNet {
 }
 
 fn run_op(op: &Op, regs: &mut [Option<Act>], ctx: &mut EngineCtx) {
-    match op {
-        Op::Conv {
+    match &op.0 {
+        OpKind::Conv {
             conv,
             bn,
             src,
@@ -302,12 +299,12 @@ fn run_op(op: &Op, regs: &mut [Option<Act>], ctx: &mut EngineCtx) {
                 data: out,
             });
         }
-        Op::MaxPool { k, s, p } => {
+        OpKind::MaxPool { k, s, p } => {
             let x = regs[0].take().expect("pool input");
             let (data, side) = kernels::max_pool(&x.data, x.batch, x.side, x.c, *k, *s, *p);
             regs[0] = Some(Act { side, data, ..x });
         }
-        Op::Tap(slot) => {
+        OpKind::Tap(slot) => {
             let a = regs[*slot].as_ref().expect("tapped slot");
             if let Some(f) = ctx.sink.as_mut() {
                 f(ctx.tapped, a);
@@ -317,7 +314,7 @@ fn run_op(op: &Op, regs: &mut [Option<Act>], ctx: &mut EngineCtx) {
             }
             ctx.tapped += 1;
         }
-        Op::PoolLinear { weight, bias, .. } => {
+        OpKind::PoolLinear { weight, bias, .. } => {
             let x = regs[0].take().expect("linear input");
             let y = kernels::pool_linear(&x.data, x.batch, x.side * x.side, x.c, weight, bias);
             regs[0] = Some(Act {
@@ -330,12 +327,13 @@ fn run_op(op: &Op, regs: &mut [Option<Act>], ctx: &mut EngineCtx) {
     }
 }
 
-/// Lays out the programs from a PyTorch-named state dict (names as in the model files).
-struct Builder<'a> {
+/// Lays out the programs of an architecture ([`crate::models::arch::Architecture::program`])
+/// from a PyTorch-named state dict (names as in the model files).
+pub struct ProgramBuilder<'a> {
     s: &'a StateDict,
 }
 
-impl Builder<'_> {
+impl ProgramBuilder<'_> {
     fn get(&self, name: &str) -> Result<&crate::checkpoint::NamedTensor, ModelError> {
         self.s
             .get(name)
@@ -374,17 +372,25 @@ impl Builder<'_> {
         })
     }
 
-    fn linear(&self, name: &str) -> Result<Op, ModelError> {
-        Ok(Op::PoolLinear {
+    /// Slot 0 <- the linear layer `name` of the mean over pixels of slot 0 (the head).
+    ///
+    /// # Errors
+    /// [`ModelError::Weights`] naming a missing tensor.
+    pub fn linear(&self, name: &str) -> Result<Op, ModelError> {
+        Ok(Op(OpKind::PoolLinear {
             name: name.to_string(),
             weight: self.get(&format!("{name}.weight"))?.data.clone(),
             bias: self.get(&format!("{name}.bias"))?.data.clone(),
-        })
+        }))
     }
 
-    /// conv + BN (+ residual) (+ ReLU).
+    /// `dst = relu?(bn(conv(src)) + res)`: conv `conv` (no bias, square kernel, `stride`,
+    /// zero padding `pad`) and BN `bn`, fused.
+    ///
+    /// # Errors
+    /// [`ModelError::Weights`] naming a missing or non-square tensor.
     #[allow(clippy::too_many_arguments)]
-    fn conv_bn(
+    pub fn conv_bn(
         &self,
         conv: &str,
         bn: &str,
@@ -395,142 +401,44 @@ impl Builder<'_> {
         res: Option<Slot>,
         relu: bool,
     ) -> Result<Op, ModelError> {
-        Ok(Op::Conv {
+        Ok(Op(OpKind::Conv {
             conv: self.conv(conv, stride, pad, false)?,
             bn: Some(self.bn(bn)?),
             src,
             dst,
             res,
             relu,
-        })
+        }))
     }
 
-    fn has(&self, name: &str) -> bool {
+    /// Slot 0 <- relu(conv(slot 0) + bias): conv `name` with a bias and no BN (VGG-11).
+    ///
+    /// # Errors
+    /// [`ModelError::Weights`] naming a missing or non-square tensor.
+    pub fn conv_bias_relu(&self, name: &str, stride: usize, pad: usize) -> Result<Op, ModelError> {
+        Ok(Op(OpKind::Conv {
+            conv: self.conv(name, stride, pad, true)?,
+            bn: None,
+            src: 0,
+            dst: 0,
+            res: None,
+            relu: true,
+        }))
+    }
+
+    /// In-place max pooling of slot 0 (kernel `k`, stride `s`, padding `p`).
+    pub fn max_pool(&self, k: usize, s: usize, p: usize) -> Op {
+        Op(OpKind::MaxPool { k, s, p })
+    }
+
+    /// The next feature-space tap, of slot `slot`.
+    pub fn tap(&self, slot: Slot) -> Op {
+        Op(OpKind::Tap(slot))
+    }
+
+    /// Whether the state dict has tensor `name` (an optional shortcut).
+    pub fn has(&self, name: &str) -> bool {
         self.s.contains_key(name)
-    }
-
-    /// ResNet-20: mirrors [`crate::models::resnet20::ResNet20::forward_segment`].
-    fn resnet20(&self) -> Result<Vec<Vec<Op>>, ModelError> {
-        let mut cuts = Vec::new();
-        for stage in 1..=3 {
-            let mut ops = Vec::new();
-            if stage == 1 {
-                ops.push(self.conv_bn("conv1", "bn1", 1, 1, 0, 0, None, true)?);
-            }
-            for i in 0..3 {
-                let n = format!("layer{stage}.{i}");
-                let stride = if stage > 1 && i == 0 { 2 } else { 1 };
-                ops.push(self.conv_bn(
-                    &format!("{n}.conv1"),
-                    &format!("{n}.bn1"),
-                    stride,
-                    1,
-                    0,
-                    1,
-                    None,
-                    true,
-                )?);
-                ops.push(Op::Tap(1));
-                let res = if self.has(&format!("{n}.shortcut.0.weight")) {
-                    ops.push(self.conv_bn(
-                        &format!("{n}.shortcut.0"),
-                        &format!("{n}.shortcut.1"),
-                        stride,
-                        1,
-                        0,
-                        2,
-                        None,
-                        false,
-                    )?);
-                    2
-                } else {
-                    0
-                };
-                ops.push(self.conv_bn(
-                    &format!("{n}.conv2"),
-                    &format!("{n}.bn2"),
-                    1,
-                    1,
-                    1,
-                    0,
-                    Some(res),
-                    true,
-                )?);
-            }
-            ops.push(Op::Tap(0));
-            cuts.push(ops);
-        }
-        cuts.push(vec![self.linear("linear")?]);
-        Ok(cuts)
-    }
-
-    /// VGG-11: mirrors [`crate::models::vgg11::Vgg11::forward_segment`].
-    fn vgg11(&self) -> Result<Vec<Vec<Op>>, ModelError> {
-        let pool = Op::MaxPool { k: 2, s: 2, p: 0 };
-        let mut cuts = Vec::new();
-        for cut in 0..9 {
-            let mut ops = Vec::new();
-            if cut > 0 && VGG11_POOL_AFTER[cut - 1] {
-                ops.push(pool.clone());
-            }
-            if cut < 8 {
-                ops.push(Op::Conv {
-                    conv: self.conv(&format!("features.{}", VGG11_TORCH_INDEX[cut]), 1, 1, true)?,
-                    bn: None,
-                    src: 0,
-                    dst: 0,
-                    res: None,
-                    relu: true,
-                });
-                ops.push(Op::Tap(0));
-            } else {
-                ops.push(self.linear("classifier")?);
-            }
-            cuts.push(ops);
-        }
-        Ok(cuts)
-    }
-
-    /// ResNet-50: mirrors [`crate::models::resnet50::ResNet50::forward_segment`].
-    fn resnet50(&self) -> Result<Vec<Vec<Op>>, ModelError> {
-        let mut cuts = Vec::new();
-        for (stage, &blocks) in RESNET50_BLOCKS.iter().enumerate() {
-            let mut ops = Vec::new();
-            if stage == 0 {
-                ops.push(self.conv_bn("conv1", "bn1", 2, 3, 0, 0, None, true)?);
-                ops.push(Op::MaxPool { k: 3, s: 2, p: 1 });
-                ops.push(Op::Tap(0));
-            }
-            for i in 0..blocks {
-                let n = format!("layer{}.{i}", stage + 1);
-                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-                let c = |k: &str| format!("{n}.{k}");
-                ops.push(self.conv_bn(&c("conv1"), &c("bn1"), 1, 0, 0, 1, None, true)?);
-                ops.push(Op::Tap(1));
-                ops.push(self.conv_bn(&c("conv2"), &c("bn2"), stride, 1, 1, 2, None, true)?);
-                ops.push(Op::Tap(2));
-                let res = if self.has(&c("downsample.0.weight")) {
-                    ops.push(self.conv_bn(
-                        &c("downsample.0"),
-                        &c("downsample.1"),
-                        stride,
-                        0,
-                        0,
-                        3,
-                        None,
-                        false,
-                    )?);
-                    3
-                } else {
-                    0
-                };
-                ops.push(self.conv_bn(&c("conv3"), &c("bn3"), 1, 0, 2, 0, Some(res), true)?);
-            }
-            ops.push(Op::Tap(0));
-            cuts.push(ops);
-        }
-        cuts.push(vec![self.linear("fc")?]);
-        Ok(cuts)
     }
 }
 

@@ -226,6 +226,7 @@ impl Endpoints {
         let spec = MergeSpec::of(&a.net_config());
         for (s, d) in states.iter().zip(dirs) {
             spec.check_covers(s.keys())
+                .and_then(|()| spec.check_widths(s))
                 .map_err(|e| MergeError::Invalid(format!("{}: {e}", d.display())))?;
         }
         Ok(Self {

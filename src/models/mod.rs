@@ -1,6 +1,7 @@
 //! Model definitions (ResNet-20 x w, VGG-11 x w, torchvision ResNet-50), their initialisation, weight bridge to
 //! PyTorch-layout state dicts, parameter and FLOP counts, and output heads.
 
+pub mod arch;
 pub mod bridge;
 pub mod head;
 pub mod inspect;
@@ -13,7 +14,6 @@ pub mod vgg11;
 use std::fmt;
 use std::str::FromStr;
 
-use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -21,66 +21,57 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::StateDict;
 use crate::error::ModelError;
+use arch::InitRule;
 pub use layers::ForwardCtx;
-use resnet20::ResNet20;
-use resnet50::{ResNet50, EXPANSION, RESNET50_BLOCKS};
-use vgg11::{Vgg11, VGG11_CHANNELS, VGG11_POOL_AFTER};
 
-/// Supported architectures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    /// CIFAR ResNet-20 (reference doc §1.3).
-    Resnet20,
-    /// CIFAR VGG-11 (reference doc §1.4).
-    Vgg11,
-    /// torchvision ResNet-50 (ImageNet; reference doc §1.5). `width` is the base width in
-    /// channels (torchvision: 64).
-    Resnet50,
+arch::architectures! {
+    Resnet20 => resnet20::ResNet20, resnet20::Def;
+    Vgg11 => vgg11::Vgg11, vgg11::Def;
+    Resnet50 => resnet50::ResNet50, resnet50::Def;
 }
 
 impl Arch {
     /// Index of the output cut (number of forward segments): 4 for ResNet-20, 9 for VGG-11, 5
     /// for ResNet-50.
     pub fn output_cut(self) -> usize {
-        match self {
-            Arch::Resnet20 => 4,
-            Arch::Vgg11 => 9,
-            Arch::Resnet50 => 5,
-        }
+        self.def().output_cut()
     }
 
     /// The image preprocessing the architecture is trained and evaluated with: CIFAR for
     /// ResNet-20 / VGG-11, ImageNet for ResNet-50.
     pub fn preprocess(self) -> crate::data::Preprocess {
-        match self {
-            Arch::Resnet50 => crate::data::Preprocess::ImageNet,
-            _ => crate::data::Preprocess::Cifar,
+        self.def().preprocess()
+    }
+
+    /// The registered names, for messages: `resnet20, vgg11 or resnet50`.
+    pub fn names() -> String {
+        let n: Vec<&str> = Arch::ALL.iter().map(|a| a.def().name()).collect();
+        match n.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => n.join(""),
         }
     }
 }
 
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Arch::Resnet20 => "resnet20",
-            Arch::Vgg11 => "vgg11",
-            Arch::Resnet50 => "resnet50",
-        })
+        f.write_str(self.def().name())
     }
 }
 
 impl FromStr for Arch {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "resnet20" => Ok(Arch::Resnet20),
-            "vgg11" => Ok(Arch::Vgg11),
-            "resnet50" => Ok(Arch::Resnet50),
-            o => Err(ModelError::Invalid(format!(
-                "unknown --arch `{o}`: expected resnet20, vgg11 or resnet50"
-            ))),
-        }
+        Arch::ALL
+            .iter()
+            .copied()
+            .find(|a| a.def().name() == s)
+            .ok_or_else(|| {
+                ModelError::Invalid(format!(
+                    "unknown architecture `{s}`: expected {}",
+                    Arch::names()
+                ))
+            })
     }
 }
 
@@ -110,8 +101,9 @@ impl NetConfig {
     /// # Errors
     /// [`ModelError::Invalid`] for a width of 0 or above the supported maximum, or no output.
     pub fn check(&self, what: &str) -> Result<(), ModelError> {
+        let def = self.arch.def();
         if self.width == 0 {
-            return Err(ModelError::Invalid(if self.arch == Arch::Resnet50 {
+            return Err(ModelError::Invalid(if def.width_is_channels() {
                 format!(
                     "{what} 0: the base width (channels of the stem; torchvision: 64) must be >= 1"
                 )
@@ -119,7 +111,7 @@ impl NetConfig {
                 format!("{what} 0: the width multiplier must be >= 1")
             }));
         }
-        let max = if self.arch == Arch::Resnet50 { 512 } else { 64 };
+        let max = def.max_width();
         if self.width > max {
             return Err(ModelError::Invalid(format!(
                 "{what} {}: widths above {max} are not supported for {}",
@@ -136,9 +128,10 @@ impl NetConfig {
 
     /// The width as users read it: `x4` (multiplier) or `base width 64` (ResNet-50).
     pub fn width_label(&self) -> String {
-        match self.arch {
-            Arch::Resnet50 => format!("base width {}", self.width),
-            _ => format!("x{}", self.width),
+        if self.arch.def().width_is_channels() {
+            format!("base width {}", self.width)
+        } else {
+            format!("x{}", self.width)
         }
     }
 
@@ -167,89 +160,17 @@ impl NetConfig {
 
     /// MACs per image of cut segment `from..to` (see [`Net::forward_segment`]).
     pub fn flops_segment(&self, from: usize, to: usize) -> u64 {
-        let w = self.width as u64;
-        let conv = |cin: u64, cout: u64, hw: u64| cin * cout * 9 * hw * hw;
-        let mut total = 0u64;
-        for cut in from..to {
-            total += match self.arch {
-                Arch::Resnet20 => match cut {
-                    0 => conv(3, 16 * w, 32) + 6 * conv(16 * w, 16 * w, 32),
-                    1 => {
-                        // block 0: conv1 stride 2, conv2, shortcut conv stride 2; blocks 1, 2
-                        conv(16 * w, 32 * w, 16) * 2 + conv(32 * w, 32 * w, 16) * 5
-                    }
-                    2 => conv(32 * w, 64 * w, 8) * 2 + conv(64 * w, 64 * w, 8) * 5,
-                    _ => 64 * w * self.out as u64,
-                },
-                Arch::Resnet50 => resnet50_flops(w, self.out as u64, cut),
-                Arch::Vgg11 => {
-                    if cut < 8 {
-                        let cin = if cut == 0 {
-                            3
-                        } else {
-                            VGG11_CHANNELS[cut - 1] as u64 * w
-                        };
-                        let pools = VGG11_POOL_AFTER[..cut].iter().filter(|p| **p).count();
-                        conv(cin, VGG11_CHANNELS[cut] as u64 * w, 32 >> pools)
-                    } else {
-                        512 * w * self.out as u64
-                    }
-                }
-            };
-        }
-        total
+        let def = self.arch.def();
+        (from..to)
+            .map(|cut| def.flops_segment(self.width, self.out, cut))
+            .sum()
     }
-}
-
-/// MACs of ResNet-50 cut segment `cut` (0..=4, see [`ResNet50::forward_segment`]) at 224x224,
-/// base width `b`, `out` outputs.
-fn resnet50_flops(b: u64, out: u64, cut: usize) -> u64 {
-    let conv = |cin: u64, cout: u64, k: u64, hw: u64| cin * cout * k * k * hw * hw;
-    if cut == 4 {
-        return 32 * b * out;
-    }
-    let mut total = if cut == 0 { conv(3, b, 7, 112) } else { 0 };
-    let e = EXPANSION as u64;
-    // input channels and side of the stage
-    let (mut cin, hw_in) = if cut == 0 {
-        (b, 56)
-    } else {
-        ((b * e) << (cut - 1), 56 >> (cut - 1))
-    };
-    let width = b << cut;
-    let hw = if cut == 0 { 56 } else { hw_in / 2 };
-    for i in 0..RESNET50_BLOCKS[cut] {
-        let h1 = if i == 0 { hw_in } else { hw };
-        total +=
-            conv(cin, width, 1, h1) + conv(width, width, 3, hw) + conv(width, width * e, 1, hw);
-        if i == 0 {
-            total += conv(cin, width * e, 1, hw);
-        }
-        cin = width * e;
-    }
-    total
-}
-
-/// A network of any supported architecture (a burn module).
-#[derive(Module, Debug)]
-#[allow(clippy::large_enum_variant)] // one value per loaded model; boxing buys nothing
-pub enum Net {
-    /// ResNet-20 x w.
-    Resnet20(ResNet20),
-    /// VGG-11 x w.
-    Vgg11(Vgg11),
-    /// ResNet-50 (torchvision layout).
-    Resnet50(ResNet50),
 }
 
 impl Net {
     /// Builds the module tree with all-zero weights (load a [`StateDict`] next).
     pub fn empty(cfg: &NetConfig, device: &Device) -> Self {
-        match cfg.arch {
-            Arch::Resnet20 => Net::Resnet20(ResNet20::new(cfg.width, cfg.out, device)),
-            Arch::Vgg11 => Net::Vgg11(Vgg11::new(cfg.width, cfg.out, device)),
-            Arch::Resnet50 => Net::Resnet50(ResNet50::new(cfg.width, cfg.out, device)),
-        }
+        cfg.arch.def().build(cfg.width, cfg.out, device)
     }
 
     /// Builds the network and loads `state` into it, checking every name and shape.
@@ -292,34 +213,9 @@ impl Net {
         bridge::to_state(self)
     }
 
-    /// Runs cut segment `from..to` (cuts as in [`ResNet20::forward_segment`] /
-    /// [`Vgg11::forward_segment`]). The output cut is returned as `[batch, out, 1, 1]`.
-    pub fn forward_segment(
-        &self,
-        x: Tensor<4>,
-        from: usize,
-        to: usize,
-        ctx: &mut ForwardCtx,
-    ) -> Tensor<4> {
-        match self {
-            Net::Resnet20(m) => m.forward_segment(x, from, to, ctx),
-            Net::Vgg11(m) => m.forward_segment(x, from, to, ctx),
-            Net::Resnet50(m) => m.forward_segment(x, from, to, ctx),
-        }
-    }
-
     /// The image preprocessing of this network's architecture ([`NetConfig::preprocess`]).
     pub fn preprocess(&self) -> crate::data::Preprocess {
         self.arch().preprocess()
-    }
-
-    /// Architecture of this network.
-    pub fn arch(&self) -> Arch {
-        match self {
-            Net::Resnet20(_) => Arch::Resnet20,
-            Net::Vgg11(_) => Arch::Vgg11,
-            Net::Resnet50(_) => Arch::Resnet50,
-        }
     }
 
     /// Output cut index of this network.
@@ -347,6 +243,7 @@ pub fn init_state(cfg: &NetConfig, seed: u64) -> StateDict {
     let device = Device::flex();
     let mut state = Net::empty(cfg, &device).to_state();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let rule = cfg.arch.def().init();
     let fan_in_of = |s: &StateDict, name: &str| -> usize {
         let base = name.rsplit_once('.').map(|(b, _)| b).unwrap_or("");
         let w = &s[&format!("{base}.weight")];
@@ -365,14 +262,14 @@ pub fn init_state(cfg: &NetConfig, seed: u64) -> StateDict {
         match (is_bn, leaf) {
             (true, "weight") | (true, "running_var") => t.data.fill(1.0),
             (true, _) => t.data.fill(0.0),
-            (false, "weight") if cfg.arch == Arch::Resnet50 && t.shape.len() == 4 => {
+            (false, "weight") if rule == InitRule::KaimingFanOutConvs && t.shape.len() == 4 => {
                 let fan_out = t.shape[0] * t.shape[2] * t.shape[3];
                 let std = (2.0 / fan_out as f64).sqrt();
                 for v in t.data.iter_mut() {
                     *v = (normal(&mut rng) * std) as f32;
                 }
             }
-            (false, "weight") if cfg.arch == Arch::Resnet20 => {
+            (false, "weight") if rule == InitRule::KaimingFanIn => {
                 let std = (2.0f64).sqrt() * bound;
                 for v in t.data.iter_mut() {
                     *v = (normal(&mut rng) * std) as f32;

@@ -152,3 +152,107 @@ impl ResNet20 {
             .fold(x, |h, (i, b)| b.forward(&format!("{name}.{i}"), h, ctx))
     }
 }
+
+/// The ResNet-20 x w architecture (registered in [`crate::models`]).
+pub struct Def;
+
+impl super::arch::Architecture for Def {
+    fn name(&self) -> &'static str {
+        "resnet20"
+    }
+
+    fn output_cut(&self) -> usize {
+        4
+    }
+
+    fn preprocess(&self) -> crate::data::Preprocess {
+        crate::data::Preprocess::Cifar
+    }
+
+    fn layout(&self) -> &'static str {
+        "zipit"
+    }
+
+    fn head_layer(&self) -> &'static str {
+        "linear"
+    }
+
+    fn width_probe(&self) -> (&'static str, usize) {
+        ("conv1.weight", 16)
+    }
+
+    fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool {
+        has("linear.weight") && has("layer3.0.conv2.weight")
+    }
+
+    fn flops_segment(&self, width: usize, out: usize, cut: usize) -> u64 {
+        let w = width as u64;
+        let conv = |cin: u64, cout: u64, hw: u64| cin * cout * 9 * hw * hw;
+        match cut {
+            0 => conv(3, 16 * w, 32) + 6 * conv(16 * w, 16 * w, 32),
+            // block 0: conv1 stride 2, conv2, shortcut conv stride 2; blocks 1, 2
+            1 => conv(16 * w, 32 * w, 16) * 2 + conv(32 * w, 32 * w, 16) * 5,
+            2 => conv(32 * w, 64 * w, 8) * 2 + conv(64 * w, 64 * w, 8) * 5,
+            _ => 64 * w * out as u64,
+        }
+    }
+
+    fn init(&self) -> super::arch::InitRule {
+        super::arch::InitRule::KaimingFanIn
+    }
+
+    fn build(&self, width: usize, out: usize, device: &Device) -> super::Net {
+        super::Net::Resnet20(ResNet20::new(width, out, device))
+    }
+
+    fn spec(&self, net: &super::Net, b: &mut crate::spec::SpecBuilder) {
+        use crate::spec::{channels, BlockDesc};
+        let super::Net::Resnet20(m) = net else {
+            unreachable!("the resnet20 spec of another architecture")
+        };
+        // §1.3: BasicBlocks, one inner space each, a 3x3 conv `shortcut` on stage starts
+        let stages = [&m.layer1, &m.layer2, &m.layer3].map(|blocks| {
+            blocks
+                .iter()
+                .map(|blk| BlockDesc {
+                    projection: blk.shortcut.as_ref().map(|p| ("shortcut", channels(&p.bn))),
+                    inner: vec![channels(&blk.bn1)],
+                })
+                .collect()
+        });
+        b.resnet(channels(&m.bn1), &stages, "linear");
+    }
+
+    /// Mirrors [`ResNet20::forward_segment`].
+    fn program(
+        &self,
+        p: &crate::engine::ProgramBuilder<'_>,
+    ) -> Result<Vec<Vec<crate::engine::Op>>, crate::error::ModelError> {
+        let mut cuts = Vec::new();
+        for stage in 1..=3 {
+            let mut ops = Vec::new();
+            if stage == 1 {
+                ops.push(p.conv_bn("conv1", "bn1", 1, 1, 0, 0, None, true)?);
+            }
+            for i in 0..3 {
+                let n = format!("layer{stage}.{i}");
+                let c = |k: &str| format!("{n}.{k}");
+                let stride = if stage > 1 && i == 0 { 2 } else { 1 };
+                ops.push(p.conv_bn(&c("conv1"), &c("bn1"), stride, 1, 0, 1, None, true)?);
+                ops.push(p.tap(1));
+                let res = if p.has(&c("shortcut.0.weight")) {
+                    let (conv, bn) = (c("shortcut.0"), c("shortcut.1"));
+                    ops.push(p.conv_bn(&conv, &bn, stride, 1, 0, 2, None, false)?);
+                    2
+                } else {
+                    0
+                };
+                ops.push(p.conv_bn(&c("conv2"), &c("bn2"), 1, 1, 1, 0, Some(res), true)?);
+            }
+            ops.push(p.tap(0));
+            cuts.push(ops);
+        }
+        cuts.push(vec![p.linear("linear")?]);
+        Ok(cuts)
+    }
+}

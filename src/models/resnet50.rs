@@ -193,3 +193,139 @@ impl ResNet50 {
         x
     }
 }
+
+/// The torchvision ResNet-50 architecture at base width b (registered in [`crate::models`]).
+pub struct Def;
+
+impl super::arch::Architecture for Def {
+    fn name(&self) -> &'static str {
+        "resnet50"
+    }
+
+    fn output_cut(&self) -> usize {
+        5
+    }
+
+    fn preprocess(&self) -> crate::data::Preprocess {
+        crate::data::Preprocess::ImageNet
+    }
+
+    fn width_is_channels(&self) -> bool {
+        true
+    }
+
+    fn max_width(&self) -> usize {
+        512
+    }
+
+    fn layout(&self) -> &'static str {
+        "torchvision"
+    }
+
+    fn head_layer(&self) -> &'static str {
+        "fc"
+    }
+
+    fn width_probe(&self) -> (&'static str, usize) {
+        ("conv1.weight", 1)
+    }
+
+    fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool {
+        has("fc.weight") && has("layer4.0.conv3.weight")
+    }
+
+    /// MACs of cut segment `cut` (0..=4, see [`ResNet50::forward_segment`]) at 224x224.
+    fn flops_segment(&self, width: usize, out: usize, cut: usize) -> u64 {
+        let (b, out) = (width as u64, out as u64);
+        let conv = |cin: u64, cout: u64, k: u64, hw: u64| cin * cout * k * k * hw * hw;
+        if cut == 4 {
+            return 32 * b * out;
+        }
+        let mut total = if cut == 0 { conv(3, b, 7, 112) } else { 0 };
+        let e = EXPANSION as u64;
+        // input channels and side of the stage
+        let (mut cin, hw_in) = if cut == 0 {
+            (b, 56)
+        } else {
+            ((b * e) << (cut - 1), 56 >> (cut - 1))
+        };
+        let width = b << cut;
+        let hw = if cut == 0 { 56 } else { hw_in / 2 };
+        for i in 0..RESNET50_BLOCKS[cut] {
+            let h1 = if i == 0 { hw_in } else { hw };
+            total +=
+                conv(cin, width, 1, h1) + conv(width, width, 3, hw) + conv(width, width * e, 1, hw);
+            if i == 0 {
+                total += conv(cin, width * e, 1, hw);
+            }
+            cin = width * e;
+        }
+        total
+    }
+
+    fn init(&self) -> super::arch::InitRule {
+        super::arch::InitRule::KaimingFanOutConvs
+    }
+
+    fn build(&self, width: usize, out: usize, device: &Device) -> super::Net {
+        super::Net::Resnet50(ResNet50::new(width, out, device))
+    }
+
+    fn spec(&self, net: &super::Net, b: &mut crate::spec::SpecBuilder) {
+        use crate::spec::{channels, BlockDesc};
+        let super::Net::Resnet50(m) = net else {
+            unreachable!("the resnet50 spec of another architecture")
+        };
+        // §1.5: Bottlenecks, two inner spaces each, a 1x1 conv `downsample` on stage starts
+        let stages = [&m.layer1, &m.layer2, &m.layer3, &m.layer4].map(|blocks| {
+            blocks
+                .iter()
+                .map(|blk| BlockDesc {
+                    projection: blk
+                        .downsample
+                        .as_ref()
+                        .map(|p| ("downsample", channels(&p.bn))),
+                    inner: vec![channels(&blk.bn1), channels(&blk.bn2)],
+                })
+                .collect()
+        });
+        b.resnet(channels(&m.bn1), &stages, "fc");
+    }
+
+    /// Mirrors [`ResNet50::forward_segment`].
+    fn program(
+        &self,
+        p: &crate::engine::ProgramBuilder<'_>,
+    ) -> Result<Vec<Vec<crate::engine::Op>>, crate::error::ModelError> {
+        let mut cuts = Vec::new();
+        for (stage, &blocks) in RESNET50_BLOCKS.iter().enumerate() {
+            let mut ops = Vec::new();
+            if stage == 0 {
+                ops.push(p.conv_bn("conv1", "bn1", 2, 3, 0, 0, None, true)?);
+                ops.push(p.max_pool(3, 2, 1));
+                ops.push(p.tap(0));
+            }
+            for i in 0..blocks {
+                let n = format!("layer{}.{i}", stage + 1);
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let c = |k: &str| format!("{n}.{k}");
+                ops.push(p.conv_bn(&c("conv1"), &c("bn1"), 1, 0, 0, 1, None, true)?);
+                ops.push(p.tap(1));
+                ops.push(p.conv_bn(&c("conv2"), &c("bn2"), stride, 1, 1, 2, None, true)?);
+                ops.push(p.tap(2));
+                let res = if p.has(&c("downsample.0.weight")) {
+                    let (conv, bn) = (c("downsample.0"), c("downsample.1"));
+                    ops.push(p.conv_bn(&conv, &bn, stride, 0, 0, 3, None, false)?);
+                    3
+                } else {
+                    0
+                };
+                ops.push(p.conv_bn(&c("conv3"), &c("bn3"), 1, 0, 2, 0, Some(res), true)?);
+            }
+            ops.push(p.tap(0));
+            cuts.push(ops);
+        }
+        cuts.push(vec![p.linear("fc")?]);
+        Ok(cuts)
+    }
+}

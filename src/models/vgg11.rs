@@ -87,3 +87,102 @@ impl Vgg11 {
         x
     }
 }
+
+/// The VGG-11 x w architecture (registered in [`crate::models`]).
+pub struct Def;
+
+impl super::arch::Architecture for Def {
+    fn name(&self) -> &'static str {
+        "vgg11"
+    }
+
+    fn output_cut(&self) -> usize {
+        9
+    }
+
+    fn preprocess(&self) -> crate::data::Preprocess {
+        crate::data::Preprocess::Cifar
+    }
+
+    fn layout(&self) -> &'static str {
+        "zipit"
+    }
+
+    fn head_layer(&self) -> &'static str {
+        "classifier"
+    }
+
+    fn width_probe(&self) -> (&'static str, usize) {
+        ("features.0.weight", 64)
+    }
+
+    fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool {
+        has("features.0.weight") && has("classifier.weight")
+    }
+
+    fn flops_segment(&self, width: usize, out: usize, cut: usize) -> u64 {
+        let w = width as u64;
+        if cut >= 8 {
+            return 512 * w * out as u64;
+        }
+        let cin = if cut == 0 {
+            3
+        } else {
+            VGG11_CHANNELS[cut - 1] as u64 * w
+        };
+        let pools = VGG11_POOL_AFTER[..cut].iter().filter(|p| **p).count();
+        let hw = (32 >> pools) as u64;
+        cin * VGG11_CHANNELS[cut] as u64 * w * 9 * hw * hw
+    }
+
+    fn init(&self) -> super::arch::InitRule {
+        super::arch::InitRule::PytorchDefault
+    }
+
+    fn build(&self, width: usize, out: usize, device: &Device) -> super::Net {
+        super::Net::Vgg11(Vgg11::new(width, out, device))
+    }
+
+    fn spec(&self, net: &super::Net, b: &mut crate::spec::SpecBuilder) {
+        use crate::spec::{LayerKind, Side, SpaceKind};
+        let super::Net::Vgg11(m) = net else {
+            unreachable!("the vgg11 spec of another architecture")
+        };
+        // §1.4: every conv output is its own space and a stop
+        let mut prev = Side::Input;
+        for (k, conv) in m.features.iter().enumerate() {
+            b.set_segment(k);
+            let name = format!("features.{}", VGG11_TORCH_INDEX[k]);
+            let s = b.space(name.clone(), conv.weight.dims()[0], SpaceKind::Inner);
+            b.layer(name, LayerKind::Conv, prev, Side::Space(s), true);
+            b.set_stop(s, k + 1);
+            b.capture(s);
+            prev = Side::Space(s);
+        }
+        b.set_segment(8);
+        b.layer("classifier", LayerKind::Linear, prev, Side::Output, true);
+    }
+
+    /// Mirrors [`Vgg11::forward_segment`].
+    fn program(
+        &self,
+        p: &crate::engine::ProgramBuilder<'_>,
+    ) -> Result<Vec<Vec<crate::engine::Op>>, crate::error::ModelError> {
+        let mut cuts = Vec::new();
+        for cut in 0..9 {
+            let mut ops = Vec::new();
+            if cut > 0 && VGG11_POOL_AFTER[cut - 1] {
+                ops.push(p.max_pool(2, 2, 0));
+            }
+            if cut < 8 {
+                let name = format!("features.{}", VGG11_TORCH_INDEX[cut]);
+                ops.push(p.conv_bias_relu(&name, 1, 1)?);
+                ops.push(p.tap(0));
+            } else {
+                ops.push(p.linear("classifier")?);
+            }
+            cuts.push(ops);
+        }
+        Ok(cuts)
+    }
+}

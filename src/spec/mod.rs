@@ -124,24 +124,47 @@ impl Stop {
 
 /// One residual block as the spec builder sees it: its projection shortcut (PyTorch field name,
 /// output channels), if any, and the widths of its inner spaces.
-struct BlockDesc {
-    projection: Option<(&'static str, usize)>,
-    inner: Vec<usize>,
+pub struct BlockDesc {
+    /// Field name and output channels of the projection shortcut (`shortcut`, `downsample`).
+    pub projection: Option<(&'static str, usize)>,
+    /// Widths of the block's inner spaces, in forward order.
+    pub inner: Vec<usize>,
 }
 
 /// Channels of a BatchNorm (the width of the space it lives in).
-fn channels(bn: &burn::nn::BatchNorm) -> usize {
+pub fn channels(bn: &burn::nn::BatchNorm) -> usize {
     bn.gamma.dims()[0]
 }
 
-struct Builder {
+/// Builds a [`MergeSpec`] from an architecture's module tree
+/// ([`crate::models::arch::Architecture::spec`]): spaces in creation order, the layers between
+/// them, and the order in which the forward pass taps the spaces (the capture order, which
+/// becomes the spaces' order in the spec).
+pub struct SpecBuilder {
     spaces: Vec<Space>,
     layers: Vec<Layer>,
     segment: usize,
+    capture: Vec<usize>,
 }
 
-impl Builder {
-    fn space(&mut self, name: String, width: usize, kind: SpaceKind) -> usize {
+impl SpecBuilder {
+    /// Layers added from now on belong to forward segment `k`.
+    pub fn set_segment(&mut self, k: usize) {
+        self.segment = k;
+    }
+
+    /// Marks space `s` as the stop whose heads start at cut `cut`.
+    pub fn set_stop(&mut self, s: usize, cut: usize) {
+        self.spaces[s].stop_cut = Some(cut);
+    }
+
+    /// Records that the forward pass taps space `s` next.
+    pub fn capture(&mut self, s: usize) {
+        self.capture.push(s);
+    }
+
+    /// A new feature space; returns its creation index.
+    pub fn space(&mut self, name: String, width: usize, kind: SpaceKind) -> usize {
         self.spaces.push(Space {
             name,
             width,
@@ -150,7 +173,9 @@ impl Builder {
         });
         self.spaces.len() - 1
     }
-    fn layer(
+    /// A weight layer (or BN) `name` of kind `kind` reading `input` and writing `output`;
+    /// `counted` layers count towards the stop names (`7/20`).
+    pub fn layer(
         &mut self,
         name: impl Into<String>,
         kind: LayerKind,
@@ -171,13 +196,7 @@ impl Builder {
     /// (`layer{s}.{i}`), the final linear `head`. When the first block has an identity shortcut
     /// the stem writes stage 1's stream (`stream1`, ResNet-20); otherwise the stem output is its
     /// own space (`stem`, ResNet-50). Every stage's stream is a stop.
-    fn resnet(
-        &mut self,
-        stem_width: usize,
-        stages: &[Vec<BlockDesc>],
-        head: &str,
-        capture: &mut Vec<usize>,
-    ) {
+    pub fn resnet(&mut self, stem_width: usize, stages: &[Vec<BlockDesc>], head: &str) {
         let stem_is_stream = stages
             .first()
             .and_then(|s| s.first())
@@ -193,16 +212,16 @@ impl Builder {
         );
         self.bn("bn1", cur);
         if !stem_is_stream {
-            capture.push(cur);
+            self.capture.push(cur);
         }
         for (s, blocks) in stages.iter().enumerate() {
             self.segment = s;
             for (i, blk) in blocks.iter().enumerate() {
                 let projection = blk.projection.map(|(field, w)| (field, s + 1, w));
                 let name = format!("layer{}.{i}", s + 1);
-                cur = self.residual_block(&name, cur, &blk.inner, projection, capture);
+                cur = self.residual_block(&name, cur, &blk.inner, projection);
             }
-            capture.push(cur);
+            self.capture.push(cur);
             self.spaces[cur].stop_cut = Some(s + 1);
         }
         self.segment = stages.len();
@@ -227,7 +246,6 @@ impl Builder {
         cur: usize,
         inner: &[usize],
         projection: Option<(&str, usize, usize)>,
-        capture: &mut Vec<usize>,
     ) -> usize {
         let inner: Vec<usize> = inner
             .iter()
@@ -270,11 +288,12 @@ impl Builder {
             );
             self.bn(format!("{name}.bn{}", k + 1), w[1]);
         }
-        capture.extend(&inner);
+        self.capture.extend(&inner);
         out
     }
 
-    fn bn(&mut self, name: impl Into<String>, s: usize) {
+    /// A BatchNorm `name` in space `s`.
+    pub fn bn(&mut self, name: impl Into<String>, s: usize) {
         self.layer(
             name,
             LayerKind::BatchNorm,
@@ -285,70 +304,17 @@ impl Builder {
     }
 }
 
-/// Derives the merge spec of a live network (its module tree).
+/// Derives the merge spec of a live network (its module tree), through its architecture's
+/// [`crate::models::arch::Architecture::spec`].
 pub fn spec_of(net: &Net, cfg: &NetConfig) -> MergeSpec {
-    let mut b = Builder {
+    let mut b = SpecBuilder {
         spaces: vec![],
         layers: vec![],
         segment: 0,
+        capture: vec![],
     };
-    // Spaces are created in capture order; `order` remaps creation -> capture order at the end.
-    let mut capture: Vec<usize> = Vec::new();
-    match net {
-        Net::Resnet20(m) => {
-            // §1.3: BasicBlocks, one inner space each, a 3x3 conv `shortcut` on stage starts
-            let stages = [&m.layer1, &m.layer2, &m.layer3].map(|blocks| {
-                blocks
-                    .iter()
-                    .map(|blk| BlockDesc {
-                        projection: blk.shortcut.as_ref().map(|p| ("shortcut", channels(&p.bn))),
-                        inner: vec![channels(&blk.bn1)],
-                    })
-                    .collect()
-            });
-            b.resnet(channels(&m.bn1), &stages, "linear", &mut capture);
-        }
-        Net::Resnet50(m) => {
-            // §1.5: Bottlenecks, two inner spaces each, a 1x1 conv `downsample` on stage starts
-            let stages = [&m.layer1, &m.layer2, &m.layer3, &m.layer4].map(|blocks| {
-                blocks
-                    .iter()
-                    .map(|blk| BlockDesc {
-                        projection: blk
-                            .downsample
-                            .as_ref()
-                            .map(|p| ("downsample", channels(&p.bn))),
-                        inner: vec![channels(&blk.bn1), channels(&blk.bn2)],
-                    })
-                    .collect()
-            });
-            b.resnet(channels(&m.bn1), &stages, "fc", &mut capture);
-        }
-        Net::Vgg11(m) => {
-            let mut prev = Side::Input;
-            for (k, conv) in m.features.iter().enumerate() {
-                b.segment = k;
-                let w = conv.weight.dims()[0];
-                let s = b.space(
-                    format!("features.{}", crate::models::vgg11::VGG11_TORCH_INDEX[k]),
-                    w,
-                    SpaceKind::Inner,
-                );
-                b.layer(
-                    format!("features.{}", crate::models::vgg11::VGG11_TORCH_INDEX[k]),
-                    LayerKind::Conv,
-                    prev,
-                    Side::Space(s),
-                    true,
-                );
-                b.spaces[s].stop_cut = Some(k + 1);
-                capture.push(s);
-                prev = Side::Space(s);
-            }
-            b.segment = 8;
-            b.layer("classifier", LayerKind::Linear, prev, Side::Output, true);
-        }
-    }
+    cfg.arch.def().spec(net, &mut b);
+    let capture = std::mem::take(&mut b.capture);
     // renumber spaces into capture order
     let mut new_index = vec![0; b.spaces.len()];
     for (new, &old) in capture.iter().enumerate() {
@@ -423,6 +389,38 @@ impl MergeSpec {
                     tensor: t.clone(),
                     arch: self.net.arch.to_string(),
                 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the tensors of `state` agree with the spec's space widths: every conv or
+    /// linear weight `[out, in, ...]` has as many output channels as the space it writes and
+    /// as many input channels as the space it reads, and every BN as many channels as its
+    /// space (a spec builder that ties the wrong spaces together is caught at load).
+    ///
+    /// # Errors
+    /// [`MergeError::Invalid`] naming the tensor, the space and both widths.
+    pub fn check_widths(&self, state: &crate::checkpoint::StateDict) -> Result<(), MergeError> {
+        for l in &self.layers {
+            let Some(w) = state.get(&format!("{}.weight", l.name)) else {
+                continue;
+            };
+            let dims: Vec<(Side, usize)> = match l.kind {
+                LayerKind::BatchNorm => vec![(l.output, w.shape[0])],
+                _ if w.shape.len() >= 2 => vec![(l.output, w.shape[0]), (l.input, w.shape[1])],
+                _ => vec![],
+            };
+            for (side, got) in dims {
+                if let Side::Space(i) = side {
+                    let sp = &self.spaces[i];
+                    if sp.width != got {
+                        return Err(MergeError::Invalid(format!(
+                            "merge spec of {}: tensor `{}.weight` has {got} channels where feature space `{}` has {}",
+                            self.net.arch, l.name, sp.name, sp.width
+                        )));
+                    }
+                }
             }
         }
         Ok(())

@@ -1,0 +1,156 @@
+//! What an architecture is to zipmerge: the [`Architecture`] trait every model file implements
+//! (its facts, FLOPs, initialisation rule, merge-spec builder, CPU-engine program and how its
+//! PyTorch state dicts look) and the [`architectures!`] macro that registers the model files:
+//! it generates the [`super::Arch`] name enum, the [`super::Net`] module enum and their
+//! dispatch, so adding an architecture is one file plus one registration line in
+//! `models/mod.rs`.
+//!
+//! The contracts between the parts are checked at load and by tests: the spec covers every
+//! float tensor exactly once ([`crate::spec::MergeSpec::check_covers`]), the widths of each
+//! space agree across its layers ([`crate::spec::MergeSpec::check_widths`]), and the taps of the
+//! forward pass match the spec's spaces in count and width (`tests/engine.rs`,
+//! `tests/merge_engine.rs`).
+
+use burn::tensor::Device;
+
+use crate::data::Preprocess;
+use crate::engine::ProgramBuilder;
+use crate::error::ModelError;
+use crate::spec::SpecBuilder;
+
+/// How conv and linear weights are initialised ([`super::init_state`]); BN layers always start
+/// at weight 1, bias 0, running mean 0, running variance 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitRule {
+    /// Every conv and linear weight Kaiming-normal (fan_in, gain sqrt 2); biases PyTorch's
+    /// default (the ZipIt! ResNet-20, reference doc §1.3).
+    KaimingFanIn,
+    /// Conv weights Kaiming-normal (fan_out, gain sqrt 2), linear layers PyTorch's default
+    /// (torchvision's ResNets).
+    KaimingFanOutConvs,
+    /// PyTorch's defaults: weights and biases U(+-1/sqrt(fan_in)) (VGG-11, reference doc §1.4).
+    PytorchDefault,
+}
+
+/// One architecture zipmerge can train, merge, import and export. Implemented by a unit struct
+/// in the architecture's model file and registered with [`architectures!`].
+pub trait Architecture: Sync {
+    /// The name on the command line and in manifests (`resnet20`).
+    fn name(&self) -> &'static str;
+
+    /// Index of the output cut: the number of forward segments
+    /// (`Net::forward_segment` cuts `0..=output_cut`).
+    fn output_cut(&self) -> usize;
+
+    /// The image preprocessing it is trained and evaluated with.
+    fn preprocess(&self) -> Preprocess;
+
+    /// Whether `width` is a base width in channels (torchvision's ResNets: 64) rather than a
+    /// multiplier of the reference widths.
+    fn width_is_channels(&self) -> bool {
+        false
+    }
+
+    /// The largest width accepted.
+    fn max_width(&self) -> usize {
+        64
+    }
+
+    /// Its PyTorch parameter-name layout: `zipit` (the official ZipIt! classes) or
+    /// `torchvision`.
+    fn layout(&self) -> &'static str;
+
+    /// The PyTorch name of the final linear layer (`linear`, `fc`, `classifier`).
+    fn head_layer(&self) -> &'static str;
+
+    /// The tensor the width is read from on import and its output channels per unit of width.
+    fn width_probe(&self) -> (&'static str, usize);
+
+    /// Whether a PyTorch state dict (`has(name)`: the tensor exists) is of this architecture.
+    fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool;
+
+    /// Multiply-accumulates per input image of cut segment `cut` (conv and linear layers) at
+    /// `width` with `out` outputs.
+    fn flops_segment(&self, width: usize, out: usize, cut: usize) -> u64;
+
+    /// How its weights are initialised.
+    fn init(&self) -> InitRule;
+
+    /// The module tree with zero weights.
+    fn build(&self, width: usize, out: usize, device: &Device) -> super::Net;
+
+    /// Feeds the merge-spec builder from the live module tree `net` (of this architecture):
+    /// feature spaces, and the input and output space of every weight layer and BN.
+    fn spec(&self, net: &super::Net, b: &mut SpecBuilder);
+
+    /// The CPU-engine program of each cut segment, mirroring `forward_segment` (the same taps
+    /// in the same order, the same BN names), from the weights by PyTorch name.
+    ///
+    /// # Errors
+    /// [`ModelError::Weights`] naming a missing tensor.
+    fn program(&self, p: &ProgramBuilder<'_>) -> Result<Vec<Vec<crate::engine::Op>>, ModelError>;
+}
+
+/// Registers the model files: `Variant => module::Module, module::Def;` per architecture
+/// generates `Arch` (the names), `Net` (the burn module enum), `Arch::ALL`, `Arch::def` and the
+/// dispatch of `Net::forward_segment` and `Net::arch`.
+macro_rules! architectures {
+    ($($variant:ident => $module:ident :: $ty:ident, $def:path;)+) => {
+        /// The registered architectures (their names; [`Arch::def`] gives the facts).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum Arch {
+            $(
+                #[doc = concat!("`", stringify!($module), "` (see [`", stringify!($module), "`]).")]
+                $variant,
+            )+
+        }
+
+        impl Arch {
+            /// Every registered architecture, in registration order.
+            pub const ALL: &'static [Arch] = &[$(Arch::$variant),+];
+
+            /// The architecture's facts and builders.
+            pub fn def(self) -> &'static dyn $crate::models::arch::Architecture {
+                match self {
+                    $(Arch::$variant => &$def,)+
+                }
+            }
+        }
+
+        /// A network of any registered architecture (a burn module).
+        #[derive(burn::module::Module, Debug)]
+        #[allow(clippy::large_enum_variant)] // one value per loaded model; boxing buys nothing
+        pub enum Net {
+            $(
+                #[doc = concat!("[`", stringify!($module), "::", stringify!($ty), "`].")]
+                $variant($module::$ty),
+            )+
+        }
+
+        impl Net {
+            /// Architecture of this network.
+            pub fn arch(&self) -> Arch {
+                match self {
+                    $(Net::$variant(_) => Arch::$variant,)+
+                }
+            }
+
+            /// Runs cut segment `from..to` (cuts as in each model file's `forward_segment`).
+            /// The output cut is returned as `[batch, out, 1, 1]`.
+            pub fn forward_segment(
+                &self,
+                x: burn::tensor::Tensor<4>,
+                from: usize,
+                to: usize,
+                ctx: &mut $crate::models::ForwardCtx,
+            ) -> burn::tensor::Tensor<4> {
+                match self {
+                    $(Net::$variant(m) => m.forward_segment(x, from, to, ctx),)+
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use architectures;

@@ -92,10 +92,13 @@ pub trait Architecture: Sync {
 }
 
 /// Registers the model files: `Variant => module::Module, module::Def;` per architecture
-/// generates `Arch` (the names), `Net` (the burn module enum), `Arch::ALL`, `Arch::def` and the
-/// dispatch of `Net::forward_segment` and `Net::arch`.
+/// declares `pub mod module;` (the file `models/module.rs`) and generates `Arch` (the names),
+/// `Net` (the burn module enum), `Arch::ALL`, `Arch::def` and the dispatch of
+/// `Net::forward_segment` and `Net::arch`.
 macro_rules! architectures {
     ($($variant:ident => $module:ident :: $ty:ident, $def:path;)+) => {
+        $(pub mod $module;)+
+
         /// The registered architectures (their names; [`Arch::def`] gives the facts).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         #[serde(rename_all = "lowercase")]

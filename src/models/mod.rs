@@ -6,10 +6,7 @@ pub mod bridge;
 pub mod head;
 pub mod inspect;
 pub mod layers;
-pub mod resnet20;
-pub mod resnet50;
 pub mod system;
-pub mod vgg11;
 
 use std::fmt;
 use std::str::FromStr;
@@ -24,6 +21,7 @@ use crate::error::ModelError;
 use arch::InitRule;
 pub use layers::ForwardCtx;
 
+// One line per architecture: its model file (`models/<module>.rs`), module type and `Def`.
 arch::architectures! {
     Resnet20 => resnet20::ResNet20, resnet20::Def;
     Vgg11 => vgg11::Vgg11, vgg11::Def;

@@ -6,14 +6,14 @@ use clap::Args;
 use zipmerge::eval::bench::{bench, BenchPlan};
 use zipmerge::models::{Arch, NetConfig};
 
-use super::common::{positive, usage, BackendArgs};
+use super::common::{arch_parser, positive, BackendArgs};
 use super::printer::Printer;
 /// Arguments of `zipmerge bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Architecture.
-    #[arg(long, default_value = "resnet20")]
-    pub arch: String,
+    #[arg(long, default_value = "resnet20", value_parser = arch_parser())]
+    pub arch: Arch,
     /// Width multiplier.
     #[arg(long, default_value_t = 1)]
     pub width: usize,
@@ -32,7 +32,7 @@ pub struct BenchArgs {
 
 /// Runs `zipmerge bench`.
 pub fn exec(a: BenchArgs, p: &mut Printer) -> Result<()> {
-    let arch: Arch = a.arch.parse().map_err(|e| usage(format!("--arch: {e}")))?;
+    let arch = a.arch;
     let plan = BenchPlan {
         cfg: NetConfig {
             arch,

@@ -10,6 +10,7 @@ use zipmerge::backend::{self, Backend};
 use zipmerge::checkpoint;
 use zipmerge::data::{ImageSet, Preprocess};
 use zipmerge::error::{MergeError, MergeParam};
+use zipmerge::models::Arch;
 use zipmerge::progress::Observer;
 
 /// A usage error: a bad option value or a combination of options that cannot work. The CLI
@@ -65,6 +66,15 @@ impl<T, E: std::fmt::Display> UsageExt<T> for std::result::Result<T, E> {
     fn usage(self) -> Result<T> {
         self.map_err(|e| usage(e.to_string()))
     }
+}
+
+/// clap value parser of `--arch`: the registered architectures ([`Arch::ALL`]), listed in
+/// `--help` as the possible values.
+pub fn arch_parser() -> impl clap::builder::TypedValueParser<Value = Arch> {
+    use clap::builder::TypedValueParser;
+    let names: Vec<&'static str> = Arch::ALL.iter().map(|a| a.def().name()).collect();
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|s| s.parse::<Arch>().expect("a registered name"))
 }
 
 /// clap value parser: an integer >= 1 (batch sizes, image counts, epochs).

@@ -12,7 +12,7 @@ use zipmerge::models::{Arch, Net, NetConfig};
 
 use zipmerge::progress::Observer;
 
-use super::common::{build_head, command_line, parse_head, usage};
+use super::common::{arch_parser, build_head, command_line, parse_head};
 use super::printer::Printer;
 
 /// Arguments of `zipmerge import`.
@@ -21,10 +21,10 @@ pub struct ImportArgs {
     /// PyTorch (`.pt`, `.pth`, `.pth.tar`) or `.safetensors` state_dict.
     #[arg(long)]
     pub from: PathBuf,
-    /// Architecture: resnet20, vgg11 (official ZipIt! layout) or resnet50 (torchvision layout).
-    /// Default: told by the tensor names.
-    #[arg(long)]
-    pub arch: Option<String>,
+    /// Architecture (resnet20 and vgg11 in the official ZipIt! layout, torchvision's ResNets in
+    /// theirs). Default: told by the tensor names.
+    #[arg(long, value_parser = arch_parser())]
+    pub arch: Option<Arch>,
     /// Width: multiplier for resnet20/vgg11, base width in channels for resnet50 (torchvision:
     /// 64). Read off the file's first conv when omitted.
     #[arg(long)]
@@ -51,12 +51,7 @@ pub struct ImportArgs {
 
 /// Runs `zipmerge import`.
 pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
-    let given: Option<Arch> = a
-        .arch
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(|e| usage(format!("--arch: {e}")))?;
+    let given = a.arch;
     checkpoint::check_out_dir(&a.out)?;
     let (state, notes) = interop::read_checkpoint(&a.from)?;
     let from = a.from.display();

@@ -10,8 +10,8 @@ use zipmerge::models::{param_count, Arch, NetConfig};
 use zipmerge::train::{self, EpochLog, TrainObserver, TrainOptions};
 
 use super::common::{
-    build_head, command_line, data_root, load_split_classes, non_negative, parse_head, positive,
-    usage, BackendArgs, UsageExt,
+    arch_parser, build_head, command_line, data_root, load_split_classes, non_negative, parse_head,
+    positive, usage, BackendArgs, UsageExt,
 };
 use zipmerge::data::{split_dir, ImageSet};
 use zipmerge::progress::Observer;
@@ -21,9 +21,9 @@ use super::printer::Printer;
 /// Arguments of `zipmerge train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Architecture: resnet20 or vgg11.
-    #[arg(long, default_value = "resnet20")]
-    pub arch: String,
+    /// Architecture.
+    #[arg(long, default_value = "resnet20", value_parser = arch_parser())]
+    pub arch: Arch,
     /// Width multiplier (>= 1).
     #[arg(long, default_value_t = 1)]
     pub width: usize,
@@ -101,7 +101,7 @@ impl TrainObserver for Bars<'_> {
 
 /// Runs `zipmerge train`.
 pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
-    let arch: Arch = a.arch.parse().map_err(|e| usage(format!("--arch: {e}")))?;
+    let arch = a.arch;
     if a.out.exists() && !a.out.is_dir() {
         return Err(usage(format!(
             "--out {}: exists and is not a folder; choose another --out",

@@ -96,6 +96,15 @@ fn cases() -> Vec<(NetConfig, usize, usize)> {
             64,
             3,
         ),
+        (
+            NetConfig {
+                arch: Arch::Resnet18,
+                width: 8,
+                out: 6,
+            },
+            64,
+            3,
+        ),
     ]
 }
 

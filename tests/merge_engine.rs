@@ -472,12 +472,18 @@ fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
     }
 }
 
-/// T5 on torchvision's ResNet-50 (base width 4, 224x224 inputs, all 37 spaces): a permuted copy
-/// is recovered by Permute and ZipIt!, fully and when partially zipped at layer2 (both heads
-/// equal the endpoint).
+/// T5 on torchvision's ResNet-50 (base width 4, 224x224 inputs, all 37 spaces) and ResNet-18
+/// (base width 8, all 12 spaces): a permuted copy is recovered by Permute and ZipIt!, fully and
+/// when partially zipped at layer2 (both heads equal the endpoint).
 #[test]
-fn t5_permuted_copy_is_recovered_resnet50() {
-    let case = permuted_case(Arch::Resnet50, 4);
+fn t5_permuted_copy_is_recovered_torchvision_resnets() {
+    for (arch, width) in [(Arch::Resnet50, 4), (Arch::Resnet18, 8)] {
+        t5_torchvision(arch, width);
+    }
+}
+
+fn t5_torchvision(arch: Arch, width: usize) {
+    let case = permuted_case(arch, width);
     let want = net_out(&case.cfg, &case.a, &case.x);
     assert!(rel_err(&net_out(&case.cfg, &case.b, &case.x), &want) < 1e-5);
     for method in [
@@ -497,8 +503,8 @@ fn t5_permuted_copy_is_recovered_resnet50() {
             );
             for (h, g) in got.iter().enumerate() {
                 let e = rel_err(g, &want);
-                println!("resnet50 {method:?} stop {stop} head {h}: rel err {e:.2e}");
-                assert!(e < 1e-5, "resnet50 {method:?} {stop} head {h}: {e}");
+                println!("{arch} {method:?} stop {stop} head {h}: rel err {e:.2e}");
+                assert!(e < 1e-5, "{arch} {method:?} {stop} head {h}: {e}");
             }
         }
     }

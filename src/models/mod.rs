@@ -26,6 +26,7 @@ arch::architectures! {
     Resnet20 => resnet20::ResNet20, resnet20::Def;
     Vgg11 => vgg11::Vgg11, vgg11::Def;
     Resnet50 => resnet50::ResNet50, resnet50::Def;
+    Resnet18 => resnet18::ResNet18, resnet18::Def;
 }
 
 impl Arch {

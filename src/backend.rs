@@ -2,6 +2,7 @@
 //! default), `ndarray` (deprecated CPU backend, kept selectable) and `wgpu` (Vulkan/Metal/DX12
 //! GPUs of any vendor; `--device cpu` selects a software adapter such as Mesa lavapipe).
 
+use crate::error::BackendError;
 use std::fmt;
 use std::str::FromStr;
 
@@ -83,14 +84,15 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// (software) adapter, `Some("N")` = discrete GPU number N.
 ///
 /// # Errors
-/// A message naming the option when the backend was built without support or `device` is not
-/// understood.
-pub fn device(backend: Backend, device: Option<&str>) -> Result<Device, String> {
+/// [`BackendError`] when the backend was built without support, there is no such adapter or
+/// `device` is not understood.
+pub fn device(backend: Backend, device: Option<&str>) -> Result<Device, BackendError> {
     if backend != Backend::Wgpu {
         if let Some(d) = device {
-            return Err(format!(
-                "--device {d}: applies only to --backend wgpu (the {backend} backend has one device)"
-            ));
+            return Err(BackendError::DeviceWithoutWgpu {
+                device: d.to_string(),
+                backend: backend.to_string(),
+            });
         }
     }
     match backend {
@@ -99,42 +101,37 @@ pub fn device(backend: Backend, device: Option<&str>) -> Result<Device, String> 
         #[allow(deprecated)]
         Backend::Ndarray => Ok(Device::ndarray()),
         #[cfg(not(feature = "ndarray"))]
-        Backend::Ndarray => Err(
-            "--backend ndarray: this build has no ndarray support (cargo feature `ndarray`)".into(),
-        ),
+        Backend::Ndarray => Err(BackendError::NotBuilt { backend: "ndarray" }),
         #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
             use burn::tensor::DeviceKind;
             let adapters = wgpu_adapters();
             if adapters.is_empty() {
-                let opt = device.map_or("--backend wgpu".to_string(), |d| {
-                    format!("--backend wgpu --device {d}")
-                });
-                return Err(format!("{opt}: no GPU adapter found (wgpu saw no Vulkan/Metal/DX12/GL device); install a driver, e.g. Mesa's lavapipe (Debian: mesa-vulkan-drivers libvulkan1) for a CPU adapter, or use --backend flex"));
+                return Err(BackendError::NoAdapter);
             }
             if device == Some("cpu") && !adapters.iter().any(|a| a.contains("type Cpu")) {
-                return Err(format!(
-                    "--device cpu: no CPU (software) adapter; found: {}",
-                    adapters.join("; ")
-                ));
+                return Err(BackendError::NoCpuAdapter {
+                    found: adapters.join("; "),
+                });
             }
             let kind = match device {
                 None => DeviceKind::DefaultDevice,
                 Some("cpu") => DeviceKind::Cpu,
                 Some(n) => {
-                    let i: usize = n
-                        .parse()
-                        .map_err(|_| format!("--device `{n}`: expected a GPU number or `cpu`"))?;
+                    let i: usize = n.parse().map_err(|_| BackendError::BadDevice {
+                        given: n.to_string(),
+                    })?;
                     // cubecl panics on a missing adapter: check the list first
                     let discrete = adapters
                         .iter()
                         .filter(|a| a.contains("type DiscreteGpu"))
                         .count();
                     if i >= discrete {
-                        return Err(format!(
-                            "--device {i}: there are {discrete} discrete GPU adapter(s) (numbered from 0); found: {}",
-                            adapters.join("; ")
-                        ));
+                        return Err(BackendError::NoSuchGpu {
+                            index: i,
+                            discrete,
+                            found: adapters.join("; "),
+                        });
                     }
                     DeviceKind::DiscreteGpu(i)
                 }
@@ -142,8 +139,6 @@ pub fn device(backend: Backend, device: Option<&str>) -> Result<Device, String> 
             Ok(Device::wgpu(kind))
         }
         #[cfg(not(feature = "wgpu"))]
-        Backend::Wgpu => {
-            Err("--backend wgpu: this build has no wgpu support (cargo feature `wgpu`)".into())
-        }
+        Backend::Wgpu => Err(BackendError::NotBuilt { backend: "wgpu" }),
     }
 }

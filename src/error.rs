@@ -71,9 +71,94 @@ pub enum DataError {
         /// Cause.
         msg: String,
     },
-    /// Invalid class list, split or option.
+    /// Invalid class list or split.
     #[error("{0}")]
     Invalid(String),
+    /// A data option with a value it cannot take, named as an option (the CLI names its flag).
+    #[error("{param} `{value}`: {expected}")]
+    Param {
+        /// Which option.
+        param: DataParam,
+        /// The value given.
+        value: String,
+        /// What was expected.
+        expected: String,
+    },
+}
+
+/// A data option, as [`DataError::Param`] names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataParam {
+    /// Evaluation tasks (`0,1,2;3,4`).
+    Tasks,
+    /// A seeded random class split (`5+5`).
+    Split,
+}
+
+impl std::fmt::Display for DataParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DataParam::Tasks => "tasks",
+            DataParam::Split => "class split",
+        })
+    }
+}
+
+impl DataError {
+    /// [`DataError::Param`] for `param` with `value` and what was `expected`.
+    pub fn param(param: DataParam, value: &str, expected: impl Into<String>) -> Self {
+        DataError::Param {
+            param,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// Choosing a compute device ([`crate::backend::device`]).
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// A device was named for a backend that has only one.
+    #[error(
+        "device `{device}` applies only to the wgpu backend (the {backend} backend has one device)"
+    )]
+    DeviceWithoutWgpu {
+        /// The device given.
+        device: String,
+        /// The backend chosen.
+        backend: String,
+    },
+    /// The backend was not compiled in.
+    #[error("this build has no {backend} support (cargo feature `{backend}`)")]
+    NotBuilt {
+        /// The backend.
+        backend: &'static str,
+    },
+    /// wgpu sees no adapter at all.
+    #[error("no GPU adapter found (wgpu saw no Vulkan/Metal/DX12/GL device); install a driver, e.g. Mesa's lavapipe (Debian: mesa-vulkan-drivers libvulkan1) for a CPU adapter, or use the flex backend")]
+    NoAdapter,
+    /// A CPU adapter was asked for and there is none.
+    #[error("device `cpu`: no CPU (software) adapter; found: {found}")]
+    NoCpuAdapter {
+        /// The adapters wgpu sees.
+        found: String,
+    },
+    /// The device is neither a number nor `cpu`.
+    #[error("device `{given}`: expected a GPU number or `cpu`")]
+    BadDevice {
+        /// The device given.
+        given: String,
+    },
+    /// There is no discrete GPU of that number.
+    #[error("device {index}: there are {discrete} discrete GPU adapter(s) (numbered from 0); found: {found}")]
+    NoSuchGpu {
+        /// The number given.
+        index: usize,
+        /// Discrete GPUs found.
+        discrete: usize,
+        /// The adapters wgpu sees.
+        found: String,
+    },
 }
 
 /// An option of the merge pipeline, as library errors name it ([`MergeError::Param`]).

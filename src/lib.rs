@@ -40,7 +40,7 @@ pub mod models;
 pub mod progress;
 pub mod rewrite;
 pub mod spec;
+pub mod state;
+pub mod system;
 pub mod train;
 pub mod util;
-
-pub use models::system;

@@ -9,8 +9,8 @@ use zipmerge::collect::{
 };
 use zipmerge::data::{to_tensor, ImageSet, Preprocess};
 use zipmerge::engine::{Act, CpuNet, CpuSystem, EngineCtx};
-use zipmerge::models::system::System;
 use zipmerge::models::{Arch, ForwardCtx, Net, NetConfig};
+use zipmerge::system::System;
 
 mod common;
 use common::random_state;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use zipmerge::checkpoint::safetensors_io;
-use zipmerge::checkpoint::state::{NamedTensor, StateDict};
+use zipmerge::state::{NamedTensor, StateDict};
 
 /// xorshift64*: a tiny deterministic generator (no dependency, same cases on every run).
 struct Rng(u64);

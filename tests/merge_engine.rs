@@ -681,7 +681,7 @@ fn t12_measure_averages_per_batch_statistics() {
         w.data[((k * 3 + k % 3) * 3 + 1) * 3 + 1] = 1.0;
     }
     let m = manifest(&cfg, (0..10).collect());
-    let sys = bn_reset::build_system(&m, &state, &[], &device).unwrap();
+    let sys = zipmerge::system::System::from_parts(&m, &state, &[], &device).unwrap();
     // two batches of 2 and 3 images with seeded pixels
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let img = |rng: &mut ChaCha8Rng| -> Vec<u8> {
@@ -692,7 +692,7 @@ fn t12_measure_averages_per_batch_statistics() {
         (0..2).map(|_| img(&mut rng)).collect(),
         (0..3).map(|_| img(&mut rng)).collect(),
     ];
-    let stats = bn_reset::measure(&sys, &batches, &device, &mut |_| {});
+    let stats = zipmerge::collect::bn::measure(&sys, &batches, &device, &mut |_| {});
     let (mean, var) = &stats["trunk:bn1"];
     let prep = zipmerge::data::Preprocess::Cifar;
     let (pm, ps) = (prep.mean(), prep.std());

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use zipmerge::data::{split_dir, ImageSet};
 use zipmerge::eval::runner::evaluate;
-use zipmerge::models::system::System;
+use zipmerge::system::System;
 
 fn test_root() -> (PathBuf, f64) {
     if let Ok(p) = std::env::var("ZIPMERGE_DATA") {

@@ -5,13 +5,12 @@
 pub mod interop;
 pub mod pickle_guard;
 pub mod safetensors_io;
-pub mod state;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use state::{check_finite, NamedTensor, StateDict};
+pub use crate::state::{check_finite, NamedTensor, StateDict};
 
 use crate::error::{CheckpointError, ModelError};
 use crate::models::head::HeadSpec;
@@ -198,8 +197,7 @@ pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ModelError> {
 /// Largest label id + 1 a manifest may name (ImageNet-21k has 21,841 classes).
 pub const MAX_LABELS: usize = 100_000;
 
-/// Largest text-head embedding dimension a manifest may declare.
-pub const MAX_HEAD_DIM: usize = 65_536;
+pub use crate::models::head::MAX_HEAD_DIM;
 
 /// Checks a manifest read from `file` before anything is allocated from its numbers: known
 /// format, a valid architecture width, at least one head, every head with classes (distinct, and
@@ -352,7 +350,9 @@ pub fn check_out_dir(dir: &Path) -> Result<(), CheckpointError> {
         return Ok(());
     }
     if !dir.is_dir() {
-        return Err(err("exists and is not a folder; choose another --out"));
+        return Err(err(
+            "exists and is not a folder; choose another output folder",
+        ));
     }
     let empty = std::fs::read_dir(dir)
         .map(|mut d| d.next().is_none())
@@ -362,7 +362,7 @@ pub fn check_out_dir(dir: &Path) -> Result<(), CheckpointError> {
     } else {
         Err(err(
             "exists and is not a zipmerge model folder (no manifest.json); it is left untouched: \
-             remove it or choose another --out",
+             remove it or choose another output folder",
         ))
     }
 }

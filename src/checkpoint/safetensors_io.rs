@@ -6,8 +6,8 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::state::{NamedTensor, StateDict};
 use crate::error::CheckpointError;
+use crate::state::{NamedTensor, StateDict};
 use crate::util::write_atomic;
 
 /// Serialises `state` to safetensors bytes (f32, little endian).

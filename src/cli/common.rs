@@ -9,7 +9,7 @@ use clap::Args;
 use zipmerge::backend::{self, Backend};
 use zipmerge::checkpoint;
 use zipmerge::data::{ImageSet, Preprocess};
-use zipmerge::error::{MergeError, MergeParam};
+use zipmerge::error::{BackendError, DataError, DataParam, MergeError, MergeParam};
 use zipmerge::models::Arch;
 use zipmerge::progress::Observer;
 
@@ -53,6 +53,21 @@ pub fn merge_error(e: MergeError) -> anyhow::Error {
             expected,
         } => usage(format!("{} `{value}`: {expected}", flag_of(*param))),
         _ => e.into(),
+    }
+}
+
+/// A library data error as the CLI reports it: an option's bad value ([`DataError::Param`]) is a
+/// usage error (exit code 2) naming the option's flag; anything else keeps its message.
+pub fn data_error(e: DataError) -> anyhow::Error {
+    match &e {
+        DataError::Param { param, .. } => {
+            let flag = match param {
+                DataParam::Tasks => "--tasks",
+                DataParam::Split => "--split",
+            };
+            usage(format!("{flag}: {e}"))
+        }
+        _ => usage(e.to_string()),
     }
 }
 
@@ -143,7 +158,17 @@ pub struct BackendArgs {
 impl BackendArgs {
     /// Builds the device, reporting the wgpu adapter choice once.
     pub fn device(&self, obs: &mut dyn Observer) -> Result<Device> {
-        let d = backend::device(self.backend, self.device.as_deref()).map_err(usage)?;
+        let d = backend::device(self.backend, self.device.as_deref()).map_err(|e| {
+            let device = self.device.as_deref().map(|d| format!("--device {d}"));
+            let flag = match (&e, device) {
+                (BackendError::NotBuilt { .. }, _) | (BackendError::NoAdapter, None) => {
+                    format!("--backend {}", self.backend)
+                }
+                (BackendError::NoAdapter, Some(d)) => format!("--backend {} {d}", self.backend),
+                (_, d) => d.unwrap_or_default(),
+            };
+            usage(format!("{flag}: {e}"))
+        })?;
         #[cfg(feature = "wgpu")]
         if self.backend == Backend::Wgpu {
             let adapters = backend::wgpu_adapters();

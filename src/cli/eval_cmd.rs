@@ -8,11 +8,11 @@ use clap::Args;
 use zipmerge::data::tasks::parse_tasks;
 use zipmerge::eval::runner::evaluate;
 use zipmerge::eval::Accuracy;
-use zipmerge::models::system::System;
+use zipmerge::system::System;
 
 use zipmerge::progress::{phase, Observer};
 
-use super::common::{data_root, load_split, positive, BackendArgs, UsageExt};
+use super::common::{data_error, data_root, load_split, positive, BackendArgs};
 use super::printer::Printer;
 
 /// Arguments of `zipmerge eval`.
@@ -74,7 +74,7 @@ pub fn print_table(label: &str, a: &Accuracy) {
 /// Runs `zipmerge eval`.
 pub fn exec(a: EvalArgs, p: &mut Printer) -> Result<()> {
     let tasks = match &a.tasks {
-        Some(t) => Some(parse_tasks(t, zipmerge::checkpoint::MAX_LABELS).usage()?),
+        Some(t) => Some(parse_tasks(t, zipmerge::checkpoint::MAX_LABELS).map_err(data_error)?),
         None => None,
     };
     let device = a.backend.device(p)?;

@@ -105,7 +105,7 @@ pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
         width,
         out: head.net_outputs(classes.len()),
     };
-    cfg.validate()?;
+    cfg.check("--width")?;
     checkpoint::check_finite(&state, &a.from.display().to_string())?;
     Net::from_state(&cfg, &state, &burn::tensor::Device::flex()).with_context(|| {
         format!(

@@ -10,8 +10,8 @@ use zipmerge::data::tasks::parse_tasks;
 use zipmerge::merge::{self, EvalPlan, MergePlan, Method, Similarity};
 
 use super::common::{
-    cache_gib, check_out_not_input, command_line, data_root, finite, merge_error, non_negative,
-    positive, usage, BackendArgs, UsageExt,
+    cache_gib, check_out_not_input, command_line, data_error, data_root, finite, merge_error,
+    non_negative, positive, usage, BackendArgs,
 };
 use super::eval_cmd::print_table;
 use super::printer::Printer;
@@ -176,7 +176,7 @@ pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
     zipmerge::checkpoint::check_out_dir(&a.out)?;
     let tasks = match a.tasks.as_str() {
         "auto" => None,
-        t => Some(parse_tasks(t, zipmerge::checkpoint::MAX_LABELS).usage()?),
+        t => Some(parse_tasks(t, zipmerge::checkpoint::MAX_LABELS).map_err(data_error)?),
     };
     let root = data_root(a.data.as_deref());
     let plan = MergePlan {

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use zipmerge::eval::predict::predict;
-use zipmerge::models::system::System;
+use zipmerge::system::System;
 
 use super::common::{merge_error, positive, BackendArgs};
 use super::printer::Printer;

@@ -10,8 +10,8 @@ use zipmerge::models::{param_count, Arch, NetConfig};
 use zipmerge::train::{self, EpochLog, TrainObserver, TrainOptions};
 
 use super::common::{
-    arch_parser, build_head, command_line, data_root, load_split_classes, non_negative, parse_head,
-    positive, usage, BackendArgs, UsageExt,
+    arch_parser, build_head, command_line, data_error, data_root, load_split_classes, non_negative,
+    parse_head, positive, usage, BackendArgs, UsageExt,
 };
 use zipmerge::data::{split_dir, ImageSet};
 use zipmerge::progress::Observer;
@@ -114,7 +114,7 @@ pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
         width: a.width,
         out: 1,
     }
-    .validate()
+    .check("--width")
     .usage()?;
     parse_head(&a.head)?;
     let root = data_root(a.data.as_deref());
@@ -133,7 +133,7 @@ pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
             None,
         ),
         (None, Some(s)) => {
-            let parts = random_split(s, a.split_seed, n).usage()?;
+            let parts = random_split(s, a.split_seed, n).map_err(data_error)?;
             if a.part >= parts.len() {
                 return Err(usage(format!(
                     "--part {}: --split {s} has only {} parts",

@@ -5,6 +5,8 @@
 //! `Cov = E[x x^T] - mu mu^T` is accumulated streaming, per batch and per space, with f64
 //! accumulators weighted by image counts. Memory is O(sum over spaces of O^2), never O(samples).
 
+pub mod bn;
+
 use burn::tensor::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

@@ -6,7 +6,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::DataError;
+use crate::error::{DataError, DataParam};
 
 /// Parses `0,1,2` (or ranges, `0-4,7`) into class ids, checking each is below `n_classes`.
 ///
@@ -63,28 +63,35 @@ pub fn parse_tasks(s: &str, n_classes: usize) -> Result<Vec<Vec<usize>>, DataErr
     let mut tasks: Vec<Vec<usize>> = Vec::new();
     for (k, t) in s.split(';').enumerate() {
         if t.trim().is_empty() {
-            return Err(DataError::Invalid(format!(
-                "--tasks `{s}`: task {} is empty; expected class lists separated by `;`",
-                k + 1
-            )));
+            return Err(DataError::param(
+                DataParam::Tasks,
+                s,
+                format!(
+                    "task {} is empty; expected class lists separated by `;`",
+                    k + 1
+                ),
+            ));
         }
         tasks.push(
-            parse_classes(t, n_classes).map_err(|e| DataError::Invalid(format!("--tasks: {e}")))?,
+            parse_classes(t, n_classes)
+                .map_err(|e| DataError::param(DataParam::Tasks, s, e.to_string()))?,
         );
     }
     let mut seen = Vec::new();
     for t in &tasks {
         for c in t {
             if seen.contains(c) {
-                return Err(DataError::Invalid(format!(
-                    "--tasks `{s}`: class {c} is in two tasks"
-                )));
+                return Err(DataError::param(
+                    DataParam::Tasks,
+                    s,
+                    format!("class {c} is in two tasks"),
+                ));
             }
             seen.push(*c);
         }
     }
     if tasks.is_empty() {
-        return Err(DataError::Invalid(format!("--tasks `{s}` lists no tasks")));
+        return Err(DataError::param(DataParam::Tasks, s, "lists no tasks"));
     }
     Ok(tasks)
 }
@@ -99,12 +106,14 @@ pub fn random_split(spec: &str, seed: u64, n_classes: usize) -> Result<Vec<Vec<u
         .split('+')
         .map(|p| p.trim().parse::<usize>())
         .collect::<Result<_, _>>()
-        .map_err(|_| DataError::Invalid(format!("--split `{spec}`: expected sizes like 5+5")))?;
+        .map_err(|_| DataError::param(DataParam::Split, spec, "expected sizes like 5+5"))?;
     let total: usize = sizes.iter().sum();
     if total > n_classes || sizes.contains(&0) {
-        return Err(DataError::Invalid(format!(
-            "--split `{spec}` needs {total} classes, the data has {n_classes}"
-        )));
+        return Err(DataError::param(
+            DataParam::Split,
+            spec,
+            format!("needs {total} classes, the data has {n_classes}"),
+        ));
     }
     let mut ids: Vec<usize> = (0..n_classes).collect();
     ids.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));

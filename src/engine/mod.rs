@@ -24,8 +24,8 @@ use crate::checkpoint::StateDict;
 use crate::data::Preprocess;
 use crate::error::ModelError;
 use crate::models::layers::BnRecord;
-use crate::models::system::System;
 use crate::models::{Arch, Net};
+use crate::system::System;
 use kernels::{Conv, Epilogue};
 
 /// BatchNorm epsilon (PyTorch's and burn's default, used by every model file).

@@ -10,8 +10,8 @@ use super::softmax;
 use crate::data::imagefolder::decode;
 use crate::data::to_tensor;
 use crate::error::MergeError;
-use crate::models::system::System;
 use crate::models::ForwardCtx;
+use crate::system::System;
 
 /// One of the top classes of an image.
 #[derive(Clone, Debug, Serialize)]

@@ -8,8 +8,8 @@ use crate::data::{to_tensor, ImageSet};
 use crate::engine::{Act, CpuSystem, EngineCtx};
 use crate::error::DataError;
 use crate::models::head::HeadSpec;
-use crate::models::system::System;
 use crate::models::ForwardCtx;
+use crate::system::System;
 
 /// Which head serves each task: `(system index, head index)`: the head trained on most of the
 /// task's classes; on a tie (models of the same classes) the k-th head overall serves task k.

@@ -24,9 +24,9 @@ use crate::eval::runner::{evaluate_on, EvalSet, Outputs};
 use crate::eval::Accuracy;
 use crate::matching::MergeUnmerge;
 use crate::merge::{self, Endpoints, Method, Statistics};
-use crate::models::system::System;
 use crate::models::Net;
 use crate::spec::Stop;
+use crate::system::System;
 
 /// One evaluated configuration.
 #[derive(Clone, Debug, Serialize)]

@@ -274,10 +274,10 @@ impl Endpoints {
             .manifests
             .iter()
             .zip(&self.states)
-            .map(|(m, s)| bn_reset::build_system(m, s, &[], device))
+            .map(|(m, s)| crate::system::System::from_parts(m, s, &[], device))
             .collect::<Result<Vec<_>, _>>()?;
-        let refs: Vec<&crate::models::system::System> = systems.iter().collect();
-        let stats = bn_reset::measure_many(&refs, batches, device, progress);
+        let refs: Vec<&crate::system::System> = systems.iter().collect();
+        let stats = crate::collect::bn::measure_many(&refs, batches, device, progress);
         for (st, s) in stats.iter().zip(self.states.iter_mut()) {
             bn_reset::apply(st, s, &mut []);
         }
@@ -578,7 +578,7 @@ pub fn build(
                 .any(|m| m.heads[0].classes != a.heads[0].classes)
             {
                 return Err(MergeError::Invalid(
-                    "a full zip averages the final linear layers, which is undefined for logit heads over different classes: use a partial zip (e.g. --stop 19/20)".into(),
+                    "a full zip averages the final linear layers, which is undefined for logit heads over different classes: use a partial zip (e.g. stop 19/20)".into(),
                 ));
             }
             classes = a.heads[0].classes.clone();
@@ -645,13 +645,11 @@ impl Merged {
     ///
     /// # Errors
     /// [`MergeError::Model`] if weights do not fit.
-    pub fn system(&self, device: &Device) -> Result<crate::models::system::System, MergeError> {
-        bn_reset::build_system(
-            &self.manifest,
-            &self.zipped.trunk,
-            &self.zipped.heads,
-            device,
-        )
+    pub fn system(&self, device: &Device) -> Result<crate::system::System, MergeError> {
+        let (m, z) = (&self.manifest, &self.zipped);
+        Ok(crate::system::System::from_parts(
+            m, &z.trunk, &z.heads, device,
+        )?)
     }
 
     /// Writes the model folder atomically.

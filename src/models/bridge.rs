@@ -11,7 +11,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
 
 use super::vgg11::VGG11_TORCH_INDEX;
-use crate::checkpoint::{NamedTensor, StateDict};
+use crate::state::{NamedTensor, StateDict};
 
 /// PyTorch name of a burn parameter path (enum variant names already removed).
 pub fn torch_name(path: &[String]) -> String {

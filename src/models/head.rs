@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 
+/// Largest text-head embedding dimension a manifest may declare.
+pub const MAX_HEAD_DIM: usize = 65_536;
+
 /// Temperature of text-embedding heads (reference doc §5.1, §6).
 pub const TEXT_TEMPERATURE: f32 = 100.0;
 
@@ -125,7 +128,7 @@ pub struct EmbeddingFile {
 /// # Errors
 /// What is wrong, as a phrase naming the row (the caller adds the file or head).
 pub fn check_embeddings(dim: usize, rows: &[Vec<f32>]) -> Result<(), String> {
-    let max = crate::checkpoint::MAX_HEAD_DIM;
+    let max = MAX_HEAD_DIM;
     if dim == 0 || dim > max {
         return Err(format!("dim {dim} is out of range (expected 1..={max})"));
     }

@@ -4,9 +4,7 @@
 pub mod arch;
 pub mod bridge;
 pub mod head;
-pub mod inspect;
 pub mod layers;
-pub mod system;
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,8 +14,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::StateDict;
 use crate::error::ModelError;
+use crate::state::StateDict;
 use arch::InitRule;
 pub use layers::ForwardCtx;
 
@@ -92,7 +90,7 @@ impl NetConfig {
     /// # Errors
     /// [`ModelError::Invalid`] for width 0 or out 0.
     pub fn validate(&self) -> Result<(), ModelError> {
-        self.check("--width")
+        self.check("width")
     }
 
     /// [`NetConfig::validate`] naming the width as `what` (`--width`, or a manifest field).

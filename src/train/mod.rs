@@ -119,7 +119,7 @@ pub fn train(
     }
     if opts.batch_size == 0 || opts.epochs == 0 {
         return Err(ModelError::Invalid(
-            "--batch-size and --epochs must be >= 1".into(),
+            "the batch size and the epochs must be >= 1".into(),
         ));
     }
     let ad = device.clone().autodiff();
@@ -143,7 +143,7 @@ pub fn train(
             .map_err(|e| ModelError::Invalid(format!("{}/resume.json: {e}", dir.display())))?;
             if serde_json::to_value(&info.options).ok() != serde_json::to_value(opts).ok() {
                 return Err(ModelError::Invalid(format!(
-                    "--resume: {} was written by a run with different options",
+                    "cannot resume: {} was written by a run with different options",
                     dir.display()
                 )));
             }

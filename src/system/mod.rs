@@ -7,10 +7,13 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
 
-use super::head::HeadSpec;
-use super::{ForwardCtx, Net, NetConfig};
+pub mod inspect;
+
 use crate::checkpoint::{self, ModelManifest};
 use crate::error::ModelError;
+use crate::models::head::HeadSpec;
+use crate::models::{ForwardCtx, Net, NetConfig};
+use crate::state::StateDict;
 
 /// One head: its network (multi-head only), its head kind and its classes.
 #[derive(Debug)]
@@ -37,6 +40,31 @@ pub struct System {
 }
 
 impl System {
+    /// Builds a runnable system from a manifest and in-memory weights (the trunk, and one
+    /// state dict per head network of a multi-head model).
+    ///
+    /// # Errors
+    /// [`ModelError::Weights`] when the weights do not fit.
+    pub fn from_parts(
+        manifest: &ModelManifest,
+        trunk: &StateDict,
+        heads: &[StateDict],
+        device: &Device,
+    ) -> Result<System, ModelError> {
+        let net = Net::from_state(&manifest.net_config(), trunk, device)?;
+        let mut sys = System::single(manifest.clone(), net);
+        for (i, h) in sys.heads.iter_mut().enumerate() {
+            if let Some(hs) = heads.get(i) {
+                *h = Head {
+                    net: Some(Net::from_state(&manifest.head_config(i), hs, device)?),
+                    spec: h.spec.clone(),
+                    classes: h.classes.clone(),
+                };
+            }
+        }
+        Ok(sys)
+    }
+
     /// Loads a model folder onto `device`.
     ///
     /// # Errors

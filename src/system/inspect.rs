@@ -26,7 +26,7 @@ pub struct ModelInfo {
     #[serde(skip)]
     pub dir: String,
     /// Architecture.
-    pub arch: super::Arch,
+    pub arch: crate::models::Arch,
     /// Width (multiplier, or base width for ResNet-50).
     pub width: usize,
     /// Kind of the first head.
@@ -66,7 +66,7 @@ impl ModelInfo {
         let m = checkpoint::read_manifest(&dir)?;
         let cfg = m.net_config();
         let spec = MergeSpec::of(&cfg);
-        let sys = super::system::System::load(&dir, &burn::tensor::Device::flex())?;
+        let sys = super::System::load(&dir, &burn::tensor::Device::flex())?;
         Ok(Self {
             dir: dir.display().to_string(),
             arch: m.arch,
@@ -82,7 +82,7 @@ impl ModelInfo {
                 .collect(),
             stop: m.stop.clone(),
             multi_head: m.is_multi_head(),
-            params_per_network: super::param_count(&cfg),
+            params_per_network: crate::models::param_count(&cfg),
             flops: sys.flops(),
             stops: spec.stops(),
             spaces: spec.spaces,

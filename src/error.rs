@@ -93,6 +93,8 @@ pub enum DataParam {
     Tasks,
     /// A seeded random class split (`5+5`).
     Split,
+    /// Which part of a split.
+    Part,
 }
 
 impl std::fmt::Display for DataParam {
@@ -100,6 +102,7 @@ impl std::fmt::Display for DataParam {
         f.write_str(match self {
             DataParam::Tasks => "tasks",
             DataParam::Split => "class split",
+            DataParam::Part => "part",
         })
     }
 }

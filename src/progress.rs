@@ -10,6 +10,9 @@ pub trait Observer {
     fn begin(&mut self, _label: &str, _total: u64) {}
     /// `n` more units of the current phase are done.
     fn advance(&mut self, _n: u64) {}
+    /// A short status of the current phase (running loss and accuracy), shown next to its
+    /// progress.
+    fn status(&mut self, _text: &str) {}
     /// The current phase is over.
     fn end(&mut self) {}
     /// An informational line (what was loaded, from where, how long it took).

@@ -30,6 +30,27 @@ pub struct ImportNotes {
     pub ignored: Vec<String>,
 }
 
+impl ImportNotes {
+    /// The `note:` lines for the user: a training checkpoint's other entries ignored, tensors
+    /// converted to f32 (of `tensors` in all).
+    pub fn lines(&self, tensors: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(first) = self.ignored.first() {
+            out.push(format!(
+                "note: took the weights entry of a training checkpoint; ignored {} other tensors (e.g. {first})",
+                self.ignored.len()
+            ));
+        }
+        if let Some(first) = self.converted.first() {
+            out.push(format!(
+                "note: converted {} of {tensors} tensors to f32 (e.g. {first})",
+                self.converted.len()
+            ));
+        }
+        out
+    }
+}
+
 /// Entries of a training checkpoint that hold the model weights, most specific first.
 const WEIGHT_ENTRIES: [&str; 3] = ["state_dict.", "model_state_dict.", "model."];
 

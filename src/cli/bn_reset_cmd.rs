@@ -1,17 +1,17 @@
-//! `zipmerge bn-reset`: re-estimate BatchNorm running statistics of any model.
+//! `zipmerge bn-reset`: re-estimate BatchNorm running statistics of any model
+//! ([`zipmerge::rewrite::bn_reset::reset_folder`]).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 
-use zipmerge::checkpoint::{self, StateDict};
-use zipmerge::collect::{probe_batches, ProbeOptions};
-use zipmerge::rewrite::bn_reset;
+use zipmerge::collect::ProbeOptions;
+use zipmerge::rewrite::bn_reset::reset_folder;
 
-use zipmerge::progress::phase;
-
-use super::common::{data_root, load_split, positive, usage, BackendArgs};
+use super::common::{
+    cache_gib, check_out_folder, data_root, merge_error, positive, usage, BackendArgs,
+};
 use super::printer::Printer;
 
 /// Arguments of `zipmerge bn-reset`.
@@ -42,63 +42,30 @@ pub struct BnResetArgs {
 
 /// Runs `zipmerge bn-reset`.
 pub fn exec(a: BnResetArgs, p: &mut Printer) -> Result<()> {
-    let images = if a.images == "all" {
-        None
-    } else {
-        match a.images.parse::<usize>() {
-            Ok(0) | Err(_) => {
-                return Err(usage(format!(
-                    "--images `{}`: expected a number >= 1 or `all`",
-                    a.images
-                )))
-            }
-            Ok(n) => Some(n),
+    let images = match a.images.parse::<usize>() {
+        _ if a.images == "all" => None,
+        Ok(n) if n > 0 => Some(n),
+        _ => {
+            return Err(usage(format!(
+                "--images `{}`: expected a number >= 1 or `all`",
+                a.images
+            )))
         }
     };
-    if a.out.exists() && !a.out.is_dir() {
-        return Err(usage(format!(
-            "--out {}: exists and is not a folder; choose another --out",
-            a.out.display()
-        )));
-    }
-    checkpoint::check_out_dir(&a.out)?;
-    let dir = checkpoint::model_dir(&a.model);
-    let mut manifest = checkpoint::read_manifest(&dir)?;
-    let mut trunk = checkpoint::read_weights(&dir, &manifest.weights)?;
-    let mut heads: Vec<StateDict> = Vec::new();
-    for h in &manifest.heads {
-        if let Some(f) = &h.weights {
-            heads.push(checkpoint::read_weights(&dir, f)?);
-        }
-    }
+    check_out_folder(&a.out)?;
+    let opts = ProbeOptions {
+        images,
+        batch_size: a.batch_size,
+        augment: true,
+        seed: a.seed,
+    };
     let device = a.backend.device(p)?;
-    let prep = manifest.net_config().preprocess();
-    let set = load_split(&data_root(a.data.as_deref()), "train", prep, p)?;
-    let batches = probe_batches(
-        &set,
-        &ProbeOptions {
-            images,
-            batch_size: a.batch_size,
-            augment: true,
-            seed: a.seed,
-        },
-    );
-    let total = zipmerge::merge::images(&batches) as u64;
-    phase(p, "BN reset", total, |pr| {
-        bn_reset::reset(&manifest, &mut trunk, &mut heads, &batches, &device, pr)
-    })?;
-    manifest.provenance["bn_reset"] = serde_json::json!({"images": batches.iter().map(Vec::len).sum::<usize>(), "seed": a.seed, "data": set.source});
-    let mut files: Vec<(String, &StateDict)> = vec![(manifest.weights.clone(), &trunk)];
-    let mut hi = heads.iter();
-    for h in &manifest.heads {
-        if let Some(f) = &h.weights {
-            files.push((f.clone(), hi.next().expect("head")));
-        }
-    }
-    checkpoint::write_model(&a.out, &manifest, &files)?;
+    let root = data_root(a.data.as_deref());
+    let n = reset_folder(&a.model, &root, &opts, cache_gib()?, &a.out, &device, p)
+        .map_err(merge_error)?;
     p.done(
         &format!("wrote {}", a.out.display()),
-        serde_json::json!({"wrote": a.out, "images": total}),
+        serde_json::json!({"wrote": a.out, "images": n}),
     );
     Ok(())
 }

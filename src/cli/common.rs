@@ -2,14 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use burn::tensor::Device;
 use clap::Args;
 
 use zipmerge::backend::{self, Backend};
 use zipmerge::checkpoint;
-use zipmerge::data::{ImageSet, Preprocess};
 use zipmerge::error::{BackendError, DataError, DataParam, MergeError, MergeParam};
+use zipmerge::models::head::HeadChoice;
 use zipmerge::models::Arch;
 use zipmerge::progress::Observer;
 
@@ -64,22 +64,11 @@ pub fn data_error(e: DataError) -> anyhow::Error {
             let flag = match param {
                 DataParam::Tasks => "--tasks",
                 DataParam::Split => "--split",
+                DataParam::Part => "--part",
             };
             usage(format!("{flag}: {e}"))
         }
         _ => usage(e.to_string()),
-    }
-}
-
-/// Marks an error as a usage error (exit code 2), keeping its message.
-pub trait UsageExt<T> {
-    /// `Err(e)` becomes `Err(Usage(e.to_string()))`.
-    fn usage(self) -> Result<T>;
-}
-
-impl<T, E: std::fmt::Display> UsageExt<T> for std::result::Result<T, E> {
-    fn usage(self) -> Result<T> {
-        self.map_err(|e| usage(e.to_string()))
     }
 }
 
@@ -115,6 +104,21 @@ pub fn finite(s: &str) -> std::result::Result<f64, String> {
         Ok(v) if v.is_finite() => Ok(v),
         _ => Err(format!("expected a finite number, got `{s}`")),
     }
+}
+
+/// Refuses an output path that exists and is not a folder, and one that holds something other
+/// than a model folder ([`checkpoint::check_out_dir`]): nothing is replaced but a model.
+///
+/// # Errors
+/// [`Usage`] naming `--out`, or the checkpoint layer's error.
+pub fn check_out_folder(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(usage(format!(
+            "--out {}: exists and is not a folder; choose another --out",
+            out.display()
+        )));
+    }
+    Ok(checkpoint::check_out_dir(out)?)
 }
 
 /// Refuses an output folder that is one of the input model folders (it would silently replace
@@ -211,75 +215,15 @@ pub fn cache_gib() -> Result<f64> {
     }
 }
 
-/// How many images of `prep`'s stored size fit the pixel cache ([`cache_gib`]).
-pub fn max_cached_images(prep: Preprocess, split: &str) -> Result<usize> {
-    Ok(zipmerge::data::images_in_cache(
-        prep,
-        split == "train",
-        cache_gib()?,
-    ))
-}
-
-/// Loads the `split` part of a data root (`ROOT/train`, `ROOT/test`, or a CIFAR binary folder),
-/// prepared for the models' architecture (`prep`). Folders larger than the pixel cache budget
-/// ([`max_cached_images`]) are subsampled (seeded) with a printed note.
-pub fn load_split(
-    root: &Path,
-    split: &str,
-    prep: Preprocess,
-    obs: &mut dyn Observer,
-) -> Result<ImageSet> {
-    load_split_classes(root, split, prep, None, obs)
-}
-
-/// [`load_split`] keeping only the images of `classes` (decoded only those).
-pub fn load_split_classes(
-    root: &Path,
-    split: &str,
-    prep: Preprocess,
-    classes: Option<&[usize]>,
-    obs: &mut dyn Observer,
-) -> Result<ImageSet> {
-    let max = max_cached_images(prep, split)?;
-    let l = zipmerge::data::load_split(root, split, prep, max, classes)
-        .with_context(|| format!("loading {split} images"))?;
-    l.report(split, max, obs);
-    Ok(l.set)
-}
-
 /// The command line as typed, for manifests.
 pub fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
 
-/// The class-embedding table a `--head text` uses when no file is given.
-pub const DEFAULT_EMBEDDINGS: &str = "datasets/class-text-embeddings.json";
-
-/// Parses `--head linear | text | text:FILE`: `None` for a linear head, the embedding table's
-/// path for a text head.
+/// `--head linear | text | text:FILE` ([`HeadChoice::parse`]).
 ///
 /// # Errors
-/// A usage error (exit 2) for anything else.
-pub fn parse_head(opt: &str) -> Result<Option<PathBuf>> {
-    match opt {
-        "linear" => Ok(None),
-        "text" => Ok(Some(PathBuf::from(DEFAULT_EMBEDDINGS))),
-        o => match o.strip_prefix("text:") {
-            Some(f) if !f.is_empty() => Ok(Some(PathBuf::from(f))),
-            _ => Err(usage(format!(
-                "--head `{o}`: expected linear, text or text:FILE"
-            ))),
-        },
-    }
-}
-
-/// The head of `--head opt` for `classes` ([`parse_head`]; a text head reads its table).
-///
-/// # Errors
-/// As [`parse_head`]; the table's errors for a text head.
-pub fn build_head(opt: &str, classes: &[usize]) -> Result<zipmerge::models::head::HeadSpec> {
-    Ok(match parse_head(opt)? {
-        None => zipmerge::models::head::HeadSpec::Linear,
-        Some(file) => zipmerge::models::head::text_head(&file, classes)?,
-    })
+/// A usage error (exit 2) naming `--head`.
+pub fn parse_head(opt: &str) -> Result<HeadChoice> {
+    HeadChoice::parse(opt).map_err(|e| usage(format!("--{e}")))
 }

@@ -2,7 +2,7 @@
 //! Table 1 layout over endpoint groups) and `reproduce grid`: flags -> plan ->
 //! [`zipmerge::experiments`] -> files and printed tables.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -129,18 +129,13 @@ pub struct Table1Args {
 fn check_out(io: &ExperimentIo, inputs: &[PathBuf]) -> Result<()> {
     let Some(out) = &io.out else { return Ok(()) };
     check_out_not_input(out, inputs)?;
-    let mut at = out.as_path();
-    while !at.as_os_str().is_empty() && !at.exists() {
-        at = at.parent().unwrap_or(Path::new(""));
-    }
-    if !at.as_os_str().is_empty() && !at.is_dir() {
-        return Err(usage(format!(
+    zipmerge::util::check_creatable_dir(out).map_err(|file| {
+        usage(format!(
             "--out {}: {} is a file, so the folder cannot be created",
             out.display(),
-            at.display()
-        )));
-    }
-    Ok(())
+            file.display()
+        ))
+    })
 }
 
 impl ExperimentIo {

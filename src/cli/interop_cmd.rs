@@ -1,18 +1,19 @@
-//! `zipmerge import` / `zipmerge export`: PyTorch and safetensors checkpoints in the official
-//! ZipIt! layout (`resnet20x{w}` / `vgg11` state_dicts) and torchvision's layout (ResNet-50).
+//! `zipmerge import` / `zipmerge export`: flags -> [`zipmerge::checkpoint::import`] -> a model
+//! folder, or a model folder -> one safetensors file (official ZipIt! layout for
+//! `resnet20x{w}` / `vgg11`, torchvision's for its ResNets).
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 
-use zipmerge::checkpoint::{self, interop, ModelManifest, StateDict};
-use zipmerge::data::tasks::parse_classes;
-use zipmerge::models::{Arch, Net, NetConfig};
-
+use zipmerge::checkpoint::import::{export, import, ImportError, ImportRequest};
+use zipmerge::checkpoint::{self};
+use zipmerge::models::head::HeadChoice;
+use zipmerge::models::Arch;
 use zipmerge::progress::Observer;
 
-use super::common::{arch_parser, build_head, command_line, parse_head};
+use super::common::{arch_parser, command_line, usage};
 use super::printer::Printer;
 
 /// Arguments of `zipmerge import`.
@@ -49,117 +50,48 @@ pub struct ImportArgs {
     pub out: PathBuf,
 }
 
+/// An import error as the CLI reports it, with the flag that fixes it.
+fn import_error(e: ImportError, head: &str) -> anyhow::Error {
+    match &e {
+        ImportError::ArchMismatch { found, .. } => usage(format!("{e}: pass --arch {found}")),
+        ImportError::UnknownArch { .. } => usage(format!("{e}: pass --arch")),
+        ImportError::LayoutMismatch { .. } | ImportError::BadLayout { .. } => {
+            usage(format!("--{e}"))
+        }
+        ImportError::ClassesRequired => usage(format!(
+            "--classes is required for --head {head} (the label ids the model's outputs score)"
+        )),
+        ImportError::Width { .. } => usage(format!("{e} with --width")),
+        ImportError::Data(_) => usage(format!("--classes: {e}")),
+        _ => anyhow::Error::new(e),
+    }
+}
+
 /// Runs `zipmerge import`.
 pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
-    let given = a.arch;
     checkpoint::check_out_dir(&a.out)?;
-    let (state, notes) = interop::read_checkpoint(&a.from)?;
-    let from = a.from.display();
-    if state.keys().any(|k| k.starts_with("trunk.")) && state.keys().any(|k| k.starts_with("head"))
-    {
-        bail!("{from} is a multi-head zipmerge export (`trunk.*`, `head<i>.*` names): import one network's prefix at a time, or use the zipmerge model folder it was exported from");
+    let head = HeadChoice::parse(&a.head).map_err(|e| usage(format!("--{e}")))?;
+    let req = ImportRequest {
+        from: a.from.clone(),
+        arch: a.arch,
+        width: a.width,
+        head,
+        classes: a.classes.clone(),
+        layout: a.layout.clone(),
+        num_classes: a.num_classes,
+        command: command_line(),
+    };
+    let m = import(&req).map_err(|e| import_error(e, &a.head))?;
+    for line in m.notes.lines(m.state.len()) {
+        p.warn(&line);
     }
-    let arch = match (given, interop::detect_arch(&state)) {
-        (Some(g), Some(d)) if g != d => bail!(
-            "{from} holds a {d} state_dict (by its tensor names), not a {g}: pass --arch {d}"
-        ),
-        (Some(g), _) => g,
-        (None, Some(d)) => d,
-        (None, None) => bail!(
-            "{from}: cannot tell the architecture from the tensor names (first: {}): pass --arch ({})",
-            state.keys().take(3).cloned().collect::<Vec<_>>().join(", "),
-            Arch::names()
-        ),
-    };
-    let layout = check_layout(arch, a.layout.as_deref())?;
-    if let Some(first) = notes.ignored.first() {
-        p.warn(&format!(
-            "note: took the weights entry of a training checkpoint; ignored {} other tensors (e.g. {first})",
-            notes.ignored.len()
-        ));
-    }
-    let out_key = format!("{}.weight", arch.def().head_layer());
-    let file_outputs = state.get(&out_key).map(|t| t.rows());
-    let linear = parse_head(&a.head)?.is_none();
-    let num_classes = a.num_classes.unwrap_or(if linear {
-        file_outputs.unwrap_or(10).max(10)
-    } else {
-        10
-    });
-    let classes = match (&a.classes, file_outputs) {
-        (Some(c), _) => parse_classes(c, num_classes)?,
-        (None, Some(n)) if linear => (0..n).collect(),
-        _ => bail!(
-            "--classes is required for --head {} (the label ids the model's outputs score)",
-            a.head
-        ),
-    };
-    let head = build_head(&a.head, &classes)?;
-    let width = match a.width {
-        Some(w) => w,
-        None => infer_width(arch, &state)
-            .with_context(|| format!("{}: pass --width", a.from.display()))?,
-    };
-    let cfg = NetConfig {
-        arch,
-        width,
-        out: head.net_outputs(classes.len()),
-    };
-    cfg.check("--width")?;
-    checkpoint::check_finite(&state, &a.from.display().to_string())?;
-    Net::from_state(&cfg, &state, &burn::tensor::Device::flex()).with_context(|| {
-        format!(
-            "{} as {arch} width {width} ({} outputs)",
-            a.from.display(),
-            cfg.out
-        )
-    })?;
-    if let Some(first) = notes.converted.first() {
-        p.warn(&format!(
-            "note: converted {} of {} tensors to f32 (e.g. {first})",
-            notes.converted.len(),
-            state.len()
-        ));
-    }
-    let provenance = serde_json::json!({"import": {"from": a.from.display().to_string(), "layout": layout, "converted_to_f32": notes.converted, "stripped_prefixes": notes.stripped_prefixes, "ignored_tensors": notes.ignored.len(), "command": command_line()}});
-    let manifest = ModelManifest::single(&cfg, classes, head, vec![], provenance);
-    checkpoint::write_model(&a.out, &manifest, &[("model.safetensors".into(), &state)])?;
+    let files = [("model.safetensors".to_string(), &m.state)];
+    checkpoint::write_model(&a.out, &m.manifest, &files)?;
     p.done(
-        &format!("wrote {} ({} tensors)", a.out.display(), state.len()),
-        serde_json::json!({"wrote": a.out, "tensors": state.len()}),
+        &format!("wrote {} ({} tensors)", a.out.display(), m.state.len()),
+        serde_json::json!({"wrote": a.out, "tensors": m.state.len()}),
     );
     Ok(())
-}
-
-/// The layout of `arch` (`zipit` for resnet20/vgg11, `torchvision` for torchvision's ResNets),
-/// checking `--layout` when given.
-fn check_layout(arch: Arch, given: Option<&str>) -> Result<&'static str> {
-    let own = arch.def().layout();
-    match given {
-        None => Ok(own),
-        Some(l) if l == own => Ok(own),
-        Some(l @ ("zipit" | "torchvision")) => {
-            bail!("--layout {l} does not fit --arch {arch}: {arch} uses the {own} layout")
-        }
-        Some(l) => bail!("--layout `{l}`: expected zipit or torchvision"),
-    }
-}
-
-/// Width read off the first conv of a state dict ([`zipmerge::models::arch::Architecture::width_probe`]):
-/// `conv1.weight` rows / 16 for ResNet-20, `features.0.weight` rows / 64 for VGG-11,
-/// `conv1.weight` rows for torchvision's ResNets.
-fn infer_width(arch: Arch, state: &StateDict) -> Result<usize> {
-    let (key, unit) = arch.def().width_probe();
-    let t = state
-        .get(key)
-        .with_context(|| format!("no tensor `{key}` to read the width of a {arch} from"))?;
-    if t.rows() % unit != 0 || t.rows() == 0 {
-        bail!(
-            "tensor `{key}` has {} output channels, not a multiple of {unit} as a {arch} needs",
-            t.rows()
-        );
-    }
-    Ok(t.rows() / unit)
 }
 
 /// Arguments of `zipmerge export`.
@@ -186,24 +118,7 @@ pub fn exec_export(a: ExportArgs, p: &mut Printer) -> Result<()> {
     if a.format != "safetensors" {
         bail!("--format {}: only safetensors is supported", a.format);
     }
-    let dir = checkpoint::model_dir(&a.model);
-    let m = checkpoint::read_manifest(&dir)?;
-    check_layout(m.arch, a.layout.as_deref())?;
-    let trunk = checkpoint::read_weights(&dir, &m.weights)?;
-    let heads: Vec<StateDict> = m
-        .heads
-        .iter()
-        .filter_map(|h| h.weights.as_ref())
-        .map(|f| checkpoint::read_weights(&dir, f))
-        .collect::<Result<_, _>>()?;
-    let bytes = if heads.is_empty() {
-        interop::to_pytorch_safetensors(&[("", &trunk)])?
-    } else {
-        let names: Vec<String> = (0..heads.len()).map(|i| format!("head{i}.")).collect();
-        let mut parts: Vec<(&str, &StateDict)> = vec![("trunk.", &trunk)];
-        parts.extend(names.iter().map(String::as_str).zip(heads.iter()));
-        interop::to_pytorch_safetensors(&parts)?
-    };
+    let bytes = export(&a.model, a.layout.as_deref()).map_err(|e| import_error(e, ""))?;
     zipmerge::util::write_atomic(&a.out, &bytes)?;
     p.done(
         &format!("wrote {} ({} bytes)", a.out.display(), bytes.len()),

@@ -4,11 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::common::{finite, merge_error, non_negative, positive, usage};
+use super::common::{finite, merge_error, non_negative, positive};
 use clap::Args;
-use serde_json::json;
 
-use zipmerge::matching::correlation;
 use zipmerge::matching::npy::read_matrix;
 use zipmerge::merge::Method;
 
@@ -41,33 +39,10 @@ pub struct MatchArgs {
 /// Runs `zipmerge match`: prints `{"clusters": [...], "merge": [[...]], "unmerge": [[...]]}`.
 pub fn exec(a: MatchArgs) -> Result<()> {
     let method = Method::parse(&a.method, a.alpha, a.beta, 0).map_err(merge_error)?;
-    if matches!(method, Method::GitRebasin { .. }) {
-        return Err(usage(
-            "--method git-rebasin matches weights, not a matrix: use `zipmerge merge`",
-        ));
-    }
     let m = read_matrix(&a.cov).with_context(|| format!("reading {}", a.cov.display()))?;
-    let r = if let Method::Cca { reg } = method {
-        // CCA Merge solves from the matrix itself
-        zipmerge::matching::cca::cca_merge(&m, a.models, reg)
-    } else {
-        let corr = if a.correlation { m } else { correlation(&m) };
-        method
-            .matcher()
-            .expect("every method but Git Re-Basin and CCA Merge has a matcher")
-            .solve(&corr, a.models, a.merge_eps)
-    }
-    .with_context(|| a.cov.display().to_string())?;
-    let rows = |v: &[f64], r: usize, c: usize| -> Vec<Vec<f64>> {
-        (0..r).map(|i| v[i * c..(i + 1) * c].to_vec()).collect()
-    };
-    println!(
-        "{}",
-        serde_json::to_string(&json!({
-            "clusters": r.clusters,
-            "merge": rows(&r.merge, r.k, r.o),
-            "unmerge": rows(&r.unmerge, r.o, r.k),
-        }))?
-    );
+    let r = zipmerge::merge::match_matrix(&m, a.correlation, a.models, &method, a.merge_eps)
+        .map_err(merge_error)
+        .with_context(|| a.cov.display().to_string())?;
+    println!("{}", r.to_json());
     Ok(())
 }

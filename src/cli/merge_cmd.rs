@@ -13,7 +13,6 @@ use super::common::{
     cache_gib, check_out_not_input, command_line, data_error, data_root, finite, merge_error,
     non_negative, positive, usage, BackendArgs,
 };
-use super::eval_cmd::print_table;
 use super::printer::Printer;
 
 /// Options shared by merge, sweep and reproduce: method, probe and BN-reset sets.
@@ -204,7 +203,7 @@ pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
     }
     if let Some(acc) = &r.accuracy {
         let label = format!("{}{}", r.method, plan.settings.corrections.label());
-        print_table(&format!("{label} {} -> {}", r.stop, a.out.display()), acc);
+        p.result(&acc.table(&format!("{label} {} -> {}", r.stop, a.out.display())));
     }
     if p.verbose() {
         for (phase, secs) in &r.timings_seconds {

@@ -64,13 +64,6 @@ impl Printer {
         self.verbose
     }
 
-    /// Sets the status text shown after the bar in progress (loss, accuracy).
-    pub fn status(&self, text: &str) {
-        if let Some(b) = &self.bar {
-            b.set_prefix(text.to_string());
-        }
-    }
-
     /// The outcome of a command that writes a file: `line` on stdout, or `json` in `--json`
     /// mode.
     pub fn done(&self, line: &str, json: serde_json::Value) {
@@ -108,6 +101,12 @@ impl Observer for Printer {
     fn advance(&mut self, n: u64) {
         if let Some(b) = &self.bar {
             b.inc(n);
+        }
+    }
+
+    fn status(&mut self, text: &str) {
+        if let Some(b) = &self.bar {
+            b.set_prefix(text.to_string());
         }
     }
 

@@ -1,21 +1,18 @@
-//! `zipmerge train`: train an endpoint on a class subset and write checkpoint + manifest.
+//! `zipmerge train`: flags -> [`TrainPlan`] -> [`zipmerge::train::run::run`] -> model folder.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
 
-use zipmerge::data::tasks::{format_tasks, parse_classes, random_split};
-use zipmerge::models::{param_count, Arch, NetConfig};
-use zipmerge::train::{self, EpochLog, TrainObserver, TrainOptions};
+use zipmerge::error::{DataError, ModelError};
+use zipmerge::models::Arch;
+use zipmerge::train::run::{run, TaskChoice, TrainError, TrainPlan};
 
 use super::common::{
-    arch_parser, build_head, command_line, data_error, data_root, load_split_classes, non_negative,
-    parse_head, positive, usage, BackendArgs, UsageExt,
+    arch_parser, cache_gib, check_out_folder, command_line, data_error, data_root, non_negative,
+    parse_head, positive, usage, BackendArgs,
 };
-use zipmerge::data::{split_dir, ImageSet};
-use zipmerge::progress::Observer;
-
 use super::printer::Printer;
 
 /// Arguments of `zipmerge train`.
@@ -79,173 +76,58 @@ pub struct TrainArgs {
     pub backend: BackendArgs,
 }
 
-/// Training progress on the printer: a bar per epoch, one line per finished epoch.
-struct Bars<'a>(&'a mut Printer);
-
-impl TrainObserver for Bars<'_> {
-    fn epoch_start(&mut self, epoch: usize, steps: usize) {
-        self.0.begin(&format!("epoch {epoch}"), steps as u64);
-    }
-    fn step(&mut self, loss: f64, acc: f64) {
-        self.0.status(&format!("loss {loss:.3} acc {acc:.1}%"));
-        self.0.advance(1);
-    }
-    fn epoch_end(&mut self, l: &EpochLog) {
-        self.0.end();
-        self.0.info(&format!(
-            "epoch {:>3}: loss {:.4}  train acc {:.2}%  test task acc {:.2}%  ({:.1}s)",
-            l.epoch, l.loss, l.train_accuracy, l.test_accuracy, l.seconds
-        ));
-    }
-}
-
 /// Runs `zipmerge train`.
 pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
-    let arch = a.arch;
-    if a.out.exists() && !a.out.is_dir() {
-        return Err(usage(format!(
-            "--out {}: exists and is not a folder; choose another --out",
-            a.out.display()
-        )));
-    }
-    zipmerge::checkpoint::check_out_dir(&a.out)?;
-    NetConfig {
-        arch,
-        width: a.width,
-        out: 1,
-    }
-    .check("--width")
-    .usage()?;
-    parse_head(&a.head)?;
-    let root = data_root(a.data.as_deref());
-    let prep = NetConfig {
-        arch,
-        width: a.width,
-        out: 1,
-    }
-    .preprocess();
-    let n = ImageSet::class_names_of(&split_dir(&root, "train"), "train")
-        .context("loading train images")?
-        .len();
-    let (classes, split_lists) = match (&a.classes, &a.split) {
-        (Some(c), _) => (
-            parse_classes(c, n).map_err(|e| usage(format!("--classes: {e}")))?,
-            None,
-        ),
-        (None, Some(s)) => {
-            let parts = random_split(s, a.split_seed, n).map_err(data_error)?;
-            if a.part >= parts.len() {
-                return Err(usage(format!(
-                    "--part {}: --split {s} has only {} parts",
-                    a.part,
-                    parts.len()
-                )));
-            }
-            p.info(&format!(
-                "split {s} (seed {}): {}",
-                a.split_seed,
-                format_tasks(&parts)
-            ));
-            (parts[a.part].clone(), Some(parts))
-        }
+    check_out_folder(&a.out)?;
+    let task = match (&a.classes, &a.split) {
+        (Some(c), _) => TaskChoice::Classes(c.clone()),
+        (None, Some(s)) => TaskChoice::Split {
+            spec: s.clone(),
+            seed: a.split_seed,
+            part: a.part,
+        },
         (None, None) => {
             return Err(usage(
                 "give the task's classes with --classes 0,1,2 or --split 5+5 --split-seed S",
             ))
         }
     };
-    let head = build_head(&a.head, &classes)?;
-    let net = NetConfig {
-        arch,
+    let plan = TrainPlan {
+        arch: a.arch,
         width: a.width,
-        out: head.net_outputs(classes.len()),
-    };
-    let mut train_task = load_split_classes(&root, "train", prep, Some(&classes), p)?;
-    if let Some(l) = a.limit {
-        use rand::{seq::SliceRandom, SeedableRng};
-        let mut idx: Vec<usize> = (0..train_task.len()).collect();
-        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(a.seed));
-        idx.truncate(l);
-        idx.sort_unstable();
-        train_task = train_task.subset(&idx);
-    }
-    let test_task = load_split_classes(&root, "test", prep, Some(&classes), p)?;
-    if train_task.is_empty() {
-        bail!(
-            "{}: no training images of classes {classes:?}",
-            root.display()
-        );
-    }
-    let opts = TrainOptions {
-        net,
-        head,
-        classes: classes.clone(),
+        head: parse_head(&a.head)?,
+        task,
+        data_root: data_root(a.data.as_deref()),
+        limit: a.limit,
         epochs: a.epochs,
-        warmup_epochs: a.warmup,
+        warmup: a.warmup,
         batch_size: a.batch_size,
         lr: a.lr,
-        momentum: 0.9,
         weight_decay: a.weight_decay,
         seed: a.seed,
+        out: a.out.clone(),
+        resume: a.resume,
+        cache_gib: cache_gib()?,
+        device: a.backend.device(p)?,
+        backend: a.backend.backend.to_string(),
+        command: command_line(),
     };
-    let device = a.backend.device(p)?;
-    p.info(&format!(
-        "training {arch} x{} ({} params, {} forward MACs/image) on classes {classes:?}: {} train / {} test images",
-        a.width,
-        param_count(&net),
-        net.flops(),
-        train_task.len(),
-        test_task.len()
-    ));
-    let state_dir = PathBuf::from(format!("{}.train-state", a.out.display()));
-    if !a.resume && state_dir.exists() {
-        std::fs::remove_dir_all(&state_dir).ok();
-    }
-    let t0 = std::time::Instant::now();
-    let mut obs = Bars(p);
-    let (state, log) = train::train(
-        &opts,
-        &train_task,
-        &test_task,
-        &device,
-        Some(&state_dir),
-        &mut obs,
-    )?;
-    let final_acc = log.last().map(|l| l.test_accuracy).unwrap_or(0.0);
-    let provenance = serde_json::json!({
-        "training": {
-            "data": root.display().to_string(),
-            "train_images": train_task.len(),
-            "test_images": test_task.len(),
-            "classes": classes,
-            "split": a.split.as_ref().map(|s| serde_json::json!({"spec": s, "seed": a.split_seed, "part": a.part, "lists": split_lists})),
-            "seed": a.seed,
-            "epochs": a.epochs,
-            "warmup_epochs": a.warmup,
-            "batch_size": a.batch_size,
-            "lr": a.lr,
-            "momentum": 0.9,
-            "weight_decay": a.weight_decay,
-            "optimizer": "SGD (PyTorch semantics: dampening 0), weight decay on all parameters",
-            "schedule": "per-iteration linear warm-up from 0, then linear decay to 0",
-            "augmentation": match prep {
-                zipmerge::data::Preprocess::Cifar => "random horizontal flip + random crop 32 with 4-pixel zero padding",
-                zipmerge::data::Preprocess::ImageNet => "RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3) of the image stored at 256x256 (resize 256 + centre crop 256) + random horizontal flip; test: resize 256 + centre crop 224; ImageNet mean/std",
-            },
-            "backend": a.backend.backend.to_string(),
-            "command": command_line(),
-            "final_task_accuracy": final_acc,
-            "wall_seconds": t0.elapsed().as_secs_f64(),
-            "epochs_log": log,
+    let r = run(&plan, p).map_err(|e| match e {
+        TrainError::Data(d @ DataError::Param { .. }) => data_error(d),
+        TrainError::Data(DataError::Invalid(m)) => usage(format!("--classes: {m}")),
+        TrainError::Model(ModelError::Invalid(m)) if m.starts_with("width") => {
+            usage(format!("--{m}"))
         }
-    });
-    train::write_trained(&a.out, &opts, &state, &train_task.class_names, provenance)
-        .with_context(|| format!("writing {}", a.out.display()))?;
-    std::fs::remove_dir_all(&state_dir).ok();
-    println!(
-        "wrote {} (task accuracy {final_acc:.2}% on {} test images)",
-        a.out.display(),
-        test_task.len()
+        e => anyhow::Error::new(e),
+    })?;
+    p.done(
+        &format!(
+            "wrote {} (task accuracy {:.2}% on {} test images)",
+            a.out.display(),
+            r.final_task_accuracy,
+            r.test_images
+        ),
+        serde_json::to_value(&r)?,
     );
     Ok(())
 }

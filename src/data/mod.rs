@@ -67,6 +67,17 @@ impl ImageSet {
         self.subset(&idx)
     }
 
+    /// A seeded random subset of `n` images (all when there are fewer), in their original
+    /// order (ChaCha8 shuffle with `seed`, truncated, sorted).
+    pub fn seeded_subset(&self, n: usize, seed: u64) -> ImageSet {
+        use rand::{seq::SliceRandom, SeedableRng};
+        let mut idx: Vec<usize> = (0..self.len()).collect();
+        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        idx.truncate(n);
+        idx.sort_unstable();
+        self.subset(&idx)
+    }
+
     /// The images at `idx`, in that order.
     pub fn subset(&self, idx: &[usize]) -> ImageSet {
         let mut pixels = Vec::with_capacity(idx.len() * self.image_bytes());

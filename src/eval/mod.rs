@@ -14,6 +14,32 @@ pub mod runner;
 
 use serde::Serialize;
 
+impl Accuracy {
+    /// The accuracy as a table under `label`: FLOPs, joint accuracy, each task's, their
+    /// average (one line each).
+    pub fn table(&self, label: &str) -> String {
+        let mut out = format!(
+            "{label}\n  FLOPs (MACs/image): {} ({:.3} G)\n  Joint:    {:6.2}%  ({} images)\n",
+            self.flops,
+            self.flops as f64 / 1e9,
+            self.joint,
+            self.images
+        );
+        for (i, t) in self.tasks.iter().enumerate() {
+            let name = if self.tasks.len() <= 26 {
+                ((b'A' + i as u8) as char).to_string()
+            } else {
+                i.to_string()
+            };
+            out += &format!(
+                "  Task {name}:   {:6.2}%  classes {:?}\n",
+                t.accuracy, t.classes
+            );
+        }
+        out + &format!("  Avg:      {:6.2}%\n", self.avg)
+    }
+}
+
 /// How the joint prediction compares scores across tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JointRule {

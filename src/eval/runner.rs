@@ -312,3 +312,87 @@ pub fn heads_of(systems: &[System]) -> Vec<&HeadSpec> {
         .flat_map(|s| s.heads.iter().map(|h| &h.spec))
         .collect()
 }
+
+/// Default tasks of `systems`: each head's classes, in model/head order, duplicates removed.
+pub fn default_tasks(systems: &[System]) -> Vec<Vec<usize>> {
+    let mut tasks: Vec<Vec<usize>> = Vec::new();
+    for s in systems {
+        for h in &s.heads {
+            if !tasks.contains(&h.classes) {
+                tasks.push(h.classes.clone());
+            }
+        }
+    }
+    tasks
+}
+
+/// What `zipmerge eval` measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EvalReport {
+    /// The accuracy.
+    #[serde(flatten)]
+    pub accuracy: Accuracy,
+    /// Seconds of the evaluation.
+    pub seconds: f64,
+    /// Images per second.
+    pub images_per_second: f64,
+    /// `Ensemble of N models`, or the model folder.
+    #[serde(skip)]
+    pub label: String,
+}
+
+/// Evaluates the model folders `models` (several: their ensemble, reference doc §5.3) on the
+/// test split of `data_root` (at most `max_images` decoded) for `tasks` (`None`: each head's
+/// classes).
+///
+/// # Errors
+/// [`MergeError`] naming a model or data folder that cannot be read, or a task class missing
+/// from the test set.
+pub fn evaluate_folders(
+    models: &[std::path::PathBuf],
+    data_root: &std::path::Path,
+    tasks: Option<Vec<Vec<usize>>>,
+    batch: usize,
+    cache_gib: f64,
+    device: &Device,
+    obs: &mut dyn crate::progress::Observer,
+) -> Result<EvalReport, crate::error::MergeError> {
+    let systems: Vec<System> = models
+        .iter()
+        .map(|m| System::load(m, device))
+        .collect::<Result<_, _>>()?;
+    let arch0 = (systems[0].manifest.arch, systems[0].manifest.width);
+    for (s, m) in systems.iter().zip(models) {
+        if (s.manifest.arch, s.manifest.width) != arch0 {
+            obs.info(&format!(
+                "note: {} is {} x{}, the first model is {} x{}",
+                m.display(),
+                s.manifest.arch,
+                s.manifest.width,
+                arch0.0,
+                arch0.1
+            ));
+        }
+    }
+    let prep = systems[0].config().preprocess();
+    let max = crate::data::images_in_cache(prep, false, cache_gib);
+    let l = crate::data::load_split(data_root, "test", prep, max, None)?;
+    l.report("test", max, obs);
+    let tasks = tasks.unwrap_or_else(|| default_tasks(&systems));
+    let n = check_evaluation(&heads_of(&systems), &l.set, &tasks)?;
+    let t0 = std::time::Instant::now();
+    let accuracy = crate::progress::phase(obs, "eval", n as u64, |p| {
+        evaluate(&systems, &l.set, &tasks, batch, device, p)
+    });
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(EvalReport {
+        images_per_second: accuracy.images as f64 / seconds,
+        accuracy,
+        seconds,
+        label: if systems.len() > 1 {
+            format!("Ensemble of {} models", systems.len())
+        } else {
+            models[0].display().to_string()
+        },
+    })
+}

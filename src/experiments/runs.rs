@@ -415,12 +415,7 @@ pub fn grid(plan: &GridPlan, obs: &mut dyn Observer) -> Result<GridReport, Merge
     let stop = ep.spec.stop(&plan.stop)?;
     let (train, mut test) = load_data(&plan.inputs, &s, &plan.models, obs)?;
     if let Some(n) = plan.eval_images {
-        use rand::{seq::SliceRandom, SeedableRng};
-        let mut idx: Vec<usize> = (0..test.len()).collect();
-        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(s.seed));
-        idx.truncate(n);
-        idx.sort_unstable();
-        test = test.subset(&idx);
+        test = test.seeded_subset(n, s.seed);
     }
     let t0 = Instant::now();
     let mut counters = Counters::default();

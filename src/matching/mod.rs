@@ -168,6 +168,19 @@ pub struct MergeUnmerge {
 }
 
 impl MergeUnmerge {
+    /// The matrices as JSON (`zipmerge match`): `{"clusters": [...], "merge": [[K x O]],
+    /// "unmerge": [[O x K]]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let rows = |v: &[f64], r: usize, c: usize| -> Vec<Vec<f64>> {
+            (0..r).map(|i| v[i * c..(i + 1) * c].to_vec()).collect()
+        };
+        serde_json::json!({
+            "clusters": self.clusters,
+            "merge": rows(&self.merge, self.k, self.o),
+            "unmerge": rows(&self.unmerge, self.o, self.k),
+        })
+    }
+
     /// Builds `P` (`O x K`, column `c` = indicator of `clusters[c]`, columns in the given order),
     /// `U = P` and `M = (P / (colsum(P) + eps))^T` (reference doc §3).
     ///

@@ -395,6 +395,42 @@ pub fn statistics_upto(
     })
 }
 
+/// Runs `method`'s matcher alone on one `O x O` matrix of `n` stacked models: a covariance
+/// (turned into a correlation; CCA Merge solves from the covariance itself), or a correlation
+/// when `is_correlation`.
+///
+/// # Errors
+/// [`MergeError::Param`] for Git Re-Basin (it matches weights, not a matrix); the matcher's
+/// error otherwise.
+pub fn match_matrix(
+    m: &crate::matching::SquareMatrix,
+    is_correlation: bool,
+    n: usize,
+    method: &Method,
+    eps: f64,
+) -> Result<MergeUnmerge, MergeError> {
+    let r = match method {
+        Method::GitRebasin { .. } => {
+            return Err(MergeError::param(
+                MergeParam::Method,
+                "git-rebasin",
+                "Git Re-Basin matches weights, not a matrix: merge the models",
+            ))
+        }
+        Method::Cca { reg } => crate::matching::cca::cca_merge(m, n, *reg),
+        _ => {
+            let corr = if is_correlation {
+                m.clone()
+            } else {
+                crate::matching::correlation(m)
+            };
+            let matcher = method.matcher().expect("a matcher for every other method");
+            matcher.solve(&corr, n, eps)
+        }
+    };
+    r.map_err(|e| MergeError::Invalid(e.to_string()))
+}
+
 /// Checks, before any image is run, that `method` can merge these endpoints with merge
 /// epsilon `eps`: `eps` finite and >= 0, Git Re-Basin only for two models (reference doc §3.5).
 ///

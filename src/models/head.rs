@@ -185,3 +185,45 @@ pub fn text_head(path: &Path, classes: &[usize]) -> Result<HeadSpec, ModelError>
         embeddings,
     })
 }
+
+/// The class-embedding table a text head uses when no file is given.
+pub const DEFAULT_EMBEDDINGS: &str = "datasets/class-text-embeddings.json";
+
+/// Which head a new model gets: `linear`, `text` (the default embedding table) or `text:FILE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeadChoice {
+    /// A linear layer over the classes.
+    Linear,
+    /// Frozen class embeddings read from this table.
+    Text(std::path::PathBuf),
+}
+
+impl HeadChoice {
+    /// Parses `linear`, `text` or `text:FILE`.
+    ///
+    /// # Errors
+    /// [`ModelError::Invalid`] for anything else.
+    pub fn parse(opt: &str) -> Result<Self, ModelError> {
+        match opt {
+            "linear" => Ok(HeadChoice::Linear),
+            "text" => Ok(HeadChoice::Text(DEFAULT_EMBEDDINGS.into())),
+            o => match o.strip_prefix("text:") {
+                Some(f) if !f.is_empty() => Ok(HeadChoice::Text(f.into())),
+                _ => Err(ModelError::Invalid(format!(
+                    "head `{o}`: expected linear, text or text:FILE"
+                ))),
+            },
+        }
+    }
+
+    /// The head for `classes` (a text head reads its table, [`text_head`]).
+    ///
+    /// # Errors
+    /// As [`text_head`].
+    pub fn build(&self, classes: &[usize]) -> Result<HeadSpec, ModelError> {
+        match self {
+            HeadChoice::Linear => Ok(HeadSpec::Linear),
+            HeadChoice::Text(file) => text_head(file, classes),
+        }
+    }
+}

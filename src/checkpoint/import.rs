@@ -1,0 +1,268 @@
+//! `zipmerge import` / `export` as library calls: a PyTorch or safetensors state dict in the
+//! official ZipIt! or torchvision layout becomes a zipmerge model ([`import`]), a model folder
+//! becomes one safetensors file that the official PyTorch classes load ([`export`]). The
+//! architecture is told from the tensor names ([`super::interop::detect_arch`]) and its width
+//! read off its first conv ([`crate::models::arch::Architecture::width_probe`]).
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::interop::{self, ImportNotes};
+use super::{ModelManifest, StateDict};
+use crate::error::{CheckpointError, DataError, ModelError};
+use crate::models::head::HeadChoice;
+use crate::models::{Arch, Net, NetConfig};
+
+/// What to import.
+#[derive(Clone, Debug)]
+pub struct ImportRequest {
+    /// The `.pt` / `.pth` / `.pth.tar` / `.safetensors` file.
+    pub from: PathBuf,
+    /// Architecture (`None`: told by the tensor names).
+    pub arch: Option<Arch>,
+    /// Width (`None`: read off the first conv).
+    pub width: Option<usize>,
+    /// Head of the model.
+    pub head: HeadChoice,
+    /// Classes (label ids) of the outputs, as a class list (`0,1,2` or `0-999`); `None` for a
+    /// linear head: one class per output of the file's final layer.
+    pub classes: Option<String>,
+    /// Layout to check (`zipit` or `torchvision`; `None`: the architecture's own).
+    pub layout: Option<String>,
+    /// Classes of the data set (`None`: 10, or the final layer's outputs when more).
+    pub num_classes: Option<usize>,
+    /// The command, for the provenance.
+    pub command: String,
+}
+
+/// An imported model, ready to be written ([`super::write_model`]).
+#[derive(Clone, Debug)]
+pub struct Imported {
+    /// Its manifest.
+    pub manifest: ModelManifest,
+    /// Its weights (f32, PyTorch names).
+    pub state: StateDict,
+    /// What was converted, stripped or ignored on reading.
+    pub notes: ImportNotes,
+}
+
+/// Why a file cannot be imported or a model exported.
+#[derive(Debug, Error)]
+pub enum ImportError {
+    /// From reading or writing the file.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// From building the network.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// From the class list.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A multi-head export (`trunk.*`, `head<i>.*`).
+    #[error("{file} is a multi-head zipmerge export (`trunk.*`, `head<i>.*` names): import one network's prefix at a time, or use the zipmerge model folder it was exported from")]
+    MultiHead {
+        /// The file.
+        file: String,
+    },
+    /// The tensor names say another architecture than the one given.
+    #[error("{file} holds a {found} state_dict (by its tensor names), not a {given}")]
+    ArchMismatch {
+        /// The file.
+        file: String,
+        /// What the names say.
+        found: Arch,
+        /// What was given.
+        given: Arch,
+    },
+    /// No registered architecture has these tensor names.
+    #[error("{file}: cannot tell the architecture from the tensor names (first: {first}); expected {names}")]
+    UnknownArch {
+        /// The file.
+        file: String,
+        /// The first names.
+        first: String,
+        /// The registered architectures.
+        names: String,
+    },
+    /// The layout given is not the architecture's.
+    #[error("layout {given} does not fit {arch}: {arch} uses the {own} layout")]
+    LayoutMismatch {
+        /// The layout given.
+        given: String,
+        /// The architecture.
+        arch: Arch,
+        /// Its layout.
+        own: &'static str,
+    },
+    /// Not a layout name.
+    #[error("layout `{given}`: expected zipit or torchvision")]
+    BadLayout {
+        /// What was given.
+        given: String,
+    },
+    /// A text head needs the classes its outputs score.
+    #[error("the classes are required for a text head (the label ids the model's outputs score)")]
+    ClassesRequired,
+    /// The width cannot be read off the file.
+    #[error("{file}: {msg}; give the width")]
+    Width {
+        /// The file.
+        file: String,
+        /// Why.
+        msg: String,
+    },
+    /// The weights do not fit the architecture at that width.
+    #[error("{file} as {arch} width {width} ({outputs} outputs): {source}")]
+    Weights {
+        /// The file.
+        file: String,
+        /// Architecture.
+        arch: Arch,
+        /// Width.
+        width: usize,
+        /// Outputs.
+        outputs: usize,
+        /// Why.
+        #[source]
+        source: ModelError,
+    },
+}
+
+/// The layout of `arch`, checking `given` when there is one.
+///
+/// # Errors
+/// [`ImportError::LayoutMismatch`] / [`ImportError::BadLayout`].
+pub fn check_layout(arch: Arch, given: Option<&str>) -> Result<&'static str, ImportError> {
+    let own = arch.def().layout();
+    match given {
+        None => Ok(own),
+        Some(l) if l == own => Ok(own),
+        Some(l @ ("zipit" | "torchvision")) => Err(ImportError::LayoutMismatch {
+            given: l.into(),
+            arch,
+            own,
+        }),
+        Some(l) => Err(ImportError::BadLayout { given: l.into() }),
+    }
+}
+
+/// The width of an `arch` state dict, read off the tensor its
+/// [`crate::models::arch::Architecture::width_probe`] names.
+fn infer_width(arch: Arch, state: &StateDict, file: &str) -> Result<usize, ImportError> {
+    let (key, unit) = arch.def().width_probe();
+    let err = |msg: String| ImportError::Width {
+        file: file.into(),
+        msg,
+    };
+    let t = state.get(key).ok_or_else(|| {
+        err(format!(
+            "no tensor `{key}` to read the width of a {arch} from"
+        ))
+    })?;
+    if t.rows() % unit != 0 || t.rows() == 0 {
+        return Err(err(format!(
+            "tensor `{key}` has {} output channels, not a multiple of {unit} as a {arch} needs",
+            t.rows()
+        )));
+    }
+    Ok(t.rows() / unit)
+}
+
+/// Reads `req.from` and builds the model: architecture, layout, width, classes and head, the
+/// weights checked finite and loaded into the network once.
+///
+/// # Errors
+/// [`ImportError`] naming the file and what does not fit.
+pub fn import(req: &ImportRequest) -> Result<Imported, ImportError> {
+    let (state, notes) = interop::read_checkpoint(&req.from)?;
+    let file = req.from.display().to_string();
+    let keys = || state.keys();
+    if keys().any(|k| k.starts_with("trunk.")) && keys().any(|k| k.starts_with("head")) {
+        return Err(ImportError::MultiHead { file });
+    }
+    let arch = match (req.arch, interop::detect_arch(&state)) {
+        (Some(given), Some(found)) if given != found => {
+            return Err(ImportError::ArchMismatch { file, found, given })
+        }
+        (Some(g), _) => g,
+        (None, Some(d)) => d,
+        (None, None) => {
+            return Err(ImportError::UnknownArch {
+                file,
+                first: keys().take(3).cloned().collect::<Vec<_>>().join(", "),
+                names: Arch::names(),
+            })
+        }
+    };
+    let layout = check_layout(arch, req.layout.as_deref())?;
+    let out_key = format!("{}.weight", arch.def().head_layer());
+    let file_outputs = state.get(&out_key).map(|t| t.rows());
+    let linear = req.head == HeadChoice::Linear;
+    let num_classes = req.num_classes.unwrap_or(if linear {
+        file_outputs.unwrap_or(10).max(10)
+    } else {
+        10
+    });
+    let classes = match (&req.classes, file_outputs) {
+        (Some(c), _) => crate::data::tasks::parse_classes(c, num_classes)?,
+        (None, Some(n)) if linear => (0..n).collect(),
+        _ => return Err(ImportError::ClassesRequired),
+    };
+    let head = req.head.build(&classes)?;
+    let width = match req.width {
+        Some(w) => w,
+        None => infer_width(arch, &state, &file)?,
+    };
+    let cfg = NetConfig {
+        arch,
+        width,
+        out: head.net_outputs(classes.len()),
+    };
+    cfg.validate()?;
+    super::check_finite(&state, &file)?;
+    Net::from_state(&cfg, &state, &burn::tensor::Device::flex()).map_err(|source| {
+        ImportError::Weights {
+            file: file.clone(),
+            arch,
+            width,
+            outputs: cfg.out,
+            source,
+        }
+    })?;
+    let provenance = serde_json::json!({"import": {"from": file, "layout": layout,
+        "converted_to_f32": notes.converted, "stripped_prefixes": notes.stripped_prefixes,
+        "ignored_tensors": notes.ignored.len(), "command": req.command}});
+    let manifest = ModelManifest::single(&cfg, classes, head, vec![], provenance);
+    Ok(Imported {
+        manifest,
+        state,
+        notes,
+    })
+}
+
+/// The model folder `model` as one PyTorch-layout safetensors file (f32 tensors plus
+/// `num_batches_tracked`); a multi-head model's networks under `trunk.` and `head<i>.`.
+///
+/// # Errors
+/// [`ImportError`] for an unreadable model or a layout that is not the model's.
+pub fn export(model: &Path, layout: Option<&str>) -> Result<Vec<u8>, ImportError> {
+    let dir = super::model_dir(model);
+    let m = super::read_manifest(&dir)?;
+    check_layout(m.arch, layout)?;
+    let trunk = super::read_weights(&dir, &m.weights)?;
+    let heads: Vec<StateDict> = m
+        .heads
+        .iter()
+        .filter_map(|h| h.weights.as_ref())
+        .map(|f| super::read_weights(&dir, f))
+        .collect::<Result<_, _>>()?;
+    Ok(if heads.is_empty() {
+        interop::to_pytorch_safetensors(&[("", &trunk)])?
+    } else {
+        let names: Vec<String> = (0..heads.len()).map(|i| format!("head{i}.")).collect();
+        let mut parts: Vec<(&str, &StateDict)> = vec![("trunk.", &trunk)];
+        parts.extend(names.iter().map(String::as_str).zip(heads.iter()));
+        interop::to_pytorch_safetensors(&parts)?
+    })
+}

@@ -47,6 +47,14 @@ pub enum ModelError {
     /// Weights do not fit the architecture.
     #[error("weights do not fit the model: {0}")]
     Weights(String),
+    /// The resumable training state (`<out>.train-state/`) cannot be read, written or used.
+    #[error("{path}: {msg}")]
+    TrainState {
+        /// The file or folder.
+        path: String,
+        /// What is wrong.
+        msg: String,
+    },
     /// From the checkpoint layer.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -250,6 +258,40 @@ pub enum MergeError {
         /// Architecture whose spec misses it.
         arch: String,
     },
+    /// A model folder that cannot be merged as it is (multi-head, weights that do not fit).
+    #[error("{model}: {msg}")]
+    Endpoint {
+        /// The model folder or weight file.
+        model: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Two source models that cannot be merged together (architecture, width, head kind or
+    /// output dimension differ).
+    #[error("{model} {differs} {first}: {expected}")]
+    Incompatible {
+        /// The model that differs.
+        model: String,
+        /// How it differs (`is resnet20 x1 but`).
+        differs: String,
+        /// The first model and its value (`models/a is resnet20 x4`).
+        first: String,
+        /// What is required.
+        expected: &'static str,
+    },
+    /// An error about one model folder, keeping the typed cause ([`MergeError::Uncovered`], a
+    /// width mismatch).
+    #[error("{model}: {source}")]
+    InModel {
+        /// The model folder.
+        model: String,
+        /// The cause.
+        #[source]
+        source: Box<MergeError>,
+    },
+    /// The statistics saw no probe image.
+    #[error("the probe set is empty: expected at least one image")]
+    NoProbeImages,
     /// A matcher failure naming the feature space.
     #[error("feature space `{space}`: {msg}")]
     Space {

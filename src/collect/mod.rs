@@ -97,7 +97,7 @@ impl CovAccumulator {
     /// [`MergeError::Invalid`] when no batch was added.
     pub fn finalize(&self) -> Result<SquareMatrix, MergeError> {
         if self.count == 0.0 {
-            return Err(MergeError::Invalid("no probe images were seen".into()));
+            return Err(MergeError::NoProbeImages);
         }
         let o = self.o;
         let mu: Vec<f64> = self.sum_mean.iter().map(|v| v / self.count).collect();
@@ -267,9 +267,7 @@ pub fn collect_burn(
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<CovAccumulator>, MergeError> {
     if batches.is_empty() {
-        return Err(MergeError::Invalid(
-            "the probe set is empty: expected at least one image".into(),
-        ));
+        return Err(MergeError::NoProbeImages);
     }
     let mut accs: Vec<CovAccumulator> = Vec::new();
     for batch in batches {
@@ -288,9 +286,10 @@ pub fn collect_burn(
             let feats: Vec<Tensor<4>> = taps.iter().map(|t| t[s].clone()).collect();
             let [b, c, h, w] = feats[0].dims();
             if feats.iter().any(|f| f.dims()[1] != c) {
-                return Err(MergeError::Invalid(format!(
-                    "feature space {s}: the models have different widths"
-                )));
+                return Err(MergeError::Space {
+                    space: s.to_string(),
+                    msg: "the models have different widths".into(),
+                });
             }
             let stacked = Tensor::cat(feats, 1); // [B, O, H, W]
             let o = c * models.len();
@@ -357,9 +356,7 @@ pub fn collect_engine_upto(
 ) -> Result<Vec<CovAccumulator>, MergeError> {
     use crate::engine::{Act, CpuNet, EngineCtx};
     if batches.is_empty() {
-        return Err(MergeError::Invalid(
-            "the probe set is empty: expected at least one image".into(),
-        ));
+        return Err(MergeError::NoProbeImages);
     }
     let nets: Vec<CpuNet> = models
         .iter()
@@ -408,9 +405,10 @@ pub fn collect_engine_upto(
                             *c = t.c;
                         }
                         if *c != t.c || (m > 0 && bufs[0].len() != t.data.len()) {
-                            error.get_or_insert(MergeError::Invalid(format!(
-                                "feature space {s}: the models have different widths"
-                            )));
+                            error.get_or_insert(MergeError::Space {
+                                space: s.to_string(),
+                                msg: "the models have different widths".into(),
+                            });
                             return;
                         }
                         let finite = crate::engine::kernels::all_finite(&t.data);

@@ -178,56 +178,62 @@ impl Endpoints {
             let d = checkpoint::model_dir(d);
             let m = checkpoint::read_manifest(&d)?;
             if m.is_multi_head() {
-                return Err(MergeError::Invalid(format!(
-                    "{}: is a multi-head model; merge single models",
-                    d.display()
-                )));
+                return Err(MergeError::Endpoint {
+                    model: d.display().to_string(),
+                    msg: "is a multi-head model; merge single models".into(),
+                });
             }
             let s = checkpoint::read_weights(&d, &m.weights)?;
             // check the weights fit before anything else runs
             Net::from_state(&m.net_config(), &s, &Device::flex()).map_err(|e| {
-                MergeError::Invalid(format!("{}: {e}", d.join(&m.weights).display()))
+                MergeError::Endpoint {
+                    model: d.join(&m.weights).display().to_string(),
+                    msg: e.to_string(),
+                }
             })?;
             manifests.push(m);
             states.push(s);
         }
         let a = &manifests[0];
         for (m, d) in manifests.iter().zip(dirs).skip(1) {
+            let differ = |differs: String, first: String, expected| MergeError::Incompatible {
+                model: d.display().to_string(),
+                differs,
+                first: format!("{} {first}", dirs[0].display()),
+                expected,
+            };
             if (m.arch, m.width) != (a.arch, a.width) {
-                return Err(MergeError::Invalid(format!(
-                    "{} is {} x{} but {} is {} x{}: models must share architecture and width",
-                    d.display(),
-                    m.arch,
-                    m.width,
-                    dirs[0].display(),
-                    a.arch,
-                    a.width
-                )));
+                return Err(differ(
+                    format!("is {} x{} but", m.arch, m.width),
+                    format!("is {} x{}", a.arch, a.width),
+                    "models must share architecture and width",
+                ));
             }
-            if m.heads[0].head.kind() != a.heads[0].head.kind() {
-                return Err(MergeError::Invalid(format!(
-                    "{} has a {} head but {} has a {} head: models must share the head kind",
-                    d.display(),
-                    m.heads[0].head.kind(),
-                    dirs[0].display(),
-                    a.heads[0].head.kind()
-                )));
+            let (hm, ha) = (m.heads[0].head.kind(), a.heads[0].head.kind());
+            if hm != ha {
+                return Err(differ(
+                    format!("has a {hm} head but"),
+                    format!("has a {ha} head"),
+                    "models must share the head kind",
+                ));
             }
-            if m.net_config().out != a.net_config().out {
-                return Err(MergeError::Invalid(format!(
-                    "{} has {} outputs but {} has {}",
-                    d.display(),
-                    m.net_config().out,
-                    dirs[0].display(),
-                    a.net_config().out
-                )));
+            let (om, oa) = (m.net_config().out, a.net_config().out);
+            if om != oa {
+                return Err(differ(
+                    format!("has {om} outputs but"),
+                    format!("has {oa}"),
+                    "models must share the output dimension",
+                ));
             }
         }
         let spec = MergeSpec::of(&a.net_config());
         for (s, d) in states.iter().zip(dirs) {
             spec.check_covers(s.keys())
                 .and_then(|()| spec.check_widths(s))
-                .map_err(|e| MergeError::Invalid(format!("{}: {e}", d.display())))?;
+                .map_err(|e| MergeError::InModel {
+                    model: d.display().to_string(),
+                    source: Box::new(e),
+                })?;
         }
         Ok(Self {
             dirs: dirs.to_vec(),

@@ -90,6 +90,19 @@ pub trait TrainObserver {
     fn epoch_end(&mut self, _log: &EpochLog) {}
 }
 
+/// [`ModelError::TrainState`] for `file` of the training-state folder `dir` (`""`: the folder).
+fn state_err(dir: &Path, file: &str, e: impl std::fmt::Display) -> ModelError {
+    let path = if file.is_empty() {
+        dir.to_path_buf()
+    } else {
+        dir.join(file)
+    };
+    ModelError::TrainState {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    }
+}
+
 /// Resumable state written after each epoch.
 #[derive(Serialize, Deserialize)]
 struct ResumeInfo {
@@ -140,19 +153,20 @@ pub fn train(
         if dir.join("resume.json").is_file() {
             let info: ResumeInfo = serde_json::from_str(
                 &std::fs::read_to_string(dir.join("resume.json"))
-                    .map_err(|e| ModelError::Invalid(format!("{}: {e}", dir.display())))?,
+                    .map_err(|e| state_err(dir, "", e))?,
             )
-            .map_err(|e| ModelError::Invalid(format!("{}/resume.json: {e}", dir.display())))?;
+            .map_err(|e| state_err(dir, "resume.json", e))?;
             if serde_json::to_value(&info.options).ok() != serde_json::to_value(opts).ok() {
-                return Err(ModelError::Invalid(format!(
-                    "cannot resume: {} was written by a run with different options",
-                    dir.display()
-                )));
+                return Err(state_err(
+                    dir,
+                    "",
+                    "cannot resume: written by a run with different options",
+                ));
             }
             state = safetensors_io::load(&dir.join("weights.safetensors"))?;
             optim = optim
                 .load(dir.join("optimizer"))
-                .map_err(|e| ModelError::Invalid(format!("{}/optimizer: {e:?}", dir.display())))?;
+                .map_err(|e| state_err(dir, "optimizer", format!("{e:?}")))?;
             start_epoch = info.epochs_done;
             log = info.log;
         }
@@ -239,12 +253,7 @@ fn save_resume(
     opts: &TrainOptions,
     log: &[EpochLog],
 ) -> Result<(), ModelError> {
-    let err = |e: String| {
-        ModelError::Invalid(format!(
-            "{}: cannot write training state ({e})",
-            dir.display()
-        ))
-    };
+    let err = |e: String| state_err(dir, "", format!("cannot write training state ({e})"));
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     safetensors_io::save(&net.valid().to_state(), &dir.join("weights.safetensors"))?;
     optim

@@ -227,6 +227,8 @@ impl Endpoints {
             }
         }
         let spec = MergeSpec::of(&a.net_config());
+        let net0 = Net::from_state(&a.net_config(), &states[0], &Device::flex())?;
+        spec.check_taps(&net0)?;
         for (s, d) in states.iter().zip(dirs) {
             spec.check_covers(s.keys())
                 .and_then(|()| spec.check_widths(s))

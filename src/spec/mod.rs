@@ -426,6 +426,48 @@ impl MergeSpec {
         Ok(())
     }
 
+    /// Checks that the forward pass of `net` taps exactly the spec's spaces: as many taps as
+    /// spaces, in the spec's order, each with the space's width (one all-zero image through
+    /// the CPU engine's program of `net`, which mirrors its `forward_segment`).
+    ///
+    /// # Errors
+    /// [`MergeError::Invalid`] naming the first space whose tap is missing, extra or of another
+    /// width.
+    pub fn check_taps(&self, net: &Net) -> Result<(), MergeError> {
+        use crate::engine::{Act, CpuNet, EngineCtx};
+        let cpu = CpuNet::compile(net)?;
+        let side = self.net.input_side();
+        let x = Act {
+            batch: 1,
+            side,
+            c: 3,
+            data: vec![0.0; side * side * 3],
+        };
+        let mut ctx = EngineCtx {
+            taps: Some(Vec::new()),
+            ..Default::default()
+        };
+        cpu.forward(x, &mut ctx);
+        let taps = ctx.taps.unwrap_or_default();
+        let arch = self.net.arch;
+        if taps.len() != self.spaces.len() {
+            return Err(MergeError::Invalid(format!(
+                "merge spec of {arch}: the forward pass taps {} feature spaces, the spec has {}",
+                taps.len(),
+                self.spaces.len()
+            )));
+        }
+        for (t, sp) in taps.iter().zip(&self.spaces) {
+            if t.c != sp.width {
+                return Err(MergeError::Invalid(format!(
+                    "merge spec of {arch}: the forward pass taps {} channels where feature space `{}` has {}",
+                    t.c, sp.name, sp.width
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Total counted layers (20 for ResNet-20, 9 for VGG-11, 50 for ResNet-50).
     pub fn total_layers(&self) -> usize {
         self.layers.iter().filter(|l| l.counted).count()
@@ -612,6 +654,32 @@ mod tests {
         assert_eq!(layer(&s, "conv1").input, Side::Input);
         assert_eq!(layer(&s, "linear").output, Side::Output);
         assert_eq!(s.total_layers(), 20);
+    }
+
+    /// The forward pass's taps are checked against the spec at load (count and widths).
+    #[test]
+    fn taps_are_checked_against_the_spec() {
+        use crate::models::{Net, NetConfig};
+        let device = burn::tensor::Device::flex();
+        for (arch, w) in [(Arch::Resnet20, 1), (Arch::Vgg11, 1), (Arch::Resnet18, 2)] {
+            let cfg = NetConfig {
+                arch,
+                width: w,
+                out: 4,
+            };
+            let net = Net::empty(&cfg, &device);
+            MergeSpec::of(&cfg).check_taps(&net).unwrap();
+            // a spec of another width: the first space's width differs from the tap's
+            let wide = NetConfig {
+                width: 2 * w,
+                ..cfg
+            };
+            let e = MergeSpec::of(&wide)
+                .check_taps(&net)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("taps") && e.contains("channels"), "{e}");
+        }
     }
 
     /// T9: stops and head entry layers (§1.7 tables).

@@ -167,9 +167,19 @@ fn row(
     phase(obs, label, p.eval_images(test), f)
 }
 
-/// The label of endpoint `i` (`Model A`, ...).
-fn model_label(i: usize) -> String {
-    format!("Model {}", (b'A' + (i % 26) as u8) as char)
+/// The row of each endpoint alone (`Model A`, `Model B`, ...).
+fn endpoint_rows(
+    obs: &mut dyn Observer,
+    p: &Prepared,
+    test: &ImageSet,
+    exp: &Context<'_>,
+) -> Result<Vec<Row>, MergeError> {
+    (0..p.ep.n())
+        .map(|i| {
+            let label = format!("Model {}", (b'A' + (i % 26) as u8) as char);
+            row(obs, p, test, &label, |pr| exp.endpoint_row(i, &label, pr))
+        })
+        .collect()
 }
 
 /// A partial-zip sweep: one method at several stops ([`sweep`]).
@@ -232,13 +242,7 @@ pub fn sweep(plan: &SweepPlan, obs: &mut dyn Observer) -> Result<SweepReport, Me
     let lambda = s.similarity.lambda();
     let transforms = match_all(&p.ep, &s.method, stats, s.merge_eps, lambda, &mut counters)?;
     let exp = p.context(&test, s, device);
-    let mut rows = Vec::new();
-    for i in 0..p.ep.n() {
-        let label = model_label(i);
-        rows.push(row(obs, &p, &test, &label, |pr| {
-            exp.endpoint_row(i, &label, pr)
-        })?);
-    }
+    let mut rows = endpoint_rows(obs, &p, &test, &exp)?;
     let c = &s.corrections;
     for st in &stops {
         let label = format!("{}{}{}", s.method.label(), st.name, c.label());
@@ -649,13 +653,7 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
         let full = stops.last().expect("full").clone();
         let stats = Some(&p.stats);
         let zip_t = match_all(&p.ep, &zipit, stats, eps, 0.0, &mut counters)?;
-        let mut rows = Vec::new();
-        for i in 0..p.ep.n() {
-            let label = model_label(i);
-            rows.push(row(obs, &p, &test, &label, |pr| {
-                exp.endpoint_row(i, &label, pr)
-            })?);
-        }
+        let mut rows = endpoint_rows(obs, &p, &test, &exp)?;
         let mut baselines = vec![("W.Avg", Method::WeightAvg)];
         if n_models == 2 {
             baselines.push(("Git Re-Basin", rebasin.clone()));

@@ -32,39 +32,101 @@ pub enum InitRule {
     PytorchDefault,
 }
 
+/// The constant facts of an architecture ([`Architecture::facts`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ArchFacts {
+    /// The name on the command line and in manifests (`resnet20`).
+    pub name: &'static str,
+    /// Index of the output cut: the number of forward segments (`Net::forward_segment` cuts
+    /// `0..=output_cut`).
+    pub output_cut: usize,
+    /// The image preprocessing it is trained and evaluated with.
+    pub preprocess: Preprocess,
+    /// Whether `width` is a base width in channels (torchvision's ResNets: 64) rather than a
+    /// multiplier of the reference widths.
+    pub width_is_channels: bool,
+    /// The largest width accepted.
+    pub max_width: usize,
+    /// Its PyTorch parameter-name layout: `zipit` (the official ZipIt! classes) or
+    /// `torchvision`.
+    pub layout: &'static str,
+    /// The PyTorch name of the final linear layer (`linear`, `fc`, `classifier`).
+    pub head_layer: &'static str,
+    /// The tensor the width is read from on import and its output channels per unit of width.
+    pub width_probe: (&'static str, usize),
+    /// How its weights are initialised.
+    pub init: InitRule,
+}
+
+impl ArchFacts {
+    /// The facts shared by torchvision's ResNets named `name` (ImageNet preprocessing, base
+    /// width in channels up to 512, torchvision layout, `fc` head, width read off `conv1`,
+    /// Kaiming fan-out convs; 4 stages, so output cut 5).
+    pub const fn torchvision_resnet(name: &'static str) -> Self {
+        Self {
+            name,
+            output_cut: 5,
+            preprocess: Preprocess::ImageNet,
+            width_is_channels: true,
+            max_width: 512,
+            layout: "torchvision",
+            head_layer: "fc",
+            width_probe: ("conv1.weight", 1),
+            init: InitRule::KaimingFanOutConvs,
+        }
+    }
+}
+
 /// One architecture zipmerge can train, merge, import and export. Implemented by a unit struct
 /// in the architecture's model file and registered with [`architectures!`].
 pub trait Architecture: Sync {
-    /// The name on the command line and in manifests (`resnet20`).
-    fn name(&self) -> &'static str;
+    /// Its constant facts.
+    fn facts(&self) -> ArchFacts;
 
-    /// Index of the output cut: the number of forward segments
-    /// (`Net::forward_segment` cuts `0..=output_cut`).
-    fn output_cut(&self) -> usize;
+    /// The name on the command line and in manifests.
+    fn name(&self) -> &'static str {
+        self.facts().name
+    }
 
-    /// The image preprocessing it is trained and evaluated with.
-    fn preprocess(&self) -> Preprocess;
+    /// Index of the output cut.
+    fn output_cut(&self) -> usize {
+        self.facts().output_cut
+    }
 
-    /// Whether `width` is a base width in channels (torchvision's ResNets: 64) rather than a
-    /// multiplier of the reference widths.
+    /// The image preprocessing.
+    fn preprocess(&self) -> Preprocess {
+        self.facts().preprocess
+    }
+
+    /// Whether `width` is a base width in channels.
     fn width_is_channels(&self) -> bool {
-        false
+        self.facts().width_is_channels
     }
 
     /// The largest width accepted.
     fn max_width(&self) -> usize {
-        64
+        self.facts().max_width
     }
 
-    /// Its PyTorch parameter-name layout: `zipit` (the official ZipIt! classes) or
-    /// `torchvision`.
-    fn layout(&self) -> &'static str;
+    /// Its PyTorch parameter-name layout.
+    fn layout(&self) -> &'static str {
+        self.facts().layout
+    }
 
-    /// The PyTorch name of the final linear layer (`linear`, `fc`, `classifier`).
-    fn head_layer(&self) -> &'static str;
+    /// The PyTorch name of the final linear layer.
+    fn head_layer(&self) -> &'static str {
+        self.facts().head_layer
+    }
 
-    /// The tensor the width is read from on import and its output channels per unit of width.
-    fn width_probe(&self) -> (&'static str, usize);
+    /// The tensor the width is read from on import and its channels per unit of width.
+    fn width_probe(&self) -> (&'static str, usize) {
+        self.facts().width_probe
+    }
+
+    /// How its weights are initialised.
+    fn init(&self) -> InitRule {
+        self.facts().init
+    }
 
     /// Whether a PyTorch state dict (`has(name)`: the tensor exists) is of this architecture.
     fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool;
@@ -72,9 +134,6 @@ pub trait Architecture: Sync {
     /// Multiply-accumulates per input image of cut segment `cut` (conv and linear layers) at
     /// `width` with `out` outputs.
     fn flops_segment(&self, width: usize, out: usize, cut: usize) -> u64;
-
-    /// How its weights are initialised.
-    fn init(&self) -> InitRule;
 
     /// The module tree with zero weights.
     fn build(&self, width: usize, out: usize, device: &Device) -> super::Net;

@@ -135,6 +135,27 @@ pub fn param_count<M: Module>(m: &M) -> usize {
     m.num_params()
 }
 
+/// torchvision's ResNet stem: `relu(bn(conv(x)))` then max pooling 3x3, stride 2, padding 1
+/// (`x: [batch, 3, H, W] -> [batch, b, H/4, W/4]` for the 7x7 stride-2 conv).
+pub fn stem_max_pool(
+    conv: &Conv2d,
+    bn: &BatchNorm,
+    x: Tensor<4>,
+    ctx: &mut ForwardCtx,
+) -> Tensor<4> {
+    let h = burn::tensor::activation::relu(ctx.bn("bn1", bn, conv.forward(x)));
+    burn::tensor::module::max_pool2d(
+        h,
+        burn::tensor::ops::MaxPoolOptions {
+            kernel_size: [3, 3],
+            stride: [2, 2],
+            padding: [(1, 1), (1, 1)],
+            dilation: [1, 1],
+            ceil_mode: false,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,11 +15,9 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
-use burn::tensor::module::max_pool2d;
-use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
-use super::layers::{bn, conv3x3, pool_linear, ConvBn, ForwardCtx};
+use super::layers::{bn, conv3x3, pool_linear, stem_max_pool, ConvBn, ForwardCtx};
 
 /// Blocks per stage of ResNet-18.
 pub const RESNET18_BLOCKS: [usize; 4] = [2, 2, 2, 2];
@@ -151,17 +149,7 @@ impl ResNet18 {
             x = match cut {
                 0..=3 => {
                     let h = if cut == 0 {
-                        let h = relu(ctx.bn("bn1", &self.bn1, self.conv1.forward(x)));
-                        max_pool2d(
-                            h,
-                            MaxPoolOptions {
-                                kernel_size: [3, 3],
-                                stride: [2, 2],
-                                padding: [(1, 1), (1, 1)],
-                                dilation: [1, 1],
-                                ceil_mode: false,
-                            },
-                        )
+                        stem_max_pool(&self.conv1, &self.bn1, x, ctx)
                     } else {
                         x
                     };
@@ -189,36 +177,8 @@ impl ResNet18 {
 pub struct Def;
 
 impl super::arch::Architecture for Def {
-    fn name(&self) -> &'static str {
-        "resnet18"
-    }
-
-    fn output_cut(&self) -> usize {
-        5
-    }
-
-    fn preprocess(&self) -> crate::data::Preprocess {
-        crate::data::Preprocess::ImageNet
-    }
-
-    fn width_is_channels(&self) -> bool {
-        true
-    }
-
-    fn max_width(&self) -> usize {
-        512
-    }
-
-    fn layout(&self) -> &'static str {
-        "torchvision"
-    }
-
-    fn head_layer(&self) -> &'static str {
-        "fc"
-    }
-
-    fn width_probe(&self) -> (&'static str, usize) {
-        ("conv1.weight", 1)
+    fn facts(&self) -> super::arch::ArchFacts {
+        super::arch::ArchFacts::torchvision_resnet("resnet18")
     }
 
     /// BasicBlocks in layer4, two blocks in layer1 (not ResNet-34's three, not ResNet-50's
@@ -246,10 +206,6 @@ impl super::arch::Architecture for Def {
         };
         let downsample = if cut == 0 { 0 } else { conv(cin, w, 1, hw) };
         stem + conv(cin, w, 3, hw) + 3 * conv(w, w, 3, hw) + downsample
-    }
-
-    fn init(&self) -> super::arch::InitRule {
-        super::arch::InitRule::KaimingFanOutConvs
     }
 
     fn build(&self, width: usize, out: usize, device: &Device) -> super::Net {

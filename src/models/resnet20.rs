@@ -157,28 +157,18 @@ impl ResNet20 {
 pub struct Def;
 
 impl super::arch::Architecture for Def {
-    fn name(&self) -> &'static str {
-        "resnet20"
-    }
-
-    fn output_cut(&self) -> usize {
-        4
-    }
-
-    fn preprocess(&self) -> crate::data::Preprocess {
-        crate::data::Preprocess::Cifar
-    }
-
-    fn layout(&self) -> &'static str {
-        "zipit"
-    }
-
-    fn head_layer(&self) -> &'static str {
-        "linear"
-    }
-
-    fn width_probe(&self) -> (&'static str, usize) {
-        ("conv1.weight", 16)
+    fn facts(&self) -> super::arch::ArchFacts {
+        super::arch::ArchFacts {
+            name: "resnet20",
+            output_cut: 4,
+            preprocess: crate::data::Preprocess::Cifar,
+            width_is_channels: false,
+            max_width: 64,
+            layout: "zipit",
+            head_layer: "linear",
+            width_probe: ("conv1.weight", 16),
+            init: super::arch::InitRule::KaimingFanIn,
+        }
     }
 
     fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool {
@@ -195,10 +185,6 @@ impl super::arch::Architecture for Def {
             2 => conv(32 * w, 64 * w, 8) * 2 + conv(64 * w, 64 * w, 8) * 5,
             _ => 64 * w * out as u64,
         }
-    }
-
-    fn init(&self) -> super::arch::InitRule {
-        super::arch::InitRule::KaimingFanIn
     }
 
     fn build(&self, width: usize, out: usize, device: &Device) -> super::Net {

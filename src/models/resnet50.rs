@@ -13,11 +13,9 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
-use burn::tensor::module::max_pool2d;
-use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
-use super::layers::{bn, pool_linear, ConvBn, ForwardCtx};
+use super::layers::{bn, pool_linear, stem_max_pool, ConvBn, ForwardCtx};
 
 /// Blocks per stage of ResNet-50.
 pub const RESNET50_BLOCKS: [usize; 4] = [3, 4, 6, 3];
@@ -158,17 +156,7 @@ impl ResNet50 {
             x = match cut {
                 0..=3 => {
                     let h = if cut == 0 {
-                        let h = relu(ctx.bn("bn1", &self.bn1, self.conv1.forward(x)));
-                        let h = max_pool2d(
-                            h,
-                            MaxPoolOptions {
-                                kernel_size: [3, 3],
-                                stride: [2, 2],
-                                padding: [(1, 1), (1, 1)],
-                                dilation: [1, 1],
-                                ceil_mode: false,
-                            },
-                        );
+                        let h = stem_max_pool(&self.conv1, &self.bn1, x, ctx);
                         ctx.tap(&h); // stem space (reference node 3)
                         h
                     } else {
@@ -198,36 +186,8 @@ impl ResNet50 {
 pub struct Def;
 
 impl super::arch::Architecture for Def {
-    fn name(&self) -> &'static str {
-        "resnet50"
-    }
-
-    fn output_cut(&self) -> usize {
-        5
-    }
-
-    fn preprocess(&self) -> crate::data::Preprocess {
-        crate::data::Preprocess::ImageNet
-    }
-
-    fn width_is_channels(&self) -> bool {
-        true
-    }
-
-    fn max_width(&self) -> usize {
-        512
-    }
-
-    fn layout(&self) -> &'static str {
-        "torchvision"
-    }
-
-    fn head_layer(&self) -> &'static str {
-        "fc"
-    }
-
-    fn width_probe(&self) -> (&'static str, usize) {
-        ("conv1.weight", 1)
+    fn facts(&self) -> super::arch::ArchFacts {
+        super::arch::ArchFacts::torchvision_resnet("resnet50")
     }
 
     fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool {
@@ -261,10 +221,6 @@ impl super::arch::Architecture for Def {
             cin = width * e;
         }
         total
-    }
-
-    fn init(&self) -> super::arch::InitRule {
-        super::arch::InitRule::KaimingFanOutConvs
     }
 
     fn build(&self, width: usize, out: usize, device: &Device) -> super::Net {

@@ -92,28 +92,18 @@ impl Vgg11 {
 pub struct Def;
 
 impl super::arch::Architecture for Def {
-    fn name(&self) -> &'static str {
-        "vgg11"
-    }
-
-    fn output_cut(&self) -> usize {
-        9
-    }
-
-    fn preprocess(&self) -> crate::data::Preprocess {
-        crate::data::Preprocess::Cifar
-    }
-
-    fn layout(&self) -> &'static str {
-        "zipit"
-    }
-
-    fn head_layer(&self) -> &'static str {
-        "classifier"
-    }
-
-    fn width_probe(&self) -> (&'static str, usize) {
-        ("features.0.weight", 64)
+    fn facts(&self) -> super::arch::ArchFacts {
+        super::arch::ArchFacts {
+            name: "vgg11",
+            output_cut: 9,
+            preprocess: crate::data::Preprocess::Cifar,
+            width_is_channels: false,
+            max_width: 64,
+            layout: "zipit",
+            head_layer: "classifier",
+            width_probe: ("features.0.weight", 64),
+            init: super::arch::InitRule::PytorchDefault,
+        }
     }
 
     fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool {
@@ -133,10 +123,6 @@ impl super::arch::Architecture for Def {
         let pools = VGG11_POOL_AFTER[..cut].iter().filter(|p| **p).count();
         let hw = (32 >> pools) as u64;
         cin * VGG11_CHANNELS[cut] as u64 * w * 9 * hw * hw
-    }
-
-    fn init(&self) -> super::arch::InitRule {
-        super::arch::InitRule::PytorchDefault
     }
 
     fn build(&self, width: usize, out: usize, device: &Device) -> super::Net {

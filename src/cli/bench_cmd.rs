@@ -47,10 +47,6 @@ pub fn exec(a: BenchArgs, p: &mut Printer) -> Result<()> {
         backend: a.backend.backend.to_string(),
     };
     let report = bench(&plan)?;
-    if p.json() {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    Ok(())
+    let text = serde_json::to_string_pretty(&report)? + "\n";
+    p.emit(&report, &text, None)
 }

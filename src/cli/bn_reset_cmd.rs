@@ -10,7 +10,8 @@ use zipmerge::collect::ProbeOptions;
 use zipmerge::rewrite::bn_reset::reset_folder;
 
 use super::common::{
-    cache_gib, check_out_folder, data_root, merge_error, positive, usage, BackendArgs,
+    cache_gib, check_out_folder, data_root, merge_error, positive, positive_or_all, BackendArgs,
+    Count,
 };
 use super::printer::Printer;
 
@@ -25,8 +26,8 @@ pub struct BnResetArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Images to use (`all` = every image).
-    #[arg(long, default_value = "1000")]
-    pub images: String,
+    #[arg(long, default_value = "1000", value_parser = positive_or_all)]
+    pub images: Count,
     /// Batch size.
     #[arg(long, default_value_t = 500, value_parser = positive)]
     pub batch_size: usize,
@@ -42,19 +43,9 @@ pub struct BnResetArgs {
 
 /// Runs `zipmerge bn-reset`.
 pub fn exec(a: BnResetArgs, p: &mut Printer) -> Result<()> {
-    let images = match a.images.parse::<usize>() {
-        _ if a.images == "all" => None,
-        Ok(n) if n > 0 => Some(n),
-        _ => {
-            return Err(usage(format!(
-                "--images `{}`: expected a number >= 1 or `all`",
-                a.images
-            )))
-        }
-    };
     check_out_folder(&a.out)?;
     let opts = ProbeOptions {
-        images,
+        images: a.images.0,
         batch_size: a.batch_size,
         augment: true,
         seed: a.seed,

@@ -81,6 +81,29 @@ pub fn arch_parser() -> impl clap::builder::TypedValueParser<Value = Arch> {
         .map(|s| s.parse::<Arch>().expect("a registered name"))
 }
 
+/// An image count that may be `all` (`None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Count(pub Option<usize>);
+
+/// clap value parser: a number >= 0 or `all`.
+pub fn count_or_all(s: &str) -> std::result::Result<Count, String> {
+    match s {
+        "all" => Ok(Count(None)),
+        _ => s
+            .parse::<usize>()
+            .map(|n| Count(Some(n)))
+            .map_err(|_| format!("expected a number or `all`, got `{s}`")),
+    }
+}
+
+/// clap value parser: a number >= 1 or `all`.
+pub fn positive_or_all(s: &str) -> std::result::Result<Count, String> {
+    match count_or_all(s)? {
+        Count(Some(0)) => Err("expected a number >= 1 or `all`, got 0".into()),
+        c => Ok(c),
+    }
+}
+
 /// clap value parser: an integer >= 1 (batch sizes, image counts, epochs).
 pub fn positive(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {

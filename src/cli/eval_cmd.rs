@@ -50,11 +50,6 @@ pub fn exec(a: EvalArgs, p: &mut Printer) -> Result<()> {
         p,
     )
     .map_err(merge_error)?;
-    if p.json() {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        p.result(&r.accuracy.table(&r.label));
-        eprintln!("  {:.1}s, {:.0} images/s", r.seconds, r.images_per_second);
-    }
-    Ok(())
+    let note = format!("  {:.1}s, {:.0} images/s", r.seconds, r.images_per_second);
+    p.emit(&r, &r.accuracy.table(&r.label), Some(note))
 }

@@ -10,7 +10,10 @@ use clap::{Args, Subcommand};
 use zipmerge::experiments::runs::{self, rows_markdown};
 use zipmerge::experiments::{GridPlan, Inputs, SweepPlan, Table1Plan};
 
-use super::common::{cache_gib, check_out_not_input, data_root, merge_error, usage, BackendArgs};
+use super::common::{
+    cache_gib, check_out_not_input, data_root, merge_error, positive_or_all, usage, BackendArgs,
+    Count,
+};
 use super::merge_cmd::MergeSettings;
 use super::printer::Printer;
 
@@ -89,8 +92,8 @@ pub struct GridArgs {
     )]
     pub betas: Vec<f64>,
     /// Evaluate each cell on this many test images (seeded subset; `all` = every image).
-    #[arg(long, default_value = "all")]
-    pub eval_images: String,
+    #[arg(long, default_value = "all", value_parser = positive_or_all)]
+    pub eval_images: Count,
     #[command(flatten)]
     pub settings: MergeSettings,
     #[command(flatten)]
@@ -165,16 +168,11 @@ pub fn exec_sweep(a: SweepArgs, p: &mut Printer) -> Result<()> {
     if let Some(out) = &a.io.out {
         runs::write_sweep(out, &r)?;
     }
-    if p.json() {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        p.result(&rows_markdown(&r.rows));
-        eprintln!(
-            "statistics computed {} time(s), matching run {} time(s); {:.1}s in all",
-            r.counters.statistics_passes, r.counters.matching_runs, r.seconds
-        );
-    }
-    Ok(())
+    let note = format!(
+        "statistics computed {} time(s), matching run {} time(s); {:.1}s in all",
+        r.counters.statistics_passes, r.counters.matching_runs, r.seconds
+    );
+    p.emit(&r, &rows_markdown(&r.rows), Some(note))
 }
 
 /// Runs `zipmerge reproduce`.
@@ -186,13 +184,6 @@ pub fn exec_reproduce(a: ReproduceArgs, p: &mut Printer) -> Result<()> {
 }
 
 fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
-    let eval_images =
-        match a.eval_images.as_str() {
-            "all" => None,
-            n => Some(n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
-                usage(format!("--eval-images {n}: expected a number > 0 or `all`"))
-            })?),
-        };
     if a.alphas.is_empty() || a.betas.is_empty() {
         return Err(usage("--alphas/--betas: expected at least one value each"));
     }
@@ -203,7 +194,7 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
         stop: a.stop.clone(),
         alphas: a.alphas.clone(),
         betas: a.betas.clone(),
-        eval_images,
+        eval_images: a.eval_images.0,
         inputs: a.io.inputs(&a.settings, &a.backend, p)?,
         settings,
     };
@@ -211,16 +202,12 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
     if let Some(out) = &a.io.out {
         runs::write_grid(out, &r, &a.alphas, &a.betas)?;
     }
-    if p.json() {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        p.result(&r.csv());
-        println!(
-            "best: alpha {} beta {} (joint {:.2}%) at {}",
-            r.best.alpha, r.best.beta, r.best.joint, r.stop
-        );
-    }
-    Ok(())
+    let b = &r.best;
+    let best = format!(
+        "best: alpha {} beta {} (joint {:.2}%) at {}\n",
+        b.alpha, b.beta, b.joint, r.stop
+    );
+    p.emit(&r, &(r.csv() + &best), None)
 }
 
 fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
@@ -253,16 +240,11 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
     if let Some(out) = &a.io.out {
         runs::write_table1(out, &r)?;
     }
-    if p.json() {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        p.result(&r.markdown);
-        eprintln!(
-            "{} pair(s), {} test images, {:.1}s",
-            plan.groups.len(),
-            r.test_images,
-            r.seconds
-        );
-    }
-    Ok(())
+    let note = format!(
+        "{} pair(s), {} test images, {:.1}s",
+        plan.groups.len(),
+        r.test_images,
+        r.seconds
+    );
+    p.emit(&r, &r.markdown, Some(note))
 }

@@ -21,10 +21,5 @@ pub struct InspectArgs {
 /// Runs `zipmerge inspect`.
 pub fn exec(a: InspectArgs, p: &Printer) -> Result<()> {
     let info = ModelInfo::of(&a.model).map_err(merge_error)?;
-    if p.json() {
-        println!("{}", serde_json::to_string_pretty(&info)?);
-    } else {
-        p.result(&info.describe());
-    }
-    Ok(())
+    p.emit(&info, &info.describe(), None)
 }

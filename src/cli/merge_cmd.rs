@@ -10,8 +10,8 @@ use zipmerge::data::tasks::parse_tasks;
 use zipmerge::merge::{self, EvalPlan, MergePlan, Method, Similarity};
 
 use super::common::{
-    cache_gib, check_out_not_input, command_line, data_error, data_root, finite, merge_error,
-    non_negative, positive, usage, BackendArgs,
+    cache_gib, check_out_not_input, command_line, count_or_all, data_error, data_root, finite,
+    merge_error, non_negative, positive, BackendArgs, Count,
 };
 use super::printer::Printer;
 
@@ -38,14 +38,14 @@ pub struct MergeSettings {
     #[arg(long)]
     pub probe: Option<PathBuf>,
     /// Probe images (`all` = every image).
-    #[arg(long, default_value = "1000")]
-    pub probe_images: String,
+    #[arg(long, default_value = "1000", value_parser = count_or_all)]
+    pub probe_images: Count,
     /// Use the probe images without training augmentation (the reference augments).
     #[arg(long)]
     pub no_probe_augment: bool,
     /// Images for the BN reset (`0` = no reset; `all` = every probe-folder image).
-    #[arg(long, default_value = "1000")]
-    pub bn_reset_images: String,
+    #[arg(long, default_value = "1000", value_parser = count_or_all)]
+    pub bn_reset_images: Count,
     /// Skip the BN reset of the endpoints before merging (the reference resets them).
     #[arg(long)]
     pub no_endpoint_bn_reset: bool,
@@ -107,9 +107,9 @@ impl MergeSettings {
                 repair: self.repair,
                 refit_ridge: (self.refit == "lstsq").then_some(self.refit_ridge),
             },
-            probe_images: count(&self.probe_images, "--probe-images")?,
+            probe_images: self.probe_images.0,
             probe_augment: !self.no_probe_augment,
-            bn_reset_images: count(&self.bn_reset_images, "--bn-reset-images")?,
+            bn_reset_images: self.bn_reset_images.0,
             endpoint_bn_reset: !self.no_endpoint_bn_reset,
             rebasin_bn_reset: !self.no_rebasin_bn_reset,
             batch_size: self.batch_size,
@@ -126,15 +126,6 @@ impl MergeSettings {
             None => zipmerge::data::split_dir(root, "train"),
         }
     }
-}
-
-fn count(s: &str, opt: &str) -> Result<Option<usize>> {
-    if s == "all" {
-        return Ok(None);
-    }
-    s.parse::<usize>()
-        .map(Some)
-        .map_err(|_| usage(format!("{opt} `{s}`: expected a number or `all`")))
 }
 
 /// Arguments of `zipmerge merge`.
@@ -197,23 +188,18 @@ pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
         .save(&a.out)
         .with_context(|| format!("writing {}", a.out.display()))?;
     let r = &outcome.report;
-    if p.json() {
-        println!("{}", serde_json::to_string(r)?);
-        return Ok(());
-    }
-    if let Some(acc) = &r.accuracy {
-        let label = format!("{}{}", r.method, plan.settings.corrections.label());
-        p.result(&acc.table(&format!("{label} {} -> {}", r.stop, a.out.display())));
-    }
+    let label = format!("{}{}", r.method, plan.settings.corrections.label());
+    let label = format!("{label} {} -> {}", r.stop, a.out.display());
+    let text = r
+        .accuracy
+        .as_ref()
+        .map_or(String::new(), |acc| acc.table(&label));
     if p.verbose() {
         for (phase, secs) in &r.timings_seconds {
             eprintln!("  {phase:>18}: {secs:8.3} s");
         }
     }
-    eprintln!(
-        "wrote {} ({:.1}s)",
-        a.out.display(),
-        r.timings_seconds["total"]
-    );
-    Ok(())
+    let total = r.timings_seconds["total"];
+    let note = format!("wrote {} ({total:.1}s)", a.out.display());
+    p.emit(r, &text, Some(note))
 }

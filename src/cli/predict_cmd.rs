@@ -33,17 +33,14 @@ pub fn exec(a: PredictArgs, p: &mut Printer) -> Result<()> {
     let sys = System::load(&a.model, &device)
         .with_context(|| format!("loading model {}", a.model.display()))?;
     let preds = predict(&sys, &a.images, a.top, &device).map_err(merge_error)?;
-    if p.json() {
-        println!("{}", serde_json::to_string(&preds)?);
-        return Ok(());
-    }
+    let mut text = String::new();
     for pr in &preds {
         let t: Vec<String> = pr
             .top
             .iter()
             .map(|t| format!("{} ({}) {:.3}", t.name, t.class, t.score))
             .collect();
-        println!("{}: {}", pr.image, t.join(", "));
+        text += &format!("{}: {}\n", pr.image, t.join(", "));
     }
-    Ok(())
+    p.emit(&preds, &text, None)
 }

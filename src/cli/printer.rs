@@ -13,7 +13,7 @@ pub struct OutputArgs {
     /// No progress bars and no informational lines (notes, warnings and errors still print).
     #[arg(long, short, global = true)]
     pub quiet: bool,
-    /// Informational lines even where a subcommand is terse by default.
+    /// More detail: `merge -v` prints the seconds of every phase.
     #[arg(long, short, global = true, conflicts_with = "quiet")]
     pub verbose: bool,
     /// No progress bars (informational lines still print).
@@ -54,11 +54,6 @@ impl Printer {
         }
     }
 
-    /// `--json`: results go to stdout as JSON only.
-    pub fn json(&self) -> bool {
-        self.json
-    }
-
     /// `-v`.
     pub fn verbose(&self) -> bool {
         self.verbose
@@ -74,9 +69,26 @@ impl Printer {
         }
     }
 
-    /// A result line on stdout (the human-readable form of what `--json` prints).
-    pub fn result(&self, text: &str) {
+    /// A command's result: `value` as one line of JSON on stdout in `--json` mode; otherwise
+    /// `text` on stdout and the summary `note`, if any, on stderr.
+    ///
+    /// # Errors
+    /// If `value` cannot be serialised.
+    pub fn emit(
+        &self,
+        value: &impl serde::Serialize,
+        text: &str,
+        note: Option<String>,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string(value)?);
+            return Ok(());
+        }
         print!("{text}");
+        if let Some(n) = note {
+            eprintln!("{n}");
+        }
+        Ok(())
     }
 }
 

@@ -47,6 +47,14 @@ pub enum ModelError {
     /// Weights do not fit the architecture.
     #[error("weights do not fit the model: {0}")]
     Weights(String),
+    /// A class-embedding table (a text head's) that cannot be used.
+    #[error("{file}: {msg}")]
+    Embeddings {
+        /// The table's file.
+        file: String,
+        /// What is wrong.
+        msg: String,
+    },
     /// The resumable training state (`<out>.train-state/`) cannot be read, written or used.
     #[error("{path}: {msg}")]
     TrainState {
@@ -82,6 +90,15 @@ pub enum DataError {
     /// Invalid class list or split.
     #[error("{0}")]
     Invalid(String),
+    /// A test set that cannot evaluate the tasks (a class it lacks, a head without embeddings
+    /// for a task's class, no image of the tasks).
+    #[error("{data}: {msg}")]
+    Evaluation {
+        /// The data folder, or the head.
+        data: String,
+        /// What is wrong.
+        msg: String,
+    },
     /// A data option with a value it cannot take, named as an option (the CLI names its flag).
     #[error("{param} `{value}`: {expected}")]
     Param {
@@ -288,6 +305,14 @@ pub enum MergeError {
         /// The cause.
         #[source]
         source: Box<MergeError>,
+    },
+    /// A tensor the rewriter cannot merge (missing, or of another shape in one model).
+    #[error("tensor `{tensor}`: {msg}")]
+    Tensor {
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong.
+        msg: String,
     },
     /// The statistics saw no probe image.
     #[error("the probe set is empty: expected at least one image")]

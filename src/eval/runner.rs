@@ -65,18 +65,21 @@ pub fn check_evaluation(
 ) -> Result<usize, DataError> {
     let classes = data.class_names.len();
     if let Some(c) = tasks.iter().flatten().find(|&&c| c >= classes) {
-        return Err(DataError::Invalid(format!(
-            "{}: class {c} of the tasks is not in this data ({classes} classes)",
-            data.source
-        )));
+        return Err(DataError::Evaluation {
+            data: data.source.clone(),
+            msg: format!("class {c} of the tasks is not in this data ({classes} classes)"),
+        });
     }
     for (i, h) in heads.iter().enumerate() {
         if let Some(limit) = h.label_count() {
             if let Some(c) = tasks.iter().flatten().find(|&&c| c >= limit) {
-                return Err(DataError::Invalid(format!(
-                    "head {i}: its text head has class embeddings for labels 0..{}, not for class {c} of the tasks",
-                    limit.saturating_sub(1)
-                )));
+                return Err(DataError::Evaluation {
+                    data: format!("head {i}"),
+                    msg: format!(
+                        "its text head has class embeddings for labels 0..{}, not for class {c} of the tasks",
+                        limit.saturating_sub(1)
+                    ),
+                });
             }
         }
     }
@@ -86,10 +89,10 @@ pub fn check_evaluation(
         .filter(|l| tasks.iter().any(|t| t.contains(l)))
         .count();
     if n == 0 {
-        return Err(DataError::Invalid(format!(
-            "{}: no test images of the tasks' classes {tasks:?}",
-            data.source
-        )));
+        return Err(DataError::Evaluation {
+            data: data.source.clone(),
+            msg: format!("no test images of the tasks' classes {tasks:?}"),
+        });
     }
     Ok(n)
 }

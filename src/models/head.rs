@@ -162,18 +162,21 @@ pub fn check_embeddings(dim: usize, rows: &[Vec<f32>]) -> Result<(), String> {
 /// length, or lacks a row for one of `classes`.
 pub fn text_head(path: &Path, classes: &[usize]) -> Result<HeadSpec, ModelError> {
     let f = path.display().to_string();
+    let err = |msg: String| ModelError::Embeddings {
+        file: f.clone(),
+        msg,
+    };
     let raw = std::fs::read_to_string(path)
-        .map_err(|e| ModelError::Invalid(format!("{f}: cannot read embedding file ({e})")))?;
+        .map_err(|e| err(format!("cannot read embedding file ({e})")))?;
     let ef: EmbeddingFile = serde_json::from_str(&raw)
-        .map_err(|e| ModelError::Invalid(format!("{f}: not a class-embedding JSON file ({e})")))?;
+        .map_err(|e| err(format!("not a class-embedding JSON file ({e})")))?;
     if let Some(&c) = classes.iter().find(|&&c| c >= ef.embeddings.len()) {
-        return Err(ModelError::Invalid(format!(
-            "{f}: has {} class rows, no row for class {c}",
+        return Err(err(format!(
+            "has {} class rows, no row for class {c}",
             ef.embeddings.len()
         )));
     }
-    check_embeddings(ef.dim, &ef.embeddings)
-        .map_err(|e| ModelError::Invalid(format!("{f}: {e}")))?;
+    check_embeddings(ef.dim, &ef.embeddings).map_err(|e| err(e.to_string()))?;
     let mut embeddings = Vec::new();
     for row in &ef.embeddings {
         let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();

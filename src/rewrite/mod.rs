@@ -175,17 +175,21 @@ pub fn zip(
             if key.ends_with(".bias") {
                 continue;
             }
-            return Err(MergeError::Invalid(format!(
-                "model 0 has no tensor `{key}`"
-            )));
+            return Err(MergeError::Tensor {
+                tensor: key.clone(),
+                msg: "model 0 has no such tensor".into(),
+            });
         };
         for (mi, s) in states.iter().enumerate() {
             let shape = s.get(&key).map(|t| &t.shape);
             if shape != Some(&w0.shape) {
-                return Err(MergeError::Invalid(format!(
-                    "tensor `{key}`: model {mi} has shape {:?}, model 0 has {:?}; the models must share one architecture and width",
-                    shape, w0.shape
-                )));
+                return Err(MergeError::Tensor {
+                    tensor: key.clone(),
+                    msg: format!(
+                        "model {mi} has shape {shape:?}, model 0 has {:?}; the models must share one architecture and width",
+                        w0.shape
+                    ),
+                });
             }
         }
         let is_vector = w0.shape.len() == 1;

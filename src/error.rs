@@ -90,6 +90,14 @@ pub enum DataError {
     /// Invalid class list or split.
     #[error("{0}")]
     Invalid(String),
+    /// A class list (`0,1,2`, `0-4`) that cannot be used.
+    #[error("{msg}")]
+    Classes {
+        /// The list as given.
+        list: String,
+        /// What is wrong (naming the list).
+        msg: String,
+    },
     /// A test set that cannot evaluate the tasks (a class it lacks, a head without embeddings
     /// for a task's class, no image of the tasks).
     #[error("{data}: {msg}")]
@@ -314,6 +322,17 @@ pub enum MergeError {
         /// What is wrong.
         msg: String,
     },
+    /// An architecture's merge spec that does not fit its module tree or forward pass.
+    #[error("merge spec of {arch}: {msg}")]
+    Spec {
+        /// The architecture.
+        arch: String,
+        /// What does not fit.
+        msg: String,
+    },
+    /// From a matcher.
+    #[error(transparent)]
+    Match(#[from] crate::matching::MatchError),
     /// The statistics saw no probe image.
     #[error("the probe set is empty: expected at least one image")]
     NoProbeImages,

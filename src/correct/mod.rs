@@ -176,17 +176,27 @@ fn target_of<'a>(
         .layers
         .iter()
         .find(|l| l.name == layer && l.kind != LayerKind::BatchNorm)
-        .ok_or_else(|| MergeError::Invalid(format!("layer `{layer}` is not in the merge spec")))?;
+        .ok_or_else(|| spec_err(spec, format!("layer `{layer}` is not in the merge spec")))?;
     match l.output {
         Side::Output => Ok(Target::Average(n)),
         Side::Space(s) => transforms.get(s).map(Target::Space).ok_or_else(|| {
-            MergeError::Invalid(format!(
-                "layer `{layer}` writes feature space {s}, which this stop does not merge"
-            ))
+            spec_err(
+                spec,
+                format!("layer `{layer}` writes feature space {s}, which this stop does not merge"),
+            )
         }),
-        Side::Input => Err(MergeError::Invalid(format!(
-            "layer `{layer}` writes the network input"
-        ))),
+        Side::Input => Err(spec_err(
+            spec,
+            format!("layer `{layer}` writes the network input"),
+        )),
+    }
+}
+
+/// [`MergeError::Spec`] of `spec`'s architecture.
+fn spec_err(spec: &MergeSpec, msg: String) -> MergeError {
+    MergeError::Spec {
+        arch: spec.net.arch.to_string(),
+        msg,
     }
 }
 
@@ -291,8 +301,9 @@ fn correct_site(
 }
 
 fn tensor<'a>(s: &'a mut StateDict, name: &str) -> Result<&'a mut NamedTensor, MergeError> {
-    s.get_mut(name).ok_or_else(|| {
-        MergeError::Invalid(format!("tensor `{name}` is missing from the merged trunk"))
+    s.get_mut(name).ok_or_else(|| MergeError::Tensor {
+        tensor: name.to_string(),
+        msg: "missing from the merged trunk".into(),
     })
 }
 

@@ -8,25 +8,34 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{DataError, DataParam};
 
+/// [`DataError::Classes`] for the list `list`.
+fn classes_err(list: &str, msg: String) -> DataError {
+    DataError::Classes {
+        list: list.to_string(),
+        msg,
+    }
+}
+
 /// Parses `0,1,2` (or ranges, `0-4,7`) into class ids, checking each is below `n_classes`.
 ///
 /// # Errors
-/// [`DataError::Invalid`] for a non-number, a duplicate or an id out of range.
+/// [`DataError::Classes`] for a non-number, a duplicate or an id out of range.
 pub fn parse_classes(s: &str, n_classes: usize) -> Result<Vec<usize>, DataError> {
     let mut ids = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let num = |t: &str| -> Result<usize, DataError> {
-            t.trim().parse().map_err(|_| {
-                DataError::Invalid(format!("class `{part}` in `{s}` is not a class id"))
-            })
+            t.trim()
+                .parse()
+                .map_err(|_| classes_err(s, format!("class `{part}` in `{s}` is not a class id")))
         };
         match part.split_once('-') {
             Some((lo, hi)) => {
                 let (lo, hi) = (num(lo)?, num(hi)?);
                 if lo > hi {
-                    return Err(DataError::Invalid(format!(
-                        "class range `{part}` in `{s}` is empty"
-                    )));
+                    return Err(classes_err(
+                        s,
+                        format!("class range `{part}` in `{s}` is empty"),
+                    ));
                 }
                 ids.extend(lo..=hi.min(lo.max(n_classes)));
             }
@@ -37,20 +46,24 @@ pub fn parse_classes(s: &str, n_classes: usize) -> Result<Vec<usize>, DataError>
     let mut seen = std::collections::BTreeSet::new();
     for c in ids {
         if c >= n_classes {
-            return Err(DataError::Invalid(format!(
-                "class id {c} is out of range: the data has {n_classes} classes (0..{})",
-                n_classes.saturating_sub(1)
-            )));
+            return Err(classes_err(
+                s,
+                format!(
+                    "class id {c} is out of range: the data has {n_classes} classes (0..{})",
+                    n_classes.saturating_sub(1)
+                ),
+            ));
         }
         if !seen.insert(c) {
-            return Err(DataError::Invalid(format!(
-                "class id {c} is listed twice in `{s}`"
-            )));
+            return Err(classes_err(
+                s,
+                format!("class id {c} is listed twice in `{s}`"),
+            ));
         }
         out.push(c);
     }
     if out.is_empty() {
-        return Err(DataError::Invalid(format!("`{s}` lists no classes")));
+        return Err(classes_err(s, format!("`{s}` lists no classes")));
     }
     Ok(out)
 }
@@ -100,7 +113,7 @@ pub fn parse_tasks(s: &str, n_classes: usize) -> Result<Vec<Vec<usize>>, DataErr
 /// drawn from a shuffle with ChaCha8(`seed`); each list is sorted.
 ///
 /// # Errors
-/// [`DataError::Invalid`] when the parts do not add up to at most `n_classes`.
+/// [`DataError::Param`] when the parts do not add up to at most `n_classes`.
 pub fn random_split(spec: &str, seed: u64, n_classes: usize) -> Result<Vec<Vec<usize>>, DataError> {
     let sizes: Vec<usize> = spec
         .split('+')

@@ -86,7 +86,7 @@ impl Method {
                 crate::matching::MatchError::InvalidBeta(b) => {
                     MergeError::param(MergeParam::Beta, b, "expected a number in [0, 1]")
                 }
-                e => MergeError::Invalid(e.to_string()),
+                e => MergeError::Match(e),
             })?;
         }
         Ok(m)
@@ -436,7 +436,7 @@ pub fn match_matrix(
             matcher.solve(&corr, n, eps)
         }
     };
-    r.map_err(|e| MergeError::Invalid(e.to_string()))
+    Ok(r?)
 }
 
 /// Checks, before any image is run, that `method` can merge these endpoints with merge

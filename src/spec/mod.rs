@@ -368,7 +368,7 @@ impl MergeSpec {
     /// would be rewritten twice (issue 11, item 3). Biases the model lacks are fine.
     ///
     /// # Errors
-    /// [`MergeError::Uncovered`] naming the first uncovered tensor, or [`MergeError::Invalid`]
+    /// [`MergeError::Uncovered`] naming the first uncovered tensor, or [`MergeError::Spec`]
     /// naming a tensor two layers claim.
     pub fn check_covers<'a>(
         &self,
@@ -377,10 +377,13 @@ impl MergeSpec {
         let mut seen = std::collections::BTreeMap::new();
         for (name, layer) in self.covered_tensors() {
             if let Some(first) = seen.insert(name.clone(), layer.name.clone()) {
-                return Err(MergeError::Invalid(format!(
-                    "merge spec of {}: tensor `{name}` is claimed by layers `{first}` and `{}`",
-                    self.net.arch, layer.name
-                )));
+                return Err(MergeError::Spec {
+                    arch: self.net.arch.to_string(),
+                    msg: format!(
+                        "tensor `{name}` is claimed by layers `{first}` and `{}`",
+                        layer.name
+                    ),
+                });
             }
         }
         for t in tensors {
@@ -400,7 +403,7 @@ impl MergeSpec {
     /// space (a spec builder that ties the wrong spaces together is caught at load).
     ///
     /// # Errors
-    /// [`MergeError::Invalid`] naming the tensor, the space and both widths.
+    /// [`MergeError::Spec`] naming the tensor, the space and both widths.
     pub fn check_widths(&self, state: &crate::checkpoint::StateDict) -> Result<(), MergeError> {
         for l in &self.layers {
             let Some(w) = state.get(&format!("{}.weight", l.name)) else {
@@ -415,10 +418,13 @@ impl MergeSpec {
                 if let Side::Space(i) = side {
                     let sp = &self.spaces[i];
                     if sp.width != got {
-                        return Err(MergeError::Invalid(format!(
-                            "merge spec of {}: tensor `{}.weight` has {got} channels where feature space `{}` has {}",
-                            self.net.arch, l.name, sp.name, sp.width
-                        )));
+                        return Err(MergeError::Spec {
+                            arch: self.net.arch.to_string(),
+                            msg: format!(
+                                "tensor `{}.weight` has {got} channels where feature space `{}` has {}",
+                                l.name, sp.name, sp.width
+                            ),
+                        });
                     }
                 }
             }
@@ -431,7 +437,7 @@ impl MergeSpec {
     /// the CPU engine's program of `net`, which mirrors its `forward_segment`).
     ///
     /// # Errors
-    /// [`MergeError::Invalid`] naming the first space whose tap is missing, extra or of another
+    /// [`MergeError::Spec`] naming the first space whose tap is missing, extra or of another
     /// width.
     pub fn check_taps(&self, net: &Net) -> Result<(), MergeError> {
         use crate::engine::{Act, CpuNet, EngineCtx};
@@ -451,18 +457,24 @@ impl MergeSpec {
         let taps = ctx.taps.unwrap_or_default();
         let arch = self.net.arch;
         if taps.len() != self.spaces.len() {
-            return Err(MergeError::Invalid(format!(
-                "merge spec of {arch}: the forward pass taps {} feature spaces, the spec has {}",
-                taps.len(),
-                self.spaces.len()
-            )));
+            return Err(MergeError::Spec {
+                arch: arch.to_string(),
+                msg: format!(
+                    "the forward pass taps {} feature spaces, the spec has {}",
+                    taps.len(),
+                    self.spaces.len()
+                ),
+            });
         }
         for (t, sp) in taps.iter().zip(&self.spaces) {
             if t.c != sp.width {
-                return Err(MergeError::Invalid(format!(
-                    "merge spec of {arch}: the forward pass taps {} channels where feature space `{}` has {}",
-                    t.c, sp.name, sp.width
-                )));
+                return Err(MergeError::Spec {
+                    arch: arch.to_string(),
+                    msg: format!(
+                        "the forward pass taps {} channels where feature space `{}` has {}",
+                        t.c, sp.name, sp.width
+                    ),
+                });
             }
         }
         Ok(())

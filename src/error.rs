@@ -47,6 +47,24 @@ pub enum ModelError {
     /// Weights do not fit the architecture.
     #[error("weights do not fit the model: {0}")]
     Weights(String),
+    /// A width the architecture does not take.
+    #[error("{what} {width}: {expected}")]
+    Width {
+        /// How the caller names the width (`width`, `--width`, a manifest field).
+        what: String,
+        /// The width given.
+        width: usize,
+        /// What is accepted.
+        expected: String,
+    },
+    /// A name that is not a registered architecture.
+    #[error("unknown architecture `{given}`: expected {names}")]
+    UnknownArch {
+        /// The name given.
+        given: String,
+        /// The registered names.
+        names: String,
+    },
     /// A class-embedding table (a text head's) that cannot be used.
     #[error("{file}: {msg}")]
     Embeddings {

@@ -63,6 +63,9 @@ fn import_error(e: ImportError, head: &str) -> anyhow::Error {
         )),
         ImportError::Width { .. } => usage(format!("{e} with --width")),
         ImportError::Data(_) => usage(format!("--classes: {e}")),
+        ImportError::Model(zipmerge::error::ModelError::Width {
+            width, expected, ..
+        }) => usage(format!("--width {width}: {expected}")),
         _ => anyhow::Error::new(e),
     }
 }

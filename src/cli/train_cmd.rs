@@ -115,9 +115,9 @@ pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
     let r = run(&plan, p).map_err(|e| match e {
         TrainError::Data(d @ DataError::Param { .. }) => data_error(d),
         TrainError::Data(DataError::Classes { msg, .. }) => usage(format!("--classes: {msg}")),
-        TrainError::Model(ModelError::Invalid(m)) if m.starts_with("width") => {
-            usage(format!("--{m}"))
-        }
+        TrainError::Model(ModelError::Width {
+            width, expected, ..
+        }) => usage(format!("--width {width}: {expected}")),
         e => anyhow::Error::new(e),
     })?;
     p.done(

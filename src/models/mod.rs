@@ -63,11 +63,9 @@ impl FromStr for Arch {
             .iter()
             .copied()
             .find(|a| a.def().name() == s)
-            .ok_or_else(|| {
-                ModelError::Invalid(format!(
-                    "unknown architecture `{s}`: expected {}",
-                    Arch::names()
-                ))
+            .ok_or_else(|| ModelError::UnknownArch {
+                given: s.to_string(),
+                names: Arch::names(),
             })
     }
 }
@@ -88,7 +86,8 @@ impl NetConfig {
     /// Validates the configuration.
     ///
     /// # Errors
-    /// [`ModelError::Invalid`] for width 0 or out 0.
+    /// [`ModelError::Width`] for width 0 or above the maximum, [`ModelError::Invalid`] for no
+    /// output.
     pub fn validate(&self) -> Result<(), ModelError> {
         self.check("width")
     }
@@ -96,23 +95,26 @@ impl NetConfig {
     /// [`NetConfig::validate`] naming the width as `what` (`--width`, or a manifest field).
     ///
     /// # Errors
-    /// [`ModelError::Invalid`] for a width of 0 or above the supported maximum, or no output.
+    /// As [`NetConfig::validate`].
     pub fn check(&self, what: &str) -> Result<(), ModelError> {
         let def = self.arch.def();
+        let err = |expected: String| ModelError::Width {
+            what: what.to_string(),
+            width: self.width,
+            expected,
+        };
         if self.width == 0 {
-            return Err(ModelError::Invalid(if def.width_is_channels() {
-                format!(
-                    "{what} 0: the base width (channels of the stem; torchvision: 64) must be >= 1"
-                )
+            return Err(err(if def.width_is_channels() {
+                "the base width (channels of the stem; torchvision: 64) must be >= 1".into()
             } else {
-                format!("{what} 0: the width multiplier must be >= 1")
+                "the width multiplier must be >= 1".into()
             }));
         }
         let max = def.max_width();
         if self.width > max {
-            return Err(ModelError::Invalid(format!(
-                "{what} {}: widths above {max} are not supported for {}",
-                self.width, self.arch
+            return Err(err(format!(
+                "widths above {max} are not supported for {}",
+                self.arch
             )));
         }
         if self.out == 0 {

@@ -54,9 +54,10 @@ pub fn exec(a: BnResetArgs, p: &mut Printer) -> Result<()> {
     let root = data_root(a.data.as_deref());
     let n = reset_folder(&a.model, &root, &opts, cache_gib()?, &a.out, &device, p)
         .map_err(merge_error)?;
-    p.done(
-        &format!("wrote {}", a.out.display()),
-        serde_json::json!({"wrote": a.out, "images": n}),
-    );
-    Ok(())
+    let line = format!("wrote {}\n", a.out.display());
+    p.emit(
+        &serde_json::json!({"wrote": a.out, "images": n}),
+        &line,
+        None,
+    )
 }

@@ -135,13 +135,22 @@ pub fn finite(s: &str) -> std::result::Result<f64, String> {
 /// # Errors
 /// [`Usage`] naming `--out`, or the checkpoint layer's error.
 pub fn check_out_folder(out: &Path) -> Result<()> {
+    check_out_not_file(out)?;
+    Ok(checkpoint::check_out_dir(out)?)
+}
+
+/// Refuses an output path that exists and is not a folder.
+///
+/// # Errors
+/// [`Usage`] naming `--out`.
+fn check_out_not_file(out: &Path) -> Result<()> {
     if out.exists() && !out.is_dir() {
         return Err(usage(format!(
             "--out {}: exists and is not a folder; choose another --out",
             out.display()
         )));
     }
-    Ok(checkpoint::check_out_dir(out)?)
+    Ok(())
 }
 
 /// Refuses an output folder that is one of the input model folders (it would silently replace
@@ -162,13 +171,7 @@ pub fn check_out_not_input(out: &Path, inputs: &[PathBuf]) -> Result<()> {
             }
         }
     }
-    if out.exists() && !out.is_dir() {
-        return Err(usage(format!(
-            "--out {}: exists and is not a folder; choose another --out",
-            out.display()
-        )));
-    }
-    Ok(())
+    check_out_not_file(out)
 }
 
 /// `--backend`, `--device`.

@@ -221,8 +221,8 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
         method: "zipit".into(),
         ..s.clone()
     };
+    // checks --dual-lambda too, which the extended rows use
     let settings = zipit.library()?;
-    zipmerge::merge::check_dual_lambda(s.dual_lambda).map_err(merge_error)?;
     let groups = runs::find_groups(&a.pairs, a.filter.as_deref())?;
     let inputs: Vec<PathBuf> = groups.iter().flat_map(|(_, m)| m.iter().cloned()).collect();
     check_out(&a.io, &inputs)?;

@@ -90,11 +90,12 @@ pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
     }
     let files = [("model.safetensors".to_string(), &m.state)];
     checkpoint::write_model(&a.out, &m.manifest, &files)?;
-    p.done(
-        &format!("wrote {} ({} tensors)", a.out.display(), m.state.len()),
-        serde_json::json!({"wrote": a.out, "tensors": m.state.len()}),
-    );
-    Ok(())
+    let line = format!("wrote {} ({} tensors)\n", a.out.display(), m.state.len());
+    p.emit(
+        &serde_json::json!({"wrote": a.out, "tensors": m.state.len()}),
+        &line,
+        None,
+    )
 }
 
 /// Arguments of `zipmerge export`.
@@ -123,9 +124,10 @@ pub fn exec_export(a: ExportArgs, p: &mut Printer) -> Result<()> {
     }
     let bytes = export(&a.model, a.layout.as_deref()).map_err(|e| import_error(e, ""))?;
     zipmerge::util::write_atomic(&a.out, &bytes)?;
-    p.done(
-        &format!("wrote {} ({} bytes)", a.out.display(), bytes.len()),
-        serde_json::json!({"wrote": a.out, "bytes": bytes.len()}),
-    );
-    Ok(())
+    let line = format!("wrote {} ({} bytes)\n", a.out.display(), bytes.len());
+    p.emit(
+        &serde_json::json!({"wrote": a.out, "bytes": bytes.len()}),
+        &line,
+        None,
+    )
 }

@@ -59,16 +59,6 @@ impl Printer {
         self.verbose
     }
 
-    /// The outcome of a command that writes a file: `line` on stdout, or `json` in `--json`
-    /// mode.
-    pub fn done(&self, line: &str, json: serde_json::Value) {
-        if self.json {
-            println!("{json}");
-        } else {
-            println!("{line}");
-        }
-    }
-
     /// A command's result: `value` as one line of JSON on stdout in `--json` mode; otherwise
     /// `text` on stdout and the summary `note`, if any, on stderr.
     ///

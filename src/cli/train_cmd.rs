@@ -120,14 +120,11 @@ pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
         }) => usage(format!("--width {width}: {expected}")),
         e => anyhow::Error::new(e),
     })?;
-    p.done(
-        &format!(
-            "wrote {} (task accuracy {:.2}% on {} test images)",
-            a.out.display(),
-            r.final_task_accuracy,
-            r.test_images
-        ),
-        serde_json::to_value(&r)?,
+    let line = format!(
+        "wrote {} (task accuracy {:.2}% on {} test images)\n",
+        a.out.display(),
+        r.final_task_accuracy,
+        r.test_images
     );
-    Ok(())
+    p.emit(&r, &line, None)
 }

@@ -211,43 +211,10 @@ pub fn images_in_cache(prep: Preprocess, train: bool, gib: f64) -> usize {
     (gib * (1u64 << 30) as f64 / (side * side * 3) as f64) as usize
 }
 
-/// A split of a data root as [`load_split`] read it.
-#[derive(Clone, Debug)]
-pub struct LoadedSplit {
-    /// The images.
-    pub set: ImageSet,
-    /// The folder read ([`split_dir`]).
-    pub dir: PathBuf,
-    /// The folder held more images than `max_images`: `set` is a seeded subset of that many.
-    pub capped: bool,
-    /// Seconds spent listing and decoding.
-    pub seconds: f64,
-}
-
-impl LoadedSplit {
-    /// Reports the load on `obs`: a `note:` when the folder was capped at `max_images`, and
-    /// what was loaded from where in how long.
-    pub fn report(&self, split: &str, max_images: usize, obs: &mut dyn crate::progress::Observer) {
-        if self.capped {
-            obs.warn(&format!(
-                "note: {} holds more {split} images than the pixel cache allows; decoded a seeded \
-                 random subset of {max_images} (a larger cache decodes more)",
-                self.dir.display()
-            ));
-        }
-        obs.info(&format!(
-            "loaded {} {split} images ({} classes) from {} in {:.1}s",
-            self.set.len(),
-            self.set.class_names.len(),
-            self.dir.display(),
-            self.seconds
-        ));
-    }
-}
-
 /// Loads the `split` part (`train`, `test`) of a data root ([`split_dir`]), keeping the images
-/// of `classes` only (all when `None`) and decoding at most `max_images`
-/// ([`ImageSet::load_at_most`]).
+/// of `classes` only (all when `None`) and decoding at most as many as a pixel cache of
+/// `cache_gib` GiB holds ([`images_in_cache`], [`ImageSet::load_at_most`]). Reports on `obs`
+/// what was loaded from where in how long, with a `note:` when the folder was capped.
 ///
 /// # Errors
 /// As [`ImageSet::load`].
@@ -255,19 +222,29 @@ pub fn load_split(
     root: &Path,
     split: &str,
     prep: Preprocess,
-    max_images: usize,
+    cache_gib: f64,
     classes: Option<&[usize]>,
-) -> Result<LoadedSplit, DataError> {
+    obs: &mut dyn crate::progress::Observer,
+) -> Result<ImageSet, DataError> {
     let dir = split_dir(root, split);
+    let max = images_in_cache(prep, split == "train", cache_gib);
     let t0 = std::time::Instant::now();
-    let set = ImageSet::load_at_most(&dir, split, prep, max_images, classes)?;
-    let capped = set.len() == max_images.max(1) && max_images < usize::MAX;
-    Ok(LoadedSplit {
-        set,
-        dir,
-        capped,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    let set = ImageSet::load_at_most(&dir, split, prep, max, classes)?;
+    if set.len() == max.max(1) && max < usize::MAX {
+        obs.warn(&format!(
+            "note: {} holds more {split} images than the pixel cache allows; decoded a seeded \
+             random subset of {max} (a larger cache decodes more)",
+            dir.display()
+        ));
+    }
+    obs.info(&format!(
+        "loaded {} {split} images ({} classes) from {} in {:.1}s",
+        set.len(),
+        set.class_names.len(),
+        dir.display(),
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(set)
 }
 
 /// Resolves `--data ROOT` plus a split (`train`/`test`): `ROOT/<split>` when that folder exists,

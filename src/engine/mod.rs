@@ -426,6 +426,36 @@ impl ProgramBuilder<'_> {
         }))
     }
 
+    /// The ops of the BasicBlock `name` reading slot 0 (ResNet-20, reference doc §1.3;
+    /// torchvision's ResNet-18): `conv1` (3x3, `stride`) + BN + ReLU into slot 1 and its tap,
+    /// the projection shortcut `{name}.{field}.0` / `.1` (when the weights have one; zero
+    /// padding `projection_pad`) into slot 2, then `conv2` + BN + residual + ReLU into slot 0.
+    ///
+    /// # Errors
+    /// [`ModelError::Weights`] naming a missing tensor.
+    pub fn basic_block(
+        &self,
+        name: &str,
+        stride: usize,
+        field: &str,
+        projection_pad: usize,
+    ) -> Result<Vec<Op>, ModelError> {
+        let c = |k: &str| format!("{name}.{k}");
+        let mut ops = vec![
+            self.conv_bn(&c("conv1"), &c("bn1"), stride, 1, 0, 1, None, true)?,
+            self.tap(1),
+        ];
+        let res = if self.has(&c(&format!("{field}.0.weight"))) {
+            let (conv, bn) = (c(&format!("{field}.0")), c(&format!("{field}.1")));
+            ops.push(self.conv_bn(&conv, &bn, stride, projection_pad, 0, 2, None, false)?);
+            2
+        } else {
+            0
+        };
+        ops.push(self.conv_bn(&c("conv2"), &c("bn2"), 1, 1, 1, 0, Some(res), true)?);
+        Ok(ops)
+    }
+
     /// In-place max pooling of slot 0 (kernel `k`, stride `s`, padding `p`).
     pub fn max_pool(&self, k: usize, s: usize, p: usize) -> Op {
         Op(OpKind::MaxPool { k, s, p })

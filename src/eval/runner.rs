@@ -378,14 +378,12 @@ pub fn evaluate_folders(
         }
     }
     let prep = systems[0].config().preprocess();
-    let max = crate::data::images_in_cache(prep, false, cache_gib);
-    let l = crate::data::load_split(data_root, "test", prep, max, None)?;
-    l.report("test", max, obs);
+    let test = crate::data::load_split(data_root, "test", prep, cache_gib, None, obs)?;
     let tasks = tasks.unwrap_or_else(|| default_tasks(&systems));
-    let n = check_evaluation(&heads_of(&systems), &l.set, &tasks)?;
+    let n = check_evaluation(&heads_of(&systems), &test, &tasks)?;
     let t0 = std::time::Instant::now();
     let accuracy = crate::progress::phase(obs, "eval", n as u64, |p| {
-        evaluate(&systems, &l.set, &tasks, batch, device, p)
+        evaluate(&systems, &test, &tasks, batch, device, p)
     });
     let seconds = t0.elapsed().as_secs_f64();
     Ok(EvalReport {

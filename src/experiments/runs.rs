@@ -79,12 +79,10 @@ pub fn load_data(
             .preprocess(),
         None => Default::default(),
     };
-    let max = crate::data::images_in_cache(prep, true, inputs.cache_gib);
-    let train = s.load_probe(&inputs.probe_dir, prep, max, obs)?;
-    let max = crate::data::images_in_cache(prep, false, inputs.cache_gib);
-    let l = crate::data::load_split(&inputs.test_root, "test", prep, max, None)?;
-    l.report("test", max, obs);
-    Ok((train, l.set))
+    let train = s.load_probe(&inputs.probe_dir, prep, inputs.cache_gib, obs)?;
+    let test =
+        crate::data::load_split(&inputs.test_root, "test", prep, inputs.cache_gib, None, obs)?;
+    Ok((train, test))
 }
 
 /// The task (class ids of the first head) of each endpoint, checked against the test set: every

@@ -158,8 +158,9 @@ impl MergeSettings {
             && (self.rebasin_bn_reset || !matches!(self.method, Method::GitRebasin { .. }))
     }
 
-    /// Lists the probe folder `dir` (at most `max_images`) and decodes only the images the
-    /// probe and BN-reset draws use.
+    /// Lists the probe folder `dir` (at most as many images as a pixel cache of `cache_gib` GiB
+    /// holds, [`crate::data::images_in_cache`]) and decodes only the images the probe and
+    /// BN-reset draws use.
     ///
     /// # Errors
     /// [`MergeError::Data`] for an unreadable folder or image.
@@ -167,12 +168,13 @@ impl MergeSettings {
         &self,
         dir: &Path,
         prep: Preprocess,
-        max_images: usize,
+        cache_gib: f64,
         obs: &mut dyn Observer,
     ) -> Result<SparseSet, MergeError> {
         let t0 = Instant::now();
         let (p, b) = (self.probe_options(), self.bn_options());
         let reset = self.bn_reset_images != Some(0);
+        let max_images = crate::data::images_in_cache(prep, true, cache_gib);
         let set = SparseSet::load(dir, "train", prep, max_images, &|n| {
             let mut v = probe_indices(n, &p);
             if reset {
@@ -436,8 +438,7 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
     check_method(&ep, &s.method, s.merge_eps)?;
     let prep = ep.spec.net.preprocess();
     let t_load = Instant::now();
-    let max_train = crate::data::images_in_cache(prep, true, plan.cache_gib);
-    let probe = s.load_probe(&plan.probe_dir, prep, max_train, obs)?;
+    let probe = s.load_probe(&plan.probe_dir, prep, plan.cache_gib, obs)?;
     let mut timings = BTreeMap::new();
     timings.insert("loading_probe", t_load.elapsed().as_secs_f64());
     let corrections = s.corrections;
@@ -457,11 +458,9 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
     let test = match &plan.eval {
         None => None,
         Some(e) => {
-            let max = crate::data::images_in_cache(prep, false, plan.cache_gib);
-            let l = crate::data::load_split(&e.root, "test", prep, max, None)?;
-            l.report("test", max, obs);
-            let n = crate::eval::runner::check_evaluation(&ep.heads(), &l.set, &tasks)?;
-            Some((l.set, n))
+            let test = crate::data::load_split(&e.root, "test", prep, plan.cache_gib, None, obs)?;
+            let n = crate::eval::runner::check_evaluation(&ep.heads(), &test, &tasks)?;
+            Some((test, n))
         }
     };
     let t_all = Instant::now();

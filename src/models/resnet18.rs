@@ -245,19 +245,10 @@ impl super::arch::Architecture for Def {
                 ops.push(p.max_pool(3, 2, 1));
             }
             for i in 0..blocks {
-                let n = format!("layer{}.{i}", stage + 1);
-                let c = |k: &str| format!("{n}.{k}");
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-                ops.push(p.conv_bn(&c("conv1"), &c("bn1"), stride, 1, 0, 1, None, true)?);
-                ops.push(p.tap(1));
-                let res = if p.has(&c("downsample.0.weight")) {
-                    let (conv, bn) = (c("downsample.0"), c("downsample.1"));
-                    ops.push(p.conv_bn(&conv, &bn, stride, 0, 0, 2, None, false)?);
-                    2
-                } else {
-                    0
-                };
-                ops.push(p.conv_bn(&c("conv2"), &c("bn2"), 1, 1, 1, 0, Some(res), true)?);
+                // the downsample is a 1x1 conv (no padding)
+                let name = format!("layer{}.{i}", stage + 1);
+                ops.extend(p.basic_block(&name, stride, "downsample", 0)?);
             }
             ops.push(p.tap(0));
             cuts.push(ops);

@@ -221,19 +221,9 @@ impl super::arch::Architecture for Def {
                 ops.push(p.conv_bn("conv1", "bn1", 1, 1, 0, 0, None, true)?);
             }
             for i in 0..3 {
-                let n = format!("layer{stage}.{i}");
-                let c = |k: &str| format!("{n}.{k}");
                 let stride = if stage > 1 && i == 0 { 2 } else { 1 };
-                ops.push(p.conv_bn(&c("conv1"), &c("bn1"), stride, 1, 0, 1, None, true)?);
-                ops.push(p.tap(1));
-                let res = if p.has(&c("shortcut.0.weight")) {
-                    let (conv, bn) = (c("shortcut.0"), c("shortcut.1"));
-                    ops.push(p.conv_bn(&conv, &bn, stride, 1, 0, 2, None, false)?);
-                    2
-                } else {
-                    0
-                };
-                ops.push(p.conv_bn(&c("conv2"), &c("bn2"), 1, 1, 1, 0, Some(res), true)?);
+                // the shortcut is a 3x3 conv (padding 1)
+                ops.extend(p.basic_block(&format!("layer{stage}.{i}"), stride, "shortcut", 1)?);
             }
             ops.push(p.tap(0));
             cuts.push(ops);

@@ -83,16 +83,14 @@ pub fn reset_folder(
         .map(|f| checkpoint::read_weights(&dir, f))
         .collect::<Result<Vec<_>, _>>()?;
     let prep = manifest.net_config().preprocess();
-    let max = crate::data::images_in_cache(prep, true, cache_gib);
-    let l = crate::data::load_split(data_root, "train", prep, max, None)?;
-    l.report("train", max, obs);
-    let batches = crate::collect::probe_batches(&l.set, opts);
+    let set = crate::data::load_split(data_root, "train", prep, cache_gib, None, obs)?;
+    let batches = crate::collect::probe_batches(&set, opts);
     let images = crate::merge::images(&batches);
     crate::progress::phase(obs, "BN reset", images as u64, |p| {
         reset(&manifest, &mut trunk, &mut heads, &batches, device, p)
     })?;
     manifest.provenance["bn_reset"] =
-        serde_json::json!({"images": images, "seed": opts.seed, "data": l.set.source});
+        serde_json::json!({"images": images, "seed": opts.seed, "data": set.source});
     let mut files: Vec<(String, &StateDict)> = vec![(manifest.weights.clone(), &trunk)];
     let head_files = manifest.heads.iter().filter_map(|h| h.weights.clone());
     files.extend(head_files.zip(heads.iter()));

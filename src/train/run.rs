@@ -178,11 +178,8 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
         out: head.net_outputs(classes.len()),
         ..shape
     };
-    let load = |split: &str, obs: &mut dyn Observer| -> Result<ImageSet, DataError> {
-        let max = crate::data::images_in_cache(prep, split == "train", plan.cache_gib);
-        let l = crate::data::load_split(root, split, prep, max, Some(&classes))?;
-        l.report(split, max, obs);
-        Ok(l.set)
+    let load = |split: &str, obs: &mut dyn Observer| {
+        crate::data::load_split(root, split, prep, plan.cache_gib, Some(&classes), obs)
     };
     let mut train_task = load("train", obs)?;
     if let Some(l) = plan.limit {

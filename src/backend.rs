@@ -80,6 +80,24 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
+/// One line describing the device [`device`] gives for `backend` and `device`: for wgpu, the
+/// adapter asked for and the adapters this machine offers; `None` for the CPU backends (one
+/// device each).
+pub fn describe(backend: Backend, device: Option<&str>) -> Option<String> {
+    #[cfg(feature = "wgpu")]
+    if backend == Backend::Wgpu {
+        let adapters = wgpu_adapters();
+        return Some(format!(
+            "backend: wgpu, device {} ({} adapter(s): {})",
+            device.unwrap_or("default (high-performance preferred)"),
+            adapters.len(),
+            adapters.join("; ")
+        ));
+    }
+    let _ = (backend, device);
+    None
+}
+
 /// Which wgpu adapter to use: `None` = the best one wgpu finds, `Some("cpu")` = a CPU
 /// (software) adapter, `Some("N")` = discrete GPU number N.
 ///

@@ -236,6 +236,8 @@ pub enum MergeParam {
     RefitRidge,
     /// The dual-space similarity's lambda.
     DualLambda,
+    /// The feature similarity of ZipIt! and Permute.
+    Similarity,
     /// The probe images of the statistics.
     ProbeImages,
     /// The images per batch.
@@ -254,6 +256,7 @@ impl std::fmt::Display for MergeParam {
             MergeParam::Beta => "ZipIt! beta",
             MergeParam::RefitRidge => "refit ridge",
             MergeParam::DualLambda => "dual-space lambda",
+            MergeParam::Similarity => "feature similarity",
             MergeParam::ProbeImages => "probe images",
             MergeParam::BatchSize => "batch size",
         })

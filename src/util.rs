@@ -101,22 +101,6 @@ pub fn peak_rss_mb() -> Option<f64> {
     None
 }
 
-/// Checks that the folder `dir` exists or can be created: its nearest existing ancestor is a
-/// folder. Creates nothing.
-///
-/// # Errors
-/// The ancestor that is a file.
-pub fn check_creatable_dir(dir: &Path) -> Result<(), std::path::PathBuf> {
-    let mut at = dir;
-    while !at.as_os_str().is_empty() && !at.exists() {
-        at = at.parent().unwrap_or(Path::new(""));
-    }
-    if !at.as_os_str().is_empty() && !at.is_dir() {
-        return Err(at.to_path_buf());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

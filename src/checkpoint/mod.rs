@@ -368,6 +368,50 @@ pub fn check_out_dir(dir: &Path) -> Result<(), CheckpointError> {
     }
 }
 
+/// Why an output folder is refused before any work ([`check_out`]). The message names what is
+/// wrong with the folder, not the option that gave it (the caller adds that).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutRefusal {
+    /// The path exists and is a file.
+    #[error("exists and is not a folder; choose another folder")]
+    NotAFolder,
+    /// The path is one of the input model folders.
+    #[error("is the input model {}; choose another folder (an input is never replaced)", .0.display())]
+    IsInput(PathBuf),
+    /// An ancestor of the path is a file, so the folder cannot be created.
+    #[error("{} is a file, so the folder cannot be created", .0.display())]
+    NotCreatable(PathBuf),
+}
+
+/// Checks an output folder before any work: it is not an existing file, not one of the input
+/// model folders `inputs` (compared after resolving links; an input is never replaced), and its
+/// nearest existing ancestor is a folder (so it can be created). Creates nothing.
+///
+/// # Errors
+/// The first [`OutRefusal`] that applies.
+pub fn check_out(out: &Path, inputs: &[PathBuf]) -> Result<(), OutRefusal> {
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    if let Some(o) = canon(out) {
+        if let Some(m) = inputs
+            .iter()
+            .find(|m| canon(&model_dir(m)).is_some_and(|c| c == o))
+        {
+            return Err(OutRefusal::IsInput(m.clone()));
+        }
+    }
+    if out.exists() && !out.is_dir() {
+        return Err(OutRefusal::NotAFolder);
+    }
+    let mut at = out;
+    while !at.as_os_str().is_empty() && !at.exists() {
+        at = at.parent().unwrap_or(Path::new(""));
+    }
+    if !at.as_os_str().is_empty() && !at.is_dir() {
+        return Err(OutRefusal::NotCreatable(at.to_path_buf()));
+    }
+    Ok(())
+}
+
 /// Writes a model folder atomically: `manifest.json` plus the given weight files, through a
 /// temporary sibling renamed into place, replacing an existing model folder at `dir` (see
 /// [`check_out_dir`]).

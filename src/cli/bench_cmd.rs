@@ -8,6 +8,7 @@ use zipmerge::models::{Arch, NetConfig};
 
 use super::common::{arch_parser, positive, BackendArgs};
 use super::printer::Printer;
+
 /// Arguments of `zipmerge bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -32,10 +33,9 @@ pub struct BenchArgs {
 
 /// Runs `zipmerge bench`.
 pub fn exec(a: BenchArgs, p: &mut Printer) -> Result<()> {
-    let arch = a.arch;
     let plan = BenchPlan {
         cfg: NetConfig {
-            arch,
+            arch: a.arch,
             width: a.width,
             out: 10,
         },

@@ -10,8 +10,7 @@ use zipmerge::collect::ProbeOptions;
 use zipmerge::rewrite::bn_reset::reset_folder;
 
 use super::common::{
-    cache_gib, check_out_folder, data_root, merge_error, positive, positive_or_all, BackendArgs,
-    Count,
+    cache_gib, check_out, count, data_root, merge_error, positive, BackendArgs, Count,
 };
 use super::printer::Printer;
 
@@ -26,7 +25,7 @@ pub struct BnResetArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Images to use (`all` = every image).
-    #[arg(long, default_value = "1000", value_parser = positive_or_all)]
+    #[arg(long, default_value = "1000", value_parser = count(1))]
     pub images: Count,
     /// Batch size.
     #[arg(long, default_value_t = 500, value_parser = positive)]
@@ -43,7 +42,7 @@ pub struct BnResetArgs {
 
 /// Runs `zipmerge bn-reset`.
 pub fn exec(a: BnResetArgs, p: &mut Printer) -> Result<()> {
-    check_out_folder(&a.out)?;
+    check_out(&a.out, &[], true)?;
     let opts = ProbeOptions {
         images: a.images.0,
         batch_size: a.batch_size,

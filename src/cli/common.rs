@@ -8,7 +8,8 @@ use clap::Args;
 
 use zipmerge::backend::{self, Backend};
 use zipmerge::checkpoint;
-use zipmerge::error::{BackendError, DataError, DataParam, MergeError, MergeParam};
+use zipmerge::data::tasks::parse_tasks;
+use zipmerge::error::{DataError, DataParam, MergeError, MergeParam};
 use zipmerge::models::head::HeadChoice;
 use zipmerge::models::Arch;
 use zipmerge::progress::Observer;
@@ -37,6 +38,7 @@ pub fn flag_of(p: MergeParam) -> &'static str {
         MergeParam::Beta => "--beta",
         MergeParam::RefitRidge => "--refit-ridge",
         MergeParam::DualLambda => "--dual-lambda",
+        MergeParam::Similarity => "--similarity",
         MergeParam::ProbeImages => "--probe-images",
         MergeParam::BatchSize => "--batch-size",
     }
@@ -85,22 +87,14 @@ pub fn arch_parser() -> impl clap::builder::TypedValueParser<Value = Arch> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Count(pub Option<usize>);
 
-/// clap value parser: a number >= 0 or `all`.
-pub fn count_or_all(s: &str) -> std::result::Result<Count, String> {
-    match s {
-        "all" => Ok(Count(None)),
-        _ => s
-            .parse::<usize>()
-            .map(|n| Count(Some(n)))
-            .map_err(|_| format!("expected a number or `all`, got `{s}`")),
-    }
-}
-
-/// clap value parser: a number >= 1 or `all`.
-pub fn positive_or_all(s: &str) -> std::result::Result<Count, String> {
-    match count_or_all(s)? {
-        Count(Some(0)) => Err("expected a number >= 1 or `all`, got 0".into()),
-        c => Ok(c),
+/// clap value parser of an image count: a number >= `min`, or `all` (`Count(None)`).
+pub fn count(
+    min: usize,
+) -> impl Fn(&str) -> std::result::Result<Count, String> + Clone + Send + Sync {
+    move |s| match s.parse::<usize>() {
+        _ if s == "all" => Ok(Count(None)),
+        Ok(n) if n >= min => Ok(Count(Some(n))),
+        _ => Err(format!("expected a number >= {min} or `all`, got `{s}`")),
     }
 }
 
@@ -129,49 +123,19 @@ pub fn finite(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
-/// Refuses an output path that exists and is not a folder, and one that holds something other
-/// than a model folder ([`checkpoint::check_out_dir`]): nothing is replaced but a model.
+/// Refuses `--out` before any work ([`checkpoint::check_out`]): an existing file, one of the
+/// input models `inputs`, a folder that cannot be created; with `model`, also a folder holding
+/// something other than a model folder ([`checkpoint::check_out_dir`]).
 ///
 /// # Errors
 /// [`Usage`] naming `--out`, or the checkpoint layer's error.
-pub fn check_out_folder(out: &Path) -> Result<()> {
-    check_out_not_file(out)?;
-    Ok(checkpoint::check_out_dir(out)?)
-}
-
-/// Refuses an output path that exists and is not a folder.
-///
-/// # Errors
-/// [`Usage`] naming `--out`.
-fn check_out_not_file(out: &Path) -> Result<()> {
-    if out.exists() && !out.is_dir() {
-        return Err(usage(format!(
-            "--out {}: exists and is not a folder; choose another --out",
-            out.display()
-        )));
+pub fn check_out(out: &Path, inputs: &[PathBuf], model: bool) -> Result<()> {
+    checkpoint::check_out(out, inputs)
+        .map_err(|r| usage(format!("--out {}: {r}", out.display())))?;
+    if model {
+        checkpoint::check_out_dir(out)?;
     }
     Ok(())
-}
-
-/// Refuses an output folder that is one of the input model folders (it would silently replace
-/// an input) or an existing non-folder.
-///
-/// # Errors
-/// [`Usage`] naming `--out`.
-pub fn check_out_not_input(out: &Path, inputs: &[PathBuf]) -> Result<()> {
-    let canon = |p: &Path| std::fs::canonicalize(p).ok();
-    if let Some(o) = canon(out) {
-        for m in inputs {
-            if canon(&checkpoint::model_dir(m)).is_some_and(|c| c == o) {
-                return Err(usage(format!(
-                    "--out {}: is the input model {}; choose another folder (an input is never replaced)",
-                    out.display(),
-                    m.display()
-                )));
-            }
-        }
-    }
-    check_out_not_file(out)
 }
 
 /// `--backend`, `--device`.
@@ -189,30 +153,16 @@ impl BackendArgs {
     /// Builds the device, reporting the wgpu adapter choice once.
     pub fn device(&self, obs: &mut dyn Observer) -> Result<Device> {
         let d = backend::device(self.backend, self.device.as_deref()).map_err(|e| {
-            let device = self.device.as_deref().map(|d| format!("--device {d}"));
-            let flag = match (&e, device) {
-                (BackendError::NotBuilt { .. }, _) | (BackendError::NoAdapter, None) => {
-                    format!("--backend {}", self.backend)
-                }
-                (BackendError::NoAdapter, Some(d)) => format!("--backend {} {d}", self.backend),
-                (_, d) => d.unwrap_or_default(),
-            };
-            usage(format!("{flag}: {e}"))
+            let device = self.device.as_ref().map(|d| format!(" --device {d}"));
+            usage(format!(
+                "--backend {}{}: {e}",
+                self.backend,
+                device.unwrap_or_default()
+            ))
         })?;
-        #[cfg(feature = "wgpu")]
-        if self.backend == Backend::Wgpu {
-            let adapters = backend::wgpu_adapters();
-            obs.info(&format!(
-                "backend: wgpu, device {} ({} adapter(s): {})",
-                self.device
-                    .as_deref()
-                    .unwrap_or("default (high-performance preferred)"),
-                adapters.len(),
-                adapters.join("; ")
-            ));
+        if let Some(line) = backend::describe(self.backend, self.device.as_deref()) {
+            obs.info(&line);
         }
-        #[cfg(not(feature = "wgpu"))]
-        let _ = obs;
         Ok(d)
     }
 }
@@ -244,6 +194,20 @@ pub fn cache_gib() -> Result<f64> {
 /// The command line as typed, for manifests.
 pub fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// `--tasks`: `auto` (`None`: each model's or head's own classes) or a task list (`0,1,2;3,4`,
+/// [`parse_tasks`]).
+///
+/// # Errors
+/// A usage error (exit 2) naming `--tasks`.
+pub fn tasks_option(t: &str) -> Result<Option<Vec<Vec<usize>>>> {
+    match t {
+        "auto" => Ok(None),
+        t => Ok(Some(
+            parse_tasks(t, checkpoint::MAX_LABELS).map_err(data_error)?,
+        )),
+    }
 }
 
 /// `--head linear | text | text:FILE` ([`HeadChoice::parse`]).

@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use zipmerge::data::tasks::parse_tasks;
 use zipmerge::eval::runner::evaluate_folders;
 
-use super::common::{cache_gib, data_error, data_root, merge_error, positive, BackendArgs};
+use super::common::{cache_gib, data_root, merge_error, positive, tasks_option, BackendArgs};
 use super::printer::Printer;
 
 /// Arguments of `zipmerge eval`.
@@ -22,9 +21,9 @@ pub struct EvalArgs {
     /// datasets/cifar10-sample.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Tasks, e.g. `0,1,2,3,4;5,6,7,8,9`; default: the classes of each head.
-    #[arg(long)]
-    pub tasks: Option<String>,
+    /// Tasks, e.g. `0,1,2,3,4;5,6,7,8,9`, or `auto` (the classes of each head).
+    #[arg(long, default_value = "auto")]
+    pub tasks: String,
     /// Batch size.
     #[arg(long, default_value_t = 500, value_parser = positive)]
     pub batch_size: usize,
@@ -34,10 +33,7 @@ pub struct EvalArgs {
 
 /// Runs `zipmerge eval`.
 pub fn exec(a: EvalArgs, p: &mut Printer) -> Result<()> {
-    let tasks = match &a.tasks {
-        Some(t) => Some(parse_tasks(t, zipmerge::checkpoint::MAX_LABELS).map_err(data_error)?),
-        None => None,
-    };
+    let tasks = tasks_option(&a.tasks)?;
     let device = a.backend.device(p)?;
     let root = data_root(a.data.as_deref());
     let r = evaluate_folders(

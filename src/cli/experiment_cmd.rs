@@ -8,25 +8,17 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use zipmerge::experiments::runs::{self, rows_markdown};
-use zipmerge::experiments::{GridPlan, Inputs, SweepPlan, Table1Plan};
+use zipmerge::experiments::{GridPlan, SweepPlan, Table1Plan};
 
-use super::common::{
-    cache_gib, check_out_not_input, data_root, merge_error, positive_or_all, usage, BackendArgs,
-    Count,
-};
-use super::merge_cmd::MergeSettings;
+use super::common::{check_out, count, merge_error, usage, Count};
+use super::merge_cmd::{DataArgs, MergeSettings};
 use super::printer::Printer;
 
-/// Data and output options shared by the experiment commands.
+/// Data, output and backend options shared by the experiment commands.
 #[derive(Args, Debug, Clone)]
 pub struct ExperimentIo {
-    /// Data root with train/ (probe and BN-reset images) and test/ (evaluation); default
-    /// $ZIPMERGE_DATA, else datasets/cifar10-sample.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Evaluate on this root's test/ folder instead of --data's.
-    #[arg(long)]
-    pub eval_data: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Output folder for tables/reports.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -45,8 +37,6 @@ pub struct SweepArgs {
     pub settings: MergeSettings,
     #[command(flatten)]
     pub io: ExperimentIo,
-    #[command(flatten)]
-    pub backend: BackendArgs,
 }
 
 /// `zipmerge reproduce ...`.
@@ -68,6 +58,11 @@ pub enum Reproduce {
     Grid(GridArgs),
 }
 
+/// The paper's alpha grid (reference doc §7).
+const PAPER_ALPHAS: &str = "1,0.5,0.3,0.1,0.01,0.0001";
+/// The paper's beta grid.
+const PAPER_BETAS: &str = "1,0.25,0.125,0.075,0.0375,0";
+
 /// Arguments of `zipmerge reproduce grid`.
 #[derive(Args, Debug)]
 pub struct GridArgs {
@@ -78,28 +73,18 @@ pub struct GridArgs {
     #[arg(long, default_value = "7/20")]
     pub stop: String,
     /// Alpha values (the paper's grid by default).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "1,0.5,0.3,0.1,0.01,0.0001"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = PAPER_ALPHAS)]
     pub alphas: Vec<f64>,
     /// Beta values (the paper's grid by default).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "1,0.25,0.125,0.075,0.0375,0"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = PAPER_BETAS)]
     pub betas: Vec<f64>,
     /// Evaluate each cell on this many test images (seeded subset; `all` = every image).
-    #[arg(long, default_value = "all", value_parser = positive_or_all)]
+    #[arg(long, default_value = "all", value_parser = count(1))]
     pub eval_images: Count,
     #[command(flatten)]
     pub settings: MergeSettings,
     #[command(flatten)]
     pub io: ExperimentIo,
-    #[command(flatten)]
-    pub backend: BackendArgs,
 }
 
 /// Arguments of `zipmerge reproduce table1`.
@@ -123,45 +108,26 @@ pub struct Table1Args {
     pub settings: MergeSettings,
     #[command(flatten)]
     pub io: ExperimentIo,
-    #[command(flatten)]
-    pub backend: BackendArgs,
-}
-
-/// Checks `--out` before any work: not a file, not one of the input models, and creatable (its
-/// nearest existing ancestor is a folder). Nothing is created until the results are written.
-fn check_out(io: &ExperimentIo, inputs: &[PathBuf]) -> Result<()> {
-    let Some(out) = &io.out else { return Ok(()) };
-    check_out_not_input(out, inputs)?;
-    zipmerge::util::check_creatable_dir(out).map_err(|file| {
-        usage(format!(
-            "--out {}: {} is a file, so the folder cannot be created",
-            out.display(),
-            file.display()
-        ))
-    })
 }
 
 impl ExperimentIo {
-    /// The experiment's inputs: the probe folder of `s`, the test root, the device.
-    fn inputs(&self, s: &MergeSettings, backend: &BackendArgs, p: &mut Printer) -> Result<Inputs> {
-        let root = data_root(self.data.as_deref());
-        Ok(Inputs {
-            probe_dir: s.probe_dir(&root),
-            test_root: self.eval_data.clone().unwrap_or(root),
-            cache_gib: cache_gib()?,
-            device: backend.device(p)?,
-        })
+    /// Checks `--out`, if given, before any work ([`check_out`]; nothing is created until the
+    /// results are written).
+    fn check_out(&self, inputs: &[PathBuf]) -> Result<()> {
+        self.out
+            .as_ref()
+            .map_or(Ok(()), |o| check_out(o, inputs, false))
     }
 }
 
 /// Runs `zipmerge sweep`.
 pub fn exec_sweep(a: SweepArgs, p: &mut Printer) -> Result<()> {
     let settings = a.settings.library()?;
-    check_out(&a.io, &a.models)?;
+    a.io.check_out(&a.models)?;
     let plan = SweepPlan {
         models: a.models.clone(),
         stops: (a.stops != "all").then(|| a.stops.split(',').map(str::to_string).collect()),
-        inputs: a.io.inputs(&a.settings, &a.backend, p)?,
+        inputs: a.io.data.inputs(&a.settings, p)?,
         settings,
     };
     let r = runs::sweep(&plan, p).map_err(merge_error)?;
@@ -188,14 +154,14 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
         return Err(usage("--alphas/--betas: expected at least one value each"));
     }
     let settings = a.settings.library()?;
-    check_out(&a.io, &a.models)?;
+    a.io.check_out(&a.models)?;
     let plan = GridPlan {
         models: a.models.clone(),
         stop: a.stop.clone(),
         alphas: a.alphas.clone(),
         betas: a.betas.clone(),
         eval_images: a.eval_images.0,
-        inputs: a.io.inputs(&a.settings, &a.backend, p)?,
+        inputs: a.io.data.inputs(&a.settings, p)?,
         settings,
     };
     let r = runs::grid(&plan, p).map_err(merge_error)?;
@@ -217,23 +183,21 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
             "--repair/--refit/--similarity: `reproduce table1` adds those rows with --extended (--refit-ridge, --dual-lambda set them; its standard rows stay the paper's)",
         ));
     }
-    let zipit = MergeSettings {
-        method: "zipit".into(),
-        ..s.clone()
-    };
+    let mut zipit = s.clone();
+    zipit.matcher.method = "zipit".into();
     // checks --dual-lambda too, which the extended rows use
     let settings = zipit.library()?;
     let groups = runs::find_groups(&a.pairs, a.filter.as_deref())?;
     let inputs: Vec<PathBuf> = groups.iter().flat_map(|(_, m)| m.iter().cloned()).collect();
-    check_out(&a.io, &inputs)?;
+    a.io.check_out(&inputs)?;
     let plan = Table1Plan {
         groups,
         paper: a.paper,
         extended: a.extended,
         refit_ridge: s.refit_ridge,
         dual_lambda: s.dual_lambda,
-        cca_reg: s.cca_reg,
-        inputs: a.io.inputs(s, &a.backend, p)?,
+        cca_reg: s.matcher.cca_reg,
+        inputs: a.io.data.inputs(s, p)?,
         settings,
     };
     let r = runs::table1(&plan, p).map_err(merge_error)?;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
 use zipmerge::checkpoint::import::{export, import, ImportError, ImportRequest};
@@ -13,7 +13,7 @@ use zipmerge::models::head::HeadChoice;
 use zipmerge::models::Arch;
 use zipmerge::progress::Observer;
 
-use super::common::{arch_parser, command_line, usage};
+use super::common::{arch_parser, check_out, command_line, usage};
 use super::printer::Printer;
 
 /// Arguments of `zipmerge import`.
@@ -72,7 +72,7 @@ fn import_error(e: ImportError, head: &str) -> anyhow::Error {
 
 /// Runs `zipmerge import`.
 pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
-    checkpoint::check_out_dir(&a.out)?;
+    check_out(&a.out, &[], true)?;
     let head = HeadChoice::parse(&a.head).map_err(|e| usage(format!("--{e}")))?;
     let req = ImportRequest {
         from: a.from.clone(),
@@ -105,7 +105,7 @@ pub struct ExportArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Output format: safetensors.
-    #[arg(long, default_value = "safetensors")]
+    #[arg(long, default_value = "safetensors", value_parser = ["safetensors"])]
     pub format: String,
     /// Parameter-name layout: `zipit` (resnet20/vgg11) or `torchvision` (resnet50). Default:
     /// the model's own; zipmerge stores weights under those names, so this only checks.
@@ -119,9 +119,6 @@ pub struct ExportArgs {
 
 /// Runs `zipmerge export`.
 pub fn exec_export(a: ExportArgs, p: &mut Printer) -> Result<()> {
-    if a.format != "safetensors" {
-        bail!("--format {}: only safetensors is supported", a.format);
-    }
     let bytes = export(&a.model, a.layout.as_deref()).map_err(|e| import_error(e, ""))?;
     zipmerge::util::write_atomic(&a.out, &bytes)?;
     let line = format!("wrote {} ({} bytes)\n", a.out.display(), bytes.len());

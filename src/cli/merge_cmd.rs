@@ -6,18 +6,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use zipmerge::data::tasks::parse_tasks;
+use zipmerge::experiments::Inputs;
 use zipmerge::merge::{self, EvalPlan, MergePlan, Method, Similarity};
 
 use super::common::{
-    cache_gib, check_out_not_input, command_line, count_or_all, data_error, data_root, finite,
-    merge_error, non_negative, positive, BackendArgs, Count,
+    cache_gib, check_out, command_line, count, data_root, finite, merge_error, non_negative,
+    positive, tasks_option, BackendArgs, Count,
 };
 use super::printer::Printer;
 
-/// Options shared by merge, sweep and reproduce: method, probe and BN-reset sets.
+/// The matcher's options, shared by merge, sweep, reproduce and match.
 #[derive(Args, Debug, Clone)]
-pub struct MergeSettings {
+pub struct MatcherArgs {
     /// Matching method: zipit, permute, weight-avg, git-rebasin, cca (CCA Merge), return-a.
     #[arg(long, default_value = "zipit")]
     pub method: String,
@@ -33,18 +33,34 @@ pub struct MergeSettings {
     /// Merge normalisation epsilon: merge = P / (colsum(P) + eps).
     #[arg(long, default_value_t = 1e-5, value_parser = non_negative)]
     pub merge_eps: f64,
+}
+
+impl MatcherArgs {
+    /// The method of these flags; `seed` is Git Re-Basin's visiting order.
+    pub fn method(&self, seed: u64) -> Result<Method> {
+        Method::parse(&self.method, self.alpha, self.beta, seed)
+            .and_then(|m| m.with_cca_reg(self.cca_reg))
+            .map_err(merge_error)
+    }
+}
+
+/// Options shared by merge, sweep and reproduce: matcher, probe and BN-reset sets.
+#[derive(Args, Debug, Clone)]
+pub struct MergeSettings {
+    #[command(flatten)]
+    pub matcher: MatcherArgs,
     /// Probe folder (ImageFolder of both tasks' classes; labels unused); default: the train/
     /// folder of --data.
     #[arg(long)]
     pub probe: Option<PathBuf>,
     /// Probe images (`all` = every image).
-    #[arg(long, default_value = "1000", value_parser = count_or_all)]
+    #[arg(long, default_value = "1000", value_parser = count(0))]
     pub probe_images: Count,
     /// Use the probe images without training augmentation (the reference augments).
     #[arg(long)]
     pub no_probe_augment: bool,
     /// Images for the BN reset (`0` = no reset; `all` = every probe-folder image).
-    #[arg(long, default_value = "1000", value_parser = count_or_all)]
+    #[arg(long, default_value = "1000", value_parser = count(0))]
     pub bn_reset_images: Count,
     /// Skip the BN reset of the endpoints before merging (the reference resets them).
     #[arg(long)]
@@ -83,25 +99,14 @@ pub struct MergeSettings {
 }
 
 impl MergeSettings {
-    /// Parsed method.
-    pub fn method(&self) -> Result<Method> {
-        Method::parse(&self.method, self.alpha, self.beta, self.seed)
-            .and_then(|m| m.with_cca_reg(self.cca_reg))
-            .map_err(merge_error)
-    }
-
     /// The library's settings of these flags, checked.
     pub fn library(&self) -> Result<merge::MergeSettings> {
-        let method = self.method()?;
-        merge::check_dual_lambda(self.dual_lambda).map_err(merge_error)?;
-        let similarity = match self.similarity.as_str() {
-            "weight" => Similarity::Weight,
-            "dual" => Similarity::Dual(self.dual_lambda),
-            _ => Similarity::Activation,
-        };
+        let method = self.matcher.method(self.seed)?;
+        let similarity =
+            Similarity::parse(&self.similarity, self.dual_lambda).map_err(merge_error)?;
         let s = merge::MergeSettings {
             method,
-            merge_eps: self.merge_eps,
+            merge_eps: self.matcher.merge_eps,
             similarity,
             corrections: zipmerge::correct::Corrections {
                 repair: self.repair,
@@ -121,10 +126,35 @@ impl MergeSettings {
 
     /// The probe folder: `--probe`, else the train split of the data root `root`.
     pub fn probe_dir(&self, root: &Path) -> PathBuf {
-        match &self.probe {
-            Some(p) => p.clone(),
-            None => zipmerge::data::split_dir(root, "train"),
-        }
+        let train = || zipmerge::data::split_dir(root, "train");
+        self.probe.clone().unwrap_or_else(train)
+    }
+}
+
+/// Data and backend options shared by merge, sweep and reproduce.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Data root with train/ (probe and BN-reset images) and test/ (evaluation); default
+    /// $ZIPMERGE_DATA, else datasets/cifar10-sample.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Evaluate on this data root's test/ folder instead of --data's.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+impl DataArgs {
+    /// The run's inputs: the probe folder of `s`, the test root, the pixel cache, the device.
+    pub fn inputs(&self, s: &MergeSettings, p: &mut Printer) -> Result<Inputs> {
+        let root = data_root(self.data.as_deref());
+        Ok(Inputs {
+            probe_dir: s.probe_dir(&root),
+            test_root: self.eval_data.clone().unwrap_or(root),
+            cache_gib: cache_gib()?,
+            device: self.backend.device(p)?,
+        })
     }
 }
 
@@ -140,12 +170,8 @@ pub struct MergeArgs {
     pub stop: String,
     #[command(flatten)]
     pub settings: MergeSettings,
-    /// Data root with train/ (probe and BN-reset images) and test/ (evaluation).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Evaluate on this data root's test/ folder (default: --data's) after merging.
-    #[arg(long)]
-    pub eval_data: Option<PathBuf>,
+    #[command(flatten)]
+    pub io: DataArgs,
     /// Tasks for evaluation (`0,1,2;3,4`), or `auto` (each source model's classes).
     #[arg(long, default_value = "auto")]
     pub tasks: String,
@@ -155,31 +181,25 @@ pub struct MergeArgs {
     /// Output model folder (gets the weights, manifest.json and report.json).
     #[arg(long)]
     pub out: PathBuf,
-    #[command(flatten)]
-    pub backend: BackendArgs,
 }
 
 /// Runs `zipmerge merge`.
 pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
     let settings = a.settings.library()?;
-    check_out_not_input(&a.out, &a.models)?;
-    zipmerge::checkpoint::check_out_dir(&a.out)?;
-    let tasks = match a.tasks.as_str() {
-        "auto" => None,
-        t => Some(parse_tasks(t, zipmerge::checkpoint::MAX_LABELS).map_err(data_error)?),
-    };
-    let root = data_root(a.data.as_deref());
+    check_out(&a.out, &a.models, true)?;
+    let tasks = tasks_option(&a.tasks)?;
+    let io = a.io.inputs(&a.settings, p)?;
     let plan = MergePlan {
         models: a.models.clone(),
         stop: a.stop.clone(),
-        probe_dir: a.settings.probe_dir(&root),
-        eval: (!a.no_eval).then(|| EvalPlan {
-            root: a.eval_data.clone().unwrap_or(root.clone()),
+        probe_dir: io.probe_dir,
+        eval: (!a.no_eval).then_some(EvalPlan {
+            root: io.test_root,
             tasks,
         }),
-        cache_gib: cache_gib()?,
-        device: a.backend.device(p)?,
-        backend: a.backend.backend.to_string(),
+        cache_gib: io.cache_gib,
+        device: io.device,
+        backend: a.io.backend.backend.to_string(),
         command: command_line(),
         settings,
     };
@@ -188,16 +208,13 @@ pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
         .save(&a.out)
         .with_context(|| format!("writing {}", a.out.display()))?;
     let r = &outcome.report;
-    let label = format!("{}{}", r.method, plan.settings.corrections.label());
-    let label = format!("{label} {} -> {}", r.stop, a.out.display());
+    let label = format!("{} -> {}", r.label(), a.out.display());
     let text = r
         .accuracy
         .as_ref()
-        .map_or(String::new(), |acc| acc.table(&label));
+        .map_or(String::new(), |c| c.table(&label));
     if p.verbose() {
-        for (phase, secs) in &r.timings_seconds {
-            eprintln!("  {phase:>18}: {secs:8.3} s");
-        }
+        eprint!("{}", r.timings_text());
     }
     let total = r.timings_seconds["total"];
     let note = format!("wrote {} ({total:.1}s)", a.out.display());

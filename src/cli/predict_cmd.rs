@@ -33,14 +33,6 @@ pub fn exec(a: PredictArgs, p: &mut Printer) -> Result<()> {
     let sys = System::load(&a.model, &device)
         .with_context(|| format!("loading model {}", a.model.display()))?;
     let preds = predict(&sys, &a.images, a.top, &device).map_err(merge_error)?;
-    let mut text = String::new();
-    for pr in &preds {
-        let t: Vec<String> = pr
-            .top
-            .iter()
-            .map(|t| format!("{} ({}) {:.3}", t.name, t.class, t.score))
-            .collect();
-        text += &format!("{}: {}\n", pr.image, t.join(", "));
-    }
+    let text: String = preds.iter().map(|pr| format!("{pr}\n")).collect();
     p.emit(&preds, &text, None)
 }

@@ -80,6 +80,14 @@ impl Printer {
         }
         Ok(())
     }
+
+    /// Prints `line` on stderr above the bar in progress.
+    fn suspend(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
 }
 
 impl Observer for Printer {
@@ -126,15 +134,5 @@ impl Observer for Printer {
 
     fn warn(&mut self, line: &str) {
         self.suspend(line);
-    }
-}
-
-impl Printer {
-    /// Prints `line` on stderr above the bar in progress.
-    fn suspend(&self, line: &str) {
-        match &self.bar {
-            Some(b) => b.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
-        }
     }
 }

@@ -10,7 +10,7 @@ use zipmerge::models::Arch;
 use zipmerge::train::run::{run, TaskChoice, TrainError, TrainPlan};
 
 use super::common::{
-    arch_parser, cache_gib, check_out_folder, command_line, data_error, data_root, non_negative,
+    arch_parser, cache_gib, check_out, command_line, data_error, data_root, non_negative,
     parse_head, positive, usage, BackendArgs,
 };
 use super::printer::Printer;
@@ -32,8 +32,8 @@ pub struct TrainArgs {
     /// else datasets/cifar10-sample.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Task classes, e.g. `0,1,2,3,4`.
-    #[arg(long, conflicts_with = "split")]
+    /// Task classes, e.g. `0,1,2,3,4` (or give --split).
+    #[arg(long, conflicts_with = "split", required_unless_present = "split")]
     pub classes: Option<String>,
     /// Seeded random disjoint split, e.g. `5+5` (use with --split-seed and --part).
     #[arg(long)]
@@ -78,20 +78,16 @@ pub struct TrainArgs {
 
 /// Runs `zipmerge train`.
 pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
-    check_out_folder(&a.out)?;
-    let task = match (&a.classes, &a.split) {
-        (Some(c), _) => TaskChoice::Classes(c.clone()),
-        (None, Some(s)) => TaskChoice::Split {
-            spec: s.clone(),
+    check_out(&a.out, &[], true)?;
+    // clap requires one of --classes and --split
+    let task = a.classes.clone().map_or_else(
+        || TaskChoice::Split {
+            spec: a.split.clone().unwrap_or_default(),
             seed: a.split_seed,
             part: a.part,
         },
-        (None, None) => {
-            return Err(usage(
-                "give the task's classes with --classes 0,1,2 or --split 5+5 --split-seed S",
-            ))
-        }
-    };
+        TaskChoice::Classes,
+    );
     let plan = TrainPlan {
         arch: a.arch,
         width: a.width,

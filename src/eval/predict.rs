@@ -35,6 +35,18 @@ pub struct Prediction {
     pub top: Vec<Top>,
 }
 
+impl std::fmt::Display for Prediction {
+    /// `image: name (class) score, ...`, best first.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let top: Vec<String> = self
+            .top
+            .iter()
+            .map(|t| format!("{} ({}) {:.3}", t.name, t.class, t.score))
+            .collect();
+        write!(f, "{}: {}", self.image, top.join(", "))
+    }
+}
+
 /// Predicts `images` with `sys`: logits over the model's classes in label order (all heads'
 /// classes for a multi-head model, each scored by the first head trained on it), and the `top`
 /// classes by the softmax of those logits.

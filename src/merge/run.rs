@@ -36,6 +36,26 @@ pub enum Similarity {
 }
 
 impl Similarity {
+    /// The similarity named `activation`, `weight` or `dual` (with weight share `lambda`).
+    /// `lambda` is checked whatever the name, as callers that add dual rows later (Table 1's
+    /// extended rows) take it from the same option.
+    ///
+    /// # Errors
+    /// [`MergeError::Param`] for `lambda` outside `[0, 1]` (NaN included) or an unknown name.
+    pub fn parse(name: &str, lambda: f64) -> Result<Self, MergeError> {
+        super::check_dual_lambda(lambda)?;
+        match name {
+            "activation" => Ok(Similarity::Activation),
+            "weight" => Ok(Similarity::Weight),
+            "dual" => Ok(Similarity::Dual(lambda)),
+            o => Err(MergeError::param(
+                MergeParam::Similarity,
+                o,
+                "expected activation, weight or dual",
+            )),
+        }
+    }
+
     /// The weight-similarity share lambda (0 for activations, 1 for weights).
     pub fn lambda(&self) -> f64 {
         match self {
@@ -389,6 +409,22 @@ pub struct MergeReport {
     pub correction: Option<CorrectionReport>,
     /// Peak resident memory of the process, MB.
     pub peak_rss_mb: Option<f64>,
+}
+
+impl MergeReport {
+    /// The row label of this merge: method, corrections and stop (`ZipIt! + REPAIR 13/20`).
+    pub fn label(&self) -> String {
+        let c = self.settings.corrections.label();
+        format!("{}{c} {}", self.method, self.stop)
+    }
+
+    /// The seconds of every phase, one line each (`  statistics:    1.234 s`).
+    pub fn timings_text(&self) -> String {
+        self.timings_seconds
+            .iter()
+            .map(|(phase, secs)| format!("  {phase:>18}: {secs:8.3} s\n"))
+            .collect()
+    }
 }
 
 /// A merged model and its report.

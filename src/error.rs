@@ -41,9 +41,22 @@ pub enum CheckpointError {
 /// Building models and loading weights into them.
 #[derive(Debug, Error)]
 pub enum ModelError {
-    /// Invalid configuration or option.
-    #[error("{0}")]
-    Invalid(String),
+    /// A head option that is not `linear`, `text` or `text:FILE`.
+    #[error("head `{given}`: expected linear, text or text:FILE")]
+    Head {
+        /// The option as given.
+        given: String,
+    },
+    /// A network configuration without outputs.
+    #[error("the model needs at least one output")]
+    NoOutputs,
+    /// A training run that cannot start: no image of the task, or a zero batch size or epoch
+    /// count.
+    #[error("training: {msg}")]
+    Training {
+        /// What is wrong.
+        msg: &'static str,
+    },
     /// Weights do not fit the architecture.
     #[error("weights do not fit the model: {0}")]
     Weights(String),
@@ -105,9 +118,6 @@ pub enum DataError {
         /// Cause.
         msg: String,
     },
-    /// Invalid class list or split.
-    #[error("{0}")]
-    Invalid(String),
     /// A class list (`0,1,2`, `0-4`) that cannot be used.
     #[error("{msg}")]
     Classes {
@@ -236,6 +246,8 @@ pub enum MergeParam {
     RefitRidge,
     /// The dual-space similarity's lambda.
     DualLambda,
+    /// The post-merge corrections (REPAIR, refit).
+    Corrections,
     /// The feature similarity of ZipIt! and Permute.
     Similarity,
     /// The probe images of the statistics.
@@ -256,6 +268,7 @@ impl std::fmt::Display for MergeParam {
             MergeParam::Beta => "ZipIt! beta",
             MergeParam::RefitRidge => "refit ridge",
             MergeParam::DualLambda => "dual-space lambda",
+            MergeParam::Corrections => "corrections",
             MergeParam::Similarity => "feature similarity",
             MergeParam::ProbeImages => "probe images",
             MergeParam::BatchSize => "batch size",
@@ -281,9 +294,10 @@ impl MergeError {
 /// Errors of the merge engine (statistics, matching, rewriting).
 #[derive(Debug, Error)]
 pub enum MergeError {
-    /// Invalid option or incompatible models.
-    #[error("{0}")]
-    Invalid(String),
+    /// An invariant of the engine that does not hold (a decoded subset that misses a drawn
+    /// image, a transform count that does not fit the stop): a bug in zipmerge, not bad input.
+    #[error("internal error (please report): {0}")]
+    Internal(String),
     /// A merge option with a value it cannot take, named as an option (the CLI names its flag:
     /// `cli::common::flag_of`).
     #[error("{param} `{value}`: {expected}")]

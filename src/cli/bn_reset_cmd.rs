@@ -54,9 +54,6 @@ pub fn exec(a: BnResetArgs, p: &mut Printer) -> Result<()> {
     let n = reset_folder(&a.model, &root, &opts, cache_gib()?, &a.out, &device, p)
         .map_err(merge_error)?;
     let line = format!("wrote {}\n", a.out.display());
-    p.emit(
-        &serde_json::json!({"wrote": a.out, "images": n}),
-        &line,
-        None,
-    )
+    let value = serde_json::json!({"wrote": a.out, "images": n});
+    p.emit(&value, &line, None)
 }

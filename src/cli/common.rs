@@ -39,6 +39,7 @@ pub fn flag_of(p: MergeParam) -> &'static str {
         MergeParam::RefitRidge => "--refit-ridge",
         MergeParam::DualLambda => "--dual-lambda",
         MergeParam::Similarity => "--similarity",
+        MergeParam::Corrections => "--repair/--refit/--similarity",
         MergeParam::ProbeImages => "--probe-images",
         MergeParam::BatchSize => "--batch-size",
     }
@@ -48,13 +49,14 @@ pub fn flag_of(p: MergeParam) -> &'static str {
 /// is a usage error (exit code 2) naming the option's flag; anything else is a runtime error
 /// (exit code 1) with the library's message.
 pub fn merge_error(e: MergeError) -> anyhow::Error {
-    match &e {
+    match e {
         MergeError::Param {
             param,
             value,
             expected,
-        } => usage(format!("{} `{value}`: {expected}", flag_of(*param))),
-        _ => e.into(),
+        } => usage(format!("{} `{value}`: {expected}", flag_of(param))),
+        MergeError::Data(d @ DataError::Param { .. }) => data_error(d),
+        e => e.into(),
     }
 }
 
@@ -100,27 +102,20 @@ pub fn count(
 
 /// clap value parser: an integer >= 1 (batch sizes, image counts, epochs).
 pub fn positive(s: &str) -> std::result::Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("expected an integer >= 1, got 0".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("expected an integer >= 1, got `{s}`")),
-    }
+    let n = s.parse::<usize>().ok().filter(|&n| n >= 1);
+    n.ok_or_else(|| format!("expected an integer >= 1, got `{s}`"))
 }
 
 /// clap value parser: a finite number >= 0 (learning rate, weight decay, warm-up epochs).
 pub fn non_negative(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("expected a finite number >= 0, got `{s}`")),
-    }
+    let v = finite(s).ok().filter(|&v| v >= 0.0);
+    v.ok_or_else(|| format!("expected a finite number >= 0, got `{s}`"))
 }
 
 /// clap value parser: a finite number (no NaN or infinity).
 pub fn finite(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(format!("expected a finite number, got `{s}`")),
-    }
+    let v = s.parse::<f64>().ok().filter(|v| v.is_finite());
+    v.ok_or_else(|| format!("expected a finite number, got `{s}`"))
 }
 
 /// Refuses `--out` before any work ([`checkpoint::check_out`]): an existing file, one of the
@@ -169,13 +164,9 @@ impl BackendArgs {
 
 /// The data root: `--data`, else `$ZIPMERGE_DATA`, else the embedded sample.
 pub fn data_root(arg: Option<&Path>) -> PathBuf {
-    if let Some(p) = arg {
-        return p.to_path_buf();
-    }
-    if let Ok(p) = std::env::var("ZIPMERGE_DATA") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from("datasets/cifar10-sample")
+    let env = || std::env::var_os("ZIPMERGE_DATA").map(PathBuf::from);
+    let root = arg.map(Path::to_path_buf).or_else(env);
+    root.unwrap_or_else(|| "datasets/cifar10-sample".into())
 }
 
 /// The pixel cache per loaded split, GiB: `ZIPMERGE_CACHE_GIB`, else

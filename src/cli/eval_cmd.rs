@@ -1,12 +1,15 @@
-//! `zipmerge eval`: Joint / per-task / average accuracy of a model, multi-head model or ensemble
-//! ([`zipmerge::eval::runner::evaluate_folders`]).
+//! `zipmerge eval`: joint / per-task / average accuracy of a model, multi-head model or ensemble
+//! ([`zipmerge::eval::runner::evaluate_folders`]); `zipmerge predict`: top-k classes per image
+//! ([`zipmerge::eval::predict::predict`]).
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
+use zipmerge::eval::predict::predict;
 use zipmerge::eval::runner::evaluate_folders;
+use zipmerge::system::System;
 
 use super::common::{cache_gib, data_root, merge_error, positive, tasks_option, BackendArgs};
 use super::printer::Printer;
@@ -48,4 +51,30 @@ pub fn exec(a: EvalArgs, p: &mut Printer) -> Result<()> {
     .map_err(merge_error)?;
     let note = format!("  {:.1}s, {:.0} images/s", r.seconds, r.images_per_second);
     p.emit(&r, &r.accuracy.table(&r.label), Some(note))
+}
+
+/// Arguments of `zipmerge predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// 32x32 images (.jpg/.png).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Classes to show per image.
+    #[arg(long, default_value_t = 3, value_parser = positive)]
+    pub top: usize,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// Runs `zipmerge predict`.
+pub fn exec_predict(a: PredictArgs, p: &mut Printer) -> Result<()> {
+    let device = a.backend.device(p)?;
+    let sys = System::load(&a.model, &device)
+        .with_context(|| format!("loading model {}", a.model.display()))?;
+    let preds = predict(&sys, &a.images, a.top, &device).map_err(merge_error)?;
+    let text: String = preds.iter().map(|pr| format!("{pr}\n")).collect();
+    p.emit(&preds, &text, None)
 }

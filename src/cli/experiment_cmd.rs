@@ -14,16 +14,6 @@ use super::common::{check_out, count, merge_error, usage, Count};
 use super::merge_cmd::{DataArgs, MergeSettings};
 use super::printer::Printer;
 
-/// Data, output and backend options shared by the experiment commands.
-#[derive(Args, Debug, Clone)]
-pub struct ExperimentIo {
-    #[command(flatten)]
-    pub data: DataArgs,
-    /// Output folder for tables/reports.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-}
-
 /// Arguments of `zipmerge sweep`.
 #[derive(Args, Debug)]
 pub struct SweepArgs {
@@ -36,15 +26,10 @@ pub struct SweepArgs {
     #[command(flatten)]
     pub settings: MergeSettings,
     #[command(flatten)]
-    pub io: ExperimentIo,
-}
-
-/// `zipmerge reproduce ...`.
-#[derive(Args, Debug)]
-pub struct ReproduceArgs {
-    /// What to reproduce.
-    #[command(subcommand)]
-    pub what: Reproduce,
+    pub data: DataArgs,
+    /// Output folder for tables/reports.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// Reproducible experiments.
@@ -84,7 +69,10 @@ pub struct GridArgs {
     #[command(flatten)]
     pub settings: MergeSettings,
     #[command(flatten)]
-    pub io: ExperimentIo,
+    pub data: DataArgs,
+    /// Output folder for tables/reports.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// Arguments of `zipmerge reproduce table1`.
@@ -107,31 +95,26 @@ pub struct Table1Args {
     #[command(flatten)]
     pub settings: MergeSettings,
     #[command(flatten)]
-    pub io: ExperimentIo,
-}
-
-impl ExperimentIo {
-    /// Checks `--out`, if given, before any work ([`check_out`]; nothing is created until the
-    /// results are written).
-    fn check_out(&self, inputs: &[PathBuf]) -> Result<()> {
-        self.out
-            .as_ref()
-            .map_or(Ok(()), |o| check_out(o, inputs, false))
-    }
+    pub data: DataArgs,
+    /// Output folder for tables/reports.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// Runs `zipmerge sweep`.
 pub fn exec_sweep(a: SweepArgs, p: &mut Printer) -> Result<()> {
     let settings = a.settings.library()?;
-    a.io.check_out(&a.models)?;
+    a.out
+        .as_deref()
+        .map_or(Ok(()), |o| check_out(o, &a.models, false))?;
     let plan = SweepPlan {
         models: a.models.clone(),
         stops: (a.stops != "all").then(|| a.stops.split(',').map(str::to_string).collect()),
-        inputs: a.io.data.inputs(&a.settings, p)?,
+        inputs: a.data.inputs(&a.settings, p)?,
         settings,
     };
     let r = runs::sweep(&plan, p).map_err(merge_error)?;
-    if let Some(out) = &a.io.out {
+    if let Some(out) = &a.out {
         runs::write_sweep(out, &r)?;
     }
     let note = format!(
@@ -142,8 +125,8 @@ pub fn exec_sweep(a: SweepArgs, p: &mut Printer) -> Result<()> {
 }
 
 /// Runs `zipmerge reproduce`.
-pub fn exec_reproduce(a: ReproduceArgs, p: &mut Printer) -> Result<()> {
-    match a.what {
+pub fn exec_reproduce(a: Reproduce, p: &mut Printer) -> Result<()> {
+    match a {
         Reproduce::Table1(a) => exec_table1(a, p),
         Reproduce::Grid(a) => exec_grid(a, p),
     }
@@ -154,18 +137,20 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
         return Err(usage("--alphas/--betas: expected at least one value each"));
     }
     let settings = a.settings.library()?;
-    a.io.check_out(&a.models)?;
+    a.out
+        .as_deref()
+        .map_or(Ok(()), |o| check_out(o, &a.models, false))?;
     let plan = GridPlan {
         models: a.models.clone(),
         stop: a.stop.clone(),
         alphas: a.alphas.clone(),
         betas: a.betas.clone(),
         eval_images: a.eval_images.0,
-        inputs: a.io.data.inputs(&a.settings, p)?,
+        inputs: a.data.inputs(&a.settings, p)?,
         settings,
     };
     let r = runs::grid(&plan, p).map_err(merge_error)?;
-    if let Some(out) = &a.io.out {
+    if let Some(out) = &a.out {
         runs::write_grid(out, &r, &a.alphas, &a.betas)?;
     }
     let b = &r.best;
@@ -178,18 +163,15 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
 
 fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
     let s = &a.settings;
-    if s.repair || s.refit != "none" || s.similarity != "activation" {
-        return Err(usage(
-            "--repair/--refit/--similarity: `reproduce table1` adds those rows with --extended (--refit-ridge, --dual-lambda set them; its standard rows stay the paper's)",
-        ));
-    }
     let mut zipit = s.clone();
     zipit.matcher.method = "zipit".into();
     // checks --dual-lambda too, which the extended rows use
     let settings = zipit.library()?;
     let groups = runs::find_groups(&a.pairs, a.filter.as_deref())?;
     let inputs: Vec<PathBuf> = groups.iter().flat_map(|(_, m)| m.iter().cloned()).collect();
-    a.io.check_out(&inputs)?;
+    a.out
+        .as_deref()
+        .map_or(Ok(()), |o| check_out(o, &inputs, false))?;
     let plan = Table1Plan {
         groups,
         paper: a.paper,
@@ -197,11 +179,11 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
         refit_ridge: s.refit_ridge,
         dual_lambda: s.dual_lambda,
         cca_reg: s.matcher.cca_reg,
-        inputs: a.io.data.inputs(s, p)?,
+        inputs: a.data.inputs(s, p)?,
         settings,
     };
     let r = runs::table1(&plan, p).map_err(merge_error)?;
-    if let Some(out) = &a.io.out {
+    if let Some(out) = &a.out {
         runs::write_table1(out, &r)?;
     }
     let note = format!(

@@ -9,11 +9,10 @@ use clap::Args;
 
 use zipmerge::checkpoint::import::{export, import, ImportError, ImportRequest};
 use zipmerge::checkpoint::{self};
-use zipmerge::models::head::HeadChoice;
 use zipmerge::models::Arch;
 use zipmerge::progress::Observer;
 
-use super::common::{arch_parser, check_out, command_line, usage};
+use super::common::{arch_parser, check_out, command_line, parse_head, usage};
 use super::printer::Printer;
 
 /// Arguments of `zipmerge import`.
@@ -73,7 +72,7 @@ fn import_error(e: ImportError, head: &str) -> anyhow::Error {
 /// Runs `zipmerge import`.
 pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
     check_out(&a.out, &[], true)?;
-    let head = HeadChoice::parse(&a.head).map_err(|e| usage(format!("--{e}")))?;
+    let head = parse_head(&a.head)?;
     let req = ImportRequest {
         from: a.from.clone(),
         arch: a.arch,
@@ -91,11 +90,8 @@ pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
     let files = [("model.safetensors".to_string(), &m.state)];
     checkpoint::write_model(&a.out, &m.manifest, &files)?;
     let line = format!("wrote {} ({} tensors)\n", a.out.display(), m.state.len());
-    p.emit(
-        &serde_json::json!({"wrote": a.out, "tensors": m.state.len()}),
-        &line,
-        None,
-    )
+    let value = serde_json::json!({"wrote": a.out, "tensors": m.state.len()});
+    p.emit(&value, &line, None)
 }
 
 /// Arguments of `zipmerge export`.
@@ -122,9 +118,6 @@ pub fn exec_export(a: ExportArgs, p: &mut Printer) -> Result<()> {
     let bytes = export(&a.model, a.layout.as_deref()).map_err(|e| import_error(e, ""))?;
     zipmerge::util::write_atomic(&a.out, &bytes)?;
     let line = format!("wrote {} ({} bytes)\n", a.out.display(), bytes.len());
-    p.emit(
-        &serde_json::json!({"wrote": a.out, "bytes": bytes.len()}),
-        &line,
-        None,
-    )
+    let value = serde_json::json!({"wrote": a.out, "bytes": bytes.len()});
+    p.emit(&value, &line, None)
 }

@@ -10,6 +10,7 @@ use zipmerge::matching::npy::read_matrix;
 
 use super::common::{merge_error, positive};
 use super::merge_cmd::MatcherArgs;
+use super::printer::Printer;
 
 /// Arguments of `zipmerge match`.
 #[derive(Args, Debug)]
@@ -28,13 +29,13 @@ pub struct MatchArgs {
 }
 
 /// Runs `zipmerge match`: prints `{"clusters": [...], "merge": [[...]], "unmerge": [[...]]}`.
-pub fn exec(a: MatchArgs) -> Result<()> {
+pub fn exec(a: MatchArgs, p: &Printer) -> Result<()> {
     let method = a.matcher.method(0)?;
     let m = read_matrix(&a.cov).with_context(|| format!("reading {}", a.cov.display()))?;
     let r =
         zipmerge::merge::match_matrix(&m, a.correlation, a.models, &method, a.matcher.merge_eps)
             .map_err(merge_error)
             .with_context(|| a.cov.display().to_string())?;
-    println!("{}", r.to_json());
-    Ok(())
+    let value = r.to_json();
+    p.emit(&value, &format!("{value}\n"), None)
 }

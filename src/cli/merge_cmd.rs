@@ -209,13 +209,8 @@ pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
         .with_context(|| format!("writing {}", a.out.display()))?;
     let r = &outcome.report;
     let label = format!("{} -> {}", r.label(), a.out.display());
-    let text = r
-        .accuracy
-        .as_ref()
-        .map_or(String::new(), |c| c.table(&label));
-    if p.verbose() {
-        eprint!("{}", r.timings_text());
-    }
+    let text = r.table(&label);
+    p.detail(&r.timings_text());
     let total = r.timings_seconds["total"];
     let note = format!("wrote {} ({total:.1}s)", a.out.display());
     p.emit(r, &text, Some(note))

@@ -9,7 +9,6 @@ mod inspect_cmd;
 mod interop_cmd;
 mod match_cmd;
 mod merge_cmd;
-mod predict_cmd;
 mod printer;
 mod train_cmd;
 
@@ -40,7 +39,7 @@ pub enum Command {
     /// Evaluate one model, a multi-head model, or an ensemble (joint / per-task / avg accuracy).
     Eval(eval_cmd::EvalArgs),
     /// Top-k classes for individual images.
-    Predict(predict_cmd::PredictArgs),
+    Predict(eval_cmd::PredictArgs),
     /// Merge N models: statistics, matching (ZipIt!/Permute/W.Avg/Git Re-Basin), rewriting,
     /// BN reset, evaluation.
     Merge(merge_cmd::MergeArgs),
@@ -53,7 +52,8 @@ pub enum Command {
     /// Merge at every stop (statistics collected once) and write sweep.csv/json/png/svg.
     Sweep(experiment_cmd::SweepArgs),
     /// Reproduce the ZipIt! paper tables (`table1`).
-    Reproduce(experiment_cmd::ReproduceArgs),
+    #[command(subcommand)]
+    Reproduce(experiment_cmd::Reproduce),
     /// Throughput per backend: forward, statistics and BN-reset images/s, matcher times.
     Bench(bench_cmd::BenchArgs),
     /// Import a PyTorch / safetensors state_dict (official ZipIt! layout) as a zipmerge model.
@@ -94,7 +94,12 @@ pub fn run() -> anyhow::Result<()> {
             }
             // clap's message is several paragraphs (usage, tips): keep the first one (the
             // error and, e.g., the missing arguments) as one line, point to --help
-            let text = e.render().to_string();
+            let text = match e.kind() {
+                clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    "a subcommand is required".into()
+                }
+                _ => e.render().to_string(),
+            };
             let first = text
                 .split("\n\n")
                 .next()
@@ -109,9 +114,9 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Train(a) => train_cmd::exec(a, p),
         Command::Eval(a) => eval_cmd::exec(a, p),
-        Command::Predict(a) => predict_cmd::exec(a, p),
+        Command::Predict(a) => eval_cmd::exec_predict(a, p),
         Command::Merge(a) => merge_cmd::exec(a, p),
-        Command::Match(a) => match_cmd::exec(a),
+        Command::Match(a) => match_cmd::exec(a, p),
         Command::BnReset(a) => bn_reset_cmd::exec(a, p),
         Command::Inspect(a) => inspect_cmd::exec(a, p),
         Command::Sweep(a) => experiment_cmd::exec_sweep(a, p),

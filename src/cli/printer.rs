@@ -54,9 +54,11 @@ impl Printer {
         }
     }
 
-    /// `-v`.
-    pub fn verbose(&self) -> bool {
-        self.verbose
+    /// Detail printed on stderr with `-v` only (`merge -v`: the seconds of every phase).
+    pub fn detail(&self, text: &str) {
+        if self.verbose {
+            eprint!("{text}");
+        }
     }
 
     /// A command's result: `value` as one line of JSON on stdout in `--json` mode; otherwise

@@ -108,19 +108,21 @@ pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
         backend: a.backend.backend.to_string(),
         command: command_line(),
     };
-    let r = run(&plan, p).map_err(|e| match e {
+    let r = run(&plan, p).map_err(train_error)?;
+    let (acc, n, out) = (r.final_task_accuracy, r.test_images, a.out.display());
+    let line = format!("wrote {out} (task accuracy {acc:.2}% on {n} test images)\n");
+    p.emit(&r, &line, None)
+}
+
+/// A training error as the CLI reports it: a bad task, class list or width is a usage error
+/// (exit code 2) naming its flag.
+fn train_error(e: TrainError) -> anyhow::Error {
+    match e {
         TrainError::Data(d @ DataError::Param { .. }) => data_error(d),
         TrainError::Data(DataError::Classes { msg, .. }) => usage(format!("--classes: {msg}")),
         TrainError::Model(ModelError::Width {
             width, expected, ..
         }) => usage(format!("--width {width}: {expected}")),
         e => anyhow::Error::new(e),
-    })?;
-    let line = format!(
-        "wrote {} (task accuracy {:.2}% on {} test images)\n",
-        a.out.display(),
-        r.final_task_accuracy,
-        r.test_images
-    );
-    p.emit(&r, &line, None)
+    }
 }

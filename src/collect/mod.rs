@@ -94,7 +94,7 @@ impl CovAccumulator {
     /// (reference doc §9.2).
     ///
     /// # Errors
-    /// [`MergeError::Invalid`] when no batch was added.
+    /// [`MergeError::NoProbeImages`] when no batch was added.
     pub fn finalize(&self) -> Result<SquareMatrix, MergeError> {
         if self.count == 0.0 {
             return Err(MergeError::NoProbeImages);
@@ -153,7 +153,7 @@ pub fn probe_indices(len: usize, opts: &ProbeOptions) -> Vec<usize> {
 /// whole set.
 ///
 /// # Errors
-/// [`MergeError::Invalid`] when the draw needs an image that was not decoded.
+/// [`MergeError::Internal`] when the draw needs an image that was not decoded.
 pub fn probe_batches_sparse(
     sub: &ImageSet,
     total: usize,
@@ -162,7 +162,7 @@ pub fn probe_batches_sparse(
 ) -> Result<Vec<Vec<Vec<u8>>>, MergeError> {
     let need = probe_indices(total, opts);
     if let Some(i) = need.iter().find(|i| positions.binary_search(i).is_err()) {
-        return Err(MergeError::Invalid(format!(
+        return Err(MergeError::Internal(format!(
             "probe image {i} of {} was not decoded",
             sub.source
         )));
@@ -225,7 +225,8 @@ fn draw(
 /// `progress(images)` is called after each batch. Returns one accumulator per space.
 ///
 /// # Errors
-/// [`MergeError::Invalid`] when the probe set is empty or the models' feature widths differ.
+/// [`MergeError::NoProbeImages`] when the probe set is empty; [`MergeError::Space`] when the
+/// models' feature widths differ.
 pub fn collect(
     models: &[Net],
     batches: &[Vec<Vec<u8>>],

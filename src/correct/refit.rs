@@ -68,7 +68,7 @@ pub fn solve(site: &Site, target: &Target, ridge: f64) -> Result<Option<Update>,
     let mut t = target.project(site, true);
     let k = target.k(site.sources[0].c);
     if k != conv.cout {
-        return Err(MergeError::Invalid(format!(
+        return Err(MergeError::Internal(format!(
             "layer `{}`: merged width {k} differs from its {} output channels",
             conv.name, conv.cout
         )));

@@ -166,7 +166,7 @@ pub fn bench(plan: &BenchPlan) -> Result<BenchReport, MergeError> {
                 / 64.0;
         }
     }
-    let bad = |e: crate::matching::MatchError| MergeError::Invalid(format!("bench matrices: {e}"));
+    let bad = MergeError::Match;
     let rand_corr = correlation(&SquareMatrix::new(o, cov).map_err(bad)?);
     let time = |m: &dyn Matcher, c: &SquareMatrix| -> Result<f64, MergeError> {
         let t = Instant::now();

@@ -57,7 +57,7 @@ pub fn joint_rule(systems: &[System]) -> JointRule {
 /// Call it with [`heads_of`] of the systems.
 ///
 /// # Errors
-/// [`DataError::Invalid`] naming `data.source` (and the head) and the class at fault.
+/// [`DataError::Evaluation`] naming `data.source` (and the head) and the class at fault.
 pub fn check_evaluation(
     heads: &[&HeadSpec],
     data: &ImageSet,

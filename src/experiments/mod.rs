@@ -243,9 +243,7 @@ impl<'a> Context<'a> {
         }
         if c.any() {
             if self.probe.is_empty() {
-                return Err(MergeError::Invalid(
-                    "the post-merge corrections need probe images".into(),
-                ));
+                return Err(MergeError::NoProbeImages);
             }
             crate::correct::apply(&mut m, self.endpoints, transforms, stop, self.probe, c)?;
         }

@@ -13,7 +13,7 @@ use super::table::{aggregate, csv, markdown, Line};
 use super::{match_all, Context, Counters, Row};
 use crate::correct::Corrections;
 use crate::data::{ImageSet, SparseSet};
-use crate::error::{ExperimentError, MergeError};
+use crate::error::{ExperimentError, MergeError, MergeParam};
 use crate::merge::{self, images, Batches, Endpoints, MergeSettings, Method, Statistics};
 use crate::progress::{phase, Observer};
 use crate::util::write_atomic;
@@ -404,8 +404,15 @@ pub fn grid(plan: &GridPlan, obs: &mut dyn Observer) -> Result<GridReport, Merge
         .map(|(al, be)| Method::parse("zipit", al, be, s.seed))
         .collect::<Result<Vec<_>, _>>()?;
     if methods.is_empty() {
-        return Err(MergeError::Invalid(
-            "the grid needs at least one alpha and one beta".into(),
+        let p = if plan.alphas.is_empty() {
+            MergeParam::Alpha
+        } else {
+            MergeParam::Beta
+        };
+        return Err(MergeError::param(
+            p,
+            "",
+            "the grid needs at least one value",
         ));
     }
     let s = MergeSettings {
@@ -598,11 +605,24 @@ pub struct Table1Report {
 pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report, MergeError> {
     let s = &plan.settings;
     let Method::Zipit { alpha, beta } = s.method else {
-        return Err(MergeError::Invalid("Table 1's method is ZipIt!".into()));
+        return Err(MergeError::param(
+            MergeParam::Method,
+            s.method.label(),
+            "Table 1's method is zipit",
+        ));
     };
     if s.corrections.any() || s.similarity != merge::Similarity::Activation {
-        return Err(MergeError::Invalid(
-            "Table 1's standard rows use no corrections and activation similarity (the extended rows add them)".into(),
+        return Err(MergeError::param(
+            MergeParam::Corrections,
+            format!("{} similarity{}", s.similarity.name(), s.corrections.label()),
+            "Table 1's standard rows use no corrections and activation similarity (the extended rows add them)",
+        ));
+    }
+    if plan.groups.is_empty() {
+        return Err(MergeError::param(
+            MergeParam::Models,
+            0,
+            "Table 1 needs at least one endpoint group",
         ));
     }
     s.check()?;

@@ -54,7 +54,8 @@ fn add_gram(cost: &mut [f64], x: &[f32], y: &[f32], n: usize, k: usize) {
 /// `2 + eps`).
 ///
 /// # Errors
-/// [`MergeError::Invalid`] for other than two models or a missing tensor.
+/// [`MergeError::Param`] for other than two models; [`MergeError::Tensor`] for a tensor whose
+/// shape differs between them.
 #[allow(clippy::needless_range_loop)] // the loop indices drive flat-tensor offsets, not just `perms`
 pub fn git_rebasin(
     spec: &MergeSpec,
@@ -103,9 +104,10 @@ pub fn git_rebasin(
     }
     for key in tensors.iter().map(|t| &t.0) {
         if b.get(key).map(|t| &t.shape) != a.get(key).map(|t| &t.shape) {
-            return Err(MergeError::Invalid(format!(
-                "tensor `{key}` differs in shape between the two models"
-            )));
+            return Err(MergeError::Tensor {
+                tensor: key.clone(),
+                msg: "differs in shape between the two models".into(),
+            });
         }
     }
     for _pass in 0..MAX_PASSES {

@@ -468,8 +468,8 @@ pub fn check_method(ep: &Endpoints, method: &Method, eps: f64) -> Result<(), Mer
 /// Matches the first `spaces` feature spaces.
 ///
 /// # Errors
-/// [`MergeError::Space`] naming the space when a matcher fails; [`MergeError::Invalid`] when
-/// statistics are needed but missing.
+/// [`MergeError::Space`] naming the space when a matcher fails; [`MergeError::NoProbeImages`]
+/// when statistics are needed but missing.
 pub fn match_spaces(
     ep: &Endpoints,
     method: &Method,
@@ -590,9 +590,9 @@ pub fn check_dual(method: &Method, lambda: f64) -> Result<(), MergeError> {
 }
 
 fn need(stats: Option<&Statistics>, s: usize) -> Result<&SquareMatrix, MergeError> {
-    stats.and_then(|st| st.covariances.get(s)).ok_or_else(|| {
-        MergeError::Invalid("this method needs feature statistics (a probe set)".into())
-    })
+    stats
+        .and_then(|st| st.covariances.get(s))
+        .ok_or_else(|| MergeError::NoProbeImages)
 }
 
 /// A merged model in memory.
@@ -624,8 +624,10 @@ pub fn build(
                 .iter()
                 .any(|m| m.heads[0].classes != a.heads[0].classes)
             {
-                return Err(MergeError::Invalid(
-                    "a full zip averages the final linear layers, which is undefined for logit heads over different classes: use a partial zip (e.g. stop 19/20)".into(),
+                return Err(MergeError::param(
+                    MergeParam::Stop,
+                    "full",
+                    "a full zip averages the final linear layers, which is undefined for logit heads over different classes: use a partial zip (e.g. stop 19/20)",
                 ));
             }
             classes = a.heads[0].classes.clone();

@@ -222,9 +222,11 @@ impl MergeSettings {
         obs: &mut dyn Observer,
     ) -> Result<Batches, MergeError> {
         if probe.total == 0 {
-            return Err(
-                DataError::Invalid(format!("the probe set {} is empty", probe.set.source)).into(),
-            );
+            return Err(DataError::Io {
+                path: probe.set.source.clone(),
+                msg: "the probe set holds no image".into(),
+            }
+            .into());
         }
         let used = self.probe_images.unwrap_or(probe.total).min(probe.total);
         if used < self.batch_size {
@@ -418,6 +420,12 @@ impl MergeReport {
         format!("{}{c} {}", self.method, self.stop)
     }
 
+    /// The accuracy table titled `title` ([`Accuracy::table`]); empty when not evaluated.
+    pub fn table(&self, title: &str) -> String {
+        let t = self.accuracy.as_ref().map(|a| a.table(title));
+        t.unwrap_or_default()
+    }
+
     /// The seconds of every phase, one line each (`  statistics:    1.234 s`).
     pub fn timings_text(&self) -> String {
         self.timings_seconds
@@ -444,7 +452,7 @@ impl MergeOutcome {
     /// [`MergeError::Checkpoint`] when the folder cannot be written.
     pub fn save(&self, dir: &Path) -> Result<(), MergeError> {
         let report = serde_json::to_vec_pretty(&self.report)
-            .map_err(|e| MergeError::Invalid(format!("serialising the report: {e}")))?;
+            .map_err(|e| MergeError::Internal(format!("serialising the report: {e}")))?;
         self.merged
             .save_with(dir, &[("report.json".into(), report)])
     }

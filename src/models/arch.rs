@@ -128,6 +128,11 @@ pub trait Architecture: Sync {
         self.facts().init
     }
 
+    /// Rewrites the path of one of its burn parameters (field names from the module root) into
+    /// its PyTorch module path, in place; `gamma`/`beta` and the linear transpose are handled
+    /// for every architecture by [`super::bridge`]. Default: the same path.
+    fn torch_path(&self, _path: &mut [String]) {}
+
     /// Whether a PyTorch state dict (`has(name)`: the tensor exists) is of this architecture.
     fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool;
 

@@ -1,37 +1,48 @@
 //! Moving weights between burn modules and a PyTorch-layout [`StateDict`].
 //!
 //! burn stores `Linear.weight` as `[in, out]` and names BN vectors `gamma`/`beta`; PyTorch uses
-//! `[out, in]` and `weight`/`bias`. The ResNet shortcut is a struct here (`shortcut.conv`,
-//! `shortcut.bn`) and a Sequential in PyTorch (`shortcut.0`, `shortcut.1`), likewise ResNet-50's
-//! `downsample` (`downsample.0`, `downsample.1`); VGG's convs are
-//! `features.{0..8}` here and `features.{0,3,6,8,11,13,16,18}` in PyTorch. This file is the only
-//! place those differences are handled.
+//! `[out, in]` and `weight`/`bias`: this file handles those two differences for every
+//! architecture. The module-path differences of one architecture (a ResNet's `shortcut.conv` /
+//! `downsample.bn` struct fields against PyTorch's Sequential `shortcut.0` / `downsample.1`,
+//! VGG-11's `features.{0..8}` against `features.{0,3,6,8,11,13,16,18}`) live in its model file,
+//! as [`super::arch::Architecture::torch_path`], with [`rename_child`] and [`conv_bn_index`].
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
 
-use super::vgg11::VGG11_TORCH_INDEX;
 use crate::state::{NamedTensor, StateDict};
 
-/// PyTorch name of a burn parameter path (enum variant names already removed).
-pub fn torch_name(path: &[String]) -> String {
-    let mut parts: Vec<String> = path.to_vec();
-    for i in 0..parts.len() {
-        if (parts[i] == "shortcut" || parts[i] == "downsample") && i + 1 < parts.len() {
-            parts[i + 1] = match parts[i + 1].as_str() {
-                "conv" => "0".into(),
-                "bn" => "1".into(),
-                o => o.into(),
-            };
-        }
-        if parts[i] == "features" && i + 1 < parts.len() {
-            if let Ok(k) = parts[i + 1].parse::<usize>() {
-                if k < VGG11_TORCH_INDEX.len() {
-                    parts[i + 1] = VGG11_TORCH_INDEX[k].to_string();
-                }
+/// An architecture's rewrite of a burn parameter path into its PyTorch module path, in place
+/// ([`super::arch::Architecture::torch_path`]).
+pub type Rename<'a> = &'a dyn Fn(&mut [String]);
+
+/// Renames the component after every `field` in `path` by `to` (when it gives a name): a burn
+/// struct field or `Vec` index under `field` to the PyTorch Sequential index.
+pub fn rename_child(path: &mut [String], field: &str, to: impl Fn(&str) -> Option<String>) {
+    for i in 1..path.len() {
+        if path[i - 1] == field {
+            if let Some(n) = to(&path[i]) {
+                path[i] = n;
             }
         }
     }
+}
+
+/// The PyTorch index of a conv + BN pair held as a struct here and as `Sequential(conv, bn)`
+/// there (a ResNet shortcut or downsample): `conv` -> `0`, `bn` -> `1`.
+pub fn conv_bn_index(field: &str) -> Option<String> {
+    match field {
+        "conv" => Some("0".into()),
+        "bn" => Some("1".into()),
+        _ => None,
+    }
+}
+
+/// PyTorch name of a burn parameter path (enum variant names already removed), with the
+/// architecture's module-path rewrite `rename`.
+pub fn torch_name(path: &[String], rename: Rename<'_>) -> String {
+    let mut parts: Vec<String> = path.to_vec();
+    rename(&mut parts);
     if let Some(last) = parts.last_mut() {
         *last = match last.as_str() {
             "gamma" => "weight".into(),
@@ -63,12 +74,13 @@ impl PathStack {
     }
 }
 
-struct Collector {
+struct Collector<'a> {
     path: PathStack,
     out: StateDict,
+    rename: Rename<'a>,
 }
 
-impl ModuleVisitor for Collector {
+impl ModuleVisitor for Collector<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.enter(name, container_type);
     }
@@ -96,15 +108,18 @@ impl ModuleVisitor for Collector {
         } else {
             NamedTensor::new(shape, data)
         };
-        self.out.insert(torch_name(&self.path.path()), nt);
+        self.out
+            .insert(torch_name(&self.path.path(), self.rename), nt);
     }
 }
 
-/// Reads every float parameter and buffer of `module` into a PyTorch-layout [`StateDict`].
-pub fn to_state<M: Module>(module: &M) -> StateDict {
+/// Reads every float parameter and buffer of `module` into a PyTorch-layout [`StateDict`],
+/// named with the architecture's `rename`.
+pub fn to_state<M: Module>(module: &M, rename: Rename<'_>) -> StateDict {
     let mut c = Collector {
         path: PathStack { stack: vec![] },
         out: StateDict::new(),
+        rename,
     };
     module.visit(&mut c);
     c.out
@@ -116,6 +131,7 @@ struct Loader<'a> {
     missing: Vec<String>,
     mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
     seen: std::collections::BTreeSet<String>,
+    rename: Rename<'a>,
 }
 
 impl ModuleMapper for Loader<'_> {
@@ -126,7 +142,7 @@ impl ModuleMapper for Loader<'_> {
         self.path.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = torch_name(&self.path.path());
+        let name = torch_name(&self.path.path(), self.rename);
         self.seen.insert(name.clone());
         let Some(src) = self.state.get(&name) else {
             self.missing.push(name);
@@ -187,9 +203,11 @@ impl LoadReport {
     }
 }
 
-/// Loads `state` into `module`, returning the module and what did not fit.
-pub fn load_state<M: Module>(module: M, state: &StateDict) -> (M, LoadReport) {
+/// Loads `state` into `module` (names by the architecture's `rename`), returning the module and
+/// what did not fit.
+pub fn load_state<M: Module>(module: M, state: &StateDict, rename: Rename<'_>) -> (M, LoadReport) {
     let mut l = Loader {
+        rename,
         path: PathStack { stack: vec![] },
         state,
         missing: vec![],

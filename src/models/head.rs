@@ -158,7 +158,7 @@ pub fn check_embeddings(dim: usize, rows: &[Vec<f32>]) -> Result<(), String> {
 /// each of `classes` (label ids).
 ///
 /// # Errors
-/// [`ModelError::Invalid`] naming the file when it is missing, malformed, has rows of the wrong
+/// [`ModelError::Embeddings`] naming the file when it is missing, malformed, has rows of the wrong
 /// length, or lacks a row for one of `classes`.
 pub fn text_head(path: &Path, classes: &[usize]) -> Result<HeadSpec, ModelError> {
     let f = path.display().to_string();
@@ -205,16 +205,14 @@ impl HeadChoice {
     /// Parses `linear`, `text` or `text:FILE`.
     ///
     /// # Errors
-    /// [`ModelError::Invalid`] for anything else.
+    /// [`ModelError::Head`] for anything else.
     pub fn parse(opt: &str) -> Result<Self, ModelError> {
         match opt {
             "linear" => Ok(HeadChoice::Linear),
             "text" => Ok(HeadChoice::Text(DEFAULT_EMBEDDINGS.into())),
             o => match o.strip_prefix("text:") {
                 Some(f) if !f.is_empty() => Ok(HeadChoice::Text(f.into())),
-                _ => Err(ModelError::Invalid(format!(
-                    "head `{o}`: expected linear, text or text:FILE"
-                ))),
+                _ => Err(ModelError::Head { given: o.into() }),
             },
         }
     }

@@ -86,7 +86,7 @@ impl NetConfig {
     /// Validates the configuration.
     ///
     /// # Errors
-    /// [`ModelError::Width`] for width 0 or above the maximum, [`ModelError::Invalid`] for no
+    /// [`ModelError::Width`] for width 0 or above the maximum, [`ModelError::NoOutputs`] for no
     /// output.
     pub fn validate(&self) -> Result<(), ModelError> {
         self.check("width")
@@ -118,9 +118,7 @@ impl NetConfig {
             )));
         }
         if self.out == 0 {
-            return Err(ModelError::Invalid(
-                "the model needs at least one output".into(),
-            ));
+            return Err(ModelError::NoOutputs);
         }
         Ok(())
     }
@@ -182,7 +180,9 @@ impl Net {
         device: &Device,
     ) -> Result<Self, ModelError> {
         cfg.validate()?;
-        let (net, rep) = bridge::load_state(Net::empty(cfg, device), state);
+        let def = cfg.arch.def();
+        let rename = |p: &mut [String]| def.torch_path(p);
+        let (net, rep) = bridge::load_state(Net::empty(cfg, device), state, &rename);
         if let Some((n, e, f)) = rep.mismatched.first() {
             return Err(ModelError::Weights(format!(
                 "tensor `{n}` has shape {f:?}, expected {e:?} for {} {} with {} outputs",
@@ -209,7 +209,8 @@ impl Net {
 
     /// Reads the weights back as a PyTorch-layout state dict.
     pub fn to_state(&self) -> StateDict {
-        bridge::to_state(self)
+        let def = self.arch().def();
+        bridge::to_state(self, &|p: &mut [String]| def.torch_path(p))
     }
 
     /// The image preprocessing of this network's architecture ([`NetConfig::preprocess`]).

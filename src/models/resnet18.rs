@@ -183,6 +183,11 @@ impl super::arch::Architecture for Def {
 
     /// BasicBlocks in layer4, two blocks in layer1 (not ResNet-34's three, not ResNet-50's
     /// Bottlenecks).
+    /// `downsample.conv` / `downsample.bn` here, `Sequential` `downsample.0` / `downsample.1` in PyTorch.
+    fn torch_path(&self, path: &mut [String]) {
+        super::bridge::rename_child(path, "downsample", super::bridge::conv_bn_index);
+    }
+
     fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool {
         has("fc.weight")
             && has("layer4.1.conv2.weight")

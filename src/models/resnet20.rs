@@ -171,6 +171,11 @@ impl super::arch::Architecture for Def {
         }
     }
 
+    /// `shortcut.conv` / `shortcut.bn` here, `Sequential` `shortcut.0` / `shortcut.1` in PyTorch.
+    fn torch_path(&self, path: &mut [String]) {
+        super::bridge::rename_child(path, "shortcut", super::bridge::conv_bn_index);
+    }
+
     fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool {
         has("linear.weight") && has("layer3.0.conv2.weight")
     }

@@ -190,6 +190,11 @@ impl super::arch::Architecture for Def {
         super::arch::ArchFacts::torchvision_resnet("resnet50")
     }
 
+    /// `downsample.conv` / `downsample.bn` here, `Sequential` `downsample.0` / `downsample.1` in PyTorch.
+    fn torch_path(&self, path: &mut [String]) {
+        super::bridge::rename_child(path, "downsample", super::bridge::conv_bn_index);
+    }
+
     fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool {
         has("fc.weight") && has("layer4.0.conv3.weight")
     }

@@ -106,6 +106,15 @@ impl super::arch::Architecture for Def {
         }
     }
 
+    /// Conv `k` is `features.k` here and `features.{VGG11_TORCH_INDEX[k]}` in PyTorch's
+    /// Sequential (its ReLUs and pools take the other indices).
+    fn torch_path(&self, path: &mut [String]) {
+        super::bridge::rename_child(path, "features", |k| {
+            let k = k.parse::<usize>().ok()?;
+            VGG11_TORCH_INDEX.get(k).map(usize::to_string)
+        });
+    }
+
     fn detect(&self, has: &dyn Fn(&str) -> bool) -> bool {
         has("features.0.weight") && has("classifier.weight")
     }

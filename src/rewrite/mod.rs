@@ -12,7 +12,7 @@
 pub mod bn_reset;
 
 use crate::checkpoint::{NamedTensor, StateDict};
-use crate::error::MergeError;
+use crate::error::{MergeError, MergeParam};
 use crate::matching::MergeUnmerge;
 use crate::spec::{MergeSpec, Side, Stop};
 
@@ -129,7 +129,8 @@ pub struct Zipped {
 /// Applies the matrices of the first `stop.spaces` spaces to `states` (N models).
 ///
 /// # Errors
-/// [`MergeError::Invalid`] when a tensor is missing or shapes differ between models;
+/// [`MergeError::Param`] for fewer than two models; [`MergeError::Tensor`] when a tensor is
+/// missing or shapes differ between models;
 /// [`MergeError::Uncovered`] naming a tensor of a model the spec does not cover.
 pub fn zip(
     spec: &MergeSpec,
@@ -139,12 +140,14 @@ pub fn zip(
 ) -> Result<Zipped, MergeError> {
     let n = states.len();
     if n < 2 {
-        return Err(MergeError::Invalid(
-            "merging needs at least two models".into(),
+        return Err(MergeError::param(
+            MergeParam::Models,
+            n,
+            "merging needs at least two models",
         ));
     }
     if transforms.len() < stop.spaces {
-        return Err(MergeError::Invalid(format!(
+        return Err(MergeError::Internal(format!(
             "{} spaces matched, the stop needs {}",
             transforms.len(),
             stop.spaces

@@ -128,14 +128,14 @@ pub fn train(
 ) -> Result<(StateDict, Vec<EpochLog>), ModelError> {
     opts.net.validate()?;
     if train.is_empty() {
-        return Err(ModelError::Invalid(
-            "no training images of the task's classes".into(),
-        ));
+        return Err(ModelError::Training {
+            msg: "no training images of the task's classes",
+        });
     }
     if opts.batch_size == 0 || opts.epochs == 0 {
-        return Err(ModelError::Invalid(
-            "the batch size and the epochs must be >= 1".into(),
-        ));
+        return Err(ModelError::Training {
+            msg: "the batch size and the epochs must be >= 1",
+        });
     }
     let ad = device.clone().autodiff();
     let mut state = init_state(&opts.net, opts.seed);

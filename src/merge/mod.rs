@@ -592,7 +592,7 @@ pub fn check_dual(method: &Method, lambda: f64) -> Result<(), MergeError> {
 fn need(stats: Option<&Statistics>, s: usize) -> Result<&SquareMatrix, MergeError> {
     stats
         .and_then(|st| st.covariances.get(s))
-        .ok_or_else(|| MergeError::NoProbeImages)
+        .ok_or(MergeError::NoProbeImages)
 }
 
 /// A merged model in memory.

@@ -11,7 +11,7 @@ pub mod run;
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
@@ -109,6 +109,39 @@ struct ResumeInfo {
     epochs_done: usize,
     options: TrainOptions,
     log: Vec<EpochLog>,
+    /// The ids of the network's float parameters in visiting order: the optimizer's momentum
+    /// buffers are keyed by them, so the resumed network takes them back (`None`: a state
+    /// written before they were saved, which cannot restore the momentum).
+    #[serde(default)]
+    param_ids: Option<Vec<u64>>,
+}
+
+/// The ids of `net`'s float parameters, in visiting order.
+fn param_ids(net: &Net) -> Vec<u64> {
+    struct Ids(Vec<u64>);
+    impl ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0.push(p.id.val());
+        }
+    }
+    let mut v = Ids(Vec::new());
+    net.visit(&mut v);
+    v.0
+}
+
+/// `net` with its float parameters' ids set to `ids` (visiting order; [`param_ids`]), so that an
+/// optimizer state saved with those ids applies to it.
+fn with_param_ids(net: Net, ids: &[u64]) -> Net {
+    struct SetIds<'a>(std::slice::Iter<'a, u64>);
+    impl ModuleMapper for SetIds<'_> {
+        fn map_float<const D: usize>(&mut self, mut p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if let Some(&id) = self.0.next() {
+                p.id = ParamId::from(id);
+            }
+            p
+        }
+    }
+    net.map(&mut SetIds(ids.iter()))
 }
 
 /// Trains a model; returns its final weights and the per-epoch log.
@@ -141,6 +174,7 @@ pub fn train(
     let mut state = init_state(&opts.net, opts.seed);
     let mut start_epoch = 0;
     let mut log = Vec::new();
+    let mut ids = None;
     let mut optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig {
             momentum: opts.momentum,
@@ -167,11 +201,29 @@ pub fn train(
             optim = optim
                 .load(dir.join("optimizer"))
                 .map_err(|e| state_err(dir, "optimizer", format!("{e:?}")))?;
+            let Some(saved) = info.param_ids else {
+                return Err(state_err(
+                    dir,
+                    "resume.json",
+                    "written by an older zipmerge without parameter ids, so the optimizer's momentum cannot be restored: train again without --resume",
+                ));
+            };
             start_epoch = info.epochs_done;
             log = info.log;
+            ids = Some((dir, saved));
         }
     }
     let mut net = Net::from_state(&opts.net, &state, &ad)?;
+    if let Some((dir, ids)) = ids {
+        if ids.len() != param_ids(&net).len() {
+            return Err(state_err(
+                dir,
+                "resume.json",
+                "parameter ids do not fit the network",
+            ));
+        }
+        net = with_param_ids(net, &ids);
+    }
     let remap: Vec<usize> = train
         .labels
         .iter()
@@ -263,6 +315,7 @@ fn save_resume(
         epochs_done: done,
         options: opts.clone(),
         log: log.to_vec(),
+        param_ids: Some(param_ids(net)),
     };
     crate::util::write_atomic(
         &dir.join("resume.json"),

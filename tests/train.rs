@@ -1,0 +1,120 @@
+//! Training (`src/train/`): the learning-rate schedule against the reference's points, one seed
+//! giving one set of weights, and `--resume` after an interrupted run giving the bits of an
+//! uninterrupted one (the optimizer's momentum included). The interrupted runs panic on purpose
+//! (`(expected)` in the output).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use zipmerge::checkpoint::safetensors_io;
+use zipmerge::models::head::HeadChoice;
+use zipmerge::models::Arch;
+use zipmerge::progress::{Observer, Silent};
+use zipmerge::train::lr_multiplier;
+use zipmerge::train::run::{run, TaskChoice, TrainPlan};
+
+/// Reference doc §6: a per-iteration multiplier, piecewise linear through (0 -> 0),
+/// (5 epochs -> 1), (E epochs -> 0); the points and their midpoints, for E = 100.
+#[test]
+fn the_schedule_is_linear_warm_up_then_linear_decay() {
+    for (t, want) in [
+        (0.0, 0.0),
+        (1.0, 0.2),
+        (2.5, 0.5),
+        (5.0, 1.0),
+        (52.5, 0.5),
+        (90.5, 0.1),
+        (100.0, 0.0),
+    ] {
+        let got = lr_multiplier(t, 5.0, 100.0);
+        assert!((got - want).abs() < 1e-12, "t {t}: {got}, expected {want}");
+    }
+    // no warm-up: full rate at the start
+    assert_eq!(lr_multiplier(0.0, 0.0, 10.0), 1.0);
+}
+
+/// Stops the run (a panic, as a kill would) when epoch `at` starts.
+struct StopAt(&'static str);
+
+impl Observer for StopAt {
+    fn begin(&mut self, label: &str, _total: u64) {
+        assert_ne!(label, self.0, "(expected) the test stops the run here");
+    }
+}
+
+fn plan(out: &Path, resume: bool) -> TrainPlan {
+    TrainPlan {
+        arch: Arch::Resnet20,
+        width: 1,
+        head: HeadChoice::Linear,
+        task: TaskChoice::Classes("0,1".into()),
+        data_root: "datasets/cifar10-sample".into(),
+        limit: Some(40),
+        epochs: 3,
+        warmup: 1.0,
+        batch_size: 16,
+        lr: 0.05,
+        weight_decay: 5e-4,
+        seed: 7,
+        out: out.to_path_buf(),
+        resume,
+        cache_gib: 1.0,
+        device: Device::flex(),
+        backend: "flex".into(),
+        command: String::new(),
+    }
+}
+
+fn weights(dir: &Path) -> zipmerge::checkpoint::StateDict {
+    safetensors_io::load(&dir.join("model.safetensors")).unwrap()
+}
+
+#[test]
+fn resume_after_an_interrupted_run_gives_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, cut): (PathBuf, PathBuf) = (tmp.path().join("full"), tmp.path().join("cut"));
+    run(&plan(&full, false), &mut Silent).unwrap();
+
+    // killed when epoch 3 starts: two epochs are saved in the training state
+    let stopped = catch_unwind(AssertUnwindSafe(|| {
+        run(&plan(&cut, false), &mut StopAt("epoch 3"))
+    }));
+    assert!(stopped.is_err(), "the run was not stopped");
+    assert!(!cut.exists(), "an interrupted run wrote its model folder");
+    let state = PathBuf::from(format!("{}.train-state", cut.display()));
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("resume.json")).unwrap()).unwrap();
+    assert_eq!(info["epochs_done"], 2);
+
+    // --resume trains epoch 3 only: the weights are the uninterrupted run's, bit for bit
+    let r = run(&plan(&cut, true), &mut StopAt("epoch 1")).unwrap();
+    assert_eq!(r.epochs_log.len(), 3, "the log of all three epochs is kept");
+    let (a, b) = (weights(&full), weights(&cut));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, t) in &a {
+        assert!(t.data == b[k].data, "tensor `{k}` differs after resuming");
+    }
+
+    // without --resume the state is discarded: training restarts from epoch 1
+    let restarted = catch_unwind(AssertUnwindSafe(|| {
+        run(&plan(&cut, false), &mut StopAt("epoch 1"))
+    }));
+    assert!(
+        restarted.is_err(),
+        "a run without --resume did not start at epoch 1"
+    );
+}
+
+/// The brief's rule: same seed, same backend, same bits.
+#[test]
+fn two_runs_with_one_seed_give_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    run(&plan(&a, false), &mut Silent).unwrap();
+    run(&plan(&b, false), &mut Silent).unwrap();
+    let (a, b) = (weights(&a), weights(&b));
+    for (k, t) in &a {
+        assert!(t.data == b[k].data, "tensor `{k}` differs between two runs");
+    }
+}

@@ -61,8 +61,11 @@ fn shipped_resnet20x1_pair_is_above_the_accuracy_floor() {
 }
 
 /// The shipped torchvision-layout ResNet-50 pair (base width 4, 3 epochs on the 5+5 split,
-/// ImageNet preprocessing at 224x224) on the embedded sample's 500 test images per task:
-/// measured 69.2% (A) and 61.0% (B); floors 5 points below.
+/// ImageNet preprocessing at 224x224) on the embedded sample's 500 test images per task, against
+/// the task accuracy PyTorch measures for the same exported weights and images with its own
+/// forward pass, PIL decoding and torchvision transforms
+/// (`tests/fixtures/pytorch_accuracy_resnet50.py`): 69.20% (A) and 61.00% (B). zipmerge must
+/// agree within 1 point (5 images) either way.
 #[test]
 fn shipped_resnet50_pair_is_above_the_accuracy_floor() {
     let test = ImageSet::load(
@@ -72,9 +75,9 @@ fn shipped_resnet50_pair_is_above_the_accuracy_floor() {
     )
     .expect("embedded sample");
     let device = Device::flex();
-    for (name, classes, floor) in [
-        ("resnet50w4-a", vec![0, 5, 6, 7, 9], 64.0),
-        ("resnet50w4-b", vec![1, 2, 3, 4, 8], 56.0),
+    for (name, classes, pytorch) in [
+        ("resnet50w4-a", vec![0, 5, 6, 7, 9], 69.2),
+        ("resnet50w4-b", vec![1, 2, 3, 4, 8], 61.0),
     ] {
         let sys = System::load(
             &Path::new("models/cifar10-5+5-resnet50").join(name),
@@ -94,8 +97,8 @@ fn shipped_resnet50_pair_is_above_the_accuracy_floor() {
             acc.tasks[0].accuracy, acc.images
         );
         assert!(
-            acc.tasks[0].accuracy >= floor,
-            "{name}: {:.2}% < {floor}%",
+            (acc.tasks[0].accuracy - pytorch).abs() <= 1.0,
+            "{name}: {:.2}%, PyTorch measures {pytorch}%",
             acc.tasks[0].accuracy
         );
     }

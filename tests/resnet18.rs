@@ -3,9 +3,11 @@
 //! from its tensor names, loads, and gives PyTorch's logits on burn and on the CPU engine; the
 //! FLOP count equals PyTorch's hook count; the merge spec has ResNet-18's 18 counted layers.
 
+mod common;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use zipmerge::checkpoint::{interop, safetensors_io, StateDict};
-use zipmerge::engine::{Act, CpuNet, EngineCtx};
+use zipmerge::engine::{CpuNet, EngineCtx};
 use zipmerge::models::{Arch, ForwardCtx, Net, NetConfig};
 use zipmerge::spec::MergeSpec;
 
@@ -38,29 +40,10 @@ fn pytorch_resnet18_is_detected_and_gives_pytorchs_logits() {
         .convert::<f32>()
         .try_to_vec::<f32>()
         .unwrap();
-    let err = |got: &[f32]| {
-        got.iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max)
-            / want.iter().map(|v| v.abs()).fold(0f32, f32::max)
-    };
+    let err = |got: &[f32]| common::err_of_largest(got, &want);
     assert!(err(&got) < 1e-4, "burn vs PyTorch: {}", err(&got));
     // the CPU engine's program of the same weights (NCHW -> NHWC input)
-    let mut nhwc = vec![0f32; x.len()];
-    for n in 0..2 {
-        for c in 0..3 {
-            for p in 0..64 * 64 {
-                nhwc[(n * 64 * 64 + p) * 3 + c] = x[(n * 3 + c) * 64 * 64 + p];
-            }
-        }
-    }
-    let act = Act {
-        batch: 2,
-        side: 64,
-        c: 3,
-        data: nhwc,
-    };
+    let act = common::engine_input(&x, 2, 64);
     let engine = CpuNet::compile(&net).unwrap();
     // per stage: one inner space per block (two blocks), then the stage stream
     assert_eq!(engine.taps_per_cut(), [3, 3, 3, 3, 0]);

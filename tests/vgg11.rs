@@ -5,9 +5,11 @@
 //! under the names zipmerge gives its VGG-11, so a wrong name, shape, layout or forward pass
 //! shows as different logits, on burn and on the CPU engine.
 
+mod common;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use zipmerge::checkpoint::{interop, safetensors_io, StateDict};
-use zipmerge::engine::{Act, CpuNet, EngineCtx};
+use zipmerge::engine::{CpuNet, EngineCtx};
 use zipmerge::models::{Arch, ForwardCtx, Net, NetConfig};
 use zipmerge::state::NamedTensor;
 
@@ -74,13 +76,7 @@ fn vgg11_gives_pytorchs_logits_on_burn_and_on_the_engine() {
     assert_eq!(interop::detect_arch(&state), Some(Arch::Vgg11));
     let net = Net::from_state(&cfg, &state, &device).unwrap();
     let want = &ex["logits"].data;
-    let err = |got: &[f32]| {
-        got.iter()
-            .zip(want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max)
-            / want.iter().map(|v| v.abs()).fold(0f32, f32::max)
-    };
+    let err = |got: &[f32]| common::err_of_largest(got, want);
     let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [2, 3, 32, 32]), &device);
     let got: Vec<f32> = net
         .forward(xt, &mut ForwardCtx::default())
@@ -94,20 +90,7 @@ fn vgg11_gives_pytorchs_logits_on_burn_and_on_the_engine() {
     );
     assert!(err(&got) < 1e-4, "burn vs PyTorch: {}", err(&got));
     // the CPU engine's program of the same weights (NCHW -> NHWC input)
-    let mut nhwc = vec![0f32; x.len()];
-    for n in 0..2 {
-        for c in 0..3 {
-            for p in 0..32 * 32 {
-                nhwc[(n * 32 * 32 + p) * 3 + c] = x[(n * 3 + c) * 32 * 32 + p];
-            }
-        }
-    }
-    let act = Act {
-        batch: 2,
-        side: 32,
-        c: 3,
-        data: nhwc,
-    };
+    let act = common::engine_input(&x, 2, 32);
     let engine = CpuNet::compile(&net).unwrap();
     let out = engine.forward(act, &mut EngineCtx::default());
     println!("engine vs PyTorch: max error {:.2e}", err(&out.data));

@@ -53,6 +53,18 @@ pub fn torch_name(path: &[String], rename: Rename<'_>) -> String {
     parts.join(".")
 }
 
+/// The transpose of the row-major `[r, c]` matrix `m`, as row-major `[c, r]` (a linear layer's
+/// weight between burn's `[in, out]` and PyTorch's `[out, in]`).
+fn transpose(m: &[f32], r: usize, c: usize) -> Vec<f32> {
+    let mut t = vec![0.0; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            t[j * r + i] = m[i * c + j];
+        }
+    }
+    t
+}
+
 struct PathStack {
     stack: Vec<(String, bool)>,
 }
@@ -98,13 +110,7 @@ impl ModuleVisitor for Collector<'_> {
         let nt = if D == 2 {
             // burn Linear [in, out] -> PyTorch [out, in]
             let (r, c) = (shape[0], shape[1]);
-            let mut tr = vec![0.0; r * c];
-            for i in 0..r {
-                for j in 0..c {
-                    tr[j * r + i] = data[i * c + j];
-                }
-            }
-            NamedTensor::new(vec![c, r], tr)
+            NamedTensor::new(vec![c, r], transpose(&data, r, c))
         } else {
             NamedTensor::new(shape, data)
         };
@@ -161,14 +167,7 @@ impl ModuleMapper for Loader<'_> {
         }
         let device = cur.device();
         let data = if D == 2 {
-            let (r, c) = (src.shape[0], src.shape[1]); // [out, in]
-            let mut tr = vec![0.0; r * c];
-            for i in 0..r {
-                for j in 0..c {
-                    tr[j * r + i] = src.data[i * c + j];
-                }
-            }
-            tr
+            transpose(&src.data, src.shape[0], src.shape[1]) // PyTorch [out, in] -> burn [in, out]
         } else {
             src.data.clone()
         };

@@ -48,3 +48,35 @@ pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
     }
     cmd.output().expect("run zipmerge")
 }
+
+/// The CPU engine's input of a PyTorch-layout image batch `x` (`[batch, 3, side, side]`,
+/// NCHW): the same values in NHWC.
+#[allow(dead_code)] // used by the PyTorch-fixture test crates only
+pub fn engine_input(x: &[f32], batch: usize, side: usize) -> zipmerge::engine::Act {
+    let px = side * side;
+    let mut nhwc = vec![0f32; x.len()];
+    for n in 0..batch {
+        for c in 0..3 {
+            for p in 0..px {
+                nhwc[(n * px + p) * 3 + c] = x[(n * 3 + c) * px + p];
+            }
+        }
+    }
+    zipmerge::engine::Act {
+        batch,
+        side,
+        c: 3,
+        data: nhwc,
+    }
+}
+
+/// The largest absolute difference between `got` and `want`, relative to the largest `|want|`.
+#[allow(dead_code)] // used by the PyTorch-fixture test crates only
+pub fn err_of_largest(got: &[f32], want: &[f32]) -> f32 {
+    let d = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    d / want.iter().map(|v| v.abs()).fold(0f32, f32::max)
+}

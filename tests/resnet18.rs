@@ -5,10 +5,9 @@
 
 mod common;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use zipmerge::checkpoint::{interop, safetensors_io, StateDict};
-use zipmerge::engine::{CpuNet, EngineCtx};
-use zipmerge::models::{Arch, ForwardCtx, Net, NetConfig};
+use zipmerge::models::{Arch, Net, NetConfig};
 use zipmerge::spec::MergeSpec;
 
 const FIX: &str = "tests/fixtures";
@@ -31,28 +30,10 @@ fn pytorch_resnet18_is_detected_and_gives_pytorchs_logits() {
     let device = Device::flex();
     let net = Net::from_state(&cfg, &state, &device).unwrap();
     let ex = expected();
-    let want = ex["logits"].data.clone();
     let x = ex["input"].data.clone();
-    let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [2, 3, 64, 64]), &device);
-    let got: Vec<f32> = net
-        .forward(xt, &mut ForwardCtx::default())
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap();
-    let err = |got: &[f32]| common::err_of_largest(got, &want);
-    assert!(err(&got) < 1e-4, "burn vs PyTorch: {}", err(&got));
-    // the CPU engine's program of the same weights (NCHW -> NHWC input)
-    let act = common::engine_input(&x, 2, 64);
-    let engine = CpuNet::compile(&net).unwrap();
+    let engine = common::check_pytorch_logits(&net, &x, (2, 64), &ex["logits"].data, 1e-4);
     // per stage: one inner space per block (two blocks), then the stage stream
     assert_eq!(engine.taps_per_cut(), [3, 3, 3, 3, 0]);
-    let out = engine.forward(act, &mut EngineCtx::default());
-    assert!(
-        err(&out.data) < 1e-4,
-        "engine vs PyTorch: {}",
-        err(&out.data)
-    );
 }
 
 #[test]

@@ -7,10 +7,9 @@
 
 mod common;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use zipmerge::checkpoint::{interop, safetensors_io, StateDict};
-use zipmerge::engine::{CpuNet, EngineCtx};
-use zipmerge::models::{Arch, ForwardCtx, Net, NetConfig};
+use zipmerge::models::{Arch, Net, NetConfig};
 use zipmerge::state::NamedTensor;
 
 /// `hashed` of the fixture script: FNV-1a-32 of the name seeds a 32-bit integer hash of the flat
@@ -75,28 +74,5 @@ fn vgg11_gives_pytorchs_logits_on_burn_and_on_the_engine() {
     }
     assert_eq!(interop::detect_arch(&state), Some(Arch::Vgg11));
     let net = Net::from_state(&cfg, &state, &device).unwrap();
-    let want = &ex["logits"].data;
-    let err = |got: &[f32]| common::err_of_largest(got, want);
-    let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [2, 3, 32, 32]), &device);
-    let got: Vec<f32> = net
-        .forward(xt, &mut ForwardCtx::default())
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap();
-    println!(
-        "burn vs PyTorch: max error {:.2e} of the largest logit",
-        err(&got)
-    );
-    assert!(err(&got) < 1e-4, "burn vs PyTorch: {}", err(&got));
-    // the CPU engine's program of the same weights (NCHW -> NHWC input)
-    let act = common::engine_input(&x, 2, 32);
-    let engine = CpuNet::compile(&net).unwrap();
-    let out = engine.forward(act, &mut EngineCtx::default());
-    println!("engine vs PyTorch: max error {:.2e}", err(&out.data));
-    assert!(
-        err(&out.data) < 1e-4,
-        "engine vs PyTorch: {}",
-        err(&out.data)
-    );
+    common::check_pytorch_logits(&net, &x, (2, 32), &ex["logits"].data, 1e-4);
 }

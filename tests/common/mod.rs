@@ -49,10 +49,32 @@ pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
     cmd.output().expect("run zipmerge")
 }
 
-/// The CPU engine's input of a PyTorch-layout image batch `x` (`[batch, 3, side, side]`,
-/// NCHW): the same values in NHWC.
+/// Checks `net`'s logits for the PyTorch-layout batch `x` (`[batch, 3, side, side]`, NCHW)
+/// against PyTorch's `want`, through burn and through the CPU engine (NHWC input): the largest
+/// difference must be below `tol` times the largest `|want|`. Returns the compiled engine.
 #[allow(dead_code)] // used by the PyTorch-fixture test crates only
-pub fn engine_input(x: &[f32], batch: usize, side: usize) -> zipmerge::engine::Act {
+pub fn check_pytorch_logits(
+    net: &zipmerge::models::Net,
+    x: &[f32],
+    (batch, side): (usize, usize),
+    want: &[f32],
+    tol: f32,
+) -> zipmerge::engine::CpuNet {
+    use burn::tensor::{Device, Tensor, TensorData};
+    let device = Device::flex();
+    let xt = Tensor::<4>::from_data(TensorData::new(x.to_vec(), [batch, 3, side, side]), &device);
+    let got: Vec<f32> = net
+        .forward(xt, &mut zipmerge::models::ForwardCtx::default())
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let err = |got: &[f32]| {
+        let d = got.iter().zip(want).map(|(a, b)| (a - b).abs());
+        d.fold(0f32, f32::max) / want.iter().map(|v| v.abs()).fold(0f32, f32::max)
+    };
+    println!("burn vs PyTorch: {:.2e} of the largest logit", err(&got));
+    assert!(err(&got) < tol, "burn vs PyTorch: {}", err(&got));
     let px = side * side;
     let mut nhwc = vec![0f32; x.len()];
     for n in 0..batch {
@@ -62,21 +84,22 @@ pub fn engine_input(x: &[f32], batch: usize, side: usize) -> zipmerge::engine::A
             }
         }
     }
-    zipmerge::engine::Act {
+    let act = zipmerge::engine::Act {
         batch,
         side,
         c: 3,
         data: nhwc,
-    }
-}
-
-/// The largest absolute difference between `got` and `want`, relative to the largest `|want|`.
-#[allow(dead_code)] // used by the PyTorch-fixture test crates only
-pub fn err_of_largest(got: &[f32], want: &[f32]) -> f32 {
-    let d = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    d / want.iter().map(|v| v.abs()).fold(0f32, f32::max)
+    };
+    let engine = zipmerge::engine::CpuNet::compile(net).unwrap();
+    let out = engine.forward(act, &mut zipmerge::engine::EngineCtx::default());
+    println!(
+        "engine vs PyTorch: {:.2e} of the largest logit",
+        err(&out.data)
+    );
+    assert!(
+        err(&out.data) < tol,
+        "engine vs PyTorch: {}",
+        err(&out.data)
+    );
+    engine
 }

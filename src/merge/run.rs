@@ -331,7 +331,7 @@ impl MergePlan {
                 tasks: None,
             }),
             cache_gib: crate::data::DEFAULT_CACHE_GIB,
-            device: Default::default(),
+            device: Device::flex(),
             backend: "flex".into(),
             command: String::new(),
         }
@@ -646,4 +646,19 @@ pub fn warn_dead_units(
         });
     }
     dead
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `burn`'s `Device::default()` prefers wgpu when it is compiled in; the plan of
+    /// [`MergePlan::new`] says it runs on the CPU (flex) and must.
+    #[test]
+    fn a_new_plan_runs_on_flex() {
+        let p = MergePlan::new(&[], Method::Permute, Path::new("data"));
+        assert!(p.device == Device::flex());
+        assert_eq!(p.backend, "flex");
+        assert!(crate::engine::applies(&p.device));
+    }
 }

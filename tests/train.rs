@@ -87,6 +87,21 @@ fn resume_after_an_interrupted_run_gives_the_same_weights() {
         serde_json::from_str(&std::fs::read_to_string(state.join("resume.json")).unwrap()).unwrap();
     assert_eq!(info["epochs_done"], 2);
 
+    // a state whose parameter ids are missing (written before they were saved) or do not fit
+    // the network is refused, naming its resume.json, instead of resuming without momentum
+    let json = state.join("resume.json");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for ids in [serde_json::Value::Null, serde_json::json!([1, 2, 3])] {
+        let mut edited = saved.clone();
+        edited["param_ids"] = ids;
+        std::fs::write(&json, edited.to_string()).unwrap();
+        let e = run(&plan(&cut, true), &mut Silent).unwrap_err().to_string();
+        assert!(e.contains("resume.json"), "{e}");
+        assert!(e.contains("parameter ids"), "{e}");
+    }
+    std::fs::write(&json, saved.to_string()).unwrap();
+
     // --resume trains epoch 3 only: the weights are the uninterrupted run's, bit for bit
     let r = run(&plan(&cut, true), &mut StopAt("epoch 1")).unwrap();
     assert_eq!(r.epochs_log.len(), 3, "the log of all three epochs is kept");

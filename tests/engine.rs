@@ -15,18 +15,6 @@ use zipmerge::system::System;
 mod common;
 use common::random_state;
 
-/// `max |a - b| / max |b|`.
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let d = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs() as f64)
-        .fold(0.0, f64::max);
-    let m = b.iter().map(|v| v.abs() as f64).fold(0.0, f64::max);
-    d / m.max(1e-12)
-}
-
 fn vec4(t: Tensor<4>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
@@ -129,12 +117,12 @@ fn logits_and_taps_equal_burn_flex_on_every_architecture() {
             ..Default::default()
         };
         let got = cpu.forward(Act::from_images(&refs, prep), &mut ectx);
-        let e = rel(&got.data, &want);
+        let e = common::max_rel(&got.data, &want);
         assert!(e < 1e-5, "{:?}: logits relative error {e}", cfg);
         let (bt, et) = (bctx.taps.unwrap(), ectx.taps.unwrap());
         assert_eq!(bt.len(), et.len(), "{:?}: tap count", cfg);
         for (s, (b, e)) in bt.into_iter().zip(&et).enumerate() {
-            let err = rel(&vec4(e.to_nchw(&d)), &vec4(b));
+            let err = common::max_rel(&vec4(e.to_nchw(&d)), &vec4(b));
             assert!(err < 1e-5, "{:?}: space {s} relative error {err}", cfg);
         }
     }
@@ -161,7 +149,11 @@ fn bn_reset_statistics_equal_burn_flex() {
         let cpu = CpuNet::compile(&net).unwrap();
         let got = cpu.forward(Act::from_images(&refs, cfg.preprocess()), &mut ectx);
         // train-mode outputs agree too
-        assert!(rel(&got.data, &want) < 1e-5, "{:?}: train-mode logits", cfg);
+        assert!(
+            common::max_rel(&got.data, &want) < 1e-5,
+            "{:?}: train-mode logits",
+            cfg
+        );
         let mut b = bctx.bn_records;
         let mut e = ectx.bn_records;
         b.sort_by(|x, y| x.0.cmp(&y.0));
@@ -184,7 +176,7 @@ fn bn_reset_statistics_equal_burn_flex() {
                     .map(|(a, b)| (a - b).abs() as f64)
                     .fold(0.0, f64::max);
             assert!(dm / spread.max(1e-12) < tol, "{}: mean error {dm}", x.0);
-            let ev = rel(&y.2, &x.2);
+            let ev = common::max_rel(&y.2, &x.2);
             assert!(ev < tol, "{}: variance relative error {ev}", x.0);
         }
     }
@@ -314,6 +306,6 @@ fn multi_head_systems_equal_burn_flex() {
     assert_eq!(got.len(), 2);
     for (g, w) in got.iter().zip(want) {
         let w = w.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-        assert!(rel(&g.data, &w) < 1e-5);
+        assert!(common::max_rel(&g.data, &w) < 1e-5);
     }
 }

@@ -2,20 +2,17 @@
 //! imported models reproduce PyTorch's logits, export -> import is bit-identical, and bad files
 //! give one clear error each.
 
+mod common;
+use common::run;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use zipmerge::checkpoint::{interop, safetensors_io, NamedTensor, StateDict};
 use zipmerge::models::{Arch, ForwardCtx, Net, NetConfig};
 
-const BIN: &str = env!("CARGO_BIN_EXE_zipmerge");
 const FIX: &str = "tests/fixtures";
 const TEN: &str = "0,1,2,3,4,5,6,7,8,9";
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run zipmerge")
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("zipmerge-interop-{}", std::process::id()));
@@ -52,20 +49,13 @@ fn logits(arch: Arch, width: usize, state: &StateDict, input: &NamedTensor) -> V
         .unwrap()
 }
 
-/// max |a - b| / max |b|.
-fn rel(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let m = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |e, (x, y)| e.max((x - y).abs())) / m
-}
-
 #[test]
 fn imported_models_reproduce_pytorch_logits() {
     let exp = expected();
     // reads `file`, runs it as `arch`/`width` on `input`, compares with `want` (max rel err)
-    let check = |file: &str, arch, width, input: &str, want: &str, tol: f32| {
+    let check = |file: &str, arch, width, input: &str, want: &str, tol: f64| {
         let (s, notes) = interop::read_checkpoint(&Path::new(FIX).join(file)).unwrap();
-        let e = rel(&logits(arch, width, &s, &exp[input]), &exp[want].data);
+        let e = common::max_rel(&logits(arch, width, &s, &exp[input]), &exp[want].data);
         println!("{file} vs {want}: logits rel err {e:.2e}");
         assert!(e <= tol, "{file}: {e}");
         notes

@@ -106,17 +106,6 @@ fn net_out(cfg: &NetConfig, s: &StateDict, x: &Tensor<4>) -> Vec<f32> {
         .unwrap()
 }
 
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
-    num / den.max(1e-30)
-}
-
 /// Sets each VGG conv's bias so that its pre-activation has mean `0.5 * std` per channel on the
 /// probe images (layer by layer): every unit is active on most inputs, none is dead.
 fn vgg_positive_biases(cfg: &NetConfig, s: &mut StateDict, batches: &[Vec<Vec<u8>>]) {
@@ -320,7 +309,7 @@ fn corrections_keep_an_exact_merge() {
             for c in &cs {
                 let got = corrected_output(&case, &Method::Permute, stop, two(), c);
                 for (h, (g, p)) in got.iter().zip(&plain).enumerate() {
-                    let e = rel_err(g, p);
+                    let e = common::l2_rel(g, p);
                     assert!(e < tol, "{arch} {stop} {c:?} head {h}: relative change {e}");
                 }
             }
@@ -331,7 +320,10 @@ fn corrections_keep_an_exact_merge() {
     let two = || vec![case.a.clone(), case.b.clone()];
     let unaligned = merged_output(&case, &Method::WeightAvg, 0.0, "full", two());
     let refit = corrected_output(&case, &Method::WeightAvg, "full", two(), &c(false, default));
-    let (e0, e1) = (rel_err(&unaligned[0], &want), rel_err(&refit[0], &want));
+    let (e0, e1) = (
+        common::l2_rel(&unaligned[0], &want),
+        common::l2_rel(&refit[0], &want),
+    );
     assert!(
         e1 < e0 / 2.0,
         "refit of W.Avg: relative error {e1}, before {e0}"
@@ -341,7 +333,7 @@ fn corrections_keep_an_exact_merge() {
     let three = vec![case.a.clone(), case.b.clone(), c3];
     let plain = merged_output(&case, &Method::Permute, 0.0, "full", three.clone());
     let got = corrected_output(&case, &Method::Permute, "full", three, &c(true, default));
-    let e = rel_err(&got[0], &plain[0]);
+    let e = common::l2_rel(&got[0], &plain[0]);
     assert!(e < 1e-6, "3 models, REPAIR + refit: relative change {e}");
 }
 
@@ -378,7 +370,7 @@ fn dual_space_similarity() {
             .unwrap()
             .forward_heads(case.x.clone(), &mut ForwardCtx::default()),
     );
-    let e = rel_err(&got[0], &net_out(&case.cfg, &case.a, &case.x));
+    let e = common::l2_rel(&got[0], &net_out(&case.cfg, &case.a, &case.x));
     assert!(
         e < 2e-6,
         "weight-only Permute of a permuted copy: relative error {e}"
@@ -406,7 +398,7 @@ fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
         let want = net_out(&case.cfg, &case.a, &case.x);
         // sanity: B computes the same function as A (the permutation is consistent)
         assert!(
-            rel_err(&net_out(&case.cfg, &case.b, &case.x), &want) < 1e-5,
+            common::l2_rel(&net_out(&case.cfg, &case.b, &case.x), &want) < 1e-5,
             "{arch}: permuted copy differs"
         );
         // and averaging A with B unaligned does not (so recovering A is not by chance)
@@ -418,7 +410,7 @@ fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
             vec![case.a.clone(), case.b.clone()],
         );
         assert!(
-            rel_err(&unaligned[0], &want) > 1e-2,
+            common::l2_rel(&unaligned[0], &want) > 1e-2,
             "{arch}: W.Avg of the permuted copy already equals A"
         );
         for method in [
@@ -435,7 +427,7 @@ fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
                 "full",
                 vec![case.a.clone(), case.b.clone()],
             );
-            let e = rel_err(&got[0], &want);
+            let e = common::l2_rel(&got[0], &want);
             assert!(e < 1e-4, "{arch} {method:?} eps 1e-5: relative error {e}");
             let got0 = merged_output(
                 &case,
@@ -444,7 +436,7 @@ fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
                 "full",
                 vec![case.a.clone(), case.b.clone()],
             );
-            let e0 = rel_err(&got0[0], &want);
+            let e0 = common::l2_rel(&got0[0], &want);
             assert!(e0 < 2e-6, "{arch} {method:?} eps 0: relative error {e0}");
         }
         // Git Re-Basin's weight matching starts from the identity: recovering A means it found
@@ -456,7 +448,7 @@ fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
             "full",
             vec![case.a.clone(), case.b.clone()],
         );
-        let e = rel_err(&got[0], &want);
+        let e = common::l2_rel(&got[0], &want);
         assert!(e < 2e-6, "{arch} Git Re-Basin: relative error {e}");
         // CCA Merge: the ridge is the same for A and its permuted copy, so the map it finds is
         // the inverse permutation (dense in form, a permutation up to round-off)
@@ -467,7 +459,7 @@ fn t5_permuted_copy_is_recovered_resnet20_and_vgg11() {
             "full",
             vec![case.a.clone(), case.b.clone()],
         );
-        let e = rel_err(&got[0], &want);
+        let e = common::l2_rel(&got[0], &want);
         assert!(e < 1e-4, "{arch} CCA Merge: relative error {e}");
     }
 }
@@ -485,7 +477,7 @@ fn t5_permuted_copy_is_recovered_torchvision_resnets() {
 fn t5_torchvision(arch: Arch, width: usize) {
     let case = permuted_case(arch, width);
     let want = net_out(&case.cfg, &case.a, &case.x);
-    assert!(rel_err(&net_out(&case.cfg, &case.b, &case.x), &want) < 1e-5);
+    assert!(common::l2_rel(&net_out(&case.cfg, &case.b, &case.x), &want) < 1e-5);
     for method in [
         Method::Permute,
         Method::Zipit {
@@ -502,7 +494,7 @@ fn t5_torchvision(arch: Arch, width: usize) {
                 vec![case.a.clone(), case.b.clone()],
             );
             for (h, g) in got.iter().enumerate() {
-                let e = rel_err(g, &want);
+                let e = common::l2_rel(g, &want);
                 println!("{arch} {method:?} stop {stop} head {h}: rel err {e:.2e}");
                 assert!(e < 1e-5, "{arch} {method:?} {stop} head {h}: {e}");
             }
@@ -531,7 +523,7 @@ fn t6_t7_self_merge_and_return_a() {
             "full",
             vec![case.a.clone(), case.a.clone()],
         );
-        let e = rel_err(&got[0], &want);
+        let e = common::l2_rel(&got[0], &want);
         assert!(e < 2e-6, "{method:?}: self-merge relative error {e}");
     }
     // return-a (U = [I; 0]) keeps A's features; with separate linear heads (19/20) head A is
@@ -544,7 +536,7 @@ fn t6_t7_self_merge_and_return_a() {
         "19/20",
         vec![case.a.clone(), other],
     );
-    assert!(rel_err(&got[0], &want) < 2e-6);
+    assert!(common::l2_rel(&got[0], &want) < 2e-6);
 }
 
 /// T7: weight averaging equals the element-wise average of the weights (times 2/(2+eps)).
@@ -595,7 +587,7 @@ fn t10_partial_zip_of_identical_models_has_equal_heads() {
         );
         assert_eq!(got.len(), 2, "{stop}: two heads");
         for (h, g) in got.iter().enumerate() {
-            let e = rel_err(g, &want);
+            let e = common::l2_rel(g, &want);
             assert!(e < 2e-6, "{stop} head {h}: relative error {e}");
         }
     }
@@ -736,7 +728,7 @@ fn three_models_merge_losslessly() {
     let spec = MergeSpec::of(&case.cfg);
     let c = permute_state(&spec, &case.a, &random_perms(&spec, 77));
     let want = net_out(&case.cfg, &case.a, &case.x);
-    assert!(rel_err(&net_out(&case.cfg, &c, &case.x), &want) < 1e-5);
+    assert!(common::l2_rel(&net_out(&case.cfg, &c, &case.x), &want) < 1e-5);
     let three = || vec![case.a.clone(), case.b.clone(), c.clone()];
     for method in [
         Method::Permute,
@@ -747,7 +739,7 @@ fn three_models_merge_losslessly() {
     ] {
         let got = merged_output(&case, &method, 0.0, "full", three());
         assert_eq!(got.len(), 1, "{method:?}: a full zip has one head");
-        let e = rel_err(&got[0], &want);
+        let e = common::l2_rel(&got[0], &want);
         assert!(e < 2e-6, "{method:?}, 3 models: relative error {e}");
         let part = merged_output(&case, &method, 0.0, "7/20", three());
         assert_eq!(
@@ -756,7 +748,7 @@ fn three_models_merge_losslessly() {
             "{method:?}: a partial zip has one head per model"
         );
         for (k, h) in part.iter().enumerate() {
-            let e = rel_err(h, &want);
+            let e = common::l2_rel(h, &want);
             assert!(e < 2e-6, "{method:?} 7/20, head {k}: relative error {e}");
         }
     }

@@ -5,6 +5,8 @@
 //! if it cannot. Checks: forward logits of ResNet-20 and VGG-11 within 1e-3 relative, the covariance of a
 //! statistics pass on the embedded sample within 1e-4 relative, identical ZipIt! clusters.
 
+mod common;
+
 use burn::tensor::Device;
 
 use zipmerge::backend::{self, Backend};
@@ -21,17 +23,6 @@ fn wgpu_device() -> Device {
         "wgpu finds no adapter (install Mesa's lavapipe: mesa-vulkan-drivers, libvulkan1)"
     );
     backend::device(Backend::Wgpu, Some("cpu")).expect("wgpu cpu device")
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let n: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let d: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
-    n / d.max(1e-30)
 }
 
 fn sample() -> ImageSet {
@@ -71,7 +62,7 @@ fn wgpu_forward_statistics_and_clusters_match_flex() {
             .unwrap()
         };
         let (a, b) = (out(&wg), out(&flex));
-        let e = rel(&a, &b);
+        let e = common::l2_rel(&a, &b);
         println!("{arch}: wgpu vs flex logits relative error {e:.2e}");
         assert!(e < 1e-3, "{arch}: logits differ by {e}");
     }
@@ -105,7 +96,7 @@ fn wgpu_forward_statistics_and_clusters_match_flex() {
     for (s, (w, f)) in cw.iter().zip(&cf).enumerate() {
         let wv: Vec<f32> = w.data.iter().map(|v| *v as f32).collect();
         let fv: Vec<f32> = f.data.iter().map(|v| *v as f32).collect();
-        let e = rel(&wv, &fv);
+        let e = common::l2_rel(&wv, &fv);
         assert!(e < 1e-4, "space {s}: covariance differs by {e}");
         let z = ZipIt {
             alpha: 0.3,

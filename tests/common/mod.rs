@@ -58,7 +58,7 @@ pub fn check_pytorch_logits(
     x: &[f32],
     (batch, side): (usize, usize),
     want: &[f32],
-    tol: f32,
+    tol: f64,
 ) -> zipmerge::engine::CpuNet {
     use burn::tensor::{Device, Tensor, TensorData};
     let device = Device::flex();
@@ -69,10 +69,7 @@ pub fn check_pytorch_logits(
         .convert::<f32>()
         .try_to_vec::<f32>()
         .unwrap();
-    let err = |got: &[f32]| {
-        let d = got.iter().zip(want).map(|(a, b)| (a - b).abs());
-        d.fold(0f32, f32::max) / want.iter().map(|v| v.abs()).fold(0f32, f32::max)
-    };
+    let err = |got: &[f32]| max_rel(got, want);
     println!("burn vs PyTorch: {:.2e} of the largest logit", err(&got));
     assert!(err(&got) < tol, "burn vs PyTorch: {}", err(&got));
     let px = side * side;
@@ -102,4 +99,26 @@ pub fn check_pytorch_logits(
         err(&out.data)
     );
     engine
+}
+
+/// The largest absolute difference between `got` and `want`, relative to the largest `|want|`.
+#[allow(dead_code)] // not every test crate uses every helper
+pub fn max_rel(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let d = got.iter().zip(want).map(|(x, y)| (x - y).abs() as f64);
+    let m = want.iter().map(|v| v.abs() as f64).fold(0.0, f64::max);
+    d.fold(0.0, f64::max) / m.max(1e-12)
+}
+
+/// The L2 norm of `got - want`, relative to the L2 norm of `want`.
+#[allow(dead_code)] // not every test crate uses every helper
+pub fn l2_rel(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let n: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum();
+    let d: f64 = want.iter().map(|y| (*y as f64).powi(2)).sum();
+    n.sqrt() / d.sqrt().max(1e-30)
 }

@@ -460,3 +460,31 @@ impl From<std::io::Error> for CheckpointError {
         CheckpointError::Os(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_out_refuses_a_file_an_input_and_a_folder_under_a_file() {
+        let t = tempfile::tempdir().unwrap();
+        let (model, file) = (t.path().join("model"), t.path().join("file"));
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("manifest.json"), "{}").unwrap();
+        std::fs::write(&file, "x").unwrap();
+        let inputs = [model.join("manifest.json")];
+        assert_eq!(
+            check_out(&model, &inputs),
+            Err(OutRefusal::IsInput(inputs[0].clone()))
+        );
+        assert_eq!(check_out(&file, &[]), Err(OutRefusal::NotAFolder));
+        assert_eq!(
+            check_out(&file.join("a/b"), &[]),
+            Err(OutRefusal::NotCreatable(file.clone()))
+        );
+        // a new folder, an existing folder that is not an input, and a relative new path pass
+        assert_eq!(check_out(&t.path().join("new/deeper"), &inputs), Ok(()));
+        assert_eq!(check_out(&model, &[]), Ok(()));
+        assert_eq!(check_out(Path::new("no-such-folder-here"), &inputs), Ok(()));
+    }
+}

@@ -3,16 +3,34 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, PaddingConfig2d};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
-/// A 3x3 conv with padding 1 (the only conv shape ResNet-20 and VGG-11 use).
-/// Weights start at zero: real initial values come from [`crate::models::init`].
+/// A conv with square kernel `k`, stride `s`, padding `p` on every side and no bias. Weights
+/// start at zero: real initial values come from [`crate::models::init`].
+pub fn conv(cin: usize, cout: usize, k: usize, s: usize, p: usize, device: &Device) -> Conv2d {
+    conv_config(cin, cout, k, s, p)
+        .with_bias(false)
+        .init(device)
+}
+
+/// A 3x3 conv with padding 1 (the only conv shape ResNet-20 and VGG-11 use), zero weights.
 pub fn conv3x3(cin: usize, cout: usize, stride: usize, bias: bool, device: &Device) -> Conv2d {
-    Conv2dConfig::new([cin, cout], [3, 3])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+    conv_config(cin, cout, 3, stride, 1)
         .with_bias(bias)
+        .init(device)
+}
+
+fn conv_config(cin: usize, cout: usize, k: usize, s: usize, p: usize) -> Conv2dConfig {
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([s, s])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .with_initializer(Initializer::Zeros)
+}
+
+/// A linear layer `cin -> out` with bias and zero weights (the classifier of every model file).
+pub fn linear(cin: usize, out: usize, device: &Device) -> Linear {
+    LinearConfig::new(cin, out)
         .with_initializer(Initializer::Zeros)
         .init(device)
 }

@@ -12,12 +12,12 @@
 //! downsample, so the stem writes stage 1's residual stream; every block has one inner space.
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Linear};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::layers::{bn, conv3x3, pool_linear, stem_max_pool, ConvBn, ForwardCtx};
+use super::layers::{bn, conv, conv3x3, linear, pool_linear, stem_max_pool, ConvBn, ForwardCtx};
 
 /// Blocks per stage of ResNet-18.
 pub const RESNET18_BLOCKS: [usize; 4] = [2, 2, 2, 2];
@@ -59,11 +59,7 @@ pub struct ResNet18 {
 impl BasicBlock {
     fn new(cin: usize, width: usize, stride: usize, device: &Device) -> Self {
         let downsample = (stride != 1 || cin != width).then(|| ConvBn {
-            conv: Conv2dConfig::new([cin, width], [1, 1])
-                .with_stride([stride, stride])
-                .with_bias(false)
-                .with_initializer(Initializer::Zeros)
-                .init(device),
+            conv: conv(cin, width, 1, stride, 0, device),
             bn: bn(width, device),
         });
         Self {
@@ -117,20 +113,13 @@ impl ResNet18 {
             stages.next().unwrap_or_default(),
         );
         Self {
-            conv1: Conv2dConfig::new([3, b], [7, 7])
-                .with_stride([2, 2])
-                .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
-                .with_bias(false)
-                .with_initializer(Initializer::Zeros)
-                .init(device),
+            conv1: conv(3, b, 7, 2, 3, device),
             bn1: bn(b, device),
             layer1,
             layer2,
             layer3,
             layer4,
-            fc: LinearConfig::new(8 * b, out)
-                .with_initializer(Initializer::Zeros)
-                .init(device),
+            fc: linear(8 * b, out, device),
         }
     }
 

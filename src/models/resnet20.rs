@@ -8,12 +8,11 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::Initializer;
-use burn::nn::{BatchNorm, Linear, LinearConfig};
+use burn::nn::{BatchNorm, Linear};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::layers::{bn, conv3x3, pool_linear, ConvBn, ForwardCtx};
+use super::layers::{bn, conv3x3, linear, pool_linear, ConvBn, ForwardCtx};
 
 /// conv3x3 -> BN -> ReLU -> conv3x3 -> BN, + shortcut, ReLU.
 #[derive(Module, Debug)]
@@ -98,9 +97,7 @@ impl ResNet20 {
             layer1: stage(c1, c1, 1),
             layer2: stage(c1, c2, 2),
             layer3: stage(c2, c3, 2),
-            linear: LinearConfig::new(c3, out)
-                .with_initializer(Initializer::Zeros)
-                .init(device),
+            linear: linear(c3, out, device),
         }
     }
 

@@ -10,27 +10,17 @@
 //! are `downsample.0`/`downsample.1` in PyTorch naming (see [`crate::models::bridge`]).
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Linear};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::layers::{bn, pool_linear, stem_max_pool, ConvBn, ForwardCtx};
+use super::layers::{bn, conv, linear, pool_linear, stem_max_pool, ConvBn, ForwardCtx};
 
 /// Blocks per stage of ResNet-50.
 pub const RESNET50_BLOCKS: [usize; 4] = [3, 4, 6, 3];
 /// Bottleneck expansion: block output channels = 4 x inner width.
 pub const EXPANSION: usize = 4;
-
-/// A conv with zero weights, no bias, square kernel `k`, stride `s`, padding `p`.
-fn conv(cin: usize, cout: usize, k: usize, s: usize, p: usize, device: &Device) -> Conv2d {
-    Conv2dConfig::new([cin, cout], [k, k])
-        .with_stride([s, s])
-        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-        .with_bias(false)
-        .with_initializer(Initializer::Zeros)
-        .init(device)
-}
 
 /// conv1x1 -> BN -> ReLU -> conv3x3(stride s) -> BN -> ReLU -> conv1x1 -> BN, + shortcut, ReLU.
 #[derive(Module, Debug)]
@@ -134,9 +124,7 @@ impl ResNet50 {
             layer2: st.next().unwrap_or_default(),
             layer3: st.next().unwrap_or_default(),
             layer4: st.next().unwrap_or_default(),
-            fc: LinearConfig::new(cin, out)
-                .with_initializer(Initializer::Zeros)
-                .init(device),
+            fc: linear(cin, out, device),
         }
     }
 

@@ -5,13 +5,13 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
-use super::layers::{conv3x3, ForwardCtx};
+use super::layers::{conv3x3, linear, ForwardCtx};
 
 /// Output channels of the 8 convs (before the width multiplier).
 pub const VGG11_CHANNELS: [usize; 8] = [64, 128, 256, 256, 512, 512, 512, 512];
@@ -43,9 +43,7 @@ impl Vgg11 {
             .collect();
         Self {
             features,
-            classifier: LinearConfig::new(512 * w, out)
-                .with_initializer(Initializer::Zeros)
-                .init(device),
+            classifier: linear(512 * w, out, device),
         }
     }
 

@@ -147,7 +147,6 @@ impl MergeSettings {
                 "the statistics need at least one image",
             ));
         }
-        super::check_dual_lambda(self.similarity.lambda())?;
         check_dual(&self.method, self.similarity.lambda())?;
         self.corrections.check()
     }

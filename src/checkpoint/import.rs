@@ -250,13 +250,7 @@ pub fn export(model: &Path, layout: Option<&str>) -> Result<Vec<u8>, ImportError
     let dir = super::model_dir(model);
     let m = super::read_manifest(&dir)?;
     check_layout(m.arch, layout)?;
-    let trunk = super::read_weights(&dir, &m.weights)?;
-    let heads: Vec<StateDict> = m
-        .heads
-        .iter()
-        .filter_map(|h| h.weights.as_ref())
-        .map(|f| super::read_weights(&dir, f))
-        .collect::<Result<_, _>>()?;
+    let super::ModelWeights { trunk, heads, .. } = super::ModelWeights::read(&dir, m)?;
     Ok(if heads.is_empty() {
         interop::to_pytorch_safetensors(&[("", &trunk)])?
     } else {

@@ -303,6 +303,38 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The weights of a model folder: the manifest, the trunk's state dict and the state dict of
+/// every head that has its own network, in head order.
+pub struct ModelWeights {
+    /// The manifest.
+    pub manifest: ModelManifest,
+    /// The trunk (`manifest.weights`).
+    pub trunk: StateDict,
+    /// The heads' networks (the heads with a `weights` file).
+    pub heads: Vec<StateDict>,
+}
+
+impl ModelWeights {
+    /// Reads every weight file `manifest` (read from `dir`, [`read_manifest`]) names.
+    ///
+    /// # Errors
+    /// [`CheckpointError`] naming the weight file that cannot be read or used.
+    pub fn read(dir: &Path, manifest: ModelManifest) -> Result<Self, CheckpointError> {
+        let trunk = read_weights(dir, &manifest.weights)?;
+        let heads = manifest
+            .heads
+            .iter()
+            .filter_map(|h| h.weights.as_ref())
+            .map(|f| read_weights(dir, f))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            manifest,
+            trunk,
+            heads,
+        })
+    }
+}
+
 /// Reads one weight file of a model folder and checks it is finite. The file must be a regular
 /// file inside `dir` once symlinks are resolved.
 ///

@@ -74,14 +74,11 @@ pub fn reset_folder(
 ) -> Result<usize, MergeError> {
     use crate::checkpoint;
     let dir = checkpoint::model_dir(model);
-    let mut manifest = checkpoint::read_manifest(&dir)?;
-    let mut trunk = checkpoint::read_weights(&dir, &manifest.weights)?;
-    let mut heads = manifest
-        .heads
-        .iter()
-        .filter_map(|h| h.weights.as_ref())
-        .map(|f| checkpoint::read_weights(&dir, f))
-        .collect::<Result<Vec<_>, _>>()?;
+    let checkpoint::ModelWeights {
+        mut manifest,
+        mut trunk,
+        mut heads,
+    } = checkpoint::ModelWeights::read(&dir, checkpoint::read_manifest(&dir)?)?;
     let prep = manifest.net_config().preprocess();
     let set = crate::data::load_split(data_root, "train", prep, cache_gib, None, obs)?;
     let batches = crate::collect::probe_batches(&set, opts);

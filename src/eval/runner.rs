@@ -345,12 +345,13 @@ pub struct EvalReport {
 }
 
 /// Evaluates the model folders `models` (several: their ensemble, reference doc §5.3) on the
-/// test split of `data_root` (at most `max_images` decoded) for `tasks` (`None`: each head's
-/// classes).
+/// test split of `data_root` (at most as many images as a pixel cache of `cache_gib` GiB holds,
+/// [`crate::data::load_split`]) for `tasks` (`None`: each head's classes), `batch` images at a
+/// time.
 ///
 /// # Errors
-/// [`MergeError`] naming a model or data folder that cannot be read, or a task class missing
-/// from the test set.
+/// [`MergeError::Param`] for no model; [`MergeError`] naming a model or data folder that cannot
+/// be read, or a task class missing from the test set.
 pub fn evaluate_folders(
     models: &[std::path::PathBuf],
     data_root: &std::path::Path,
@@ -360,6 +361,13 @@ pub fn evaluate_folders(
     device: &Device,
     obs: &mut dyn crate::progress::Observer,
 ) -> Result<EvalReport, crate::error::MergeError> {
+    if models.is_empty() {
+        return Err(crate::error::MergeError::param(
+            crate::error::MergeParam::Models,
+            0,
+            "evaluation needs at least one model",
+        ));
+    }
     let systems: Vec<System> = models
         .iter()
         .map(|m| System::load(m, device))

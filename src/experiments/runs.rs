@@ -245,7 +245,7 @@ pub fn sweep(plan: &SweepPlan, obs: &mut dyn Observer) -> Result<SweepReport, Me
     for st in &stops {
         let label = format!("{}{}{}", s.method.label(), st.name, c.label());
         rows.push(row(obs, &p, &test, &label, |pr| {
-            exp.corrected_row(&label, &transforms, st, true, c, pr)
+            exp.corrected_row(&label, &transforms, st, s.resets_merged(), c, pr)
         })?);
     }
     rows.push(row(obs, &p, &test, "ensemble", |pr| exp.ensemble_row(pr))?);
@@ -680,7 +680,7 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
         let mut matched = Vec::new();
         for (label, method) in baselines {
             let t = match_all(&p.ep, &method, stats, eps, 0.0, &mut counters)?;
-            let reset = s.rebasin_bn_reset || !matches!(method, Method::GitRebasin { .. });
+            let reset = s.resets_merge_by(&method);
             rows.push(row(obs, &p, &test, label, |pr| {
                 exp.merged_row_bn(label, &t, &full, reset, pr)
             })?);

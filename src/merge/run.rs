@@ -173,8 +173,14 @@ impl MergeSettings {
 
     /// Whether a merge by `self.method` gets its BN reset.
     pub fn resets_merged(&self) -> bool {
+        self.resets_merge_by(&self.method)
+    }
+
+    /// Whether a merge by `method` gets its BN reset: there are BN-reset images, and the method
+    /// is not Git Re-Basin with `rebasin_bn_reset` off (reference doc §3.5).
+    pub fn resets_merge_by(&self, method: &Method) -> bool {
         self.bn_reset_images != Some(0)
-            && (self.rebasin_bn_reset || !matches!(self.method, Method::GitRebasin { .. }))
+            && (self.rebasin_bn_reset || !matches!(method, Method::GitRebasin { .. }))
     }
 
     /// Lists the probe folder `dir` (at most as many images as a pixel cache of `cache_gib` GiB
@@ -659,5 +665,19 @@ mod tests {
         assert!(p.device == Device::flex());
         assert_eq!(p.backend, "flex");
         assert!(crate::engine::applies(&p.device));
+    }
+
+    /// One BN-reset rule for merge, sweep and Table 1: Git Re-Basin skips it only when asked,
+    /// and nothing is reset without BN-reset images.
+    #[test]
+    fn the_merged_bn_reset_rule() {
+        let rebasin = Method::GitRebasin { seed: 0 };
+        let mut s = MergeSettings::new(rebasin.clone());
+        assert!(s.resets_merged() && s.resets_merge_by(&Method::Permute));
+        s.rebasin_bn_reset = false;
+        assert!(!s.resets_merged() && !s.resets_merge_by(&rebasin));
+        assert!(s.resets_merge_by(&Method::Permute));
+        s.bn_reset_images = Some(0);
+        assert!(!s.resets_merge_by(&Method::Permute));
     }
 }

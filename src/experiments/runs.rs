@@ -62,23 +62,17 @@ pub fn load_endpoints(
     Ok(ep)
 }
 
-/// The probe set and the test set of `inputs`, prepared for the architecture of `models[0]`
-/// (CIFAR preprocessing when there is none).
+/// The probe set and the test set of `inputs`, prepared for the endpoints `ep`.
 ///
 /// # Errors
-/// [`MergeError::Data`] / [`MergeError::Checkpoint`] naming the folder or manifest.
+/// [`MergeError::Data`] naming the folder.
 pub fn load_data(
     inputs: &Inputs,
     s: &MergeSettings,
-    models: &[PathBuf],
+    ep: &Endpoints,
     obs: &mut dyn Observer,
 ) -> Result<(SparseSet, ImageSet), MergeError> {
-    let prep = match models.first() {
-        Some(m) => crate::checkpoint::read_manifest(&crate::checkpoint::model_dir(m))?
-            .net_config()
-            .preprocess(),
-        None => Default::default(),
-    };
+    let prep = ep.spec.net.preprocess();
     let train = s.load_probe(&inputs.probe_dir, prep, inputs.cache_gib, obs)?;
     let test =
         crate::data::load_split(&inputs.test_root, "test", prep, inputs.cache_gib, None, obs)?;
@@ -230,7 +224,7 @@ pub fn sweep(plan: &SweepPlan, obs: &mut dyn Observer) -> Result<SweepReport, Me
             .map(|n| ep.spec.stop(n.trim()))
             .collect::<Result<_, _>>()?,
     };
-    let (train, test) = load_data(&plan.inputs, s, &plan.models, obs)?;
+    let (train, test) = load_data(&plan.inputs, s, &ep, obs)?;
     let tasks = tasks_checked(&ep, &test)?;
     let t0 = Instant::now();
     let mut counters = Counters::default();
@@ -422,7 +416,7 @@ pub fn grid(plan: &GridPlan, obs: &mut dyn Observer) -> Result<GridReport, Merge
     s.check()?;
     let ep = load_endpoints(&plan.models, &methods, s.merge_eps)?;
     let stop = ep.spec.stop(&plan.stop)?;
-    let (train, mut test) = load_data(&plan.inputs, &s, &plan.models, obs)?;
+    let (train, mut test) = load_data(&plan.inputs, &s, &ep, obs)?;
     if let Some(n) = plan.eval_images {
         test = test.seeded_subset(n, s.seed);
     }
@@ -645,8 +639,7 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
         .iter()
         .map(|(_, m)| load_endpoints(m, &methods, s.merge_eps))
         .collect::<Result<Vec<_>, _>>()?;
-    let first = plan.groups.first().map_or(&[][..], |(_, m)| m.as_slice());
-    let (train, test) = load_data(&plan.inputs, s, first, obs)?;
+    let (train, test) = load_data(&plan.inputs, s, &endpoints[0], obs)?;
     let tasks = endpoints
         .iter()
         .map(|ep| tasks_checked(ep, &test))

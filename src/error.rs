@@ -298,6 +298,16 @@ pub enum MergeError {
     /// image, a transform count that does not fit the stop): a bug in zipmerge, not bad input.
     #[error("internal error (please report): {0}")]
     Internal(String),
+    /// A task-vector option (`--density`, `--drop`, `--lambda`, `--weights`) out of range.
+    #[error("{option} `{value}`: {expected}")]
+    TaskVectorOption {
+        /// The option, as the command line spells it.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
     /// A merge option with a value it cannot take, named as an option (the CLI names its flag:
     /// `cli::common::flag_of`).
     #[error("{param} `{value}`: {expected}")]

@@ -42,5 +42,6 @@ pub mod rewrite;
 pub mod spec;
 pub mod state;
 pub mod system;
+pub mod taskvec;
 pub mod train;
 pub mod util;

@@ -4,8 +4,22 @@ use std::io::Write;
 use std::path::Path;
 
 /// Writes `bytes` to `path` through a temporary file in the same folder, then renames it into
-/// place, so readers never see a half-written file. Creates the parent folder if needed.
+/// place, so readers never see a half-written file. Creates the parent folder if needed. An
+/// existing `path` that is not a regular file (a folder, device node, FIFO or socket, links
+/// followed) is never replaced: the rename would swap a device node for a regular file.
+///
+/// # Errors
+/// The first I/O error, naming the path; `InvalidInput` for a path that is not a regular file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{}: exists and is not a regular file; it is never replaced",
+                path.display()
+            ),
+        ));
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -92,8 +92,12 @@ impl Sandbox {
                 } else if meta.is_dir() {
                     out.insert(p.clone(), b"<dir>".to_vec());
                     walk(&p, out);
-                } else {
+                } else if meta.is_file() {
                     out.insert(p.clone(), std::fs::read(&p).unwrap());
+                } else {
+                    // a FIFO or device node: never read (it would block); its kind is kept
+                    let kind = format!("<special {:?}>", meta.file_type());
+                    out.insert(p.clone(), kind.into_bytes());
                 }
             }
         }
@@ -366,7 +370,7 @@ fn family4_bad_values_are_refused() {
             "dual",
         ]),
         2,
-        "--dual-lambda",
+        "--similarity `dual`",
     );
     // --eval-data that `eval` would refuse: the tasks' classes have no test image there
     let data = s.dir.path().join("one-class/test/airplane");
@@ -454,7 +458,7 @@ fn family6_messages_name_the_field_and_come_before_the_work() {
     std::fs::create_dir_all(&dir_out).unwrap();
     s.refuses(
         &["export", "--model", &a, "--out", dir_out.to_str().unwrap()],
-        1,
+        2,
         "a-folder",
     );
     // experiments check --out, stops and methods before any image is decoded
@@ -631,4 +635,471 @@ fn family7_surprises() {
                 && l.contains("model B has all 16 units dead")),
         "{err}"
     );
+}
+
+// ---- issue 30: the newer paths ------------------------------------------------------------
+
+/// A FIFO at `path` (a named pipe: `export` must not replace it or block on it).
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+/// A character device node at `path` with `/dev/null`'s numbers, when this process may make
+/// one (root); `false` otherwise.
+fn mknod_null(path: &Path) -> bool {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; makedev(1, 3) is /dev/null.
+    unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) == 0 }
+}
+
+#[test]
+fn family8_export_out_goes_through_the_output_rules() {
+    let s = Sandbox::new();
+    let a = s.p("a");
+    let refuses =
+        |out: &str, needle: &str| s.refuses(&["export", "--model", &a, "--out", out], 2, needle);
+    // the input model's own files, and a new file inside it
+    refuses(&s.p("a/manifest.json"), "inside the input model");
+    refuses(&s.p("a/model.safetensors"), "inside the input model");
+    refuses(&s.p("a/extra.safetensors"), "inside the input model");
+    // a folder, a FIFO, a device node (a copy of /dev/null's numbers when we may make one)
+    std::fs::create_dir_all(s.dir.path().join("folder")).unwrap();
+    refuses(&s.p("folder"), "a folder");
+    let fifo = s.dir.path().join("pipe");
+    mkfifo(&fifo);
+    refuses(fifo.to_str().unwrap(), "a FIFO");
+    let dev = s.dir.path().join("null-copy");
+    if mknod_null(&dev) {
+        refuses(dev.to_str().unwrap(), "a character device");
+    } else {
+        eprintln!("note: mknod not permitted here: the device-node copy case did not run");
+    }
+    // the system's /dev/null itself is refused (and stays a character device)
+    refuses("/dev/null", "a character device");
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = std::fs::metadata("/dev/null").unwrap().file_type();
+        assert!(t.is_char_device(), "/dev/null was replaced");
+    }
+    // a parent that is a file
+    refuses(&s.p("victim.safetensors/x.safetensors"), "is a file");
+    // a symbolic link to the input's weights resolves into the input
+    let link = s.dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(s.dir.path().join("a/model.safetensors"), &link).unwrap();
+    refuses(link.to_str().unwrap(), "inside the input model");
+    // a regular file outside the model is replaced atomically, and the model still loads
+    let out = s.p("exported.safetensors");
+    std::fs::write(&out, b"old").unwrap();
+    ok(&["export", "--model", &a, "--out", &out]);
+    assert!(std::fs::metadata(&out).unwrap().len() > 1000);
+    ok(&["eval", "--model", &a, "--data", SAMPLE, "-q"]);
+}
+
+/// The options of the training runs of family 9 (ResNet-20 x1, linear head, classes 0,1, 40
+/// images, 3 epochs), as flags.
+const TRAIN: &[&str] = &[
+    "train",
+    "--head",
+    "linear",
+    "--classes",
+    "0,1",
+    "--data",
+    SAMPLE,
+    "--limit",
+    "40",
+    "--epochs",
+    "3",
+    "--warmup",
+    "1",
+    "--batch-size",
+    "20",
+    "--lr",
+    "0.05",
+    "--seed",
+    "3",
+    "-q",
+];
+
+/// An observer that stops the run (by panicking, as a Ctrl-C would end it) when `0` begins.
+struct StopAt(&'static str);
+
+impl zipmerge::progress::Observer for StopAt {
+    fn begin(&mut self, label: &str, _total: u64) {
+        assert_ne!(label, self.0, "(expected) the test stops the run here");
+    }
+}
+
+/// Leaves the training state of a run of [`TRAIN`] interrupted after 2 epochs at `out`.
+fn interrupted_state(out: &Path) -> PathBuf {
+    use zipmerge::train::run::{run, TaskChoice, TrainPlan};
+    let plan = TrainPlan {
+        arch: zipmerge::models::Arch::Resnet20,
+        width: 1,
+        head: zipmerge::models::head::HeadChoice::Linear,
+        task: TaskChoice::Classes("0,1".into()),
+        data_root: SAMPLE.into(),
+        limit: Some(40),
+        epochs: 3,
+        warmup: 1.0,
+        batch_size: 20,
+        lr: 0.05,
+        weight_decay: 5e-4,
+        seed: 3,
+        out: out.to_path_buf(),
+        resume: false,
+        init: None,
+        cache_gib: 1.0,
+        device: burn::tensor::Device::flex(),
+        backend: "flex".into(),
+        command: String::new(),
+    };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(&plan, &mut StopAt("epoch 3"))
+    }));
+    assert!(r.is_err(), "the run was not stopped");
+    let state = zipmerge::train::run::state_dir_of(out);
+    assert!(state.join("resume.json").is_file());
+    state
+}
+
+#[test]
+fn family9_training_states_are_untrusted_input() {
+    let s = Sandbox::new();
+    let out = s.dir.path().join("trained");
+    let state = interrupted_state(&out);
+    let out_s = out.to_str().unwrap();
+    // TRAIN with `--out`, then `extra`: a flag of TRAIN given again in `extra` replaces its value
+    let train = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = TRAIN.iter().map(|x| x.to_string()).collect();
+        v.extend(["--out", out_s].iter().map(|x| x.to_string()));
+        let mut rest = extra.iter();
+        while let Some(x) = rest.next() {
+            match v.iter().position(|a| a == x) {
+                Some(i) if x.starts_with("--") && x != &"--resume" => {
+                    v[i + 1] = rest.next().unwrap().to_string();
+                }
+                _ => v.push(x.to_string()),
+            }
+        }
+        v
+    };
+    let json = state.join("resume.json");
+    let weights = state.join("weights.safetensors");
+    let saved_json = std::fs::read(&json).unwrap();
+    let saved_weights = std::fs::read(&weights).unwrap();
+
+    // a rerun without --resume never deletes the state of an earlier run
+    s.refuses(&train(&[]), 1, "--resume");
+    // another --limit, --data (a different folder) or --epochs: refused, naming each option
+    s.refuses(&train(&["--resume", "--limit", "30"]), 1, "--limit");
+    let other = s.dir.path().join("sample-copy");
+    std::fs::create_dir_all(&other).unwrap();
+    std::os::unix::fs::symlink(
+        std::fs::canonicalize(SAMPLE).unwrap().join("train"),
+        other.join("train"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        std::fs::canonicalize(SAMPLE).unwrap().join("test"),
+        other.join("test"),
+    )
+    .unwrap();
+    s.refuses(
+        &train(&["--resume", "--data", other.to_str().unwrap()]),
+        1,
+        "--data",
+    );
+    s.refuses(&train(&["--resume", "--epochs", "4"]), 1, "--epochs");
+
+    // a NaN in the weights: refused naming the state's weights file and the tensor
+    let mut st = zipmerge::checkpoint::safetensors_io::load(&weights).unwrap();
+    st.get_mut("conv1.weight").unwrap().data[5] = f32::NAN;
+    zipmerge::checkpoint::safetensors_io::save(&st, &weights).unwrap();
+    s.refuses(&train(&["--resume"]), 1, "weights.safetensors");
+    // weights of another network (a tensor missing): the state file is named
+    st.remove("conv1.weight");
+    zipmerge::checkpoint::safetensors_io::save(&st, &weights).unwrap();
+    s.refuses(&train(&["--resume"]), 1, "weights.safetensors");
+    std::fs::write(&weights, &saved_weights).unwrap();
+
+    // resume.json claiming more epochs than the run has, or a log that does not fit
+    let info: Value = serde_json::from_slice(&saved_json).unwrap();
+    let mut past = info.clone();
+    past["epochs_done"] = 5.into();
+    std::fs::write(&json, past.to_string()).unwrap();
+    s.refuses(&train(&["--resume"]), 1, "epochs_done 5");
+    let mut short = info.clone();
+    short["log"] = serde_json::json!([]);
+    std::fs::write(&json, short.to_string()).unwrap();
+    s.refuses(&train(&["--resume"]), 1, "resume.json");
+    std::fs::write(&json, "{not json").unwrap();
+    s.refuses(&train(&["--resume"]), 1, "resume.json");
+
+    // no resume.json beside the other state files: an error naming it, the state kept
+    std::fs::remove_file(&json).unwrap();
+    s.refuses(&train(&["--resume"]), 1, "resume.json");
+    std::fs::write(&json, &saved_json).unwrap();
+
+    // an optimizer file that is not one: named, in one line without Rust debug text
+    let optim: Vec<PathBuf> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("optimizer")
+        })
+        .collect();
+    assert_eq!(optim.len(), 1, "{optim:?}");
+    let saved_optim = std::fs::read(&optim[0]).unwrap();
+    std::fs::write(&optim[0], b"garbage").unwrap();
+    s.refuses(&train(&["--resume"]), 1, "optimizer");
+    let o = run(&train(&["--resume"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("Io(\""));
+    std::fs::write(&optim[0], &saved_optim).unwrap();
+
+    // the intact state resumes and finishes; the finished run removes its own state
+    ok(&train(&["--resume"]));
+    assert!(out.join("model.safetensors").is_file());
+    assert!(!state.exists(), "the finished run left its state");
+}
+
+#[test]
+fn family10_endpoint_group_discovery_names_what_it_cannot_use() {
+    let s = Sandbox::new();
+    let copy = |to: &Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for f in ["manifest.json", "model.safetensors"] {
+            std::fs::copy(s.dir.path().join("a").join(f), to.join(f)).unwrap();
+        }
+    };
+    let table1 = |dir: &Path| {
+        vec![
+            "reproduce".to_string(),
+            "table1".into(),
+            "--pairs".into(),
+            dir.to_str().unwrap().into(),
+            "--data".into(),
+            SAMPLE.into(),
+            "-q".into(),
+        ]
+    };
+    // a gap: x-a, x-c (no x-b)
+    let gap = s.dir.path().join("gap");
+    copy(&gap.join("x-a"));
+    copy(&gap.join("x-c"));
+    s.refuses(
+        &table1(&gap),
+        1,
+        "missing member x-b, so x-c cannot be used",
+    );
+    // a member that is a broken symbolic link
+    let broken = s.dir.path().join("broken");
+    copy(&broken.join("x-b"));
+    std::os::unix::fs::symlink(s.dir.path().join("nowhere"), broken.join("x-a")).unwrap();
+    s.refuses(&table1(&broken), 1, "x-a: a broken symbolic link");
+    // a member without manifest.json
+    let bare = s.dir.path().join("bare");
+    copy(&bare.join("x-a"));
+    std::fs::create_dir_all(bare.join("x-b")).unwrap();
+    s.refuses(&table1(&bare), 1, "x-b: no manifest.json");
+    // a complete pair y beside x-a, x-b, x-d: x is skipped with a warning naming x-d and y runs
+    let mixed = s.dir.path().join("mixed");
+    for m in ["x-a", "x-b", "x-d", "y-a", "y-b"] {
+        copy(&mixed.join(m));
+    }
+    let mut args = table1(&mixed);
+    args.extend(
+        [
+            "--probe-images",
+            "20",
+            "--bn-reset-images",
+            "20",
+            "--batch-size",
+            "20",
+        ]
+        .iter()
+        .map(|x| x.to_string()),
+    );
+    let err = ok(&args);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("missing member x-c, so x-d cannot be used"),
+        "{err}"
+    );
+    assert!(err.contains("running the complete groups only: y"), "{err}");
+}
+
+#[test]
+fn family11_the_refit_says_what_it_skips() {
+    let s = Sandbox::new();
+    let out = s.p("refit");
+    let err = ok(&s.merge_ab(&[
+        "--data",
+        SAMPLE,
+        "--out",
+        &out,
+        "--no-eval",
+        "--refit",
+        "lstsq",
+        "--probe-images",
+        "16",
+        "--bn-reset-images",
+        "16",
+        "--batch-size",
+        "16",
+        "-q",
+    ]));
+    let w: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("warning: the refit left"))
+        .collect();
+    assert_eq!(w.len(), 1, "{err}");
+    assert!(
+        w[0].contains("linear") && w[0].contains("--probe-images"),
+        "{err}"
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&out).join("report.json")).unwrap())
+            .unwrap();
+    let skipped = report["correction"]["refit_skipped"].as_array().unwrap();
+    assert!(
+        w[0].contains(&format!("left {} of its", skipped.len())),
+        "{err}"
+    );
+}
+
+#[test]
+fn family12_messages_name_the_option_given_and_other_writers_refuse_special_files() {
+    let s = Sandbox::new();
+    let out = s.p("x");
+    s.refuses(
+        &s.merge_ab(&["--similarity", "weight", "--method", "cca", "--out", &out]),
+        2,
+        "--similarity `weight`",
+    );
+    let e = run(&s
+        .merge_ab(&["--similarity", "weight", "--method", "cca", "--out", &out])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(!String::from_utf8_lossy(&e.stderr).contains("--dual-lambda"));
+    // merge, train and sweep --out on a FIFO or /dev/null: refused, nothing replaced
+    let fifo = s.dir.path().join("pipe");
+    mkfifo(&fifo);
+    let f = fifo.to_str().unwrap();
+    s.refuses(&s.merge_ab(&["--data", SAMPLE, "--out", f]), 2, "--out");
+    s.refuses(
+        &s.merge_ab(&["--data", SAMPLE, "--out", "/dev/null"]),
+        2,
+        "--out",
+    );
+    let mut t: Vec<&str> = TRAIN.to_vec();
+    t.extend(["--out", f]);
+    s.refuses(&t, 2, "--out");
+    let (a, b) = (s.p("a"), s.p("b"));
+    s.refuses(
+        &[
+            "sweep", "--model", &a, "--model", &b, "--data", SAMPLE, "--out", f,
+        ],
+        2,
+        "--out",
+    );
+}
+
+#[test]
+fn family13_task_vector_options_are_checked_before_any_work() {
+    let s = Sandbox::new();
+    let (a, b, out) = (s.p("a"), s.p("b"), s.p("tv"));
+    let tv = |method: &str, rest: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "merge", "--method", method, "--model", &a, "--model", &b, "--out", &out,
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(rest.iter().map(|x| x.to_string()));
+        v
+    };
+    let base = ["--base", a.as_str()];
+    s.refuses(
+        &tv("ties", &[&base[..], &["--density", "0"]].concat()),
+        2,
+        "--density `0`",
+    );
+    s.refuses(
+        &tv("ties", &[&base[..], &["--density", "1.5"]].concat()),
+        2,
+        "--density",
+    );
+    s.refuses(
+        &tv("dare-linear", &[&base[..], &["--drop", "1"]].concat()),
+        2,
+        "--drop `1`",
+    );
+    s.refuses(
+        &tv("dare-ties", &[&base[..], &["--drop", "-0.1"]].concat()),
+        2,
+        "--drop",
+    );
+    s.refuses(
+        &tv("ties", &[&base[..], &["--lambda", "-1"]].concat()),
+        2,
+        "--lambda",
+    );
+    s.refuses(
+        &tv("ties", &[&base[..], &["--lambda", "inf"]].concat()),
+        2,
+        "--lambda",
+    );
+    s.refuses(&tv("ties", &[]), 2, "needs --base");
+    // options the method does not take, and task-vector options with an alignment method
+    s.refuses(
+        &tv(
+            "task-arithmetic",
+            &[&base[..], &["--density", "0.3"]].concat(),
+        ),
+        2,
+        "--density has no effect with --method task-arithmetic",
+    );
+    s.refuses(
+        &tv("ties", &[&base[..], &["--alpha", "0.5"]].concat()),
+        2,
+        "--alpha",
+    );
+    s.refuses(
+        &tv("ties", &[&base[..], &["--stop", "13/20"]].concat()),
+        2,
+        "--stop",
+    );
+    s.refuses(
+        &tv("zipit", &base),
+        2,
+        "--base applies to the task-vector methods",
+    );
+    s.refuses(
+        &tv("ties", &[&base[..], &["--weights", "1,2,3"]].concat()),
+        2,
+        "--weights",
+    );
+    // a base of another architecture: named, nothing written
+    let r50 = "models/cifar10-5+5-resnet50/resnet50w4-a";
+    s.refuses(&tv("ties", &["--base", r50]), 1, "--base");
+    // a merge whose base is one of the fine-tunes runs (its task vector is zero)
+    ok(&tv(
+        "ties",
+        &[&base[..], &["--bn-reset-images", "0", "--no-eval", "-q"]].concat(),
+    ));
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&out).join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["task_vectors"]["kept_fraction"][0], 0.0);
+    assert_eq!(report["settings"]["bn_reset_images"], 0);
 }

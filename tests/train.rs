@@ -59,6 +59,7 @@ fn plan(out: &Path, resume: bool) -> TrainPlan {
         seed: 7,
         out: out.to_path_buf(),
         resume,
+        init: None,
         cache_gib: 1.0,
         device: Device::flex(),
         backend: "flex".into(),

@@ -413,6 +413,78 @@ pub enum OutRefusal {
     /// An ancestor of the path is a file, so the folder cannot be created.
     #[error("{} is a file, so the folder cannot be created", .0.display())]
     NotCreatable(PathBuf),
+    /// An output file's path exists and is not a regular file (a folder, device node, FIFO or
+    /// socket): it is never replaced.
+    #[error("exists and is not a regular file ({0}); it is never replaced: choose a file path")]
+    NotARegularFile(&'static str),
+    /// An output file's path lies inside (or is a file of) the input model folder.
+    #[error("lies inside the input model {}; an input is never written: choose a path outside it", .0.display())]
+    InsideInput(PathBuf),
+}
+
+/// What kind of thing an existing path is, for messages.
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Checks an output *file* (`export --out`) before any work: if it exists it is a regular file
+/// (after following links; never a folder, device node, FIFO or socket); it is not inside, nor
+/// equal to a file of, any input model folder `inputs` (compared after resolving links); and
+/// its nearest existing ancestor is a folder. Creates nothing. The write itself then goes
+/// through [`crate::util::write_atomic`] (a temporary file beside it, renamed into place).
+///
+/// # Errors
+/// The first [`OutRefusal`] that applies.
+pub fn check_out_file(out: &Path, inputs: &[PathBuf]) -> Result<(), OutRefusal> {
+    if let Ok(meta) = std::fs::metadata(out) {
+        if !meta.is_file() {
+            return Err(OutRefusal::NotARegularFile(kind_of(&meta)));
+        }
+    }
+    // the resolved path: the file itself when it exists, else its resolved parent + name
+    let resolved = std::fs::canonicalize(out).ok().or_else(|| {
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+        let parent = std::fs::canonicalize(parent.unwrap_or(Path::new("."))).ok()?;
+        Some(parent.join(out.file_name()?))
+    });
+    if let Some(r) = resolved {
+        for m in inputs {
+            if let Ok(dir) = std::fs::canonicalize(model_dir(m)) {
+                if r.starts_with(&dir) {
+                    return Err(OutRefusal::InsideInput(m.clone()));
+                }
+            }
+        }
+    }
+    let mut at = out.parent().unwrap_or(Path::new(""));
+    while !at.as_os_str().is_empty() && !at.exists() {
+        at = at.parent().unwrap_or(Path::new(""));
+    }
+    if !at.as_os_str().is_empty() && !at.is_dir() {
+        return Err(OutRefusal::NotCreatable(at.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// Checks an output folder before any work: it is not an existing file, not one of the input
@@ -518,5 +590,36 @@ mod tests {
         assert_eq!(check_out(&t.path().join("new/deeper"), &inputs), Ok(()));
         assert_eq!(check_out(&model, &[]), Ok(()));
         assert_eq!(check_out(Path::new("no-such-folder-here"), &inputs), Ok(()));
+    }
+
+    #[test]
+    fn check_out_file_refuses_folders_devices_inputs_and_files_under_files() {
+        let t = tempfile::tempdir().unwrap();
+        let (model, file) = (t.path().join("model"), t.path().join("file"));
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("manifest.json"), "{}").unwrap();
+        std::fs::write(&file, "x").unwrap();
+        let inputs = [model.clone()];
+        let inside = |p: &Path| check_out_file(p, &inputs);
+        assert_eq!(
+            inside(&model.join("manifest.json")),
+            Err(OutRefusal::InsideInput(model.clone()))
+        );
+        assert_eq!(
+            inside(&model.join("new.safetensors")),
+            Err(OutRefusal::InsideInput(model.clone()))
+        );
+        assert_eq!(inside(&model), Err(OutRefusal::NotARegularFile("a folder")));
+        assert_eq!(
+            inside(Path::new("/dev/null")),
+            Err(OutRefusal::NotARegularFile("a character device"))
+        );
+        assert_eq!(
+            inside(&file.join("x.safetensors")),
+            Err(OutRefusal::NotCreatable(file.clone()))
+        );
+        // an existing regular file, a new file in a new folder pass
+        assert_eq!(inside(&file), Ok(()));
+        assert_eq!(inside(&t.path().join("new/out.safetensors")), Ok(()));
     }
 }

@@ -55,6 +55,7 @@ pub fn merge_error(e: MergeError) -> anyhow::Error {
             value,
             expected,
         } => usage(format!("{} `{value}`: {expected}", flag_of(param))),
+        e @ MergeError::TaskVectorOption { .. } => usage(e.to_string()),
         MergeError::Data(d @ DataError::Param { .. }) => data_error(d),
         e => e.into(),
     }

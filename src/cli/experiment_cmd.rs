@@ -13,6 +13,7 @@ use zipmerge::experiments::{GridPlan, SweepPlan, Table1Plan};
 use super::common::{check_out, count, merge_error, usage, Count};
 use super::merge_cmd::{DataArgs, MergeSettings};
 use super::printer::Printer;
+use zipmerge::progress::Observer;
 
 /// Arguments of `zipmerge sweep`.
 #[derive(Args, Debug)]
@@ -41,6 +42,72 @@ pub enum Reproduce {
     /// The paper's alpha/beta grid search at one stop (statistics collected once): grid.csv,
     /// grid.png heat map, best (alpha, beta) by joint accuracy.
     Grid(GridArgs),
+    /// The TIES paper's vision table on fine-tunes of one base: base, fine-tunes, their
+    /// average, Task Arithmetic / TIES / DARE-TIES (chosen on a validation split of the train
+    /// folder), TIES defaults, ZipIt! and Permute; 2..N tasks.
+    Tasks(TasksArgs),
+}
+
+/// Arguments of `zipmerge reproduce tasks`.
+#[derive(Args, Debug)]
+pub struct TasksArgs {
+    /// Folder holding `base/` and the fine-tunes `<name>-a`, `<name>-b`, ...
+    #[arg(long, default_value = "models/cifar10-ft")]
+    pub pairs: PathBuf,
+    /// The base model (default: PAIRS/base).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Validation images carved from the train folder (seeded, disjoint from the BN-reset
+    /// draws); they alone choose lambda and k.
+    #[arg(long, default_value_t = 2000, value_parser = super::common::positive)]
+    pub val_images: usize,
+    /// Seed of the validation draw.
+    #[arg(long, default_value_t = 0)]
+    pub val_seed: u64,
+    /// Seeds of the BN-reset draws and DARE's drops (mean ± std over them).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub seeds: Vec<u64>,
+    /// Numbers of tasks merged (the first n fine-tunes); default 2..=N.
+    #[arg(long, value_delimiter = ',')]
+    pub counts: Option<Vec<usize>>,
+    /// Task Arithmetic's lambda grid (the TIES repository's 0.1 ... 1.0).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
+    )]
+    pub ta_lambdas: Vec<f64>,
+    /// TIES's lambda grid (the paper's 0.8 ... 3.0, coarser).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.8,1.0,1.2,1.5,2.0,2.5,3.0"
+    )]
+    pub ties_lambdas: Vec<f64>,
+    /// TIES's density grid (the paper's 0.1, 0.2, 0.3).
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.2,0.3")]
+    pub densities: Vec<f64>,
+    /// DARE-TIES's drop grid.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9")]
+    pub drops: Vec<f64>,
+    /// DARE-TIES's lambda grid.
+    #[arg(long, value_delimiter = ',', default_value = "0.6,0.8,1.0,1.2")]
+    pub dare_lambdas: Vec<f64>,
+    /// Leave out ZipIt! and Permute of the fine-tunes.
+    #[arg(long)]
+    pub no_alignment: bool,
+    /// BN-reset images of every merge.
+    #[arg(long, default_value_t = 1000, value_parser = super::common::positive)]
+    pub bn_reset_images: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 500, value_parser = super::common::positive)]
+    pub batch_size: usize,
+    /// Data root (train/ and test/).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Write tasks.json and tasks.md here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// The paper's alpha grid (reference doc §7).
@@ -129,7 +196,66 @@ pub fn exec_reproduce(a: Reproduce, p: &mut Printer) -> Result<()> {
     match a {
         Reproduce::Table1(a) => exec_table1(a, p),
         Reproduce::Grid(a) => exec_grid(a, p),
+        Reproduce::Tasks(a) => exec_tasks(a, p),
     }
+}
+
+fn exec_tasks(a: TasksArgs, p: &mut Printer) -> Result<()> {
+    use zipmerge::experiments::tasks::{tasks_table, write_tasks, TasksPlan};
+    let found = runs::find_groups(&a.pairs, None)?;
+    for why in &found.skipped {
+        p.warn(&format!("warning: --pairs {}: {why}", a.pairs.display()));
+    }
+    let Some((_, models)) = found.groups.into_iter().next() else {
+        return Err(usage("--pairs: no group of fine-tunes"));
+    };
+    let base = a.base.clone().unwrap_or_else(|| a.pairs.join("base"));
+    let grids = [
+        ("--ta-lambdas", &a.ta_lambdas),
+        ("--ties-lambdas", &a.ties_lambdas),
+        ("--densities", &a.densities),
+        ("--drops", &a.drops),
+        ("--dare-lambdas", &a.dare_lambdas),
+    ];
+    for (flag, g) in grids {
+        if g.is_empty() || g.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(usage(format!("{flag}: expected finite numbers >= 0")));
+        }
+    }
+    let mut inputs = models.clone();
+    inputs.push(base.clone());
+    if let Some(o) = &a.out {
+        check_out(o, &inputs, false)?;
+    }
+    let plan = TasksPlan {
+        counts: a
+            .counts
+            .clone()
+            .unwrap_or_else(|| (2..=models.len()).collect()),
+        base,
+        models,
+        data_root: super::common::data_root(a.data.as_deref()),
+        val_images: a.val_images,
+        val_seed: a.val_seed,
+        bn_reset_images: a.bn_reset_images,
+        seeds: a.seeds.clone(),
+        ta_lambdas: a.ta_lambdas.clone(),
+        ties_lambdas: a.ties_lambdas.clone(),
+        densities: a.densities.clone(),
+        drops: a.drops.clone(),
+        dare_lambdas: a.dare_lambdas.clone(),
+        alignment: !a.no_alignment,
+        batch_size: a.batch_size,
+        cache_gib: super::common::cache_gib()?,
+        device: burn::tensor::Device::flex(),
+        command: super::common::command_line(),
+    };
+    let r = tasks_table(&plan, p).map_err(merge_error)?;
+    if let Some(o) = &a.out {
+        write_tasks(o, &r)?;
+    }
+    let note = format!("{} rows, {:.1}s", r.rows.len(), r.seconds);
+    p.emit(&r, &r.markdown, Some(note))
 }
 
 fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
@@ -167,7 +293,18 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
     zipit.matcher.method = "zipit".into();
     // checks --dual-lambda too, which the extended rows use
     let settings = zipit.library()?;
-    let groups = runs::find_groups(&a.pairs, a.filter.as_deref())?;
+    let found = runs::find_groups(&a.pairs, a.filter.as_deref())?;
+    for why in &found.skipped {
+        p.warn(&format!("warning: --pairs {}: {why}", a.pairs.display()));
+    }
+    if !found.skipped.is_empty() {
+        let names: Vec<&str> = found.groups.iter().map(|(n, _)| n.as_str()).collect();
+        p.warn(&format!(
+            "note: running the complete groups only: {}",
+            names.join(", ")
+        ));
+    }
+    let groups = found.groups;
     let inputs: Vec<PathBuf> = groups.iter().flat_map(|(_, m)| m.iter().cloned()).collect();
     a.out
         .as_deref()

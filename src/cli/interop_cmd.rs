@@ -107,7 +107,8 @@ pub struct ExportArgs {
     /// the model's own; zipmerge stores weights under those names, so this only checks.
     #[arg(long)]
     pub layout: Option<String>,
-    /// Output file. A multi-head model is written as one file with prefixed names: `trunk.*`
+    /// Output file (a regular file outside the model folder; an existing one is replaced
+    /// atomically, anything else is refused). A multi-head model is written as one file with prefixed names: `trunk.*`
     /// for the shared trunk and `head<i>.*` for each head network.
     #[arg(long)]
     pub out: PathBuf,
@@ -115,6 +116,8 @@ pub struct ExportArgs {
 
 /// Runs `zipmerge export`.
 pub fn exec_export(a: ExportArgs, p: &mut Printer) -> Result<()> {
+    checkpoint::check_out_file(&a.out, std::slice::from_ref(&a.model))
+        .map_err(|r| usage(format!("--out {}: {r}", a.out.display())))?;
     let bytes = export(&a.model, a.layout.as_deref()).map_err(|e| import_error(e, ""))?;
     zipmerge::util::write_atomic(&a.out, &bytes)?;
     let line = format!("wrote {} ({} bytes)\n", a.out.display(), bytes.len());

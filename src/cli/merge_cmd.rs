@@ -7,11 +7,13 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use zipmerge::experiments::Inputs;
+use zipmerge::merge::task_vectors::{run_task_vectors, TaskVectorPlan};
 use zipmerge::merge::{self, EvalPlan, MergePlan, Method, Similarity};
+use zipmerge::taskvec::TaskVectorSettings;
 
 use super::common::{
     cache_gib, check_out, command_line, count, data_root, finite, merge_error, non_negative,
-    positive, tasks_option, BackendArgs, Count,
+    positive, tasks_option, usage, BackendArgs, Count,
 };
 use super::printer::Printer;
 
@@ -158,6 +160,134 @@ impl DataArgs {
     }
 }
 
+/// The task-vector methods' options (`--method task-arithmetic | ties | dare-ties |
+/// dare-linear`; reference doc §A).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TaskVectorArgs {
+    /// The base model the `--model` fine-tunes start from (task-vector methods only).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Scale lambda of the merged task vector (>= 0; default 1).
+    #[arg(long, value_parser = non_negative)]
+    pub lambda: Option<f64>,
+    /// Share of each task vector TIES keeps, by magnitude, in (0, 1] (ties default 0.2,
+    /// dare-ties default 1: no trim after the drop).
+    #[arg(long, value_parser = finite)]
+    pub density: Option<f64>,
+    /// DARE's drop probability, in [0, 1) (default 0.9 for dare-ties and dare-linear).
+    #[arg(long, value_parser = finite)]
+    pub drop: Option<f64>,
+    /// Weight of each fine-tune's task vector, in --model order (default 1 each).
+    #[arg(long, value_delimiter = ',', value_parser = finite)]
+    pub weights: Option<Vec<f64>>,
+    /// TIES's trim: `global` (over the whole model, the official code) or `per-tensor`
+    /// (mergekit).
+    #[arg(long, value_parser = ["global", "per-tensor"])]
+    pub trim: Option<String>,
+    /// Sign election: `mass` (sign of the sum, official) or `count` (sign of the sign sum).
+    #[arg(long, value_parser = ["mass", "count"])]
+    pub sign: Option<String>,
+    /// Disjoint merge of the agreeing entries: `mean` (official), `sum` or `max`.
+    #[arg(long, value_parser = ["mean", "sum", "max"])]
+    pub disjoint: Option<String>,
+}
+
+/// The task-vector method names `--method` takes.
+pub const TASK_VECTOR_METHODS: [&str; 4] = ["task-arithmetic", "ties", "dare-ties", "dare-linear"];
+
+impl TaskVectorArgs {
+    /// The flags given, for messages about options a method does not take.
+    fn given(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let pairs: [(&'static str, bool); 8] = [
+            ("--base", self.base.is_some()),
+            ("--lambda", self.lambda.is_some()),
+            ("--density", self.density.is_some()),
+            ("--drop", self.drop.is_some()),
+            ("--weights", self.weights.is_some()),
+            ("--trim", self.trim.is_some()),
+            ("--sign", self.sign.is_some()),
+            ("--disjoint", self.disjoint.is_some()),
+        ];
+        for (flag, on) in pairs {
+            if on {
+                v.push(flag);
+            }
+        }
+        v
+    }
+
+    /// The library settings of `--method name` with these flags; refuses a flag the method
+    /// does not take (never silently ignored).
+    pub fn settings(&self, name: &str, seed: u64) -> Result<TaskVectorSettings> {
+        use zipmerge::taskvec::{Disjoint, SignRule, TaskVectorMethod as M, Trim};
+        let takes: &[&str] = match name {
+            "task-arithmetic" => &["--base", "--lambda", "--weights"],
+            "ties" => &[
+                "--base",
+                "--lambda",
+                "--density",
+                "--weights",
+                "--trim",
+                "--sign",
+                "--disjoint",
+            ],
+            "dare-ties" => &[
+                "--base",
+                "--lambda",
+                "--density",
+                "--drop",
+                "--weights",
+                "--sign",
+                "--disjoint",
+            ],
+            _ => &["--base", "--lambda", "--drop", "--weights"],
+        };
+        if let Some(f) = self.given().into_iter().find(|f| !takes.contains(f)) {
+            return Err(usage(format!(
+                "{f} has no effect with --method {name} (it takes {})",
+                takes.join(", ")
+            )));
+        }
+        let sign = match self.sign.as_deref() {
+            Some("count") => SignRule::Count,
+            _ => SignRule::Mass,
+        };
+        let disjoint = match self.disjoint.as_deref() {
+            Some("sum") => Disjoint::Sum,
+            Some("max") => Disjoint::Max,
+            _ => Disjoint::Mean,
+        };
+        let method = match name {
+            "task-arithmetic" => M::TaskArithmetic,
+            "ties" => M::Ties {
+                density: self.density.unwrap_or(0.2),
+                trim: match self.trim.as_deref() {
+                    Some("per-tensor") => Trim::PerTensor,
+                    _ => Trim::Global,
+                },
+                sign,
+                disjoint,
+            },
+            "dare-ties" => M::DareTies {
+                drop: self.drop.unwrap_or(0.9),
+                density: self.density.unwrap_or(1.0),
+                sign,
+                disjoint,
+            },
+            _ => M::DareLinear {
+                drop: self.drop.unwrap_or(0.9),
+            },
+        };
+        Ok(TaskVectorSettings {
+            method,
+            lambda: self.lambda.unwrap_or(1.0),
+            weights: self.weights.clone(),
+            seed,
+        })
+    }
+}
+
 /// Arguments of `zipmerge merge`.
 #[derive(Args, Debug)]
 pub struct MergeArgs {
@@ -181,10 +311,22 @@ pub struct MergeArgs {
     /// Output model folder (gets the weights, manifest.json and report.json).
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub task_vectors: TaskVectorArgs,
 }
 
 /// Runs `zipmerge merge`.
 pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
+    if TASK_VECTOR_METHODS.contains(&a.settings.matcher.method.as_str()) {
+        return exec_task_vectors(a, p);
+    }
+    if let Some(f) = a.task_vectors.given().first() {
+        return Err(usage(format!(
+            "{f} applies to the task-vector methods ({}), not --method {}",
+            TASK_VECTOR_METHODS.join(", "),
+            a.settings.matcher.method
+        )));
+    }
     let settings = a.settings.library()?;
     check_out(&a.out, &a.models, true)?;
     let tasks = tasks_option(&a.tasks)?;
@@ -211,6 +353,66 @@ pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
     let label = format!("{} -> {}", r.label(), a.out.display());
     let text = r.table(&label);
     p.detail(&r.timings_text());
+    let total = r.timings_seconds["total"];
+    let note = format!("wrote {} ({total:.1}s)", a.out.display());
+    p.emit(r, &text, Some(note))
+}
+
+/// `zipmerge merge --method task-arithmetic | ties | dare-ties | dare-linear --base B`:
+/// flags -> [`TaskVectorPlan`] -> [`run_task_vectors`] -> model folder + `report.json`.
+fn exec_task_vectors(a: MergeArgs, p: &mut Printer) -> Result<()> {
+    let name = a.settings.matcher.method.clone();
+    let s = &a.settings;
+    // the alignment methods' options have no effect here: refuse them when changed
+    let defaults = [
+        ("--stop", a.stop != "full"),
+        ("--alpha", s.matcher.alpha != 0.3),
+        ("--beta", s.matcher.beta != 0.125),
+        ("--similarity", s.similarity != "activation"),
+        ("--repair", s.repair),
+        ("--refit", s.refit != "none"),
+        ("--no-endpoint-bn-reset", s.no_endpoint_bn_reset),
+        ("--no-rebasin-bn-reset", s.no_rebasin_bn_reset),
+    ];
+    if let Some((f, _)) = defaults.iter().find(|(_, on)| *on) {
+        return Err(usage(format!(
+            "{f} has no effect with --method {name} (a task-vector merge has no statistics, matching or stop: the whole network is merged)"
+        )));
+    }
+    let Some(base) = a.task_vectors.base.clone() else {
+        return Err(usage(format!(
+            "--method {name} needs --base BASE (the model the --model fine-tunes start from)"
+        )));
+    };
+    let settings = a.task_vectors.settings(&name, s.seed)?;
+    let mut inputs = a.models.clone();
+    inputs.push(base.clone());
+    check_out(&a.out, &inputs, true)?;
+    let tasks = tasks_option(&a.tasks)?;
+    let io = a.io.inputs(s, p)?;
+    let plan = TaskVectorPlan {
+        base,
+        models: a.models.clone(),
+        settings,
+        bn_reset_images: s.bn_reset_images.0,
+        batch_size: s.batch_size,
+        seed: s.seed,
+        probe_dir: io.probe_dir,
+        eval: (!a.no_eval).then_some(EvalPlan {
+            root: io.test_root,
+            tasks,
+        }),
+        cache_gib: io.cache_gib,
+        device: io.device,
+        backend: a.io.backend.backend.to_string(),
+        command: command_line(),
+    };
+    let outcome = run_task_vectors(&plan, p).map_err(merge_error)?;
+    outcome
+        .save(&a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let r = &outcome.report;
+    let text = r.table(&format!("{} -> {}", r.method, a.out.display()));
     let total = r.timings_seconds["total"];
     let note = format!("wrote {} ({total:.1}s)", a.out.display());
     p.emit(r, &text, Some(note))

@@ -72,13 +72,17 @@ pub struct TrainArgs {
     /// Resume from OUT.train-state if present.
     #[arg(long)]
     pub resume: bool,
+    /// Fine-tune: start from this model's weights (same architecture, width and head outputs)
+    /// instead of the seeded initialisation; the manifest records its weight file's SHA-256.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
 
 /// Runs `zipmerge train`.
 pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
-    check_out(&a.out, &[], true)?;
+    check_out(&a.out, a.init.as_slice(), true)?;
     // clap requires one of --classes and --split
     let task = a.classes.clone().map_or_else(
         || TaskChoice::Split {
@@ -103,6 +107,7 @@ pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
         seed: a.seed,
         out: a.out.clone(),
         resume: a.resume,
+        init: a.init.clone(),
         cache_gib: cache_gib()?,
         device: a.backend.device(p)?,
         backend: a.backend.backend.to_string(),

@@ -85,6 +85,10 @@ pub struct CorrectionReport {
     /// Layers the refit left as merged: fewer probe pixels than
     /// [`refit::MIN_ROWS_PER_UNKNOWN`] per unknown (REPAIR still applies to them).
     pub refit_skipped: Vec<String>,
+    /// Layers the refit was asked to solve (0 without the refit).
+    pub refit_layers: usize,
+    /// Probe images that would let the refit solve every skipped layer (0: none skipped).
+    pub refit_images_needed: usize,
     /// Probe images the pass ran on.
     pub images: usize,
     /// Forward passes of the trunk over those images (N endpoints + the merged trunk).
@@ -217,15 +221,27 @@ pub fn apply(
     c.check()?;
     let t0 = Instant::now();
     let images: Vec<&[u8]> = batches.iter().flatten().map(Vec::as_slice).collect();
-    if !c.any() || images.is_empty() {
+    if !c.any() {
         return Ok(CorrectionReport {
             corrections: *c,
             layers: 0,
             refit_skipped: vec![],
+            refit_layers: 0,
+            refit_images_needed: 0,
             images: 0,
             forward_passes: 0,
             seconds: 0.0,
         });
+    }
+    if images.is_empty() {
+        return Err(MergeError::param(
+            crate::error::MergeParam::ProbeImages,
+            0,
+            format!(
+                "{} needs probe images (none given)",
+                c.label().trim_start_matches(" + ")
+            ),
+        ));
     }
     let cpu = Device::flex();
     let sources = ep
@@ -239,10 +255,29 @@ pub fn apply(
     let x = Act::from_images(&images, ep.spec.net.preprocess());
     let n = ep.n();
     let mut refit_skipped = Vec::new();
+    let (mut refit_layers, mut refit_images_needed) = (0, 0);
     let done = layerwise::correct(&mnet, &sources, x, stop.cut, &mut |site: &Site| {
         let target = target_of(&ep.spec, transforms, n, &site.conv.name)?;
-        correct_site(site, &target, c, &mut refit_skipped)
+        let before = refit_skipped.len();
+        let update = correct_site(site, &target, c, &mut refit_skipped)?;
+        if c.refit_ridge.is_some() {
+            refit_layers += 1;
+            if refit_skipped.len() > before {
+                refit_images_needed = refit_images_needed.max(refit::images_needed(site));
+            }
+        }
+        Ok::<_, MergeError>(update)
     })?;
+    if refit_layers > 0 && refit_skipped.len() == refit_layers {
+        return Err(MergeError::param(
+            crate::error::MergeParam::ProbeImages,
+            images.len(),
+            format!(
+                "the refit can solve none of the {refit_layers} merged layers with so few probe images (it needs {} probe pixels per unknown): use at least {refit_images_needed} probe images",
+                refit::MIN_ROWS_PER_UNKNOWN
+            ),
+        ));
+    }
     let mut layers = 0;
     for d in &done {
         if d.update != Update::Keep {
@@ -254,6 +289,8 @@ pub fn apply(
         corrections: *c,
         layers,
         refit_skipped,
+        refit_layers,
+        refit_images_needed,
         images: images.len(),
         forward_passes: n + 1,
         seconds: t0.elapsed().as_secs_f64(),

@@ -56,6 +56,15 @@ fn gcd(a: usize, b: usize) -> usize {
 /// VGG-11's last convs (2 x 2 pixels per image, 9 x 512 + 1 unknowns).
 pub const MIN_ROWS_PER_UNKNOWN: usize = 2;
 
+/// The probe images the refit of `site` needs ([`MIN_ROWS_PER_UNKNOWN`] output pixels per
+/// unknown, `k*k*cin + 1` unknowns per output channel, `side^2` output pixels per image).
+pub fn images_needed(site: &Site) -> usize {
+    let conv = site.conv;
+    let unknowns = conv.k * conv.k * conv.cin + 1;
+    let per_image = (site.output.side * site.output.side).max(1);
+    (MIN_ROWS_PER_UNKNOWN * unknowns).div_ceil(per_image)
+}
+
 /// The refit layer `y = conv(x; W) + b` (BN folded in) for `site`, or `None` when the layer has
 /// fewer than [`MIN_ROWS_PER_UNKNOWN`] probe pixels per unknown (it keeps the merged weights).
 ///

@@ -5,6 +5,7 @@
 pub mod plot;
 pub mod runs;
 pub mod table;
+pub mod tasks;
 
 pub use runs::{
     find_groups, grid, sweep, table1, GridPlan, GridReport, Inputs, SweepPlan, SweepReport,

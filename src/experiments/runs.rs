@@ -492,54 +492,117 @@ pub fn write_grid(
     write(&out.join("grid.json"), &json_bytes(report)?)
 }
 
-/// The endpoint groups of a folder: model folders named `<name>-a`, `<name>-b`, ... (a group
-/// runs while the next letter exists), those whose name contains `filter` when given.
+/// The endpoint groups found in a folder ([`find_groups`]).
+#[derive(Clone, Debug, Default)]
+pub struct FoundGroups {
+    /// The complete groups, by name, with their member folders in letter order.
+    pub groups: Vec<(String, Vec<PathBuf>)>,
+    /// Every member folder or group that cannot be used, with why (one line each): a broken
+    /// symbolic link, a member without `manifest.json`, a missing member, a member after a gap,
+    /// a group of one.
+    pub skipped: Vec<String>,
+}
+
+/// Why the entry `path` (named like a member) cannot be a member, if it cannot.
+fn member_problem(path: &Path) -> Option<&'static str> {
+    let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    match std::fs::metadata(path) {
+        Err(_) if link => Some("a broken symbolic link"),
+        Err(_) => Some("cannot be read"),
+        Ok(m) if !m.is_dir() => Some("not a folder"),
+        Ok(_) if !path.join("manifest.json").is_file() => Some("no manifest.json"),
+        Ok(_) => None,
+    }
+}
+
+/// The endpoint groups of a folder: model folders named `<name>-a`, `<name>-b`, ... with
+/// consecutive letters from `a` (at least two), those whose name contains `filter` when
+/// given. Entries not named `<name>-<letter>` are not members and are passed over. A group
+/// with any unusable member (broken link, no manifest), a missing letter (`x-a`, `x-c`: no
+/// `x-b`), a member after a gap (`x-d` after `x-a`, `x-b`) or one member only is not run, and
+/// is listed in [`FoundGroups::skipped`] with the reason, for the caller to warn about.
 ///
 /// # Errors
-/// [`ExperimentError::Groups`] when the folder cannot be listed, holds no group, or its groups
-/// differ in size.
-pub fn find_groups(
-    dir: &Path,
-    filter: Option<&str>,
-) -> Result<Vec<(String, Vec<PathBuf>)>, ExperimentError> {
+/// [`ExperimentError::Groups`] when the folder cannot be listed, holds no complete group (the
+/// message then names every skipped member and why), or its groups differ in size.
+pub fn find_groups(dir: &Path, filter: Option<&str>) -> Result<FoundGroups, ExperimentError> {
     let groups_err = |msg: &str| ExperimentError::Groups {
         dir: dir.display().to_string(),
         msg: msg.into(),
     };
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| groups_err(&format!("cannot list endpoint pairs: {e}")))?
+    let mut members: std::collections::BTreeMap<String, Vec<(char, String)>> =
+        std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir)
+        .map_err(|e| groups_err(&format!("cannot list endpoint groups: {e}")))?
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("manifest.json").is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    let mut groups = Vec::new();
-    for n in &names {
-        if let Some(base) = n.strip_suffix("-a") {
-            if filter.is_some_and(|f| !base.contains(f)) {
-                continue;
-            }
-            let group: Vec<PathBuf> = ('a'..='z')
-                .map(|l| format!("{base}-{l}"))
-                .take_while(|m| names.contains(m))
-                .map(|m| dir.join(m))
-                .collect();
-            if group.len() >= 2 {
-                groups.push((base.to_string(), group));
-            }
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((base, letter)) = name.rsplit_once('-') else {
+            continue;
+        };
+        let mut chars = letter.chars();
+        let (Some(l @ 'a'..='z'), None) = (chars.next(), chars.next()) else {
+            continue;
+        };
+        if base.is_empty() || filter.is_some_and(|f| !base.contains(f)) {
+            continue;
+        }
+        members
+            .entry(base.to_string())
+            .or_default()
+            .push((l, name.clone()));
+    }
+    let mut found = FoundGroups::default();
+    for (base, mut ms) in members {
+        ms.sort();
+        let mut why: Vec<String> = ms
+            .iter()
+            .filter_map(|(_, n)| member_problem(&dir.join(n)).map(|p| format!("{n}: {p}")))
+            .collect();
+        let letters: Vec<char> = ms.iter().map(|(l, _)| *l).collect();
+        let run = letters
+            .iter()
+            .zip('a'..='z')
+            .take_while(|(l, want)| *l == want)
+            .count();
+        if run < letters.len() {
+            let gap = char::from(b'a' + run as u8);
+            let after: Vec<String> = ms[run..].iter().map(|(_, n)| n.clone()).collect();
+            why.push(format!(
+                "{base}: missing member {base}-{gap}, so {} cannot be used",
+                after.join(", ")
+            ));
+        } else if letters.len() < 2 {
+            why.push(format!("{base}: only one member ({base}-a)"));
+        }
+        if why.is_empty() {
+            let group = ms.iter().map(|(_, n)| dir.join(n)).collect();
+            found.groups.push((base, group));
+        } else {
+            found
+                .skipped
+                .push(format!("group {base} skipped: {}", why.join("; ")));
         }
     }
-    if groups.is_empty() {
-        return Err(groups_err(
-            "no endpoint groups (model folders named <name>-a, <name>-b, ...)",
-        ));
+    if found.groups.is_empty() {
+        let mut msg =
+            "no complete endpoint groups (model folders named <name>-a, <name>-b, ...)".to_string();
+        if !found.skipped.is_empty() {
+            msg += &format!(": {}", found.skipped.join("; "));
+        }
+        return Err(groups_err(&msg));
     }
-    if groups.iter().any(|(_, g)| g.len() != groups[0].1.len()) {
-        return Err(groups_err(
-            "the endpoint groups differ in size (pick groups of one size with a name filter)",
-        ));
+    let g0 = &found.groups[0];
+    if let Some(g) = found.groups.iter().find(|g| g.1.len() != g0.1.len()) {
+        return Err(groups_err(&format!(
+            "the endpoint groups differ in size ({} has {}, {} has {}): pick groups of one size with --filter",
+            g0.0,
+            g0.1.len(),
+            g.0,
+            g.1.len()
+        )));
     }
-    Ok(groups)
+    Ok(found)
 }
 
 /// The ZipIt! Table 1 layout over every endpoint group of a folder ([`table1`]).

@@ -20,6 +20,7 @@ use crate::rewrite::{self, bn_reset, Zipped};
 use crate::spec::{MergeSpec, Stop};
 
 mod run;
+pub mod task_vectors;
 pub use run::{
     images, run, warn_dead_units, Batches, EvalPlan, MergeOutcome, MergePlan, MergeProvenance,
     MergeReport, MergeSettings, Similarity,
@@ -615,6 +616,21 @@ pub fn build(
     provenance: serde_json::Value,
 ) -> Result<Merged, MergeError> {
     let zipped = rewrite::zip(&ep.spec, &ep.states, transforms, stop)?;
+    let manifest = merged_manifest(ep, stop, provenance)?;
+    Ok(Merged { manifest, zipped })
+}
+
+/// The manifest of a model merged from `ep` at `stop`: a full zip has one head over the
+/// tasks' classes (text heads: their union; linear heads: the shared classes), a partial zip
+/// one head per source model (`head<i>.safetensors`).
+///
+/// # Errors
+/// [`MergeError::Param`] for a full zip of linear heads over different classes.
+pub fn merged_manifest(
+    ep: &Endpoints,
+    stop: &Stop,
+    provenance: serde_json::Value,
+) -> Result<ModelManifest, MergeError> {
     let a = &ep.manifests[0];
     let heads = if stop.is_full() {
         let mut classes: Vec<usize> = ep.tasks().concat();
@@ -650,7 +666,7 @@ pub fn build(
             })
             .collect()
     };
-    let manifest = ModelManifest {
+    Ok(ModelManifest {
         format: checkpoint::FORMAT.into(),
         arch: a.arch,
         width: a.width,
@@ -665,8 +681,7 @@ pub fn build(
         class_names: a.class_names.clone(),
         provenance,
         zipmerge_version: env!("CARGO_PKG_VERSION").into(),
-    };
-    Ok(Merged { manifest, zipped })
+    })
 }
 
 impl Merged {

@@ -147,6 +147,20 @@ impl MergeSettings {
                 "the statistics need at least one image",
             ));
         }
+        if self.similarity != Similarity::Activation
+            && !matches!(self.method, Method::Zipit { .. } | Method::Permute)
+        {
+            // name the option the user gave (--similarity), not the lambda it implies
+            return Err(MergeError::param(
+                MergeParam::Similarity,
+                self.similarity.name(),
+                format!(
+                    "the {} similarity applies to zipit and permute, not {}",
+                    self.similarity.name(),
+                    self.method.label()
+                ),
+            ));
+        }
         check_dual(&self.method, self.similarity.lambda())?;
         self.corrections.check()
     }
@@ -593,6 +607,17 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
         ));
         let r =
             crate::correct::apply(&mut merged, &ep, &transforms, &stop, &probe_b, &corrections)?;
+        if !r.refit_skipped.is_empty() {
+            obs.warn(&format!(
+                "warning: the refit left {} of its {} layers as merged (fewer than {} probe pixels per unknown on {} probe images): {}; --probe-images {} would refit them all",
+                r.refit_skipped.len(),
+                r.refit_layers,
+                crate::correct::refit::MIN_ROWS_PER_UNKNOWN,
+                r.images,
+                r.refit_skipped.join(", "),
+                r.refit_images_needed
+            ));
+        }
         timed("corrections", t);
         Some(r)
     } else {

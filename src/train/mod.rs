@@ -54,6 +54,80 @@ pub struct TrainOptions {
     pub weight_decay: f64,
     /// Seed of initial weights, shuffling and augmentation.
     pub seed: u64,
+    /// The data root the training images come from (resolved), so that a state is never
+    /// resumed on other data.
+    #[serde(default)]
+    pub data_root: String,
+    /// `--limit`: the size of the seeded training subset (`None`: all the task's images).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Training images used (after `limit`).
+    #[serde(default)]
+    pub train_images: usize,
+    /// The model the weights start from (`train --init`; `None`: the seeded initialisation).
+    #[serde(default)]
+    pub init: Option<InitFrom>,
+}
+
+/// The starting point of a fine-tune (`train --init BASE`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InitFrom {
+    /// The base model folder, as given.
+    pub model: String,
+    /// SHA-256 of the base's weight file, hex.
+    pub weights_sha256: String,
+}
+
+impl TrainOptions {
+    /// The command-line option that sets the [`TrainOptions`] field `field` (for messages).
+    fn option_of(field: &str) -> &str {
+        match field {
+            "net" => "--arch/--width",
+            "head" => "--head",
+            "classes" => "--classes/--split/--part",
+            "epochs" => "--epochs",
+            "warmup_epochs" => "--warmup",
+            "batch_size" => "--batch-size",
+            "lr" => "--lr",
+            "weight_decay" => "--weight-decay",
+            "seed" => "--seed",
+            "data_root" => "--data",
+            "limit" => "--limit",
+            "train_images" => "the number of training images",
+            "init" => "--init",
+            other => other,
+        }
+    }
+
+    /// The options (named as on the command line, with both values) in which `saved` differs
+    /// from `self`; empty when they agree.
+    pub fn differences(&self, saved: &TrainOptions) -> Vec<String> {
+        let (Ok(serde_json::Value::Object(now)), Ok(serde_json::Value::Object(then))) =
+            (serde_json::to_value(self), serde_json::to_value(saved))
+        else {
+            return vec!["(options not comparable)".into()];
+        };
+        let short = |v: Option<&serde_json::Value>| {
+            let s = v.map_or_else(|| "none".to_string(), |v| v.to_string());
+            let s = if s == "null" { "none".to_string() } else { s };
+            if s.chars().count() > 60 {
+                format!("{}...", s.chars().take(57).collect::<String>())
+            } else {
+                s
+            }
+        };
+        now.iter()
+            .filter(|(k, v)| then.get(*k) != Some(*v))
+            .map(|(k, v)| {
+                format!(
+                    "{} ({} in the state, {} now)",
+                    Self::option_of(k),
+                    short(then.get(k)),
+                    short(Some(v))
+                )
+            })
+            .collect()
+    }
 }
 
 /// Learning-rate multiplier at fractional epoch `t` (reference doc §6).
@@ -144,7 +218,9 @@ fn with_param_ids(net: Net, ids: &[u64]) -> Net {
     net.map(&mut SetIds(ids.iter()))
 }
 
-/// Trains a model; returns its final weights and the per-epoch log.
+/// Trains a model; returns its final weights and the per-epoch log. The weights start from
+/// `init` (a fine-tune: `opts.init` records where they come from) or from the seeded
+/// initialisation.
 ///
 /// `train`/`test` must already be restricted to the task's classes. When `state_dir` holds a
 /// state from an earlier run with the same options, training resumes from it.
@@ -153,6 +229,7 @@ fn with_param_ids(net: Net, ids: &[u64]) -> Net {
 /// [`ModelError`] for invalid options or an unreadable resume state.
 pub fn train(
     opts: &TrainOptions,
+    init: Option<&StateDict>,
     train: &ImageSet,
     test: &ImageSet,
     device: &Device,
@@ -171,10 +248,8 @@ pub fn train(
         });
     }
     let ad = device.clone().autodiff();
-    let mut state = init_state(&opts.net, opts.seed);
     let mut start_epoch = 0;
     let mut log = Vec::new();
-    let mut ids = None;
     let mut optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig {
             momentum: opts.momentum,
@@ -183,47 +258,20 @@ pub fn train(
         }))
         .with_weight_decay(Some(WeightDecayConfig::new(opts.weight_decay as f32)))
         .init();
-    if let Some(dir) = state_dir {
-        if dir.join("resume.json").is_file() {
-            let info: ResumeInfo = serde_json::from_str(
-                &std::fs::read_to_string(dir.join("resume.json"))
-                    .map_err(|e| state_err(dir, "", e))?,
-            )
-            .map_err(|e| state_err(dir, "resume.json", e))?;
-            if serde_json::to_value(&info.options).ok() != serde_json::to_value(opts).ok() {
-                return Err(state_err(
-                    dir,
-                    "",
-                    "cannot resume: written by a run with different options",
-                ));
-            }
-            state = safetensors_io::load(&dir.join("weights.safetensors"))?;
+    let mut net = match state_dir.map(|d| load_resume(d, opts, &ad)).transpose()? {
+        Some(Some(r)) => {
             optim = optim
-                .load(dir.join("optimizer"))
-                .map_err(|e| state_err(dir, "optimizer", format!("{e:?}")))?;
-            let Some(saved) = info.param_ids else {
-                return Err(state_err(
-                    dir,
-                    "resume.json",
-                    "written by an older zipmerge without parameter ids, so the optimizer's momentum cannot be restored: train again without --resume",
-                ));
-            };
-            start_epoch = info.epochs_done;
-            log = info.log;
-            ids = Some((dir, saved));
+                .load(r.dir.join("optimizer.bpk"))
+                .map_err(|e| state_err(r.dir, "optimizer.bpk", format!("cannot be read ({e})")))?;
+            start_epoch = r.info.epochs_done;
+            log = r.info.log;
+            r.net
         }
-    }
-    let mut net = Net::from_state(&opts.net, &state, &ad)?;
-    if let Some((dir, ids)) = ids {
-        if ids.len() != param_ids(&net).len() {
-            return Err(state_err(
-                dir,
-                "resume.json",
-                "parameter ids do not fit the network",
-            ));
-        }
-        net = with_param_ids(net, &ids);
-    }
+        _ => match init {
+            Some(state) => Net::from_state(&opts.net, state, &ad)?,
+            None => Net::from_state(&opts.net, &init_state(&opts.net, opts.seed), &ad)?,
+        },
+    };
     let remap: Vec<usize> = train
         .labels
         .iter()
@@ -297,6 +345,122 @@ pub fn train(
     Ok((net.valid().to_state(), log))
 }
 
+/// The files of a training state folder.
+const STATE_FILES: [&str; 3] = ["resume.json", "weights.safetensors", "optimizer.bpk"];
+
+/// A training state that passed every check of [`load_resume`].
+struct Resumed<'a> {
+    dir: &'a Path,
+    info: ResumeInfo,
+    net: Net,
+}
+
+/// Whether `dir` holds anything of a training state (any file at all: a state folder is never
+/// silently ignored).
+pub fn state_exists(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// Reads and validates the training state in `dir` before anything of it is used: a training
+/// state is untrusted input. `Ok(None)` when there is no state (no folder, or an empty one).
+///
+/// Checks, each error naming the state file and the field or tensor: `resume.json` present
+/// beside any other state file and parseable; the options equal to `opts` (the differing ones
+/// named, data folder and `--limit` included); `epochs_done` within `1..=opts.epochs` and equal
+/// to the log's length; the parameter ids present and fitting the network; the weights present,
+/// finite and shaped for the network; the optimizer file present (it is parsed by the caller).
+/// Nothing is written or deleted.
+fn load_resume<'a>(
+    dir: &'a Path,
+    opts: &TrainOptions,
+    device: &Device,
+) -> Result<Option<Resumed<'a>>, ModelError> {
+    if !state_exists(dir) {
+        return Ok(None);
+    }
+    if !dir.is_dir() {
+        return Err(state_err(
+            dir,
+            "",
+            "exists and is not a training-state folder",
+        ));
+    }
+    for f in STATE_FILES {
+        if !dir.join(f).is_file() {
+            return Err(state_err(
+                dir,
+                f,
+                "missing: the training state is incomplete and cannot be resumed (remove the folder to start again)",
+            ));
+        }
+    }
+    let text = std::fs::read_to_string(dir.join("resume.json"))
+        .map_err(|e| state_err(dir, "resume.json", e))?;
+    let info: ResumeInfo =
+        serde_json::from_str(&text).map_err(|e| state_err(dir, "resume.json", e))?;
+    let diff = opts.differences(&info.options);
+    if !diff.is_empty() {
+        return Err(state_err(
+            dir,
+            "resume.json",
+            format!(
+                "cannot resume: written by a run with different options: {}",
+                diff.join(", ")
+            ),
+        ));
+    }
+    if info.epochs_done == 0 || info.epochs_done > opts.epochs {
+        return Err(state_err(
+            dir,
+            "resume.json",
+            format!(
+                "epochs_done {} is outside the run's 1..={} epochs",
+                info.epochs_done, opts.epochs
+            ),
+        ));
+    }
+    if info.log.len() != info.epochs_done {
+        return Err(state_err(
+            dir,
+            "resume.json",
+            format!(
+                "log holds {} epochs, epochs_done says {}",
+                info.log.len(),
+                info.epochs_done
+            ),
+        ));
+    }
+    let Some(saved) = info.param_ids.clone() else {
+        return Err(state_err(
+            dir,
+            "resume.json",
+            "written by an older zipmerge without parameter ids, so the optimizer's momentum cannot be restored: train again without --resume",
+        ));
+    };
+    let file = dir.join("weights.safetensors");
+    let state = safetensors_io::load(&file)?;
+    crate::state::check_finite(&state, &file.display().to_string())?;
+    let net = Net::from_state(&opts.net, &state, device).map_err(|e| {
+        state_err(
+            dir,
+            "weights.safetensors",
+            format!("not this network's: {e}"),
+        )
+    })?;
+    if saved.len() != param_ids(&net).len() {
+        return Err(state_err(
+            dir,
+            "resume.json",
+            "parameter ids do not fit the network",
+        ));
+    }
+    Ok(Some(Resumed {
+        dir,
+        info,
+        net: with_param_ids(net, &saved),
+    }))
+}
+
 fn save_resume(
     dir: &Path,
     net: &Net,
@@ -309,8 +473,8 @@ fn save_resume(
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     safetensors_io::save(&net.valid().to_state(), &dir.join("weights.safetensors"))?;
     optim
-        .save(dir.join("optimizer"))
-        .map_err(|e| err(format!("{e:?}")))?;
+        .save(dir.join("optimizer.bpk"))
+        .map_err(|e| err(e.to_string()))?;
     let info = ResumeInfo {
         epochs_done: done,
         options: opts.clone(),

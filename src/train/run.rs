@@ -64,6 +64,9 @@ pub struct TrainPlan {
     pub out: PathBuf,
     /// Resume from `<out>.train-state` if present.
     pub resume: bool,
+    /// Start from this model's weights (a fine-tune of it) instead of the seeded
+    /// initialisation: same architecture, width and head shape.
+    pub init: Option<PathBuf>,
     /// Pixel cache per split, GiB.
     pub cache_gib: f64,
     /// Device.
@@ -98,6 +101,17 @@ pub enum TrainError {
     /// From the model or the training loop.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The model of `--init` cannot start this run.
+    #[error("--init {model}: {msg}")]
+    Init {
+        /// The model folder.
+        model: String,
+        /// What does not fit.
+        msg: String,
+    },
+    /// A training state of an earlier run is in the way of a run without `--resume`.
+    #[error("{0}: holds the training state of an earlier run; pass --resume to continue it, or remove the folder to start again")]
+    StateExists(String),
     /// The task has no training images.
     #[error("{root}: no training images of classes {classes:?}")]
     NoImages {
@@ -158,6 +172,54 @@ fn resolve_task(
     }
 }
 
+/// The starting weights of `train --init DIR`: the model's weights, checked to fit `net`
+/// (architecture, width, head outputs), with the record of where they came from.
+///
+/// # Errors
+/// [`TrainError::Init`] naming the folder and what does not fit.
+fn load_init(
+    dir: &std::path::Path,
+    net: &NetConfig,
+) -> Result<(super::InitFrom, crate::checkpoint::StateDict), TrainError> {
+    use sha2::Digest;
+    let err = |msg: String| TrainError::Init {
+        model: dir.display().to_string(),
+        msg,
+    };
+    let d = crate::checkpoint::model_dir(dir);
+    let m = crate::checkpoint::read_manifest(&d).map_err(|e| err(e.to_string()))?;
+    if m.is_multi_head() {
+        return Err(err(
+            "is a multi-head model; a fine-tune starts from a single model".into(),
+        ));
+    }
+    if m.arch != net.arch || m.width != net.width {
+        return Err(err(format!(
+            "is {} x{}, the run trains {} x{} (--arch/--width)",
+            m.arch, m.width, net.arch, net.width
+        )));
+    }
+    let state = crate::checkpoint::read_weights(&d, &m.weights).map_err(|e| err(e.to_string()))?;
+    crate::models::Net::from_state(net, &state, &burn::tensor::Device::flex()).map_err(|e| {
+        err(format!(
+            "its weights do not fit the network trained here (--head and the task's classes must give the same outputs): {e}"
+        ))
+    })?;
+    let bytes = std::fs::read(d.join(&m.weights)).map_err(|e| err(e.to_string()))?;
+    let hash = sha2::Sha256::digest(&bytes);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    let from = super::InitFrom {
+        model: dir.display().to_string(),
+        weights_sha256: hex,
+    };
+    Ok((from, state))
+}
+
+/// The training-state folder of the model folder `out`: `<out>.train-state`.
+pub fn state_dir_of(out: &std::path::Path) -> PathBuf {
+    PathBuf::from(format!("{}.train-state", out.display()))
+}
+
 /// Trains one endpoint and writes its model folder (reference doc §7).
 ///
 /// # Errors
@@ -177,6 +239,10 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
     let net = NetConfig {
         out: head.net_outputs(classes.len()),
         ..shape
+    };
+    let init = match &plan.init {
+        Some(dir) => Some(load_init(dir, &net)?),
+        None => None,
     };
     let load = |split: &str, obs: &mut dyn Observer| {
         crate::data::load_split(root, split, prep, plan.cache_gib, Some(&classes), obs)
@@ -203,6 +269,13 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
         momentum: 0.9,
         weight_decay: plan.weight_decay,
         seed: plan.seed,
+        data_root: std::fs::canonicalize(root)
+            .unwrap_or_else(|_| root.clone())
+            .display()
+            .to_string(),
+        limit: plan.limit,
+        train_images: train_task.len(),
+        init: init.as_ref().map(|(i, _)| i.clone()),
     };
     obs.info(&format!(
         "training {} {} ({} params, {} forward MACs/image) on classes {classes:?}: {} train / {} test images",
@@ -213,13 +286,24 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
         train_task.len(),
         test_task.len()
     ));
-    let state_dir = PathBuf::from(format!("{}.train-state", plan.out.display()));
-    if !plan.resume && state_dir.exists() {
-        std::fs::remove_dir_all(&state_dir).ok();
+    if plan.warmup >= plan.epochs as f64 {
+        obs.warn(&format!(
+            "warning: --warmup {} >= --epochs {}: the learning rate never reaches --lr {} (it peaks at {:.3} of it); pass a shorter --warmup",
+            plan.warmup,
+            plan.epochs,
+            plan.lr,
+            (plan.epochs as f64 / plan.warmup).min(1.0)
+        ));
+    }
+    let state_dir = state_dir_of(&plan.out);
+    if !plan.resume && super::state_exists(&state_dir) {
+        // never delete a state this run did not write
+        return Err(TrainError::StateExists(state_dir.display().to_string()));
     }
     let t0 = Instant::now();
     let (state, log) = super::train(
         &opts,
+        init.as_ref().map(|(_, s)| s),
         &train_task,
         &test_task,
         &plan.device,
@@ -253,6 +337,7 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
                 Preprocess::Cifar => "random horizontal flip + random crop 32 with 4-pixel zero padding",
                 Preprocess::ImageNet => "RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3) of the image stored at 256x256 (resize 256 + centre crop 256) + random horizontal flip; test: resize 256 + centre crop 224; ImageNet mean/std",
             },
+            "init": opts.init,
             "backend": plan.backend,
             "command": plan.command,
             "final_task_accuracy": final_acc,

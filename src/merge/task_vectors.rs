@@ -1,0 +1,347 @@
+//! A task-vector merge as one library call ([`run_task_vectors`]): a base and N >= 2 of its
+//! fine-tunes -> [`crate::taskvec::merge`] (Task Arithmetic, TIES, DARE; no statistics, no
+//! matching) -> the base's BN running statistics reset on the BN-reset images -> evaluation.
+//!
+//! Heads: text heads share one embedding space, so the whole network (its final projection
+//! included) is merged and the result has one head over the tasks' classes. Linear heads over
+//! the same classes are merged likewise. Linear heads over different classes stay per model:
+//! the merged trunk runs up to the last partial stop, and each task keeps its fine-tune's own
+//! layers after it (as Task Arithmetic keeps each task's own head, reference doc §A.3).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use serde::Serialize;
+
+use super::{images, merged_manifest, Endpoints, EvalPlan, MergeSettings, Merged, Method};
+use crate::checkpoint;
+use crate::error::{MergeError, MergeParam};
+use crate::eval::Accuracy;
+use crate::models::head::HeadSpec;
+use crate::progress::{phase, Observer};
+use crate::rewrite::Zipped;
+use crate::taskvec::{self, TaskVectorError, TaskVectorReport, TaskVectorSettings};
+
+/// Everything one task-vector merge needs.
+#[derive(Clone, Debug)]
+pub struct TaskVectorPlan {
+    /// The base model folder every fine-tune starts from.
+    pub base: PathBuf,
+    /// The fine-tuned model folders (N >= 2).
+    pub models: Vec<PathBuf>,
+    /// Method, lambda, weights, seed.
+    pub settings: TaskVectorSettings,
+    /// Images of the merged model's BN reset (`Some(0)`: none, the base's statistics are kept;
+    /// `None`: every probe-folder image).
+    pub bn_reset_images: Option<usize>,
+    /// Images per batch of the BN reset and the evaluation.
+    pub batch_size: usize,
+    /// Seed of the BN-reset draw.
+    pub seed: u64,
+    /// Folder of the BN-reset images (labels unused).
+    pub probe_dir: PathBuf,
+    /// Evaluation after the merge (none: skipped).
+    pub eval: Option<EvalPlan>,
+    /// Pixel cache per folder, GiB.
+    pub cache_gib: f64,
+    /// Device of the BN reset and evaluation.
+    pub device: Device,
+    /// Backend name, for the report.
+    pub backend: String,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// How a task-vector merge was made (`report.json`'s `settings`, the manifest's provenance).
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskVectorProvenance {
+    /// The base model folder.
+    pub base: String,
+    /// The fine-tunes, in `--model` order.
+    pub sources: Vec<String>,
+    /// Method and knobs.
+    pub task_vectors: TaskVectorSettings,
+    /// `merged` (one head) or `per model after stop S` (linear heads over different classes).
+    pub heads: String,
+    /// The BN-reset folder and images (0: the base's running statistics kept).
+    pub probe: String,
+    /// Images of the BN reset.
+    pub bn_reset_images: usize,
+    /// Batch size of BN reset and evaluation (BN statistics are per batch).
+    pub batch_size: usize,
+    /// Seed of the BN-reset draw.
+    pub seed: u64,
+    /// Backend.
+    pub backend: String,
+    /// The command.
+    pub command: String,
+}
+
+/// What a task-vector merge did and measured (`report.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskVectorMergeReport {
+    /// Row label, e.g. `TIES (k=0.2, lambda=1)`.
+    pub method: String,
+    /// How it was made.
+    pub settings: TaskVectorProvenance,
+    /// The stop of the merged trunk (`20/20`: the whole network).
+    pub stop: String,
+    /// Multiply-accumulates of one forward pass (one image, all heads).
+    pub flops: u64,
+    /// Accuracy on the test split (`None` when not evaluated).
+    pub accuracy: Option<Accuracy>,
+    /// Trim / election figures.
+    pub task_vectors: TaskVectorReport,
+    /// Seconds per phase (`merge`, `bn_reset`, `eval`, `total`).
+    pub timings_seconds: BTreeMap<&'static str, f64>,
+    /// Peak resident memory, MB.
+    pub peak_rss_mb: Option<f64>,
+}
+
+impl TaskVectorMergeReport {
+    /// The accuracy table titled `title`; empty when not evaluated.
+    pub fn table(&self, title: &str) -> String {
+        self.accuracy
+            .as_ref()
+            .map(|a| a.table(title))
+            .unwrap_or_default()
+    }
+}
+
+/// A merged model and its report.
+#[derive(Clone, Debug)]
+pub struct TaskVectorOutcome {
+    /// The merged model.
+    pub merged: Merged,
+    /// Its report.
+    pub report: TaskVectorMergeReport,
+}
+
+impl TaskVectorOutcome {
+    /// Writes the model folder with `report.json`, atomically.
+    ///
+    /// # Errors
+    /// [`MergeError::Checkpoint`] when the folder cannot be written.
+    pub fn save(&self, dir: &std::path::Path) -> Result<(), MergeError> {
+        let report = serde_json::to_vec_pretty(&self.report)
+            .map_err(|e| MergeError::Internal(format!("serialising the report: {e}")))?;
+        self.merged
+            .save_with(dir, &[("report.json".into(), report)])
+    }
+}
+
+/// A [`TaskVectorError`] as a merge error: options name their flag, a tensor mismatch names
+/// the fine-tune's folder.
+fn tv_error(e: TaskVectorError, models: &[PathBuf]) -> MergeError {
+    match e {
+        TaskVectorError::Option {
+            option,
+            value,
+            expected,
+        } => MergeError::TaskVectorOption {
+            option,
+            value,
+            expected,
+        },
+        TaskVectorError::NotAFineTune { model, tensor, msg } => MergeError::Endpoint {
+            model: models[model].display().to_string(),
+            msg: format!("is not a fine-tune of the base: tensor `{tensor}` {msg}"),
+        },
+        TaskVectorError::NoModels => MergeError::param(
+            MergeParam::Models,
+            0,
+            "a task-vector merge needs fine-tunes",
+        ),
+    }
+}
+
+/// Runs one task-vector merge (module docs). Every input is loaded and checked before the
+/// merge: the options, the fine-tunes (with [`Endpoints::load`]'s checks), the base (same
+/// architecture, width and head kind; every tensor present with the same shape), the
+/// BN-reset folder and the test set.
+///
+/// # Errors
+/// [`MergeError::TaskVectorOption`] naming the option; [`MergeError::Endpoint`] /
+/// [`MergeError::Incompatible`] naming the base or fine-tune and the tensor; data and
+/// checkpoint errors naming the file.
+pub fn run_task_vectors(
+    plan: &TaskVectorPlan,
+    obs: &mut dyn Observer,
+) -> Result<TaskVectorOutcome, MergeError> {
+    let s = &plan.settings;
+    s.check(plan.models.len())
+        .map_err(|e| tv_error(e, &plan.models))?;
+    if plan.batch_size == 0 {
+        return Err(MergeError::param(
+            MergeParam::BatchSize,
+            0,
+            "expected an integer >= 1",
+        ));
+    }
+    let ep = Endpoints::load(&plan.models)?;
+    let base_dir = checkpoint::model_dir(&plan.base);
+    let bm = checkpoint::read_manifest(&base_dir)?;
+    let a = &ep.manifests[0];
+    let incompatible = |differs: String, first: String| MergeError::Incompatible {
+        model: plan.base.display().to_string(),
+        differs,
+        first: format!("{} {first}", plan.models[0].display()),
+        expected: "--base must be the model the fine-tunes start from",
+    };
+    if bm.is_multi_head() {
+        return Err(MergeError::Endpoint {
+            model: base_dir.display().to_string(),
+            msg: "is a multi-head model; the base must be a single model".into(),
+        });
+    }
+    if bm.arch != a.arch || bm.width != a.width {
+        return Err(incompatible(
+            format!("(--base) is {} x{} but", bm.arch, bm.width),
+            format!("is {} x{}", a.arch, a.width),
+        ));
+    }
+    let kind = |h: &HeadSpec| matches!(h, HeadSpec::Text { .. });
+    if kind(&bm.heads[0].head) != kind(&a.heads[0].head) {
+        return Err(incompatible(
+            "(--base) has another head kind than".into(),
+            "(text vs linear)".into(),
+        ));
+    }
+    let base = checkpoint::read_weights(&base_dir, &bm.weights)?;
+    // a model that is not a fine-tune is refused here, before any image is decoded
+    taskvec::task_vectors(&base, &ep.states.iter().collect::<Vec<_>>())
+        .map_err(|e| tv_error(e, &plan.models))?;
+    let linear_per_model = matches!(a.heads[0].head, HeadSpec::Linear)
+        && ep
+            .manifests
+            .iter()
+            .any(|m| m.heads[0].classes != a.heads[0].classes);
+    let stop = if linear_per_model {
+        ep.spec
+            .stops()
+            .into_iter()
+            .filter(|s| !s.is_full())
+            .max_by_key(|s| s.zipped)
+            .ok_or_else(|| MergeError::Spec {
+                arch: a.arch.to_string(),
+                msg: "no partial stop to keep per-model heads after".into(),
+            })?
+    } else {
+        ep.spec.stop("full")?
+    };
+    let prep = ep.spec.net.preprocess();
+    let mut draws = MergeSettings::new(Method::WeightAvg);
+    draws.probe_images = Some(0);
+    draws.bn_reset_images = plan.bn_reset_images;
+    draws.batch_size = plan.batch_size;
+    draws.seed = plan.seed;
+    let reset = plan.bn_reset_images != Some(0);
+    let bn_b = if reset {
+        let probe = draws.load_probe(&plan.probe_dir, prep, plan.cache_gib, obs)?;
+        draws.bn_batches(&probe)?
+    } else {
+        vec![]
+    };
+    let tasks = plan
+        .eval
+        .as_ref()
+        .and_then(|e| e.tasks.clone())
+        .unwrap_or_else(|| ep.tasks());
+    let test = match &plan.eval {
+        None => None,
+        Some(e) => {
+            let test = crate::data::load_split(&e.root, "test", prep, plan.cache_gib, None, obs)?;
+            let n = crate::eval::runner::check_evaluation(&ep.heads(), &test, &tasks)?;
+            Some((test, n))
+        }
+    };
+    let mut timings = BTreeMap::new();
+    let t_all = Instant::now();
+    let t = Instant::now();
+    obs.info(&format!(
+        "merging {} fine-tunes of {} with {}",
+        ep.n(),
+        plan.base.display(),
+        s.method.label(s.lambda)
+    ));
+    let fts: Vec<&checkpoint::StateDict> = ep.states.iter().collect();
+    let (state, tv_report) =
+        taskvec::merge(&base, &fts, s).map_err(|e| tv_error(e, &plan.models))?;
+    timings.insert("merge", t.elapsed().as_secs_f64());
+    let heads_note = if linear_per_model {
+        format!("per model after stop {}", stop.name)
+    } else {
+        "merged".to_string()
+    };
+    let provenance = TaskVectorProvenance {
+        base: plan.base.display().to_string(),
+        sources: plan
+            .models
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        task_vectors: s.clone(),
+        heads: heads_note,
+        probe: plan.probe_dir.display().to_string(),
+        bn_reset_images: images(&bn_b),
+        batch_size: plan.batch_size,
+        seed: plan.seed,
+        backend: plan.backend.clone(),
+        command: plan.command.clone(),
+    };
+    let prov_json = serde_json::json!({ "task_vector_merge": provenance });
+    let manifest = merged_manifest(&ep, &stop, prov_json)?;
+    let heads = if stop.is_full() {
+        vec![]
+    } else {
+        ep.states.clone()
+    };
+    let mut merged = Merged {
+        manifest,
+        zipped: Zipped {
+            trunk: state,
+            heads,
+        },
+    };
+    if !bn_b.is_empty() {
+        let t = Instant::now();
+        phase(obs, "BN reset", images(&bn_b) as u64, |p| {
+            merged.reset_bn(&bn_b, &plan.device, p)
+        })?;
+        timings.insert("bn_reset", t.elapsed().as_secs_f64());
+    }
+    let sys = merged.system(&plan.device)?;
+    let flops = sys.flops();
+    let accuracy = match &test {
+        Some((test, n)) => {
+            let t = Instant::now();
+            let acc = phase(obs, "eval", *n as u64, |p| {
+                crate::eval::runner::evaluate(
+                    &[sys],
+                    test,
+                    &tasks,
+                    plan.batch_size,
+                    &plan.device,
+                    p,
+                )
+            });
+            timings.insert("eval", t.elapsed().as_secs_f64());
+            Some(acc)
+        }
+        None => None,
+    };
+    timings.insert("total", t_all.elapsed().as_secs_f64());
+    let report = TaskVectorMergeReport {
+        method: s.method.label(s.lambda),
+        settings: provenance,
+        stop: stop.name.clone(),
+        flops,
+        accuracy,
+        task_vectors: tv_report,
+        timings_seconds: timings,
+        peak_rss_mb: crate::util::peak_rss_mb(),
+    };
+    Ok(TaskVectorOutcome { merged, report })
+}

@@ -1,6 +1,8 @@
 //! Run-time backend selection (burn 0.22 picks the backend by device): `flex` (pure-Rust CPU,
-//! default), `ndarray` (deprecated CPU backend, kept selectable) and `wgpu` (Vulkan/Metal/DX12
-//! GPUs of any vendor; `--device cpu` selects a software adapter such as Mesa lavapipe).
+//! default), `ndarray` (deprecated CPU backend, kept selectable), `wgpu` (Vulkan/Metal/DX12
+//! GPUs of any vendor; `--device cpu` selects a software adapter such as Mesa lavapipe) and
+//! `cuda` (NVIDIA GPUs through CubeCL's CUDA runtime, cargo feature `cuda`: the driver and NVRTC
+//! are loaded at run time, so the build needs no CUDA toolkit).
 
 use crate::error::BackendError;
 use std::fmt;
@@ -20,6 +22,8 @@ pub enum Backend {
     Ndarray,
     /// burn-wgpu (GPU through Vulkan/Metal/DX12).
     Wgpu,
+    /// burn-cuda (NVIDIA GPU through CubeCL's CUDA runtime; cargo feature `cuda`).
+    Cuda,
 }
 
 impl fmt::Display for Backend {
@@ -28,6 +32,7 @@ impl fmt::Display for Backend {
             Backend::Flex => "flex",
             Backend::Ndarray => "ndarray",
             Backend::Wgpu => "wgpu",
+            Backend::Cuda => "cuda",
         })
     }
 }
@@ -39,8 +44,9 @@ impl FromStr for Backend {
             "flex" => Ok(Backend::Flex),
             "ndarray" => Ok(Backend::Ndarray),
             "wgpu" => Ok(Backend::Wgpu),
+            "cuda" => Ok(Backend::Cuda),
             o => Err(format!(
-                "unknown backend `{o}`: expected flex, ndarray or wgpu"
+                "unknown backend `{o}`: expected flex, ndarray, wgpu or cuda"
             )),
         }
     }
@@ -105,7 +111,7 @@ pub fn describe(backend: Backend, device: Option<&str>) -> Option<String> {
 /// [`BackendError`] when the backend was built without support, there is no such adapter or
 /// `device` is not understood.
 pub fn device(backend: Backend, device: Option<&str>) -> Result<Device, BackendError> {
-    if backend != Backend::Wgpu {
+    if !matches!(backend, Backend::Wgpu | Backend::Cuda) {
         if let Some(d) = device {
             return Err(BackendError::DeviceWithoutWgpu {
                 device: d.to_string(),
@@ -158,5 +164,17 @@ pub fn device(backend: Backend, device: Option<&str>) -> Result<Device, BackendE
         }
         #[cfg(not(feature = "wgpu"))]
         Backend::Wgpu => Err(BackendError::NotBuilt { backend: "wgpu" }),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            let index = match device {
+                None => 0,
+                Some(n) => n.parse::<usize>().map_err(|_| BackendError::BadDevice {
+                    given: n.to_string(),
+                })?,
+            };
+            Ok(Device::cuda(index))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Backend::Cuda => Err(BackendError::NotBuilt { backend: "cuda" }),
     }
 }

@@ -184,7 +184,7 @@ impl DataError {
 pub enum BackendError {
     /// A device was named for a backend that has only one.
     #[error(
-        "device `{device}` applies only to the wgpu backend (the {backend} backend has one device)"
+        "device `{device}` applies only to the wgpu and cuda backends (the {backend} backend has one device)"
     )]
     DeviceWithoutWgpu {
         /// The device given.

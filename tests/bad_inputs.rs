@@ -1029,36 +1029,18 @@ fn family13_task_vector_options_are_checked_before_any_work() {
         v
     };
     let base = ["--base", a.as_str()];
-    s.refuses(
-        &tv("ties", &[&base[..], &["--density", "0"]].concat()),
-        2,
-        "--density `0`",
-    );
-    s.refuses(
-        &tv("ties", &[&base[..], &["--density", "1.5"]].concat()),
-        2,
-        "--density",
-    );
-    s.refuses(
-        &tv("dare-linear", &[&base[..], &["--drop", "1"]].concat()),
-        2,
-        "--drop `1`",
-    );
-    s.refuses(
-        &tv("dare-ties", &[&base[..], &["--drop", "-0.1"]].concat()),
-        2,
-        "--drop",
-    );
-    s.refuses(
-        &tv("ties", &[&base[..], &["--lambda", "-1"]].concat()),
-        2,
-        "--lambda",
-    );
-    s.refuses(
-        &tv("ties", &[&base[..], &["--lambda", "inf"]].concat()),
-        2,
-        "--lambda",
-    );
+    // (method, flag, value, what the one error line names)
+    let out_of_range = [
+        ("ties", "--density", "0", "--density `0`"),
+        ("ties", "--density", "1.5", "--density `1.5`"),
+        ("dare-linear", "--drop", "1", "--drop `1`"),
+        ("dare-ties", "--drop", "-0.1", "--drop `-0.1`"),
+        ("ties", "--lambda", "-1", "--lambda"),
+        ("ties", "--lambda", "inf", "--lambda"),
+    ];
+    for (method, flag, value, needle) in out_of_range {
+        s.refuses(&tv(method, &[base[0], base[1], flag, value]), 2, needle);
+    }
     s.refuses(&tv("ties", &[]), 2, "needs --base");
     // options the method does not take, and task-vector options with an alignment method
     s.refuses(

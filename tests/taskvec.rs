@@ -85,3 +85,109 @@ fn ties_and_task_arithmetic_match_the_official_code() {
         }
     }
 }
+
+/// DARE, derived by hand: with one fine-tune, lambda 1 and drop p, every merged entry minus the
+/// base is 0 (dropped) or tau / (1 - p) (kept and rescaled), about 1 - p of them kept; the
+/// BN running statistics are the base's. DARE-TIES with one model is the same (one sign).
+#[test]
+fn dare_drops_and_rescales_each_entry() {
+    let all = safetensors_io::load("tests/fixtures/taskvec.safetensors".as_ref()).unwrap();
+    let base = part(&all, "base");
+    let ft = part(&all, "ft0");
+    let p = 0.6;
+    for method in [
+        TaskVectorMethod::DareLinear { drop: p },
+        TaskVectorMethod::DareTies {
+            drop: p,
+            density: 1.0,
+            sign: SignRule::Mass,
+            disjoint: Disjoint::Mean,
+        },
+    ] {
+        let s = TaskVectorSettings {
+            method,
+            lambda: 1.0,
+            weights: None,
+            seed: 7,
+        };
+        let (got, _) = merge(&base, &[&ft], &s).unwrap();
+        let (mut kept, mut nonzero) = (0usize, 0usize);
+        for (k, b) in &base {
+            if k.contains("running") {
+                assert_eq!(got[k].data, b.data, "{k}: not the base's");
+                continue;
+            }
+            for ((g, b), f) in got[k].data.iter().zip(&b.data).zip(&ft[k].data) {
+                let (delta, tau) = ((g - b) as f64, (f - b) as f64);
+                if tau == 0.0 {
+                    continue;
+                }
+                nonzero += 1;
+                let rescaled = tau / (1.0 - p);
+                if delta.abs() > 1e-7 {
+                    assert!(
+                        (delta - rescaled).abs() < 1e-5,
+                        "{k}: {delta} vs {rescaled}"
+                    );
+                    kept += 1;
+                }
+            }
+        }
+        let share = kept as f64 / nonzero as f64;
+        assert!((share - (1.0 - p)).abs() < 0.06, "kept {share}");
+        // the same seed gives the same bits
+        let (again, _) = merge(&base, &[&ft], &s).unwrap();
+        assert!(again == got);
+    }
+}
+
+mod common;
+
+/// The CLI end to end on the shipped fine-tunes (no BN reset, so the weights are the formula's):
+/// `merge --method ties` (defaults) and `--method task-arithmetic --lambda 0.5` equal the numpy
+/// port of the official code (`tests/fixtures/make_ties_cifar_fixture.py`) to 1e-6.
+#[test]
+fn the_cli_merge_equals_the_official_code_on_the_shipped_fine_tunes() {
+    let want =
+        safetensors_io::load("tests/fixtures/ties-cifar-ft-expected.safetensors".as_ref()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for (case, args) in [
+        ("ties", vec!["--method", "ties"]),
+        ("ta", vec!["--method", "task-arithmetic", "--lambda", "0.5"]),
+    ] {
+        let out = tmp.path().join(case);
+        let mut cmd = vec![
+            "merge",
+            "--base",
+            "models/cifar10-ft/base",
+            "--model",
+            "models/cifar10-ft/resnet20x1-a",
+            "--model",
+            "models/cifar10-ft/resnet20x1-b",
+            "--model",
+            "models/cifar10-ft/resnet20x1-c",
+            "--bn-reset-images",
+            "0",
+            "--no-eval",
+            "-q",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        cmd.extend(args);
+        let o = common::run(&cmd);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let got = safetensors_io::load(&out.join("model.safetensors")).unwrap();
+        let want = part(&want, case);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        );
+        let mut worst = 0f32;
+        for (k, w) in &want {
+            for (a, b) in got[k].data.iter().zip(&w.data) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        assert!(worst <= 1e-6, "{case}: max abs difference {worst:e}");
+    }
+}

@@ -137,10 +137,12 @@ pub fn check_out(out: &Path, inputs: &[PathBuf], model: bool) -> Result<()> {
 /// `--backend`, `--device`.
 #[derive(Args, Debug, Clone)]
 pub struct BackendArgs {
-    /// Compute backend: flex (CPU, default), ndarray (CPU, deprecated) or wgpu (GPU).
+    /// Compute backend: flex (CPU, default), ndarray (CPU, deprecated), wgpu (GPU) or cuda
+    /// (NVIDIA GPU; a build with `--features cuda`).
     #[arg(long, default_value = "flex")]
     pub backend: Backend,
-    /// wgpu adapter: a discrete-GPU number, or `cpu` for a software adapter (lavapipe).
+    /// wgpu adapter: a discrete-GPU number, or `cpu` for a software adapter (lavapipe); cuda:
+    /// the GPU number (default 0).
     #[arg(long)]
     pub device: Option<String>,
 }

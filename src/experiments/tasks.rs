@@ -380,7 +380,7 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
                     Ok::<_, MergeError>(best)
                 })?;
                 if let Some((v, s)) = best {
-                    let chosen = s.method.label(s.lambda);
+                    let chosen = s.method.knobs(s.lambda);
                     rows.push(test_row(
                         label,
                         chosen,

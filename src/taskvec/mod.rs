@@ -118,6 +118,17 @@ impl TaskVectorMethod {
         }
     }
 
+    /// The knobs as text, e.g. `k=0.2, lambda=1`.
+    pub fn knobs(&self, lambda: f64) -> String {
+        match self {
+            TaskVectorMethod::TaskArithmetic => format!("lambda={lambda}"),
+            TaskVectorMethod::Ties { density, .. } => format!("k={density}, lambda={lambda}"),
+            TaskVectorMethod::DareTies { drop, .. } | TaskVectorMethod::DareLinear { drop } => {
+                format!("p={drop}, lambda={lambda}")
+            }
+        }
+    }
+
     /// Row label, e.g. `TIES (k=0.2, lambda=1)`.
     pub fn label(&self, lambda: f64) -> String {
         match self {
@@ -456,6 +467,17 @@ pub fn merge(
             }
         }
     };
+    // sum_t w_t tau_t per coordinate, in f64
+    let weighted_sum = |taus: &[Vec<f32>]| -> Vec<f64> {
+        (0..taus[0].len())
+            .map(|p| {
+                taus.iter()
+                    .enumerate()
+                    .map(|(m, t)| weight(m) * t[p] as f64)
+                    .sum()
+            })
+            .collect()
+    };
     let ties = |taus: &mut Vec<Vec<f32>>, density, trim, sign_rule, how| {
         for t in taus.iter_mut() {
             match trim {
@@ -467,17 +489,7 @@ pub fn merge(
         disjoint_merge(taus, &gamma, how)
     };
     let merged: Vec<f64> = match &settings.method {
-        TaskVectorMethod::TaskArithmetic => {
-            let d = taus[0].len();
-            (0..d)
-                .map(|p| {
-                    taus.iter()
-                        .enumerate()
-                        .map(|(m, t)| weight(m) * t[p] as f64)
-                        .sum()
-                })
-                .collect()
-        }
+        TaskVectorMethod::TaskArithmetic => weighted_sum(&taus),
         TaskVectorMethod::Ties {
             density,
             trim,
@@ -503,15 +515,7 @@ pub fn merge(
             for (m, t) in taus.iter_mut().enumerate() {
                 dare(t, &lay, *drop, settings.seed, m);
             }
-            let d = taus[0].len();
-            (0..d)
-                .map(|p| {
-                    taus.iter()
-                        .enumerate()
-                        .map(|(m, t)| weight(m) * t[p] as f64)
-                        .sum()
-                })
-                .collect()
+            weighted_sum(&taus)
         }
     };
     let d = merged.len();

@@ -288,7 +288,7 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
     ));
     if plan.warmup >= plan.epochs as f64 {
         obs.warn(&format!(
-            "warning: --warmup {} >= --epochs {}: the learning rate never reaches --lr {} (it peaks at {:.3} of it); pass a shorter --warmup",
+            "warning: --warmup {} >= --epochs {}: the schedule never decays and the learning rate peaks at the end of training (at {3:.3} x --lr {2}); pass a shorter --warmup",
             plan.warmup,
             plan.epochs,
             plan.lr,

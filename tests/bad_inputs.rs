@@ -1085,3 +1085,93 @@ fn family13_task_vector_options_are_checked_before_any_work() {
     assert_eq!(report["task_vectors"]["kept_fraction"][0], 0.0);
     assert_eq!(report["settings"]["bn_reset_images"], 0);
 }
+
+// ---- issue 28 (part): options that would have no effect, and inputs that are a mistake -----
+
+#[test]
+fn family14_options_without_effect_are_refused_and_mistakes_warned() {
+    let s = Sandbox::new();
+    let (a, b, out) = (s.p("a"), s.p("b"), s.p("x"));
+    let merge = |rest: &[&str]| s.merge_ab(&[&["--out", out.as_str()][..], rest].concat());
+    s.refuses(
+        &merge(&["--method", "permute", "--alpha", "0.5"]),
+        2,
+        "--alpha applies to --method zipit only; it has no effect with --method permute",
+    );
+    s.refuses(&merge(&["--method", "cca", "--beta", "0.5"]), 2, "--beta");
+    s.refuses(
+        &merge(&["--cca-reg", "0.1"]),
+        2,
+        "--cca-reg applies to --method cca",
+    );
+    s.refuses(
+        &merge(&["--dual-lambda", "0.3"]),
+        2,
+        "--dual-lambda applies to --similarity dual only",
+    );
+    let exp = |sub: &str, rest: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["reproduce", sub, "--data", SAMPLE]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        v.extend(rest.iter().map(|x| x.to_string()));
+        v
+    };
+    s.refuses(
+        &exp("table1", &["--method", "permute"]),
+        2,
+        "--method permute",
+    );
+    s.refuses(
+        &exp("table1", &["--cca-reg", "0.1"]),
+        2,
+        "--cca-reg sets the --extended rows",
+    );
+    s.refuses(
+        &exp(
+            "grid",
+            &["--model", &a, "--model", &b, "--method", "permute"],
+        ),
+        2,
+        "--method permute",
+    );
+    s.refuses(
+        &exp("grid", &["--model", &a, "--model", &b, "--alpha", "0.5"]),
+        2,
+        "--alphas",
+    );
+    // a model given twice, the probe folder evaluated, more probe images than the folder holds
+    let err = ok(&[&[
+        "merge",
+        "--model",
+        &a,
+        "--model",
+        &a,
+        "--data",
+        &format!("{SAMPLE}/train"),
+        "--out",
+        &s.p("twice"),
+        "--probe-images",
+        "5000",
+        "--bn-reset-images",
+        "50",
+        "--no-eval",
+        "-q",
+    ][..]]
+    .concat());
+    assert!(err.contains("is given twice"), "{err}");
+    assert!(err.contains("note: 5000 probe images asked"), "{err}");
+    let err = ok(&s.merge_ab(
+        &[
+            &[
+                "--data",
+                &format!("{SAMPLE}/train"),
+                "--out",
+                &s.p("ontrain"),
+            ][..],
+            &FAST[1..],
+        ]
+        .concat(),
+    ));
+    assert!(err.contains("is the probe folder"), "{err}");
+}

@@ -262,6 +262,21 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
     if a.alphas.is_empty() || a.betas.is_empty() {
         return Err(usage("--alphas/--betas: expected at least one value each"));
     }
+    let m = &a.settings.matcher;
+    if m.method != "zipit" {
+        return Err(usage(format!(
+            "--method {}: reproduce grid searches ZipIt!'s alpha and beta; it runs zipit only",
+            m.method
+        )));
+    }
+    if let Some(flag) = [("--alpha", m.alpha), ("--beta", m.beta)]
+        .iter()
+        .find_map(|(f, v)| v.map(|_| *f))
+    {
+        return Err(usage(format!(
+            "{flag} has no effect: the grid searches --alphas and --betas"
+        )));
+    }
     let settings = a.settings.library()?;
     a.out
         .as_deref()
@@ -289,9 +304,34 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
 
 fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
     let s = &a.settings;
+    if s.matcher.method != "zipit" {
+        return Err(usage(format!(
+            "--method {}: reproduce table1 runs its fixed rows (W.Avg, Git Re-Basin, Permute, ZipIt!); --method has no effect",
+            s.matcher.method
+        )));
+    }
+    if !a.extended {
+        if let Some(flag) = [
+            ("--cca-reg", s.matcher.cca_reg.is_some()),
+            ("--dual-lambda", s.dual_lambda.is_some()),
+        ]
+        .iter()
+        .find_map(|(f, on)| on.then_some(*f))
+        {
+            return Err(usage(format!(
+                "{flag} sets the --extended rows; it has no effect without --extended"
+            )));
+        }
+    }
+    let dual_lambda = s
+        .dual_lambda
+        .unwrap_or(super::merge_cmd::DEFAULT_DUAL_LAMBDA);
+    zipmerge::merge::check_dual_lambda(dual_lambda).map_err(merge_error)?;
+    // the standard rows' settings: ZipIt! with the reference's similarity; the extended rows'
+    // CCA ridge and dual lambda are taken separately below
     let mut zipit = s.clone();
-    zipit.matcher.method = "zipit".into();
-    // checks --dual-lambda too, which the extended rows use
+    zipit.matcher.cca_reg = None;
+    zipit.dual_lambda = None;
     let settings = zipit.library()?;
     let found = runs::find_groups(&a.pairs, a.filter.as_deref())?;
     for why in &found.skipped {
@@ -314,8 +354,11 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
         paper: a.paper,
         extended: a.extended,
         refit_ridge: s.refit_ridge,
-        dual_lambda: s.dual_lambda,
-        cca_reg: s.matcher.cca_reg,
+        dual_lambda,
+        cca_reg: s
+            .matcher
+            .cca_reg
+            .unwrap_or(zipmerge::matching::cca::DEFAULT_CCA_REG),
         inputs: a.data.inputs(s, p)?,
         settings,
     };

@@ -23,25 +23,56 @@ pub struct MatcherArgs {
     /// Matching method: zipit, permute, weight-avg, git-rebasin, cca (CCA Merge), return-a.
     #[arg(long, default_value = "zipit")]
     pub method: String,
-    /// ZipIt! alpha (> 0): similarity of a merged feature is alpha * min of its parts'.
-    #[arg(long, default_value_t = 0.3, value_parser = finite)]
-    pub alpha: f64,
-    /// ZipIt! beta in [0, 1]: budget of same-model merges per model, floor(Om/2) * beta.
-    #[arg(long, default_value_t = 0.125, value_parser = finite)]
-    pub beta: f64,
-    /// CCA Merge's ridge, relative to the mean variance of each feature space (>= 0).
-    #[arg(long, default_value_t = zipmerge::matching::cca::DEFAULT_CCA_REG, value_parser = non_negative)]
-    pub cca_reg: f64,
+    /// ZipIt! alpha (> 0): similarity of a merged feature is alpha * min of its parts'
+    /// (default 0.3; zipit only).
+    #[arg(long, value_parser = finite)]
+    pub alpha: Option<f64>,
+    /// ZipIt! beta in [0, 1]: budget of same-model merges per model, floor(Om/2) * beta
+    /// (default 0.125; zipit only).
+    #[arg(long, value_parser = finite)]
+    pub beta: Option<f64>,
+    /// CCA Merge's ridge, relative to the mean variance of each feature space (>= 0; default
+    /// 1e-4; cca only).
+    #[arg(long, value_parser = non_negative)]
+    pub cca_reg: Option<f64>,
     /// Merge normalisation epsilon: merge = P / (colsum(P) + eps).
     #[arg(long, default_value_t = 1e-5, value_parser = non_negative)]
     pub merge_eps: f64,
 }
 
+/// The dual-space similarity's default lambda.
+pub const DEFAULT_DUAL_LAMBDA: f64 = 0.5;
+
+/// ZipIt!'s default alpha (reference doc §2).
+pub const DEFAULT_ALPHA: f64 = 0.3;
+/// ZipIt!'s default beta (reference doc §2).
+pub const DEFAULT_BETA: f64 = 0.125;
+
 impl MatcherArgs {
-    /// The method of these flags; `seed` is Git Re-Basin's visiting order.
+    /// The method of these flags; `seed` is Git Re-Basin's visiting order. A hyper-parameter
+    /// given for a method that does not take it is a usage error naming both options (never
+    /// silently ignored).
     pub fn method(&self, seed: u64) -> Result<Method> {
-        Method::parse(&self.method, self.alpha, self.beta, seed)
-            .and_then(|m| m.with_cca_reg(self.cca_reg))
+        let m = self.method.as_str();
+        let given = [
+            ("--alpha", self.alpha.is_some(), "zipit"),
+            ("--beta", self.beta.is_some(), "zipit"),
+            ("--cca-reg", self.cca_reg.is_some(), "cca"),
+        ];
+        if let Some((flag, _, takes)) = given.iter().find(|(_, on, takes)| *on && m != *takes) {
+            return Err(usage(format!(
+                "{flag} applies to --method {takes} only; it has no effect with --method {m}"
+            )));
+        }
+        let (alpha, beta) = (
+            self.alpha.unwrap_or(DEFAULT_ALPHA),
+            self.beta.unwrap_or(DEFAULT_BETA),
+        );
+        let reg = self
+            .cca_reg
+            .unwrap_or(zipmerge::matching::cca::DEFAULT_CCA_REG);
+        Method::parse(m, alpha, beta, seed)
+            .and_then(|m| m.with_cca_reg(reg))
             .map_err(merge_error)
     }
 }
@@ -76,9 +107,9 @@ pub struct MergeSettings {
     /// of the producing filters) or `dual` (MuDSC: (1 - L) * activation + L * weight).
     #[arg(long, default_value = "activation", value_parser = ["activation", "weight", "dual"])]
     pub similarity: String,
-    /// L of `--similarity dual`, in [0, 1].
-    #[arg(long, default_value_t = 0.5, value_parser = finite)]
-    pub dual_lambda: f64,
+    /// L of `--similarity dual`, in [0, 1] (default 0.5; with --similarity dual only).
+    #[arg(long, value_parser = finite)]
+    pub dual_lambda: Option<f64>,
     /// REPAIR after the merge (Jordan et al., ICLR 2023): reset each merged channel's mean and
     /// std on the probe images to the average of its source channels' (any method; in a partial
     /// zip, the merged trunk).
@@ -104,8 +135,14 @@ impl MergeSettings {
     /// The library's settings of these flags, checked.
     pub fn library(&self) -> Result<merge::MergeSettings> {
         let method = self.matcher.method(self.seed)?;
-        let similarity =
-            Similarity::parse(&self.similarity, self.dual_lambda).map_err(merge_error)?;
+        if self.dual_lambda.is_some() && self.similarity != "dual" {
+            return Err(usage(format!(
+                "--dual-lambda applies to --similarity dual only; it has no effect with --similarity {}",
+                self.similarity
+            )));
+        }
+        let lambda = self.dual_lambda.unwrap_or(DEFAULT_DUAL_LAMBDA);
+        let similarity = Similarity::parse(&self.similarity, lambda).map_err(merge_error)?;
         let s = merge::MergeSettings {
             method,
             merge_eps: self.matcher.merge_eps,
@@ -331,6 +368,7 @@ pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
     check_out(&a.out, &a.models, true)?;
     let tasks = tasks_option(&a.tasks)?;
     let io = a.io.inputs(&a.settings, p)?;
+    warn_inputs(&a.models, &io, !a.no_eval, p);
     let plan = MergePlan {
         models: a.models.clone(),
         stop: a.stop.clone(),
@@ -358,6 +396,40 @@ pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
     p.emit(r, &text, Some(note))
 }
 
+/// Warnings about inputs that are legal but almost always a mistake: a model given twice (it
+/// is merged with itself), an evaluation folder that is the probe folder or a `train` folder
+/// (the accuracy would not be a test accuracy).
+fn warn_inputs(models: &[PathBuf], io: &Inputs, eval: bool, p: &mut Printer) {
+    use zipmerge::progress::Observer;
+    let canon = |x: &Path| std::fs::canonicalize(x).unwrap_or_else(|_| x.to_path_buf());
+    for (i, m) in models.iter().enumerate() {
+        let c = canon(&zipmerge::checkpoint::model_dir(m));
+        if models[..i]
+            .iter()
+            .any(|o| canon(&zipmerge::checkpoint::model_dir(o)) == c)
+        {
+            p.warn(&format!(
+                "warning: --model {} is given twice: the merge combines a model with itself",
+                m.display()
+            ));
+        }
+    }
+    if eval {
+        let test = canon(&zipmerge::data::split_dir(&io.test_root, "test"));
+        if test == canon(&io.probe_dir) {
+            p.warn(&format!(
+                "warning: the evaluation folder {} is the probe folder: the accuracy is measured on the images the merge was fit to, not a test accuracy",
+                test.display()
+            ));
+        } else if test.file_name().is_some_and(|n| n == "train") {
+            p.warn(&format!(
+                "warning: the evaluation folder {} is a train folder: the reported accuracy is not a test accuracy (pass the data root, whose test/ is evaluated)",
+                test.display()
+            ));
+        }
+    }
+}
+
 /// `zipmerge merge --method task-arithmetic | ties | dare-ties | dare-linear --base B`:
 /// flags -> [`TaskVectorPlan`] -> [`run_task_vectors`] -> model folder + `report.json`.
 fn exec_task_vectors(a: MergeArgs, p: &mut Printer) -> Result<()> {
@@ -366,8 +438,10 @@ fn exec_task_vectors(a: MergeArgs, p: &mut Printer) -> Result<()> {
     // the alignment methods' options have no effect here: refuse them when changed
     let defaults = [
         ("--stop", a.stop != "full"),
-        ("--alpha", s.matcher.alpha != 0.3),
-        ("--beta", s.matcher.beta != 0.125),
+        ("--alpha", s.matcher.alpha.is_some()),
+        ("--beta", s.matcher.beta.is_some()),
+        ("--cca-reg", s.matcher.cca_reg.is_some()),
+        ("--dual-lambda", s.dual_lambda.is_some()),
         ("--similarity", s.similarity != "activation"),
         ("--repair", s.repair),
         ("--refit", s.refit != "none"),

@@ -248,6 +248,15 @@ impl MergeSettings {
             .into());
         }
         let used = self.probe_images.unwrap_or(probe.total).min(probe.total);
+        if self.probe_images.is_some_and(|n| n > probe.total) {
+            obs.warn(&format!(
+                "note: {} probe images asked, {} holds {}: using all {}",
+                self.probe_images.unwrap_or(0),
+                probe.set.source,
+                probe.total,
+                probe.total
+            ));
+        }
         if used < self.batch_size {
             obs.warn(&format!(
                 "note: the probe set gives {used} images ({} in {}), fewer than the batch size {}: using one batch of {used}",

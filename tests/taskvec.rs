@@ -188,6 +188,7 @@ fn the_cli_merge_equals_the_official_code_on_the_shipped_fine_tunes() {
                 worst = worst.max((a - b).abs());
             }
         }
+        eprintln!("{case}: largest difference to the official code {worst:e}");
         assert!(worst <= 1e-6, "{case}: max abs difference {worst:e}");
     }
 }

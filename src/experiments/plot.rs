@@ -251,3 +251,99 @@ pub fn grid_heatmap(
     std::fs::rename(&tmp, png).map_err(|x| PlotError(format!("{}: {x}", png.display())))?;
     Ok(())
 }
+
+/// One line of [`tasks_plot`]: a method and its `(tasks merged, average normalized accuracy
+/// %)` points, with the standard deviation over seeds.
+pub type TasksSeries = (String, Vec<(f64, f64, f64)>);
+
+/// The TIES paper's scaling figure: average normalized accuracy (%) against the number of tasks
+/// merged, one line per method (error bars: std over seeds), written as PNG at `png`.
+///
+/// # Errors
+/// [`PlotError`] when drawing or writing fails.
+pub fn tasks_plot(series: &[TasksSeries], title: &str, png: &Path) -> Result<(), PlotError> {
+    ensure_font();
+    let e = |x: &dyn std::fmt::Display| PlotError(x.to_string());
+    let dir = png
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(".tasks.png.tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (900, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let pts = series.iter().flat_map(|(_, p)| p.iter());
+        let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y, s) in pts {
+            xmin = xmin.min(x);
+            xmax = xmax.max(x);
+            ymin = ymin.min(y - s);
+            ymax = ymax.max(y + s);
+        }
+        let (ylo, yhi) = ((ymin - 2.0).floor(), (ymax + 2.0).ceil().min(105.0));
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .build_cartesian_2d((xmin - 0.2)..(xmax + 0.2), ylo..yhi)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .x_desc("tasks merged")
+            .y_desc("average normalized accuracy (%)")
+            .x_labels((xmax - xmin) as usize + 1)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 16))
+            .draw()
+            .map_err(|x| e(&x))?;
+        for (i, (name, p)) in series.iter().enumerate() {
+            // ColorBrewer Set1 without its yellow (unreadable on white)
+            const SET1: [(u8, u8, u8); 8] = [
+                (228, 26, 28),
+                (55, 126, 184),
+                (77, 175, 74),
+                (152, 78, 163),
+                (255, 127, 0),
+                (166, 86, 40),
+                (247, 129, 191),
+                (90, 90, 90),
+            ];
+            let (r, g, b) = SET1[i % SET1.len()];
+            let color = RGBColor(r, g, b).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    p.iter().map(|&(x, y, _)| (x, y)),
+                    color.stroke_width(2),
+                ))
+                .map_err(|x| e(&x))?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    p.iter()
+                        .map(|&(x, y, s)| PathElement::new(vec![(x, y - s), (x, y + s)], color)),
+                )
+                .map_err(|x| e(&x))?;
+            chart
+                .draw_series(
+                    p.iter()
+                        .map(|&(x, y, _)| Circle::new((x, y), 4, color.filled())),
+                )
+                .map_err(|x| e(&x))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()
+            .map_err(|x| e(&x))?;
+        root.present().map_err(|x| e(&x))?;
+    }
+    std::fs::rename(&tmp, png).map_err(|x| PlotError(format!("{}: {x}", png.display())))
+}

@@ -82,6 +82,9 @@ pub struct TaskRow {
     pub chosen: String,
     /// Average normalized accuracy on the validation split of the chosen knobs (searched rows).
     pub val_normalized: Option<f64>,
+    /// Every candidate of the search with its validation score (searched rows; the test set
+    /// scores only the chosen one).
+    pub candidates: Vec<(String, f64)>,
     /// Test accuracy: per task, average, joint.
     pub accuracy: Accuracy,
     /// Average normalized test accuracy: mean over tasks of (task accuracy / that fine-tune's).
@@ -271,6 +274,7 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
                     seed,
                     chosen,
                     val_normalized: val_norm,
+                    candidates: vec![],
                     normalized: normalized(&acc, &own_test[..n]),
                     accuracy: acc,
                 })
@@ -430,6 +434,7 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
                         seed,
                         chosen: "defaults".into(),
                         val_normalized: None,
+                        candidates: vec![],
                         normalized: normalized(&acc, &own_test[..n]),
                         accuracy: acc,
                     });
@@ -553,7 +558,37 @@ fn markdown(rows: &[TaskRow], n_all: usize, counts: &[usize]) -> String {
     s
 }
 
-/// Writes `tasks.json` and `tasks.md` into `out`.
+/// The scaling figure's lines: per method (not the endpoints), its mean and std over seeds of
+/// the average normalized accuracy (%) at each number of tasks.
+pub fn scaling_series(rows: &[TaskRow]) -> Vec<super::plot::TasksSeries> {
+    methods(rows)
+        .into_iter()
+        .filter(|m| !m.starts_with("fine-tune"))
+        .map(|m| {
+            let mut counts: Vec<usize> = rows
+                .iter()
+                .filter(|r| r.method == m)
+                .map(|r| r.tasks_merged)
+                .collect();
+            counts.dedup();
+            let points = counts
+                .into_iter()
+                .map(|n| {
+                    let v: Vec<f64> = rows
+                        .iter()
+                        .filter(|r| r.method == m && r.tasks_merged == n)
+                        .map(|r| 100.0 * r.normalized)
+                        .collect();
+                    let (mean, std) = mean_std(&v);
+                    (n as f64, mean, std)
+                })
+                .collect();
+            (m, points)
+        })
+        .collect()
+}
+
+/// Writes `tasks.json`, `tasks.md` and the scaling figure `tasks.png` into `out`.
 ///
 /// # Errors
 /// [`ExperimentError::Output`] naming the file.
@@ -562,5 +597,13 @@ pub fn write_tasks(out: &std::path::Path, r: &TasksReport) -> Result<(), Experim
     let p = out.join("tasks.json");
     crate::util::write_atomic(&p, &json).map_err(|e| ExperimentError::output(&p, e))?;
     let p = out.join("tasks.md");
-    crate::util::write_atomic(&p, r.markdown.as_bytes()).map_err(|e| ExperimentError::output(&p, e))
+    crate::util::write_atomic(&p, r.markdown.as_bytes())
+        .map_err(|e| ExperimentError::output(&p, e))?;
+    let series = scaling_series(&r.rows);
+    if series.iter().any(|(_, p)| p.len() > 1) {
+        let title = "Merging fine-tunes of one base: normalized accuracy vs tasks merged";
+        super::plot::tasks_plot(&series, title, &out.join("tasks.png"))
+            .map_err(|e| ExperimentError::plot("the scaling figure", e))?;
+    }
+    Ok(())
 }

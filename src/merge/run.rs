@@ -407,10 +407,15 @@ pub struct MergeProvenance {
     pub dual_lambda: f64,
     /// Seed.
     pub seed: u64,
+    /// Images per batch of statistics, BN reset and evaluation (the BN statistics are per
+    /// batch, so this changes the merged weights).
+    pub batch_size: usize,
     /// Backend.
     pub backend: String,
     /// Command line.
     pub command: String,
+    /// zipmerge's version.
+    pub zipmerge_version: &'static str,
 }
 
 /// The report of one merge (`report.json`; the keys are a stable interface).
@@ -594,8 +599,10 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
         similarity: s.similarity.name(),
         dual_lambda: lambda,
         seed: s.seed,
+        batch_size: s.batch_size,
         backend: plan.backend.clone(),
         command: plan.command.clone(),
+        zipmerge_version: env!("CARGO_PKG_VERSION"),
     };
     let t = Instant::now();
     let prov_json = serde_json::json!({ "merge": provenance });

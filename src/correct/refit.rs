@@ -15,7 +15,7 @@
 //! and solved by Cholesky. `lambda = ridge * mean(diag(P^T P))` (relative ridge; a floor of
 //! `1e-12` of the largest diagonal entry, raised to `1e-9`, `1e-6` or `1e-3` when the equations
 //! are not positive definite in floating point, keeps dead or collinear input channels and
-//! layers with fewer pixels than unknowns solvable; blocked Cholesky, [`super::linalg`]). Layers with
+//! layers with fewer pixels than unknowns solvable; blocked Cholesky, `linalg.rs`). Layers with
 //! more output pixels than [`ROWS_PER_UNKNOWN`] per unknown use an evenly strided subset of
 //! them. One step of iterative refinement on the f32 weights follows the solve.
 

@@ -1,7 +1,7 @@
 //! REPAIR (Jordan et al., ICLR 2023, "REPAIR: REnormalizing Permuted Activations for
 //! Interpolation Repair", §3-4): after a merge, each merged channel's mean and standard deviation
 //! on the probe images are reset to its target's, by an affine map of the layer's branch output
-//! (`bn(conv(x))`, before the residual add and the ReLU) that [`super::write`] folds into the BN's
+//! (`bn(conv(x))`, before the residual add and the ReLU) that `correct::write` folds into the BN's
 //! weight and bias, or into the conv's weight and bias when there is no BN (VGG-11).
 //!
 //! The target statistics of merged channel `c` come from the source channels the merge matrix

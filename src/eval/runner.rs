@@ -350,7 +350,7 @@ pub struct EvalReport {
 /// time.
 ///
 /// # Errors
-/// [`MergeError::Param`] for no model; [`MergeError`] naming a model or data folder that cannot
+/// [`crate::error::MergeError::Param`] for no model; [`crate::error::MergeError`] naming a model or data folder that cannot
 /// be read, or a task class missing from the test set.
 pub fn evaluate_folders(
     models: &[std::path::PathBuf],

@@ -272,7 +272,7 @@ impl Endpoints {
     }
 
     /// Resets the BN statistics of every endpoint (reference §1.1 step 2), all endpoints in one
-    /// loop over the images ([`bn_reset::measure_many`]).
+    /// loop over the images ([`crate::collect::bn::measure_many`]).
     ///
     /// # Errors
     /// As [`bn_reset::reset`].

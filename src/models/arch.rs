@@ -1,6 +1,6 @@
 //! What an architecture is to zipmerge: the [`Architecture`] trait every model file implements
 //! (its facts, FLOPs, initialisation rule, merge-spec builder, CPU-engine program and how its
-//! PyTorch state dicts look) and the [`architectures!`] macro that registers the model files:
+//! PyTorch state dicts look) and the `architectures!` macro that registers the model files:
 //! it generates the [`super::Arch`] name enum, the [`super::Net`] module enum and their
 //! dispatch, so adding an architecture is one file plus one registration line in
 //! `models/mod.rs`.
@@ -79,7 +79,7 @@ impl ArchFacts {
 }
 
 /// One architecture zipmerge can train, merge, import and export. Implemented by a unit struct
-/// in the architecture's model file and registered with [`architectures!`].
+/// in the architecture's model file and registered with `architectures!`.
 pub trait Architecture: Sync {
     /// Its constant facts.
     fn facts(&self) -> ArchFacts;

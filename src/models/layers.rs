@@ -7,7 +7,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, Pa
 use burn::tensor::{Device, Tensor};
 
 /// A conv with square kernel `k`, stride `s`, padding `p` on every side and no bias. Weights
-/// start at zero: real initial values come from [`crate::models::init`].
+/// start at zero: real initial values come from [`crate::models::init_state`].
 pub fn conv(cin: usize, cout: usize, k: usize, s: usize, p: usize, device: &Device) -> Conv2d {
     conv_config(cin, cout, k, s, p)
         .with_bias(false)

@@ -1071,6 +1071,26 @@ fn family13_task_vector_options_are_checked_before_any_work() {
         2,
         "--weights",
     );
+    // reproduce grid searches the task-vector methods too, with the same checks
+    let grid = |rest: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["reproduce", "grid", "--model", &a, "--model", &b]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        v.extend(rest.iter().map(|x| x.to_string()));
+        v
+    };
+    s.refuses(&grid(&["--method", "ties"]), 2, "needs --base");
+    s.refuses(
+        &grid(&["--method", "ties", "--base", &a, "--drops", "0.5"]),
+        2,
+        "--drops has no effect with --method ties",
+    );
+    s.refuses(
+        &grid(&["--lambdas", "1"]),
+        2,
+        "--lambdas applies to the task-vector methods",
+    );
     // a base of another architecture: named, nothing written
     let r50 = "models/cifar10-5+5-resnet50/resnet50w4-a";
     s.refuses(&tv("ties", &["--base", r50]), 1, "--base");

@@ -48,6 +48,17 @@ pub enum Reproduce {
     Tasks(TasksArgs),
 }
 
+/// Task Arithmetic's lambda grid (the TIES repository's 0.1 ... 1.0).
+const TA_LAMBDAS: &str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0";
+/// TIES's lambda grid (the paper's 0.8 ... 3.0, coarser).
+const TIES_LAMBDAS: &str = "0.8,1.0,1.2,1.5,2.0,2.5,3.0";
+/// TIES's density grid (the paper's).
+const DENSITIES: &str = "0.1,0.2,0.3";
+/// DARE-TIES's drop grid.
+const DROPS: &str = "0.5,0.9";
+/// DARE-TIES's lambda grid.
+const DARE_LAMBDAS: &str = "0.6,0.8,1.0,1.2";
+
 /// Arguments of `zipmerge reproduce tasks`.
 #[derive(Args, Debug)]
 pub struct TasksArgs {
@@ -85,13 +96,13 @@ pub struct TasksArgs {
     )]
     pub ties_lambdas: Vec<f64>,
     /// TIES's density grid (the paper's 0.1, 0.2, 0.3).
-    #[arg(long, value_delimiter = ',', default_value = "0.1,0.2,0.3")]
+    #[arg(long, value_delimiter = ',', default_value = DENSITIES)]
     pub densities: Vec<f64>,
     /// DARE-TIES's drop grid.
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9")]
+    #[arg(long, value_delimiter = ',', default_value = DROPS)]
     pub drops: Vec<f64>,
     /// DARE-TIES's lambda grid.
-    #[arg(long, value_delimiter = ',', default_value = "0.6,0.8,1.0,1.2")]
+    #[arg(long, value_delimiter = ',', default_value = DARE_LAMBDAS)]
     pub dare_lambdas: Vec<f64>,
     /// Leave out ZipIt! and Permute of the fine-tunes.
     #[arg(long)]
@@ -133,6 +144,23 @@ pub struct GridArgs {
     /// Evaluate each cell on this many test images (seeded subset; `all` = every image).
     #[arg(long, default_value = "all", value_parser = count(1))]
     pub eval_images: Count,
+    /// Task-vector methods (`--method task-arithmetic | ties | dare-ties`): the base the
+    /// `--model` fine-tunes start from; the grid then searches lambda (and the density or the
+    /// drop) on a validation split of the train folder (as `reproduce tasks`).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Task-vector methods: the lambda grid (default: the method's grid of `reproduce tasks`).
+    #[arg(long, value_delimiter = ',')]
+    pub lambdas: Option<Vec<f64>>,
+    /// TIES: the density grid (default 0.1,0.2,0.3).
+    #[arg(long, value_delimiter = ',')]
+    pub densities: Option<Vec<f64>>,
+    /// DARE-TIES: the drop grid (default 0.5,0.9).
+    #[arg(long, value_delimiter = ',')]
+    pub drops: Option<Vec<f64>>,
+    /// Task-vector methods: validation images carved from the train folder.
+    #[arg(long, default_value_t = 2000, value_parser = super::common::positive)]
+    pub val_images: usize,
     #[command(flatten)]
     pub settings: MergeSettings,
     #[command(flatten)]
@@ -170,6 +198,12 @@ pub struct Table1Args {
 
 /// Runs `zipmerge sweep`.
 pub fn exec_sweep(a: SweepArgs, p: &mut Printer) -> Result<()> {
+    let m = &a.settings.matcher.method;
+    if super::merge_cmd::TASK_VECTOR_METHODS.contains(&m.as_str()) {
+        return Err(usage(format!(
+            "--method {m}: a task-vector merge has no stops (the whole network is merged); search its lambda and density with `reproduce grid --method {m} --base BASE` or `reproduce tasks`"
+        )));
+    }
     let settings = a.settings.library()?;
     a.out
         .as_deref()
@@ -201,7 +235,7 @@ pub fn exec_reproduce(a: Reproduce, p: &mut Printer) -> Result<()> {
 }
 
 fn exec_tasks(a: TasksArgs, p: &mut Printer) -> Result<()> {
-    use zipmerge::experiments::tasks::{tasks_table, write_tasks, TasksPlan};
+    use zipmerge::experiments::tasks::TasksPlan;
     let found = runs::find_groups(&a.pairs, None)?;
     for why in &found.skipped {
         p.warn(&format!("warning: --pairs {}: {why}", a.pairs.display()));
@@ -222,18 +256,13 @@ fn exec_tasks(a: TasksArgs, p: &mut Printer) -> Result<()> {
             return Err(usage(format!("{flag}: expected finite numbers >= 0")));
         }
     }
-    let mut inputs = models.clone();
-    inputs.push(base.clone());
-    if let Some(o) = &a.out {
-        check_out(o, &inputs, false)?;
-    }
     let plan = TasksPlan {
         counts: a
             .counts
             .clone()
             .unwrap_or_else(|| (2..=models.len()).collect()),
         base,
-        models,
+        models: models.clone(),
         data_root: super::common::data_root(a.data.as_deref()),
         val_images: a.val_images,
         val_seed: a.val_seed,
@@ -250,15 +279,138 @@ fn exec_tasks(a: TasksArgs, p: &mut Printer) -> Result<()> {
         device: burn::tensor::Device::flex(),
         command: super::common::command_line(),
     };
+    run_tasks(plan, a.out.as_deref(), &models, p)
+}
+
+/// `reproduce grid --method task-arithmetic | ties | dare-ties --base B`: the method's lambda
+/// (and density or drop) grid on a validation split of the train folder, with the base, the
+/// fine-tunes, their average and TIES's defaults as references ([`TasksPlan`] with one count,
+/// one seed and only this method's grid).
+fn exec_grid_task_vectors(a: GridArgs, p: &mut Printer) -> Result<()> {
+    use zipmerge::experiments::tasks::TasksPlan;
+    let m = a.settings.matcher.method.clone();
+    let Some(base) = a.base.clone() else {
+        return Err(usage(format!(
+            "--method {m} needs --base BASE (the model the --model fine-tunes start from)"
+        )));
+    };
+    let defaults =
+        |v: &str| -> Vec<f64> { v.split(',').map(|x| x.parse().unwrap_or(0.0)).collect() };
+    let lambdas = |d: &str| a.lambdas.clone().unwrap_or_else(|| defaults(d));
+    let (mut ta, mut ties, mut dens, mut drops, mut dare) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let unused: &[(&str, bool)] = match m.as_str() {
+        "task-arithmetic" => {
+            ta = lambdas(TA_LAMBDAS);
+            &[
+                ("--densities", a.densities.is_some()),
+                ("--drops", a.drops.is_some()),
+            ]
+        }
+        "ties" => {
+            ties = lambdas(TIES_LAMBDAS);
+            dens = a.densities.clone().unwrap_or_else(|| defaults(DENSITIES));
+            &[("--drops", a.drops.is_some())]
+        }
+        "dare-ties" => {
+            dare = lambdas(DARE_LAMBDAS);
+            drops = a.drops.clone().unwrap_or_else(|| defaults(DROPS));
+            &[("--densities", a.densities.is_some())]
+        }
+        _ => {
+            return Err(usage(format!(
+                "--method {m}: the grid searches zipit, task-arithmetic, ties or dare-ties"
+            )))
+        }
+    };
+    if let Some((flag, _)) = unused.iter().find(|(_, on)| *on) {
+        return Err(usage(format!("{flag} has no effect with --method {m}")));
+    }
+    if a.stop != "7/20" {
+        return Err(usage(format!(
+            "--stop has no effect with --method {m}: the whole network is merged"
+        )));
+    }
+    for (flag, g) in [
+        ("--lambdas", &ta),
+        ("--lambdas", &ties),
+        ("--lambdas", &dare),
+        ("--densities", &dens),
+        ("--drops", &drops),
+    ] {
+        if g.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(usage(format!("{flag}: expected finite numbers >= 0")));
+        }
+    }
+    let s = &a.settings;
+    let plan = TasksPlan {
+        counts: vec![a.models.len()],
+        base,
+        models: a.models.clone(),
+        data_root: super::common::data_root(a.data.data.as_deref()),
+        val_images: a.val_images,
+        val_seed: 0,
+        bn_reset_images: s.bn_reset_images.0.unwrap_or(1000),
+        seeds: vec![s.seed],
+        ta_lambdas: ta,
+        ties_lambdas: ties,
+        densities: dens,
+        drops,
+        dare_lambdas: dare,
+        alignment: false,
+        batch_size: s.batch_size,
+        cache_gib: super::common::cache_gib()?,
+        device: a.data.backend.device(p)?,
+        command: super::common::command_line(),
+    };
+    run_tasks(plan, a.out.as_deref(), &a.models, p)
+}
+
+/// Runs a [`zipmerge::experiments::tasks::TasksPlan`], writes its outputs into `out`, prints.
+fn run_tasks(
+    plan: zipmerge::experiments::tasks::TasksPlan,
+    out: Option<&std::path::Path>,
+    models: &[PathBuf],
+    p: &mut Printer,
+) -> Result<()> {
+    use zipmerge::experiments::tasks::{tasks_table, write_tasks};
+    let mut inputs = models.to_vec();
+    inputs.push(plan.base.clone());
+    if let Some(o) = out {
+        check_out(o, &inputs, false)?;
+    }
     let r = tasks_table(&plan, p).map_err(merge_error)?;
-    if let Some(o) = &a.out {
+    if let Some(o) = out {
         write_tasks(o, &r)?;
     }
+    let mut text = r.markdown.clone();
+    for row in r.rows.iter().filter(|r| !r.candidates.is_empty()) {
+        text += &format!("\n{} (seed {}), validation scores:\n", row.method, row.seed);
+        for (knobs, v) in &row.candidates {
+            text += &format!("  {knobs}: {:.2}%\n", 100.0 * v);
+        }
+    }
     let note = format!("{} rows, {:.1}s", r.rows.len(), r.seconds);
-    p.emit(&r, &r.markdown, Some(note))
+    p.emit(&r, &text, Some(note))
 }
 
 fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
+    if super::merge_cmd::TASK_VECTOR_METHODS.contains(&a.settings.matcher.method.as_str()) {
+        return exec_grid_task_vectors(a, p);
+    }
+    if let Some(flag) = [
+        ("--base", a.base.is_some()),
+        ("--lambdas", a.lambdas.is_some()),
+        ("--densities", a.densities.is_some()),
+        ("--drops", a.drops.is_some()),
+    ]
+    .iter()
+    .find_map(|(f, on)| on.then_some(*f))
+    {
+        return Err(usage(format!(
+            "{flag} applies to the task-vector methods (--method task-arithmetic, ties or dare-ties)"
+        )));
+    }
     if a.alphas.is_empty() || a.betas.is_empty() {
         return Err(usage("--alphas/--betas: expected at least one value each"));
     }

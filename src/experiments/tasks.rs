@@ -372,10 +372,12 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
             ));
             for (label, grid) in searches {
                 let total = grid.len() as u64;
+                let mut candidates = Vec::new();
                 let best = phase(obs, &format!("{label} n={n}"), total, |p| {
                     let mut best: Option<(f64, TaskVectorSettings)> = None;
                     for s in grid {
                         let v = on_val(merge_with(&s)?)?;
+                        candidates.push((s.method.knobs(s.lambda), v));
                         p(1);
                         if best.as_ref().is_none_or(|(b, _)| v > *b) {
                             best = Some((v, s));
@@ -385,14 +387,9 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
                 })?;
                 if let Some((v, s)) = best {
                     let chosen = s.method.knobs(s.lambda);
-                    rows.push(test_row(
-                        label,
-                        chosen,
-                        Some(v),
-                        merge_with(&s)?,
-                        &bn,
-                        seed,
-                    )?);
+                    let mut row = test_row(label, chosen, Some(v), merge_with(&s)?, &bn, seed)?;
+                    row.candidates = candidates;
+                    rows.push(row);
                 }
             }
             let defaults = settings(ties(0.2), 1.0);

@@ -187,7 +187,7 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
     let base_dir = checkpoint::model_dir(&plan.base);
     let bm = checkpoint::read_manifest(&base_dir)?;
     let base = checkpoint::read_weights(&base_dir, &bm.weights)?;
-    taskvec::task_vectors(&base, &ep.states.iter().collect::<Vec<_>>()).map_err(|e| {
+    taskvec::check_fine_tunes(&base, &ep.states.iter().collect::<Vec<_>>()).map_err(|e| {
         MergeError::Endpoint {
             model: plan.base.display().to_string(),
             msg: e.to_string(),

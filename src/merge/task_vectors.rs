@@ -211,7 +211,7 @@ pub fn run_task_vectors(
     }
     let base = checkpoint::read_weights(&base_dir, &bm.weights)?;
     // a model that is not a fine-tune is refused here, before any image is decoded
-    taskvec::task_vectors(&base, &ep.states.iter().collect::<Vec<_>>())
+    taskvec::check_fine_tunes(&base, &ep.states.iter().collect::<Vec<_>>())
         .map_err(|e| tv_error(e, &plan.models))?;
     let linear_per_model = matches!(a.heads[0].head, HeadSpec::Linear)
         && ep

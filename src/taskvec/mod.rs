@@ -22,13 +22,11 @@
 //! - DARE ([`dare`], MergeLM `mask_input_with_mask_rate`): per tensor, each entry dropped with
 //!   probability `p` and the kept ones scaled by `1 / (1 - p)`.
 
-use std::collections::BTreeMap;
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::state::{NamedTensor, StateDict};
+use crate::state::StateDict;
 
 /// Whether the tensor `name` holds trainable parameters (a task-vector tensor): every tensor but
 /// BN running statistics and counters (`running_mean`, `running_var`, `num_batches_tracked`).
@@ -254,22 +252,20 @@ fn layout(base: &StateDict) -> Vec<(String, usize, usize)> {
         .collect()
 }
 
-/// The flattened task vectors `tau_t = theta_t - theta_base` (f32, as PyTorch subtracts), one
-/// per fine-tune, over the trainable tensors of `base` in sorted-name order.
+/// Checks that every model of `fine_tunes` is a fine-tune of `base`: the same tensor names
+/// and shapes. Reads no values, so callers can refuse bad inputs before any other work.
 ///
 /// # Errors
-/// [`TaskVectorError::NotAFineTune`] naming the model and the tensor when a fine-tune misses a
-/// tensor of the base, has one the base lacks, or has another shape.
-pub fn task_vectors(
+/// [`TaskVectorError::NoModels`] for an empty list; [`TaskVectorError::NotAFineTune`] naming
+/// the model and the tensor when a fine-tune misses a tensor of the base, has one the base
+/// lacks, or has another shape.
+pub fn check_fine_tunes(
     base: &StateDict,
     fine_tunes: &[&StateDict],
-) -> Result<Vec<Vec<f32>>, TaskVectorError> {
+) -> Result<(), TaskVectorError> {
     if fine_tunes.is_empty() {
         return Err(TaskVectorError::NoModels);
     }
-    let lay = layout(base);
-    let d = lay.last().map_or(0, |(_, o, l)| o + l);
-    let mut out = Vec::with_capacity(fine_tunes.len());
     for (m, ft) in fine_tunes.iter().enumerate() {
         let err = |tensor: &str, msg: String| TaskVectorError::NotAFineTune {
             model: m,
@@ -279,7 +275,6 @@ pub fn task_vectors(
         if let Some(k) = ft.keys().find(|k| !base.contains_key(*k)) {
             return Err(err(k, "is not in the base".into()));
         }
-        let mut tau = Vec::with_capacity(d);
         for (name, t) in base {
             let Some(f) = ft.get(name) else {
                 return Err(err(name, "is missing".into()));
@@ -290,13 +285,32 @@ pub fn task_vectors(
                     format!("has shape {:?}, the base {:?}", f.shape, t.shape),
                 ));
             }
-            if is_task_vector_tensor(name) {
-                tau.extend(f.data.iter().zip(&t.data).map(|(a, b)| a - b));
-            }
         }
-        out.push(tau);
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The flattened task vectors `tau_t = theta_t - theta_base` (f32, as PyTorch subtracts), one
+/// per fine-tune, over the trainable tensors of `base` in sorted-name order.
+///
+/// # Errors
+/// As [`check_fine_tunes`].
+pub fn task_vectors(
+    base: &StateDict,
+    fine_tunes: &[&StateDict],
+) -> Result<Vec<Vec<f32>>, TaskVectorError> {
+    check_fine_tunes(base, fine_tunes)?;
+    let d = layout(base).last().map_or(0, |(_, o, l)| o + l);
+    Ok(fine_tunes
+        .iter()
+        .map(|ft| {
+            let mut tau = Vec::with_capacity(d);
+            for (name, t) in base.iter().filter(|(k, _)| is_task_vector_tensor(k)) {
+                tau.extend(ft[name].data.iter().zip(&t.data).map(|(a, b)| a - b));
+            }
+            tau
+        })
+        .collect())
 }
 
 /// TIES's global trim of one task vector (official `topk_values_mask`): with `d` entries and
@@ -478,6 +492,12 @@ pub fn merge(
             })
             .collect()
     };
+    // DARE's drop and rescale of every task vector, each model its own seeded stream
+    let dare_all = |taus: &mut Vec<Vec<f32>>, drop: f64| {
+        for (m, t) in taus.iter_mut().enumerate() {
+            dare(t, &lay, drop, settings.seed, m);
+        }
+    };
     let ties = |taus: &mut Vec<Vec<f32>>, density, trim, sign_rule, how| {
         for t in taus.iter_mut() {
             match trim {
@@ -505,16 +525,12 @@ pub fn merge(
             sign,
             disjoint,
         } => {
-            for (m, t) in taus.iter_mut().enumerate() {
-                dare(t, &lay, *drop, settings.seed, m);
-            }
+            dare_all(&mut taus, *drop);
             apply_weights(&mut taus);
             ties(&mut taus, *density, Trim::Global, *sign, *disjoint)
         }
         TaskVectorMethod::DareLinear { drop } => {
-            for (m, t) in taus.iter_mut().enumerate() {
-                dare(t, &lay, *drop, settings.seed, m);
-            }
+            dare_all(&mut taus, *drop);
             weighted_sum(&taus)
         }
     };
@@ -530,19 +546,15 @@ pub fn merge(
             pos && neg
         })
         .count();
-    let mut out: StateDict = BTreeMap::new();
-    for (name, t) in base {
-        out.insert(name.clone(), t.clone());
-    }
+    // the base's tensors (its BN running statistics stay), the trainable ones moved by lambda
+    let mut out = base.clone();
     for (name, off, len) in &lay {
-        let b = &base[name];
-        let data = b
-            .data
-            .iter()
-            .zip(&merged[*off..off + len])
-            .map(|(v, m)| (*v as f64 + settings.lambda * m) as f32)
-            .collect();
-        out.insert(name.clone(), NamedTensor::new(b.shape.clone(), data));
+        let t = out
+            .get_mut(name)
+            .expect("the layout lists the base's tensors");
+        for (v, m) in t.data.iter_mut().zip(&merged[*off..off + len]) {
+            *v = (*v as f64 + settings.lambda * m) as f32;
+        }
     }
     let report = TaskVectorReport {
         settings: settings.clone(),
@@ -559,6 +571,7 @@ pub fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::NamedTensor;
 
     fn state(pairs: &[(&str, Vec<f32>)]) -> StateDict {
         pairs

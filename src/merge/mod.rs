@@ -739,6 +739,16 @@ impl Merged {
         checkpoint::write_model_with(dir, &self.manifest, &files, extra)?;
         Ok(())
     }
+
+    /// [`Merged::save`] with `report` serialised as `report.json` in the same atomic write.
+    ///
+    /// # Errors
+    /// As [`Merged::save`]; [`MergeError::Internal`] when the report does not serialise.
+    pub fn save_with_report(&self, dir: &Path, report: &impl Serialize) -> Result<(), MergeError> {
+        let report = serde_json::to_vec_pretty(report)
+            .map_err(|e| MergeError::Internal(format!("serialising the report: {e}")))?;
+        self.save_with(dir, &[("report.json".into(), report)])
+    }
 }
 
 #[cfg(test)]

@@ -321,6 +321,55 @@ pub struct EvalPlan {
     pub tasks: Option<Vec<Vec<usize>>>,
 }
 
+/// The evaluation of a merge of `ep`, loaded and checked before the long steps: the tasks
+/// (the plan's, else each endpoint's classes) and the test split with the images it scores
+/// (`None` without evaluation). Shared by [`run`] and the task-vector merge.
+pub(crate) struct Evaluation {
+    tasks: Vec<Vec<usize>>,
+    test: Option<(crate::data::ImageSet, usize)>,
+}
+
+impl Evaluation {
+    /// Loads the test split of `eval` and checks it against `ep`'s heads and the tasks.
+    ///
+    /// # Errors
+    /// Data errors naming the folder; [`MergeError::Data`] when a task has no test image.
+    pub(crate) fn load(
+        eval: Option<&EvalPlan>,
+        ep: &Endpoints,
+        cache_gib: f64,
+        obs: &mut dyn Observer,
+    ) -> Result<Self, MergeError> {
+        let tasks = eval
+            .and_then(|e| e.tasks.clone())
+            .unwrap_or_else(|| ep.tasks());
+        let test = match eval {
+            None => None,
+            Some(e) => {
+                let prep = ep.spec.net.preprocess();
+                let test = crate::data::load_split(&e.root, "test", prep, cache_gib, None, obs)?;
+                let n = crate::eval::runner::check_evaluation(&ep.heads(), &test, &tasks)?;
+                Some((test, n))
+            }
+        };
+        Ok(Self { tasks, test })
+    }
+
+    /// Joint / per-task accuracy of `sys` as one `eval` phase; `None` without evaluation.
+    pub(crate) fn run(
+        &self,
+        sys: crate::system::System,
+        batch_size: usize,
+        device: &Device,
+        obs: &mut dyn Observer,
+    ) -> Option<Accuracy> {
+        let (test, n) = self.test.as_ref()?;
+        Some(phase(obs, "eval", *n as u64, |p| {
+            crate::eval::runner::evaluate(&[sys], test, &self.tasks, batch_size, device, p)
+        }))
+    }
+}
+
 /// Everything one merge needs ([`run`]).
 #[derive(Clone, Debug)]
 pub struct MergePlan {
@@ -484,10 +533,7 @@ impl MergeOutcome {
     /// # Errors
     /// [`MergeError::Checkpoint`] when the folder cannot be written.
     pub fn save(&self, dir: &Path) -> Result<(), MergeError> {
-        let report = serde_json::to_vec_pretty(&self.report)
-            .map_err(|e| MergeError::Internal(format!("serialising the report: {e}")))?;
-        self.merged
-            .save_with(dir, &[("report.json".into(), report)])
+        self.merged.save_with_report(dir, &self.report)
     }
 }
 
@@ -526,20 +572,8 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
     };
     let bn_b = s.bn_batches(&probe)?;
     let reset_merged = !bn_b.is_empty() && s.resets_merged();
-    let tasks = plan
-        .eval
-        .as_ref()
-        .and_then(|e| e.tasks.clone())
-        .unwrap_or_else(|| ep.tasks());
     // the test set is loaded and checked before the long steps
-    let test = match &plan.eval {
-        None => None,
-        Some(e) => {
-            let test = crate::data::load_split(&e.root, "test", prep, plan.cache_gib, None, obs)?;
-            let n = crate::eval::runner::check_evaluation(&ep.heads(), &test, &tasks)?;
-            Some((test, n))
-        }
-    };
+    let evaluation = Evaluation::load(plan.eval.as_ref(), &ep, plan.cache_gib, obs)?;
     let t_all = Instant::now();
     let mut timed = |key: &'static str, t: Instant| {
         timings.insert(key, t.elapsed().as_secs_f64());
@@ -641,17 +675,11 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
     };
     let sys = merged.system(&plan.device)?;
     let flops = sys.flops();
-    let accuracy = match &test {
-        Some((test, n)) => {
-            let t = Instant::now();
-            let acc = phase(obs, "eval", *n as u64, |p| {
-                crate::eval::runner::evaluate(&[sys], test, &tasks, s.batch_size, &plan.device, p)
-            });
-            timed("eval", t);
-            Some(acc)
-        }
-        None => None,
-    };
+    let t = Instant::now();
+    let accuracy = evaluation.run(sys, s.batch_size, &plan.device, obs);
+    if accuracy.is_some() {
+        timed("eval", t);
+    }
     timed("total", t_all);
     let report = MergeReport {
         method: s.method.label(),

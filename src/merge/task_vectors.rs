@@ -15,6 +15,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use serde::Serialize;
 
+use super::run::Evaluation;
 use super::{images, merged_manifest, Endpoints, EvalPlan, MergeSettings, Merged, Method};
 use crate::checkpoint;
 use crate::error::{MergeError, MergeParam};
@@ -125,10 +126,7 @@ impl TaskVectorOutcome {
     /// # Errors
     /// [`MergeError::Checkpoint`] when the folder cannot be written.
     pub fn save(&self, dir: &std::path::Path) -> Result<(), MergeError> {
-        let report = serde_json::to_vec_pretty(&self.report)
-            .map_err(|e| MergeError::Internal(format!("serialising the report: {e}")))?;
-        self.merged
-            .save_with(dir, &[("report.json".into(), report)])
+        self.merged.save_with_report(dir, &self.report)
     }
 }
 
@@ -244,19 +242,7 @@ pub fn run_task_vectors(
     } else {
         vec![]
     };
-    let tasks = plan
-        .eval
-        .as_ref()
-        .and_then(|e| e.tasks.clone())
-        .unwrap_or_else(|| ep.tasks());
-    let test = match &plan.eval {
-        None => None,
-        Some(e) => {
-            let test = crate::data::load_split(&e.root, "test", prep, plan.cache_gib, None, obs)?;
-            let n = crate::eval::runner::check_evaluation(&ep.heads(), &test, &tasks)?;
-            Some((test, n))
-        }
-    };
+    let evaluation = Evaluation::load(plan.eval.as_ref(), &ep, plan.cache_gib, obs)?;
     let mut timings = BTreeMap::new();
     let t_all = Instant::now();
     let t = Instant::now();
@@ -314,24 +300,11 @@ pub fn run_task_vectors(
     }
     let sys = merged.system(&plan.device)?;
     let flops = sys.flops();
-    let accuracy = match &test {
-        Some((test, n)) => {
-            let t = Instant::now();
-            let acc = phase(obs, "eval", *n as u64, |p| {
-                crate::eval::runner::evaluate(
-                    &[sys],
-                    test,
-                    &tasks,
-                    plan.batch_size,
-                    &plan.device,
-                    p,
-                )
-            });
-            timings.insert("eval", t.elapsed().as_secs_f64());
-            Some(acc)
-        }
-        None => None,
-    };
+    let t = Instant::now();
+    let accuracy = evaluation.run(sys, plan.batch_size, &plan.device, obs);
+    if accuracy.is_some() {
+        timings.insert("eval", t.elapsed().as_secs_f64());
+    }
     timings.insert("total", t_all.elapsed().as_secs_f64());
     let report = TaskVectorMergeReport {
         method: s.method.label(s.lambda),

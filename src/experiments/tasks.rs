@@ -23,6 +23,7 @@ use crate::data::ImageSet;
 use crate::error::{ExperimentError, MergeError};
 use crate::eval::runner::evaluate;
 use crate::eval::Accuracy;
+use crate::merge::task_vectors::tv_error;
 use crate::merge::{merged_manifest, Batches, Endpoints, MergeSettings, Merged, Method};
 use crate::progress::{phase, Observer};
 use crate::rewrite::Zipped;
@@ -107,15 +108,6 @@ pub struct TasksReport {
     pub markdown: String,
 }
 
-/// The loaded inputs shared by every row.
-struct Loaded {
-    base: StateDict,
-    ep: Endpoints,
-    val: ImageSet,
-    test: ImageSet,
-    train: ImageSet,
-}
-
 /// A full model of `state` with the manifest of the first `n` fine-tunes' merge, its BN reset
 /// on `bn` (when any).
 fn system_of(
@@ -187,12 +179,8 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
     let base_dir = checkpoint::model_dir(&plan.base);
     let bm = checkpoint::read_manifest(&base_dir)?;
     let base = checkpoint::read_weights(&base_dir, &bm.weights)?;
-    taskvec::check_fine_tunes(&base, &ep.states.iter().collect::<Vec<_>>()).map_err(|e| {
-        MergeError::Endpoint {
-            model: plan.base.display().to_string(),
-            msg: e.to_string(),
-        }
-    })?;
+    taskvec::check_fine_tunes(&base, &ep.states.iter().collect::<Vec<_>>())
+        .map_err(|e| tv_error(e, &plan.models))?;
     let prep = ep.spec.net.preprocess();
     let train = crate::data::load_split(&plan.data_root, "train", prep, plan.cache_gib, None, obs)?;
     // the validation images: a seeded draw from the train images no BN-reset draw of any seed
@@ -225,19 +213,12 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
         val.len()
     ));
     let test = crate::data::load_split(&plan.data_root, "test", prep, plan.cache_gib, None, obs)?;
-    let l = Loaded {
-        base,
-        ep,
-        val,
-        test,
-        train,
-    };
-    let tasks_all = l.ep.tasks();
+    let tasks_all = ep.tasks();
     // the fine-tunes' own accuracies (test and validation): the normalizers
     let own = |set: &ImageSet| -> Result<Vec<f64>, MergeError> {
         (0..n_all)
             .map(|m| {
-                let sys = system_of(&l.ep, l.ep.states[m].clone(), &vec![], &plan.device)?;
+                let sys = system_of(&ep, ep.states[m].clone(), &vec![], &plan.device)?;
                 let acc = evaluate(
                     &[sys],
                     set,
@@ -250,11 +231,11 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
             })
             .collect()
     };
-    let own_test = own(&l.test)?;
-    let own_val = own(&l.val)?;
+    let own_test = own(&test)?;
+    let own_val = own(&val)?;
     let mut rows = Vec::new();
     for &n in &plan.counts {
-        let ep_n = first(&l.ep, n);
+        let ep_n = first(&ep, n);
         let tasks = &tasks_all[..n];
         let fts: Vec<&StateDict> = ep_n.states.iter().collect();
         let test_row =
@@ -262,7 +243,7 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
                 let sys = system_of(&ep_n, state, bn, &plan.device)?;
                 let acc = evaluate(
                     &[sys],
-                    &l.test,
+                    &test,
                     tasks,
                     plan.batch_size,
                     &plan.device,
@@ -279,38 +260,34 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
                     accuracy: acc,
                 })
             };
+        // the endpoints: the base (no BN reset: its own statistics) and each fine-tune; they
+        // do not depend on the seed, so they are evaluated once and listed under every seed
+        let mut endpoints = vec![test_row(
+            "base",
+            "-".into(),
+            None,
+            base.clone(),
+            &vec![],
+            0,
+        )?];
+        for m in 0..n {
+            let label = format!("fine-tune {}", (b'a' + m as u8) as char);
+            let state = ep_n.states[m].clone();
+            endpoints.push(test_row(&label, "-".into(), None, state, &vec![], 0)?);
+        }
         for &seed in &plan.seeds {
-            let bn = probe_batches(&l.train, &bn_options(plan, seed));
-            // the endpoints: the base (no BN reset: its own statistics) and each fine-tune
-            rows.push(test_row(
-                "base",
-                "-".into(),
-                None,
-                l.base.clone(),
-                &vec![],
-                seed,
-            )?);
-            for m in 0..n {
-                let label = format!("fine-tune {}", (b'a' + m as u8) as char);
-                rows.push(test_row(
-                    &label,
-                    "-".into(),
-                    None,
-                    ep_n.states[m].clone(),
-                    &vec![],
-                    seed,
-                )?);
-            }
+            let bn = probe_batches(&train, &bn_options(plan, seed));
+            rows.extend(endpoints.iter().cloned().map(|r| TaskRow { seed, ..r }));
             let merge_with = |s: &TaskVectorSettings| -> Result<StateDict, MergeError> {
-                taskvec::merge(&l.base, &fts, s)
+                taskvec::merge(&base, &fts, s)
                     .map(|(st, _)| st)
-                    .map_err(|e| MergeError::Internal(e.to_string()))
+                    .map_err(|e| tv_error(e, &plan.models))
             };
             let on_val = |state: StateDict| -> Result<f64, MergeError> {
                 let sys = system_of(&ep_n, state, &bn, &plan.device)?;
                 let acc = evaluate(
                     &[sys],
-                    &l.val,
+                    &val,
                     tasks,
                     plan.batch_size,
                     &plan.device,
@@ -447,7 +424,7 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
         "base": plan.base.display().to_string(),
         "models": plan.models.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "data": plan.data_root.display().to_string(),
-        "val_images": l.val.len(),
+        "val_images": val.len(),
         "val_seed": plan.val_seed,
         "validation": "seeded draw from the train folder, disjoint from every BN-reset draw; criterion: average normalized task accuracy",
         "bn_reset_images": plan.bn_reset_images,
@@ -459,7 +436,7 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
         "dare_drops": plan.drops,
         "dare_lambdas": plan.dare_lambdas,
         "batch_size": plan.batch_size,
-        "test_images": l.test.len(),
+        "test_images": test.len(),
         "command": plan.command,
         "zipmerge_version": env!("CARGO_PKG_VERSION"),
     });

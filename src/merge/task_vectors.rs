@@ -131,8 +131,8 @@ impl TaskVectorOutcome {
 }
 
 /// A [`TaskVectorError`] as a merge error: options name their flag, a tensor mismatch names
-/// the fine-tune's folder.
-fn tv_error(e: TaskVectorError, models: &[PathBuf]) -> MergeError {
+/// the fine-tune's folder (`models`, in the order the error's index counts).
+pub(crate) fn tv_error(e: TaskVectorError, models: &[PathBuf]) -> MergeError {
     match e {
         TaskVectorError::Option {
             option,

@@ -477,14 +477,7 @@ pub fn check_out_file(out: &Path, inputs: &[PathBuf]) -> Result<(), OutRefusal> 
             }
         }
     }
-    let mut at = out.parent().unwrap_or(Path::new(""));
-    while !at.as_os_str().is_empty() && !at.exists() {
-        at = at.parent().unwrap_or(Path::new(""));
-    }
-    if !at.as_os_str().is_empty() && !at.is_dir() {
-        return Err(OutRefusal::NotCreatable(at.to_path_buf()));
-    }
-    Ok(())
+    check_creatable(out.parent().unwrap_or(Path::new("")))
 }
 
 /// Checks an output folder before any work: it is not an existing file, not one of the input
@@ -506,7 +499,16 @@ pub fn check_out(out: &Path, inputs: &[PathBuf]) -> Result<(), OutRefusal> {
     if out.exists() && !out.is_dir() {
         return Err(OutRefusal::NotAFolder);
     }
-    let mut at = out;
+    check_creatable(out)
+}
+
+/// Checks that `path` can be created: its nearest existing ancestor (itself included) is a
+/// folder. A relative path with no existing ancestor resolves in the working folder and passes.
+///
+/// # Errors
+/// [`OutRefusal::NotCreatable`] naming the ancestor that is a file.
+fn check_creatable(path: &Path) -> Result<(), OutRefusal> {
+    let mut at = path;
     while !at.as_os_str().is_empty() && !at.exists() {
         at = at.parent().unwrap_or(Path::new(""));
     }

@@ -101,6 +101,12 @@ pub fn count(
     }
 }
 
+/// The first flag of `flags` (`(flag, given)` pairs) that was given: for refusing options
+/// that have no effect.
+pub fn first_given<'a>(flags: &[(&'a str, bool)]) -> Option<&'a str> {
+    flags.iter().find_map(|(f, on)| on.then_some(*f))
+}
+
 /// clap value parser: an integer >= 1 (batch sizes, image counts, epochs).
 pub fn positive(s: &str) -> std::result::Result<usize, String> {
     let n = s.parse::<usize>().ok().filter(|&n| n >= 1);

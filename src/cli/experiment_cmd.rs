@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use zipmerge::experiments::runs::{self, rows_markdown};
 use zipmerge::experiments::{GridPlan, SweepPlan, Table1Plan};
 
-use super::common::{check_out, count, merge_error, usage, Count};
+use super::common::{check_out, count, first_given, merge_error, usage, Count};
 use super::merge_cmd::{DataArgs, MergeSettings};
 use super::printer::Printer;
 use zipmerge::progress::Observer;
@@ -49,15 +49,23 @@ pub enum Reproduce {
 }
 
 /// Task Arithmetic's lambda grid (the TIES repository's 0.1 ... 1.0).
-const TA_LAMBDAS: &str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0";
+const TA_LAMBDAS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 /// TIES's lambda grid (the paper's 0.8 ... 3.0, coarser).
-const TIES_LAMBDAS: &str = "0.8,1.0,1.2,1.5,2.0,2.5,3.0";
+const TIES_LAMBDAS: [f64; 7] = [0.8, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0];
 /// TIES's density grid (the paper's).
-const DENSITIES: &str = "0.1,0.2,0.3";
+const DENSITIES: [f64; 3] = [0.1, 0.2, 0.3];
 /// DARE-TIES's drop grid.
-const DROPS: &str = "0.5,0.9";
+const DROPS: [f64; 2] = [0.5, 0.9];
 /// DARE-TIES's lambda grid.
-const DARE_LAMBDAS: &str = "0.6,0.8,1.0,1.2";
+const DARE_LAMBDAS: [f64; 4] = [0.6, 0.8, 1.0, 1.2];
+
+/// Refuses a search grid with a value that is not a finite number >= 0, naming `flag`.
+fn check_grid(flag: &str, grid: &[f64]) -> Result<()> {
+    if grid.iter().any(|v| !v.is_finite() || *v < 0.0) {
+        return Err(usage(format!("{flag}: expected finite numbers >= 0")));
+    }
+    Ok(())
+}
 
 /// Arguments of `zipmerge reproduce tasks`.
 #[derive(Args, Debug)]
@@ -82,27 +90,19 @@ pub struct TasksArgs {
     #[arg(long, value_delimiter = ',')]
     pub counts: Option<Vec<usize>>,
     /// Task Arithmetic's lambda grid (the TIES repository's 0.1 ... 1.0).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
-    )]
+    #[arg(long, value_delimiter = ',', default_values_t = TA_LAMBDAS)]
     pub ta_lambdas: Vec<f64>,
     /// TIES's lambda grid (the paper's 0.8 ... 3.0, coarser).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "0.8,1.0,1.2,1.5,2.0,2.5,3.0"
-    )]
+    #[arg(long, value_delimiter = ',', default_values_t = TIES_LAMBDAS)]
     pub ties_lambdas: Vec<f64>,
     /// TIES's density grid (the paper's 0.1, 0.2, 0.3).
-    #[arg(long, value_delimiter = ',', default_value = DENSITIES)]
+    #[arg(long, value_delimiter = ',', default_values_t = DENSITIES)]
     pub densities: Vec<f64>,
     /// DARE-TIES's drop grid.
-    #[arg(long, value_delimiter = ',', default_value = DROPS)]
+    #[arg(long, value_delimiter = ',', default_values_t = DROPS)]
     pub drops: Vec<f64>,
     /// DARE-TIES's lambda grid.
-    #[arg(long, value_delimiter = ',', default_value = DARE_LAMBDAS)]
+    #[arg(long, value_delimiter = ',', default_values_t = DARE_LAMBDAS)]
     pub dare_lambdas: Vec<f64>,
     /// Leave out ZipIt! and Permute of the fine-tunes.
     #[arg(long)]
@@ -234,12 +234,17 @@ pub fn exec_reproduce(a: Reproduce, p: &mut Printer) -> Result<()> {
     }
 }
 
+/// One `warning:` line per endpoint group of `--pairs DIR` that cannot be used, and why.
+fn warn_skipped(pairs: &std::path::Path, found: &runs::FoundGroups, p: &mut Printer) {
+    for why in &found.skipped {
+        p.warn(&format!("warning: --pairs {}: {why}", pairs.display()));
+    }
+}
+
 fn exec_tasks(a: TasksArgs, p: &mut Printer) -> Result<()> {
     use zipmerge::experiments::tasks::TasksPlan;
     let found = runs::find_groups(&a.pairs, None)?;
-    for why in &found.skipped {
-        p.warn(&format!("warning: --pairs {}: {why}", a.pairs.display()));
-    }
+    warn_skipped(&a.pairs, &found, p);
     let Some((_, models)) = found.groups.into_iter().next() else {
         return Err(usage("--pairs: no group of fine-tunes"));
     };
@@ -252,9 +257,10 @@ fn exec_tasks(a: TasksArgs, p: &mut Printer) -> Result<()> {
         ("--dare-lambdas", &a.dare_lambdas),
     ];
     for (flag, g) in grids {
-        if g.is_empty() || g.iter().any(|v| !v.is_finite() || *v < 0.0) {
+        if g.is_empty() {
             return Err(usage(format!("{flag}: expected finite numbers >= 0")));
         }
+        check_grid(flag, g)?;
     }
     let plan = TasksPlan {
         counts: a
@@ -294,27 +300,25 @@ fn exec_grid_task_vectors(a: GridArgs, p: &mut Printer) -> Result<()> {
             "--method {m} needs --base BASE (the model the --model fine-tunes start from)"
         )));
     };
-    let defaults =
-        |v: &str| -> Vec<f64> { v.split(',').map(|x| x.parse().unwrap_or(0.0)).collect() };
-    let lambdas = |d: &str| a.lambdas.clone().unwrap_or_else(|| defaults(d));
+    let lambdas = |d: &[f64]| a.lambdas.clone().unwrap_or_else(|| d.to_vec());
     let (mut ta, mut ties, mut dens, mut drops, mut dare) =
         (vec![], vec![], vec![], vec![], vec![]);
     let unused: &[(&str, bool)] = match m.as_str() {
         "task-arithmetic" => {
-            ta = lambdas(TA_LAMBDAS);
+            ta = lambdas(&TA_LAMBDAS);
             &[
                 ("--densities", a.densities.is_some()),
                 ("--drops", a.drops.is_some()),
             ]
         }
         "ties" => {
-            ties = lambdas(TIES_LAMBDAS);
-            dens = a.densities.clone().unwrap_or_else(|| defaults(DENSITIES));
+            ties = lambdas(&TIES_LAMBDAS);
+            dens = a.densities.clone().unwrap_or_else(|| DENSITIES.to_vec());
             &[("--drops", a.drops.is_some())]
         }
         "dare-ties" => {
-            dare = lambdas(DARE_LAMBDAS);
-            drops = a.drops.clone().unwrap_or_else(|| defaults(DROPS));
+            dare = lambdas(&DARE_LAMBDAS);
+            drops = a.drops.clone().unwrap_or_else(|| DROPS.to_vec());
             &[("--densities", a.densities.is_some())]
         }
         _ => {
@@ -323,7 +327,7 @@ fn exec_grid_task_vectors(a: GridArgs, p: &mut Printer) -> Result<()> {
             )))
         }
     };
-    if let Some((flag, _)) = unused.iter().find(|(_, on)| *on) {
+    if let Some(flag) = first_given(unused) {
         return Err(usage(format!("{flag} has no effect with --method {m}")));
     }
     if a.stop != "7/20" {
@@ -338,9 +342,7 @@ fn exec_grid_task_vectors(a: GridArgs, p: &mut Printer) -> Result<()> {
         ("--densities", &dens),
         ("--drops", &drops),
     ] {
-        if g.iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return Err(usage(format!("{flag}: expected finite numbers >= 0")));
-        }
+        check_grid(flag, g)?;
     }
     let s = &a.settings;
     let plan = TasksPlan {
@@ -398,15 +400,12 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
     if super::merge_cmd::TASK_VECTOR_METHODS.contains(&a.settings.matcher.method.as_str()) {
         return exec_grid_task_vectors(a, p);
     }
-    if let Some(flag) = [
+    if let Some(flag) = first_given(&[
         ("--base", a.base.is_some()),
         ("--lambdas", a.lambdas.is_some()),
         ("--densities", a.densities.is_some()),
         ("--drops", a.drops.is_some()),
-    ]
-    .iter()
-    .find_map(|(f, on)| on.then_some(*f))
-    {
+    ]) {
         return Err(usage(format!(
             "{flag} applies to the task-vector methods (--method task-arithmetic, ties or dare-ties)"
         )));
@@ -421,9 +420,7 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
             m.method
         )));
     }
-    if let Some(flag) = [("--alpha", m.alpha), ("--beta", m.beta)]
-        .iter()
-        .find_map(|(f, v)| v.map(|_| *f))
+    if let Some(flag) = first_given(&[("--alpha", m.alpha.is_some()), ("--beta", m.beta.is_some())])
     {
         return Err(usage(format!(
             "{flag} has no effect: the grid searches --alphas and --betas"
@@ -463,13 +460,10 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
         )));
     }
     if !a.extended {
-        if let Some(flag) = [
+        if let Some(flag) = first_given(&[
             ("--cca-reg", s.matcher.cca_reg.is_some()),
             ("--dual-lambda", s.dual_lambda.is_some()),
-        ]
-        .iter()
-        .find_map(|(f, on)| on.then_some(*f))
-        {
+        ]) {
             return Err(usage(format!(
                 "{flag} sets the --extended rows; it has no effect without --extended"
             )));
@@ -486,9 +480,7 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
     zipit.dual_lambda = None;
     let settings = zipit.library()?;
     let found = runs::find_groups(&a.pairs, a.filter.as_deref())?;
-    for why in &found.skipped {
-        p.warn(&format!("warning: --pairs {}: {why}", a.pairs.display()));
-    }
+    warn_skipped(&a.pairs, &found, p);
     if !found.skipped.is_empty() {
         let names: Vec<&str> = found.groups.iter().map(|(n, _)| n.as_str()).collect();
         p.warn(&format!(

@@ -12,8 +12,8 @@ use zipmerge::merge::{self, EvalPlan, MergePlan, Method, Similarity};
 use zipmerge::taskvec::TaskVectorSettings;
 
 use super::common::{
-    cache_gib, check_out, command_line, count, data_root, finite, merge_error, non_negative,
-    positive, tasks_option, usage, BackendArgs, Count,
+    cache_gib, check_out, command_line, count, data_root, finite, first_given, merge_error,
+    non_negative, positive, tasks_option, usage, BackendArgs, Count,
 };
 use super::printer::Printer;
 
@@ -235,7 +235,6 @@ pub const TASK_VECTOR_METHODS: [&str; 4] = ["task-arithmetic", "ties", "dare-tie
 impl TaskVectorArgs {
     /// The flags given, for messages about options a method does not take.
     fn given(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
         let pairs: [(&'static str, bool); 8] = [
             ("--base", self.base.is_some()),
             ("--lambda", self.lambda.is_some()),
@@ -246,12 +245,11 @@ impl TaskVectorArgs {
             ("--sign", self.sign.is_some()),
             ("--disjoint", self.disjoint.is_some()),
         ];
-        for (flag, on) in pairs {
-            if on {
-                v.push(flag);
-            }
-        }
-        v
+        pairs
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(f, _)| *f)
+            .collect()
     }
 
     /// The library settings of `--method name` with these flags; refuses a flag the method
@@ -448,7 +446,7 @@ fn exec_task_vectors(a: MergeArgs, p: &mut Printer) -> Result<()> {
         ("--no-endpoint-bn-reset", s.no_endpoint_bn_reset),
         ("--no-rebasin-bn-reset", s.no_rebasin_bn_reset),
     ];
-    if let Some((f, _)) = defaults.iter().find(|(_, on)| *on) {
+    if let Some(f) = first_given(&defaults) {
         return Err(usage(format!(
             "{f} has no effect with --method {name} (a task-vector merge has no statistics, matching or stop: the whole network is merged)"
         )));

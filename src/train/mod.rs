@@ -355,8 +355,8 @@ struct Resumed<'a> {
     net: Net,
 }
 
-/// Whether `dir` holds anything of a training state (any file at all: a state folder is never
-/// silently ignored).
+/// Whether the folder `dir` holds anything of a training state (any file at all: a state
+/// folder is never silently ignored).
 pub fn state_exists(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
 }
@@ -377,13 +377,6 @@ fn load_resume<'a>(
 ) -> Result<Option<Resumed<'a>>, ModelError> {
     if !state_exists(dir) {
         return Ok(None);
-    }
-    if !dir.is_dir() {
-        return Err(state_err(
-            dir,
-            "",
-            "exists and is not a training-state folder",
-        ));
     }
     for f in STATE_FILES {
         if !dir.join(f).is_file() {

@@ -430,7 +430,7 @@ pub enum ExperimentError {
         what: &'static str,
         /// Cause.
         #[source]
-        source: crate::experiments::plot::PlotError,
+        source: PlotError,
     },
 }
 
@@ -444,7 +444,12 @@ impl ExperimentError {
     }
 
     /// [`ExperimentError::Plot`] for `what`.
-    pub fn plot(what: &'static str, source: crate::experiments::plot::PlotError) -> Self {
+    pub fn plot(what: &'static str, source: PlotError) -> Self {
         ExperimentError::Plot { what, source }
     }
 }
+
+/// Error of the plot writer ([`crate::experiments::plot`]): what failed, in words.
+#[derive(Debug, thiserror::Error)]
+#[error("plot: {0}")]
+pub struct PlotError(pub(crate) String);

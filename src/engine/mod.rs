@@ -16,7 +16,6 @@
 
 pub mod kernels;
 pub mod layerwise;
-pub mod winograd;
 
 use burn::tensor::{Device, Tensor, TensorData};
 

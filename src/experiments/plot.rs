@@ -22,10 +22,7 @@ fn ensure_font() {
     });
 }
 
-/// Error of the plot writer.
-#[derive(Debug, thiserror::Error)]
-#[error("plot: {0}")]
-pub struct PlotError(String);
+pub use crate::error::PlotError;
 
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,

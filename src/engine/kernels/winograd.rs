@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::kernels::{add_bias, matmul, Epilogue};
+use super::gemm::{add_bias, matmul, Epilogue};
 
 const G2: [[f64; 3]; 4] = [
     [1.0, 0.0, 0.0],

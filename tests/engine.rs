@@ -8,7 +8,7 @@ use zipmerge::collect::{
     collect_burn, collect_engine, probe_batches, CovAccumulator, ProbeOptions,
 };
 use zipmerge::data::{to_tensor, ImageSet, Preprocess};
-use zipmerge::engine::{Act, CpuNet, CpuSystem, EngineCtx};
+use zipmerge::engine::{Act, EngineCtx};
 use zipmerge::models::{Arch, ForwardCtx, Net, NetConfig};
 use zipmerge::system::System;
 
@@ -111,7 +111,7 @@ fn logits_and_taps_equal_burn_flex_on_every_architecture() {
             .convert::<f32>()
             .try_to_vec::<f32>()
             .unwrap();
-        let cpu = CpuNet::compile(&net).unwrap();
+        let cpu = net.compile().unwrap();
         let mut ectx = EngineCtx {
             taps: Some(Vec::new()),
             ..Default::default()
@@ -146,7 +146,7 @@ fn bn_reset_statistics_equal_burn_flex() {
             record_bn: true,
             ..Default::default()
         };
-        let cpu = CpuNet::compile(&net).unwrap();
+        let cpu = net.compile().unwrap();
         let got = cpu.forward(Act::from_images(&refs, cfg.preprocess()), &mut ectx);
         // train-mode outputs agree too
         assert!(
@@ -298,7 +298,7 @@ fn multi_head_systems_equal_burn_flex() {
         to_tensor(&refs, Preprocess::Cifar, &d),
         &mut ForwardCtx::default(),
     );
-    let cpu = CpuSystem::compile(&sys).unwrap();
+    let cpu = sys.compile().unwrap();
     let got = cpu.forward_heads(
         Act::from_images(&refs, Preprocess::Cifar),
         &mut EngineCtx::default(),

@@ -38,7 +38,7 @@ pub fn measure_many(
         .iter()
         .map(|sys| {
             crate::engine::applies(device)
-                .then(|| crate::engine::CpuSystem::compile(sys).ok())
+                .then(|| sys.compile().ok())
                 .flatten()
         })
         .collect();

@@ -359,10 +359,7 @@ pub fn collect_engine_upto(
     if batches.is_empty() {
         return Err(MergeError::NoProbeImages);
     }
-    let nets: Vec<CpuNet> = models
-        .iter()
-        .map(CpuNet::compile)
-        .collect::<Result<_, _>>()?;
+    let nets: Vec<CpuNet> = models.iter().map(Net::compile).collect::<Result<_, _>>()?;
     let prep = models[0].preprocess();
     // cut segments to run: the fewest whose taps cover `spaces`
     let per_cut = nets[0].taps_per_cut();

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{NamedTensor, StateDict};
 use crate::engine::layerwise::{self, Corrected, Site, Update};
-use crate::engine::{Act, CpuNet, BN_EPS};
+use crate::engine::{Act, BN_EPS};
 use crate::error::MergeError;
 use crate::matching::MergeUnmerge;
 use crate::merge::{Endpoints, Merged};
@@ -247,10 +247,10 @@ pub fn apply(
     let sources = ep
         .nets(&cpu)?
         .iter()
-        .map(CpuNet::compile)
+        .map(Net::compile)
         .collect::<Result<Vec<_>, _>>()?;
     let net = Net::from_state(&merged.manifest.net_config(), &merged.zipped.trunk, &cpu)?;
-    let mnet = CpuNet::compile(&net)?;
+    let mnet = net.compile()?;
     drop(net);
     let x = Act::from_images(&images, ep.spec.net.preprocess());
     let n = ep.n();

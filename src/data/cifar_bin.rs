@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use super::Preprocess;
-use super::{ImageSet, IMAGE_BYTES, SIDE};
+use super::preprocess::Preprocess;
+use super::set::{ImageSet, IMAGE_BYTES, SIDE};
 use crate::error::DataError;
 
 const CIFAR10_NAMES: [&str; 10] = [

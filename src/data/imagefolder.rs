@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{ImageSet, Preprocess};
+use super::preprocess::Preprocess;
+use super::set::ImageSet;
 use crate::error::DataError;
 
 /// `(path, label)` of every image, and the class names sorted (label order).

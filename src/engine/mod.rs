@@ -19,12 +19,9 @@ pub mod layerwise;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::checkpoint::StateDict;
 use crate::data::Preprocess;
 use crate::error::ModelError;
-use crate::models::layers::BnRecord;
-use crate::models::{Arch, Net};
-use crate::system::System;
+use crate::state::{NamedTensor, StateDict};
 use kernels::{Conv, Epilogue};
 
 /// BatchNorm epsilon (PyTorch's and burn's default, used by every model file).
@@ -190,31 +187,31 @@ pub struct EngineCtx<'a> {
     pub tapped: usize,
 }
 
+/// One BN layer's batch statistics of a forward pass in train mode: `(name, mean [c], biased
+/// variance [c])`.
+pub type BnRecord = (String, Vec<f32>, Vec<f32>);
+
 /// A network compiled for the engine: one program per cut segment.
 #[derive(Clone, Debug)]
 pub struct CpuNet {
-    arch: Arch,
+    arch: String,
     cuts: Vec<Vec<Op>>,
 }
 
 impl CpuNet {
-    /// Compiles `net` (any architecture) from its weights.
-    ///
-    /// # Errors
-    /// [`ModelError::Weights`] naming the tensor when a weight the architecture needs is
-    /// missing (cannot happen for a `Net` built by [`Net::from_state`]).
-    pub fn compile(net: &Net) -> Result<Self, ModelError> {
-        let s = net.to_state();
-        let cuts = net.arch().def().program(&ProgramBuilder { s: &s })?;
-        Ok(Self {
-            arch: net.arch(),
+    /// A network from the program of each cut segment (an architecture lays them out with a
+    /// [`ProgramBuilder`]; `crate::models::compile` does it for every registered one), named
+    /// by its architecture.
+    pub fn new(arch: impl Into<String>, cuts: Vec<Vec<Op>>) -> Self {
+        Self {
+            arch: arch.into(),
             cuts,
-        })
+        }
     }
 
-    /// Architecture.
-    pub fn arch(&self) -> Arch {
-        self.arch
+    /// Name of the architecture the programs were laid out for (`resnet20`, ...).
+    pub fn arch(&self) -> &str {
+        &self.arch
     }
 
     /// Number of taps (feature spaces) produced by each cut segment.
@@ -332,8 +329,13 @@ pub struct ProgramBuilder<'a> {
     s: &'a StateDict,
 }
 
-impl ProgramBuilder<'_> {
-    fn get(&self, name: &str) -> Result<&crate::checkpoint::NamedTensor, ModelError> {
+impl<'a> ProgramBuilder<'a> {
+    /// A builder over the weights `s` (PyTorch names and layouts).
+    pub fn new(s: &'a StateDict) -> Self {
+        Self { s }
+    }
+
+    fn get(&self, name: &str) -> Result<&NamedTensor, ModelError> {
         self.s
             .get(name)
             .ok_or_else(|| ModelError::Weights(format!("tensor `{name}` is missing")))
@@ -481,21 +483,15 @@ pub struct CpuSystem {
 }
 
 impl CpuSystem {
-    /// Compiles every network of `sys`.
-    ///
-    /// # Errors
-    /// As [`CpuNet::compile`].
-    pub fn compile(sys: &System) -> Result<Self, ModelError> {
-        Ok(Self {
-            trunk: CpuNet::compile(&sys.trunk)?,
-            heads: sys
-                .heads
-                .iter()
-                .map(|h| h.net.as_ref().map(CpuNet::compile).transpose())
-                .collect::<Result<_, _>>()?,
-            stop_cut: sys.stop_cut,
-            out_cut: sys.trunk.output_cut(),
-        })
+    /// A multi-head network: the trunk up to cut `stop_cut`, then each head (or the trunk's
+    /// features themselves for `None`) up to the output cut `out_cut`.
+    pub fn new(trunk: CpuNet, heads: Vec<Option<CpuNet>>, stop_cut: usize, out_cut: usize) -> Self {
+        Self {
+            trunk,
+            heads,
+            stop_cut,
+            out_cut,
+        }
     }
 
     /// Final-layer outputs of every head (`[batch, 1, 1, out]` each), as

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::collect::{collect, probe_batches, ProbeOptions};
 use crate::data::{to_tensor, ImageSet};
-use crate::engine::{Act, CpuNet, EngineCtx};
+use crate::engine::{Act, EngineCtx};
 use crate::error::MergeError;
 use crate::matching::{correlation, Matcher, Permute, SquareMatrix, ZipIt};
 use crate::models::{init_state, Arch, ForwardCtx, Net, NetConfig};
@@ -94,7 +94,7 @@ pub fn bench(plan: &BenchPlan) -> Result<BenchReport, MergeError> {
         .collect::<Result<_, _>>()?;
     let engine = crate::engine::applies(device);
     let cpu_net = if engine {
-        Some(CpuNet::compile(&nets[0])?)
+        Some(nets[0].compile()?)
     } else {
         None
     };

@@ -217,7 +217,7 @@ pub fn evaluate_on(
                     if cached[i] {
                         Ok(None)
                     } else {
-                        CpuSystem::compile(s).map(Some)
+                        s.compile().map(Some)
                     }
                 })
                 .collect::<Result<_, _>>()

@@ -12,12 +12,9 @@
 //! ([`crate::spec::MergeSpec::check_taps`]); the engine's equality with burn and the lossless
 //! permuted copy are tested (`tests/engine.rs`, `tests/merge_engine.rs`).
 
-use burn::tensor::Device;
-
 use crate::data::Preprocess;
 use crate::engine::ProgramBuilder;
 use crate::error::ModelError;
-use crate::spec::SpecBuilder;
 
 /// How conv and linear weights are initialised ([`super::init_state`]); BN layers always start
 /// at weight 1, bias 0, running mean 0, running variance 1.
@@ -141,13 +138,6 @@ pub trait Architecture: Sync {
     /// `width` with `out` outputs.
     fn flops_segment(&self, width: usize, out: usize, cut: usize) -> u64;
 
-    /// The module tree with zero weights.
-    fn build(&self, width: usize, out: usize, device: &Device) -> super::Net;
-
-    /// Feeds the merge-spec builder from the live module tree `net` (of this architecture):
-    /// feature spaces, and the input and output space of every weight layer and BN.
-    fn spec(&self, net: &super::Net, b: &mut SpecBuilder);
-
     /// The CPU-engine program of each cut segment, mirroring `forward_segment` (the same taps
     /// in the same order, the same BN names), from the weights by PyTorch name.
     ///
@@ -197,6 +187,26 @@ macro_rules! architectures {
         }
 
         impl Net {
+            /// The module tree of `arch` with zero weights (each model type's `new`).
+            pub fn build(
+                arch: Arch,
+                width: usize,
+                out: usize,
+                device: &burn::tensor::Device,
+            ) -> Net {
+                match arch {
+                    $(Arch::$variant => Net::$variant($module::$ty::new(width, out, device)),)+
+                }
+            }
+
+            /// Feeds the merge-spec builder from this module tree (each model type's `spec`):
+            /// feature spaces, and the input and output space of every weight layer and BN.
+            pub fn feed_spec(&self, b: &mut $crate::spec::SpecBuilder) {
+                match self {
+                    $(Net::$variant(m) => m.spec(b),)+
+                }
+            }
+
             /// Architecture of this network.
             pub fn arch(&self) -> Arch {
                 match self {

@@ -79,8 +79,7 @@ pub enum BnMode {
     Record,
 }
 
-/// Per-BN batch statistics recorded in [`BnMode::Record`]: `(name, mean [C], unbiased var [C])`.
-pub type BnRecord = (String, Vec<f32>, Vec<f32>);
+pub use crate::engine::BnRecord;
 
 /// Mutable side channel of one forward pass.
 #[derive(Default)]

@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod bridge;
+pub mod compile;
 pub mod head;
 pub mod layers;
 
@@ -167,7 +168,7 @@ impl NetConfig {
 impl Net {
     /// Builds the module tree with all-zero weights (load a [`StateDict`] next).
     pub fn empty(cfg: &NetConfig, device: &Device) -> Self {
-        cfg.arch.def().build(cfg.width, cfg.out, device)
+        Net::build(cfg.arch, cfg.width, cfg.out, device)
     }
 
     /// Builds the network and loads `state` into it, checking every name and shape.

@@ -202,30 +202,6 @@ impl super::arch::Architecture for Def {
         stem + conv(cin, w, 3, hw) + 3 * conv(w, w, 3, hw) + downsample
     }
 
-    fn build(&self, width: usize, out: usize, device: &Device) -> super::Net {
-        super::Net::Resnet18(ResNet18::new(width, out, device))
-    }
-
-    fn spec(&self, net: &super::Net, b: &mut crate::spec::SpecBuilder) {
-        use crate::spec::{channels, BlockDesc};
-        let super::Net::Resnet18(m) = net else {
-            unreachable!("the resnet18 spec of another architecture")
-        };
-        let stages = [&m.layer1, &m.layer2, &m.layer3, &m.layer4].map(|blocks| {
-            blocks
-                .iter()
-                .map(|blk| BlockDesc {
-                    projection: blk
-                        .downsample
-                        .as_ref()
-                        .map(|p| ("downsample", channels(&p.bn))),
-                    inner: vec![channels(&blk.bn1)],
-                })
-                .collect()
-        });
-        b.resnet(channels(&m.bn1), &stages, "fc");
-    }
-
     /// Mirrors [`ResNet18::forward_segment`].
     fn program(
         &self,
@@ -249,5 +225,27 @@ impl super::arch::Architecture for Def {
         }
         cuts.push(vec![p.linear("fc")?]);
         Ok(cuts)
+    }
+}
+
+impl ResNet18 {
+    /// Feeds the merge-spec builder from this module tree: feature spaces, and the input and
+    /// output space of every weight layer and BN (dispatched by [`super::Net::feed_spec`]).
+    pub(crate) fn spec(&self, b: &mut crate::spec::SpecBuilder) {
+        let m = self;
+        use crate::spec::{channels, BlockDesc};
+        let stages = [&m.layer1, &m.layer2, &m.layer3, &m.layer4].map(|blocks| {
+            blocks
+                .iter()
+                .map(|blk| BlockDesc {
+                    projection: blk
+                        .downsample
+                        .as_ref()
+                        .map(|p| ("downsample", channels(&p.bn))),
+                    inner: vec![channels(&blk.bn1)],
+                })
+                .collect()
+        });
+        b.resnet(channels(&m.bn1), &stages, "fc");
     }
 }

@@ -189,28 +189,6 @@ impl super::arch::Architecture for Def {
         }
     }
 
-    fn build(&self, width: usize, out: usize, device: &Device) -> super::Net {
-        super::Net::Resnet20(ResNet20::new(width, out, device))
-    }
-
-    fn spec(&self, net: &super::Net, b: &mut crate::spec::SpecBuilder) {
-        use crate::spec::{channels, BlockDesc};
-        let super::Net::Resnet20(m) = net else {
-            unreachable!("the resnet20 spec of another architecture")
-        };
-        // §1.3: BasicBlocks, one inner space each, a 3x3 conv `shortcut` on stage starts
-        let stages = [&m.layer1, &m.layer2, &m.layer3].map(|blocks| {
-            blocks
-                .iter()
-                .map(|blk| BlockDesc {
-                    projection: blk.shortcut.as_ref().map(|p| ("shortcut", channels(&p.bn))),
-                    inner: vec![channels(&blk.bn1)],
-                })
-                .collect()
-        });
-        b.resnet(channels(&m.bn1), &stages, "linear");
-    }
-
     /// Mirrors [`ResNet20::forward_segment`].
     fn program(
         &self,
@@ -232,5 +210,25 @@ impl super::arch::Architecture for Def {
         }
         cuts.push(vec![p.linear("linear")?]);
         Ok(cuts)
+    }
+}
+
+impl ResNet20 {
+    /// Feeds the merge-spec builder from this module tree: feature spaces, and the input and
+    /// output space of every weight layer and BN (dispatched by [`super::Net::feed_spec`]).
+    pub(crate) fn spec(&self, b: &mut crate::spec::SpecBuilder) {
+        let m = self;
+        use crate::spec::{channels, BlockDesc};
+        // §1.3: BasicBlocks, one inner space each, a 3x3 conv `shortcut` on stage starts
+        let stages = [&m.layer1, &m.layer2, &m.layer3].map(|blocks| {
+            blocks
+                .iter()
+                .map(|blk| BlockDesc {
+                    projection: blk.shortcut.as_ref().map(|p| ("shortcut", channels(&p.bn))),
+                    inner: vec![channels(&blk.bn1)],
+                })
+                .collect()
+        });
+        b.resnet(channels(&m.bn1), &stages, "linear");
     }
 }

@@ -216,31 +216,6 @@ impl super::arch::Architecture for Def {
         total
     }
 
-    fn build(&self, width: usize, out: usize, device: &Device) -> super::Net {
-        super::Net::Resnet50(ResNet50::new(width, out, device))
-    }
-
-    fn spec(&self, net: &super::Net, b: &mut crate::spec::SpecBuilder) {
-        use crate::spec::{channels, BlockDesc};
-        let super::Net::Resnet50(m) = net else {
-            unreachable!("the resnet50 spec of another architecture")
-        };
-        // §1.5: Bottlenecks, two inner spaces each, a 1x1 conv `downsample` on stage starts
-        let stages = [&m.layer1, &m.layer2, &m.layer3, &m.layer4].map(|blocks| {
-            blocks
-                .iter()
-                .map(|blk| BlockDesc {
-                    projection: blk
-                        .downsample
-                        .as_ref()
-                        .map(|p| ("downsample", channels(&p.bn))),
-                    inner: vec![channels(&blk.bn1), channels(&blk.bn2)],
-                })
-                .collect()
-        });
-        b.resnet(channels(&m.bn1), &stages, "fc");
-    }
-
     /// Mirrors [`ResNet50::forward_segment`].
     fn program(
         &self,
@@ -276,5 +251,28 @@ impl super::arch::Architecture for Def {
         }
         cuts.push(vec![p.linear("fc")?]);
         Ok(cuts)
+    }
+}
+
+impl ResNet50 {
+    /// Feeds the merge-spec builder from this module tree: feature spaces, and the input and
+    /// output space of every weight layer and BN (dispatched by [`super::Net::feed_spec`]).
+    pub(crate) fn spec(&self, b: &mut crate::spec::SpecBuilder) {
+        let m = self;
+        use crate::spec::{channels, BlockDesc};
+        // §1.5: Bottlenecks, two inner spaces each, a 1x1 conv `downsample` on stage starts
+        let stages = [&m.layer1, &m.layer2, &m.layer3, &m.layer4].map(|blocks| {
+            blocks
+                .iter()
+                .map(|blk| BlockDesc {
+                    projection: blk
+                        .downsample
+                        .as_ref()
+                        .map(|p| ("downsample", channels(&p.bn))),
+                    inner: vec![channels(&blk.bn1), channels(&blk.bn2)],
+                })
+                .collect()
+        });
+        b.resnet(channels(&m.bn1), &stages, "fc");
     }
 }

@@ -132,30 +132,6 @@ impl super::arch::Architecture for Def {
         cin * VGG11_CHANNELS[cut] as u64 * w * 9 * hw * hw
     }
 
-    fn build(&self, width: usize, out: usize, device: &Device) -> super::Net {
-        super::Net::Vgg11(Vgg11::new(width, out, device))
-    }
-
-    fn spec(&self, net: &super::Net, b: &mut crate::spec::SpecBuilder) {
-        use crate::spec::{LayerKind, Side, SpaceKind};
-        let super::Net::Vgg11(m) = net else {
-            unreachable!("the vgg11 spec of another architecture")
-        };
-        // §1.4: every conv output is its own space and a stop
-        let mut prev = Side::Input;
-        for (k, conv) in m.features.iter().enumerate() {
-            b.set_segment(k);
-            let name = format!("features.{}", VGG11_TORCH_INDEX[k]);
-            let s = b.space(name.clone(), conv.weight.dims()[0], SpaceKind::Inner);
-            b.layer(name, LayerKind::Conv, prev, Side::Space(s), true);
-            b.set_stop(s, k + 1);
-            b.capture(s);
-            prev = Side::Space(s);
-        }
-        b.set_segment(8);
-        b.layer("classifier", LayerKind::Linear, prev, Side::Output, true);
-    }
-
     /// Mirrors [`Vgg11::forward_segment`].
     fn program(
         &self,
@@ -177,5 +153,27 @@ impl super::arch::Architecture for Def {
             cuts.push(ops);
         }
         Ok(cuts)
+    }
+}
+
+impl Vgg11 {
+    /// Feeds the merge-spec builder from this module tree: feature spaces, and the input and
+    /// output space of every weight layer and BN (dispatched by [`super::Net::feed_spec`]).
+    pub(crate) fn spec(&self, b: &mut crate::spec::SpecBuilder) {
+        let m = self;
+        use crate::spec::{LayerKind, Side, SpaceKind};
+        // §1.4: every conv output is its own space and a stop
+        let mut prev = Side::Input;
+        for (k, conv) in m.features.iter().enumerate() {
+            b.set_segment(k);
+            let name = format!("features.{}", VGG11_TORCH_INDEX[k]);
+            let s = b.space(name.clone(), conv.weight.dims()[0], SpaceKind::Inner);
+            b.layer(name, LayerKind::Conv, prev, Side::Space(s), true);
+            b.set_stop(s, k + 1);
+            b.capture(s);
+            prev = Side::Space(s);
+        }
+        b.set_segment(8);
+        b.layer("classifier", LayerKind::Linear, prev, Side::Output, true);
     }
 }

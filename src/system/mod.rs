@@ -7,6 +7,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
 
+pub mod cpu;
 pub mod inspect;
 
 use crate::checkpoint::{self, ModelManifest};

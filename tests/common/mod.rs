@@ -87,7 +87,7 @@ pub fn check_pytorch_logits(
         c: 3,
         data: nhwc,
     };
-    let engine = zipmerge::engine::CpuNet::compile(net).unwrap();
+    let engine = net.compile().unwrap();
     let out = engine.forward(act, &mut zipmerge::engine::EngineCtx::default());
     println!(
         "engine vs PyTorch: {:.2e} of the largest logit",

@@ -37,6 +37,7 @@ pub mod experiments;
 pub mod matching;
 pub mod merge;
 pub mod models;
+pub mod ops;
 pub mod progress;
 pub mod rewrite;
 pub mod spec;

@@ -40,7 +40,12 @@ pub fn graph(src: &Path) -> Graph {
     let mut g = Graph::new();
     for (m, module) in &modules {
         let mut out = BTreeSet::new();
-        let mut refs: Vec<Vec<String>> = module.uses.iter().filter(|u| !u.public).map(|u| u.path.clone()).collect();
+        let mut refs: Vec<Vec<String>> = module
+            .uses
+            .iter()
+            .filter(|u| !u.public)
+            .map(|u| u.path.clone())
+            .collect();
         refs.extend(module.inline.iter().cloned());
         for path in refs {
             if let Some(abs) = absolute(m, &path, &names, module) {
@@ -73,9 +78,24 @@ struct Use {
 impl Module {
     fn parse(code: &str) -> Module {
         let mut defs = BTreeSet::new();
-        let words: Vec<&str> = code.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '!')).filter(|w| !w.is_empty()).collect();
+        let words: Vec<&str> = code
+            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '!'))
+            .filter(|w| !w.is_empty())
+            .collect();
         for w in words.windows(2) {
-            if matches!(w[0], "struct" | "enum" | "fn" | "trait" | "type" | "const" | "static" | "union" | "mod" | "macro_rules!") {
+            if matches!(
+                w[0],
+                "struct"
+                    | "enum"
+                    | "fn"
+                    | "trait"
+                    | "type"
+                    | "const"
+                    | "static"
+                    | "union"
+                    | "mod"
+                    | "macro_rules!"
+            ) {
                 defs.insert(w[1].to_string());
             }
         }
@@ -85,12 +105,19 @@ impl Module {
         let mut spans = Vec::new();
         while let Some(pos) = find_word(rest, "use") {
             let before = rest[..pos].trim_end();
-            let public = before.ends_with("pub") || before.ends_with(')') && before.contains("pub(");
+            let public =
+                before.ends_with("pub") || before.ends_with(')') && before.contains("pub(");
             let after = &rest[pos + 3..];
             let Some(end) = after.find(';') else { break };
-            let tree: String = after[..end].split_whitespace().collect::<Vec<_>>().join(" ");
-            let tree: String =
-                tree.replace(" as ", "@").chars().filter(|c| !c.is_whitespace()).collect();
+            let tree: String = after[..end]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let tree: String = tree
+                .replace(" as ", "@")
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
             let mut out = Vec::new();
             expand(&tree, &mut Vec::new(), &mut out);
             for (path, name) in out {
@@ -108,12 +135,21 @@ impl Module {
             at = b;
         }
         body.push_str(&code[at..]);
-        Module { defs, uses, inline: inline_paths(&body) }
+        Module {
+            defs,
+            uses,
+            inline: inline_paths(&body),
+        }
     }
 }
 
 /// A path as an absolute module path plus item names, or `None` when it leaves the crate.
-fn absolute(from: &str, path: &[String], names: &BTreeSet<String>, module: &Module) -> Option<Vec<String>> {
+fn absolute(
+    from: &str,
+    path: &[String],
+    names: &BTreeSet<String>,
+    module: &Module,
+) -> Option<Vec<String>> {
     absolute_at(from, path, names, module, 0)
 }
 
@@ -128,7 +164,11 @@ fn absolute_at(
         return None;
     }
     let in_bin = from == "main" || from.starts_with("cli");
-    let here: Vec<String> = if from.is_empty() { vec![] } else { from.split("::").map(String::from).collect() };
+    let here: Vec<String> = if from.is_empty() {
+        vec![]
+    } else {
+        from.split("::").map(String::from).collect()
+    };
     match path[0].as_str() {
         "crate" if in_bin => {
             // the binary's crate root is main.rs, whose modules are `cli`
@@ -159,7 +199,10 @@ fn absolute_at(
                 return Some(child);
             }
             // a name bound by a `use` of this file (`use crate::models; models::Net`)
-            let u = module.uses.iter().find(|u| u.name == first && u.path[0] != first)?;
+            let u = module
+                .uses
+                .iter()
+                .find(|u| u.name == first && u.path[0] != first)?;
             let mut base = absolute_at(from, &u.path, names, module, depth + 1)?;
             base.extend(path[1..].iter().cloned());
             Some(base)
@@ -212,7 +255,9 @@ fn defining(abs: &[String], modules: &BTreeMap<String, Module>, depth: usize) ->
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
     entries.sort();
     for p in entries {
@@ -228,8 +273,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 /// `src/lib.rs` -> `` and `src/main.rs` -> `main` (the binary's root).
 fn module_of(src: &Path, f: &Path) -> String {
     let rel = f.strip_prefix(src).unwrap_or(f);
-    let mut parts: Vec<String> =
-        rel.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+    let mut parts: Vec<String> = rel
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
     let last = parts.pop().unwrap_or_default();
     let stem = last.trim_end_matches(".rs").to_string();
     match stem.as_str() {
@@ -290,7 +337,8 @@ fn inline_paths(code: &str) -> Vec<Vec<String>> {
     while i < bytes.len() {
         let c = bytes[i];
         let starts = (c.is_alphabetic() || c == '_')
-            && (i == 0 || !(bytes[i - 1].is_alphanumeric() || bytes[i - 1] == '_' || bytes[i - 1] == ':'));
+            && (i == 0
+                || !(bytes[i - 1].is_alphanumeric() || bytes[i - 1] == '_' || bytes[i - 1] == ':'));
         if starts {
             let mut j = i;
             let mut segs = Vec::new();
@@ -370,7 +418,10 @@ fn expand(tree: &str, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, Stri
             // `a::b as c` arrives as `a::b@c`
             let (head, alias) = match part.split_once('@') {
                 Some((h, a)) => (h.to_string(), a.to_string()),
-                None => (part.clone(), part.rsplit("::").next().unwrap_or(&part).to_string()),
+                None => (
+                    part.clone(),
+                    part.rsplit("::").next().unwrap_or(&part).to_string(),
+                ),
             };
             let mut p = prefix.clone();
             p.extend(head.split("::").filter(|s| !s.is_empty()).map(String::from));
@@ -453,7 +504,12 @@ pub fn circles(g: &Graph) -> Vec<Vec<String>> {
 /// The layer of each module when the graph has no circle: 0 for a module that imports nothing of
 /// the crate, else one more than the highest layer it imports.
 pub fn layers(g: &Graph) -> BTreeMap<String, usize> {
-    fn depth(g: &Graph, m: &str, memo: &mut BTreeMap<String, usize>, seen: &mut BTreeSet<String>) -> usize {
+    fn depth(
+        g: &Graph,
+        m: &str,
+        memo: &mut BTreeMap<String, usize>,
+        seen: &mut BTreeSet<String>,
+    ) -> usize {
         if let Some(&d) = memo.get(m) {
             return d;
         }
@@ -462,7 +518,12 @@ pub fn layers(g: &Graph) -> BTreeMap<String, usize> {
         }
         let d = g
             .get(m)
-            .map(|ws| ws.iter().map(|w| depth(g, w, memo, seen) + 1).max().unwrap_or(0))
+            .map(|ws| {
+                ws.iter()
+                    .map(|w| depth(g, w, memo, seen) + 1)
+                    .max()
+                    .unwrap_or(0)
+            })
             .unwrap_or(0);
         memo.insert(m.to_string(), d);
         d
@@ -499,9 +560,16 @@ fn main() {
             by.entry(*d).or_default().push(m);
         }
         for (d, ms) in by {
-            println!("layer {d}: {}", ms.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+            println!(
+                "layer {d}: {}",
+                ms.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            );
         }
-        println!("{} modules, {} edges, no circle", g.len(), g.values().map(BTreeSet::len).sum::<usize>());
+        println!(
+            "{} modules, {} edges, no circle",
+            g.len(),
+            g.values().map(BTreeSet::len).sum::<usize>()
+        );
     } else {
         for c in &cs {
             println!("circle of {}: {}", c.len(), circle_edges(&g, c).join(", "));

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use zipmerge::collect::ProbeOptions;
-use zipmerge::rewrite::bn_reset::reset_folder;
+use zipmerge::ops::bn_reset::reset_folder;
 
 use super::common::{
     cache_gib, check_out, count, data_root, merge_error, positive, BackendArgs, Count,

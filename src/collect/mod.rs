@@ -6,6 +6,7 @@
 //! accumulators weighted by image counts. Memory is O(sum over spaces of O^2), never O(samples).
 
 pub mod bn;
+pub mod probe;
 
 use burn::tensor::{Device, Tensor};
 use rand::seq::SliceRandom;

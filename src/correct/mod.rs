@@ -14,10 +14,12 @@
 mod linalg;
 pub mod refit;
 pub mod repair;
+pub mod target;
+
+pub use target::Target;
 
 use std::time::Instant;
 
-use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::checkpoint::{NamedTensor, StateDict};
@@ -25,8 +27,7 @@ use crate::engine::layerwise::{self, Corrected, Site, Update};
 use crate::engine::{Act, BN_EPS};
 use crate::error::MergeError;
 use crate::matching::MergeUnmerge;
-use crate::merge::{Endpoints, Merged};
-use crate::models::Net;
+use crate::models::compile::compile_state;
 use crate::spec::{LayerKind, MergeSpec, Side, Stop};
 
 /// Which corrections to run after a merge.
@@ -97,78 +98,6 @@ pub struct CorrectionReport {
     pub seconds: f64,
 }
 
-/// The target of one layer's output space: the merge matrix of a feature space, or the average
-/// of the N models at the network output.
-pub enum Target<'a> {
-    /// A feature space's merge/unmerge matrices (`M`: `K x N*Om`).
-    Space(&'a MergeUnmerge),
-    /// The network output: `(1/N) sum_m z_m`.
-    Average(usize),
-}
-
-impl Target<'_> {
-    /// `M_m` as `[Om, K]` (transposed, row-major) for `x M_m^T` products.
-    pub fn block_t(&self, m: usize, n: usize, om: usize) -> Vec<f32> {
-        match self {
-            Target::Space(mu) => {
-                let b = mu.merge_block(m, n); // K x Om
-                let k = mu.k;
-                let mut t = vec![0f32; om * k];
-                for c in 0..k {
-                    for o in 0..om {
-                        t[o * k + c] = b[c * om + o] as f32;
-                    }
-                }
-                t
-            }
-            Target::Average(n) => {
-                let mut t = vec![0f32; om * om];
-                for o in 0..om {
-                    t[o * om + o] = 1.0 / *n as f32;
-                }
-                t
-            }
-        }
-    }
-
-    /// Merged width `K`.
-    pub fn k(&self, om: usize) -> usize {
-        match self {
-            Target::Space(mu) => mu.k,
-            Target::Average(_) => om,
-        }
-    }
-
-    /// Whether every entry of `M` is `>= 0` (zip clusters, permutations, averages; not CCA).
-    pub fn non_negative(&self) -> bool {
-        match self {
-            Target::Space(mu) => mu.merge.iter().all(|&v| v >= 0.0),
-            Target::Average(_) => true,
-        }
-    }
-
-    /// `sum_m (a_m [+ r_m]) M_m^T`: the projected features `[rows, K]` of the sources'
-    /// branch outputs, with their residuals when `with_residual`.
-    pub fn project(&self, site: &Site, with_residual: bool) -> Vec<f32> {
-        let n = site.sources.len();
-        let om = site.sources[0].c;
-        let k = self.k(om);
-        let rows = site.sources[0].rows();
-        let mut acc = vec![0f32; rows * k];
-        for m in 0..n {
-            let mut z = site.sources[m].data.clone();
-            if with_residual {
-                if let Some(r) = site.source_residuals[m] {
-                    z.iter_mut().zip(&r.data).for_each(|(a, b)| *a += b);
-                }
-            }
-            let p = crate::engine::kernels::matmul_rows(&z, om, &self.block_t(m, n, om), k);
-            acc.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-        }
-        acc
-    }
-}
-
 /// The target of each conv / linear of `spec` by its PyTorch name.
 fn target_of<'a>(
     spec: &MergeSpec,
@@ -204,15 +133,18 @@ fn spec_err(spec: &MergeSpec, msg: String) -> MergeError {
     }
 }
 
-/// Runs the corrections `c` on the merged trunk of `merged` (built from `ep` with `transforms`
-/// at `stop`) over the probe images `batches`, and writes the corrected weights into its trunk.
+/// Runs the corrections `c` on the merged trunk `trunk` (built from the N `sources` with
+/// `transforms` at `stop`; all of `spec`'s architecture) over the probe images `batches`, and
+/// writes the corrected weights into `trunk`.
 ///
 /// # Errors
 /// [`MergeError::Param`] for invalid options; [`MergeError::Model`] when the weights do not
 /// fit; [`MergeError::Space`] naming the layer when a refit's normal equations cannot be solved.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
-    merged: &mut Merged,
-    ep: &Endpoints,
+    trunk: &mut StateDict,
+    sources: &[StateDict],
+    spec: &MergeSpec,
     transforms: &[MergeUnmerge],
     stop: &Stop,
     batches: &[Vec<Vec<u8>>],
@@ -243,21 +175,18 @@ pub fn apply(
             ),
         ));
     }
-    let cpu = Device::flex();
-    let sources = ep
-        .nets(&cpu)?
+    let arch = spec.net.arch;
+    let compiled = sources
         .iter()
-        .map(Net::compile)
+        .map(|s| compile_state(arch, s))
         .collect::<Result<Vec<_>, _>>()?;
-    let net = Net::from_state(&merged.manifest.net_config(), &merged.zipped.trunk, &cpu)?;
-    let mnet = net.compile()?;
-    drop(net);
-    let x = Act::from_images(&images, ep.spec.net.preprocess());
-    let n = ep.n();
+    let mnet = compile_state(arch, trunk)?;
+    let x = Act::from_images(&images, spec.net.preprocess());
+    let n = sources.len();
     let mut refit_skipped = Vec::new();
     let (mut refit_layers, mut refit_images_needed) = (0, 0);
-    let done = layerwise::correct(&mnet, &sources, x, stop.cut, &mut |site: &Site| {
-        let target = target_of(&ep.spec, transforms, n, &site.conv.name)?;
+    let done = layerwise::correct(&mnet, &compiled, x, stop.cut, &mut |site: &Site| {
+        let target = target_of(spec, transforms, n, &site.conv.name)?;
         let before = refit_skipped.len();
         let update = correct_site(site, &target, c, &mut refit_skipped)?;
         if c.refit_ridge.is_some() {
@@ -281,7 +210,7 @@ pub fn apply(
     let mut layers = 0;
     for d in &done {
         if d.update != Update::Keep {
-            write(&mut merged.zipped.trunk, d)?;
+            write(trunk, d)?;
             layers += 1;
         }
     }

@@ -23,7 +23,8 @@ use crate::engine::kernels::{channel_moments, matmul_rows, matmul_tn, patches, s
 use crate::engine::layerwise::{Site, Update};
 use crate::error::MergeError;
 
-use super::{linalg, Target};
+use super::linalg;
+use super::target::Target;
 
 /// Default relative ridge of `--refit-ridge`.
 pub const DEFAULT_REFIT_RIDGE: f64 = 1e-4;

@@ -16,7 +16,7 @@ use crate::engine::kernels::{channel_moments, matmul_rows};
 use crate::engine::layerwise::{Site, Update};
 use crate::engine::Act;
 
-use super::Target;
+use super::target::Target;
 
 /// The per-channel rescale `y' = y * scale + shift` that gives the merged branch output `out`
 /// (`[rows, K]`) its target mean and standard deviation. A channel that does not vary (`std <

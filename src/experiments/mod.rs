@@ -246,7 +246,15 @@ impl<'a> Context<'a> {
             if self.probe.is_empty() {
                 return Err(MergeError::NoProbeImages);
             }
-            crate::correct::apply(&mut m, self.endpoints, transforms, stop, self.probe, c)?;
+            crate::correct::apply(
+                &mut m.zipped.trunk,
+                &self.endpoints.states,
+                &self.endpoints.spec,
+                transforms,
+                stop,
+                self.probe,
+                c,
+            )?;
         }
         let sys = m.system(self.device)?;
         let accuracy = self.evaluate(std::slice::from_ref(&sys), progress);

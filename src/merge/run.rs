@@ -20,8 +20,7 @@ use crate::error::{DataError, MergeError, MergeParam};
 use crate::eval::Accuracy;
 use crate::progress::{phase, Observer};
 
-/// Probe or BN-reset images: batches of `[side, side, 3]` u8 images.
-pub type Batches = Vec<Vec<Vec<u8>>>;
+pub use crate::collect::probe::{images, Batches};
 
 /// How features are compared by ZipIt! and Permute ([`crate::matching::dual`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -305,11 +304,6 @@ impl MergeSettings {
         phase(obs, "endpoint BN", total, |p| ep.reset_bn(bn, device, p))?;
         Ok(true)
     }
-}
-
-/// Images in `batches`.
-pub fn images(batches: &Batches) -> usize {
-    batches.iter().map(Vec::len).sum()
 }
 
 /// Evaluation of the merged model.
@@ -655,8 +649,15 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
             "correcting the merged trunk ({})",
             corrections.label().trim_start_matches(" + ")
         ));
-        let r =
-            crate::correct::apply(&mut merged, &ep, &transforms, &stop, &probe_b, &corrections)?;
+        let r = crate::correct::apply(
+            &mut merged.zipped.trunk,
+            &ep.states,
+            &ep.spec,
+            &transforms,
+            &stop,
+            &probe_b,
+            &corrections,
+        )?;
         if !r.refit_skipped.is_empty() {
             obs.warn(&format!(
                 "warning: the refit left {} of its {} layers as merged (fewer than {} probe pixels per unknown on {} probe images): {}; --probe-images {} would refit them all",

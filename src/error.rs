@@ -254,6 +254,8 @@ pub enum MergeParam {
     ProbeImages,
     /// The images per batch.
     BatchSize,
+    /// A merge recipe file ([`crate::merge::recipe`]).
+    Recipe,
 }
 
 impl std::fmt::Display for MergeParam {
@@ -272,6 +274,7 @@ impl std::fmt::Display for MergeParam {
             MergeParam::Similarity => "feature similarity",
             MergeParam::ProbeImages => "probe images",
             MergeParam::BatchSize => "batch size",
+            MergeParam::Recipe => "recipe",
         })
     }
 }

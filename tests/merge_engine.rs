@@ -264,7 +264,16 @@ fn output_of(
     let t = merge::match_spaces(&ep, method, stats.as_ref(), stop.spaces, eps).unwrap();
     let mut m = merge::build(&ep, &t, &stop, serde_json::Value::Null).unwrap();
     if c.any() {
-        let r = zipmerge::correct::apply(&mut m, &ep, &t, &stop, &case.batches, c).unwrap();
+        let r = zipmerge::correct::apply(
+            &mut m.zipped.trunk,
+            &ep.states,
+            &ep.spec,
+            &t,
+            &stop,
+            &case.batches,
+            c,
+        )
+        .unwrap();
         assert_eq!(r.forward_passes, ep.n() + 1);
     }
     let sys = m.system(&device).unwrap();

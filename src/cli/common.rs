@@ -42,6 +42,7 @@ pub fn flag_of(p: MergeParam) -> &'static str {
         MergeParam::Corrections => "--repair/--refit/--similarity",
         MergeParam::ProbeImages => "--probe-images",
         MergeParam::BatchSize => "--batch-size",
+        MergeParam::Recipe => "--recipe",
     }
 }
 
@@ -194,6 +195,16 @@ pub fn cache_gib() -> Result<f64> {
 /// The command line as typed, for manifests.
 pub fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// The long flags given on this command line (`--alpha 2` and `--alpha=2` both give
+/// `--alpha`), for options whose presence matters beside a default (`merge --recipe`).
+pub fn given_flags() -> std::collections::BTreeSet<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| a.starts_with("--") && a.len() > 2)
+        .map(|a| a.split('=').next().unwrap_or(&a).to_string())
+        .collect()
 }
 
 /// `--tasks`: `auto` (`None`: each model's or head's own classes) or a task list (`0,1,2;3,4`,

@@ -8,12 +8,12 @@ use clap::Args;
 
 use zipmerge::experiments::Inputs;
 use zipmerge::merge::task_vectors::{run_task_vectors, TaskVectorPlan};
-use zipmerge::merge::{self, EvalPlan, MergePlan, Method, Similarity};
+use zipmerge::merge::{self, EvalPlan, MergePlan, Method, Recipe, Similarity};
 use zipmerge::taskvec::TaskVectorSettings;
 
 use super::common::{
-    cache_gib, check_out, command_line, count, data_root, finite, first_given, merge_error,
-    non_negative, positive, tasks_option, usage, BackendArgs, Count,
+    cache_gib, check_out, command_line, count, data_root, finite, first_given, given_flags,
+    merge_error, non_negative, positive, tasks_option, usage, BackendArgs, Count,
 };
 use super::printer::Printer;
 
@@ -327,8 +327,13 @@ impl TaskVectorArgs {
 #[derive(Args, Debug)]
 pub struct MergeArgs {
     /// Source model folders (N >= 2).
-    #[arg(long = "model", required = true)]
+    #[arg(long = "model", required_unless_present = "recipe")]
     pub models: Vec<PathBuf>,
+    /// Replay a merge: a recipe file, or an earlier merge's `report.json` (its `recipe`). The
+    /// recipe gives the models, stop, probe folder, method, draws, corrections, batch size,
+    /// seed and evaluation; a flag given beside it overrides that field (and says so).
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
     /// Stop point: `7/20` (layer1), `13/20` (layer2), `19/20` (layer3), `20/20` (full) for
     /// ResNet-20; `k/9` for VGG-11.
     #[arg(long, default_value = "full")]
@@ -352,6 +357,17 @@ pub struct MergeArgs {
 
 /// Runs `zipmerge merge`.
 pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
+    if let Some(path) = a.recipe.clone() {
+        let recipe = recipe_with_overrides(&a, &path, &given_flags(), p)?;
+        check_out(&a.out, &recipe.models, true)?;
+        let plan = recipe.plan(
+            cache_gib()?,
+            a.io.backend.device(p)?,
+            &a.io.backend.backend.to_string(),
+            command_line(),
+        );
+        return run_and_save(&plan, &a.out, p);
+    }
     if TASK_VECTOR_METHODS.contains(&a.settings.matcher.method.as_str()) {
         return exec_task_vectors(a, p);
     }
@@ -381,17 +397,240 @@ pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
         command: command_line(),
         settings,
     };
-    let outcome = merge::run(&plan, p).map_err(merge_error)?;
+    run_and_save(&plan, &a.out, p)
+}
+
+/// Runs `plan`, writes the merged model folder `out` and prints the report.
+fn run_and_save(plan: &MergePlan, out: &Path, p: &mut Printer) -> Result<()> {
+    let outcome = merge::run(plan, p).map_err(merge_error)?;
     outcome
-        .save(&a.out)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+        .save(out)
+        .with_context(|| format!("writing {}", out.display()))?;
     let r = &outcome.report;
-    let label = format!("{} -> {}", r.label(), a.out.display());
+    let label = format!("{} -> {}", r.label(), out.display());
     let text = r.table(&label);
     p.detail(&r.timings_text());
     let total = r.timings_seconds["total"];
-    let note = format!("wrote {} ({total:.1}s)", a.out.display());
+    let note = format!("wrote {} ({total:.1}s)", out.display());
     p.emit(r, &text, Some(note))
+}
+
+/// The recipe of `--recipe path` with the flags given beside it (`given`) applied, each
+/// override noted. A flag that cannot apply to the recipe (a task-vector option, `--alpha` on
+/// a Permute recipe) is a usage error, never ignored.
+fn recipe_with_overrides(
+    a: &MergeArgs,
+    path: &Path,
+    given: &std::collections::BTreeSet<String>,
+    p: &mut Printer,
+) -> Result<Recipe> {
+    use zipmerge::progress::Observer;
+    let mut r = Recipe::read(path).map_err(merge_error)?;
+    if let Some(f) = a.task_vectors.given().first() {
+        return Err(usage(format!(
+            "{f} does not apply to --recipe (a recipe replays an aligning merge)"
+        )));
+    }
+    if TASK_VECTOR_METHODS.contains(&a.settings.matcher.method.as_str()) {
+        return Err(usage(format!(
+            "--method {} does not apply to --recipe (a recipe replays an aligning merge)",
+            a.settings.matcher.method
+        )));
+    }
+    let has = |f: &str| given.contains(f);
+    let mut notes: Vec<String> = Vec::new();
+    let mut note = |flag: &str, now: String, was: String| {
+        if now != was {
+            notes.push(format!("{flag} {now} overrides the recipe's {was}"));
+        }
+    };
+    let s = &a.settings;
+    let root = data_root(a.io.data.as_deref());
+    if has("--model") {
+        note(
+            "--model",
+            format!("{:?}", a.models),
+            format!("{:?}", r.models),
+        );
+        r.models = a.models.clone();
+    }
+    if has("--stop") {
+        note("--stop", a.stop.clone(), r.stop.clone());
+        r.stop = a.stop.clone();
+    }
+    if has("--probe") || has("--data") {
+        let dir = s.probe_dir(&root);
+        note(
+            "--probe",
+            dir.display().to_string(),
+            r.probe_dir.display().to_string(),
+        );
+        r.probe_dir = dir;
+    }
+    if has("--no-eval") {
+        r.eval = None;
+    } else if has("--data") || has("--eval-data") || has("--tasks") {
+        let eval = EvalPlan {
+            root: a.io.eval_data.clone().unwrap_or(root),
+            tasks: tasks_option(&a.tasks)?,
+        };
+        note(
+            "--data/--eval-data/--tasks",
+            format!("{eval:?}"),
+            format!("{:?}", r.eval),
+        );
+        r.eval = Some(eval);
+    }
+    let rs = &mut r.settings;
+    if has("--seed") {
+        note("--seed", s.seed.to_string(), rs.seed.to_string());
+        rs.seed = s.seed;
+        if let Method::GitRebasin { seed } = &mut rs.method {
+            *seed = s.seed;
+        }
+    }
+    let m = &s.matcher;
+    if has("--method") {
+        let method = m.method(rs.seed)?;
+        note(
+            "--method",
+            format!("{method:?}"),
+            format!("{:?}", rs.method),
+        );
+        rs.method = method;
+    } else {
+        for (flag, v) in [
+            ("--alpha", m.alpha),
+            ("--beta", m.beta),
+            ("--cca-reg", m.cca_reg),
+        ] {
+            let Some(v) = v else { continue };
+            let was = format!("{:?}", rs.method);
+            rs.method = match (flag, rs.method.clone()) {
+                ("--alpha", Method::Zipit { beta, .. }) => Method::Zipit { alpha: v, beta },
+                ("--beta", Method::Zipit { alpha, .. }) => Method::Zipit { alpha, beta: v },
+                ("--cca-reg", Method::Cca { .. }) => Method::Cca { reg: v },
+                (_, other) => {
+                    return Err(usage(format!(
+                        "{flag} does not apply to the recipe's method {}",
+                        other.label()
+                    )))
+                }
+            };
+            note(flag, format!("{:?}", rs.method), was);
+        }
+    }
+    if has("--merge-eps") {
+        note(
+            "--merge-eps",
+            m.merge_eps.to_string(),
+            rs.merge_eps.to_string(),
+        );
+        rs.merge_eps = m.merge_eps;
+    }
+    if has("--similarity") || has("--dual-lambda") {
+        let name = if has("--similarity") {
+            s.similarity.as_str()
+        } else {
+            rs.similarity.name()
+        };
+        let lambda = s.dual_lambda.unwrap_or(match rs.similarity {
+            Similarity::Dual(l) => l,
+            _ => DEFAULT_DUAL_LAMBDA,
+        });
+        if s.dual_lambda.is_some() && name != "dual" {
+            return Err(usage(format!(
+                "--dual-lambda applies to --similarity dual only; the recipe's similarity is {name}"
+            )));
+        }
+        let sim = Similarity::parse(name, lambda).map_err(merge_error)?;
+        note(
+            "--similarity",
+            format!("{sim:?}"),
+            format!("{:?}", rs.similarity),
+        );
+        rs.similarity = sim;
+    }
+    let c = &mut rs.corrections;
+    if has("--repair") {
+        note(
+            "--repair",
+            "on".into(),
+            if c.repair { "on" } else { "off" }.into(),
+        );
+        c.repair = true;
+    }
+    if has("--refit") || has("--refit-ridge") {
+        let lstsq = if has("--refit") {
+            s.refit == "lstsq"
+        } else {
+            c.refit_ridge.is_some()
+        };
+        if !lstsq && has("--refit-ridge") {
+            return Err(usage(
+                "--refit-ridge applies to --refit lstsq; the recipe has no refit".to_string(),
+            ));
+        }
+        let ridge = if has("--refit-ridge") {
+            Some(s.refit_ridge)
+        } else {
+            c.refit_ridge
+        };
+        let now = lstsq.then(|| ridge.unwrap_or(s.refit_ridge));
+        note(
+            "--refit",
+            format!("{now:?}"),
+            format!("{:?}", c.refit_ridge),
+        );
+        c.refit_ridge = now;
+    }
+    if has("--probe-images") {
+        note(
+            "--probe-images",
+            format!("{:?}", s.probe_images.0),
+            format!("{:?}", rs.probe_images),
+        );
+        rs.probe_images = s.probe_images.0;
+    }
+    if has("--no-probe-augment") {
+        note(
+            "--no-probe-augment",
+            "off".into(),
+            if rs.probe_augment { "on" } else { "off" }.into(),
+        );
+        rs.probe_augment = false;
+    }
+    if has("--bn-reset-images") {
+        note(
+            "--bn-reset-images",
+            format!("{:?}", s.bn_reset_images.0),
+            format!("{:?}", rs.bn_reset_images),
+        );
+        rs.bn_reset_images = s.bn_reset_images.0;
+    }
+    if has("--no-endpoint-bn-reset") {
+        let was = if rs.endpoint_bn_reset { "on" } else { "off" };
+        note("--no-endpoint-bn-reset", "off".into(), was.into());
+        rs.endpoint_bn_reset = false;
+    }
+    if has("--no-rebasin-bn-reset") {
+        let was = if rs.rebasin_bn_reset { "on" } else { "off" };
+        note("--no-rebasin-bn-reset", "off".into(), was.into());
+        rs.rebasin_bn_reset = false;
+    }
+    if has("--batch-size") {
+        note(
+            "--batch-size",
+            s.batch_size.to_string(),
+            rs.batch_size.to_string(),
+        );
+        rs.batch_size = s.batch_size;
+    }
+    for n in &notes {
+        p.warn(&format!("note: {n} (--recipe {})", path.display()));
+    }
+    r.check().map_err(merge_error)?;
+    Ok(r)
 }
 
 /// Warnings about inputs that are legal but almost always a mistake: a model given twice (it

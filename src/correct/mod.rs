@@ -31,7 +31,8 @@ use crate::models::compile::compile_state;
 use crate::spec::{LayerKind, MergeSpec, Side, Stop};
 
 /// Which corrections to run after a merge.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Corrections {
     /// REPAIR: reset each merged channel's mean and standard deviation to its target's
     /// ([`repair`]).

@@ -19,7 +19,9 @@ use crate::models::Net;
 use crate::rewrite::{self, bn_reset, Zipped};
 use crate::spec::{MergeSpec, Stop};
 
+pub mod recipe;
 mod run;
+pub use recipe::Recipe;
 pub mod task_vectors;
 pub use run::{
     images, run, warn_dead_units, Batches, EvalPlan, MergeOutcome, MergePlan, MergeProvenance,
@@ -27,8 +29,8 @@ pub use run::{
 };
 
 /// Matching method.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "name", rename_all = "kebab-case")]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Method {
     /// ZipIt! greedy zip (reference doc §3.1).
     Zipit {

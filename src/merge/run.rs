@@ -23,8 +23,8 @@ use crate::progress::{phase, Observer};
 pub use crate::collect::probe::{images, Batches};
 
 /// How features are compared by ZipIt! and Permute ([`crate::matching::dual`]).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Similarity {
     /// Correlation of the activations (the paper).
     Activation,
@@ -77,7 +77,8 @@ impl Similarity {
 /// Settings of one merge shared by `merge`, `sweep` and `reproduce`: method, probe and
 /// BN-reset draws, corrections. [`MergeSettings::new`] gives the reference's defaults
 /// (reference doc §2, §4.4).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MergeSettings {
     /// Matching method.
     pub method: Method,
@@ -307,7 +308,8 @@ impl MergeSettings {
 }
 
 /// Evaluation of the merged model.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EvalPlan {
     /// Data root whose `test` split is evaluated ([`crate::data::split_dir`]).
     pub root: PathBuf,
@@ -466,6 +468,8 @@ pub struct MergeProvenance {
 pub struct MergeReport {
     /// Method label (`ZipIt!`, `Permute`, ...).
     pub method: String,
+    /// The merge as data: `zipmerge merge --recipe report.json` replays it to the same bits.
+    pub recipe: super::Recipe,
     /// The settings as recorded in the manifest.
     pub settings: MergeProvenance,
     /// Stop name.
@@ -684,6 +688,7 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
     timed("total", t_all);
     let report = MergeReport {
         method: s.method.label(),
+        recipe: super::Recipe::of(plan),
         settings: provenance,
         stop: stop.name.clone(),
         zipped_layers: stop.zipped,

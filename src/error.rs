@@ -403,7 +403,7 @@ pub enum MergeError {
     Checkpoint(#[from] CheckpointError),
 }
 
-/// Errors of the experiment recipes ([`crate::experiments::runs`]): the merges they run, the
+/// Errors of the experiment recipes ([`crate::ops::sweep`], [`crate::ops::grid`], [`crate::ops::table1`]): the merges they run, the
 /// endpoint folders they scan and the files they write.
 #[derive(Debug, Error)]
 pub enum ExperimentError {

@@ -5,13 +5,16 @@
 //! Data flows one way: checkpoints + probe images -> [`collect`] (feature statistics) ->
 //! [`matching`] (merge/unmerge matrices per feature space) -> [`rewrite`] (merged weights, BN
 //! reset) -> [`eval`] (joint/task accuracy). Architectures are described as data in [`spec`].
-//! [`merge::run`] runs the whole pipeline for one merge, [`experiments`] the sweeps and tables;
-//! both report progress to a [`progress::Observer`] and return serde reports.
+//! The top-level operations live in [`ops`], one file each: [`ops::merge::run`] runs the whole
+//! pipeline for one merge (replayable from its [`merge::Recipe`]), [`ops::sweep`],
+//! [`ops::grid`], [`ops::table1`] and [`ops::tasks`] the sweeps and tables, [`ops::train`]
+//! training; each reports progress to a [`progress::Observer`] and returns a serde report.
 //!
 //! Merging the shipped ResNet-20 pair with ZipIt! on the embedded CIFAR-10 sample:
 //!
 //! ```
-//! use zipmerge::merge::{run, MergePlan, Method};
+//! use zipmerge::merge::{MergePlan, Method};
+//! use zipmerge::ops::merge::run;
 //!
 //! let models = ["models/cifar10-5+5/resnet20x1-a", "models/cifar10-5+5/resnet20x1-b"].map(Into::into);
 //! let zipit = Method::Zipit { alpha: 0.3, beta: 0.125 };

@@ -2,7 +2,7 @@
 //! progress, and notes or warnings for the user. The library never prints; the CLI's printer
 //! implements [`Observer`] (progress bars, `-q`, `--json`), a Rust caller may pass [`Silent`].
 
-/// Receives the progress of a long library call ([`crate::merge::run`],
+/// Receives the progress of a long library call ([`crate::ops::merge::run`],
 /// [`crate::experiments::sweep`], ...). Every method has a do-nothing default.
 pub trait Observer {
     /// A phase named `label` (`statistics`, `BN reset`, a table row's label, ...) starts with

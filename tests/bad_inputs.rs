@@ -733,7 +733,7 @@ impl zipmerge::progress::Observer for StopAt {
 
 /// Leaves the training state of a run of [`TRAIN`] interrupted after 2 epochs at `out`.
 fn interrupted_state(out: &Path) -> PathBuf {
-    use zipmerge::train::run::{run, TaskChoice, TrainPlan};
+    use zipmerge::ops::train::{run, TaskChoice, TrainPlan};
     let plan = TrainPlan {
         arch: zipmerge::models::Arch::Resnet20,
         width: 1,
@@ -759,7 +759,7 @@ fn interrupted_state(out: &Path) -> PathBuf {
         run(&plan, &mut StopAt("epoch 3"))
     }));
     assert!(r.is_err(), "the run was not stopped");
-    let state = zipmerge::train::run::state_dir_of(out);
+    let state = zipmerge::ops::train::state_dir_of(out);
     assert!(state.join("resume.json").is_file());
     state
 }

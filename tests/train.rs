@@ -10,9 +10,9 @@ use burn::tensor::Device;
 use zipmerge::checkpoint::safetensors_io;
 use zipmerge::models::head::HeadChoice;
 use zipmerge::models::Arch;
+use zipmerge::ops::train::{run, TaskChoice, TrainPlan};
 use zipmerge::progress::{Observer, Silent};
 use zipmerge::train::lr_multiplier;
-use zipmerge::train::run::{run, TaskChoice, TrainPlan};
 
 /// Reference doc §6: a per-iteration multiplier, piecewise linear through (0 -> 0),
 /// (5 epochs -> 1), (E epochs -> 0); the points and their midpoints, for E = 100.

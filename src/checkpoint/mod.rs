@@ -2,7 +2,6 @@
 //! PyTorch layout. A single model has one weight file; a partially zipped multi-head model has a
 //! trunk file and one file per head (reference doc §1.7).
 
-pub mod import;
 pub mod interop;
 pub mod pickle_guard;
 pub mod safetensors_io;

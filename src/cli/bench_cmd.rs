@@ -1,10 +1,10 @@
-//! `zipmerge bench`: flags -> [`zipmerge::eval::bench`] -> the figures as JSON.
+//! `zipmerge bench`: flags -> [`zipmerge::ops::bench`] -> the figures as JSON.
 
 use anyhow::Result;
 use clap::Args;
 
-use zipmerge::eval::bench::{bench, BenchPlan};
 use zipmerge::models::{Arch, NetConfig};
+use zipmerge::ops::bench::{bench, BenchPlan};
 
 use super::common::{arch_parser, positive, BackendArgs};
 use super::printer::Printer;

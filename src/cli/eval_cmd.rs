@@ -1,15 +1,14 @@
 //! `zipmerge eval`: joint / per-task / average accuracy of a model, multi-head model or ensemble
 //! ([`zipmerge::eval::runner::evaluate_folders`]); `zipmerge predict`: top-k classes per image
-//! ([`zipmerge::eval::predict::predict`]).
+//! ([`zipmerge::ops::predict::predict`]).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
-use zipmerge::eval::predict::predict;
-use zipmerge::eval::runner::evaluate_folders;
-use zipmerge::system::System;
+use zipmerge::ops::eval::evaluate_folders;
+use zipmerge::ops::predict::predict_folder;
 
 use super::common::{cache_gib, data_root, merge_error, positive, tasks_option, BackendArgs};
 use super::printer::Printer;
@@ -72,9 +71,9 @@ pub struct PredictArgs {
 /// Runs `zipmerge predict`.
 pub fn exec_predict(a: PredictArgs, p: &mut Printer) -> Result<()> {
     let device = a.backend.device(p)?;
-    let sys = System::load(&a.model, &device)
-        .with_context(|| format!("loading model {}", a.model.display()))?;
-    let preds = predict(&sys, &a.images, a.top, &device).map_err(merge_error)?;
+    let preds = predict_folder(&a.model, &a.images, a.top, &device)
+        .map_err(merge_error)
+        .with_context(|| format!("predicting with model {}", a.model.display()))?;
     let text: String = preds.iter().map(|pr| format!("{pr}\n")).collect();
     p.emit(&preds, &text, None)
 }

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use zipmerge::experiments::runs::{self, rows_markdown};
-use zipmerge::experiments::{GridPlan, SweepPlan, Table1Plan};
+use zipmerge::experiments::prepare::{find_groups, rows_markdown, FoundGroups};
+use zipmerge::ops::grid::{grid, write_grid, GridPlan};
+use zipmerge::ops::sweep::{sweep, write_sweep, SweepPlan};
+use zipmerge::ops::table1::{table1, write_table1, Table1Plan};
 
 use super::common::{check_out, count, first_given, merge_error, usage, Count};
 use super::merge_cmd::{DataArgs, MergeSettings};
@@ -214,9 +216,9 @@ pub fn exec_sweep(a: SweepArgs, p: &mut Printer) -> Result<()> {
         inputs: a.data.inputs(&a.settings, p)?,
         settings,
     };
-    let r = runs::sweep(&plan, p).map_err(merge_error)?;
+    let r = sweep(&plan, p).map_err(merge_error)?;
     if let Some(out) = &a.out {
-        runs::write_sweep(out, &r)?;
+        write_sweep(out, &r)?;
     }
     let note = format!(
         "statistics computed {} time(s), matching run {} time(s); {:.1}s in all",
@@ -235,15 +237,15 @@ pub fn exec_reproduce(a: Reproduce, p: &mut Printer) -> Result<()> {
 }
 
 /// One `warning:` line per endpoint group of `--pairs DIR` that cannot be used, and why.
-fn warn_skipped(pairs: &std::path::Path, found: &runs::FoundGroups, p: &mut Printer) {
+fn warn_skipped(pairs: &std::path::Path, found: &FoundGroups, p: &mut Printer) {
     for why in &found.skipped {
         p.warn(&format!("warning: --pairs {}: {why}", pairs.display()));
     }
 }
 
 fn exec_tasks(a: TasksArgs, p: &mut Printer) -> Result<()> {
-    use zipmerge::experiments::tasks::TasksPlan;
-    let found = runs::find_groups(&a.pairs, None)?;
+    use zipmerge::ops::tasks::TasksPlan;
+    let found = find_groups(&a.pairs, None)?;
     warn_skipped(&a.pairs, &found, p);
     let Some((_, models)) = found.groups.into_iter().next() else {
         return Err(usage("--pairs: no group of fine-tunes"));
@@ -293,7 +295,7 @@ fn exec_tasks(a: TasksArgs, p: &mut Printer) -> Result<()> {
 /// fine-tunes, their average and TIES's defaults as references ([`TasksPlan`] with one count,
 /// one seed and only this method's grid).
 fn exec_grid_task_vectors(a: GridArgs, p: &mut Printer) -> Result<()> {
-    use zipmerge::experiments::tasks::TasksPlan;
+    use zipmerge::ops::tasks::TasksPlan;
     let m = a.settings.matcher.method.clone();
     let Some(base) = a.base.clone() else {
         return Err(usage(format!(
@@ -368,14 +370,14 @@ fn exec_grid_task_vectors(a: GridArgs, p: &mut Printer) -> Result<()> {
     run_tasks(plan, a.out.as_deref(), &a.models, p)
 }
 
-/// Runs a [`zipmerge::experiments::tasks::TasksPlan`], writes its outputs into `out`, prints.
+/// Runs a [`zipmerge::ops::tasks::TasksPlan`], writes its outputs into `out`, prints.
 fn run_tasks(
-    plan: zipmerge::experiments::tasks::TasksPlan,
+    plan: zipmerge::ops::tasks::TasksPlan,
     out: Option<&std::path::Path>,
     models: &[PathBuf],
     p: &mut Printer,
 ) -> Result<()> {
-    use zipmerge::experiments::tasks::{tasks_table, write_tasks};
+    use zipmerge::ops::tasks::{tasks_table, write_tasks};
     let mut inputs = models.to_vec();
     inputs.push(plan.base.clone());
     if let Some(o) = out {
@@ -439,9 +441,9 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
         inputs: a.data.inputs(&a.settings, p)?,
         settings,
     };
-    let r = runs::grid(&plan, p).map_err(merge_error)?;
+    let r = grid(&plan, p).map_err(merge_error)?;
     if let Some(out) = &a.out {
-        runs::write_grid(out, &r, &a.alphas, &a.betas)?;
+        write_grid(out, &r, &a.alphas, &a.betas)?;
     }
     let b = &r.best;
     let best = format!(
@@ -479,7 +481,7 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
     zipit.matcher.cca_reg = None;
     zipit.dual_lambda = None;
     let settings = zipit.library()?;
-    let found = runs::find_groups(&a.pairs, a.filter.as_deref())?;
+    let found = find_groups(&a.pairs, a.filter.as_deref())?;
     warn_skipped(&a.pairs, &found, p);
     if !found.skipped.is_empty() {
         let names: Vec<&str> = found.groups.iter().map(|(n, _)| n.as_str()).collect();
@@ -506,9 +508,9 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
         inputs: a.data.inputs(s, p)?,
         settings,
     };
-    let r = runs::table1(&plan, p).map_err(merge_error)?;
+    let r = table1(&plan, p).map_err(merge_error)?;
     if let Some(out) = &a.out {
-        runs::write_table1(out, &r)?;
+        write_table1(out, &r)?;
     }
     let note = format!(
         "{} pair(s), {} test images, {:.1}s",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use zipmerge::system::inspect::ModelInfo;
+use zipmerge::ops::inspect::ModelInfo;
 
 use super::common::merge_error;
 use super::printer::Printer;

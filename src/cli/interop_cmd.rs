@@ -1,4 +1,4 @@
-//! `zipmerge import` / `zipmerge export`: flags -> [`zipmerge::checkpoint::import`] -> a model
+//! `zipmerge import` / `zipmerge export`: flags -> [`zipmerge::ops::interop`] -> a model
 //! folder, or a model folder -> one safetensors file (official ZipIt! layout for
 //! `resnet20x{w}` / `vgg11`, torchvision's for its ResNets).
 
@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use zipmerge::checkpoint::import::{export, import, ImportError, ImportRequest};
 use zipmerge::checkpoint::{self};
 use zipmerge::models::Arch;
+use zipmerge::ops::interop::{export_to, import_to, ImportError, ImportRequest};
 use zipmerge::progress::Observer;
 
 use super::common::{arch_parser, check_out, command_line, parse_head, usage};
@@ -83,12 +83,10 @@ pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
         num_classes: a.num_classes,
         command: command_line(),
     };
-    let m = import(&req).map_err(|e| import_error(e, &a.head))?;
+    let m = import_to(&req, &a.out).map_err(|e| import_error(e, &a.head))?;
     for line in m.notes.lines(m.state.len()) {
         p.warn(&line);
     }
-    let files = [("model.safetensors".to_string(), &m.state)];
-    checkpoint::write_model(&a.out, &m.manifest, &files)?;
     let line = format!("wrote {} ({} tensors)\n", a.out.display(), m.state.len());
     let value = serde_json::json!({"wrote": a.out, "tensors": m.state.len()});
     p.emit(&value, &line, None)
@@ -118,9 +116,9 @@ pub struct ExportArgs {
 pub fn exec_export(a: ExportArgs, p: &mut Printer) -> Result<()> {
     checkpoint::check_out_file(&a.out, std::slice::from_ref(&a.model))
         .map_err(|r| usage(format!("--out {}: {r}", a.out.display())))?;
-    let bytes = export(&a.model, a.layout.as_deref()).map_err(|e| import_error(e, ""))?;
-    zipmerge::util::write_atomic(&a.out, &bytes)?;
-    let line = format!("wrote {} ({} bytes)\n", a.out.display(), bytes.len());
-    let value = serde_json::json!({"wrote": a.out, "bytes": bytes.len()});
+    let bytes =
+        export_to(&a.model, a.layout.as_deref(), &a.out).map_err(|e| import_error(e, ""))?;
+    let line = format!("wrote {} ({bytes} bytes)\n", a.out.display());
+    let value = serde_json::json!({"wrote": a.out, "bytes": bytes});
     p.emit(&value, &line, None)
 }

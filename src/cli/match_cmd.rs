@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 
 use clap::Args;
 
-use zipmerge::matching::npy::read_matrix;
+use zipmerge::ops::match_matrix::match_file;
 
 use super::common::{merge_error, positive};
 use super::merge_cmd::MatcherArgs;
@@ -31,11 +31,15 @@ pub struct MatchArgs {
 /// Runs `zipmerge match`: prints `{"clusters": [...], "merge": [[...]], "unmerge": [[...]]}`.
 pub fn exec(a: MatchArgs, p: &Printer) -> Result<()> {
     let method = a.matcher.method(0)?;
-    let m = read_matrix(&a.cov).with_context(|| format!("reading {}", a.cov.display()))?;
-    let r =
-        zipmerge::merge::match_matrix(&m, a.correlation, a.models, &method, a.matcher.merge_eps)
-            .map_err(merge_error)
-            .with_context(|| a.cov.display().to_string())?;
+    let r = match_file(
+        &a.cov,
+        a.correlation,
+        a.models,
+        &method,
+        a.matcher.merge_eps,
+    )
+    .map_err(merge_error)
+    .with_context(|| a.cov.display().to_string())?;
     let value = r.to_json();
     p.emit(&value, &format!("{value}\n"), None)
 }

@@ -1,4 +1,4 @@
-//! `zipmerge merge`: flags -> [`MergePlan`] -> [`zipmerge::merge::run`] -> model folder +
+//! `zipmerge merge`: flags -> [`MergePlan`] -> [`zipmerge::ops::merge::run`] -> model folder +
 //! `report.json`, and the accuracy table.
 
 use std::path::{Path, PathBuf};
@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use zipmerge::experiments::Inputs;
-use zipmerge::merge::task_vectors::{run_task_vectors, TaskVectorPlan};
 use zipmerge::merge::{self, EvalPlan, MergePlan, Method, Recipe, Similarity};
+use zipmerge::ops::task_vectors::{run_task_vectors, TaskVectorPlan};
 use zipmerge::taskvec::TaskVectorSettings;
 
 use super::common::{
@@ -402,7 +402,7 @@ pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
 
 /// Runs `plan`, writes the merged model folder `out` and prints the report.
 fn run_and_save(plan: &MergePlan, out: &Path, p: &mut Printer) -> Result<()> {
-    let outcome = merge::run(plan, p).map_err(merge_error)?;
+    let outcome = zipmerge::ops::merge::run(plan, p).map_err(merge_error)?;
     outcome
         .save(out)
         .with_context(|| format!("writing {}", out.display()))?;

@@ -1,4 +1,4 @@
-//! `zipmerge train`: flags -> [`TrainPlan`] -> [`zipmerge::train::run::run`] -> model folder.
+//! `zipmerge train`: flags -> [`TrainPlan`] -> [`zipmerge::ops::train::run`] -> model folder.
 
 use std::path::PathBuf;
 
@@ -7,7 +7,7 @@ use clap::Args;
 
 use zipmerge::error::{DataError, ModelError};
 use zipmerge::models::Arch;
-use zipmerge::train::run::{run, TaskChoice, TrainError, TrainPlan};
+use zipmerge::ops::train::{run, TaskChoice, TrainError, TrainPlan};
 
 use super::common::{
     arch_parser, cache_gib, check_out, command_line, data_error, data_root, non_negative,

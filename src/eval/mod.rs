@@ -8,8 +8,6 @@
 //! `softmax(L_s)` (temperature 100 is already inside text-head logits) — except for a *single*
 //! text head, where the raw cosines are compared (the reference's behaviour).
 
-pub mod bench;
-pub mod predict;
 pub mod runner;
 
 use serde::Serialize;

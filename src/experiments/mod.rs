@@ -3,14 +3,10 @@
 //! once; only the rewriting, BN reset and evaluation run per stop.
 
 pub mod plot;
-pub mod runs;
+pub mod prepare;
 pub mod table;
-pub mod tasks;
 
-pub use runs::{
-    find_groups, grid, sweep, table1, GridPlan, GridReport, Inputs, SweepPlan, SweepReport,
-    Table1Plan, Table1Report,
-};
+pub use prepare::{find_groups, Inputs};
 
 use std::time::Instant;
 

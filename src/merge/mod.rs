@@ -16,17 +16,15 @@ use crate::matching::{
 };
 use crate::models::head::HeadSpec;
 use crate::models::Net;
+use crate::progress::Observer;
 use crate::rewrite::{self, bn_reset, Zipped};
 use crate::spec::{MergeSpec, Stop};
 
+mod plan;
 pub mod recipe;
-mod run;
+pub(crate) use plan::Evaluation;
+pub use plan::{images, Batches, EvalPlan, MergePlan, MergeSettings, Similarity};
 pub use recipe::Recipe;
-pub mod task_vectors;
-pub use run::{
-    images, run, warn_dead_units, Batches, EvalPlan, MergeOutcome, MergePlan, MergeProvenance,
-    MergeReport, MergeSettings, Similarity,
-};
 
 /// Matching method.
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
@@ -751,6 +749,31 @@ impl Merged {
             .map_err(|e| MergeError::Internal(format!("serialising the report: {e}")))?;
         self.save_with(dir, &[("report.json".into(), report)])
     }
+}
+
+/// Reports one `warning:` line per (feature space, model) with dead units (zero variance on
+/// the probe images; [`Statistics::dead_units`]) and returns them for the report.
+pub fn warn_dead_units(
+    stats: &Statistics,
+    spaces: &[crate::spec::Space],
+    obs: &mut dyn Observer,
+) -> Vec<DeadUnits> {
+    let dead = stats.dead_units(spaces);
+    for d in &dead {
+        let model = (b'A' + (d.model % 26) as u8) as char;
+        obs.warn(&if d.dead == d.width {
+            format!(
+                "warning: feature space `{}`: model {model} has all {} units dead (zero variance on the probe images: a zero or constant model?)",
+                d.space, d.width
+            )
+        } else {
+            format!(
+                "warning: feature space `{}`: model {model} has {} dead units of {} (zero variance on the probe images)",
+                d.space, d.dead, d.width
+            )
+        });
+    }
+    dead
 }
 
 #[cfg(test)]

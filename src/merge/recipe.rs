@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::run::{EvalPlan, MergePlan, MergeSettings};
+use super::plan::{EvalPlan, MergePlan, MergeSettings};
 use crate::error::{MergeError, MergeParam};
 
 /// The version of the recipe format this build reads and writes.

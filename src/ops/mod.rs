@@ -3,4 +3,17 @@
 //! returns what it did as a report; `src/cli/*_cmd.rs` parses, calls one of them and prints.
 //! Nothing below imports this layer.
 
+pub mod bench;
 pub mod bn_reset;
+pub mod eval;
+pub mod grid;
+pub mod inspect;
+pub mod interop;
+pub mod match_matrix;
+pub mod merge;
+pub mod predict;
+pub mod sweep;
+pub mod table1;
+pub mod task_vectors;
+pub mod tasks;
+pub mod train;

@@ -8,7 +8,6 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor};
 
 pub mod cpu;
-pub mod inspect;
 
 use crate::checkpoint::{self, ModelManifest};
 use crate::error::ModelError;

@@ -7,8 +7,6 @@
 //! shuffle and augmentation from ChaCha8(seed, epoch); on the flex backend the same seed gives
 //! the same checkpoint bytes. Every epoch writes a resumable state (`train-state/`).
 
-pub mod run;
-
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};

@@ -66,7 +66,7 @@ impl ModelInfo {
         let m = checkpoint::read_manifest(&dir)?;
         let cfg = m.net_config();
         let spec = MergeSpec::of(&cfg);
-        let sys = super::System::load(&dir, &burn::tensor::Device::flex())?;
+        let sys = crate::system::System::load(&dir, &burn::tensor::Device::flex())?;
         Ok(Self {
             dir: dir.display().to_string(),
             arch: m.arch,
@@ -156,9 +156,11 @@ pub fn class_ranges(c: &[usize]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::class_ranges;
+
     #[test]
     pub fn class_ranges_compress_runs() {
-        assert_eq!(super::class_ranges(&[0, 1, 2, 3, 7, 9, 10]), "0-3,7,9,10");
-        assert_eq!(super::class_ranges(&[0, 5, 6, 7, 9]), "0,5-7,9");
+        assert_eq!(class_ranges(&[0, 1, 2, 3, 7, 9, 10]), "0-3,7,9,10");
+        assert_eq!(class_ranges(&[0, 5, 6, 7, 9]), "0,5-7,9");
     }
 }

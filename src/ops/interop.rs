@@ -1,15 +1,15 @@
 //! `zipmerge import` / `export` as library calls: a PyTorch or safetensors state dict in the
 //! official ZipIt! or torchvision layout becomes a zipmerge model ([`import`]), a model folder
 //! becomes one safetensors file that the official PyTorch classes load ([`export`]). The
-//! architecture is told from the tensor names ([`super::interop::detect_arch`]) and its width
+//! architecture is told from the tensor names ([`crate::checkpoint::interop::detect_arch`]) and its width
 //! read off its first conv ([`crate::models::arch::Architecture::width_probe`]).
 
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::interop::{self, ImportNotes};
-use super::{ModelManifest, StateDict};
+use crate::checkpoint::interop::{self, ImportNotes};
+use crate::checkpoint::{ModelManifest, StateDict};
 use crate::error::{CheckpointError, DataError, ModelError};
 use crate::models::head::HeadChoice;
 use crate::models::{Arch, Net, NetConfig};
@@ -36,7 +36,7 @@ pub struct ImportRequest {
     pub command: String,
 }
 
-/// An imported model, ready to be written ([`super::write_model`]).
+/// An imported model, ready to be written ([`crate::checkpoint::write_model`]).
 #[derive(Clone, Debug)]
 pub struct Imported {
     /// Its manifest.
@@ -59,6 +59,14 @@ pub enum ImportError {
     /// From the class list.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// Writing the exported file.
+    #[error("{path}: cannot be written ({msg})")]
+    Write {
+        /// The output file.
+        path: String,
+        /// The system's message.
+        msg: String,
+    },
     /// A multi-head export (`trunk.*`, `head<i>.*`).
     #[error("{file} is a multi-head zipmerge export (`trunk.*`, `head<i>.*` names): import one network's prefix at a time, or use the zipmerge model folder it was exported from")]
     MultiHead {
@@ -220,7 +228,7 @@ pub fn import(req: &ImportRequest) -> Result<Imported, ImportError> {
         out: head.net_outputs(classes.len()),
     };
     cfg.validate()?;
-    super::check_finite(&state, &file)?;
+    crate::checkpoint::check_finite(&state, &file)?;
     Net::from_state(&cfg, &state, &burn::tensor::Device::flex()).map_err(|source| {
         ImportError::Weights {
             file: file.clone(),
@@ -247,10 +255,11 @@ pub fn import(req: &ImportRequest) -> Result<Imported, ImportError> {
 /// # Errors
 /// [`ImportError`] for an unreadable model or a layout that is not the model's.
 pub fn export(model: &Path, layout: Option<&str>) -> Result<Vec<u8>, ImportError> {
-    let dir = super::model_dir(model);
-    let m = super::read_manifest(&dir)?;
+    let dir = crate::checkpoint::model_dir(model);
+    let m = crate::checkpoint::read_manifest(&dir)?;
     check_layout(m.arch, layout)?;
-    let super::ModelWeights { trunk, heads, .. } = super::ModelWeights::read(&dir, m)?;
+    let crate::checkpoint::ModelWeights { trunk, heads, .. } =
+        crate::checkpoint::ModelWeights::read(&dir, m)?;
     Ok(if heads.is_empty() {
         interop::to_pytorch_safetensors(&[("", &trunk)])?
     } else {
@@ -259,4 +268,30 @@ pub fn export(model: &Path, layout: Option<&str>) -> Result<Vec<u8>, ImportError
         parts.extend(names.iter().map(String::as_str).zip(heads.iter()));
         interop::to_pytorch_safetensors(&parts)?
     })
+}
+
+/// [`import`], then the model folder written to `out` (atomically, [`crate::checkpoint::write_model`]).
+/// Returns the imported model (its notes say what was converted or stripped).
+///
+/// # Errors
+/// As [`import`]; [`ImportError::Checkpoint`] when `out` cannot be written.
+pub fn import_to(req: &ImportRequest, out: &Path) -> Result<Imported, ImportError> {
+    let m = import(req)?;
+    let files = [("model.safetensors".to_string(), &m.state)];
+    crate::checkpoint::write_model(out, &m.manifest, &files)?;
+    Ok(m)
+}
+
+/// [`export`], then the bytes written to the file `out` (atomically; a non-regular file is
+/// never replaced, [`crate::util::write_atomic`]). Returns the bytes written.
+///
+/// # Errors
+/// As [`export`]; [`ImportError::Write`] naming `out`.
+pub fn export_to(model: &Path, layout: Option<&str>, out: &Path) -> Result<usize, ImportError> {
+    let bytes = export(model, layout)?;
+    crate::util::write_atomic(out, &bytes).map_err(|e| ImportError::Write {
+        path: out.display().to_string(),
+        msg: e.to_string(),
+    })?;
+    Ok(bytes.len())
 }

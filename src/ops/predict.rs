@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::runner::rows;
-use super::softmax;
 use crate::data::imagefolder::decode;
 use crate::data::to_tensor;
 use crate::error::MergeError;
+use crate::eval::runner::rows;
+use crate::eval::softmax;
 use crate::models::ForwardCtx;
 use crate::system::System;
 
@@ -45,6 +45,21 @@ impl std::fmt::Display for Prediction {
             .collect();
         write!(f, "{}: {}", self.image, top.join(", "))
     }
+}
+
+/// Loads the model folder `model` on `device` and predicts the `top` classes of each image
+/// ([`predict`]).
+///
+/// # Errors
+/// [`MergeError`] naming the model folder that cannot be loaded, or as [`predict`].
+pub fn predict_folder(
+    model: &std::path::Path,
+    images: &[PathBuf],
+    top: usize,
+    device: &Device,
+) -> Result<Vec<Prediction>, MergeError> {
+    let sys = System::load(model, device)?;
+    predict(&sys, images, top, device)
 }
 
 /// Predicts `images` with `sys`: logits over the model's classes in label order (all heads'

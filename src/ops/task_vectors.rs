@@ -15,11 +15,11 @@ use std::time::Instant;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::run::Evaluation;
-use super::{images, merged_manifest, Endpoints, EvalPlan, MergeSettings, Merged, Method};
 use crate::checkpoint;
 use crate::error::{MergeError, MergeParam};
 use crate::eval::Accuracy;
+use crate::merge::Evaluation;
+use crate::merge::{images, merged_manifest, Endpoints, EvalPlan, MergeSettings, Merged, Method};
 use crate::models::head::HeadSpec;
 use crate::progress::{phase, Observer};
 use crate::rewrite::Zipped;

@@ -16,15 +16,15 @@ use std::time::Instant;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::mean_std;
 use crate::checkpoint::{self, StateDict};
 use crate::collect::{probe_batches, probe_indices};
 use crate::data::ImageSet;
 use crate::error::{ExperimentError, MergeError};
 use crate::eval::runner::evaluate;
 use crate::eval::Accuracy;
-use crate::merge::task_vectors::tv_error;
+use crate::experiments::mean_std;
 use crate::merge::{merged_manifest, Batches, Endpoints, MergeSettings, Merged, Method};
+use crate::ops::task_vectors::tv_error;
 use crate::progress::{phase, Observer};
 use crate::rewrite::Zipped;
 use crate::taskvec::{self, Disjoint, SignRule, TaskVectorMethod, TaskVectorSettings, Trim};
@@ -398,7 +398,7 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
                         root: plan.data_root.clone(),
                         tasks: Some(tasks.to_vec()),
                     });
-                    let out = crate::merge::run(&mp, &mut crate::progress::Silent)?;
+                    let out = crate::ops::merge::run(&mp, &mut crate::progress::Silent)?;
                     let acc = out.report.accuracy.ok_or_else(|| {
                         MergeError::Internal("the alignment merge was not evaluated".into())
                     })?;
@@ -534,7 +534,7 @@ fn markdown(rows: &[TaskRow], n_all: usize, counts: &[usize]) -> String {
 
 /// The scaling figure's lines: per method (not the endpoints), its mean and std over seeds of
 /// the average normalized accuracy (%) at each number of tasks.
-pub fn scaling_series(rows: &[TaskRow]) -> Vec<super::plot::TasksSeries> {
+pub fn scaling_series(rows: &[TaskRow]) -> Vec<crate::experiments::plot::TasksSeries> {
     methods(rows)
         .into_iter()
         .filter(|m| !m.starts_with("fine-tune"))
@@ -576,7 +576,7 @@ pub fn write_tasks(out: &std::path::Path, r: &TasksReport) -> Result<(), Experim
     let series = scaling_series(&r.rows);
     if series.iter().any(|(_, p)| p.len() > 1) {
         let title = "Merging fine-tunes of one base: normalized accuracy vs tasks merged";
-        super::plot::tasks_plot(&series, title, &out.join("tasks.png"))
+        crate::experiments::plot::tasks_plot(&series, title, &out.join("tasks.png"))
             .map_err(|e| ExperimentError::plot("the scaling figure", e))?;
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! Training one endpoint as a library call ([`run`]): resolve the task's classes (a list, or
 //! one part of a seeded random split), load the task's train and test images, train with the
-//! reference's recipe ([`super::train`], reference doc §7), write the model folder with a
+//! reference's recipe ([`crate::train::train`], reference doc §7), write the model folder with a
 //! manifest that records data, split, seed, epochs, command and measured accuracy.
 
 use std::path::PathBuf;
@@ -9,13 +9,13 @@ use std::time::Instant;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::{EpochLog, TrainObserver, TrainOptions};
 use crate::data::tasks::{format_tasks, parse_classes, random_split};
 use crate::data::{split_dir, ImageSet, Preprocess};
 use crate::error::{DataError, DataParam, ModelError};
 use crate::models::head::HeadChoice;
 use crate::models::{param_count, Arch, NetConfig};
 use crate::progress::Observer;
+use crate::train::{EpochLog, TrainObserver, TrainOptions};
 
 /// The task's classes.
 #[derive(Clone, Debug)]
@@ -180,7 +180,7 @@ fn resolve_task(
 fn load_init(
     dir: &std::path::Path,
     net: &NetConfig,
-) -> Result<(super::InitFrom, crate::checkpoint::StateDict), TrainError> {
+) -> Result<(crate::train::InitFrom, crate::checkpoint::StateDict), TrainError> {
     use sha2::Digest;
     let err = |msg: String| TrainError::Init {
         model: dir.display().to_string(),
@@ -208,7 +208,7 @@ fn load_init(
     let bytes = std::fs::read(d.join(&m.weights)).map_err(|e| err(e.to_string()))?;
     let hash = sha2::Sha256::digest(&bytes);
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    let from = super::InitFrom {
+    let from = crate::train::InitFrom {
         model: dir.display().to_string(),
         weights_sha256: hex,
     };
@@ -296,12 +296,12 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
         ));
     }
     let state_dir = state_dir_of(&plan.out);
-    if !plan.resume && super::state_exists(&state_dir) {
+    if !plan.resume && crate::train::state_exists(&state_dir) {
         // never delete a state this run did not write
         return Err(TrainError::StateExists(state_dir.display().to_string()));
     }
     let t0 = Instant::now();
-    let (state, log) = super::train(
+    let (state, log) = crate::train::train(
         &opts,
         init.as_ref().map(|(_, s)| s),
         &train_task,
@@ -345,7 +345,7 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
             "epochs_log": log,
         }
     });
-    super::write_trained(
+    crate::train::write_trained(
         &plan.out,
         &opts,
         &state,

@@ -1,0 +1,139 @@
+//! `zipmerge sweep`: every stop of one method over one endpoint group ([`sweep`]), with the
+//! endpoints and the ensemble as reference rows; statistics are collected once and every space
+//! is matched once, only rewriting, BN reset and evaluation run per stop.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{ExperimentError, MergeError};
+use crate::experiments::prepare::*;
+use crate::experiments::{match_all, Counters, Row};
+use crate::merge::{images, MergeSettings, Method};
+use crate::progress::Observer;
+
+/// A partial-zip sweep: one method at several stops ([`sweep`]).
+#[derive(Clone, Debug)]
+pub struct SweepPlan {
+    /// Source models (two or more).
+    pub models: Vec<PathBuf>,
+    /// Stop names (`None`: every stop of the spec).
+    pub stops: Option<Vec<String>>,
+    /// Method, draws, corrections.
+    pub settings: MergeSettings,
+    /// Data and device.
+    pub inputs: Inputs,
+}
+
+/// What [`sweep`] measured (`sweep.json`; the keys are a stable interface).
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepReport {
+    /// The method.
+    pub method: Method,
+    /// Endpoint rows, one row per stop, the ensemble.
+    pub rows: Vec<Row>,
+    /// Statistics passes and matching runs.
+    pub counters: Counters,
+    /// Probe images of the statistics.
+    pub probe_images: usize,
+    /// Images of the BN resets.
+    pub bn_reset_images: usize,
+    /// Test images.
+    pub test_images: usize,
+    /// Seconds from the first forward pass to the last row.
+    pub seconds: f64,
+    /// Source model folders.
+    pub models: Vec<String>,
+}
+
+/// Merges at every stop of `plan` from one statistics pass and one matching, and evaluates each
+/// with the endpoints and their ensemble (reference doc §5).
+///
+/// # Errors
+/// [`MergeError`] naming the model, stop, setting or folder at fault.
+pub fn sweep(plan: &SweepPlan, obs: &mut dyn Observer) -> Result<SweepReport, MergeError> {
+    let s = &plan.settings;
+    s.check()?;
+    let ep = load_endpoints(&plan.models, std::slice::from_ref(&s.method), s.merge_eps)?;
+    let stops = match &plan.stops {
+        None => ep.spec.stops(),
+        Some(v) => v
+            .iter()
+            .map(|n| ep.spec.stop(n.trim()))
+            .collect::<Result<_, _>>()?,
+    };
+    let (train, test) = load_data(&plan.inputs, s, &ep, obs)?;
+    let tasks = tasks_checked(&ep, &test)?;
+    let t0 = Instant::now();
+    let mut counters = Counters::default();
+    let device = &plan.inputs.device;
+    let p = prepare(ep, tasks, s, &train, device, obs, &mut counters)?;
+    let stats = s.method.needs_statistics().then_some(&p.stats);
+    let lambda = s.similarity.lambda();
+    let transforms = match_all(&p.ep, &s.method, stats, s.merge_eps, lambda, &mut counters)?;
+    let exp = p.context(&test, s, device);
+    let mut rows = endpoint_rows(obs, &p, &test, &exp)?;
+    let c = &s.corrections;
+    for st in &stops {
+        let label = format!("{}{}{}", s.method.label(), st.name, c.label());
+        rows.push(row(obs, &p, &test, &label, |pr| {
+            exp.corrected_row(&label, &transforms, st, s.resets_merged(), c, pr)
+        })?);
+    }
+    rows.push(row(obs, &p, &test, "ensemble", |pr| exp.ensemble_row(pr))?);
+    Ok(SweepReport {
+        method: s.method.clone(),
+        rows,
+        counters,
+        probe_images: images(&p.probe),
+        bn_reset_images: images(&p.bn),
+        test_images: test.len(),
+        seconds: t0.elapsed().as_secs_f64(),
+        models: plan
+            .models
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect(),
+    })
+}
+
+/// Writes `sweep.svg`, `sweep.png`, `sweep.csv` and `sweep.json` into `out` (the plot first: if
+/// drawing fails, no table is left behind either).
+///
+/// # Errors
+/// [`ExperimentError`] naming the file.
+pub fn write_sweep(out: &Path, report: &SweepReport) -> Result<(), ExperimentError> {
+    let mut c = String::from(
+        "label,stop,zipped_layers,total_layers,flops,joint,task_a,task_b,avg,seconds\n",
+    );
+    for r in &report.rows {
+        let t = |i: usize| {
+            r.accuracy
+                .tasks
+                .get(i)
+                .map_or(String::new(), |x| format!("{:.4}", x.accuracy))
+        };
+        c.push_str(&format!(
+            "{},{},{},{},{},{:.4},{},{},{:.4},{:.3}\n",
+            r.label,
+            r.stop.clone().unwrap_or_default(),
+            r.zipped_layers.map_or(String::new(), |z| z.to_string()),
+            r.total_layers,
+            r.flops,
+            r.accuracy.joint,
+            t(0),
+            t(1),
+            r.accuracy.avg,
+            r.seconds
+        ));
+    }
+    crate::experiments::plot::sweep_plot(
+        &report.rows,
+        &out.join("sweep.svg"),
+        &out.join("sweep.png"),
+    )
+    .map_err(|e| ExperimentError::plot("the sweep plot", e))?;
+    write(&out.join("sweep.csv"), c.as_bytes())?;
+    write(&out.join("sweep.json"), &json_bytes(report)?)
+}

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
+use zipmerge::error::ExperimentError;
 use zipmerge::experiments::prepare::{find_groups, rows_markdown, FoundGroups};
-use zipmerge::ops::grid::{grid, write_grid, GridPlan};
-use zipmerge::ops::sweep::{sweep, write_sweep, SweepPlan};
-use zipmerge::ops::table1::{table1, write_table1, Table1Plan};
+use zipmerge::ops::grid::GridPlan;
+use zipmerge::ops::sweep::SweepPlan;
+use zipmerge::ops::table1::Table1Plan;
 
 use super::common::{check_out, count, first_given, merge_error, usage, Count};
 use super::merge_cmd::{DataArgs, MergeSettings};
@@ -216,10 +217,7 @@ pub fn exec_sweep(a: SweepArgs, p: &mut Printer) -> Result<()> {
         inputs: a.data.inputs(&a.settings, p)?,
         settings,
     };
-    let r = sweep(&plan, p).map_err(merge_error)?;
-    if let Some(out) = &a.out {
-        write_sweep(out, &r)?;
-    }
+    let r = zipmerge::ops::sweep::run(&plan, a.out.as_deref(), p).map_err(experiment_error)?;
     let note = format!(
         "statistics computed {} time(s), matching run {} time(s); {:.1}s in all",
         r.counters.statistics_passes, r.counters.matching_runs, r.seconds
@@ -377,16 +375,12 @@ fn run_tasks(
     models: &[PathBuf],
     p: &mut Printer,
 ) -> Result<()> {
-    use zipmerge::ops::tasks::{tasks_table, write_tasks};
     let mut inputs = models.to_vec();
     inputs.push(plan.base.clone());
     if let Some(o) = out {
         check_out(o, &inputs, false)?;
     }
-    let r = tasks_table(&plan, p).map_err(merge_error)?;
-    if let Some(o) = out {
-        write_tasks(o, &r)?;
-    }
+    let r = zipmerge::ops::tasks::run(&plan, out, p).map_err(experiment_error)?;
     let mut text = r.markdown.clone();
     for row in r.rows.iter().filter(|r| !r.candidates.is_empty()) {
         text += &format!("\n{} (seed {}), validation scores:\n", row.method, row.seed);
@@ -441,10 +435,7 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
         inputs: a.data.inputs(&a.settings, p)?,
         settings,
     };
-    let r = grid(&plan, p).map_err(merge_error)?;
-    if let Some(out) = &a.out {
-        write_grid(out, &r, &a.alphas, &a.betas)?;
-    }
+    let r = zipmerge::ops::grid::run(&plan, a.out.as_deref(), p).map_err(experiment_error)?;
     let b = &r.best;
     let best = format!(
         "best: alpha {} beta {} (joint {:.2}%) at {}\n",
@@ -508,10 +499,7 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
         inputs: a.data.inputs(s, p)?,
         settings,
     };
-    let r = table1(&plan, p).map_err(merge_error)?;
-    if let Some(out) = &a.out {
-        write_table1(out, &r)?;
-    }
+    let r = zipmerge::ops::table1::run(&plan, a.out.as_deref(), p).map_err(experiment_error)?;
     let note = format!(
         "{} pair(s), {} test images, {:.1}s",
         plan.groups.len(),
@@ -519,4 +507,13 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
         r.seconds
     );
     p.emit(&r, &r.markdown, Some(note))
+}
+
+/// An experiment's error as the CLI reports it: a merge's bad option is a usage error naming
+/// its flag ([`merge_error`]); anything else (a folder, an output file) keeps its message.
+fn experiment_error(e: ExperimentError) -> anyhow::Error {
+    match e {
+        ExperimentError::Merge(m) => merge_error(m),
+        e => e.into(),
+    }
 }

@@ -17,10 +17,12 @@
 
 pub mod cca;
 pub mod dual;
+pub mod method;
 pub mod npy;
 mod permute;
 pub mod rebasin;
 mod simple;
+pub mod spaces;
 mod zipit;
 
 pub use permute::Permute;

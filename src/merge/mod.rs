@@ -10,10 +10,7 @@ use serde::Serialize;
 use crate::checkpoint::{self, HeadManifest, ModelManifest, StateDict};
 use crate::collect::{self, CovAccumulator};
 use crate::error::{MergeError, MergeParam};
-use crate::matching::{
-    cca::cca_merge, correlation, rebasin::git_rebasin, Identity, Matcher, MergeUnmerge, Permute,
-    ReturnA, SquareMatrix, ZipIt,
-};
+use crate::matching::{MergeUnmerge, SquareMatrix};
 use crate::models::head::HeadSpec;
 use crate::models::Net;
 use crate::progress::Observer;
@@ -22,128 +19,10 @@ use crate::spec::{MergeSpec, Stop};
 
 mod plan;
 pub mod recipe;
+pub use crate::matching::method::{check_dual, check_dual_lambda, match_matrix, Method};
 pub(crate) use plan::Evaluation;
 pub use plan::{images, Batches, EvalPlan, MergePlan, MergeSettings, Similarity};
 pub use recipe::Recipe;
-
-/// Matching method.
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-#[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Method {
-    /// ZipIt! greedy zip (reference doc §3.1).
-    Zipit {
-        /// Repeated-matching discount alpha (> 0).
-        alpha: f64,
-        /// Same-model merge budget beta in [0, 1].
-        beta: f64,
-    },
-    /// Permute: Hungarian matching on the cross-correlation (§3.2).
-    Permute,
-    /// Weight averaging (identity, §3.3).
-    WeightAvg,
-    /// Git Re-Basin weight matching (data-free, §3.5).
-    GitRebasin {
-        /// Seed of the group visiting order.
-        seed: u64,
-    },
-    /// Model A unchanged (debug, §3.4).
-    ReturnA,
-    /// CCA Merge (Horoi et al., ICML 2024): dense linear maps of every model into model A's
-    /// features by regularised CCA ([`crate::matching::cca`]).
-    Cca {
-        /// Ridge relative to the mean variance of each space (>= 0).
-        reg: f64,
-    },
-}
-
-impl Method {
-    /// Parses `--method` with its hyper-parameters.
-    ///
-    /// # Errors
-    /// [`MergeError::Param`] for an unknown name or invalid alpha/beta.
-    pub fn parse(name: &str, alpha: f64, beta: f64, seed: u64) -> Result<Self, MergeError> {
-        let m = match name {
-            "zipit" => Method::Zipit { alpha, beta },
-            "permute" => Method::Permute,
-            "weight-avg" | "wavg" => Method::WeightAvg,
-            "git-rebasin" => Method::GitRebasin { seed },
-            "return-a" => Method::ReturnA,
-            "cca" => Method::Cca {
-                reg: crate::matching::cca::DEFAULT_CCA_REG,
-            },
-            o => {
-                return Err(MergeError::param(
-                    MergeParam::Method,
-                    o,
-                    "expected zipit, permute, weight-avg, git-rebasin, cca or return-a",
-                ))
-            }
-        };
-        if let Method::Zipit { alpha, beta } = m {
-            ZipIt { alpha, beta }.check_params().map_err(|e| match e {
-                crate::matching::MatchError::InvalidAlpha(a) => {
-                    MergeError::param(MergeParam::Alpha, a, "expected a finite number > 0")
-                }
-                crate::matching::MatchError::InvalidBeta(b) => {
-                    MergeError::param(MergeParam::Beta, b, "expected a number in [0, 1]")
-                }
-                e => MergeError::Match(e),
-            })?;
-        }
-        Ok(m)
-    }
-
-    /// Sets CCA Merge's regularisation (other methods are returned unchanged).
-    ///
-    /// # Errors
-    /// [`MergeError::Param`] for a negative or non-finite `reg`.
-    pub fn with_cca_reg(self, reg: f64) -> Result<Self, MergeError> {
-        if !(reg.is_finite() && reg >= 0.0) {
-            return Err(MergeError::param(
-                MergeParam::CcaReg,
-                reg,
-                "expected a finite number >= 0",
-            ));
-        }
-        Ok(match self {
-            Method::Cca { .. } => Method::Cca { reg },
-            m => m,
-        })
-    }
-
-    /// Whether the method needs feature statistics.
-    pub fn needs_statistics(&self) -> bool {
-        matches!(
-            self,
-            Method::Zipit { .. } | Method::Permute | Method::Cca { .. }
-        )
-    }
-
-    /// The matcher that solves one feature space for this method from a correlation matrix;
-    /// `None` for Git Re-Basin, which matches weights, not features (reference doc §3), and for
-    /// CCA Merge, which solves from the covariance ([`crate::matching::cca::cca_merge`]).
-    pub fn matcher(&self) -> Option<Box<dyn Matcher>> {
-        Some(match *self {
-            Method::Zipit { alpha, beta } => Box::new(ZipIt { alpha, beta }),
-            Method::Permute => Box::new(Permute),
-            Method::WeightAvg => Box::new(Identity),
-            Method::ReturnA => Box::new(ReturnA),
-            Method::GitRebasin { .. } | Method::Cca { .. } => return None,
-        })
-    }
-
-    /// Display name as in the paper's tables.
-    pub fn label(&self) -> String {
-        match self {
-            Method::Zipit { .. } => "ZipIt!".into(),
-            Method::Permute => "Permute".into(),
-            Method::WeightAvg => "W.Avg".into(),
-            Method::GitRebasin { .. } => "Git Re-Basin".into(),
-            Method::ReturnA => "Model A".into(),
-            Method::Cca { .. } => "CCA Merge".into(),
-        }
-    }
-}
 
 /// The source models of a merge.
 #[derive(Clone, Debug)]
@@ -407,42 +286,6 @@ pub fn statistics_upto(
     })
 }
 
-/// Runs `method`'s matcher alone on one `O x O` matrix of `n` stacked models: a covariance
-/// (turned into a correlation; CCA Merge solves from the covariance itself), or a correlation
-/// when `is_correlation`.
-///
-/// # Errors
-/// [`MergeError::Param`] for Git Re-Basin (it matches weights, not a matrix); the matcher's
-/// error otherwise.
-pub fn match_matrix(
-    m: &crate::matching::SquareMatrix,
-    is_correlation: bool,
-    n: usize,
-    method: &Method,
-    eps: f64,
-) -> Result<MergeUnmerge, MergeError> {
-    let r = match method {
-        Method::GitRebasin { .. } => {
-            return Err(MergeError::param(
-                MergeParam::Method,
-                "git-rebasin",
-                "Git Re-Basin matches weights, not a matrix: merge the models",
-            ))
-        }
-        Method::Cca { reg } => crate::matching::cca::cca_merge(m, n, *reg),
-        _ => {
-            let corr = if is_correlation {
-                m.clone()
-            } else {
-                crate::matching::correlation(m)
-            };
-            let matcher = method.matcher().expect("a matcher for every other method");
-            matcher.solve(&corr, n, eps)
-        }
-    };
-    Ok(r?)
-}
-
 /// Checks, before any image is run, that `method` can merge these endpoints with merge
 /// epsilon `eps`: `eps` finite and >= 0, Git Re-Basin only for two models (reference doc §3.5).
 ///
@@ -483,7 +326,7 @@ pub fn match_spaces(
 
 /// [`match_spaces`] with dual-space similarity ([`crate::matching::dual`], MuDSC): ZipIt! and
 /// Permute match on `(1 - lambda) * correlation + lambda * weight similarity`, the spaces in
-/// dependency order. `lambda = 0` is [`match_spaces`] exactly (the weights are not read).
+/// dependency order; the loop is [`crate::matching::spaces::match_spaces`].
 ///
 /// # Errors
 /// As [`match_spaces`]; [`MergeError::Param`] for `lambda` outside `[0, 1]` or a method other
@@ -496,104 +339,15 @@ pub fn match_spaces_with(
     eps: f64,
     lambda: f64,
 ) -> Result<Vec<MergeUnmerge>, MergeError> {
-    check_dual(method, lambda)?;
-    let n = ep.n();
-    if let Method::GitRebasin { seed } = method {
-        return git_rebasin(&ep.spec, &ep.states, *seed, eps);
-    }
-    let matcher = method.matcher();
-    let order: Vec<usize> = if lambda > 0.0 {
-        crate::matching::dual::order(&ep.spec, spaces)
-    } else {
-        (0..spaces).collect()
-    };
-    let mut done: Vec<Option<MergeUnmerge>> = vec![None; ep.spec.spaces.len()];
-    for s in order {
-        let space = &ep.spec.spaces[s];
-        let o = space.width * n;
-        let r = if let Method::Cca { reg } = method {
-            // CCA Merge solves from the covariance itself
-            cca_merge(need(stats, s)?, n, *reg)
-        } else {
-            let w = (lambda > 0.0)
-                .then(|| crate::matching::dual::weight_similarity(&ep.spec, &ep.states, s, &done))
-                .flatten();
-            let corr = match w {
-                // weight similarity alone reads no features
-                Some(w) if lambda == 1.0 => w,
-                w => {
-                    // W.Avg and return-a ignore the features: a zero matrix of the right size
-                    let c = if method.needs_statistics() {
-                        correlation(need(stats, s)?)
-                    } else {
-                        SquareMatrix {
-                            n: o,
-                            data: vec![0.0; o * o],
-                        }
-                    };
-                    match w {
-                        Some(w) => crate::matching::dual::blend(&c, &w, lambda),
-                        None => c,
-                    }
-                }
-            };
-            matcher
-                .as_deref()
-                .expect("every method but Git Re-Basin and CCA Merge has a matcher")
-                .solve(&corr, n, eps)
-        }
-        .map_err(|e| MergeError::Space {
-            space: space.name.clone(),
-            msg: e.to_string(),
-        })?;
-        done[s] = Some(r);
-    }
-    Ok(done
-        .into_iter()
-        .take(spaces)
-        .map(|r| r.expect("every space matched"))
-        .collect())
-}
-
-/// Checks that a dual-space `lambda` lies in `[0, 1]`.
-///
-/// # Errors
-/// [`MergeError::Param`] otherwise (NaN included).
-pub fn check_dual_lambda(lambda: f64) -> Result<(), MergeError> {
-    if !(0.0..=1.0).contains(&lambda) {
-        return Err(MergeError::param(
-            MergeParam::DualLambda,
-            lambda,
-            "expected a number in [0, 1]",
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a dual-space `lambda` for `method`.
-///
-/// # Errors
-/// [`MergeError::Param`] for `lambda` outside `[0, 1]` (or NaN), or `lambda > 0` with a method
-/// other than ZipIt! and Permute.
-pub fn check_dual(method: &Method, lambda: f64) -> Result<(), MergeError> {
-    check_dual_lambda(lambda)?;
-    if lambda > 0.0 && !matches!(method, Method::Zipit { .. } | Method::Permute) {
-        return Err(MergeError::param(
-            MergeParam::DualLambda,
-            lambda,
-            format!(
-                "dual-space similarity applies to zipit and permute, not {}",
-                method.label()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn need(stats: Option<&Statistics>, s: usize) -> Result<&SquareMatrix, MergeError> {
-    stats
-        .and_then(|st| st.covariances.get(s))
-        .ok_or(MergeError::NoProbeImages)
+    crate::matching::spaces::match_spaces(
+        &ep.spec,
+        &ep.states,
+        method,
+        stats.map(|s| s.covariances.as_slice()),
+        spaces,
+        eps,
+        lambda,
+    )
 }
 
 /// A merged model in memory.

@@ -197,3 +197,19 @@ pub fn write_grid(
     write(&out.join("grid.csv"), report.csv().as_bytes())?;
     write(&out.join("grid.json"), &json_bytes(report)?)
 }
+
+/// The operation: [`grid`], then its files written to `out` when given ([`write_grid`]).
+///
+/// # Errors
+/// [`ExperimentError::Merge`] from the runs; [`ExperimentError`] naming an output file.
+pub fn run(
+    plan: &GridPlan,
+    out: Option<&std::path::Path>,
+    obs: &mut dyn Observer,
+) -> Result<GridReport, ExperimentError> {
+    let r = grid(plan, obs)?;
+    if let Some(out) = out {
+        write_grid(out, &r, &plan.alphas, &plan.betas)?;
+    }
+    Ok(r)
+}

@@ -137,3 +137,19 @@ pub fn write_sweep(out: &Path, report: &SweepReport) -> Result<(), ExperimentErr
     write(&out.join("sweep.csv"), c.as_bytes())?;
     write(&out.join("sweep.json"), &json_bytes(report)?)
 }
+
+/// The operation: [`sweep`], then its files written to `out` when given ([`write_sweep`]).
+///
+/// # Errors
+/// [`ExperimentError::Merge`] from the runs; [`ExperimentError`] naming an output file.
+pub fn run(
+    plan: &SweepPlan,
+    out: Option<&std::path::Path>,
+    obs: &mut dyn Observer,
+) -> Result<SweepReport, ExperimentError> {
+    let r = sweep(plan, obs)?;
+    if let Some(out) = out {
+        write_sweep(out, &r)?;
+    }
+    Ok(r)
+}

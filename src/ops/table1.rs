@@ -262,3 +262,19 @@ pub fn write_table1(out: &Path, report: &Table1Report) -> Result<(), ExperimentE
     write(&out.join("table1.csv"), csv(&report.lines).as_bytes())?;
     write(&out.join("table1.json"), &json_bytes(report)?)
 }
+
+/// The operation: [`table1`], then its files written to `out` when given ([`write_table1`]).
+///
+/// # Errors
+/// [`ExperimentError::Merge`] from the runs; [`ExperimentError`] naming an output file.
+pub fn run(
+    plan: &Table1Plan,
+    out: Option<&std::path::Path>,
+    obs: &mut dyn Observer,
+) -> Result<Table1Report, ExperimentError> {
+    let r = table1(plan, obs)?;
+    if let Some(out) = out {
+        write_table1(out, &r)?;
+    }
+    Ok(r)
+}

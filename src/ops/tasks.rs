@@ -581,3 +581,19 @@ pub fn write_tasks(out: &std::path::Path, r: &TasksReport) -> Result<(), Experim
     }
     Ok(())
 }
+
+/// The operation: [`tasks_table`], then its files written to `out` when given ([`write_tasks`]).
+///
+/// # Errors
+/// [`ExperimentError::Merge`] from the runs; [`ExperimentError`] naming an output file.
+pub fn run(
+    plan: &TasksPlan,
+    out: Option<&std::path::Path>,
+    obs: &mut dyn Observer,
+) -> Result<TasksReport, ExperimentError> {
+    let r = tasks_table(plan, obs)?;
+    if let Some(out) = out {
+        write_tasks(out, &r)?;
+    }
+    Ok(r)
+}

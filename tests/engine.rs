@@ -284,7 +284,8 @@ fn multi_head_systems_equal_burn_flex() {
     };
     let imgs = images(6, 32);
     let batches = vec![imgs.clone()];
-    let stats = merge::statistics(&ep, &batches, &d, &mut |_| {}).unwrap();
+    let runner = zipmerge::system::runner::Runner::cpu();
+    let stats = merge::statistics(&ep, &batches, &runner, &mut |_| {}).unwrap();
     let stop = ep.spec.stop("13/20").unwrap();
     let method = Method::Zipit {
         alpha: 0.3,

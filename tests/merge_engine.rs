@@ -17,6 +17,7 @@ use zipmerge::models::head::HeadSpec;
 use zipmerge::models::{Arch, ForwardCtx, Net, NetConfig};
 use zipmerge::rewrite::bn_reset;
 use zipmerge::spec::{LayerKind, MergeSpec, Side};
+use zipmerge::system::runner::Runner;
 
 mod common;
 use common::random_state;
@@ -204,7 +205,7 @@ fn permuted_case(arch: Arch, width: usize) -> Case {
             &mut a,
             &mut [],
             &batches,
-            &Device::flex(),
+            &Runner::cpu(),
             &mut |_| {},
         )
         .unwrap();
@@ -255,7 +256,7 @@ fn output_of(
 ) -> Vec<Vec<f32>> {
     let ep = endpoints(&case.cfg, states);
     let stop = ep.spec.stop(stop).unwrap();
-    let device = Device::flex();
+    let device = Runner::cpu();
     let stats = if method.needs_statistics() {
         Some(merge::statistics(&ep, &case.batches, &device, &mut |_| {}).unwrap())
     } else {
@@ -354,7 +355,7 @@ fn corrections_keep_an_exact_merge() {
 fn dual_space_similarity() {
     let case = permuted_case(Arch::Resnet20, 1);
     let ep = endpoints(&case.cfg, vec![case.a.clone(), case.b.clone()]);
-    let device = Device::flex();
+    let device = Runner::cpu();
     let stats = merge::statistics(&ep, &case.batches, &device, &mut |_| {}).unwrap();
     let n = ep.spec.spaces.len();
     for method in [
@@ -607,7 +608,7 @@ fn t10_partial_zip_of_identical_models_has_equal_heads() {
 /// equals a fresh ensemble evaluation (the shipped pair, 160 sample images).
 #[test]
 fn shared_passes_give_the_same_bits() {
-    let device = Device::flex();
+    let device = Runner::cpu();
     let data = sample();
     let data = data.subset(&(0..1000).step_by(6).collect::<Vec<_>>());
     let batches = probe_batches(
@@ -669,7 +670,7 @@ fn shared_passes_give_the_same_bits() {
 /// over (images, y, x), then the unweighted mean over the batches.
 #[test]
 fn t12_measure_averages_per_batch_statistics() {
-    let device = Device::flex();
+    let device = Runner::cpu();
     let cfg = NetConfig {
         arch: Arch::Resnet20,
         width: 1,

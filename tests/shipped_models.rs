@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
 use zipmerge::data::{split_dir, ImageSet};
 use zipmerge::eval::runner::evaluate;
 use zipmerge::system::System;
@@ -30,7 +29,7 @@ fn shipped_resnet20x1_pair_is_above_the_accuracy_floor() {
         zipmerge::data::Preprocess::Cifar,
     )
     .expect("test images");
-    let device = Device::flex();
+    let device = zipmerge::system::runner::Runner::cpu();
     for (name, classes) in [
         ("resnet20x1-a", vec![0, 5, 6, 7, 9]),
         ("resnet20x1-b", vec![1, 2, 3, 4, 8]),
@@ -74,7 +73,7 @@ fn shipped_resnet50_pair_is_above_the_accuracy_floor() {
         zipmerge::data::Preprocess::ImageNet,
     )
     .expect("embedded sample");
-    let device = Device::flex();
+    let device = zipmerge::system::runner::Runner::cpu();
     for (name, classes, pytorch) in [
         ("resnet50w4-a", vec![0, 5, 6, 7, 9], 69.2),
         ("resnet50w4-b", vec![1, 2, 3, 4, 8], 61.0),

@@ -14,6 +14,7 @@ use zipmerge::collect::{collect, probe_batches, ProbeOptions};
 use zipmerge::data::{to_tensor, ImageSet};
 use zipmerge::matching::{correlation, Matcher, ZipIt};
 use zipmerge::models::{init_state, Arch, ForwardCtx, Net, NetConfig};
+use zipmerge::system::runner::Runner;
 
 fn wgpu_device() -> Device {
     let adapters = backend::wgpu_adapters();
@@ -86,7 +87,7 @@ fn wgpu_forward_statistics_and_clusters_match_flex() {
             .iter()
             .map(|&seed| Net::from_state(&cfg, &init_state(&cfg, seed), d).unwrap())
             .collect();
-        collect(&nets, &batches, d, &mut |_| {})
+        collect(&nets, &batches, &Runner::new(d.clone(), true), &mut |_| {})
             .unwrap()
             .iter()
             .map(|a| a.finalize().unwrap())

@@ -43,7 +43,7 @@ pub fn exec(a: BenchArgs, p: &mut Printer) -> Result<()> {
         batch_size: a.batch_size,
         match_width: a.match_width,
         sample_dir: "datasets/cifar10-sample/train".into(),
-        device: a.backend.device(p)?,
+        device: a.backend.runner(p)?,
         backend: a.backend.backend.to_string(),
     };
     let report = bench(&plan)?;

@@ -49,7 +49,7 @@ pub fn exec(a: BnResetArgs, p: &mut Printer) -> Result<()> {
         augment: true,
         seed: a.seed,
     };
-    let device = a.backend.device(p)?;
+    let device = a.backend.runner(p)?;
     let root = data_root(a.data.as_deref());
     let n = reset_folder(&a.model, &root, &opts, cache_gib()?, &a.out, &device, p)
         .map_err(merge_error)?;

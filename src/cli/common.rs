@@ -13,6 +13,7 @@ use zipmerge::error::{DataError, DataParam, MergeError, MergeParam};
 use zipmerge::models::head::HeadChoice;
 use zipmerge::models::Arch;
 use zipmerge::progress::Observer;
+use zipmerge::system::runner::Runner;
 
 /// A usage error: a bad option value or a combination of options that cannot work. The CLI
 /// exits with code 2 for it (1 for runtime errors), see README "Errors and exit codes".
@@ -170,6 +171,20 @@ impl BackendArgs {
         }
         Ok(d)
     }
+
+    /// The device and the forward path on it: the CPU engine on the flex device unless the
+    /// environment says `ZIPMERGE_ENGINE=burn` (read here, once, for side-by-side
+    /// measurements; the library never reads it).
+    pub fn runner(&self, obs: &mut dyn Observer) -> Result<Runner> {
+        Ok(engine_choice(self.device(obs)?))
+    }
+}
+
+/// The forward path on `device`: the CPU engine unless `ZIPMERGE_ENGINE=burn` (the only place
+/// that reads it).
+pub fn engine_choice(device: Device) -> Runner {
+    let engine = std::env::var("ZIPMERGE_ENGINE").as_deref() != Ok("burn");
+    Runner::new(device, engine)
 }
 
 /// The data root: `--data`, else `$ZIPMERGE_DATA`, else the embedded sample.

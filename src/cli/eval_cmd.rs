@@ -36,7 +36,7 @@ pub struct EvalArgs {
 /// Runs `zipmerge eval`.
 pub fn exec(a: EvalArgs, p: &mut Printer) -> Result<()> {
     let tasks = tasks_option(&a.tasks)?;
-    let device = a.backend.device(p)?;
+    let device = a.backend.runner(p)?;
     let root = data_root(a.data.as_deref());
     let r = evaluate_folders(
         &a.models,

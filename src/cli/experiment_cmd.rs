@@ -282,7 +282,7 @@ fn exec_tasks(a: TasksArgs, p: &mut Printer) -> Result<()> {
         alignment: !a.no_alignment,
         batch_size: a.batch_size,
         cache_gib: super::common::cache_gib()?,
-        device: burn::tensor::Device::flex(),
+        device: super::common::engine_choice(burn::tensor::Device::flex()),
         command: super::common::command_line(),
     };
     run_tasks(plan, a.out.as_deref(), &models, p)
@@ -362,7 +362,7 @@ fn exec_grid_task_vectors(a: GridArgs, p: &mut Printer) -> Result<()> {
         alignment: false,
         batch_size: s.batch_size,
         cache_gib: super::common::cache_gib()?,
-        device: a.data.backend.device(p)?,
+        device: a.data.backend.runner(p)?,
         command: super::common::command_line(),
     };
     run_tasks(plan, a.out.as_deref(), &a.models, p)

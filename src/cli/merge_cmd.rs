@@ -192,7 +192,7 @@ impl DataArgs {
             probe_dir: s.probe_dir(&root),
             test_root: self.eval_data.clone().unwrap_or(root),
             cache_gib: cache_gib()?,
-            device: self.backend.device(p)?,
+            device: self.backend.runner(p)?,
         })
     }
 }
@@ -362,7 +362,7 @@ pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
         check_out(&a.out, &recipe.models, true)?;
         let plan = recipe.plan(
             cache_gib()?,
-            a.io.backend.device(p)?,
+            a.io.backend.runner(p)?,
             &a.io.backend.backend.to_string(),
             command_line(),
         );

@@ -4,10 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::Device;
-
 use crate::data::to_tensor;
 use crate::models::ForwardCtx;
+use crate::system::runner::Runner;
 use crate::system::System;
 
 /// Averaged statistics: name (`trunk:layer1.0.bn1`, `head1:...`) -> (mean, var).
@@ -17,7 +16,7 @@ pub type BnStats = BTreeMap<String, (Vec<f64>, Vec<f64>)>;
 pub fn measure(
     sys: &System,
     batches: &[Vec<Vec<u8>>],
-    device: &Device,
+    device: &Runner,
     progress: &mut dyn FnMut(usize),
 ) -> BnStats {
     measure_many(&[sys], batches, device, progress)
@@ -31,16 +30,13 @@ pub fn measure(
 pub fn measure_many(
     systems: &[&System],
     batches: &[Vec<Vec<u8>>],
-    device: &Device,
+    runner: &Runner,
     progress: &mut dyn FnMut(usize),
 ) -> Vec<BnStats> {
+    let device: &burn::tensor::Device = runner;
     let cpu: Vec<Option<crate::engine::CpuSystem>> = systems
         .iter()
-        .map(|sys| {
-            crate::engine::applies(device)
-                .then(|| sys.compile().ok())
-                .flatten()
-        })
+        .map(|sys| runner.engine().then(|| sys.compile().ok()).flatten())
         .collect();
     let mut sums: Vec<BnStats> = vec![BTreeMap::new(); systems.len()];
     let Some(prep) = systems.first().map(|s| s.trunk.preprocess()) else {

@@ -18,6 +18,7 @@ use crate::data::{to_tensor, ImageSet};
 use crate::error::MergeError;
 use crate::matching::SquareMatrix;
 use crate::models::{ForwardCtx, Net};
+use crate::system::runner::Runner;
 
 /// Streaming covariance of one feature space.
 #[derive(Clone, Debug)]
@@ -231,7 +232,7 @@ fn draw(
 pub fn collect(
     models: &[Net],
     batches: &[Vec<Vec<u8>>],
-    device: &Device,
+    device: &Runner,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<CovAccumulator>, MergeError> {
     collect_upto(models, batches, device, usize::MAX, progress)
@@ -246,14 +247,14 @@ pub fn collect(
 pub fn collect_upto(
     models: &[Net],
     batches: &[Vec<Vec<u8>>],
-    device: &Device,
+    runner: &Runner,
     spaces: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<CovAccumulator>, MergeError> {
-    if crate::engine::applies(device) {
+    if runner.engine() {
         return collect_engine_upto(models, batches, spaces, progress);
     }
-    let mut accs = collect_burn(models, batches, device, progress)?;
+    let mut accs = collect_burn(models, batches, runner, progress)?;
     accs.truncate(spaces);
     Ok(accs)
 }

@@ -2,13 +2,14 @@
 //! prediction and sweeps on the CPU, on channels-last (NHWC) activations with conv + BN +
 //! residual add + ReLU fused per layer (kernels in [`kernels`]).
 //!
-//! It is fed by the same [`Net`] the burn model files define: [`CpuNet::compile`] reads the
-//! network's weights by their PyTorch names and lays out one program per cut segment that
-//! mirrors the module's `forward_segment` (the same taps, in the same order, and the same BN
-//! names), so there is one model definition and the engine is checked against it
+//! A leaf runtime: it imports no model, checkpoint or system. Each architecture lays out its
+//! programs with a [`ProgramBuilder`] from weights by PyTorch name, mirroring the module's
+//! `forward_segment` (the same taps, in the same order, and the same BN names), and
+//! `crate::models::compile` builds the [`CpuNet`]; the engine is checked against burn
 //! (`tests/engine.rs`: logits, BN-reset statistics and covariances against burn-flex).
-//! Training keeps burn's autodiff path. The engine is used whenever the device is burn-flex
-//! ([`applies`]); `ZIPMERGE_ENGINE=burn` turns it off (for side-by-side measurements).
+//! Training keeps burn's autodiff path. Whether a forward pass runs here is decided once per
+//! plan by its `crate::system::runner::Runner` (the CLI turns the engine off with
+//! `ZIPMERGE_ENGINE=burn`, for side-by-side measurements).
 //!
 //! BN in train mode (BN reset, reference doc §4.4) normalises with the batch's own statistics,
 //! computed from the conv output in the same pass, and records the batch mean and unbiased
@@ -26,12 +27,6 @@ use kernels::{Conv, Epilogue};
 
 /// BatchNorm epsilon (PyTorch's and burn's default, used by every model file).
 pub(crate) const BN_EPS: f64 = 1e-5;
-
-/// Whether forward passes on `device` run on this engine: burn-flex (CPU) devices, unless
-/// the environment sets `ZIPMERGE_ENGINE=burn`.
-pub fn applies(device: &Device) -> bool {
-    *device == Device::flex() && std::env::var("ZIPMERGE_ENGINE").as_deref() != Ok("burn")
-}
 
 /// Channels-last activations of square images: `[batch, side, side, c]`, row-major (one row of
 /// `c` values per pixel; rows ordered by image, then y, then x).

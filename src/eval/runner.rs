@@ -9,6 +9,7 @@ use crate::engine::{Act, CpuSystem, EngineCtx};
 use crate::error::DataError;
 use crate::models::head::HeadSpec;
 use crate::models::ForwardCtx;
+use crate::system::runner::Runner;
 use crate::system::System;
 
 /// Which head serves each task: `(system index, head index)`: the head trained on most of the
@@ -119,7 +120,7 @@ impl<'a> EvalSet<'a> {
         data: &'a ImageSet,
         tasks: &'a [Vec<usize>],
         batch: usize,
-        device: &Device,
+        runner: &Runner,
         keep_inputs: bool,
     ) -> Self {
         let idx: Vec<usize> = (0..data.len())
@@ -129,7 +130,7 @@ impl<'a> EvalSet<'a> {
         let px = data.pixels.len();
         let inputs = if keep_inputs
             && !idx.is_empty()
-            && crate::engine::applies(device)
+            && runner.engine()
             && px.saturating_mul(4) <= INPUT_CACHE_BYTES
         {
             chunks.iter().map(|c| Self::normalise(data, c)).collect()
@@ -174,11 +175,11 @@ pub fn evaluate(
     data: &ImageSet,
     tasks: &[Vec<usize>],
     batch: usize,
-    device: &Device,
+    runner: &Runner,
     progress: &mut dyn FnMut(usize),
 ) -> Accuracy {
-    let set = EvalSet::new(data, tasks, batch, device, false);
-    evaluate_on(&set, systems, device, progress, None)
+    let set = EvalSet::new(data, tasks, batch, runner, false);
+    evaluate_on(&set, systems, runner, progress, None)
 }
 
 /// [`evaluate`] on a prepared [`EvalSet`]. With `cache` (one slot per system), a system whose
@@ -188,10 +189,11 @@ pub fn evaluate(
 pub fn evaluate_on(
     set: &EvalSet<'_>,
     systems: &[System],
-    device: &Device,
+    runner: &Runner,
     progress: &mut dyn FnMut(usize),
     mut cache: Option<&mut [Option<Outputs>]>,
 ) -> Accuracy {
+    let device: &Device = runner;
     let tasks = set.tasks;
     let assign = assign_heads(systems, tasks);
     let rule = joint_rule(systems);
@@ -208,7 +210,8 @@ pub fn evaluate_on(
     let need = cached.iter().any(|c| !c);
     // the CPU engine when it applies (falls back to burn if a network does not compile);
     // systems with cached outputs are not compiled
-    let cpu: Option<Vec<Option<CpuSystem>>> = crate::engine::applies(device)
+    let cpu: Option<Vec<Option<CpuSystem>>> = runner
+        .engine()
         .then(|| {
             systems
                 .iter()

@@ -10,7 +10,6 @@ pub use prepare::{find_groups, Inputs};
 
 use std::time::Instant;
 
-use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::checkpoint::ModelManifest;
@@ -23,6 +22,7 @@ use crate::matching::MergeUnmerge;
 use crate::merge::{self, Endpoints, Method, Statistics};
 use crate::models::Net;
 use crate::spec::Stop;
+use crate::system::runner::Runner;
 use crate::system::System;
 
 /// One evaluated configuration.
@@ -61,7 +61,7 @@ pub struct Context<'a> {
     /// Eval batch size.
     pub batch_size: usize,
     /// Device.
-    pub device: &'a Device,
+    pub device: &'a Runner,
     /// Merge epsilon.
     pub eps: f64,
     /// The batched test set ([`Context::new`] builds it).
@@ -90,7 +90,7 @@ impl<'a> Context<'a> {
         test: &'a ImageSet,
         tasks: &'a [Vec<usize>],
         batch_size: usize,
-        device: &'a Device,
+        device: &'a Runner,
         eps: f64,
     ) -> Self {
         Self {

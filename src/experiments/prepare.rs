@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
 use serde::Serialize;
 
 use super::table::{aggregate, markdown};
@@ -13,6 +12,7 @@ use crate::data::{ImageSet, SparseSet};
 use crate::error::{ExperimentError, MergeError};
 use crate::merge::{self, images, Batches, Endpoints, MergeSettings, Method, Statistics};
 use crate::progress::{phase, Observer};
+use crate::system::runner::Runner;
 use crate::util::write_atomic;
 
 /// Where an experiment reads its images and runs.
@@ -25,7 +25,7 @@ pub struct Inputs {
     /// Pixel cache per folder, GiB ([`crate::data::images_in_cache`]).
     pub cache_gib: f64,
     /// Compute device.
-    pub device: Device,
+    pub device: Runner,
 }
 
 /// One endpoint group after the endpoint BN reset and the statistics pass.
@@ -96,7 +96,7 @@ pub fn prepare(
     tasks: Vec<Vec<usize>>,
     s: &MergeSettings,
     train: &SparseSet,
-    device: &Device,
+    device: &Runner,
     obs: &mut dyn Observer,
     counters: &mut Counters,
 ) -> Result<Prepared, MergeError> {
@@ -123,7 +123,7 @@ impl Prepared {
         &'a self,
         test: &'a ImageSet,
         s: &MergeSettings,
-        device: &'a Device,
+        device: &'a Runner,
     ) -> Context<'a> {
         Context::new(
             &self.ep,

@@ -16,6 +16,7 @@ use crate::models::Net;
 use crate::progress::Observer;
 use crate::rewrite::{self, bn_reset, Zipped};
 use crate::spec::{MergeSpec, Stop};
+use crate::system::runner::Runner;
 
 mod plan;
 pub mod recipe;
@@ -158,7 +159,7 @@ impl Endpoints {
     pub fn reset_bn(
         &mut self,
         batches: &[Vec<Vec<u8>>],
-        device: &Device,
+        device: &Runner,
         progress: &mut dyn FnMut(usize),
     ) -> Result<(), MergeError> {
         let systems = self
@@ -179,7 +180,7 @@ impl Endpoints {
     ///
     /// # Errors
     /// [`MergeError::Model`] if weights do not fit.
-    pub fn nets(&self, device: &Device) -> Result<Vec<Net>, MergeError> {
+    pub fn nets(&self, device: &burn::tensor::Device) -> Result<Vec<Net>, MergeError> {
         self.manifests
             .iter()
             .zip(&self.states)
@@ -254,7 +255,7 @@ impl Statistics {
 pub fn statistics(
     ep: &Endpoints,
     batches: &[Vec<Vec<u8>>],
-    device: &Device,
+    device: &Runner,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Statistics, MergeError> {
     statistics_upto(ep, batches, device, ep.spec.spaces.len(), progress)
@@ -268,7 +269,7 @@ pub fn statistics(
 pub fn statistics_upto(
     ep: &Endpoints,
     batches: &[Vec<Vec<u8>>],
-    device: &Device,
+    device: &Runner,
     spaces: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Statistics, MergeError> {
@@ -446,7 +447,7 @@ impl Merged {
     pub fn reset_bn(
         &mut self,
         batches: &[Vec<Vec<u8>>],
-        device: &Device,
+        device: &Runner,
         progress: &mut dyn FnMut(usize),
     ) -> Result<(), MergeError> {
         bn_reset::reset(
@@ -463,7 +464,10 @@ impl Merged {
     ///
     /// # Errors
     /// [`MergeError::Model`] if weights do not fit.
-    pub fn system(&self, device: &Device) -> Result<crate::system::System, MergeError> {
+    pub fn system(
+        &self,
+        device: &burn::tensor::Device,
+    ) -> Result<crate::system::System, MergeError> {
         let (m, z) = (&self.manifest, &self.zipped);
         Ok(crate::system::System::from_parts(
             m, &z.trunk, &z.heads, device,

@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::Device;
 use serde::Serialize;
 
 use super::{check_dual, Endpoints, Method};
@@ -17,6 +16,7 @@ use crate::data::{Preprocess, SparseSet};
 use crate::error::{DataError, MergeError, MergeParam};
 use crate::eval::Accuracy;
 use crate::progress::{phase, Observer};
+use crate::system::runner::Runner;
 
 pub use crate::collect::probe::{images, Batches};
 
@@ -293,7 +293,7 @@ impl MergeSettings {
         &self,
         ep: &mut Endpoints,
         bn: &Batches,
-        device: &Device,
+        device: &Runner,
         obs: &mut dyn Observer,
     ) -> Result<bool, MergeError> {
         if !self.endpoint_bn_reset || bn.is_empty() {
@@ -354,7 +354,7 @@ impl Evaluation {
         &self,
         sys: crate::system::System,
         batch_size: usize,
-        device: &Device,
+        device: &Runner,
         obs: &mut dyn Observer,
     ) -> Option<Accuracy> {
         let (test, n) = self.test.as_ref()?;
@@ -381,7 +381,7 @@ pub struct MergePlan {
     /// [`crate::data::images_in_cache`]).
     pub cache_gib: f64,
     /// Compute device.
-    pub device: Device,
+    pub device: Runner,
     /// Backend name for the provenance (`flex`, `wgpu`, ...).
     pub backend: String,
     /// The command that asked for the merge, for the provenance.
@@ -402,7 +402,7 @@ impl MergePlan {
                 tasks: None,
             }),
             cache_gib: crate::data::DEFAULT_CACHE_GIB,
-            device: Device::flex(),
+            device: Runner::cpu(),
             backend: "flex".into(),
             command: String::new(),
         }

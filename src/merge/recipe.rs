@@ -100,7 +100,7 @@ impl Recipe {
     pub fn plan(
         &self,
         cache_gib: f64,
-        device: burn::tensor::Device,
+        device: crate::system::runner::Runner,
         backend: &str,
         command: String,
     ) -> MergePlan {

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::collect::{collect, probe_batches, ProbeOptions};
@@ -16,6 +15,7 @@ use crate::engine::{Act, EngineCtx};
 use crate::error::MergeError;
 use crate::matching::{correlation, Matcher, Permute, SquareMatrix, ZipIt};
 use crate::models::{init_state, Arch, ForwardCtx, Net, NetConfig};
+use crate::system::runner::Runner;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -30,8 +30,8 @@ pub struct BenchPlan {
     pub match_width: usize,
     /// The sample's train folder.
     pub sample_dir: PathBuf,
-    /// Compute device.
-    pub device: Device,
+    /// Compute device and forward path (the engine's figures need the CPU engine).
+    pub device: Runner,
     /// Backend name, for the report.
     pub backend: String,
 }
@@ -92,7 +92,7 @@ pub fn bench(plan: &BenchPlan) -> Result<BenchReport, MergeError> {
         .iter()
         .map(|&s| Net::from_state(&cfg, &init_state(&cfg, s), device))
         .collect::<Result<_, _>>()?;
-    let engine = crate::engine::applies(device);
+    let engine = device.engine();
     let cpu_net = if engine {
         Some(nets[0].compile()?)
     } else {

@@ -14,7 +14,7 @@ pub fn reset_folder(
     opts: &crate::collect::ProbeOptions,
     cache_gib: f64,
     out: &std::path::Path,
-    device: &burn::tensor::Device,
+    device: &crate::system::runner::Runner,
     obs: &mut dyn crate::progress::Observer,
 ) -> Result<usize, crate::error::MergeError> {
     use crate::checkpoint;

@@ -1,10 +1,9 @@
 //! `zipmerge eval`: one model folder, or several as their ensemble (reference doc §5.3), on a
 //! test split ([`evaluate_folders`]).
 
-use burn::tensor::Device;
-
 use crate::eval::runner::*;
 use crate::eval::Accuracy;
+use crate::system::runner::Runner;
 use crate::system::System;
 
 /// What `zipmerge eval` measured.
@@ -36,7 +35,7 @@ pub fn evaluate_folders(
     tasks: Option<Vec<Vec<usize>>>,
     batch: usize,
     cache_gib: f64,
-    device: &Device,
+    device: &Runner,
     obs: &mut dyn crate::progress::Observer,
 ) -> Result<EvalReport, crate::error::MergeError> {
     if models.is_empty() {

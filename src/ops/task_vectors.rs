@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::checkpoint;
@@ -23,6 +22,7 @@ use crate::merge::{images, merged_manifest, Endpoints, EvalPlan, MergeSettings, 
 use crate::models::head::HeadSpec;
 use crate::progress::{phase, Observer};
 use crate::rewrite::Zipped;
+use crate::system::runner::Runner;
 use crate::taskvec::{self, TaskVectorError, TaskVectorReport, TaskVectorSettings};
 
 /// Everything one task-vector merge needs.
@@ -48,7 +48,7 @@ pub struct TaskVectorPlan {
     /// Pixel cache per folder, GiB.
     pub cache_gib: f64,
     /// Device of the BN reset and evaluation.
-    pub device: Device,
+    pub device: Runner,
     /// Backend name, for the report.
     pub backend: String,
     /// The command line, for the report.

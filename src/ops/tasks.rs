@@ -13,7 +13,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::checkpoint::{self, StateDict};
@@ -27,6 +26,7 @@ use crate::merge::{merged_manifest, Batches, Endpoints, MergeSettings, Merged, M
 use crate::ops::task_vectors::tv_error;
 use crate::progress::{phase, Observer};
 use crate::rewrite::Zipped;
+use crate::system::runner::Runner;
 use crate::taskvec::{self, Disjoint, SignRule, TaskVectorMethod, TaskVectorSettings, Trim};
 
 /// Everything [`tasks_table`] needs.
@@ -65,7 +65,7 @@ pub struct TasksPlan {
     /// Pixel cache per folder, GiB.
     pub cache_gib: f64,
     /// Device.
-    pub device: Device,
+    pub device: Runner,
     /// The command line, recorded.
     pub command: String,
 }
@@ -114,7 +114,7 @@ fn system_of(
     ep: &Endpoints,
     state: StateDict,
     bn: &Batches,
-    device: &Device,
+    device: &Runner,
 ) -> Result<crate::system::System, MergeError> {
     let stop = ep.spec.stop("full")?;
     let manifest = merged_manifest(ep, &stop, serde_json::Value::Null)?;

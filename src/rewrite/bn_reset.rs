@@ -8,11 +8,10 @@
 //! The measurement (the forward passes) lives next to the statistics collector
 //! ([`crate::collect::bn`]); this module writes the measured statistics into the weights.
 
-use burn::tensor::Device;
-
 use crate::checkpoint::{ModelManifest, NamedTensor, StateDict};
 use crate::collect::bn::{measure, BnStats};
 use crate::error::MergeError;
+use crate::system::runner::Runner;
 use crate::system::System;
 
 /// Writes measured statistics into the trunk and head state dicts.
@@ -47,7 +46,7 @@ pub fn reset(
     trunk: &mut StateDict,
     heads: &mut [StateDict],
     batches: &[Vec<Vec<u8>>],
-    device: &Device,
+    device: &Runner,
     progress: &mut dyn FnMut(usize),
 ) -> Result<(), MergeError> {
     let sys = System::from_parts(manifest, trunk, heads, device)?;

@@ -8,6 +8,7 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor};
 
 pub mod cpu;
+pub mod runner;
 
 use crate::checkpoint::{self, ModelManifest};
 use crate::error::ModelError;

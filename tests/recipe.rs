@@ -76,9 +76,10 @@ fn recipe_from_a_report_replays_to_the_same_bytes() {
         serde_json::from_slice(&std::fs::read(first.join("report.json")).unwrap()).unwrap();
     let recipe = &report["recipe"];
     assert_eq!(recipe["recipe_version"], 1);
-    assert_eq!(recipe["stop"], "13/20");
-    assert_eq!(recipe["settings"]["method"]["alpha"], 0.7);
-    assert_eq!(recipe["settings"]["seed"], 3);
+    assert_eq!(recipe["combine"]["kind"], "align");
+    assert_eq!(recipe["combine"]["stop"], "13/20");
+    assert_eq!(recipe["combine"]["settings"]["method"]["alpha"], 0.7);
+    assert_eq!(recipe["combine"]["settings"]["seed"], 3);
 
     // replay from the report, no other flag: the same weights, byte for byte
     let again = tmp.path().join("again");
@@ -118,9 +119,10 @@ fn recipe_from_a_report_replays_to_the_same_bytes() {
     );
     let changed: Value =
         serde_json::from_slice(&std::fs::read(other.join("report.json")).unwrap()).unwrap();
-    assert_eq!(changed["recipe"]["settings"]["method"]["alpha"], 2.0);
-    assert_eq!(changed["recipe"]["settings"]["method"]["beta"], 0.25);
-    assert_eq!(changed["recipe"]["stop"], "13/20");
+    let combine = &changed["recipe"]["combine"];
+    assert_eq!(combine["settings"]["method"]["alpha"], 2.0);
+    assert_eq!(combine["settings"]["method"]["beta"], 0.25);
+    assert_eq!(combine["stop"], "13/20");
     assert_ne!(bytes(&first), bytes(&other));
 }
 
@@ -149,13 +151,16 @@ fn bad_recipes_are_refused_in_one_line() {
     let good = serde_json::json!({
         "recipe_version": 1,
         "models": [A, B],
-        "stop": "full",
         "probe_dir": format!("{SAMPLE}/train"),
-        "settings": {
-            "method": {"name": "permute"}, "merge_eps": 1e-5, "similarity": "activation",
-            "corrections": {"repair": false, "refit_ridge": null}, "probe_images": 20,
-            "probe_augment": true, "bn_reset_images": 20, "endpoint_bn_reset": true,
-            "rebasin_bn_reset": true, "batch_size": 20, "seed": 0
+        "combine": {
+            "kind": "align",
+            "stop": "full",
+            "settings": {
+                "method": {"name": "permute"}, "merge_eps": 1e-5, "similarity": "activation",
+                "corrections": {"repair": false, "refit_ridge": null}, "probe_images": 20,
+                "probe_augment": true, "bn_reset_images": 20, "endpoint_bn_reset": true,
+                "rebasin_bn_reset": true, "batch_size": 20, "seed": 0
+            }
         },
         "eval": null
     });
@@ -165,19 +170,24 @@ fn bad_recipes_are_refused_in_one_line() {
         v.to_string()
     };
     refuse("{not json", 2, "--recipe");
-    refuse(&with(&|v| v["settings"]["sead"] = 1.into()), 2, "sead");
+    refuse(
+        &with(&|v| v["combine"]["settings"]["sead"] = 1.into()),
+        2,
+        "sead",
+    );
+    refuse(&with(&|v| v["combine"]["kind"] = "frob".into()), 2, "frob");
     refuse(
         &with(&|v| v["recipe_version"] = 9.into()),
         2,
         "recipe_version 9",
     );
     refuse(
-        &with(&|v| v["settings"]["method"] = serde_json::json!({"name": "frob"})),
+        &with(&|v| v["combine"]["settings"]["method"] = serde_json::json!({"name": "frob"})),
         2,
         "frob",
     );
     refuse(
-        &with(&|v| v["settings"]["batch_size"] = 0.into()),
+        &with(&|v| v["combine"]["settings"]["batch_size"] = 0.into()),
         2,
         "--recipe",
     );
@@ -191,7 +201,11 @@ fn bad_recipes_are_refused_in_one_line() {
         1,
         "/nonexistent/m",
     );
-    refuse(&with(&|v| v["stop"] = "99/20".into()), 2, "--stop");
+    refuse(
+        &with(&|v| v["combine"]["stop"] = "99/20".into()),
+        2,
+        "--stop",
+    );
     // a flag that cannot apply to the recipe's method is refused, not ignored
     let f = tmp.path().join("recipe.json");
     std::fs::write(&f, good.to_string()).unwrap();
@@ -211,4 +225,70 @@ fn bad_recipes_are_refused_in_one_line() {
         "{err}"
     );
     assert!(!out_dir.exists());
+}
+
+/// A task-vector merge (TIES over two fine-tunes of the shipped base) replays to the same
+/// bytes; an alignment flag beside its recipe is refused.
+#[test]
+fn task_vector_recipe_replays_to_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    let ft = "models/cifar10-ft";
+    merge(&[
+        "merge",
+        "--method",
+        "ties",
+        "--base",
+        &format!("{ft}/base"),
+        "--model",
+        &format!("{ft}/resnet20x1-a"),
+        "--model",
+        &format!("{ft}/resnet20x1-b"),
+        "--density",
+        "0.3",
+        "--lambda",
+        "0.9",
+        "--data",
+        SAMPLE,
+        "--bn-reset-images",
+        "40",
+        "--batch-size",
+        "20",
+        "--seed",
+        "5",
+        "--no-eval",
+        "--out",
+        first.to_str().unwrap(),
+        "-q",
+    ]);
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(first.join("report.json")).unwrap()).unwrap();
+    let combine = &report["recipe"]["combine"];
+    assert_eq!(combine["kind"], "task-vector");
+    assert_eq!(combine["settings"]["lambda"], 0.9);
+    assert_eq!(combine["bn_reset_images"], 40);
+    let again = tmp.path().join("again");
+    let rec = first.join("report.json");
+    merge(&[
+        "merge",
+        "--recipe",
+        rec.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(bytes(&first), bytes(&again), "replayed weights differ");
+    let out = run(&[
+        "merge",
+        "--recipe",
+        rec.to_str().unwrap(),
+        "--alpha",
+        "1",
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--alpha does not apply to --recipe"), "{err}");
+    assert!(!tmp.path().join("x").exists());
 }

@@ -7,8 +7,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use zipmerge::experiments::Inputs;
-use zipmerge::merge::{self, EvalPlan, MergePlan, Method, Recipe, Similarity};
-use zipmerge::ops::task_vectors::{run_task_vectors, TaskVectorPlan};
+use zipmerge::merge::TaskVectorPlan;
+use zipmerge::merge::{self, Combine, EvalPlan, MergePlan, Method, Recipe, RecipePlan, Similarity};
+use zipmerge::ops::task_vectors::run_task_vectors;
 use zipmerge::taskvec::TaskVectorSettings;
 
 use super::common::{
@@ -359,14 +360,21 @@ pub struct MergeArgs {
 pub fn exec(a: MergeArgs, p: &mut Printer) -> Result<()> {
     if let Some(path) = a.recipe.clone() {
         let recipe = recipe_with_overrides(&a, &path, &given_flags(), p)?;
-        check_out(&a.out, &recipe.models, true)?;
+        let mut inputs = recipe.models.clone();
+        if let Combine::TaskVector { base, .. } = &recipe.combine {
+            inputs.push(base.clone());
+        }
+        check_out(&a.out, &inputs, true)?;
         let plan = recipe.plan(
             cache_gib()?,
             a.io.backend.runner(p)?,
             &a.io.backend.backend.to_string(),
             command_line(),
         );
-        return run_and_save(&plan, &a.out, p);
+        return match plan {
+            RecipePlan::Align(plan) => run_and_save(&plan, &a.out, p),
+            RecipePlan::TaskVector(plan) => run_and_save_task_vectors(&plan, &a.out, p),
+        };
     }
     if TASK_VECTOR_METHODS.contains(&a.settings.matcher.method.as_str()) {
         return exec_task_vectors(a, p);
@@ -416,8 +424,8 @@ fn run_and_save(plan: &MergePlan, out: &Path, p: &mut Printer) -> Result<()> {
 }
 
 /// The recipe of `--recipe path` with the flags given beside it (`given`) applied, each
-/// override noted. A flag that cannot apply to the recipe (a task-vector option, `--alpha` on
-/// a Permute recipe) is a usage error, never ignored.
+/// override noted. A flag that cannot apply to the recipe (an alignment option on a
+/// task-vector recipe, `--alpha` on a Permute recipe) is a usage error, never ignored.
 fn recipe_with_overrides(
     a: &MergeArgs,
     path: &Path,
@@ -426,17 +434,6 @@ fn recipe_with_overrides(
 ) -> Result<Recipe> {
     use zipmerge::progress::Observer;
     let mut r = Recipe::read(path).map_err(merge_error)?;
-    if let Some(f) = a.task_vectors.given().first() {
-        return Err(usage(format!(
-            "{f} does not apply to --recipe (a recipe replays an aligning merge)"
-        )));
-    }
-    if TASK_VECTOR_METHODS.contains(&a.settings.matcher.method.as_str()) {
-        return Err(usage(format!(
-            "--method {} does not apply to --recipe (a recipe replays an aligning merge)",
-            a.settings.matcher.method
-        )));
-    }
     let has = |f: &str| given.contains(f);
     let mut notes: Vec<String> = Vec::new();
     let mut note = |flag: &str, now: String, was: String| {
@@ -453,10 +450,6 @@ fn recipe_with_overrides(
             format!("{:?}", r.models),
         );
         r.models = a.models.clone();
-    }
-    if has("--stop") {
-        note("--stop", a.stop.clone(), r.stop.clone());
-        r.stop = a.stop.clone();
     }
     if has("--probe") || has("--data") {
         let dir = s.probe_dir(&root);
@@ -481,7 +474,107 @@ fn recipe_with_overrides(
         );
         r.eval = Some(eval);
     }
-    let rs = &mut r.settings;
+    match &mut r.combine {
+        Combine::Align { stop, settings } => {
+            if let Some(f) = a.task_vectors.given().first() {
+                return Err(usage(format!(
+                    "{f} does not apply to --recipe {}: it replays an aligning merge",
+                    path.display()
+                )));
+            }
+            if has("--stop") {
+                note("--stop", a.stop.clone(), stop.clone());
+                *stop = a.stop.clone();
+            }
+            override_align(s, settings, given, &mut note)?;
+        }
+        Combine::TaskVector {
+            base,
+            bn_reset_images,
+            batch_size,
+            seed,
+            settings,
+        } => {
+            let align_only = [
+                "--stop",
+                "--method",
+                "--alpha",
+                "--beta",
+                "--cca-reg",
+                "--merge-eps",
+                "--similarity",
+                "--dual-lambda",
+                "--repair",
+                "--refit",
+                "--refit-ridge",
+                "--probe-images",
+                "--no-probe-augment",
+                "--no-endpoint-bn-reset",
+                "--no-rebasin-bn-reset",
+            ];
+            let knobs = [
+                "--lambda",
+                "--density",
+                "--drop",
+                "--weights",
+                "--trim",
+                "--sign",
+                "--disjoint",
+            ];
+            if let Some(f) = align_only.iter().chain(&knobs).find(|f| has(f)) {
+                return Err(usage(format!(
+                    "{f} does not apply to --recipe {}: it replays a task-vector merge (edit the recipe's settings to change its method or knobs)",
+                    path.display()
+                )));
+            }
+            if let (true, Some(b)) = (has("--base"), &a.task_vectors.base) {
+                note(
+                    "--base",
+                    b.display().to_string(),
+                    base.display().to_string(),
+                );
+                *base = b.clone();
+            }
+            if has("--bn-reset-images") {
+                note(
+                    "--bn-reset-images",
+                    format!("{:?}", s.bn_reset_images.0),
+                    format!("{bn_reset_images:?}"),
+                );
+                *bn_reset_images = s.bn_reset_images.0;
+            }
+            if has("--batch-size") {
+                note(
+                    "--batch-size",
+                    s.batch_size.to_string(),
+                    batch_size.to_string(),
+                );
+                *batch_size = s.batch_size;
+            }
+            if has("--seed") {
+                note("--seed", s.seed.to_string(), seed.to_string());
+                *seed = s.seed;
+                settings.seed = s.seed;
+            }
+        }
+    }
+    for n in &notes {
+        p.warn(&format!("note: {n} (--recipe {})", path.display()));
+    }
+    r.check().map_err(merge_error)?;
+    Ok(r)
+}
+
+/// The aligning recipe's settings `rs` with the flags of `s` given on the command line
+/// (`given`) applied through `note`.
+fn override_align(
+    s: &MergeSettings,
+    rs: &mut merge::MergeSettings,
+    given: &std::collections::BTreeSet<String>,
+    note: &mut dyn FnMut(&str, String, String),
+) -> Result<()> {
+    let has = |f: &str| given.contains(f);
+    let onoff = |b: bool| if b { "on" } else { "off" }.to_string();
     if has("--seed") {
         note("--seed", s.seed.to_string(), rs.seed.to_string());
         rs.seed = s.seed;
@@ -553,11 +646,7 @@ fn recipe_with_overrides(
     }
     let c = &mut rs.corrections;
     if has("--repair") {
-        note(
-            "--repair",
-            "on".into(),
-            if c.repair { "on" } else { "off" }.into(),
-        );
+        note("--repair", "on".into(), onoff(c.repair));
         c.repair = true;
     }
     if has("--refit") || has("--refit-ridge") {
@@ -593,11 +682,7 @@ fn recipe_with_overrides(
         rs.probe_images = s.probe_images.0;
     }
     if has("--no-probe-augment") {
-        note(
-            "--no-probe-augment",
-            "off".into(),
-            if rs.probe_augment { "on" } else { "off" }.into(),
-        );
+        note("--no-probe-augment", "off".into(), onoff(rs.probe_augment));
         rs.probe_augment = false;
     }
     if has("--bn-reset-images") {
@@ -609,13 +694,19 @@ fn recipe_with_overrides(
         rs.bn_reset_images = s.bn_reset_images.0;
     }
     if has("--no-endpoint-bn-reset") {
-        let was = if rs.endpoint_bn_reset { "on" } else { "off" };
-        note("--no-endpoint-bn-reset", "off".into(), was.into());
+        note(
+            "--no-endpoint-bn-reset",
+            "off".into(),
+            onoff(rs.endpoint_bn_reset),
+        );
         rs.endpoint_bn_reset = false;
     }
     if has("--no-rebasin-bn-reset") {
-        let was = if rs.rebasin_bn_reset { "on" } else { "off" };
-        note("--no-rebasin-bn-reset", "off".into(), was.into());
+        note(
+            "--no-rebasin-bn-reset",
+            "off".into(),
+            onoff(rs.rebasin_bn_reset),
+        );
         rs.rebasin_bn_reset = false;
     }
     if has("--batch-size") {
@@ -626,11 +717,7 @@ fn recipe_with_overrides(
         );
         rs.batch_size = s.batch_size;
     }
-    for n in &notes {
-        p.warn(&format!("note: {n} (--recipe {})", path.display()));
-    }
-    r.check().map_err(merge_error)?;
-    Ok(r)
+    Ok(())
 }
 
 /// Warnings about inputs that are legal but almost always a mistake: a model given twice (it
@@ -718,13 +805,18 @@ fn exec_task_vectors(a: MergeArgs, p: &mut Printer) -> Result<()> {
         backend: a.io.backend.backend.to_string(),
         command: command_line(),
     };
-    let outcome = run_task_vectors(&plan, p).map_err(merge_error)?;
+    run_and_save_task_vectors(&plan, &a.out, p)
+}
+
+/// Runs the task-vector merge `plan`, writes the model folder `out` and prints the report.
+fn run_and_save_task_vectors(plan: &TaskVectorPlan, out: &Path, p: &mut Printer) -> Result<()> {
+    let outcome = run_task_vectors(plan, p).map_err(merge_error)?;
     outcome
-        .save(&a.out)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+        .save(out)
+        .with_context(|| format!("writing {}", out.display()))?;
     let r = &outcome.report;
-    let text = r.table(&format!("{} -> {}", r.method, a.out.display()));
+    let text = r.table(&format!("{} -> {}", r.method, out.display()));
     let total = r.timings_seconds["total"];
-    let note = format!("wrote {} ({total:.1}s)", a.out.display());
+    let note = format!("wrote {} ({total:.1}s)", out.display());
     p.emit(r, &text, Some(note))
 }

@@ -21,9 +21,10 @@ use crate::system::runner::Runner;
 mod plan;
 pub mod recipe;
 pub use crate::matching::method::{check_dual, check_dual_lambda, match_matrix, Method};
+pub(crate) use plan::tv_error;
 pub(crate) use plan::Evaluation;
-pub use plan::{images, Batches, EvalPlan, MergePlan, MergeSettings, Similarity};
-pub use recipe::Recipe;
+pub use plan::{images, Batches, EvalPlan, MergePlan, MergeSettings, Similarity, TaskVectorPlan};
+pub use recipe::{Combine, Recipe, RecipePlan};
 
 /// The source models of a merge.
 #[derive(Clone, Debug)]

@@ -17,6 +17,7 @@ use crate::error::{DataError, MergeError, MergeParam};
 use crate::eval::Accuracy;
 use crate::progress::{phase, Observer};
 use crate::system::runner::Runner;
+use crate::taskvec::{TaskVectorError, TaskVectorSettings};
 
 pub use crate::collect::probe::{images, Batches};
 
@@ -406,5 +407,60 @@ impl MergePlan {
             backend: "flex".into(),
             command: String::new(),
         }
+    }
+}
+
+/// Everything one task-vector merge needs.
+#[derive(Clone, Debug)]
+pub struct TaskVectorPlan {
+    /// The base model folder every fine-tune starts from.
+    pub base: PathBuf,
+    /// The fine-tuned model folders (N >= 2).
+    pub models: Vec<PathBuf>,
+    /// Method, lambda, weights, seed.
+    pub settings: TaskVectorSettings,
+    /// Images of the merged model's BN reset (`Some(0)`: none, the base's statistics are kept;
+    /// `None`: every probe-folder image).
+    pub bn_reset_images: Option<usize>,
+    /// Images per batch of the BN reset and the evaluation.
+    pub batch_size: usize,
+    /// Seed of the BN-reset draw.
+    pub seed: u64,
+    /// Folder of the BN-reset images (labels unused).
+    pub probe_dir: PathBuf,
+    /// Evaluation after the merge (none: skipped).
+    pub eval: Option<EvalPlan>,
+    /// Pixel cache per folder, GiB.
+    pub cache_gib: f64,
+    /// Device of the BN reset and evaluation.
+    pub device: Runner,
+    /// Backend name, for the report.
+    pub backend: String,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// A [`TaskVectorError`] as a merge error: options name their flag, a tensor mismatch names
+/// the fine-tune's folder (`models`, in the order the error's index counts).
+pub(crate) fn tv_error(e: TaskVectorError, models: &[PathBuf]) -> MergeError {
+    match e {
+        TaskVectorError::Option {
+            option,
+            value,
+            expected,
+        } => MergeError::TaskVectorOption {
+            option,
+            value,
+            expected,
+        },
+        TaskVectorError::NotAFineTune { model, tensor, msg } => MergeError::Endpoint {
+            model: models[model].display().to_string(),
+            msg: format!("is not a fine-tune of the base: tensor `{tensor}` {msg}"),
+        },
+        TaskVectorError::NoModels => MergeError::param(
+            MergeParam::Models,
+            0,
+            "a task-vector merge needs fine-tunes",
+        ),
     }
 }

@@ -1,8 +1,9 @@
 //! A merge as data: the [`Recipe`] every `report.json` records (under `recipe`) and
 //! `zipmerge merge --recipe FILE` replays. It holds what decides the merged weights (the source
-//! models, the stop, the probe folder, the method with its hyper-parameters, the probe and
-//! BN-reset draws, the corrections, the batch size and the seed) and the evaluation; it does
-//! not hold where the result goes, the device or the pixel cache. The same recipe on the same
+//! models, the probe folder, and the combine step: the stop, method, draws, corrections, batch
+//! size and seed of an aligning merge, or the base and task-vector settings of a merge of
+//! fine-tunes) and the evaluation; it does not hold where the result goes, the device or the
+//! pixel cache. The same recipe on the same
 //! backend gives the same `model.safetensors` bytes (tested in `tests/recipe.rs`).
 //!
 //! A recipe file is untrusted input: it is parsed strictly (`deny_unknown_fields`, versioned by
@@ -12,8 +13,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::{EvalPlan, MergePlan, MergeSettings};
+use super::plan::{tv_error, EvalPlan, MergePlan, MergeSettings, TaskVectorPlan};
 use crate::error::{MergeError, MergeParam};
+use crate::system::runner::Runner;
+use crate::taskvec::TaskVectorSettings;
 
 /// The version of the recipe format this build reads and writes.
 pub const RECIPE_VERSION: u32 = 1;
@@ -24,27 +27,82 @@ pub const RECIPE_VERSION: u32 = 1;
 pub struct Recipe {
     /// Format version ([`RECIPE_VERSION`]).
     pub recipe_version: u32,
-    /// Source model folders (N >= 2), as given.
+    /// Source model folders (N >= 2), as given: the endpoints of an aligning merge, the
+    /// fine-tunes of a task-vector merge.
     pub models: Vec<PathBuf>,
-    /// Stop: `7/20`, `layer2`, `full`, ...
-    pub stop: String,
     /// Probe folder (statistics and BN-reset images).
     pub probe_dir: PathBuf,
-    /// Method, draws, corrections, batch size, seed.
-    pub settings: MergeSettings,
+    /// How the models are combined.
+    pub combine: Combine,
     /// Evaluation after the merge (`None`: skipped).
     pub eval: Option<EvalPlan>,
 }
 
+/// The combine step of a merge: the two families of the field, side by side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Combine {
+    /// Models trained apart: statistics -> matching -> rewriting up to a stop (ZipIt!, Permute,
+    /// W.Avg, Git Re-Basin, CCA Merge; [`crate::matching::method`]).
+    Align {
+        /// Stop: `7/20`, `layer2`, `full`, ...
+        stop: String,
+        /// Method, draws, corrections, batch size, seed.
+        settings: MergeSettings,
+    },
+    /// Fine-tunes of one base: an element-wise combination of their task vectors (Task
+    /// Arithmetic, TIES, DARE; [`crate::taskvec`]), then the merged BN reset.
+    TaskVector {
+        /// The base model folder the fine-tunes start from.
+        base: PathBuf,
+        /// Method, lambda, weights, DARE's seed.
+        settings: TaskVectorSettings,
+        /// Images of the merged BN reset (`Some(0)`: the base's statistics are kept).
+        bn_reset_images: Option<usize>,
+        /// Images per batch of the BN reset and the evaluation.
+        batch_size: usize,
+        /// Seed of the BN-reset draw.
+        seed: u64,
+    },
+}
+
+/// A recipe made ready to run: the plan of its family.
+#[derive(Clone, Debug)]
+pub enum RecipePlan {
+    /// An aligning merge ([`crate::ops::merge::run`]).
+    Align(MergePlan),
+    /// A task-vector merge ([`crate::ops::task_vectors::run_task_vectors`]).
+    TaskVector(TaskVectorPlan),
+}
+
 impl Recipe {
-    /// The recipe of `plan`.
+    /// The recipe of an aligning merge's `plan`.
     pub fn of(plan: &MergePlan) -> Self {
         Self {
             recipe_version: RECIPE_VERSION,
             models: plan.models.clone(),
-            stop: plan.stop.clone(),
             probe_dir: plan.probe_dir.clone(),
-            settings: plan.settings.clone(),
+            combine: Combine::Align {
+                stop: plan.stop.clone(),
+                settings: plan.settings.clone(),
+            },
+            eval: plan.eval.clone(),
+        }
+    }
+
+    /// The recipe of a task-vector merge's `plan`.
+    pub fn of_task_vectors(plan: &TaskVectorPlan) -> Self {
+        Self {
+            recipe_version: RECIPE_VERSION,
+            models: plan.models.clone(),
+            probe_dir: plan.probe_dir.clone(),
+            combine: Combine::TaskVector {
+                base: plan.base.clone(),
+                settings: plan.settings.clone(),
+                bn_reset_images: plan.bn_reset_images,
+                batch_size: plan.batch_size,
+                seed: plan.seed,
+            },
             eval: plan.eval.clone(),
         }
     }
@@ -92,28 +150,69 @@ impl Recipe {
                 "a merge needs at least two models",
             ));
         }
-        self.settings.check()
+        match &self.combine {
+            Combine::Align { settings, .. } => settings.check(),
+            Combine::TaskVector {
+                settings,
+                batch_size,
+                ..
+            } => {
+                if *batch_size == 0 {
+                    return Err(MergeError::param(
+                        MergeParam::BatchSize,
+                        0,
+                        "expected an integer >= 1",
+                    ));
+                }
+                settings
+                    .check(self.models.len())
+                    .map_err(|e| tv_error(e, &self.models))
+            }
+        }
     }
 
-    /// The plan that replays this recipe on `device` (`backend` names it for the provenance),
-    /// with a pixel cache of `cache_gib` GiB per folder; `command` is recorded.
+    /// The plan that replays this recipe with the forward path `runner` (`backend` names it
+    /// for the provenance) and a pixel cache of `cache_gib` GiB per folder; `command` is
+    /// recorded.
     pub fn plan(
         &self,
         cache_gib: f64,
-        device: crate::system::runner::Runner,
+        runner: Runner,
         backend: &str,
         command: String,
-    ) -> MergePlan {
-        MergePlan {
-            models: self.models.clone(),
-            stop: self.stop.clone(),
-            settings: self.settings.clone(),
-            probe_dir: self.probe_dir.clone(),
-            eval: self.eval.clone(),
-            cache_gib,
-            device,
-            backend: backend.to_string(),
-            command,
+    ) -> RecipePlan {
+        match &self.combine {
+            Combine::Align { stop, settings } => RecipePlan::Align(MergePlan {
+                models: self.models.clone(),
+                stop: stop.clone(),
+                settings: settings.clone(),
+                probe_dir: self.probe_dir.clone(),
+                eval: self.eval.clone(),
+                cache_gib,
+                device: runner,
+                backend: backend.to_string(),
+                command,
+            }),
+            Combine::TaskVector {
+                base,
+                settings,
+                bn_reset_images,
+                batch_size,
+                seed,
+            } => RecipePlan::TaskVector(TaskVectorPlan {
+                base: base.clone(),
+                models: self.models.clone(),
+                settings: settings.clone(),
+                bn_reset_images: *bn_reset_images,
+                batch_size: *batch_size,
+                seed: *seed,
+                probe_dir: self.probe_dir.clone(),
+                eval: self.eval.clone(),
+                cache_gib,
+                device: runner,
+                backend: backend.to_string(),
+                command,
+            }),
         }
     }
 }
@@ -133,9 +232,11 @@ mod tests {
         Recipe {
             recipe_version: RECIPE_VERSION,
             models: vec!["a".into(), "b".into()],
-            stop: "13/20".into(),
             probe_dir: "d/train".into(),
-            settings: s,
+            combine: Combine::Align {
+                stop: "13/20".into(),
+                settings: s,
+            },
             eval: None,
         }
     }
@@ -147,7 +248,10 @@ mod tests {
         let text = serde_json::to_string_pretty(&r).unwrap();
         let back: Recipe = serde_json::from_str(&text).unwrap();
         assert_eq!(back, r);
-        let Similarity::Dual(l) = back.settings.similarity else {
+        let Combine::Align { settings, .. } = &back.combine else {
+            panic!("combine")
+        };
+        let Similarity::Dual(l) = settings.similarity else {
             panic!("similarity")
         };
         assert_eq!(l.to_bits(), (0.1f64 + 0.2).to_bits());
@@ -160,7 +264,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("r.json");
         let mut v = serde_json::to_value(sample()).unwrap();
-        v["settings"]["alpah"] = 1.into();
+        v["combine"]["settings"]["alpah"] = 1.into();
         std::fs::write(&f, v.to_string()).unwrap();
         let e = Recipe::read(&f).unwrap_err().to_string();
         assert!(e.contains("recipe `") && e.contains("alpah"), "{e}");

@@ -9,7 +9,6 @@
 //! layers after it (as Task Arithmetic keeps each task's own head, reference doc §A.3).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -18,42 +17,13 @@ use crate::checkpoint;
 use crate::error::{MergeError, MergeParam};
 use crate::eval::Accuracy;
 use crate::merge::Evaluation;
-use crate::merge::{images, merged_manifest, Endpoints, EvalPlan, MergeSettings, Merged, Method};
+use crate::merge::{
+    images, merged_manifest, tv_error, Endpoints, MergeSettings, Merged, Method, TaskVectorPlan,
+};
 use crate::models::head::HeadSpec;
 use crate::progress::{phase, Observer};
 use crate::rewrite::Zipped;
-use crate::system::runner::Runner;
-use crate::taskvec::{self, TaskVectorError, TaskVectorReport, TaskVectorSettings};
-
-/// Everything one task-vector merge needs.
-#[derive(Clone, Debug)]
-pub struct TaskVectorPlan {
-    /// The base model folder every fine-tune starts from.
-    pub base: PathBuf,
-    /// The fine-tuned model folders (N >= 2).
-    pub models: Vec<PathBuf>,
-    /// Method, lambda, weights, seed.
-    pub settings: TaskVectorSettings,
-    /// Images of the merged model's BN reset (`Some(0)`: none, the base's statistics are kept;
-    /// `None`: every probe-folder image).
-    pub bn_reset_images: Option<usize>,
-    /// Images per batch of the BN reset and the evaluation.
-    pub batch_size: usize,
-    /// Seed of the BN-reset draw.
-    pub seed: u64,
-    /// Folder of the BN-reset images (labels unused).
-    pub probe_dir: PathBuf,
-    /// Evaluation after the merge (none: skipped).
-    pub eval: Option<EvalPlan>,
-    /// Pixel cache per folder, GiB.
-    pub cache_gib: f64,
-    /// Device of the BN reset and evaluation.
-    pub device: Runner,
-    /// Backend name, for the report.
-    pub backend: String,
-    /// The command line, for the report.
-    pub command: String,
-}
+use crate::taskvec::{self, TaskVectorReport, TaskVectorSettings};
 
 /// How a task-vector merge was made (`report.json`'s `settings`, the manifest's provenance).
 #[derive(Clone, Debug, Serialize)]
@@ -85,6 +55,8 @@ pub struct TaskVectorProvenance {
 pub struct TaskVectorMergeReport {
     /// Row label, e.g. `TIES (k=0.2, lambda=1)`.
     pub method: String,
+    /// The merge as data: `zipmerge merge --recipe report.json` replays it to the same bits.
+    pub recipe: crate::merge::Recipe,
     /// How it was made.
     pub settings: TaskVectorProvenance,
     /// The stop of the merged trunk (`20/20`: the whole network).
@@ -127,31 +99,6 @@ impl TaskVectorOutcome {
     /// [`MergeError::Checkpoint`] when the folder cannot be written.
     pub fn save(&self, dir: &std::path::Path) -> Result<(), MergeError> {
         self.merged.save_with_report(dir, &self.report)
-    }
-}
-
-/// A [`TaskVectorError`] as a merge error: options name their flag, a tensor mismatch names
-/// the fine-tune's folder (`models`, in the order the error's index counts).
-pub(crate) fn tv_error(e: TaskVectorError, models: &[PathBuf]) -> MergeError {
-    match e {
-        TaskVectorError::Option {
-            option,
-            value,
-            expected,
-        } => MergeError::TaskVectorOption {
-            option,
-            value,
-            expected,
-        },
-        TaskVectorError::NotAFineTune { model, tensor, msg } => MergeError::Endpoint {
-            model: models[model].display().to_string(),
-            msg: format!("is not a fine-tune of the base: tensor `{tensor}` {msg}"),
-        },
-        TaskVectorError::NoModels => MergeError::param(
-            MergeParam::Models,
-            0,
-            "a task-vector merge needs fine-tunes",
-        ),
     }
 }
 
@@ -308,6 +255,7 @@ pub fn run_task_vectors(
     timings.insert("total", t_all.elapsed().as_secs_f64());
     let report = TaskVectorMergeReport {
         method: s.method.label(s.lambda),
+        recipe: crate::merge::Recipe::of_task_vectors(plan),
         settings: provenance,
         stop: stop.name.clone(),
         flops,

@@ -3,7 +3,7 @@
 //! implements [`Observer`] (progress bars, `-q`, `--json`), a Rust caller may pass [`Silent`].
 
 /// Receives the progress of a long library call ([`crate::ops::merge::run`],
-/// [`crate::experiments::sweep`], ...). Every method has a do-nothing default.
+/// [`crate::ops::sweep`], ...). Every method has a do-nothing default.
 pub trait Observer {
     /// A phase named `label` (`statistics`, `BN reset`, a table row's label, ...) starts with
     /// `total` units of work (images, or grid cells).

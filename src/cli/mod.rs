@@ -10,6 +10,7 @@ mod interop_cmd;
 mod match_cmd;
 mod merge_cmd;
 mod printer;
+mod recipe_overrides;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};

@@ -468,7 +468,7 @@ impl<'a> ProgramBuilder<'a> {
     }
 }
 
-/// A [`System`] compiled for the engine: the trunk and one network per head (multi-head).
+/// A `crate::system::System` compiled for the engine: the trunk and one network per head (multi-head).
 #[derive(Clone, Debug)]
 pub struct CpuSystem {
     trunk: CpuNet,
@@ -490,7 +490,7 @@ impl CpuSystem {
     }
 
     /// Final-layer outputs of every head (`[batch, 1, 1, out]` each), as
-    /// [`System::forward_heads`]; BN records are prefixed `trunk:` / `head{i}:`.
+    /// `crate::system::System::forward_heads`; BN records are prefixed `trunk:` / `head{i}:`.
     pub fn forward_heads(&self, x: Act, ctx: &mut EngineCtx) -> Vec<Act> {
         ctx.prefix = "trunk:".into();
         let z = self.trunk.run(x, 0, self.stop_cut, ctx);

@@ -18,7 +18,6 @@
 pub mod cca;
 pub mod dual;
 pub mod method;
-pub mod npy;
 mod permute;
 pub mod rebasin;
 mod simple;

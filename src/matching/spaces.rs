@@ -1,5 +1,5 @@
 //! The per-space loop of a merge: every feature space up to a stop solved by the method's
-//! [`SpaceSolver`] (in dependency order when the weight similarity is blended in, as MuDSC
+//! [`super::method::SpaceSolver`] (in dependency order when the weight similarity is blended in, as MuDSC
 //! does), or the whole network at once for Git Re-Basin. Takes the spec and the models'
 //! states, nothing of the pipeline above.
 

@@ -365,7 +365,7 @@ impl Evaluation {
     }
 }
 
-/// Everything one merge needs ([`run`]).
+/// Everything one merge needs ([`crate::ops::merge::run`]).
 #[derive(Clone, Debug)]
 pub struct MergePlan {
     /// Source model folders (N >= 2).

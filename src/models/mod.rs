@@ -1,4 +1,4 @@
-//! Model definitions (ResNet-20 x w, VGG-11 x w, torchvision ResNet-50), their initialisation, weight bridge to
+//! Model definitions (ResNet-20 x w, VGG-11 x w, torchvision ResNet-18 and ResNet-50), their initialisation, weight bridge to
 //! PyTorch-layout state dicts, parameter and FLOP counts, and output heads.
 
 pub mod arch;
@@ -30,18 +30,18 @@ arch::architectures! {
 
 impl Arch {
     /// Index of the output cut (number of forward segments): 4 for ResNet-20, 9 for VGG-11, 5
-    /// for ResNet-50.
+    /// for ResNet-18 and ResNet-50.
     pub fn output_cut(self) -> usize {
         self.def().output_cut()
     }
 
     /// The image preprocessing the architecture is trained and evaluated with: CIFAR for
-    /// ResNet-20 / VGG-11, ImageNet for ResNet-50.
+    /// ResNet-20 / VGG-11, ImageNet for ResNet-18 / ResNet-50.
     pub fn preprocess(self) -> crate::data::Preprocess {
         self.def().preprocess()
     }
 
-    /// The registered names, for messages: `resnet20, vgg11 or resnet50`.
+    /// The registered names, for messages: `resnet20, vgg11, resnet50 or resnet18`.
     pub fn names() -> String {
         let n: Vec<&str> = Arch::ALL.iter().map(|a| a.def().name()).collect();
         match n.split_last() {
@@ -134,7 +134,7 @@ impl NetConfig {
     }
 
     /// Index of the output cut (number of segments): 4 for ResNet-20, 9 for VGG-11, 5 for
-    /// ResNet-50.
+    /// ResNet-18 and ResNet-50.
     pub fn output_cut(&self) -> usize {
         self.arch.output_cut()
     }

@@ -7,7 +7,7 @@
 /// Returns the number of images used.
 ///
 /// # Errors
-/// [`MergeError`] naming the model or data folder that cannot be read or written.
+/// [`crate::error::MergeError`] naming the model or data folder that cannot be read or written.
 pub fn reset_folder(
     model: &std::path::Path,
     data_root: &std::path::Path,

@@ -29,7 +29,7 @@ pub struct MergeSpec {
 }
 
 /// Derives the merge spec of a live network (its module tree), through its architecture's
-/// [`crate::models::arch::Architecture::spec`].
+/// [`crate::models::Net::feed_spec`].
 pub fn spec_of(net: &Net, cfg: &NetConfig) -> MergeSpec {
     let mut b = SpecBuilder {
         spaces: vec![],

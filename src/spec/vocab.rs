@@ -1,6 +1,6 @@
 //! The vocabulary of merge specs, below the models that use it: feature spaces, layers and the
 //! sides they read and write, stops, and the [`SpecBuilder`] an architecture's module tree
-//! drives ([`crate::models::arch::Architecture::spec`]). Nothing here knows an architecture.
+//! drives ([`crate::models::Net::feed_spec`]). Nothing here knows an architecture.
 
 use serde::Serialize;
 
@@ -115,8 +115,8 @@ pub fn channels(bn: &burn::nn::BatchNorm) -> usize {
     bn.gamma.dims()[0]
 }
 
-/// Builds a [`MergeSpec`] from an architecture's module tree
-/// ([`crate::models::arch::Architecture::spec`]): spaces in creation order, the layers between
+/// Builds a [`super::MergeSpec`] from an architecture's module tree
+/// ([`crate::models::Net::feed_spec`]): spaces in creation order, the layers between
 /// them, and the order in which the forward pass taps the spaces (the capture order, which
 /// becomes the spaces' order in the spec).
 pub struct SpecBuilder {

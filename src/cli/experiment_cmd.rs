@@ -14,7 +14,7 @@ use zipmerge::ops::sweep::SweepPlan;
 use zipmerge::ops::table1::Table1Plan;
 
 use super::common::{check_out, count, first_given, merge_error, usage, Count};
-use super::merge_cmd::{DataArgs, MergeSettings};
+use super::merge_args::{DataArgs, MergeSettings};
 use super::printer::Printer;
 use zipmerge::progress::Observer;
 
@@ -202,7 +202,7 @@ pub struct Table1Args {
 /// Runs `zipmerge sweep`.
 pub fn exec_sweep(a: SweepArgs, p: &mut Printer) -> Result<()> {
     let m = &a.settings.matcher.method;
-    if super::merge_cmd::TASK_VECTOR_METHODS.contains(&m.as_str()) {
+    if super::merge_args::TASK_VECTOR_METHODS.contains(&m.as_str()) {
         return Err(usage(format!(
             "--method {m}: a task-vector merge has no stops (the whole network is merged); search its lambda and density with `reproduce grid --method {m} --base BASE` or `reproduce tasks`"
         )));
@@ -393,7 +393,7 @@ fn run_tasks(
 }
 
 fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
-    if super::merge_cmd::TASK_VECTOR_METHODS.contains(&a.settings.matcher.method.as_str()) {
+    if super::merge_args::TASK_VECTOR_METHODS.contains(&a.settings.matcher.method.as_str()) {
         return exec_grid_task_vectors(a, p);
     }
     if let Some(flag) = first_given(&[
@@ -464,7 +464,7 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
     }
     let dual_lambda = s
         .dual_lambda
-        .unwrap_or(super::merge_cmd::DEFAULT_DUAL_LAMBDA);
+        .unwrap_or(super::merge_args::DEFAULT_DUAL_LAMBDA);
     zipmerge::merge::check_dual_lambda(dual_lambda).map_err(merge_error)?;
     // the standard rows' settings: ZipIt! with the reference's similarity; the extended rows'
     // CCA ridge and dual lambda are taken separately below

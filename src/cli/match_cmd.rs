@@ -9,7 +9,7 @@ use clap::Args;
 use zipmerge::ops::match_matrix::match_file;
 
 use super::common::{merge_error, positive};
-use super::merge_cmd::MatcherArgs;
+use super::merge_args::MatcherArgs;
 use super::printer::Printer;
 
 /// Arguments of `zipmerge match`.

@@ -8,6 +8,7 @@ mod experiment_cmd;
 mod inspect_cmd;
 mod interop_cmd;
 mod match_cmd;
+mod merge_args;
 mod merge_cmd;
 mod printer;
 mod recipe_overrides;
@@ -43,7 +44,7 @@ pub enum Command {
     Predict(eval_cmd::PredictArgs),
     /// Merge N models: statistics, matching (ZipIt!/Permute/W.Avg/Git Re-Basin), rewriting,
     /// BN reset, evaluation.
-    Merge(merge_cmd::MergeArgs),
+    Merge(merge_args::MergeArgs),
     /// Run a matcher alone on a covariance/correlation matrix.
     Match(match_cmd::MatchArgs),
     /// Re-estimate the BatchNorm statistics of a model (reference doc §4.4).

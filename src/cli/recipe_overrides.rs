@@ -8,7 +8,7 @@ use anyhow::Result;
 use zipmerge::merge::{self, Combine, EvalPlan, Method, Recipe, Similarity};
 
 use super::common::{data_root, merge_error, tasks_option, usage};
-use super::merge_cmd::{MergeArgs, MergeSettings, DEFAULT_DUAL_LAMBDA};
+use super::merge_args::{MergeArgs, MergeSettings, DEFAULT_DUAL_LAMBDA};
 use super::printer::Printer;
 
 /// The recipe of `--recipe path` with the flags given beside it (`given`) applied, each

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::table::{aggregate, markdown};
 use super::{Context, Counters, Row};
+use crate::collect::probe::{bn_batches, load_probe, probe_batches};
 use crate::data::{ImageSet, SparseSet};
 use crate::error::{ExperimentError, MergeError};
 use crate::merge::{self, images, Batches, Endpoints, MergeSettings, Method, Statistics};
@@ -70,7 +71,7 @@ pub fn load_data(
     obs: &mut dyn Observer,
 ) -> Result<(SparseSet, ImageSet), MergeError> {
     let prep = ep.spec.net.preprocess();
-    let train = s.load_probe(&inputs.probe_dir, prep, inputs.cache_gib, obs)?;
+    let train = load_probe(&inputs.probe_dir, prep, inputs.cache_gib, &s.draws(), obs)?;
     let test =
         crate::data::load_split(&inputs.test_root, "test", prep, inputs.cache_gib, None, obs)?;
     Ok((train, test))
@@ -100,8 +101,8 @@ pub fn prepare(
     obs: &mut dyn Observer,
     counters: &mut Counters,
 ) -> Result<Prepared, MergeError> {
-    let bn = s.bn_batches(train)?;
-    let probe = s.probe_batches(train, obs)?;
+    let bn = bn_batches(train, s.draws().bn.as_ref())?;
+    let probe = probe_batches(train, &s.probe_options(), obs)?;
     s.reset_endpoints(&mut ep, &bn, device, obs)?;
     let stats = phase(obs, "statistics", images(&probe) as u64, |p| {
         merge::statistics(&ep, &probe, device, p)
@@ -298,4 +299,63 @@ pub fn find_groups(dir: &Path, filter: Option<&str>) -> Result<FoundGroups, Expe
 /// The aggregated markdown table of one group's rows.
 pub fn rows_markdown(rows: &[Row]) -> String {
     markdown(&aggregate(&[rows.to_vec()], false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder of endpoint groups: complete groups in letter order, a group with a gap, a
+    /// group of one, a member without manifest and a non-member name, each said once.
+    #[test]
+    fn find_groups_keeps_complete_groups_and_says_why_others_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let member = |name: &str, manifest: bool| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            if manifest {
+                std::fs::write(d.join("manifest.json"), "{}").unwrap();
+            }
+        };
+        for n in ["x-b", "x-a", "y-a", "y-c", "z-a", "w-a", "w-b"] {
+            member(n, true);
+        }
+        member("v-a", true);
+        member("v-b", false);
+        member("notes", true);
+        let f = find_groups(dir.path(), None).unwrap();
+        let names: Vec<&str> = f.groups.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["w", "x"]);
+        assert_eq!(
+            f.groups[1].1,
+            vec![dir.path().join("x-a"), dir.path().join("x-b")],
+            "members in letter order"
+        );
+        let skipped = f.skipped.join("\n");
+        assert!(
+            skipped.contains("y: missing member y-b, so y-c cannot be used"),
+            "{skipped}"
+        );
+        assert!(skipped.contains("z: only one member (z-a)"), "{skipped}");
+        assert!(skipped.contains("v-b: no manifest.json"), "{skipped}");
+        assert_eq!(f.skipped.len(), 3, "{skipped}");
+        // --filter keeps only names containing it; no group left is an error naming the folder
+        let f = find_groups(dir.path(), Some("w")).unwrap();
+        assert_eq!(f.groups.len(), 1);
+        let e = find_groups(dir.path(), Some("q")).unwrap_err().to_string();
+        assert!(e.contains("no complete endpoint groups"), "{e}");
+    }
+
+    /// Groups of different sizes cannot be aggregated into one table.
+    #[test]
+    fn find_groups_refuses_groups_of_different_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["p-a", "p-b", "q-a", "q-b", "q-c"] {
+            let d = dir.path().join(n);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("manifest.json"), "{}").unwrap();
+        }
+        let e = find_groups(dir.path(), None).unwrap_err().to_string();
+        assert!(e.contains("differ in size (p has 2, q has 3)"), "{e}");
+    }
 }

@@ -153,28 +153,27 @@ impl Endpoints {
     }
 
     /// Resets the BN statistics of every endpoint (reference §1.1 step 2), all endpoints in one
-    /// loop over the images ([`crate::collect::bn::measure_many`]).
+    /// loop over the images ([`bn_reset::reset_many`], which merged models share).
     ///
     /// # Errors
-    /// As [`bn_reset::reset`].
+    /// As [`bn_reset::reset_many`].
     pub fn reset_bn(
         &mut self,
         batches: &[Vec<Vec<u8>>],
         device: &Runner,
         progress: &mut dyn FnMut(usize),
     ) -> Result<(), MergeError> {
-        let systems = self
+        let mut models: Vec<bn_reset::ModelStates<'_>> = self
             .manifests
             .iter()
-            .zip(&self.states)
-            .map(|(m, s)| crate::system::System::from_parts(m, s, &[], device))
-            .collect::<Result<Vec<_>, _>>()?;
-        let refs: Vec<&crate::system::System> = systems.iter().collect();
-        let stats = crate::collect::bn::measure_many(&refs, batches, device, progress);
-        for (st, s) in stats.iter().zip(self.states.iter_mut()) {
-            bn_reset::apply(st, s, &mut []);
-        }
-        Ok(())
+            .zip(self.states.iter_mut())
+            .map(|(manifest, trunk)| bn_reset::ModelStates {
+                manifest,
+                trunk,
+                heads: &mut [],
+            })
+            .collect();
+        bn_reset::reset_many(&mut models, batches, device, progress)
     }
 
     /// Runnable networks of the endpoints.

@@ -5,15 +5,14 @@
 //! [`MergeReport`]. Reference doc §1.1 gives the order of the steps.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde::Serialize;
 
 use super::{check_dual, Endpoints, Method};
-use crate::collect::{probe_batches_sparse, probe_indices, ProbeOptions};
+use crate::collect::probe::Draws;
+use crate::collect::ProbeOptions;
 use crate::correct::Corrections;
-use crate::data::{Preprocess, SparseSet};
-use crate::error::{DataError, MergeError, MergeParam};
+use crate::error::{MergeError, MergeParam};
 use crate::eval::Accuracy;
 use crate::progress::{phase, Observer};
 use crate::system::runner::Runner;
@@ -196,94 +195,13 @@ impl MergeSettings {
             && (self.rebasin_bn_reset || !matches!(method, Method::GitRebasin { .. }))
     }
 
-    /// Lists the probe folder `dir` (at most as many images as a pixel cache of `cache_gib` GiB
-    /// holds, [`crate::data::images_in_cache`]) and decodes only the images the probe and
-    /// BN-reset draws use.
-    ///
-    /// # Errors
-    /// [`MergeError::Data`] for an unreadable folder or image.
-    pub fn load_probe(
-        &self,
-        dir: &Path,
-        prep: Preprocess,
-        cache_gib: f64,
-        obs: &mut dyn Observer,
-    ) -> Result<SparseSet, MergeError> {
-        let t0 = Instant::now();
-        let (p, b) = (self.probe_options(), self.bn_options());
-        let reset = self.bn_reset_images != Some(0);
-        let max_images = crate::data::images_in_cache(prep, true, cache_gib);
-        let set = SparseSet::load(dir, "train", prep, max_images, &|n| {
-            let mut v = probe_indices(n, &p);
-            if reset {
-                v.extend(probe_indices(n, &b));
-            }
-            v
-        })?;
-        obs.info(&format!(
-            "decoded {} of {} probe-folder images from {} in {:.1}s",
-            set.set.len(),
-            set.total,
-            dir.display(),
-            t0.elapsed().as_secs_f64()
-        ));
-        Ok(set)
-    }
-
-    /// The probe batches (statistics) of `probe`.
-    ///
-    /// # Errors
-    /// [`MergeError::Data`] for an empty probe set.
-    pub fn probe_batches(
-        &self,
-        probe: &SparseSet,
-        obs: &mut dyn Observer,
-    ) -> Result<Batches, MergeError> {
-        if probe.total == 0 {
-            return Err(DataError::Io {
-                path: probe.set.source.clone(),
-                msg: "the probe set holds no image".into(),
-            }
-            .into());
+    /// The draws of this merge: the statistics' probe draw, and the BN-reset draw unless
+    /// `bn_reset_images` is `Some(0)`.
+    pub fn draws(&self) -> Draws {
+        Draws {
+            probe: Some(self.probe_options()),
+            bn: (self.bn_reset_images != Some(0)).then(|| self.bn_options()),
         }
-        let used = self.probe_images.unwrap_or(probe.total).min(probe.total);
-        if self.probe_images.is_some_and(|n| n > probe.total) {
-            obs.warn(&format!(
-                "note: {} probe images asked, {} holds {}: using all {}",
-                self.probe_images.unwrap_or(0),
-                probe.set.source,
-                probe.total,
-                probe.total
-            ));
-        }
-        if used < self.batch_size {
-            obs.warn(&format!(
-                "note: the probe set gives {used} images ({} in {}), fewer than the batch size {}: using one batch of {used}",
-                probe.total, probe.set.source, self.batch_size
-            ));
-        }
-        probe_batches_sparse(
-            &probe.set,
-            probe.total,
-            &probe.positions,
-            &self.probe_options(),
-        )
-    }
-
-    /// The BN-reset batches of `probe` (none when `bn_reset_images` is `Some(0)`).
-    ///
-    /// # Errors
-    /// As [`probe_batches_sparse`].
-    pub fn bn_batches(&self, probe: &SparseSet) -> Result<Batches, MergeError> {
-        if self.bn_reset_images == Some(0) {
-            return Ok(vec![]);
-        }
-        probe_batches_sparse(
-            &probe.set,
-            probe.total,
-            &probe.positions,
-            &self.bn_options(),
-        )
     }
 
     /// Resets the endpoints' BN on `bn` (when asked and there are images), as one phase.

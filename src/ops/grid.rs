@@ -213,3 +213,60 @@ pub fn run(
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::{Accuracy, TaskAccuracy};
+
+    /// The CSV has one row per cell in the grid's order, with the tasks' accuracies.
+    #[test]
+    fn grid_csv_lists_every_cell() {
+        let acc = |joint: f64, a: f64, b: f64| Accuracy {
+            joint,
+            tasks: vec![
+                TaskAccuracy {
+                    classes: vec![0],
+                    accuracy: a,
+                },
+                TaskAccuracy {
+                    classes: vec![1],
+                    accuracy: b,
+                },
+            ],
+            avg: (a + b) / 2.0,
+            flops: 0,
+            images: 10,
+        };
+        let cells = vec![
+            GridCell {
+                alpha: 0.3,
+                beta: 0.5,
+                accuracy: acc(50.0, 60.0, 70.0),
+            },
+            GridCell {
+                alpha: 1.0,
+                beta: 0.125,
+                accuracy: acc(40.0, 45.5, 55.0),
+            },
+        ];
+        let r = GridReport {
+            stop: "full".into(),
+            best: GridBest {
+                alpha: 0.3,
+                beta: 0.5,
+                joint: 50.0,
+            },
+            cells,
+            counters: Counters::default(),
+            test_images: 10,
+            seconds: 0.0,
+        };
+        assert_eq!(
+            r.csv(),
+            "alpha,beta,joint,task_a,task_b,avg\n\
+             0.3,0.5,50.0000,60.0000,70.0000,65.0000\n\
+             1,0.125,40.0000,45.5000,55.0000,50.2500\n"
+        );
+    }
+}

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use std::path::Path;
 
+use crate::collect::probe::{bn_batches, load_probe, probe_batches};
 use crate::correct::{CorrectionReport, Corrections};
 use crate::error::MergeError;
 use crate::eval::Accuracy;
@@ -169,16 +170,17 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
     check_method(&ep, &s.method, s.merge_eps)?;
     let prep = ep.spec.net.preprocess();
     let t_load = Instant::now();
-    let probe = s.load_probe(&plan.probe_dir, prep, plan.cache_gib, obs)?;
+    let draws = s.draws();
+    let probe = load_probe(&plan.probe_dir, prep, plan.cache_gib, &draws, obs)?;
     let mut timings = BTreeMap::new();
     timings.insert("loading_probe", t_load.elapsed().as_secs_f64());
     let corrections = s.corrections;
     let probe_b = if s.method.needs_statistics() || corrections.any() {
-        s.probe_batches(&probe, obs)?
+        probe_batches(&probe, &s.probe_options(), obs)?
     } else {
         vec![]
     };
-    let bn_b = s.bn_batches(&probe)?;
+    let bn_b = bn_batches(&probe, draws.bn.as_ref())?;
     let reset_merged = !bn_b.is_empty() && s.resets_merged();
     // the test set is loaded and checked before the long steps
     let evaluation = Evaluation::load(plan.eval.as_ref(), &ep, plan.cache_gib, obs)?;

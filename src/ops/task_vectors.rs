@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::checkpoint;
+use crate::collect::probe::{bn_batches, load_probe, Draws};
 use crate::error::{MergeError, MergeParam};
 use crate::eval::Accuracy;
 use crate::merge::Evaluation;
@@ -177,17 +178,21 @@ pub fn run_task_vectors(
         ep.spec.stop("full")?
     };
     let prep = ep.spec.net.preprocess();
-    let mut draws = MergeSettings::new(Method::WeightAvg);
-    draws.probe_images = Some(0);
-    draws.bn_reset_images = plan.bn_reset_images;
-    draws.batch_size = plan.batch_size;
-    draws.seed = plan.seed;
-    let reset = plan.bn_reset_images != Some(0);
-    let bn_b = if reset {
-        let probe = draws.load_probe(&plan.probe_dir, prep, plan.cache_gib, obs)?;
-        draws.bn_batches(&probe)?
-    } else {
-        vec![]
+    // the BN-reset draw of a merge (augmented, seeded with seed + 1), no statistics
+    let mut draw = MergeSettings::new(Method::WeightAvg);
+    draw.bn_reset_images = plan.bn_reset_images;
+    draw.batch_size = plan.batch_size;
+    draw.seed = plan.seed;
+    let draws = Draws {
+        probe: None,
+        bn: draw.draws().bn,
+    };
+    let bn_b = match &draws.bn {
+        Some(bn) => {
+            let probe = load_probe(&plan.probe_dir, prep, plan.cache_gib, &draws, obs)?;
+            bn_batches(&probe, Some(bn))?
+        }
+        None => vec![],
     };
     let evaluation = Evaluation::load(plan.eval.as_ref(), &ep, plan.cache_gib, obs)?;
     let mut timings = BTreeMap::new();

@@ -9,7 +9,7 @@
 //! ([`crate::collect::bn`]); this module writes the measured statistics into the weights.
 
 use crate::checkpoint::{ModelManifest, NamedTensor, StateDict};
-use crate::collect::bn::{measure, BnStats};
+use crate::collect::bn::{measure_many, BnStats};
 use crate::error::MergeError;
 use crate::system::runner::Runner;
 use crate::system::System;
@@ -37,7 +37,42 @@ pub fn apply(stats: &BnStats, trunk: &mut StateDict, heads: &mut [StateDict]) {
     }
 }
 
-/// Resets BN statistics of a model given as state dicts (a single model: `heads` empty).
+/// One model given as state dicts: its manifest, its trunk and its heads (a single model:
+/// `heads` empty).
+pub struct ModelStates<'a> {
+    /// The manifest the states belong to.
+    pub manifest: &'a ModelManifest,
+    /// Trunk (or whole single model) weights.
+    pub trunk: &'a mut StateDict,
+    /// Head networks' weights.
+    pub heads: &'a mut [StateDict],
+}
+
+/// Resets the BN statistics of every model of `models` on `batches` (reference doc §4.4), all
+/// of them in one loop over the images ([`crate::collect::bn::measure_many`]): the N
+/// endpoints of a merge before matching, or one merged model.
+///
+/// # Errors
+/// [`MergeError`] when the weights do not fit a manifest.
+pub fn reset_many(
+    models: &mut [ModelStates<'_>],
+    batches: &[Vec<Vec<u8>>],
+    runner: &Runner,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(), MergeError> {
+    let systems = models
+        .iter()
+        .map(|m| System::from_parts(m.manifest, m.trunk, m.heads, runner))
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&System> = systems.iter().collect();
+    let stats = measure_many(&refs, batches, runner, progress);
+    for (st, m) in stats.iter().zip(models.iter_mut()) {
+        apply(st, m.trunk, m.heads);
+    }
+    Ok(())
+}
+
+/// [`reset_many`] of one model given as state dicts (a single model: `heads` empty).
 ///
 /// # Errors
 /// [`MergeError`] when the weights do not fit the manifest.
@@ -46,13 +81,15 @@ pub fn reset(
     trunk: &mut StateDict,
     heads: &mut [StateDict],
     batches: &[Vec<Vec<u8>>],
-    device: &Runner,
+    runner: &Runner,
     progress: &mut dyn FnMut(usize),
 ) -> Result<(), MergeError> {
-    let sys = System::from_parts(manifest, trunk, heads, device)?;
-    let stats = measure(&sys, batches, device, progress);
-    apply(&stats, trunk, heads);
-    Ok(())
+    let mut one = [ModelStates {
+        manifest,
+        trunk,
+        heads,
+    }];
+    reset_many(&mut one, batches, runner, progress)
 }
 
 #[cfg(test)]

@@ -57,9 +57,14 @@ pub enum ModelError {
         /// What is wrong.
         msg: &'static str,
     },
-    /// Weights do not fit the architecture.
-    #[error("weights do not fit the model: {0}")]
-    Weights(String),
+    /// Weights do not fit the architecture: what is wrong, and the file when known.
+    #[error("weights do not fit the model: {}{problem}", file.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    Weights {
+        /// The weights file, when the caller knows it.
+        file: Option<String>,
+        /// The tensor and what is wrong with it (boxed: errors stay small on the happy path).
+        problem: Box<WeightsProblem>,
+    },
     /// A width the architecture does not take.
     #[error("{what} {width}: {expected}")]
     Width {
@@ -456,3 +461,83 @@ impl ExperimentError {
 #[derive(Debug, thiserror::Error)]
 #[error("plot: {0}")]
 pub struct PlotError(pub(crate) String);
+
+/// What is wrong with the weights of a model ([`ModelError::Weights`]), naming the tensor by its
+/// PyTorch name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightsProblem {
+    /// A tensor the architecture needs is absent (`missing`: how many are, when counted).
+    Missing {
+        /// The first missing tensor.
+        tensor: String,
+        /// How many tensors are missing in all, when counted.
+        missing: Option<usize>,
+    },
+    /// A tensor of another shape than the architecture's.
+    Shape {
+        /// The tensor.
+        tensor: String,
+        /// Its shape.
+        found: Vec<usize>,
+        /// What the architecture expects, in words (a shape and the configuration).
+        expected: String,
+    },
+    /// A tensor the architecture does not have.
+    Unknown {
+        /// The first unknown tensor.
+        tensor: String,
+        /// The architecture.
+        arch: String,
+        /// How many tensors are unknown in all.
+        unknown: usize,
+    },
+    /// Networks run side by side (a merged network and its sources) differ in structure.
+    Structure {
+        /// Where they differ.
+        at: String,
+    },
+}
+
+impl std::fmt::Display for WeightsProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightsProblem::Missing { tensor, missing } => {
+                write!(f, "tensor `{tensor}` is missing")?;
+                match missing {
+                    Some(n) => write!(f, " ({n} missing in all)"),
+                    None => Ok(()),
+                }
+            }
+            WeightsProblem::Shape {
+                tensor,
+                found,
+                expected,
+            } => write!(
+                f,
+                "tensor `{tensor}` has shape {found:?}, expected {expected}"
+            ),
+            WeightsProblem::Unknown {
+                tensor,
+                arch,
+                unknown,
+            } => write!(
+                f,
+                "unknown tensor `{tensor}` for {arch} ({unknown} unknown in all)"
+            ),
+            WeightsProblem::Structure { at } => write!(
+                f,
+                "the merged network and its sources differ in structure at {at}"
+            ),
+        }
+    }
+}
+
+impl ModelError {
+    /// [`ModelError::Weights`] of `problem`, file unknown.
+    pub fn weights(problem: WeightsProblem) -> Self {
+        ModelError::Weights {
+            file: None,
+            problem: Box::new(problem),
+        }
+    }
+}

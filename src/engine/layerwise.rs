@@ -103,9 +103,7 @@ fn pool(x: &Act) -> Act {
 }
 
 fn mismatch(what: String) -> ModelError {
-    ModelError::Weights(format!(
-        "the merged network and its sources differ in structure at {what}"
-    ))
+    ModelError::weights(crate::error::WeightsProblem::Structure { at: what })
 }
 
 /// The conv of a layer op: the conv itself (borrowed), or the final linear as a 1x1 conv.

@@ -21,7 +21,7 @@ pub mod layerwise;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::data::Preprocess;
-use crate::error::ModelError;
+use crate::error::{ModelError, WeightsProblem};
 use crate::state::{NamedTensor, StateDict};
 use kernels::{Conv, Epilogue};
 
@@ -331,18 +331,22 @@ impl<'a> ProgramBuilder<'a> {
     }
 
     fn get(&self, name: &str) -> Result<&NamedTensor, ModelError> {
-        self.s
-            .get(name)
-            .ok_or_else(|| ModelError::Weights(format!("tensor `{name}` is missing")))
+        self.s.get(name).ok_or_else(|| {
+            ModelError::weights(WeightsProblem::Missing {
+                tensor: name.to_string(),
+                missing: None,
+            })
+        })
     }
 
     fn conv(&self, name: &str, stride: usize, pad: usize, bias: bool) -> Result<Conv, ModelError> {
         let w = self.get(&format!("{name}.weight"))?;
         if w.shape.len() != 4 || w.shape[2] != w.shape[3] {
-            return Err(ModelError::Weights(format!(
-                "tensor `{name}.weight` has shape {:?}, expected a square conv kernel",
-                w.shape
-            )));
+            return Err(ModelError::weights(WeightsProblem::Shape {
+                tensor: format!("{name}.weight"),
+                found: w.shape.clone(),
+                expected: "a square conv kernel".into(),
+            }));
         }
         let b = if bias {
             Some(self.get(&format!("{name}.bias"))?.data.clone())

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ModelError;
+use crate::error::{ModelError, WeightsProblem};
 use crate::state::StateDict;
 use arch::InitRule;
 pub use layers::ForwardCtx;
@@ -185,25 +185,29 @@ impl Net {
         let rename = |p: &mut [String]| def.torch_path(p);
         let (net, rep) = bridge::load_state(Net::empty(cfg, device), state, &rename);
         if let Some((n, e, f)) = rep.mismatched.first() {
-            return Err(ModelError::Weights(format!(
-                "tensor `{n}` has shape {f:?}, expected {e:?} for {} {} with {} outputs",
-                cfg.arch,
-                cfg.width_label(),
-                cfg.out
-            )));
+            return Err(ModelError::weights(WeightsProblem::Shape {
+                tensor: n.clone(),
+                found: f.clone(),
+                expected: format!(
+                    "{e:?} for {} {} with {} outputs",
+                    cfg.arch,
+                    cfg.width_label(),
+                    cfg.out
+                ),
+            }));
         }
         if let Some(n) = rep.missing.first() {
-            return Err(ModelError::Weights(format!(
-                "tensor `{n}` is missing ({} missing in all)",
-                rep.missing.len()
-            )));
+            return Err(ModelError::weights(WeightsProblem::Missing {
+                tensor: n.clone(),
+                missing: Some(rep.missing.len()),
+            }));
         }
         if let Some(n) = rep.unused.first() {
-            return Err(ModelError::Weights(format!(
-                "unknown tensor `{n}` for {} ({} unknown in all)",
-                cfg.arch,
-                rep.unused.len()
-            )));
+            return Err(ModelError::weights(WeightsProblem::Unknown {
+                tensor: n.clone(),
+                arch: cfg.arch.to_string(),
+                unknown: rep.unused.len(),
+            }));
         }
         Ok(net)
     }

@@ -74,9 +74,10 @@ impl System {
         let dir = checkpoint::model_dir(dir);
         let manifest = checkpoint::read_manifest(&dir)?;
         let ctx = |e: ModelError, file: &str| match e {
-            ModelError::Weights(m) => {
-                ModelError::Weights(format!("{}: {m}", dir.join(file).display()))
-            }
+            ModelError::Weights { problem, .. } => ModelError::Weights {
+                file: Some(dir.join(file).display().to_string()),
+                problem,
+            },
             o => o,
         };
         let trunk_state = checkpoint::read_weights(&dir, &manifest.weights)?;

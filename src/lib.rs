@@ -43,6 +43,7 @@ pub mod models;
 pub mod ops;
 pub mod progress;
 pub mod rewrite;
+pub mod search;
 pub mod spec;
 pub mod state;
 pub mod system;

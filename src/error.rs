@@ -385,7 +385,7 @@ pub enum MergeError {
     },
     /// From a matcher.
     #[error(transparent)]
-    Match(#[from] crate::matching::MatchError),
+    Match(#[from] MatchError),
     /// The statistics saw no probe image.
     #[error("the probe set is empty: expected at least one image")]
     NoProbeImages,
@@ -540,4 +540,64 @@ impl ModelError {
             problem: Box::new(problem),
         }
     }
+}
+
+/// Errors of the matching module ([`crate::matching`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MatchError {
+    /// The matrix is not square (`rows != cols`).
+    #[error("matrix must be square, got {rows} x {cols}")]
+    NotSquare {
+        /// Number of rows.
+        rows: usize,
+        /// Number of columns.
+        cols: usize,
+    },
+    /// A [`crate::matching::SquareMatrix`] whose data length is not `n * n`.
+    #[error("square matrix of side {n} needs {} entries, got {len}", n * n)]
+    BadLength {
+        /// Declared side.
+        n: usize,
+        /// Actual `data.len()`.
+        len: usize,
+    },
+    /// The correlation matrix is not symmetric (first offending pair in row-major order, `i < j`).
+    #[error(
+        "correlation matrix is not symmetric: entry ({i},{j}) = {a} but ({j},{i}) = {b} \
+         (relative tolerance 1e-6)"
+    )]
+    NotSymmetric {
+        /// Row of the offending upper-triangle entry.
+        i: usize,
+        /// Column of the offending upper-triangle entry.
+        j: usize,
+        /// Value at `(i, j)`.
+        a: f64,
+        /// Value at `(j, i)`.
+        b: f64,
+    },
+    /// `O` is not a positive multiple of the number of models, or fewer than 2 models.
+    #[error(
+        "cannot split O = {o} stacked features into N = {n} models \
+         (need N >= 2 and O a positive multiple of N)"
+    )]
+    BadModels {
+        /// Total number of stacked features.
+        o: usize,
+        /// Number of models.
+        n: usize,
+    },
+    /// ZipIt! `alpha` must be a finite number `> 0`.
+    #[error(
+        "invalid ZipIt alpha = {0}: alpha must be finite and > 0 (the reference's alpha <= 0 \
+         branch writes -inf into shifting current positions, making S asymmetric; that buggy \
+         legacy path is rejected, see reference doc §3.1)"
+    )]
+    InvalidAlpha(f64),
+    /// ZipIt! `beta` must lie in `[0, 1]`.
+    #[error("invalid ZipIt beta = {0}: expected a value in [0, 1]")]
+    InvalidBeta(f64),
+    /// Any other unsupported input (e.g. a negative or non-finite `eps`).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }

@@ -265,7 +265,7 @@ fn multi_head_systems_equal_burn_flex() {
     use zipmerge::checkpoint::ModelManifest;
     use zipmerge::merge::{self, Endpoints, Method};
     use zipmerge::models::head::HeadSpec;
-    use zipmerge::spec::MergeSpec;
+    use zipmerge::models::MergeSpec;
     let d = Device::flex();
     let cfg = NetConfig {
         arch: Arch::Resnet20,

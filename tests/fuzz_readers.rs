@@ -217,7 +217,7 @@ fn matrix_reader_never_panics() {
         npy.extend_from_slice(&v.to_le_bytes());
     }
     let path = dir.path().join("m.npy");
-    let ok = |p: &Path| zipmerge::checkpoint::npy::read_matrix(p).map(|_| ());
+    let ok = |p: &Path| zipmerge::matching::npy::read_matrix(p).map(|_| ());
     std::fs::write(&path, &npy).unwrap();
     ok(&path).unwrap();
     let (run, errors) = fuzz("npy", &npy, 10 + h.len(), 5000, CAP, &mut |b| {

@@ -17,6 +17,16 @@ fn src_has_no_import_circle() {
         .map(|c| import_graph::circle_edges(&g, c).join(", "))
         .collect();
     assert!(circles.is_empty(), "import circles: {described:#?}");
+    let folders = import_graph::folders(&g);
+    let circles = import_graph::circles(&folders);
+    let described: Vec<String> = circles
+        .iter()
+        .map(|c| import_graph::circle_edges(&folders, c).join(", "))
+        .collect();
+    assert!(
+        circles.is_empty(),
+        "import circles between folders: {described:#?}"
+    );
 }
 
 /// The checker itself, on hand-made trees: a circle through a parent's re-export is seen, a
@@ -50,6 +60,22 @@ fn checker_sees_circles_and_only_circles() {
     assert_eq!(
         import_graph::circles(&g),
         vec![vec!["a::room".to_string(), "b".to_string()]]
+    );
+    // no file circle, but the folders lean on each other: a's room uses b, b uses a's other room
+    w(
+        "b.rs",
+        "pub struct Other;\npub fn f(_: crate::a::other::Leaf) {}\n",
+    );
+    w(
+        "a/mod.rs",
+        "pub mod other;\npub mod room;\npub use room::Thing;\n",
+    );
+    w("a/other.rs", "pub struct Leaf;\n");
+    let g = import_graph::graph(&dir);
+    assert!(import_graph::circles(&g).is_empty(), "{g:?}");
+    assert_eq!(
+        import_graph::circles(&import_graph::folders(&g)),
+        vec![vec!["a".to_string(), "b".to_string()]]
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,9 +14,10 @@ use zipmerge::collect::{probe_batches, ProbeOptions};
 use zipmerge::data::{to_tensor, ImageSet};
 use zipmerge::merge::{self, Endpoints, Method};
 use zipmerge::models::head::HeadSpec;
+use zipmerge::models::MergeSpec;
 use zipmerge::models::{Arch, ForwardCtx, Net, NetConfig};
 use zipmerge::rewrite::bn_reset;
-use zipmerge::spec::{LayerKind, MergeSpec, Side};
+use zipmerge::spec::{LayerKind, Side};
 use zipmerge::system::runner::Runner;
 
 mod common;

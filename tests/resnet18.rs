@@ -7,8 +7,8 @@ mod common;
 
 use burn::tensor::Device;
 use zipmerge::checkpoint::{interop, safetensors_io, StateDict};
+use zipmerge::models::MergeSpec;
 use zipmerge::models::{Arch, Net, NetConfig};
-use zipmerge::spec::MergeSpec;
 
 const FIX: &str = "tests/fixtures";
 

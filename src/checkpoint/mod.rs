@@ -3,7 +3,6 @@
 //! trunk file and one file per head (reference doc §1.7).
 
 pub mod interop;
-pub mod npy;
 pub mod pickle_guard;
 pub mod safetensors_io;
 

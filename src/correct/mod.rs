@@ -28,7 +28,8 @@ use crate::engine::{Act, BN_EPS};
 use crate::error::MergeError;
 use crate::matching::MergeUnmerge;
 use crate::models::compile::compile_state;
-use crate::spec::{LayerKind, MergeSpec, Side, Stop};
+use crate::models::MergeSpec;
+use crate::spec::{LayerKind, Side, Stop};
 
 /// Which corrections to run after a merge.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]

@@ -10,9 +10,10 @@
 //! such producer (a residual stream: its stem conv or projection shortcut); the weight
 //! similarity of a space uses the producers whose input is matched at that point.
 
-use crate::checkpoint::StateDict;
 use crate::matching::{MergeUnmerge, SquareMatrix};
-use crate::spec::{LayerKind, MergeSpec, Side};
+use crate::models::MergeSpec;
+use crate::spec::{LayerKind, Side};
+use crate::state::StateDict;
 
 /// Producers (conv / linear layers writing space `s`) and whether their input is available
 /// (the image, or a space `t` with `matched(t)`).
@@ -214,7 +215,7 @@ mod tests {
             let mut s = StateDict::new();
             s.insert(
                 "c.weight".into(),
-                crate::checkpoint::NamedTensor::new(vec![2, 2, 1, 1], w),
+                crate::state::NamedTensor::new(vec![2, 2, 1, 1], w),
             );
             s
         };

@@ -9,10 +9,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::checkpoint::StateDict;
 use crate::error::MergeError;
 use crate::matching::MergeUnmerge;
-use crate::spec::{LayerKind, MergeSpec, Side};
+use crate::models::MergeSpec;
+use crate::spec::{LayerKind, Side};
+use crate::state::StateDict;
 
 /// Maximum number of passes over the spaces (the reference implementation's cap).
 pub const MAX_PASSES: usize = 100;

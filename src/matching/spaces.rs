@@ -6,7 +6,7 @@
 use super::method::{check_dual, Method, SpaceInput};
 use super::{MergeUnmerge, SquareMatrix};
 use crate::error::MergeError;
-use crate::spec::MergeSpec;
+use crate::models::MergeSpec;
 use crate::state::StateDict;
 
 /// Matches the first `spaces` feature spaces of the `states` (N models of `spec`) with

@@ -12,10 +12,11 @@ use crate::collect::{self, CovAccumulator};
 use crate::error::{MergeError, MergeParam};
 use crate::matching::{MergeUnmerge, SquareMatrix};
 use crate::models::head::HeadSpec;
+use crate::models::MergeSpec;
 use crate::models::Net;
 use crate::progress::Observer;
 use crate::rewrite::{self, bn_reset, Zipped};
-use crate::spec::{MergeSpec, Stop};
+use crate::spec::Stop;
 use crate::system::runner::Runner;
 
 mod plan;

@@ -288,7 +288,7 @@ impl Evaluation {
 pub struct MergePlan {
     /// Source model folders (N >= 2).
     pub models: Vec<PathBuf>,
-    /// Stop: `7/20`, `layer2`, `full`, ... ([`crate::spec::MergeSpec::stop`]).
+    /// Stop: `7/20`, `layer2`, `full`, ... ([`crate::models::MergeSpec::stop`]).
     pub stop: String,
     /// Method, draws, corrections.
     pub settings: MergeSettings,

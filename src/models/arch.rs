@@ -6,10 +6,10 @@
 //! `models/mod.rs`.
 //!
 //! The contracts between the parts are checked at load and by tests: the spec covers every
-//! float tensor exactly once ([`crate::spec::MergeSpec::check_covers`]), the widths of each
-//! space agree across its layers ([`crate::spec::MergeSpec::check_widths`]), and the taps of the
+//! float tensor exactly once ([`crate::models::MergeSpec::check_covers`]), the widths of each
+//! space agree across its layers ([`crate::models::MergeSpec::check_widths`]), and the taps of the
 //! forward pass match the spec's spaces in count, order and width
-//! ([`crate::spec::MergeSpec::check_taps`]); the engine's equality with burn and the lossless
+//! ([`crate::models::MergeSpec::check_taps`]); the engine's equality with burn and the lossless
 //! permuted copy are tested (`tests/engine.rs`, `tests/merge_engine.rs`).
 
 use crate::data::Preprocess;

@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod compile;
 pub mod head;
 pub mod layers;
+pub mod merge_spec;
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,6 +20,7 @@ use crate::error::{ModelError, WeightsProblem};
 use crate::state::StateDict;
 use arch::InitRule;
 pub use layers::ForwardCtx;
+pub use merge_spec::{spec_of, MergeSpec};
 
 // One line per architecture: its model file (`models/<module>.rs`), module type and `Def`.
 arch::architectures! {

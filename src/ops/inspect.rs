@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::checkpoint;
 use crate::error::MergeError;
-use crate::spec::{MergeSpec, Space, Stop};
+use crate::models::MergeSpec;
+use crate::spec::{Space, Stop};
 
 /// One head of a model.
 #[derive(Clone, Debug, Serialize)]

@@ -1,5 +1,5 @@
 //! `zipmerge match`: the matcher alone on one covariance or correlation matrix read from a file
-//! (JSON or `.npy`, [`crate::checkpoint::npy`]), for study and tests.
+//! (JSON or `.npy`, [`crate::matching::npy`]), for study and tests.
 
 use std::path::Path;
 
@@ -21,6 +21,6 @@ pub fn match_file(
     method: &Method,
     merge_eps: f64,
 ) -> Result<MergeUnmerge, MergeError> {
-    let m = crate::checkpoint::npy::read_matrix(path)?;
+    let m = crate::matching::npy::read_matrix(path)?;
     crate::merge::match_matrix(&m, is_correlation, n, method, merge_eps)
 }

@@ -14,7 +14,8 @@ pub mod bn_reset;
 use crate::checkpoint::{NamedTensor, StateDict};
 use crate::error::{MergeError, MergeParam};
 use crate::matching::MergeUnmerge;
-use crate::spec::{MergeSpec, Side, Stop};
+use crate::models::MergeSpec;
+use crate::spec::{Side, Stop};
 
 /// A sparse view of the per-model blocks of one space's matrices.
 struct Blocks {

@@ -136,6 +136,25 @@ pub struct ProbeOptions {
     pub seed: u64,
 }
 
+impl ProbeOptions {
+    /// The BN-reset draw of a merge seeded `seed` (reference doc §4.4): `images` images (`None`:
+    /// all) in batches of `batch_size`, augmented, seeded with `seed + 1` so it differs from
+    /// the statistics' draw.
+    pub fn bn_reset(images: Option<usize>, batch_size: usize, seed: u64) -> Self {
+        Self {
+            images,
+            batch_size,
+            augment: true,
+            seed: seed.wrapping_add(1),
+        }
+    }
+
+    /// [`ProbeOptions::bn_reset`], or `None` when `images` is `Some(0)` (no BN reset).
+    pub fn bn_reset_draw(images: Option<usize>, batch_size: usize, seed: u64) -> Option<Self> {
+        (images != Some(0)).then(|| Self::bn_reset(images, batch_size, seed))
+    }
+}
+
 /// The probe batches: seeded subset and order, optionally augmented (the training
 /// augmentation of `set.prep`), as u8 images of the network's input size (ImageNet training
 /// images stored at 256x256 are centre-cropped to 224 when not augmented).

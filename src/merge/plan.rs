@@ -173,14 +173,9 @@ impl MergeSettings {
         }
     }
 
-    /// The BN-reset draw: augmented, seeded with `seed + 1`.
+    /// The BN-reset draw ([`ProbeOptions::bn_reset`]): augmented, seeded with `seed + 1`.
     pub fn bn_options(&self) -> ProbeOptions {
-        ProbeOptions {
-            images: self.bn_reset_images,
-            batch_size: self.batch_size,
-            augment: true,
-            seed: self.seed.wrapping_add(1),
-        }
+        ProbeOptions::bn_reset(self.bn_reset_images, self.batch_size, self.seed)
     }
 
     /// Whether a merge by `self.method` gets its BN reset.
@@ -200,7 +195,7 @@ impl MergeSettings {
     pub fn draws(&self) -> Draws {
         Draws {
             probe: Some(self.probe_options()),
-            bn: (self.bn_reset_images != Some(0)).then(|| self.bn_options()),
+            bn: ProbeOptions::bn_reset_draw(self.bn_reset_images, self.batch_size, self.seed),
         }
     }
 

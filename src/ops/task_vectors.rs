@@ -15,12 +15,11 @@ use serde::Serialize;
 
 use crate::checkpoint;
 use crate::collect::probe::{bn_batches, load_probe, Draws};
+use crate::collect::ProbeOptions;
 use crate::error::{MergeError, MergeParam};
 use crate::eval::Accuracy;
 use crate::merge::Evaluation;
-use crate::merge::{
-    images, merged_manifest, tv_error, Endpoints, MergeSettings, Merged, Method, TaskVectorPlan,
-};
+use crate::merge::{images, merged_manifest, tv_error, Endpoints, Merged, TaskVectorPlan};
 use crate::models::head::HeadSpec;
 use crate::progress::{phase, Observer};
 use crate::rewrite::Zipped;
@@ -178,14 +177,10 @@ pub fn run_task_vectors(
         ep.spec.stop("full")?
     };
     let prep = ep.spec.net.preprocess();
-    // the BN-reset draw of a merge (augmented, seeded with seed + 1), no statistics
-    let mut draw = MergeSettings::new(Method::WeightAvg);
-    draw.bn_reset_images = plan.bn_reset_images;
-    draw.batch_size = plan.batch_size;
-    draw.seed = plan.seed;
+    // the BN-reset draw of a merge, no statistics
     let draws = Draws {
         probe: None,
-        bn: draw.draws().bn,
+        bn: ProbeOptions::bn_reset_draw(plan.bn_reset_images, plan.batch_size, plan.seed),
     };
     let bn_b = match &draws.bn {
         Some(bn) => {

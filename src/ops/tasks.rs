@@ -23,7 +23,7 @@ use crate::eval::runner::evaluate;
 use crate::eval::Accuracy;
 use crate::experiments::mean_std;
 use crate::merge::tv_error;
-use crate::merge::{merged_manifest, Batches, Endpoints, MergeSettings, Merged, Method};
+use crate::merge::{merged_manifest, Batches, Endpoints, Merged, Method};
 use crate::progress::{phase, Observer};
 use crate::rewrite::Zipped;
 use crate::system::runner::Runner;
@@ -452,11 +452,7 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
 
 /// The BN-reset draw of `seed` (as every merge draws it: augmented, `seed + 1`).
 fn bn_options(plan: &TasksPlan, seed: u64) -> crate::collect::ProbeOptions {
-    let mut s = MergeSettings::new(Method::WeightAvg);
-    s.bn_reset_images = Some(plan.bn_reset_images);
-    s.batch_size = plan.batch_size;
-    s.seed = seed;
-    s.bn_options()
+    crate::collect::ProbeOptions::bn_reset(Some(plan.bn_reset_images), plan.batch_size, seed)
 }
 
 /// `mean ± std` over seeds (just the mean for one seed).

@@ -261,6 +261,22 @@ pub enum MergeParam {
     BatchSize,
     /// A merge recipe file ([`crate::merge::recipe`]).
     Recipe,
+    /// Per-space / per-layer-group knobs of a recipe ([`crate::merge::knobs`]).
+    Knobs,
+    /// A data-flow path of a recipe ([`crate::rewrite::path`]).
+    Path,
+    /// The evaluation budget of a search.
+    Budget,
+    /// The population of a search.
+    Population,
+    /// The initial step size of a search.
+    Sigma,
+    /// The validation images of a search.
+    ValImages,
+    /// The search space (`ps`, `dfs`, `both`).
+    SearchSpace,
+    /// The repeats of a data-flow path's block slots.
+    Repeat,
 }
 
 impl std::fmt::Display for MergeParam {
@@ -280,6 +296,14 @@ impl std::fmt::Display for MergeParam {
             MergeParam::ProbeImages => "probe images",
             MergeParam::BatchSize => "batch size",
             MergeParam::Recipe => "recipe",
+            MergeParam::Knobs => "knobs",
+            MergeParam::Path => "data-flow path",
+            MergeParam::Budget => "budget",
+            MergeParam::Population => "population",
+            MergeParam::Sigma => "sigma",
+            MergeParam::ValImages => "validation images",
+            MergeParam::SearchSpace => "search space",
+            MergeParam::Repeat => "repeat",
         })
     }
 }

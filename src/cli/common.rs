@@ -44,6 +44,14 @@ pub fn flag_of(p: MergeParam) -> &'static str {
         MergeParam::ProbeImages => "--probe-images",
         MergeParam::BatchSize => "--batch-size",
         MergeParam::Recipe => "--recipe",
+        MergeParam::Knobs => "--recipe (knobs)",
+        MergeParam::Path => "--recipe (path)",
+        MergeParam::Budget => "--budget",
+        MergeParam::Population => "--population",
+        MergeParam::Sigma => "--sigma",
+        MergeParam::ValImages => "--val-images",
+        MergeParam::SearchSpace => "--space",
+        MergeParam::Repeat => "--repeat",
     }
 }
 

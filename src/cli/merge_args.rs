@@ -157,6 +157,8 @@ impl MergeSettings {
             rebasin_bn_reset: !self.no_rebasin_bn_reset,
             batch_size: self.batch_size,
             seed: self.seed,
+            knobs: Default::default(),
+            path: None,
         };
         s.check().map_err(merge_error)?;
         Ok(s)

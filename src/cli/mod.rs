@@ -4,6 +4,7 @@ mod bench_cmd;
 mod bn_reset_cmd;
 mod common;
 mod eval_cmd;
+mod evolve_cmd;
 mod experiment_cmd;
 mod inspect_cmd;
 mod interop_cmd;
@@ -51,6 +52,10 @@ pub enum Command {
     BnReset(bn_reset_cmd::BnResetArgs),
     /// Architecture, width, head, parameters, FLOPs, feature spaces and valid stops of a model.
     Inspect(inspect_cmd::InspectArgs),
+    /// Search merge recipes with CMA-ES (parameter space, data-flow space or both), scored on a
+    /// validation split of the train folder; writes best.json (a recipe `merge --recipe`
+    /// replays), the best model, trace.csv and fitness.png.
+    Evolve(evolve_cmd::EvolveArgs),
     /// Merge at every stop (statistics collected once) and write sweep.csv/json/png/svg.
     Sweep(experiment_cmd::SweepArgs),
     /// Reproduce the ZipIt! paper tables (`table1`).
@@ -121,6 +126,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Match(a) => match_cmd::exec(a, p),
         Command::BnReset(a) => bn_reset_cmd::exec(a, p),
         Command::Inspect(a) => inspect_cmd::exec(a, p),
+        Command::Evolve(a) => evolve_cmd::exec(a, p),
         Command::Sweep(a) => experiment_cmd::exec_sweep(a, p),
         Command::Reproduce(a) => experiment_cmd::exec_reproduce(a, p),
         Command::Bench(a) => bench_cmd::exec(a, p),

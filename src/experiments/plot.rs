@@ -344,3 +344,108 @@ pub fn tasks_plot(series: &[TasksSeries], title: &str, png: &Path) -> Result<(),
     }
     std::fs::rename(&tmp, png).map_err(|x| PlotError(format!("{}: {x}", png.display())))
 }
+
+/// A search's fitness plot: every evaluation's fitness (%) against its number, the best so far
+/// as a line, and each reference (`(label, fitness)`: the default recipe, the grid's best) as a
+/// dashed horizontal line, written as PNG at `png` (atomically).
+///
+/// # Errors
+/// [`PlotError`] when drawing or writing fails.
+pub fn fitness_plot(
+    points: &[(f64, f64)],
+    refs: &[(String, f64)],
+    title: &str,
+    png: &Path,
+) -> Result<(), PlotError> {
+    ensure_font();
+    let e = |x: &dyn std::fmt::Display| PlotError(x.to_string());
+    let dir = png
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(".fitness.png.tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let ys = points.iter().map(|p| p.1).chain(refs.iter().map(|r| r.1));
+        let (ymin, ymax) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+        let (ylo, yhi) = if ymin <= ymax {
+            (
+                (ymin - 2.0).floor().max(0.0),
+                (ymax + 2.0).ceil().min(100.0),
+            )
+        } else {
+            (0.0, 100.0)
+        };
+        let xmax = points.iter().map(|p| p.0).fold(1.0, f64::max);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 17))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..xmax + 1.0, ylo..yhi)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .x_desc("evaluations")
+            .y_desc("fitness on validation (%)")
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 16))
+            .draw()
+            .map_err(|x| e(&x))?;
+        let grey = RGBColor(120, 120, 120);
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, grey.filled())))
+            .map_err(|x| e(&x))?
+            .label("candidate")
+            .legend(move |(x, y)| Circle::new((x + 10, y), 3, grey.filled()));
+        let mut top = f64::MIN;
+        let best: Vec<(f64, f64)> = points
+            .iter()
+            .map(|&(x, y)| {
+                top = top.max(y);
+                (x, top)
+            })
+            .collect();
+        let blue = RGBColor(55, 126, 184);
+        chart
+            .draw_series(LineSeries::new(best, blue.stroke_width(2)))
+            .map_err(|x| e(&x))?
+            .label("best so far")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2))
+            });
+        const REF: [(u8, u8, u8); 3] = [(228, 26, 28), (77, 175, 74), (152, 78, 163)];
+        for (i, (label, y)) in refs.iter().enumerate() {
+            let (r, g, b) = REF[i % REF.len()];
+            let c = RGBColor(r, g, b);
+            let y = *y;
+            let dashes: Vec<PathElement<(f64, f64)>> = (0..40)
+                .map(|k| {
+                    let x0 = (xmax + 1.0) * k as f64 / 40.0;
+                    PathElement::new(
+                        vec![(x0, y), (x0 + (xmax + 1.0) / 80.0, y)],
+                        c.stroke_width(2),
+                    )
+                })
+                .collect();
+            chart
+                .draw_series(dashes)
+                .map_err(|x| e(&x))?
+                .label(format!("{label}: {y:.2}"))
+                .legend(move |(x, yy)| {
+                    PathElement::new(vec![(x, yy), (x + 20, yy)], c.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|x| e(&x))?;
+        root.present().map_err(|x| e(&x))?;
+    }
+    std::fs::rename(&tmp, png).map_err(|x| e(&x))
+}

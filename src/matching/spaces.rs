@@ -27,9 +27,39 @@ pub fn match_spaces(
     eps: f64,
     lambda: f64,
 ) -> Result<Vec<MergeUnmerge>, MergeError> {
+    match_spaces_each(
+        spec,
+        states,
+        method,
+        &|_| method.clone(),
+        covariances,
+        spaces,
+        eps,
+        lambda,
+    )
+}
+
+/// [`match_spaces`] with a method per feature space: space `s` is solved by `method_of(s)`
+/// (ZipIt! with that space's alpha and beta, [`crate::merge::knobs`]); `method` is the merge's
+/// method, which decides the family (statistics, dual-space blend, Git Re-Basin's whole-network
+/// matching).
+///
+/// # Errors
+/// As [`match_spaces`].
+#[allow(clippy::too_many_arguments)]
+pub fn match_spaces_each(
+    spec: &MergeSpec,
+    states: &[StateDict],
+    method: &Method,
+    method_of: &dyn Fn(usize) -> Method,
+    covariances: Option<&[SquareMatrix]>,
+    spaces: usize,
+    eps: f64,
+    lambda: f64,
+) -> Result<Vec<MergeUnmerge>, MergeError> {
     check_dual(method, lambda)?;
     let n = states.len();
-    let Some(solver) = method.space_solver() else {
+    if method.space_solver().is_none() {
         let Method::GitRebasin { seed } = method else {
             return Err(MergeError::Internal(format!(
                 "{} has no space solver",
@@ -37,7 +67,7 @@ pub fn match_spaces(
             )));
         };
         return super::rebasin::git_rebasin(spec, states, *seed, eps);
-    };
+    }
     if method.needs_statistics() && lambda < 1.0 && covariances.is_none_or(|c| c.len() < spaces) {
         return Err(MergeError::NoProbeImages);
     }
@@ -60,6 +90,9 @@ pub fn match_spaces(
             lambda,
             eps,
         };
+        let solver = method_of(s)
+            .space_solver()
+            .ok_or_else(|| MergeError::Internal(format!("space {} has no solver", space.name)))?;
         let r = solver.solve_space(input).map_err(|e| MergeError::Space {
             space: space.name.clone(),
             msg: e.to_string(),

@@ -19,9 +19,11 @@ use crate::rewrite::{self, bn_reset, Zipped};
 use crate::spec::Stop;
 use crate::system::runner::Runner;
 
+pub mod knobs;
 mod plan;
 pub mod recipe;
 pub use crate::matching::method::{check_dual, check_dual_lambda, match_matrix, Method};
+pub use knobs::Knobs;
 pub(crate) use plan::tv_error;
 pub(crate) use plan::Evaluation;
 pub use plan::{images, Batches, EvalPlan, MergePlan, MergeSettings, Similarity, TaskVectorPlan};
@@ -352,6 +354,32 @@ pub fn match_spaces_with(
     )
 }
 
+/// [`match_spaces_with`] with per-space knobs: space `s` is matched by
+/// [`knobs::Knobs::method_of_space`] (ZipIt! with the space's own alpha and beta).
+///
+/// # Errors
+/// As [`match_spaces_with`].
+pub fn match_spaces_knobs(
+    ep: &Endpoints,
+    method: &Method,
+    knobs: &knobs::Knobs,
+    stats: Option<&Statistics>,
+    spaces: usize,
+    eps: f64,
+    lambda: f64,
+) -> Result<Vec<MergeUnmerge>, MergeError> {
+    crate::matching::spaces::match_spaces_each(
+        &ep.spec,
+        &ep.states,
+        method,
+        &|s| knobs.method_of_space(method, s),
+        stats.map(|s| s.covariances.as_slice()),
+        spaces,
+        eps,
+        lambda,
+    )
+}
+
 /// A merged model in memory.
 #[derive(Clone, Debug)]
 pub struct Merged {
@@ -371,9 +399,49 @@ pub fn build(
     stop: &Stop,
     provenance: serde_json::Value,
 ) -> Result<Merged, MergeError> {
-    let zipped = rewrite::zip(&ep.spec, &ep.states, transforms, stop)?;
+    build_knobs(ep, transforms, stop, &knobs::Knobs::default(), provenance)
+}
+
+/// [`build`] with per-layer-group model weights ([`knobs::Knobs::group_weights`],
+/// [`rewrite::zip_weighted`]).
+///
+/// # Errors
+/// As [`build`].
+pub fn build_knobs(
+    ep: &Endpoints,
+    transforms: &[MergeUnmerge],
+    stop: &Stop,
+    knobs: &knobs::Knobs,
+    provenance: serde_json::Value,
+) -> Result<Merged, MergeError> {
+    let zipped = rewrite::zip_weighted(&ep.spec, &ep.states, transforms, stop, &|key| {
+        knobs.weights_of(&ep.spec, key).map(<[f64]>::to_vec)
+    })?;
     let manifest = merged_manifest(ep, stop, provenance)?;
     Ok(Merged { manifest, zipped })
+}
+
+/// Each endpoint in model A's features: model A itself, and model i rewritten with the
+/// one-to-one `transforms` (Permute) of a full zip weighted on model i alone (exact when the
+/// merge epsilon is 0: every merged row then holds one unit per model, weight 1/N). What a
+/// data-flow path ([`rewrite::path`]) takes its blocks from.
+///
+/// # Errors
+/// As [`rewrite::zip_weighted`].
+pub fn aligned_states(
+    ep: &Endpoints,
+    transforms: &[MergeUnmerge],
+    stop: &Stop,
+) -> Result<Vec<StateDict>, MergeError> {
+    let n = ep.n();
+    let mut out = vec![ep.states[0].clone()];
+    for i in 1..n {
+        let w: Vec<f64> = (0..n).map(|m| if m == i { 1.0 } else { 0.0 }).collect();
+        let z =
+            rewrite::zip_weighted(&ep.spec, &ep.states, transforms, stop, &|_| Some(w.clone()))?;
+        out.push(z.trunk);
+    }
+    Ok(out)
 }
 
 /// The manifest of a model merged from `ep` at `stop`: a full zip has one head over the

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::knobs::Knobs;
 use super::{check_dual, Endpoints, Method};
 use crate::collect::probe::Draws;
 use crate::collect::ProbeOptions;
@@ -15,6 +16,7 @@ use crate::correct::Corrections;
 use crate::error::{MergeError, MergeParam};
 use crate::eval::Accuracy;
 use crate::progress::{phase, Observer};
+use crate::rewrite::path::DataFlowPath;
 use crate::system::runner::Runner;
 use crate::taskvec::{TaskVectorError, TaskVectorSettings};
 
@@ -102,6 +104,14 @@ pub struct MergeSettings {
     /// Seed of the probe and BN-reset draws and their augmentation (the BN-reset draw uses
     /// `seed + 1`).
     pub seed: u64,
+    /// Per-space and per-layer-group knobs ([`super::knobs`]; empty: the settings above
+    /// apply to every space and layer).
+    #[serde(default, skip_serializing_if = "Knobs::is_empty")]
+    pub knobs: Knobs,
+    /// A data-flow path through the Permute-aligned models and their merge
+    /// ([`crate::rewrite::path`]); `None`: the merged network itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<DataFlowPath>,
 }
 
 impl MergeSettings {
@@ -121,6 +131,8 @@ impl MergeSettings {
             rebasin_bn_reset: true,
             batch_size: 500,
             seed: 0,
+            knobs: Knobs::default(),
+            path: None,
         }
     }
 
@@ -160,6 +172,20 @@ impl MergeSettings {
             ));
         }
         check_dual(&self.method, self.similarity.lambda())?;
+        if self.path.is_some() && self.method != Method::Permute {
+            return Err(MergeError::param(
+                MergeParam::Path,
+                self.method.label(),
+                "a data-flow path runs through models aligned one-to-one: the method must be permute",
+            ));
+        }
+        if self.path.is_some() && self.corrections.any() {
+            return Err(MergeError::param(
+                MergeParam::Corrections,
+                self.corrections.label().trim_start_matches(" + "),
+                "the corrections refit a merged network to its merge matrices; a data-flow path is not one",
+            ));
+        }
         self.corrections.check()
     }
 

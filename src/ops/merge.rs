@@ -16,10 +16,14 @@ use crate::correct::{CorrectionReport, Corrections};
 use crate::error::MergeError;
 use crate::eval::Accuracy;
 use crate::merge::{
-    build, check_method, images, match_spaces_with, statistics_upto, warn_dead_units, DeadUnits,
-    Endpoints, Evaluation, MergePlan, Merged, Method,
+    aligned_states, build_knobs, check_method, images, match_spaces_knobs, statistics_upto,
+    warn_dead_units, Batches, DeadUnits, Endpoints, Evaluation, MergePlan, MergeSettings, Merged,
+    Method, Statistics,
 };
 use crate::progress::{phase, Observer};
+use crate::spec::Stop;
+use crate::state::StateDict;
+use crate::system::runner::Runner;
 
 /// What a merge records in its manifest's provenance and report (`settings`).
 #[derive(Clone, Debug, Serialize)]
@@ -168,6 +172,17 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
     let mut ep = Endpoints::load(&plan.models)?;
     let stop = ep.spec.stop(&plan.stop)?;
     check_method(&ep, &s.method, s.merge_eps)?;
+    s.knobs.check(&s.method, &ep.spec, ep.n())?;
+    if let Some(path) = &s.path {
+        if !stop.is_full() {
+            return Err(MergeError::param(
+                crate::error::MergeParam::Stop,
+                &stop.name,
+                "a data-flow path assembles whole networks: the stop must be full",
+            ));
+        }
+        crate::rewrite::path::check(path, &ep.spec, ep.n())?;
+    }
     let prep = ep.spec.net.preprocess();
     let t_load = Instant::now();
     let draws = s.draws();
@@ -204,17 +219,6 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
     } else {
         None
     };
-    let t = Instant::now();
-    let lambda = s.similarity.lambda();
-    let transforms = match_spaces_with(
-        &ep,
-        &s.method,
-        stats.as_ref(),
-        stop.spaces,
-        s.merge_eps,
-        lambda,
-    )?;
-    timed("matching", t);
     let (alpha, beta) = match s.method {
         Method::Zipit { alpha, beta } => (Some(alpha), Some(beta)),
         _ => (None, None),
@@ -241,55 +245,26 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
         endpoint_bn_reset: s.endpoint_bn_reset,
         corrections,
         similarity: s.similarity.name(),
-        dual_lambda: lambda,
+        dual_lambda: s.similarity.lambda(),
         seed: s.seed,
         batch_size: s.batch_size,
         backend: plan.backend.clone(),
         command: plan.command.clone(),
         zipmerge_version: env!("CARGO_PKG_VERSION"),
     };
-    let t = Instant::now();
     let prov_json = serde_json::json!({ "merge": provenance });
-    let mut merged = build(&ep, &transforms, &stop, prov_json)?;
-    timed("rewriting", t);
-    if reset_merged {
-        let t = Instant::now();
-        phase(obs, "BN reset", images(&bn_b) as u64, |p| {
-            merged.reset_bn(&bn_b, &plan.device, p)
-        })?;
-        timed("bn_reset", t);
-    }
-    let correction = if corrections.any() {
-        let t = Instant::now();
-        obs.info(&format!(
-            "correcting the merged trunk ({})",
-            corrections.label().trim_start_matches(" + ")
-        ));
-        let r = crate::correct::apply(
-            &mut merged.zipped.trunk,
-            &ep.states,
-            &ep.spec,
-            &transforms,
-            &stop,
-            &probe_b,
-            &corrections,
-        )?;
-        if !r.refit_skipped.is_empty() {
-            obs.warn(&format!(
-                "warning: the refit left {} of its {} layers as merged (fewer than {} probe pixels per unknown on {} probe images): {}; --probe-images {} would refit them all",
-                r.refit_skipped.len(),
-                r.refit_layers,
-                crate::correct::refit::MIN_ROWS_PER_UNKNOWN,
-                r.images,
-                r.refit_skipped.join(", "),
-                r.refit_images_needed
-            ));
-        }
-        timed("corrections", t);
-        Some(r)
-    } else {
-        None
-    };
+    let Combined { merged, correction } = combine(
+        &ep,
+        stats.as_ref(),
+        &probe_b,
+        &bn_b,
+        &stop,
+        s,
+        &plan.device,
+        prov_json,
+        obs,
+        &mut timed,
+    )?;
     let sys = merged.system(&plan.device)?;
     let flops = sys.flops();
     let t = Instant::now();
@@ -313,6 +288,100 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
         peak_rss_mb: crate::util::peak_rss_mb(),
     };
     Ok(MergeOutcome { merged, report })
+}
+
+/// What [`combine`] made: the merged model (BN reset, path assembled, corrected) and what the
+/// corrections did.
+pub(crate) struct Combined {
+    /// The merged model.
+    pub merged: Merged,
+    /// The corrections' report.
+    pub correction: Option<CorrectionReport>,
+}
+
+/// The steps of a merge after the statistics (reference doc §1.1 steps 4-6): matching (per
+/// space with the knobs), rewriting (per layer group with the knobs), the merged BN reset, the
+/// data-flow path when the settings give one, the post-merge corrections. `stats` must cover
+/// the stop's spaces; `timed(phase, start)` records each phase's seconds. [`run`] and
+/// `zipmerge evolve`'s candidates share it, so a recipe replays to the bits a search scored.
+///
+/// # Errors
+/// As the steps: [`MergeError`] naming the space, tensor or option at fault.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn combine(
+    ep: &Endpoints,
+    stats: Option<&Statistics>,
+    probe_b: &Batches,
+    bn_b: &Batches,
+    stop: &Stop,
+    s: &MergeSettings,
+    device: &Runner,
+    provenance: serde_json::Value,
+    obs: &mut dyn Observer,
+    timed: &mut dyn FnMut(&'static str, Instant),
+) -> Result<Combined, MergeError> {
+    let t = Instant::now();
+    let transforms = match_spaces_knobs(
+        ep,
+        &s.method,
+        &s.knobs,
+        stats,
+        stop.spaces,
+        s.merge_eps,
+        s.similarity.lambda(),
+    )?;
+    timed("matching", t);
+    let t = Instant::now();
+    let mut merged = build_knobs(ep, &transforms, stop, &s.knobs, provenance)?;
+    timed("rewriting", t);
+    if !bn_b.is_empty() && s.resets_merged() {
+        let t = Instant::now();
+        phase(obs, "BN reset", images(bn_b) as u64, |p| {
+            merged.reset_bn(bn_b, device, p)
+        })?;
+        timed("bn_reset", t);
+    }
+    if let Some(path) = &s.path {
+        let t = Instant::now();
+        let aligned = aligned_states(ep, &transforms, stop)?;
+        let refs: Vec<&StateDict> = aligned.iter().collect();
+        merged.zipped.trunk =
+            crate::rewrite::path::assemble(&ep.spec, &refs, &merged.zipped.trunk, path)?;
+        timed("path", t);
+    }
+    let corrections = s.corrections;
+    let correction = if corrections.any() {
+        let t = Instant::now();
+        obs.info(&format!(
+            "correcting the merged trunk ({})",
+            corrections.label().trim_start_matches(" + ")
+        ));
+        let r = crate::correct::apply(
+            &mut merged.zipped.trunk,
+            &ep.states,
+            &ep.spec,
+            &transforms,
+            stop,
+            probe_b,
+            &corrections,
+        )?;
+        if !r.refit_skipped.is_empty() {
+            obs.warn(&format!(
+                "warning: the refit left {} of its {} layers as merged (fewer than {} probe pixels per unknown on {} probe images): {}; --probe-images {} would refit them all",
+                r.refit_skipped.len(),
+                r.refit_layers,
+                crate::correct::refit::MIN_ROWS_PER_UNKNOWN,
+                r.images,
+                r.refit_skipped.join(", "),
+                r.refit_images_needed
+            ));
+        }
+        timed("corrections", t);
+        Some(r)
+    } else {
+        None
+    };
+    Ok(Combined { merged, correction })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod bn_reset;
 pub mod eval;
+pub mod evolve;
 pub mod grid;
 pub mod inspect;
 pub mod interop;

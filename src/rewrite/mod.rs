@@ -10,6 +10,7 @@
 //! layers' weights replaced by `W_m U_m` (not averaged).
 
 pub mod bn_reset;
+pub mod path;
 
 use crate::checkpoint::{NamedTensor, StateDict};
 use crate::error::{MergeError, MergeParam};
@@ -59,6 +60,30 @@ impl Blocks {
             unmerge_rows,
             k,
         }
+    }
+}
+
+impl Blocks {
+    /// The merge rows with model m's entries weighted `w[m]`, each row rescaled to keep its
+    /// sum (a weighted average of the cluster's units; [`zip_weighted`]). A row whose weighted
+    /// sum is 0 (all its units from models of weight 0) keeps its entries.
+    fn weighted_merge_rows(&self, w: &[f64]) -> Vec<Vec<Vec<(usize, f64)>>> {
+        let n = self.merge_rows.len();
+        let mut out = self.merge_rows.clone();
+        for u in 0..self.k {
+            let part = |m: usize| -> f64 { self.merge_rows[m][u].iter().map(|e| e.1).sum() };
+            let plain: f64 = (0..n).map(part).sum();
+            let weighted: f64 = (0..n).map(|m| w[m] * part(m)).sum();
+            if weighted == 0.0 {
+                continue;
+            }
+            for (m, rows) in out.iter_mut().enumerate() {
+                for e in &mut rows[u] {
+                    e.1 *= w[m] * plain / weighted;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -139,6 +164,25 @@ pub fn zip(
     transforms: &[MergeUnmerge],
     stop: &Stop,
 ) -> Result<Zipped, MergeError> {
+    zip_weighted(spec, states, transforms, stop, &|_| None)
+}
+
+/// [`zip`] with the models weighted per tensor: `weights_of(key)` gives the weight of each
+/// model in the trunk tensor `key` (`None`: equal weights, the plain zip). A weighted tensor
+/// takes each merged row as the weighted average of its cluster's units (model m's entries of
+/// `M_m` times `w_m`, the row's sum kept), and the network output layer of a full zip
+/// `sum_m w_m W_m U_m / sum_m w_m` instead of the plain mean (`crate::merge::knobs`; the
+/// weights need not sum to 1). Heads of a partial zip are not weighted.
+///
+/// # Errors
+/// As [`zip`]; [`MergeError::Param`] for a weight list whose length is not the model count.
+pub fn zip_weighted(
+    spec: &MergeSpec,
+    states: &[StateDict],
+    transforms: &[MergeUnmerge],
+    stop: &Stop,
+    weights_of: &dyn Fn(&str) -> Option<Vec<f64>>,
+) -> Result<Zipped, MergeError> {
     let n = states.len();
     if n < 2 {
         return Err(MergeError::param(
@@ -208,13 +252,28 @@ pub fn zip(
                 in_space.map_or(w0.row_len(), |s| blocks[s].k * w0.row_len() / w0.shape[1])
             };
             let mut acc = vec![0.0; out_rows * per_row];
+            let w = weights_of(&key);
+            if let Some(w) = w.as_ref().filter(|w| w.len() != n) {
+                return Err(MergeError::param(
+                    MergeParam::Knobs,
+                    format!("{key}: {} weights", w.len()),
+                    format!("expected one per model ({n})"),
+                ));
+            }
+            let weighted_rows = match (&w, out_space) {
+                (Some(w), Some(s)) => Some(blocks[s].weighted_merge_rows(w)),
+                _ => None,
+            };
             for (mi, st) in states.iter().enumerate() {
-                let m = out_space.map(|s| blocks[s].merge_rows[mi].as_slice());
+                let m = out_space.map(|s| match &weighted_rows {
+                    Some(rows) => rows[mi].as_slice(),
+                    None => blocks[s].merge_rows[mi].as_slice(),
+                });
                 let u = in_space.map(|s| (blocks[s].unmerge_rows[mi].as_slice(), blocks[s].k));
-                let scale = if out_space.is_some() {
-                    1.0
-                } else {
-                    1.0 / n as f64
+                let scale = match (out_space, &w) {
+                    (Some(_), _) => 1.0,
+                    (None, None) => 1.0 / n as f64,
+                    (None, Some(w)) => w[mi] / w.iter().sum::<f64>(),
                 };
                 accumulate(&mut acc, &st[&key], m, u, scale);
             }

@@ -1,4 +1,6 @@
-//! Searches over merge recipes (issue 26's `zipmerge evolve`): so far the optimiser,
-//! [`cmaes`], a pure ask/tell CMA-ES with no zipmerge type in it.
+//! Searches over merge recipes (`zipmerge evolve`, [`crate::ops::evolve`]): the optimiser
+//! ([`cmaes`], a pure ask/tell CMA-ES with no zipmerge type in it) and the genome
+//! ([`genome`]: which knobs of a merge a vector of genes sets).
 
 pub mod cmaes;
+pub mod genome;

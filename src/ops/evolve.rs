@@ -1,0 +1,760 @@
+//! `zipmerge evolve`: a CMA-ES search over merge recipes (Akiba et al., Evolutionary
+//! Optimization of Model Merging Recipes, 2024) in parameter space, data-flow space or both
+//! ([`crate::search::genome`]), scored on a validation split carved from the train folder.
+//!
+//! Protocol: the validation images are a seeded draw (seed `--seed + 2`) from the train-folder
+//! images that neither the statistics' probe draw nor the BN-reset draw uses; the endpoints'
+//! BN reset and the feature statistics run once (per stop) and every candidate reuses them;
+//! **the test folder is not opened until the search has ended**, and then once, for the best
+//! recipe, the default recipe and the grid's best (all chosen on validation). A candidate is
+//! built by the same steps as `zipmerge merge` ([`super::merge::combine`]), so `best.json`
+//! replays to the bits the search scored.
+//!
+//! Files under `--out`: `state.json` (the CMA-ES state and the trace, written after every
+//! generation; `--resume` continues from it with the same bits), `trace.csv`, and at the end
+//! `best.json` (a recipe for `zipmerge merge --recipe`), `model/` (the best merge with its
+//! `report.json`), `fitness.png` and `evolve.json` (this report).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::merge::{combine, Combined};
+use crate::collect::probe::{bn_batches, load_probe, probe_batches};
+use crate::collect::probe_indices;
+use crate::data::SparseSet;
+use crate::error::{MergeError, MergeParam};
+use crate::eval::runner::{check_evaluation, evaluate_on, EvalSet};
+use crate::eval::Accuracy;
+use crate::merge::{
+    check_method, statistics_upto, Batches, Combine, Endpoints, EvalPlan, MergeSettings, Method,
+    Recipe, RecipePlan, Statistics,
+};
+use crate::progress::{phase, Observer};
+use crate::rewrite::path::Source;
+use crate::search::cmaes::{default_population, Cmaes};
+use crate::search::genome::{Gene, Genome, SearchSpace};
+use crate::system::runner::Runner;
+use crate::util::write_atomic;
+
+/// What a search maximises on the validation split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fitness {
+    /// Joint accuracy (reference doc §5.1).
+    Joint,
+    /// The mean of the per-task accuracies.
+    Avg,
+}
+
+impl Fitness {
+    /// The fitness of an accuracy, percent.
+    pub fn of(self, a: &Accuracy) -> f64 {
+        match self {
+            Fitness::Joint => a.joint,
+            Fitness::Avg => a.avg,
+        }
+    }
+}
+
+/// One search.
+#[derive(Clone, Debug)]
+pub struct EvolvePlan {
+    /// Source models (N >= 2).
+    pub models: Vec<PathBuf>,
+    /// The stop (when it is not a gene).
+    pub stop: String,
+    /// Stops the stop gene chooses from (two or more; empty: the stop is fixed).
+    pub search_stops: Vec<String>,
+    /// Whether REPAIR on/off is a gene.
+    pub search_repair: bool,
+    /// Settings every candidate starts from (method, draws, batch size; `seed` is the search's).
+    pub settings: MergeSettings,
+    /// Parameter space, data-flow space or both.
+    pub space: SearchSpace,
+    /// Where a data-flow path's stem and head come from.
+    pub ends: Source,
+    /// Evaluations of the search (the reference points not counted).
+    pub budget: usize,
+    /// CMA-ES population (`None`: `4 + floor(3 ln n)`).
+    pub population: Option<usize>,
+    /// Initial step size, in units of each gene's range (the paper's 1/6).
+    pub sigma: f64,
+    /// Validation images (drawn from the train folder, disjoint from the probe and BN draws).
+    pub val_images: usize,
+    /// What is maximised.
+    pub fitness: Fitness,
+    /// The alpha/beta grid whose best cell (on validation) is a reference (ZipIt! only).
+    pub grid: Option<(Vec<f64>, Vec<f64>)>,
+    /// Probe folder (the train folder: probe, BN-reset and validation images).
+    pub probe_dir: PathBuf,
+    /// The test evaluation at the end (`None`: no test image is read).
+    pub eval: Option<EvalPlan>,
+    /// Pixel cache, GiB.
+    pub cache_gib: f64,
+    /// Device.
+    pub device: Runner,
+    /// Backend name.
+    pub backend: String,
+    /// Command line.
+    pub command: String,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Continue the search saved in `out/state.json`.
+    pub resume: bool,
+}
+
+/// One evaluation of the search.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceRow {
+    /// Generation (0-based).
+    pub generation: u64,
+    /// Evaluation (1-based, counting the search's only).
+    pub evaluation: u64,
+    /// Fitness on validation, percent.
+    pub fitness: f64,
+    /// Joint accuracy on validation, percent.
+    pub joint: f64,
+    /// Average task accuracy on validation, percent.
+    pub avg: f64,
+    /// Stop of the candidate.
+    pub stop: String,
+    /// The decoded gene values (genes in `evolve.json`'s order).
+    pub genes: Vec<f64>,
+    /// The search coordinates.
+    pub x: Vec<f64>,
+}
+
+/// A reference point scored on validation (and on test at the end).
+#[derive(Clone, Debug, Serialize)]
+pub struct Reference {
+    /// What it is (`default`, `grid best (alpha 1, beta 1)`, `evolved`).
+    pub label: String,
+    /// Its recipe.
+    pub recipe: Recipe,
+    /// Validation accuracy.
+    pub validation: Accuracy,
+    /// Test accuracy (at the end, once; `None` without `eval`).
+    pub test: Option<Accuracy>,
+    /// Multiply-accumulates per image of the merged system.
+    pub flops: u64,
+}
+
+/// The search state `state.json` holds (resume).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SearchState {
+    /// What the search is (genes, settings, budget...): a resumed search must match.
+    fingerprint: serde_json::Value,
+    /// CMA-ES.
+    cma: Cmaes,
+    /// Every evaluation so far.
+    trace: Vec<TraceRow>,
+    /// Seconds spent in the search's evaluations so far.
+    seconds: f64,
+}
+
+/// What [`evolve`] measured (`evolve.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct EvolveReport {
+    /// Search space.
+    pub space: SearchSpace,
+    /// What was maximised.
+    pub fitness: Fitness,
+    /// The genes searched.
+    pub genes: Vec<Gene>,
+    /// Evaluations of the search.
+    pub evaluations: usize,
+    /// Generations.
+    pub generations: u64,
+    /// Population.
+    pub population: usize,
+    /// Initial step size (units of each gene's range).
+    pub sigma: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Validation images (and the seed of their draw).
+    pub val_images: usize,
+    /// Seed of the validation draw.
+    pub val_seed: u64,
+    /// Probe, BN-reset and validation images' folder.
+    pub probe: String,
+    /// Mean seconds per evaluation of the search (merge + BN reset + validation).
+    pub seconds_per_evaluation: f64,
+    /// Seconds of the search (evaluations only, summed over resumed runs).
+    pub search_seconds: f64,
+    /// Seconds of this run in all.
+    pub seconds: f64,
+    /// Statistics passes (one per stop used).
+    pub statistics_passes: usize,
+    /// The evolved recipe, the default recipe and the grid's best (validation, then test).
+    pub results: Vec<Reference>,
+    /// The best fitness after each generation.
+    pub best_by_generation: Vec<f64>,
+    /// Backend.
+    pub backend: String,
+    /// Command line.
+    pub command: String,
+    /// zipmerge's version.
+    pub zipmerge_version: &'static str,
+}
+
+impl EvolveReport {
+    /// The results as a Markdown table (validation and test, joint and average, FLOPs).
+    pub fn table(&self) -> String {
+        let mut t = String::from(
+            "| recipe | val joint | val avg | test joint | test avg | GMACs |\n|---|---|---|---|---|---|\n",
+        );
+        let f = |a: &Option<Accuracy>, j: bool| {
+            a.as_ref().map_or("-".into(), |a| {
+                format!("{:.2}", if j { a.joint } else { a.avg })
+            })
+        };
+        for r in &self.results {
+            t.push_str(&format!(
+                "| {} | {:.2} | {:.2} | {} | {} | {:.4} |\n",
+                r.label,
+                r.validation.joint,
+                r.validation.avg,
+                f(&r.test, true),
+                f(&r.test, false),
+                r.flops as f64 / 1e9
+            ));
+        }
+        t
+    }
+}
+
+/// What every candidate shares: the endpoints after their BN reset, the draws, the statistics
+/// per stop, the validation set.
+struct Bench<'a> {
+    ep: Endpoints,
+    probe: Batches,
+    bn: Batches,
+    stats: BTreeMap<usize, Statistics>,
+    val: EvalSet<'a>,
+    device: &'a Runner,
+    fitness: Fitness,
+}
+
+impl Bench<'_> {
+    /// Builds the merge of `s` at `stop` as `zipmerge merge` would and scores it on validation.
+    fn score(
+        &mut self,
+        s: &MergeSettings,
+        stop: &str,
+        obs: &mut dyn Observer,
+    ) -> Result<(Accuracy, u64), MergeError> {
+        s.check()?;
+        s.knobs.check(&s.method, &self.ep.spec, self.ep.n())?;
+        let stop = self.ep.spec.stop(stop)?;
+        let stats = if s.method.needs_statistics() {
+            if !self.stats.contains_key(&stop.spaces) {
+                let st = phase(
+                    obs,
+                    "statistics",
+                    crate::merge::images(&self.probe) as u64,
+                    |p| statistics_upto(&self.ep, &self.probe, self.device, stop.spaces, p),
+                )?;
+                self.stats.insert(stop.spaces, st);
+            }
+            self.stats.get(&stop.spaces)
+        } else {
+            None
+        };
+        let mut quiet = crate::progress::Silent;
+        let Combined { merged, .. } = combine(
+            &self.ep,
+            stats,
+            &self.probe,
+            &self.bn,
+            &stop,
+            s,
+            self.device,
+            serde_json::Value::Null,
+            &mut quiet,
+            &mut |_, _| {},
+        )?;
+        let sys = merged.system(self.device)?;
+        let flops = sys.flops();
+        let acc = evaluate_on(&self.val, &[sys], self.device, &mut |_| {}, None);
+        Ok((acc, flops))
+    }
+}
+
+fn check_plan(plan: &EvolvePlan) -> Result<(), MergeError> {
+    if plan.budget == 0 {
+        return Err(MergeError::param(
+            MergeParam::Budget,
+            0,
+            "expected at least one evaluation",
+        ));
+    }
+    if let Some(p) = plan.population.filter(|&p| p < 2) {
+        return Err(MergeError::param(
+            MergeParam::Population,
+            p,
+            "CMA-ES needs a population of at least 2",
+        ));
+    }
+    if !(plan.sigma.is_finite() && plan.sigma > 0.0) {
+        return Err(MergeError::param(
+            MergeParam::Sigma,
+            plan.sigma,
+            "expected a finite number > 0 (in units of each gene's range; default 1/6)",
+        ));
+    }
+    if plan.val_images == 0 {
+        return Err(MergeError::param(
+            MergeParam::ValImages,
+            0,
+            "the fitness needs at least one validation image",
+        ));
+    }
+    plan.settings.check()
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> MergeError {
+    MergeError::Checkpoint(crate::error::CheckpointError::Io {
+        file: path.display().to_string(),
+        msg: e.to_string(),
+    })
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), MergeError> {
+    write_atomic(path, bytes).map_err(|e| io_err(path, e))
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, MergeError> {
+    serde_json::to_vec_pretty(v).map_err(|e| MergeError::Internal(format!("serialising: {e}")))
+}
+
+/// The trace as CSV: `generation,evaluation,fitness,joint,avg,stop,<gene names...>`.
+pub fn trace_csv(genes: &[Gene], trace: &[TraceRow]) -> String {
+    let mut c = String::from("generation,evaluation,fitness,joint,avg,stop");
+    for g in genes {
+        c.push(',');
+        c.push_str(&g.name);
+    }
+    c.push('\n');
+    for r in trace {
+        c.push_str(&format!(
+            "{},{},{:.4},{:.4},{:.4},{}",
+            r.generation, r.evaluation, r.fitness, r.joint, r.avg, r.stop
+        ));
+        for v in &r.genes {
+            c.push_str(&format!(",{v:.6}"));
+        }
+        c.push('\n');
+    }
+    c
+}
+
+/// The validation positions of a train folder of `total` images: a seeded draw of `n` from the
+/// positions neither draw of `s` uses (fewer when fewer are free).
+fn validation_positions(total: usize, s: &MergeSettings, n: usize, seed: u64) -> Vec<usize> {
+    let d = s.draws();
+    let mut used = std::collections::BTreeSet::new();
+    for o in d.probe.iter().chain(&d.bn) {
+        used.extend(probe_indices(total, o));
+    }
+    let mut free: Vec<usize> = (0..total).filter(|i| !used.contains(i)).collect();
+    free.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    free.truncate(n);
+    free.sort_unstable();
+    free
+}
+
+/// Runs the search (module docs).
+///
+/// # Errors
+/// [`MergeError::Param`] naming the option: a budget of 0, a population below 2, a bad sigma,
+/// more validation images than the train folder has left after the draws, a genome the method
+/// cannot have; an `out` that holds another search or, without `resume`, any search; the
+/// merge's errors naming the model, folder or option.
+pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport, MergeError> {
+    let t_run = Instant::now();
+    check_plan(plan)?;
+    let mut base = plan.settings.clone();
+    if plan.space.has_path() {
+        // the aligned models are exact copies only without the merge epsilon
+        base.merge_eps = 0.0;
+    }
+    let mut ep = Endpoints::load(&plan.models)?;
+    check_method(&ep, &base.method, base.merge_eps)?;
+    let stop = ep.spec.stop(&plan.stop)?;
+    let mut spaces_upto = stop.spaces;
+    for st in &plan.search_stops {
+        spaces_upto = spaces_upto.max(ep.spec.stop(st)?.spaces);
+    }
+    let genome = Genome::new(
+        plan.space,
+        &ep.spec,
+        ep.n(),
+        &base,
+        &stop.name,
+        &plan.search_stops,
+        spaces_upto,
+        plan.search_repair,
+        plan.ends,
+    )?;
+    if genome.is_empty() {
+        return Err(MergeError::param(
+            MergeParam::SearchSpace,
+            "ps",
+            "nothing to search: the method has no genes at this stop",
+        ));
+    }
+    let population = plan
+        .population
+        .unwrap_or_else(|| default_population(genome.len()));
+    let fingerprint = serde_json::json!({
+        "models": plan.models,
+        "genes": genome.genes,
+        "space": plan.space,
+        "settings": base,
+        "stop": stop.name,
+        "budget": plan.budget,
+        "population": population,
+        "sigma": plan.sigma,
+        "val_images": plan.val_images,
+        "fitness": plan.fitness,
+    });
+    let state_path = plan.out.join("state.json");
+    let resumed: Option<SearchState> = if state_path.exists() {
+        if !plan.resume {
+            return Err(MergeError::param(
+                MergeParam::Budget,
+                plan.out.display(),
+                "this --out folder holds a search (state.json): pass --resume to continue it, or choose another --out",
+            ));
+        }
+        let bytes = std::fs::read(&state_path).map_err(|e| io_err(&state_path, e))?;
+        let st: SearchState = serde_json::from_slice(&bytes).map_err(|e| {
+            MergeError::param(
+                MergeParam::Recipe,
+                state_path.display(),
+                format!("not a search state ({e})"),
+            )
+        })?;
+        if st.fingerprint != fingerprint {
+            return Err(MergeError::param(
+                MergeParam::Recipe,
+                state_path.display(),
+                "is the state of a search with other models, genes or settings: resume with the options it was started with",
+            ));
+        }
+        Some(st)
+    } else {
+        None
+    };
+
+    // data: probe and BN draws, and the validation draw from the images they leave
+    let prep = ep.spec.net.preprocess();
+    let draws = base.draws();
+    let probe = load_probe(&plan.probe_dir, prep, plan.cache_gib, &draws, obs)?;
+    let val_seed = base.seed.wrapping_add(2);
+    let max = crate::data::images_in_cache(prep, true, plan.cache_gib);
+    let val = SparseSet::load(&plan.probe_dir, "val", prep, max, &|total| {
+        validation_positions(total, &base, plan.val_images, val_seed)
+    })?;
+    if val.set.len() < plan.val_images {
+        return Err(MergeError::param(
+            MergeParam::ValImages,
+            plan.val_images,
+            format!(
+                "{} holds {} images and the probe and BN-reset draws use {}: at most {} are left for validation",
+                plan.probe_dir.display(),
+                val.total,
+                val.total - val.set.len(),
+                val.set.len()
+            ),
+        ));
+    }
+    let tasks = ep.tasks();
+    check_evaluation(&ep.heads(), &val.set, &tasks)?;
+    obs.info(&format!(
+        "validation: {} train images of {} (seed {val_seed}), disjoint from the probe and BN-reset draws; the test folder is not read until the search ends",
+        val.set.len(),
+        plan.probe_dir.display()
+    ));
+    std::fs::create_dir_all(&plan.out).map_err(|e| io_err(&plan.out, e))?;
+
+    let probe_b = if base.method.needs_statistics() || base.corrections.any() || plan.search_repair
+    {
+        probe_batches(&probe, &base.probe_options(), obs)?
+    } else {
+        vec![]
+    };
+    let bn_b = bn_batches(&probe, draws.bn.as_ref())?;
+    base.reset_endpoints(&mut ep, &bn_b, &plan.device, obs)?;
+    let val_set = EvalSet::new(&val.set, &tasks, base.batch_size, &plan.device, true);
+    let mut bench = Bench {
+        ep,
+        probe: probe_b,
+        bn: bn_b,
+        stats: BTreeMap::new(),
+        val: val_set,
+        device: &plan.device,
+        fitness: plan.fitness,
+    };
+
+    // reference points on validation: the default recipe and the grid's best
+    let recipe_of = |s: &MergeSettings, stop: &str| Recipe {
+        recipe_version: crate::merge::recipe::RECIPE_VERSION,
+        models: plan.models.clone(),
+        probe_dir: plan.probe_dir.clone(),
+        combine: Combine::Align {
+            stop: stop.into(),
+            settings: s.clone(),
+        },
+        eval: plan.eval.clone(),
+    };
+    let mut results: Vec<Reference> = Vec::new();
+    {
+        let mut default = base.clone();
+        if plan.space.has_path() {
+            // the default data-flow path: every slot from the merge, unscaled (= the merge)
+            default = genome.decode(&vec![0.5; genome.len()], &bench.ep.spec).0;
+            default.knobs = Default::default();
+        }
+        let (acc, flops) = bench.score(&default, &stop.name, obs)?;
+        obs.info(&format!(
+            "default recipe: validation joint {:.2}, avg {:.2}",
+            acc.joint, acc.avg
+        ));
+        results.push(Reference {
+            label: "default".into(),
+            recipe: recipe_of(&default, &stop.name),
+            validation: acc,
+            test: None,
+            flops,
+        });
+    }
+    if let (Some((alphas, betas)), Method::Zipit { .. }, SearchSpace::Ps) =
+        (&plan.grid, &base.method, plan.space)
+    {
+        let cells: Vec<(f64, f64)> = alphas
+            .iter()
+            .flat_map(|&a| betas.iter().map(move |&b| (a, b)))
+            .collect();
+        obs.begin("grid (validation)", cells.len() as u64);
+        let mut best: Option<(f64, f64, Accuracy, u64)> = None;
+        for (i, &(a, b)) in cells.iter().enumerate() {
+            let s = MergeSettings {
+                method: Method::parse("zipit", a, b, base.seed)?,
+                ..base.clone()
+            };
+            let (acc, flops) = bench.score(&s, &stop.name, obs)?;
+            if best
+                .as_ref()
+                .is_none_or(|bst| plan.fitness.of(&acc) > plan.fitness.of(&bst.2))
+            {
+                best = Some((a, b, acc, flops));
+            }
+            obs.advance(i as u64 + 1);
+        }
+        obs.end();
+        if let Some((a, b, acc, flops)) = best {
+            let s = MergeSettings {
+                method: Method::parse("zipit", a, b, base.seed)?,
+                ..base.clone()
+            };
+            obs.info(&format!(
+                "grid best on validation: alpha {a}, beta {b}: joint {:.2}, avg {:.2} ({} cells)",
+                acc.joint,
+                acc.avg,
+                cells.len()
+            ));
+            results.push(Reference {
+                label: format!("grid best (alpha {a}, beta {b}; {} cells)", cells.len()),
+                recipe: recipe_of(&s, &stop.name),
+                validation: acc,
+                test: None,
+                flops,
+            });
+        }
+    }
+
+    // the search
+    let (mut cma, mut trace, mut seconds) = match resumed {
+        Some(st) => {
+            obs.info(&format!(
+                "resuming at generation {}, {} evaluations done",
+                st.cma.generation,
+                st.trace.len()
+            ));
+            (st.cma, st.trace, st.seconds)
+        }
+        None => {
+            let cma = Cmaes::new(
+                &vec![0.5; genome.len()],
+                plan.sigma,
+                Some(population),
+                base.seed,
+            )
+            .map_err(|e| MergeError::param(MergeParam::Population, population, e.to_string()))?;
+            (cma, Vec::new(), 0.0)
+        }
+    };
+    obs.info(&format!(
+        "searching {} genes ({:?} space), population {population}, budget {} evaluations",
+        genome.len(),
+        plan.space,
+        plan.budget
+    ));
+    obs.begin("evolve", plan.budget as u64);
+    obs.advance(trace.len() as u64);
+    while trace.len() < plan.budget {
+        let xs = cma.ask();
+        let left = plan.budget - trace.len();
+        let mut fit = Vec::new();
+        for x in xs.iter().take(left) {
+            let t = Instant::now();
+            let (s, st) = genome.decode(x, &bench.ep.spec);
+            let (acc, _) = bench.score(&s, &st, obs)?;
+            seconds += t.elapsed().as_secs_f64();
+            let f = bench.fitness.of(&acc);
+            fit.push(-f);
+            trace.push(TraceRow {
+                generation: cma.generation,
+                evaluation: trace.len() as u64 + 1,
+                fitness: f,
+                joint: acc.joint,
+                avg: acc.avg,
+                stop: st,
+                genes: genome
+                    .genes
+                    .iter()
+                    .zip(x)
+                    .map(|(g, &xi)| g.value(xi))
+                    .collect(),
+                x: x.clone(),
+            });
+            obs.advance(trace.len() as u64);
+        }
+        if fit.len() == xs.len() {
+            cma.tell(&xs, &fit)
+                .map_err(|e| MergeError::Internal(format!("CMA-ES: {e}")))?;
+        }
+        let state = SearchState {
+            fingerprint: fingerprint.clone(),
+            cma: cma.clone(),
+            trace: trace.clone(),
+            seconds,
+        };
+        write(&state_path, &json(&state)?)?;
+        write(
+            &plan.out.join("trace.csv"),
+            trace_csv(&genome.genes, &trace).as_bytes(),
+        )?;
+    }
+    obs.end();
+
+    // the best candidate (first of the best fitness)
+    let best = trace
+        .iter()
+        .fold(None::<&TraceRow>, |b, r| match b {
+            Some(b) if b.fitness >= r.fitness => Some(b),
+            _ => Some(r),
+        })
+        .ok_or_else(|| MergeError::Internal("the search made no evaluation".into()))?;
+    let (best_settings, best_stop) = genome.decode(&best.x, &bench.ep.spec);
+    let (best_acc, best_flops) = bench.score(&best_settings, &best_stop, obs)?;
+    if best_acc.joint != best.joint || best_acc.avg != best.avg {
+        return Err(MergeError::Internal(format!(
+            "the best candidate scored {} on the search and {} rebuilt",
+            best.joint, best_acc.joint
+        )));
+    }
+    let best_recipe = recipe_of(&best_settings, &best_stop);
+    results.insert(
+        0,
+        Reference {
+            label: "evolved".into(),
+            recipe: best_recipe.clone(),
+            validation: best_acc,
+            test: None,
+            flops: best_flops,
+        },
+    );
+    let mut best_by_generation = Vec::new();
+    let mut top = f64::MIN;
+    for g in 0..=trace.last().map_or(0, |r| r.generation) {
+        for r in trace.iter().filter(|r| r.generation == g) {
+            top = top.max(r.fitness);
+        }
+        best_by_generation.push(top);
+    }
+    let statistics_passes = bench.stats.len();
+    drop(bench);
+    write(&plan.out.join("best.json"), &json(&best_recipe)?)?;
+
+    // once, at the end: the merges of the three recipes on the test set; the evolved one is
+    // saved as the model
+    for (i, r) in results.iter_mut().enumerate() {
+        let RecipePlan::Align(mp) = r.recipe.plan(
+            plan.cache_gib,
+            plan.device.clone(),
+            &plan.backend,
+            plan.command.clone(),
+        ) else {
+            return Err(MergeError::Internal("an evolved recipe aligns".into()));
+        };
+        obs.info(&format!("{}: merging and evaluating on test", r.label));
+        let out = super::merge::run(&mp, obs)?;
+        r.test = out.report.accuracy.clone();
+        if i == 0 {
+            out.save(&plan.out.join("model"))?;
+        }
+    }
+    let report = EvolveReport {
+        space: plan.space,
+        fitness: plan.fitness,
+        genes: genome.genes.clone(),
+        evaluations: trace.len(),
+        generations: best_by_generation.len() as u64,
+        population,
+        sigma: plan.sigma,
+        seed: base.seed,
+        val_images: val.set.len(),
+        val_seed,
+        probe: plan.probe_dir.display().to_string(),
+        seconds_per_evaluation: seconds / trace.len().max(1) as f64,
+        search_seconds: seconds,
+        seconds: t_run.elapsed().as_secs_f64(),
+        statistics_passes,
+        results,
+        best_by_generation,
+        backend: plan.backend.clone(),
+        command: plan.command.clone(),
+        zipmerge_version: env!("CARGO_PKG_VERSION"),
+    };
+    let refs: Vec<(String, f64)> = report
+        .results
+        .iter()
+        .skip(1)
+        .map(|r| (r.label.clone(), plan.fitness.of(&r.validation)))
+        .collect();
+    let points: Vec<(f64, f64)> = trace
+        .iter()
+        .map(|r| (r.evaluation as f64, r.fitness))
+        .collect();
+    let title = format!(
+        "zipmerge evolve: {:?} space, {} genes, {} fitness on {} validation images",
+        plan.space,
+        genome.len(),
+        match plan.fitness {
+            Fitness::Joint => "joint",
+            Fitness::Avg => "avg",
+        },
+        val.set.len()
+    );
+    crate::experiments::plot::fitness_plot(&points, &refs, &title, &plan.out.join("fitness.png"))
+        .map_err(|e| MergeError::Internal(format!("fitness.png: {e}")))?;
+    write(&plan.out.join("evolve.json"), &json(&report)?)?;
+    Ok(report)
+}

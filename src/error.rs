@@ -277,6 +277,10 @@ pub enum MergeParam {
     SearchSpace,
     /// The repeats of a data-flow path's block slots.
     Repeat,
+    /// The output folder.
+    Out,
+    /// Resuming a saved run.
+    Resume,
 }
 
 impl std::fmt::Display for MergeParam {
@@ -304,6 +308,8 @@ impl std::fmt::Display for MergeParam {
             MergeParam::ValImages => "validation images",
             MergeParam::SearchSpace => "search space",
             MergeParam::Repeat => "repeat",
+            MergeParam::Out => "output folder",
+            MergeParam::Resume => "resume",
         })
     }
 }

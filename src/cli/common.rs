@@ -52,6 +52,8 @@ pub fn flag_of(p: MergeParam) -> &'static str {
         MergeParam::ValImages => "--val-images",
         MergeParam::SearchSpace => "--space",
         MergeParam::Repeat => "--repeat",
+        MergeParam::Out => "--out",
+        MergeParam::Resume => "--resume",
     }
 }
 

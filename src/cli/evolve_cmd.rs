@@ -43,6 +43,10 @@ pub struct EvolveArgs {
     /// `merged`.
     #[arg(long, default_value = "a", value_parser = ["a", "merged"])]
     pub ends: String,
+    /// Times each block slot may repeat in a data-flow path (Sakana's r). Only 1: the path
+    /// keeps the architecture's depth, so the result is a checkpoint of the same architecture.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Evaluations of the search (the default recipe and the grid are extra).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(usize))]
     pub budget: usize,
@@ -109,16 +113,24 @@ pub fn exec(a: EvolveArgs, p: &mut Printer) -> Result<()> {
             "--ends applies to --space dfs or both (the ends of a data-flow path)",
         ));
     }
+    if a.repeat != 1 {
+        return Err(usage(format!(
+            "--repeat {}: only 1 is supported: a path longer than the network needs a deeper architecture than the models' (a ResNet with more blocks per stage), which zipmerge cannot build yet",
+            a.repeat
+        )));
+    }
+    if given.contains("--repeat") && !space.has_path() {
+        return Err(usage("--repeat applies to --space dfs or both"));
+    }
     let mut settings = a.settings.clone();
     if space.has_path() {
         settings.matcher.method = "permute".into();
     }
     let settings = settings.library()?;
-    if a.no_grid && !matches!(settings.method, Method::Zipit { .. }) {
-        return Err(usage(format!(
-            "--no-grid: the reference grid is ZipIt!'s alpha/beta grid; --method {} has none",
-            a.settings.matcher.method
-        )));
+    let zipit_ps = matches!(settings.method, Method::Zipit { .. }) && space == SearchSpace::Ps;
+    if a.no_grid && !zipit_ps {
+        use zipmerge::progress::Observer;
+        p.warn("note: --no-grid has no effect: the reference grid is ZipIt!'s alpha/beta grid, run for --space ps with --method zipit only");
     }
     check_out(&a.out, &a.models, false)?;
     let io = a.io.inputs(&a.settings, p)?;

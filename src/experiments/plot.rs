@@ -389,6 +389,7 @@ pub fn fitness_plot(
             .configure_mesh()
             .x_desc("evaluations")
             .y_desc("fitness on validation (%)")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 16))
             .draw()

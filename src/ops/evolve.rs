@@ -104,7 +104,8 @@ pub struct EvolvePlan {
     pub command: String,
     /// Output folder.
     pub out: PathBuf,
-    /// Continue the search saved in `out/state.json`.
+    /// Continue the search saved in `out/state.json` (same options; a larger budget extends
+    /// it, and a search stopped mid-generation continues with the bits of an uninterrupted one).
     pub resume: bool,
 }
 
@@ -417,7 +418,6 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         "space": plan.space,
         "settings": base,
         "stop": stop.name,
-        "budget": plan.budget,
         "population": population,
         "sigma": plan.sigma,
         "val_images": plan.val_images,
@@ -427,7 +427,7 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
     let resumed: Option<SearchState> = if state_path.exists() {
         if !plan.resume {
             return Err(MergeError::param(
-                MergeParam::Budget,
+                MergeParam::Out,
                 plan.out.display(),
                 "this --out folder holds a search (state.json): pass --resume to continue it, or choose another --out",
             ));
@@ -435,14 +435,14 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         let bytes = std::fs::read(&state_path).map_err(|e| io_err(&state_path, e))?;
         let st: SearchState = serde_json::from_slice(&bytes).map_err(|e| {
             MergeError::param(
-                MergeParam::Recipe,
+                MergeParam::Resume,
                 state_path.display(),
                 format!("not a search state ({e})"),
             )
         })?;
         if st.fingerprint != fingerprint {
             return Err(MergeError::param(
-                MergeParam::Recipe,
+                MergeParam::Resume,
                 state_path.display(),
                 "is the state of a search with other models, genes or settings: resume with the options it was started with",
             ));
@@ -601,18 +601,23 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         }
     };
     obs.info(&format!(
-        "searching {} genes ({:?} space), population {population}, budget {} evaluations",
+        "searching {} genes ({} space), population {population}, budget {} evaluations",
         genome.len(),
-        plan.space,
+        plan.space.name(),
         plan.budget
     ));
     obs.begin("evolve", plan.budget as u64);
     obs.advance(trace.len() as u64);
     while trace.len() < plan.budget {
         let xs = cma.ask();
+        // a search resumed mid-generation has scored the generation's first samples already
+        let mut fit: Vec<f64> = trace
+            .iter()
+            .filter(|r| r.generation == cma.generation)
+            .map(|r| -r.fitness)
+            .collect();
         let left = plan.budget - trace.len();
-        let mut fit = Vec::new();
-        for x in xs.iter().take(left) {
+        for x in xs.iter().skip(fit.len()).take(left) {
             let t = Instant::now();
             let (s, st) = genome.decode(x, &bench.ep.spec);
             let (acc, _) = bench.score(&s, &st, obs)?;
@@ -744,8 +749,8 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         .map(|r| (r.evaluation as f64, r.fitness))
         .collect();
     let title = format!(
-        "zipmerge evolve: {:?} space, {} genes, {} fitness on {} validation images",
-        plan.space,
+        "zipmerge evolve: {} space, {} genes, {} fitness on {} validation images",
+        plan.space.name(),
         genome.len(),
         match plan.fitness {
             Fitness::Joint => "joint",

@@ -60,6 +60,15 @@ impl SearchSpace {
         }
     }
 
+    /// `PS`, `DFS` or `PS+DFS`, as reports print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ps => "PS",
+            Self::Dfs => "DFS",
+            Self::Both => "PS+DFS",
+        }
+    }
+
     /// Whether the data-flow genes are searched.
     pub fn has_path(self) -> bool {
         self != Self::Ps

@@ -100,6 +100,86 @@ fn same_seed_same_search_resume_and_replay() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 }
 
+#[test]
+fn a_task_vector_search_replays_to_its_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tv");
+    let ft = "models/cifar10-ft";
+    let (base, a, b) = (
+        format!("{ft}/base"),
+        format!("{ft}/resnet20x1-a"),
+        format!("{ft}/resnet20x1-b"),
+    );
+    ok(run(&[
+        "evolve",
+        "--method",
+        "ties",
+        "--base",
+        &base,
+        "--model",
+        &a,
+        "--model",
+        &b,
+        "--data",
+        SAMPLE,
+        "--budget",
+        "6",
+        "--val-images",
+        "150",
+        "--bn-reset-images",
+        "200",
+        "--batch-size",
+        "200",
+        "--no-test",
+        "-q",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let report: Value = serde_json::from_slice(&read(&out.join("evolve.json"))).unwrap();
+    // density and weight per model per group (5 groups, 2 models) and lambda
+    assert_eq!(report["genes"].as_array().unwrap().len(), 21);
+    let best: Value = serde_json::from_slice(&read(&out.join("best.json"))).unwrap();
+    assert_eq!(best["combine"]["kind"], "task-vector");
+    assert_eq!(
+        best["combine"]["settings"]["groups"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    let replay = tmp.path().join("replay");
+    ok(run(&[
+        "merge",
+        "--recipe",
+        out.join("best.json").to_str().unwrap(),
+        "--out",
+        replay.to_str().unwrap(),
+        "-q",
+    ]));
+    assert_eq!(
+        read(&out.join("model/model.safetensors")),
+        read(&replay.join("model.safetensors"))
+    );
+    // an alignment option has no effect on a task-vector search: refused
+    let r = run(&[
+        "evolve",
+        "--method",
+        "ties",
+        "--base",
+        &base,
+        "--model",
+        &a,
+        "--model",
+        &b,
+        "--alpha",
+        "0.5",
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--alpha"));
+}
+
 /// A data root whose `test/` holds only unreadable images: any read of it fails.
 fn poisoned_root(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();

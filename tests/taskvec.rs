@@ -66,6 +66,7 @@ fn ties_and_task_arithmetic_match_the_official_code() {
             lambda,
             weights,
             seed: 0,
+            groups: vec![],
         };
         let (got, report) = merge(&base, &fts, &s).unwrap();
         let mut worst = 0f32;
@@ -109,6 +110,7 @@ fn dare_drops_and_rescales_each_entry() {
             lambda: 1.0,
             weights: None,
             seed: 7,
+            groups: vec![],
         };
         let (got, _) = merge(&base, &[&ft], &s).unwrap();
         let (mut kept, mut nonzero) = (0usize, 0usize);

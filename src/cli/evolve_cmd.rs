@@ -7,12 +7,12 @@ use anyhow::Result;
 use clap::Args;
 
 use zipmerge::merge::{EvalPlan, Method};
-use zipmerge::ops::evolve::{evolve, EvolvePlan, Fitness};
+use zipmerge::ops::evolve::{evolve, EvolvePlan, Fitness, TaskVectorSearch};
 use zipmerge::rewrite::path::Source;
 use zipmerge::search::genome::SearchSpace;
 
 use super::common::{check_out, command_line, finite, given_flags, merge_error, usage};
-use super::merge_args::{DataArgs, MergeSettings};
+use super::merge_args::{DataArgs, MergeSettings, TaskVectorArgs, TASK_VECTOR_METHODS};
 use super::printer::Printer;
 
 /// The paper's alpha grid (`reproduce grid`).
@@ -80,6 +80,8 @@ pub struct EvolveArgs {
     pub settings: MergeSettings,
     #[command(flatten)]
     pub io: DataArgs,
+    #[command(flatten)]
+    pub task_vectors: TaskVectorArgs,
 }
 
 /// Runs `zipmerge evolve`.
@@ -122,17 +124,73 @@ pub fn exec(a: EvolveArgs, p: &mut Printer) -> Result<()> {
     if given.contains("--repeat") && !space.has_path() {
         return Err(usage("--repeat applies to --space dfs or both"));
     }
-    let mut settings = a.settings.clone();
-    if space.has_path() {
-        settings.matcher.method = "permute".into();
-    }
-    let settings = settings.library()?;
-    let zipit_ps = matches!(settings.method, Method::Zipit { .. }) && space == SearchSpace::Ps;
+    let name = a.settings.matcher.method.clone();
+    let (settings, task_vectors) = if TASK_VECTOR_METHODS.contains(&name.as_str()) {
+        // a search of task-vector merges: the alignment options have no effect
+        let refused = [
+            "--stop",
+            "--alpha",
+            "--beta",
+            "--cca-reg",
+            "--dual-lambda",
+            "--similarity",
+            "--repair",
+            "--refit",
+            "--refit-ridge",
+            "--no-endpoint-bn-reset",
+            "--no-rebasin-bn-reset",
+            "--search-stop",
+            "--search-repair",
+            "--probe-images",
+            "--no-probe-augment",
+            "--merge-eps",
+            "--probe",
+        ];
+        if let Some(f) = refused.iter().find(|f| given.contains(**f)) {
+            return Err(usage(format!(
+                "{f} has no effect with --method {name} (a task-vector merge has no statistics, matching or stop)"
+            )));
+        }
+        if space != SearchSpace::Ps {
+            return Err(usage(format!(
+                "--space {}: task-vector merges have parameter-space genes only (ps)",
+                a.space
+            )));
+        }
+        let Some(base) = a.task_vectors.base.clone() else {
+            return Err(usage(format!(
+                "--method {name} needs --base BASE (the model the --model fine-tunes start from)"
+            )));
+        };
+        let tv = a.task_vectors.settings(&name, a.settings.seed)?;
+        let mut s = zipmerge::merge::MergeSettings::new(Method::WeightAvg);
+        s.bn_reset_images = a.settings.bn_reset_images.0;
+        s.batch_size = a.settings.batch_size;
+        s.seed = a.settings.seed;
+        (s, Some(TaskVectorSearch { base, settings: tv }))
+    } else {
+        if let Some(f) = a.task_vectors.given().first() {
+            return Err(usage(format!(
+                "{f} applies to the task-vector methods ({}), not --method {name}",
+                TASK_VECTOR_METHODS.join(", ")
+            )));
+        }
+        let mut settings = a.settings.clone();
+        if space.has_path() {
+            settings.matcher.method = "permute".into();
+        }
+        (settings.library()?, None)
+    };
+    let zipit_ps = matches!(settings.method, Method::Zipit { .. })
+        && space == SearchSpace::Ps
+        && task_vectors.is_none();
     if a.no_grid && !zipit_ps {
         use zipmerge::progress::Observer;
         p.warn("note: --no-grid has no effect: the reference grid is ZipIt!'s alpha/beta grid, run for --space ps with --method zipit only");
     }
-    check_out(&a.out, &a.models, false)?;
+    let mut inputs = a.models.clone();
+    inputs.extend(a.task_vectors.base.clone());
+    check_out(&a.out, &inputs, false)?;
     let io = a.io.inputs(&a.settings, p)?;
     let plan = EvolvePlan {
         models: a.models.clone(),
@@ -140,6 +198,7 @@ pub fn exec(a: EvolveArgs, p: &mut Printer) -> Result<()> {
         search_stops: a.search_stop.clone(),
         search_repair: a.search_repair,
         settings,
+        task_vectors,
         space,
         ends: if a.ends == "merged" {
             Source::Merged

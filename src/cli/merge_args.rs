@@ -320,6 +320,7 @@ impl TaskVectorArgs {
             lambda: self.lambda.unwrap_or(1.0),
             weights: self.weights.clone(),
             seed,
+            groups: vec![],
         })
     }
 }

@@ -14,14 +14,14 @@
 //!
 //! Layer groups ([`layer_group`]) follow the module tree: `stem` (layers before the first
 //! stage), `layer1`, `layer2`, ... (ResNet stages), `features.<i>` (each VGG conv layer) and
-//! `head` (the layer that writes the network output).
+//! `head` (the output layer: `linear`, `fc`, `classifier`).
 
 use serde::{Deserialize, Serialize};
 
 use super::Method;
 use crate::error::{MergeError, MergeParam};
 use crate::models::MergeSpec;
-use crate::spec::Side;
+pub use crate::spec::layer_group;
 
 /// The weights of the models in one layer group.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,48 +143,15 @@ impl Knobs {
     }
 
     /// The model weights of the layer that tensor `key` belongs to (`None`: equal weights).
-    pub fn weights_of(&self, spec: &MergeSpec, key: &str) -> Option<&[f64]> {
+    pub fn weights_of(&self, key: &str) -> Option<&[f64]> {
         if self.group_weights.is_empty() {
             return None;
         }
-        let layer = key.rsplit_once('.').map_or(key, |(l, _)| l);
-        let g = group_of_layer(spec, layer);
+        let g = layer_group(key);
         self.group_weights
             .iter()
             .find(|w| w.group == g)
             .map(|w| w.weights.as_slice())
-    }
-}
-
-/// The layer group of the layer named `layer` (module docs): `head` for the layer writing the
-/// network output, `layerK` for a ResNet stage, `features.<i>` for a VGG layer, else `stem`.
-fn group_of_layer(spec: &MergeSpec, layer: &str) -> String {
-    if spec
-        .layers
-        .iter()
-        .any(|l| l.name == layer && l.output == Side::Output)
-    {
-        return "head".into();
-    }
-    layer_group(layer)
-}
-
-/// The layer group a layer name belongs to by its module path: `layerK` for `layerK.*`,
-/// `features.<i>` for `features.<i>`, `classifier` for `classifier.*`, else `stem` (the
-/// output layer's `head` group needs the spec: [`layer_groups`]).
-pub fn layer_group(layer: &str) -> String {
-    let mut parts = layer.split('.');
-    let first = parts.next().unwrap_or("");
-    let stage = first
-        .strip_prefix("layer")
-        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
-    if stage {
-        return first.into();
-    }
-    match (first, parts.next()) {
-        ("features", Some(i)) => format!("features.{i}"),
-        ("classifier", _) => "classifier".into(),
-        _ => "stem".into(),
     }
 }
 
@@ -193,7 +160,7 @@ pub fn layer_group(layer: &str) -> String {
 pub fn layer_groups(spec: &MergeSpec) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for l in &spec.layers {
-        let g = group_of_layer(spec, &l.name);
+        let g = layer_group(&l.name);
         if !out.contains(&g) {
             out.push(g);
         }
@@ -218,6 +185,9 @@ mod tests {
         assert_eq!(layer_group("layer10.1.conv1"), "layer10");
         assert_eq!(layer_group("layerx.conv"), "stem");
         assert_eq!(layer_group("features.4"), "features.4");
-        assert_eq!(layer_group("classifier.0"), "classifier");
+        assert_eq!(layer_group("classifier"), "head");
+        assert_eq!(layer_group("linear.weight"), "head");
+        assert_eq!(layer_group("fc.bias"), "head");
+        assert_eq!(layer_group("conv1.weight"), "stem");
     }
 }

@@ -415,7 +415,7 @@ pub fn build_knobs(
     provenance: serde_json::Value,
 ) -> Result<Merged, MergeError> {
     let zipped = rewrite::zip_weighted(&ep.spec, &ep.states, transforms, stop, &|key| {
-        knobs.weights_of(&ep.spec, key).map(<[f64]>::to_vec)
+        knobs.weights_of(key).map(<[f64]>::to_vec)
     })?;
     let manifest = merged_manifest(ep, stop, provenance)?;
     Ok(Merged { manifest, zipped })

@@ -24,21 +24,23 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::merge::{combine, Combined};
-use crate::collect::probe::{bn_batches, load_probe, probe_batches};
-use crate::collect::probe_indices;
+use super::task_vectors::{combine_task_vectors, load_inputs, TaskVectorInputs};
+use crate::collect::probe::{bn_batches, load_probe, probe_batches, Draws};
+use crate::collect::{probe_indices, ProbeOptions};
 use crate::data::SparseSet;
 use crate::error::{MergeError, MergeParam};
 use crate::eval::runner::{check_evaluation, evaluate_on, EvalSet};
 use crate::eval::Accuracy;
 use crate::merge::{
     check_method, statistics_upto, Batches, Combine, Endpoints, EvalPlan, MergeSettings, Method,
-    Recipe, RecipePlan, Statistics,
+    Recipe, RecipePlan, Statistics, TaskVectorPlan,
 };
 use crate::progress::{phase, Observer};
 use crate::rewrite::path::Source;
 use crate::search::cmaes::{default_population, Cmaes};
-use crate::search::genome::{Gene, Genome, SearchSpace};
+use crate::search::genome::{Candidate, Gene, Genome, SearchSpace};
 use crate::system::runner::Runner;
+use crate::taskvec::TaskVectorSettings;
 use crate::util::write_atomic;
 
 /// What a search maximises on the validation split.
@@ -72,8 +74,11 @@ pub struct EvolvePlan {
     pub search_stops: Vec<String>,
     /// Whether REPAIR on/off is a gene.
     pub search_repair: bool,
-    /// Settings every candidate starts from (method, draws, batch size; `seed` is the search's).
+    /// Settings every candidate starts from (method, draws, batch size; `seed` is the search's;
+    /// a task-vector search takes its BN-reset images, batch size and seed from here).
     pub settings: MergeSettings,
+    /// A search of task-vector merges of fine-tunes (`None`: an aligning merge's).
+    pub task_vectors: Option<TaskVectorSearch>,
     /// Parameter space, data-flow space or both.
     pub space: SearchSpace,
     /// Where a data-flow path's stem and head come from.
@@ -107,6 +112,16 @@ pub struct EvolvePlan {
     /// Continue the search saved in `out/state.json` (same options; a larger budget extends
     /// it, and a search stopped mid-generation continues with the bits of an uninterrupted one).
     pub resume: bool,
+}
+
+/// The task-vector family of a search: the base the fine-tunes (`models`) start from and the
+/// method's settings every candidate starts from.
+#[derive(Clone, Debug)]
+pub struct TaskVectorSearch {
+    /// Base model folder.
+    pub base: PathBuf,
+    /// Method, lambda, weights, DARE's seed.
+    pub settings: TaskVectorSettings,
 }
 
 /// One evaluation of the search.
@@ -229,56 +244,87 @@ impl EvolveReport {
     }
 }
 
-/// What every candidate shares: the endpoints after their BN reset, the draws, the statistics
-/// per stop, the validation set.
+/// What the candidates of one family share.
+enum Family {
+    /// Aligning merges: the endpoints after their BN reset, the probe draw, the statistics per
+    /// stop (collected once each).
+    Align {
+        ep: Endpoints,
+        probe: Batches,
+        stats: BTreeMap<usize, Statistics>,
+    },
+    /// Task-vector merges: the fine-tunes and the base.
+    TaskVector {
+        inp: TaskVectorInputs,
+        models: Vec<PathBuf>,
+    },
+}
+
+/// What every candidate shares: the family's inputs, the BN-reset draw, the validation set.
 struct Bench<'a> {
-    ep: Endpoints,
-    probe: Batches,
+    family: Family,
     bn: Batches,
-    stats: BTreeMap<usize, Statistics>,
     val: EvalSet<'a>,
     device: &'a Runner,
-    fitness: Fitness,
 }
 
 impl Bench<'_> {
-    /// Builds the merge of `s` at `stop` as `zipmerge merge` would and scores it on validation.
+    /// Builds the merge of candidate `c` as `zipmerge merge` would and scores it on validation:
+    /// its accuracy and the merged system's multiply-accumulates per image.
     fn score(
         &mut self,
-        s: &MergeSettings,
-        stop: &str,
+        c: &Candidate,
         obs: &mut dyn Observer,
     ) -> Result<(Accuracy, u64), MergeError> {
-        s.check()?;
-        s.knobs.check(&s.method, &self.ep.spec, self.ep.n())?;
-        let stop = self.ep.spec.stop(stop)?;
-        let stats = if s.method.needs_statistics() {
-            if !self.stats.contains_key(&stop.spaces) {
-                let st = phase(
-                    obs,
-                    "statistics",
-                    crate::merge::images(&self.probe) as u64,
-                    |p| statistics_upto(&self.ep, &self.probe, self.device, stop.spaces, p),
-                )?;
-                self.stats.insert(stop.spaces, st);
-            }
-            self.stats.get(&stop.spaces)
-        } else {
-            None
-        };
         let mut quiet = crate::progress::Silent;
-        let Combined { merged, .. } = combine(
-            &self.ep,
-            stats,
-            &self.probe,
-            &self.bn,
-            &stop,
-            s,
-            self.device,
-            serde_json::Value::Null,
-            &mut quiet,
-            &mut |_, _| {},
-        )?;
+        let merged = match (&mut self.family, c) {
+            (Family::Align { ep, probe, stats }, Candidate::Align { settings: s, stop }) => {
+                s.check()?;
+                s.knobs.check(&s.method, &ep.spec, ep.n())?;
+                let stop = ep.spec.stop(stop)?;
+                let st = if s.method.needs_statistics() {
+                    if !stats.contains_key(&stop.spaces) {
+                        let n = crate::merge::images(probe) as u64;
+                        let st = phase(obs, "statistics", n, |p| {
+                            statistics_upto(ep, probe, self.device, stop.spaces, p)
+                        })?;
+                        stats.insert(stop.spaces, st);
+                    }
+                    stats.get(&stop.spaces)
+                } else {
+                    None
+                };
+                let Combined { merged, .. } = combine(
+                    ep,
+                    st,
+                    probe,
+                    &self.bn,
+                    &stop,
+                    s,
+                    self.device,
+                    serde_json::Value::Null,
+                    &mut quiet,
+                    &mut |_, _| {},
+                )?;
+                merged
+            }
+            (Family::TaskVector { inp, models }, Candidate::TaskVector(tv)) => {
+                tv.check(models.len())
+                    .map_err(|e| crate::merge::tv_error(e, models))?;
+                combine_task_vectors(
+                    inp,
+                    tv,
+                    models,
+                    &self.bn,
+                    self.device,
+                    serde_json::Value::Null,
+                    &mut quiet,
+                    &mut |_, _| {},
+                )?
+                .0
+            }
+            _ => return Err(MergeError::Internal("a candidate of another family".into())),
+        };
         let sys = merged.system(self.device)?;
         let flops = sys.flops();
         let acc = evaluate_on(&self.val, &[sys], self.device, &mut |_| {}, None);
@@ -355,9 +401,8 @@ pub fn trace_csv(genes: &[Gene], trace: &[TraceRow]) -> String {
 }
 
 /// The validation positions of a train folder of `total` images: a seeded draw of `n` from the
-/// positions neither draw of `s` uses (fewer when fewer are free).
-fn validation_positions(total: usize, s: &MergeSettings, n: usize, seed: u64) -> Vec<usize> {
-    let d = s.draws();
+/// positions neither of the draws `d` uses (fewer when fewer are free).
+fn validation_positions(total: usize, d: &Draws, n: usize, seed: u64) -> Vec<usize> {
     let mut used = std::collections::BTreeSet::new();
     for o in d.probe.iter().chain(&d.bn) {
         used.extend(probe_indices(total, o));
@@ -384,24 +429,77 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         // the aligned models are exact copies only without the merge epsilon
         base.merge_eps = 0.0;
     }
-    let mut ep = Endpoints::load(&plan.models)?;
-    check_method(&ep, &base.method, base.merge_eps)?;
-    let stop = ep.spec.stop(&plan.stop)?;
-    let mut spaces_upto = stop.spaces;
-    for st in &plan.search_stops {
-        spaces_upto = spaces_upto.max(ep.spec.stop(st)?.spaces);
-    }
-    let genome = Genome::new(
-        plan.space,
-        &ep.spec,
-        ep.n(),
-        &base,
-        &stop.name,
-        &plan.search_stops,
-        spaces_upto,
-        plan.search_repair,
-        plan.ends,
-    )?;
+    // the family's inputs, loaded and checked before any image is decoded
+    let (family_ep, tv_inputs) = match &plan.task_vectors {
+        None => {
+            let ep = Endpoints::load(&plan.models)?;
+            check_method(&ep, &base.method, base.merge_eps)?;
+            (Some(ep), None)
+        }
+        Some(t) => {
+            if plan.space != SearchSpace::Ps {
+                return Err(MergeError::param(
+                    MergeParam::SearchSpace,
+                    plan.space.name(),
+                    "task-vector merges have parameter-space genes only (ps)",
+                ));
+            }
+            t.settings
+                .check(plan.models.len())
+                .map_err(|e| crate::merge::tv_error(e, &plan.models))?;
+            let tplan = TaskVectorPlan {
+                base: t.base.clone(),
+                models: plan.models.clone(),
+                settings: t.settings.clone(),
+                bn_reset_images: base.bn_reset_images,
+                batch_size: base.batch_size,
+                seed: base.seed,
+                probe_dir: plan.probe_dir.clone(),
+                eval: None,
+                cache_gib: plan.cache_gib,
+                device: plan.device.clone(),
+                backend: plan.backend.clone(),
+                command: plan.command.clone(),
+            };
+            (None, Some((load_inputs(&tplan)?, t)))
+        }
+    };
+    let spec = match (&family_ep, &tv_inputs) {
+        (Some(ep), _) => ep.spec.clone(),
+        (_, Some((inp, _))) => inp.ep.spec.clone(),
+        _ => unreachable!("one family"),
+    };
+    let n = plan.models.len();
+    let stop = spec.stop(&plan.stop)?;
+    let genome = match &tv_inputs {
+        Some((_, t)) => {
+            if !plan.search_stops.is_empty() || plan.search_repair {
+                return Err(MergeError::param(
+                    MergeParam::SearchSpace,
+                    "ps",
+                    "--search-stop/--search-repair are genes of aligning merges, not of task-vector merges",
+                ));
+            }
+            Genome::task_vectors(&spec, n, &base, &t.settings)
+        }
+        None => {
+            let mut spaces_upto = stop.spaces;
+            for st in &plan.search_stops {
+                spaces_upto = spaces_upto.max(spec.stop(st)?.spaces);
+            }
+            Genome::new(
+                plan.space,
+                &spec,
+                n,
+                &base,
+                &stop.name,
+                &plan.search_stops,
+                spaces_upto,
+                plan.search_repair,
+                plan.ends,
+            )?
+        }
+    };
     if genome.is_empty() {
         return Err(MergeError::param(
             MergeParam::SearchSpace,
@@ -414,6 +512,7 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         .unwrap_or_else(|| default_population(genome.len()));
     let fingerprint = serde_json::json!({
         "models": plan.models,
+        "task_vectors": plan.task_vectors.as_ref().map(|t| (&t.base, &t.settings)),
         "genes": genome.genes,
         "space": plan.space,
         "settings": base,
@@ -452,14 +551,20 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         None
     };
 
-    // data: probe and BN draws, and the validation draw from the images they leave
-    let prep = ep.spec.net.preprocess();
-    let draws = base.draws();
+    // data: the family's draws, and the validation draw from the images they leave
+    let prep = spec.net.preprocess();
+    let draws = match &tv_inputs {
+        None => base.draws(),
+        Some(_) => Draws {
+            probe: None,
+            bn: ProbeOptions::bn_reset_draw(base.bn_reset_images, base.batch_size, base.seed),
+        },
+    };
     let probe = load_probe(&plan.probe_dir, prep, plan.cache_gib, &draws, obs)?;
     let val_seed = base.seed.wrapping_add(2);
     let max = crate::data::images_in_cache(prep, true, plan.cache_gib);
     let val = SparseSet::load(&plan.probe_dir, "val", prep, max, &|total| {
-        validation_positions(total, &base, plan.val_images, val_seed)
+        validation_positions(total, &draws, plan.val_images, val_seed)
     })?;
     if val.set.len() < plan.val_images {
         return Err(MergeError::param(
@@ -474,8 +579,17 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
             ),
         ));
     }
-    let tasks = ep.tasks();
-    check_evaluation(&ep.heads(), &val.set, &tasks)?;
+    let tasks = match (&family_ep, &tv_inputs) {
+        (Some(ep), _) => {
+            check_evaluation(&ep.heads(), &val.set, &ep.tasks())?;
+            ep.tasks()
+        }
+        (_, Some((inp, _))) => {
+            check_evaluation(&inp.ep.heads(), &val.set, &inp.ep.tasks())?;
+            inp.ep.tasks()
+        }
+        _ => unreachable!("one family"),
+    };
     obs.info(&format!(
         "validation: {} train images of {} (seed {val_seed}), disjoint from the probe and BN-reset draws; the test folder is not read until the search ends",
         val.set.len(),
@@ -483,72 +597,105 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
     ));
     std::fs::create_dir_all(&plan.out).map_err(|e| io_err(&plan.out, e))?;
 
-    let probe_b = if base.method.needs_statistics() || base.corrections.any() || plan.search_repair
-    {
-        probe_batches(&probe, &base.probe_options(), obs)?
-    } else {
-        vec![]
-    };
     let bn_b = bn_batches(&probe, draws.bn.as_ref())?;
-    base.reset_endpoints(&mut ep, &bn_b, &plan.device, obs)?;
+    let family = match (family_ep, tv_inputs) {
+        (Some(mut ep), _) => {
+            let probe_b =
+                if base.method.needs_statistics() || base.corrections.any() || plan.search_repair {
+                    probe_batches(&probe, &base.probe_options(), obs)?
+                } else {
+                    vec![]
+                };
+            base.reset_endpoints(&mut ep, &bn_b, &plan.device, obs)?;
+            Family::Align {
+                ep,
+                probe: probe_b,
+                stats: BTreeMap::new(),
+            }
+        }
+        (_, Some((inp, _))) => Family::TaskVector {
+            inp,
+            models: plan.models.clone(),
+        },
+        _ => unreachable!("one family"),
+    };
     let val_set = EvalSet::new(&val.set, &tasks, base.batch_size, &plan.device, true);
     let mut bench = Bench {
-        ep,
-        probe: probe_b,
+        family,
         bn: bn_b,
-        stats: BTreeMap::new(),
         val: val_set,
         device: &plan.device,
-        fitness: plan.fitness,
     };
 
     // reference points on validation: the default recipe and the grid's best
-    let recipe_of = |s: &MergeSettings, stop: &str| Recipe {
+    let recipe_of = |c: &Candidate| Recipe {
         recipe_version: crate::merge::recipe::RECIPE_VERSION,
         models: plan.models.clone(),
         probe_dir: plan.probe_dir.clone(),
-        combine: Combine::Align {
-            stop: stop.into(),
-            settings: s.clone(),
+        combine: match (c, &plan.task_vectors) {
+            (Candidate::Align { settings, stop }, _) => Combine::Align {
+                stop: stop.clone(),
+                settings: settings.clone(),
+            },
+            (Candidate::TaskVector(tv), Some(t)) => Combine::TaskVector {
+                base: t.base.clone(),
+                settings: tv.clone(),
+                bn_reset_images: base.bn_reset_images,
+                batch_size: base.batch_size,
+                seed: base.seed,
+            },
+            (Candidate::TaskVector(_), None) => unreachable!("task-vector candidates have a base"),
         },
         eval: plan.eval.clone(),
     };
     let mut results: Vec<Reference> = Vec::new();
     {
-        let mut default = base.clone();
-        if plan.space.has_path() {
-            // the default data-flow path: every slot from the merge, unscaled (= the merge)
-            default = genome.decode(&vec![0.5; genome.len()], &bench.ep.spec).0;
-            default.knobs = Default::default();
-        }
-        let (acc, flops) = bench.score(&default, &stop.name, obs)?;
+        let default = match &plan.task_vectors {
+            Some(t) => Candidate::TaskVector(t.settings.clone()),
+            None if plan.space.has_path() => {
+                // the default data-flow path: every slot from the merge, unscaled
+                let (mut s, stop) = genome.decode(&vec![0.5; genome.len()], &spec);
+                s.knobs = Default::default();
+                Candidate::Align { settings: s, stop }
+            }
+            None => Candidate::Align {
+                settings: base.clone(),
+                stop: stop.name.clone(),
+            },
+        };
+        let (acc, flops) = bench.score(&default, obs)?;
         obs.info(&format!(
             "default recipe: validation joint {:.2}, avg {:.2}",
             acc.joint, acc.avg
         ));
         results.push(Reference {
             label: "default".into(),
-            recipe: recipe_of(&default, &stop.name),
+            recipe: recipe_of(&default),
             validation: acc,
             test: None,
             flops,
         });
     }
-    if let (Some((alphas, betas)), Method::Zipit { .. }, SearchSpace::Ps) =
-        (&plan.grid, &base.method, plan.space)
+    if let (Some((alphas, betas)), Method::Zipit { .. }, SearchSpace::Ps, None) =
+        (&plan.grid, &base.method, plan.space, &plan.task_vectors)
     {
         let cells: Vec<(f64, f64)> = alphas
             .iter()
             .flat_map(|&a| betas.iter().map(move |&b| (a, b)))
             .collect();
+        let cell = |a: f64, b: f64| -> Result<Candidate, MergeError> {
+            Ok(Candidate::Align {
+                settings: MergeSettings {
+                    method: Method::parse("zipit", a, b, base.seed)?,
+                    ..base.clone()
+                },
+                stop: stop.name.clone(),
+            })
+        };
         obs.begin("grid (validation)", cells.len() as u64);
         let mut best: Option<(f64, f64, Accuracy, u64)> = None;
         for (i, &(a, b)) in cells.iter().enumerate() {
-            let s = MergeSettings {
-                method: Method::parse("zipit", a, b, base.seed)?,
-                ..base.clone()
-            };
-            let (acc, flops) = bench.score(&s, &stop.name, obs)?;
+            let (acc, flops) = bench.score(&cell(a, b)?, obs)?;
             if best
                 .as_ref()
                 .is_none_or(|bst| plan.fitness.of(&acc) > plan.fitness.of(&bst.2))
@@ -559,10 +706,6 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         }
         obs.end();
         if let Some((a, b, acc, flops)) = best {
-            let s = MergeSettings {
-                method: Method::parse("zipit", a, b, base.seed)?,
-                ..base.clone()
-            };
             obs.info(&format!(
                 "grid best on validation: alpha {a}, beta {b}: joint {:.2}, avg {:.2} ({} cells)",
                 acc.joint,
@@ -571,7 +714,7 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
             ));
             results.push(Reference {
                 label: format!("grid best (alpha {a}, beta {b}; {} cells)", cells.len()),
-                recipe: recipe_of(&s, &stop.name),
+                recipe: recipe_of(&cell(a, b)?),
                 validation: acc,
                 test: None,
                 flops,
@@ -619,10 +762,14 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         let left = plan.budget - trace.len();
         for x in xs.iter().skip(fit.len()).take(left) {
             let t = Instant::now();
-            let (s, st) = genome.decode(x, &bench.ep.spec);
-            let (acc, _) = bench.score(&s, &st, obs)?;
+            let c = genome.candidate(x, &spec);
+            let (acc, _) = bench.score(&c, obs)?;
             seconds += t.elapsed().as_secs_f64();
-            let f = bench.fitness.of(&acc);
+            let f = plan.fitness.of(&acc);
+            let st = match &c {
+                Candidate::Align { stop, .. } => stop.clone(),
+                Candidate::TaskVector(_) => stop.name.clone(),
+            };
             fit.push(-f);
             trace.push(TraceRow {
                 generation: cma.generation,
@@ -667,15 +814,15 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
             _ => Some(r),
         })
         .ok_or_else(|| MergeError::Internal("the search made no evaluation".into()))?;
-    let (best_settings, best_stop) = genome.decode(&best.x, &bench.ep.spec);
-    let (best_acc, best_flops) = bench.score(&best_settings, &best_stop, obs)?;
+    let best_candidate = genome.candidate(&best.x, &spec);
+    let (best_acc, best_flops) = bench.score(&best_candidate, obs)?;
     if best_acc.joint != best.joint || best_acc.avg != best.avg {
         return Err(MergeError::Internal(format!(
             "the best candidate scored {} on the search and {} rebuilt",
             best.joint, best_acc.joint
         )));
     }
-    let best_recipe = recipe_of(&best_settings, &best_stop);
+    let best_recipe = recipe_of(&best_candidate);
     results.insert(
         0,
         Reference {
@@ -694,26 +841,39 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         }
         best_by_generation.push(top);
     }
-    let statistics_passes = bench.stats.len();
+    let statistics_passes = match &bench.family {
+        Family::Align { stats, .. } => stats.len(),
+        Family::TaskVector { .. } => 0,
+    };
     drop(bench);
     write(&plan.out.join("best.json"), &json(&best_recipe)?)?;
 
     // once, at the end: the merges of the three recipes on the test set; the evolved one is
     // saved as the model
     for (i, r) in results.iter_mut().enumerate() {
-        let RecipePlan::Align(mp) = r.recipe.plan(
+        let rp = r.recipe.plan(
             plan.cache_gib,
             plan.device.clone(),
             &plan.backend,
             plan.command.clone(),
-        ) else {
-            return Err(MergeError::Internal("an evolved recipe aligns".into()));
-        };
+        );
         obs.info(&format!("{}: merging and evaluating on test", r.label));
-        let out = super::merge::run(&mp, obs)?;
-        r.test = out.report.accuracy.clone();
-        if i == 0 {
-            out.save(&plan.out.join("model"))?;
+        let model = plan.out.join("model");
+        match rp {
+            RecipePlan::Align(mp) => {
+                let out = super::merge::run(&mp, obs)?;
+                r.test = out.report.accuracy.clone();
+                if i == 0 {
+                    out.save(&model)?;
+                }
+            }
+            RecipePlan::TaskVector(tp) => {
+                let out = super::task_vectors::run_task_vectors(&tp, obs)?;
+                r.test = out.report.accuracy.clone();
+                if i == 0 {
+                    out.save(&model)?;
+                }
+            }
         }
     }
     let report = EvolveReport {

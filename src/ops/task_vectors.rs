@@ -102,19 +102,25 @@ impl TaskVectorOutcome {
     }
 }
 
-/// Runs one task-vector merge (module docs). Every input is loaded and checked before the
-/// merge: the options, the fine-tunes (with [`Endpoints::load`]'s checks), the base (same
-/// architecture, width and head kind; every tensor present with the same shape), the
-/// BN-reset folder and the test set.
+/// What a task-vector merge reads, loaded and checked: the fine-tunes, the base, and the stop
+/// the merged trunk runs to (full; the last partial stop for linear heads over different
+/// classes).
+pub(crate) struct TaskVectorInputs {
+    /// The fine-tunes.
+    pub ep: Endpoints,
+    /// The base's weights.
+    pub base: checkpoint::StateDict,
+    /// The merged trunk's stop.
+    pub stop: crate::spec::Stop,
+    /// Linear heads over different classes: each task keeps its own head after `stop`.
+    pub linear_per_model: bool,
+}
+
+/// Loads and checks the inputs of `plan` ([`run_task_vectors`]'s first half).
 ///
 /// # Errors
-/// [`MergeError::TaskVectorOption`] naming the option; [`MergeError::Endpoint`] /
-/// [`MergeError::Incompatible`] naming the base or fine-tune and the tensor; data and
-/// checkpoint errors naming the file.
-pub fn run_task_vectors(
-    plan: &TaskVectorPlan,
-    obs: &mut dyn Observer,
-) -> Result<TaskVectorOutcome, MergeError> {
+/// As [`run_task_vectors`] before any image is decoded.
+pub(crate) fn load_inputs(plan: &TaskVectorPlan) -> Result<TaskVectorInputs, MergeError> {
     let s = &plan.settings;
     s.check(plan.models.len())
         .map_err(|e| tv_error(e, &plan.models))?;
@@ -176,6 +182,73 @@ pub fn run_task_vectors(
     } else {
         ep.spec.stop("full")?
     };
+    Ok(TaskVectorInputs {
+        ep,
+        base,
+        stop,
+        linear_per_model,
+    })
+}
+
+/// The merge of `inp` with `s`: the task-vector merge, the model around it (one head, or each
+/// task's own head after the stop) and the BN reset on `bn_b` ([`run_task_vectors`]'s steps,
+/// shared with `zipmerge evolve`'s candidates so a recipe replays to the bits a search scored).
+///
+/// # Errors
+/// As [`crate::taskvec::merge`] and the BN reset.
+pub(crate) fn combine_task_vectors(
+    inp: &TaskVectorInputs,
+    s: &TaskVectorSettings,
+    models: &[std::path::PathBuf],
+    bn_b: &crate::merge::Batches,
+    device: &crate::system::runner::Runner,
+    provenance: serde_json::Value,
+    obs: &mut dyn Observer,
+    timed: &mut dyn FnMut(&'static str, Instant),
+) -> Result<(Merged, TaskVectorReport), MergeError> {
+    let t = Instant::now();
+    let fts: Vec<&checkpoint::StateDict> = inp.ep.states.iter().collect();
+    let (state, tv_report) = taskvec::merge(&inp.base, &fts, s).map_err(|e| tv_error(e, models))?;
+    timed("merge", t);
+    let manifest = merged_manifest(&inp.ep, &inp.stop, provenance)?;
+    let heads = if inp.stop.is_full() {
+        vec![]
+    } else {
+        inp.ep.states.clone()
+    };
+    let mut merged = Merged {
+        manifest,
+        zipped: Zipped {
+            trunk: state,
+            heads,
+        },
+    };
+    if !bn_b.is_empty() {
+        let t = Instant::now();
+        phase(obs, "BN reset", images(bn_b) as u64, |p| {
+            merged.reset_bn(bn_b, device, p)
+        })?;
+        timed("bn_reset", t);
+    }
+    Ok((merged, tv_report))
+}
+
+/// Runs one task-vector merge (module docs). Every input is loaded and checked before the
+/// merge: the options, the fine-tunes (with [`Endpoints::load`]'s checks), the base (same
+/// architecture, width and head kind; every tensor present with the same shape), the
+/// BN-reset folder and the test set.
+///
+/// # Errors
+/// [`MergeError::TaskVectorOption`] naming the option; [`MergeError::Endpoint`] /
+/// [`MergeError::Incompatible`] naming the base or fine-tune and the tensor; data and
+/// checkpoint errors naming the file.
+pub fn run_task_vectors(
+    plan: &TaskVectorPlan,
+    obs: &mut dyn Observer,
+) -> Result<TaskVectorOutcome, MergeError> {
+    let s = &plan.settings;
+    let inp = load_inputs(plan)?;
+    let (ep, stop, linear_per_model) = (&inp.ep, &inp.stop, inp.linear_per_model);
     let prep = ep.spec.net.preprocess();
     // the BN-reset draw of a merge, no statistics
     let draws = Draws {
@@ -192,17 +265,12 @@ pub fn run_task_vectors(
     let evaluation = Evaluation::load(plan.eval.as_ref(), &ep, plan.cache_gib, obs)?;
     let mut timings = BTreeMap::new();
     let t_all = Instant::now();
-    let t = Instant::now();
     obs.info(&format!(
         "merging {} fine-tunes of {} with {}",
         ep.n(),
         plan.base.display(),
         s.method.label(s.lambda)
     ));
-    let fts: Vec<&checkpoint::StateDict> = ep.states.iter().collect();
-    let (state, tv_report) =
-        taskvec::merge(&base, &fts, s).map_err(|e| tv_error(e, &plan.models))?;
-    timings.insert("merge", t.elapsed().as_secs_f64());
     let heads_note = if linear_per_model {
         format!("per model after stop {}", stop.name)
     } else {
@@ -225,26 +293,19 @@ pub fn run_task_vectors(
         command: plan.command.clone(),
     };
     let prov_json = serde_json::json!({ "task_vector_merge": provenance });
-    let manifest = merged_manifest(&ep, &stop, prov_json)?;
-    let heads = if stop.is_full() {
-        vec![]
-    } else {
-        ep.states.clone()
+    let mut timed = |k: &'static str, t: Instant| {
+        timings.insert(k, t.elapsed().as_secs_f64());
     };
-    let mut merged = Merged {
-        manifest,
-        zipped: Zipped {
-            trunk: state,
-            heads,
-        },
-    };
-    if !bn_b.is_empty() {
-        let t = Instant::now();
-        phase(obs, "BN reset", images(&bn_b) as u64, |p| {
-            merged.reset_bn(&bn_b, &plan.device, p)
-        })?;
-        timings.insert("bn_reset", t.elapsed().as_secs_f64());
-    }
+    let (merged, tv_report) = combine_task_vectors(
+        &inp,
+        s,
+        &plan.models,
+        &bn_b,
+        &plan.device,
+        prov_json,
+        obs,
+        &mut timed,
+    )?;
     let sys = merged.system(&plan.device)?;
     let flops = sys.flops();
     let t = Instant::now();

@@ -300,6 +300,7 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
                 lambda,
                 weights: None,
                 seed,
+                groups: vec![],
             };
             // weight average of the fine-tunes: base + (1/n) sum tau
             let wavg = settings(TaskVectorMethod::TaskArithmetic, 1.0 / n as f64);

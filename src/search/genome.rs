@@ -22,6 +22,7 @@ use crate::merge::knobs::{layer_groups, GroupWeights, Knobs};
 use crate::merge::{MergeSettings, Method};
 use crate::models::MergeSpec;
 use crate::rewrite::path::{blocks, DataFlowPath, Slot, Source};
+use crate::taskvec::{TaskVectorGroup, TaskVectorMethod, TaskVectorSettings};
 
 /// Range of ZipIt!'s alpha gene.
 pub const ALPHA_RANGE: (f64, f64) = (0.01, 1.0);
@@ -29,6 +30,12 @@ pub const ALPHA_RANGE: (f64, f64) = (0.01, 1.0);
 pub const BETA_RANGE: (f64, f64) = (0.0, 1.0);
 /// Range of a data-flow slot's input scale.
 pub const SCALE_RANGE: (f64, f64) = (0.5, 1.5);
+/// Range of a task vector's density in a layer group.
+pub const DENSITY_RANGE: (f64, f64) = (0.05, 1.0);
+/// Range of a task vector's weight in a layer group (middle: 1, the plain merge).
+pub const TASK_WEIGHT_RANGE: (f64, f64) = (0.0, 2.0);
+/// Range of lambda (middle: 1).
+pub const LAMBDA_RANGE: (f64, f64) = (0.0, 2.0);
 
 /// Which knobs a search sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -113,6 +120,36 @@ pub enum GeneKind {
         /// Slot index.
         slot: usize,
     },
+    /// A task vector's density in a layer group (TIES, DARE-TIES).
+    Density {
+        /// Layer group.
+        group: String,
+        /// Model index.
+        model: usize,
+    },
+    /// A task vector's weight in a layer group.
+    TaskWeight {
+        /// Layer group.
+        group: String,
+        /// Model index.
+        model: usize,
+    },
+    /// The scale lambda of the merged task vector.
+    Lambda,
+}
+
+/// A candidate merge a genome decodes into.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Candidate {
+    /// An aligning merge: its settings (knobs, path) and stop.
+    Align {
+        /// Settings.
+        settings: MergeSettings,
+        /// Stop.
+        stop: String,
+    },
+    /// A task-vector merge's settings (per-group density and weights, lambda).
+    TaskVector(TaskVectorSettings),
 }
 
 /// One gene: its name (`alpha[layer1.0.inner]`), what it sets and its range.
@@ -157,9 +194,12 @@ pub struct Genome {
     pub genes: Vec<Gene>,
     /// The search space.
     pub space: SearchSpace,
-    /// Settings every candidate starts from (method, draws, batch size, seed).
+    /// Settings every aligning candidate starts from (method, draws, batch size, seed).
     #[serde(skip)]
     pub base: MergeSettings,
+    /// Settings every task-vector candidate starts from (`None`: the aligning family).
+    #[serde(skip)]
+    pub task_vectors: Option<TaskVectorSettings>,
     /// The stop when it is not a gene.
     pub stop: String,
     /// Ends of a data-flow path (stem and head).
@@ -302,11 +342,101 @@ impl Genome {
             genes,
             space,
             base: base.clone(),
+            task_vectors: None,
             stop: stop.into(),
             ends,
             blocks,
             models: n,
         })
+    }
+
+    /// The genome of a task-vector merge of `n` fine-tunes of a network of `spec` (Akiba et
+    /// al.'s parameter space): per layer group, each model's density (TIES, DARE-TIES) and
+    /// weight, and lambda. `base` are the settings every candidate starts from.
+    pub fn task_vectors(
+        spec: &MergeSpec,
+        n: usize,
+        base: &MergeSettings,
+        tv: &TaskVectorSettings,
+    ) -> Self {
+        let trims = matches!(
+            tv.method,
+            TaskVectorMethod::Ties { .. } | TaskVectorMethod::DareTies { .. }
+        );
+        let mut genes = Vec::new();
+        for g in layer_groups(spec) {
+            for m in 0..n {
+                if trims {
+                    genes.push(Gene::new(
+                        format!("density{m}[{g}]"),
+                        GeneKind::Density {
+                            group: g.clone(),
+                            model: m,
+                        },
+                        DENSITY_RANGE,
+                    ));
+                }
+                genes.push(Gene::new(
+                    format!("weight{m}[{g}]"),
+                    GeneKind::TaskWeight {
+                        group: g.clone(),
+                        model: m,
+                    },
+                    TASK_WEIGHT_RANGE,
+                ));
+            }
+        }
+        genes.push(Gene::new("lambda".into(), GeneKind::Lambda, LAMBDA_RANGE));
+        Self {
+            genes,
+            space: SearchSpace::Ps,
+            base: base.clone(),
+            task_vectors: Some(tv.clone()),
+            stop: "full".into(),
+            ends: Source::Model(0),
+            blocks: vec![],
+            models: n,
+        }
+    }
+
+    /// The candidate a search vector `x` decodes into.
+    pub fn candidate(&self, x: &[f64], spec: &MergeSpec) -> Candidate {
+        let Some(tv) = &self.task_vectors else {
+            let (settings, stop) = self.decode(x, spec);
+            return Candidate::Align { settings, stop };
+        };
+        let mut tv = tv.clone();
+        let mut groups: Vec<TaskVectorGroup> = Vec::new();
+        let n = self.models;
+        for (g, &xi) in self.genes.iter().zip(x) {
+            let entry = |groups: &mut Vec<TaskVectorGroup>, name: &str| -> usize {
+                match groups.iter().position(|e| e.group == name) {
+                    Some(i) => i,
+                    None => {
+                        groups.push(TaskVectorGroup {
+                            group: name.into(),
+                            density: None,
+                            weights: None,
+                        });
+                        groups.len() - 1
+                    }
+                }
+            };
+            match &g.kind {
+                GeneKind::Density { group, model } => {
+                    let i = entry(&mut groups, group);
+                    groups[i].density.get_or_insert_with(|| vec![0.0; n])[*model] = g.value(xi);
+                }
+                GeneKind::TaskWeight { group, model } => {
+                    let i = entry(&mut groups, group);
+                    groups[i].weights.get_or_insert_with(|| vec![0.0; n])[*model] = g.value(xi);
+                }
+                GeneKind::Lambda => tv.lambda = g.value(xi),
+                _ => {}
+            }
+        }
+        tv.groups = groups;
+        Candidate::TaskVector(tv)
     }
 
     /// Number of genes.
@@ -371,6 +501,7 @@ impl Genome {
                 GeneKind::Repair => s.corrections.repair = g.choice(xi) == 1,
                 GeneKind::Source { slot } => slots[*slot].source = choices[g.choice(xi)],
                 GeneKind::Scale { slot } => slots[*slot].scale = g.value(xi),
+                GeneKind::Density { .. } | GeneKind::TaskWeight { .. } | GeneKind::Lambda => {}
             }
         }
         s.knobs = Knobs {

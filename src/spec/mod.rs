@@ -39,6 +39,26 @@ pub enum Side {
     Space(usize),
 }
 
+/// The layer group a layer (or one of its tensors, `layer2.0.conv1.weight`) belongs to by its
+/// module path, the unit a merge search sets knobs for (Akiba et al. 2024 set them per layer):
+/// `layerK` for a ResNet stage (`layerK.*`), `features.<i>` for a VGG layer, `head` for the
+/// output layer (`linear`, `fc`, `classifier`), else `stem`.
+pub fn layer_group(layer: &str) -> String {
+    let mut parts = layer.split('.');
+    let first = parts.next().unwrap_or("");
+    let stage = first
+        .strip_prefix("layer")
+        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    if stage {
+        return first.into();
+    }
+    match (first, parts.next()) {
+        ("linear" | "fc" | "classifier", _) => "head".into(),
+        ("features", Some(i)) => format!("features.{i}"),
+        _ => "stem".into(),
+    }
+}
+
 /// Kind of a parameterised layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

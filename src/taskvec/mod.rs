@@ -157,6 +157,30 @@ pub struct TaskVectorSettings {
     pub weights: Option<Vec<f64>>,
     /// Seed of DARE's drops.
     pub seed: u64,
+    /// Per-layer-group density and weights (`zipmerge evolve`'s genome; empty: the global
+    /// knobs above apply to every tensor).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<TaskVectorGroup>,
+}
+
+/// The knobs of one layer group ([`crate::spec::layer_group`]) of a task-vector merge: the
+/// density and weight of each model's task vector there, as Akiba et al. (Evolutionary
+/// Optimization of Model Merging Recipes, 2024, §3.1) set TIES/DARE's per layer. With any
+/// group given, every model's task vector is multiplied by its weight of the tensor's group
+/// (the global `weights`, else 1, where the group gives none) before the method runs, and TIES /
+/// DARE-TIES trim each model's vector **within each group** at that group's density (the
+/// method's density where the group gives none), instead of over the whole model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskVectorGroup {
+    /// Layer group (`stem`, `layer1`, ..., `head`).
+    pub group: String,
+    /// Density of each model's task vector in the group, in (0, 1] (TIES and DARE-TIES).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub density: Option<Vec<f64>>,
+    /// Weight of each model's task vector in the group (finite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Vec<f64>>,
 }
 
 /// Why a task-vector merge cannot run. Every message names the option, model or tensor.
@@ -222,6 +246,47 @@ impl TaskVectorSettings {
                 return bad("--drop", *drop, "expected a number in [0, 1)");
             }
         }
+        let trims = matches!(
+            self.method,
+            TaskVectorMethod::Ties { .. } | TaskVectorMethod::DareTies { .. }
+        );
+        for (i, g) in self.groups.iter().enumerate() {
+            let opt = |o: &Option<Vec<f64>>| o.as_ref().map(Vec::len);
+            if self.groups[..i].iter().any(|h| h.group == g.group) {
+                return Err(TaskVectorError::Option {
+                    option: "groups",
+                    value: g.group.clone(),
+                    expected: "expected each layer group once",
+                });
+            }
+            if opt(&g.density).is_some_and(|n| n != models)
+                || opt(&g.weights).is_some_and(|n| n != models)
+            {
+                return Err(TaskVectorError::Option {
+                    option: "groups",
+                    value: g.group.clone(),
+                    expected: "expected one density and one weight per --model",
+                });
+            }
+            if g.density.is_some() && !trims {
+                return Err(TaskVectorError::Option {
+                    option: "groups",
+                    value: g.group.clone(),
+                    expected: "a density per group applies to ties and dare-ties only",
+                });
+            }
+            if let Some(d) = g
+                .density
+                .iter()
+                .flatten()
+                .find(|d| !(**d > 0.0 && **d <= 1.0))
+            {
+                return bad("groups (density)", *d, "expected a number in (0, 1]");
+            }
+            if let Some(v) = g.weights.iter().flatten().find(|v| !v.is_finite()) {
+                return bad("groups (weights)", *v, "expected finite numbers");
+            }
+        }
         if let Some(w) = &self.weights {
             if w.len() != models {
                 return Err(TaskVectorError::Option {
@@ -235,6 +300,79 @@ impl TaskVectorSettings {
             }
         }
         Ok(())
+    }
+}
+
+/// The group of each tensor of `lay` among `groups` (`None` for a tensor of a group not
+/// listed); `None` when no group is given.
+///
+/// # Errors
+/// [`TaskVectorError::Option`] naming a group no tensor belongs to.
+fn tensor_groups(
+    lay: &[(String, usize, usize)],
+    groups: &[TaskVectorGroup],
+) -> Result<Option<Vec<Option<usize>>>, TaskVectorError> {
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    let of: Vec<String> = lay
+        .iter()
+        .map(|(name, _, _)| crate::spec::layer_group(name))
+        .collect();
+    if let Some(g) = groups.iter().find(|g| !of.contains(&g.group)) {
+        return Err(TaskVectorError::Option {
+            option: "groups",
+            value: g.group.clone(),
+            expected: "no tensor of the base belongs to this layer group",
+        });
+    }
+    Ok(Some(
+        of.iter()
+            .map(|name| groups.iter().position(|g| &g.group == name))
+            .collect(),
+    ))
+}
+
+/// TIES's trim of one task vector within each layer group: the entries of group `i`'s tensors
+/// (`groups[t]` for tensor `t`) trimmed together at `dens[i]` ([`trim_global`]'s rule), those
+/// of a tensor in no listed group at `density`; per tensor at those densities for
+/// [`Trim::PerTensor`].
+fn trim_grouped(
+    tau: &mut [f32],
+    lay: &[(String, usize, usize)],
+    groups: &[Option<usize>],
+    dens: &[f64],
+    density: f64,
+    trim: Trim,
+) {
+    let d_of = |g: Option<usize>| g.map_or(density, |i| dens[i]);
+    if trim == Trim::PerTensor {
+        for ((name, off, len), g) in lay.iter().zip(groups) {
+            let one = [(name.clone(), 0usize, *len)];
+            trim_per_tensor(&mut tau[*off..off + len], &one, d_of(*g));
+        }
+        return;
+    }
+    let mut keys: Vec<Option<usize>> = groups.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        let members: Vec<(usize, usize)> = lay
+            .iter()
+            .zip(groups)
+            .filter(|(_, g)| **g == key)
+            .map(|((_, off, len), _)| (*off, *len))
+            .collect();
+        let mut v: Vec<f32> = members
+            .iter()
+            .flat_map(|&(off, len)| tau[off..off + len].iter().copied())
+            .collect();
+        trim_global(&mut v, d_of(key));
+        let mut at = 0;
+        for (off, len) in members {
+            tau[off..off + len].copy_from_slice(&v[at..at + len]);
+            at += len;
+        }
     }
 }
 
@@ -471,7 +609,24 @@ pub fn merge(
     let mut taus = task_vectors(base, fine_tunes)?;
     let norm = |t: &[f32]| t.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
     let norms: Vec<f64> = taus.iter().map(|t| norm(t)).collect();
-    let weights = settings.weights.clone();
+    let groups = tensor_groups(&lay, &settings.groups)?;
+    let mut weights = settings.weights.clone();
+    if let Some(g) = &groups {
+        // the per-group weights, multiplied in once (the global ones where a group has none)
+        for (m, t) in taus.iter_mut().enumerate() {
+            for ((_, off, len), gi) in lay.iter().zip(g) {
+                let w = gi
+                    .and_then(|i| settings.groups[i].weights.as_ref())
+                    .map(|w| w[m])
+                    .or_else(|| weights.as_ref().map(|w| w[m]))
+                    .unwrap_or(1.0) as f32;
+                if w != 1.0 {
+                    t[*off..off + len].iter_mut().for_each(|v| *v *= w);
+                }
+            }
+        }
+        weights = None;
+    }
     let weight = |m: usize| weights.as_ref().map_or(1.0, |w| w[m]);
     let apply_weights = |taus: &mut Vec<Vec<f32>>| {
         if weights.is_some() {
@@ -498,11 +653,19 @@ pub fn merge(
             dare(t, &lay, drop, settings.seed, m);
         }
     };
-    let ties = |taus: &mut Vec<Vec<f32>>, density, trim, sign_rule, how| {
-        for t in taus.iter_mut() {
-            match trim {
-                Trim::Global => trim_global(t, density),
-                Trim::PerTensor => trim_per_tensor(t, &lay, density),
+    let ties = |taus: &mut Vec<Vec<f32>>, density: f64, trim, sign_rule, how| {
+        for (m, t) in taus.iter_mut().enumerate() {
+            match (&groups, trim) {
+                (Some(g), _) => {
+                    let dens: Vec<f64> = settings
+                        .groups
+                        .iter()
+                        .map(|gr| gr.density.as_ref().map_or(density, |d| d[m]))
+                        .collect();
+                    trim_grouped(t, &lay, g, &dens, density, trim);
+                }
+                (None, Trim::Global) => trim_global(t, density),
+                (None, Trim::PerTensor) => trim_per_tensor(t, &lay, density),
             }
         }
         let gamma = elect_sign(taus, sign_rule);
@@ -671,6 +834,7 @@ mod tests {
                 lambda: 1.0,
                 weights: None,
                 seed: 0,
+                groups: vec![],
             };
             let (m, _) = merge(&base, &[&ft], &s).unwrap();
             assert_eq!(m["conv.weight"].data, ft["conv.weight"].data);
@@ -716,6 +880,7 @@ mod tests {
             lambda: 1.0,
             weights: None,
             seed: 0,
+            groups: vec![],
         };
         assert!(s.check(2).unwrap_err().to_string().contains("--density"));
         s.method = TaskVectorMethod::DareLinear { drop: 1.0 };
@@ -725,5 +890,49 @@ mod tests {
         assert!(s.check(2).unwrap_err().to_string().contains("--lambda"));
         s.lambda = -1.0;
         assert!(s.check(2).is_err());
+    }
+
+    /// Hand-derived: one fine-tune, TIES with per-group densities. Stem `conv1` tau
+    /// [1, -3, 2, 0.5] at density 0.5: k = 2 of 4, threshold the 2nd smallest magnitude (1):
+    /// [1, -3, 2, 0]. `layer1` tau [4, 1, -1, 2] at 0.25: k = 1, threshold the 3rd smallest
+    /// (2): [4, 0, 0, 2] (a global trim at 0.5 over all 8 would keep 7). With weight 2 on
+    /// layer1: [8, 2, -2, 4], threshold 4: [8, 0, 0, 4]. One model: the election and the
+    /// disjoint mean keep the trimmed vector; lambda 1.
+    #[test]
+    fn groups_trim_and_weight_within_each_layer_group() {
+        let base = state(&[
+            ("conv1.weight", vec![0.0; 4]),
+            ("layer1.0.conv1.weight", vec![0.0; 4]),
+        ]);
+        let ft = state(&[
+            ("conv1.weight", vec![1.0, -3.0, 2.0, 0.5]),
+            ("layer1.0.conv1.weight", vec![4.0, 1.0, -1.0, 2.0]),
+        ]);
+        let group = |g: &str, d: f64, w: Option<f64>| TaskVectorGroup {
+            group: g.into(),
+            density: Some(vec![d]),
+            weights: w.map(|w| vec![w]),
+        };
+        let mut s = TaskVectorSettings {
+            method: TaskVectorMethod::Ties {
+                density: 0.5,
+                trim: Trim::Global,
+                sign: SignRule::Mass,
+                disjoint: Disjoint::Mean,
+            },
+            lambda: 1.0,
+            weights: None,
+            seed: 0,
+            groups: vec![group("stem", 0.5, None), group("layer1", 0.25, None)],
+        };
+        let (m, _) = merge(&base, &[&ft], &s).unwrap();
+        assert_eq!(m["conv1.weight"].data, vec![1.0, -3.0, 2.0, 0.0]);
+        assert_eq!(m["layer1.0.conv1.weight"].data, vec![4.0, 0.0, 0.0, 2.0]);
+        s.groups[1] = group("layer1", 0.25, Some(2.0));
+        let (m, _) = merge(&base, &[&ft], &s).unwrap();
+        assert_eq!(m["layer1.0.conv1.weight"].data, vec![8.0, 0.0, 0.0, 4.0]);
+        s.groups[1].group = "layer7".into();
+        let e = merge(&base, &[&ft], &s).unwrap_err().to_string();
+        assert!(e.contains("layer7"), "{e}");
     }
 }

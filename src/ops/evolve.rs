@@ -283,14 +283,16 @@ impl Bench<'_> {
                 s.knobs.check(&s.method, &ep.spec, ep.n())?;
                 let stop = ep.spec.stop(stop)?;
                 let st = if s.method.needs_statistics() {
-                    if !stats.contains_key(&stop.spaces) {
-                        let n = crate::merge::images(probe) as u64;
-                        let st = phase(obs, "statistics", n, |p| {
-                            statistics_upto(ep, probe, self.device, stop.spaces, p)
-                        })?;
-                        stats.insert(stop.spaces, st);
-                    }
-                    stats.get(&stop.spaces)
+                    let st = match stats.entry(stop.spaces) {
+                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            let n = crate::merge::images(probe) as u64;
+                            v.insert(phase(obs, "statistics", n, |p| {
+                                statistics_upto(ep, probe, self.device, stop.spaces, p)
+                            })?)
+                        }
+                    };
+                    Some(&*st)
                 } else {
                     None
                 };

@@ -196,6 +196,7 @@ pub(crate) fn load_inputs(plan: &TaskVectorPlan) -> Result<TaskVectorInputs, Mer
 ///
 /// # Errors
 /// As [`crate::taskvec::merge`] and the BN reset.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn combine_task_vectors(
     inp: &TaskVectorInputs,
     s: &TaskVectorSettings,
@@ -262,7 +263,7 @@ pub fn run_task_vectors(
         }
         None => vec![],
     };
-    let evaluation = Evaluation::load(plan.eval.as_ref(), &ep, plan.cache_gib, obs)?;
+    let evaluation = Evaluation::load(plan.eval.as_ref(), ep, plan.cache_gib, obs)?;
     let mut timings = BTreeMap::new();
     let t_all = Instant::now();
     obs.info(&format!(

@@ -144,9 +144,13 @@ pub struct GridArgs {
     /// Beta values (the paper's grid by default).
     #[arg(long, value_delimiter = ',', default_value = PAPER_BETAS)]
     pub betas: Vec<f64>,
-    /// Evaluate each cell on this many test images (seeded subset; `all` = every image).
+    /// Evaluate the chosen cell, once, on this many test images (seeded subset; `all` = every
+    /// image). The cells are scored on `--val-images`.
     #[arg(long, default_value = "all", value_parser = count(1))]
     pub eval_images: Count,
+    /// Do not evaluate the chosen cell on the test set (the test folder is not read).
+    #[arg(long)]
+    pub no_test: bool,
     /// Task-vector methods (`--method task-arithmetic | ties | dare-ties`): the base the
     /// `--model` fine-tunes start from; the grid then searches lambda (and the density or the
     /// drop) on a validation split of the train folder (as `reproduce tasks`).
@@ -161,7 +165,8 @@ pub struct GridArgs {
     /// DARE-TIES: the drop grid (default 0.5,0.9).
     #[arg(long, value_delimiter = ',')]
     pub drops: Option<Vec<f64>>,
-    /// Task-vector methods: validation images carved from the train folder.
+    /// Validation images carved from the train folder (seeded, disjoint from the probe and
+    /// BN-reset draws): every cell is scored on them, and the best is chosen there.
     #[arg(long, default_value_t = 2000, value_parser = super::common::positive)]
     pub val_images: usize,
     #[command(flatten)]
@@ -295,6 +300,16 @@ fn exec_tasks(a: TasksArgs, p: &mut Printer) -> Result<()> {
 fn exec_grid_task_vectors(a: GridArgs, p: &mut Printer) -> Result<()> {
     use zipmerge::ops::tasks::TasksPlan;
     let m = a.settings.matcher.method.clone();
+    if super::common::given_flags().contains("--eval-images") {
+        return Err(usage(format!(
+            "--eval-images applies to the ZipIt! grid; --method {m} evaluates the chosen knobs on the whole test set"
+        )));
+    }
+    if a.no_test {
+        return Err(usage(format!(
+            "--no-test applies to the ZipIt! grid; --method {m} reports the chosen knobs' test accuracy with its table"
+        )));
+    }
     let Some(base) = a.base.clone() else {
         return Err(usage(format!(
             "--method {m} needs --base BASE (the model the --model fine-tunes start from)"
@@ -431,15 +446,26 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
         stop: a.stop.clone(),
         alphas: a.alphas.clone(),
         betas: a.betas.clone(),
+        val_images: a.val_images,
         eval_images: a.eval_images.0,
+        test: !a.no_test,
         inputs: a.data.inputs(&a.settings, p)?,
         settings,
     };
     let r = zipmerge::ops::grid::run(&plan, a.out.as_deref(), p).map_err(experiment_error)?;
     let b = &r.best;
+    let test = b
+        .test
+        .as_ref()
+        .map_or("not evaluated on test (--no-test)".into(), |t| {
+            format!(
+                "test joint {:.2}%, avg {:.2}% ({} images)",
+                t.joint, t.avg, r.test_images
+            )
+        });
     let best = format!(
-        "best: alpha {} beta {} (joint {:.2}%) at {}\n",
-        b.alpha, b.beta, b.joint, r.stop
+        "chosen on {} validation images: alpha {} beta {} (validation joint {:.2}%) at {}; {test}\n",
+        r.val_images, b.alpha, b.beta, b.joint, r.stop
     );
     p.emit(&r, &(r.csv() + &best), None)
 }

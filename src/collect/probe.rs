@@ -59,6 +59,56 @@ pub fn load_probe(
     Ok(set)
 }
 
+/// The validation positions of a train folder of `total` images: a seeded draw (ChaCha8,
+/// `seed`) of `n` from the positions that neither draw of `d` uses, in ascending order (fewer
+/// when fewer are free). Hyper-parameter searches choose on these images, never on the test set.
+pub fn validation_positions(total: usize, d: &Draws, n: usize, seed: u64) -> Vec<usize> {
+    use rand::{seq::SliceRandom, SeedableRng};
+    let mut used = std::collections::BTreeSet::new();
+    for o in d.probe.iter().chain(&d.bn) {
+        used.extend(probe_indices(total, o));
+    }
+    let mut free: Vec<usize> = (0..total).filter(|i| !used.contains(i)).collect();
+    free.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    free.truncate(n);
+    free.sort_unstable();
+    free
+}
+
+/// The validation split of the train folder `dir` ([`validation_positions`]): `n` images
+/// disjoint from the draws `d`, decoded for evaluation.
+///
+/// # Errors
+/// [`MergeError::Data`] for an unreadable folder or image; [`MergeError::Param`] naming the
+/// validation images when fewer than `n` are left after the draws.
+pub fn load_validation(
+    dir: &Path,
+    prep: Preprocess,
+    cache_gib: f64,
+    d: &Draws,
+    n: usize,
+    seed: u64,
+) -> Result<SparseSet, MergeError> {
+    let max = crate::data::images_in_cache(prep, true, cache_gib);
+    let val = SparseSet::load(dir, "val", prep, max, &|total| {
+        validation_positions(total, d, n, seed)
+    })?;
+    if val.set.len() < n {
+        return Err(MergeError::param(
+            crate::error::MergeParam::ValImages,
+            n,
+            format!(
+                "{} holds {} images and the probe and BN-reset draws use {}: at most {} are left for validation",
+                dir.display(),
+                val.total,
+                val.total - val.set.len(),
+                val.set.len()
+            ),
+        ));
+    }
+    Ok(val)
+}
+
 /// The statistics' batches of `probe` drawn by `opts`, with a note when fewer images than
 /// asked (or than one batch) are there.
 ///

@@ -19,15 +19,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::merge::{combine, Combined};
 use super::task_vectors::{combine_task_vectors, load_inputs, TaskVectorInputs};
-use crate::collect::probe::{bn_batches, load_probe, probe_batches, Draws};
-use crate::collect::{probe_indices, ProbeOptions};
-use crate::data::SparseSet;
+use crate::collect::probe::{bn_batches, load_probe, load_validation, probe_batches, Draws};
+use crate::collect::ProbeOptions;
 use crate::error::{MergeError, MergeParam};
 use crate::eval::runner::{check_evaluation, evaluate_on, EvalSet};
 use crate::eval::Accuracy;
@@ -402,20 +399,6 @@ pub fn trace_csv(genes: &[Gene], trace: &[TraceRow]) -> String {
     c
 }
 
-/// The validation positions of a train folder of `total` images: a seeded draw of `n` from the
-/// positions neither of the draws `d` uses (fewer when fewer are free).
-fn validation_positions(total: usize, d: &Draws, n: usize, seed: u64) -> Vec<usize> {
-    let mut used = std::collections::BTreeSet::new();
-    for o in d.probe.iter().chain(&d.bn) {
-        used.extend(probe_indices(total, o));
-    }
-    let mut free: Vec<usize> = (0..total).filter(|i| !used.contains(i)).collect();
-    free.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-    free.truncate(n);
-    free.sort_unstable();
-    free
-}
-
 /// Runs the search (module docs).
 ///
 /// # Errors
@@ -564,23 +547,14 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
     };
     let probe = load_probe(&plan.probe_dir, prep, plan.cache_gib, &draws, obs)?;
     let val_seed = base.seed.wrapping_add(2);
-    let max = crate::data::images_in_cache(prep, true, plan.cache_gib);
-    let val = SparseSet::load(&plan.probe_dir, "val", prep, max, &|total| {
-        validation_positions(total, &draws, plan.val_images, val_seed)
-    })?;
-    if val.set.len() < plan.val_images {
-        return Err(MergeError::param(
-            MergeParam::ValImages,
-            plan.val_images,
-            format!(
-                "{} holds {} images and the probe and BN-reset draws use {}: at most {} are left for validation",
-                plan.probe_dir.display(),
-                val.total,
-                val.total - val.set.len(),
-                val.set.len()
-            ),
-        ));
-    }
+    let val = load_validation(
+        &plan.probe_dir,
+        prep,
+        plan.cache_gib,
+        &draws,
+        plan.val_images,
+        val_seed,
+    )?;
     let tasks = match (&family_ep, &tv_inputs) {
         (Some(ep), _) => {
             check_evaluation(&ep.heads(), &val.set, &ep.tasks())?;

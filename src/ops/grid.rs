@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::collect::probe::{load_probe, load_validation};
 use crate::error::{ExperimentError, MergeError, MergeParam};
 use crate::experiments::prepare::*;
 use crate::experiments::Counters;
@@ -23,8 +24,14 @@ pub struct GridPlan {
     pub alphas: Vec<f64>,
     /// Beta values.
     pub betas: Vec<f64>,
-    /// Evaluate each cell on a seeded subset of this many test images (`None`: all).
+    /// Validation images each cell is scored on: a seeded draw (seed `settings.seed + 2`) from
+    /// the probe folder's images that neither the probe nor the BN-reset draw uses.
+    pub val_images: usize,
+    /// Evaluate the chosen cell, once, on a seeded subset of this many test images (`None`:
+    /// all).
     pub eval_images: Option<usize>,
+    /// Evaluate the chosen cell on the test set at all (`false`: the test folder is not read).
+    pub test: bool,
     /// Draws, corrections (the method is ZipIt! with each cell's alpha and beta).
     pub settings: MergeSettings,
     /// Data and device.
@@ -42,15 +49,17 @@ pub struct GridCell {
     pub accuracy: crate::eval::Accuracy,
 }
 
-/// The best cell by joint accuracy.
+/// The cell chosen by validation joint accuracy, with its test accuracy.
 #[derive(Clone, Debug, Serialize)]
 pub struct GridBest {
     /// Alpha.
     pub alpha: f64,
     /// Beta.
     pub beta: f64,
-    /// Joint accuracy, %.
+    /// Joint accuracy on the validation images, %.
     pub joint: f64,
+    /// Its accuracy on the test set, measured once after the choice (`None`: not evaluated).
+    pub test: Option<crate::eval::Accuracy>,
 }
 
 /// What [`grid`] measured (`grid.json`).
@@ -60,11 +69,15 @@ pub struct GridReport {
     pub stop: String,
     /// Best cell.
     pub best: GridBest,
-    /// Every cell, alpha-major.
+    /// Every cell, alpha-major, scored on the validation images.
     pub cells: Vec<GridCell>,
     /// Statistics passes and matching runs.
     pub counters: Counters,
-    /// Test images per cell.
+    /// Validation images each cell was scored on.
+    pub val_images: usize,
+    /// Seed of the validation draw.
+    pub val_seed: u64,
+    /// Test images the chosen cell was evaluated on (0: not evaluated).
     pub test_images: usize,
     /// Seconds.
     pub seconds: f64,
@@ -91,7 +104,9 @@ impl GridReport {
 }
 
 /// Zips at one stop for every (alpha, beta) of the grid from one statistics pass (reference
-/// doc §5.2).
+/// doc §5.2), scores every cell on a validation split of the train folder (the paper holds out
+/// a split for the search), chooses the cell of the best validation joint accuracy and only
+/// then evaluates it, once, on the test set.
 ///
 /// # Errors
 /// [`MergeError`]: [`MergeError::Param`] for a bad alpha or beta.
@@ -122,57 +137,93 @@ pub fn grid(plan: &GridPlan, obs: &mut dyn Observer) -> Result<GridReport, Merge
     s.check()?;
     let ep = load_endpoints(&plan.models, &methods, s.merge_eps)?;
     let stop = ep.spec.stop(&plan.stop)?;
-    let (train, mut test) = load_data(&plan.inputs, &s, &ep, obs)?;
-    if let Some(n) = plan.eval_images {
-        test = test.seeded_subset(n, s.seed);
-    }
+    let prep = ep.spec.net.preprocess();
+    let inputs = &plan.inputs;
+    let draws = s.draws();
+    let train = load_probe(&inputs.probe_dir, prep, inputs.cache_gib, &draws, obs)?;
+    // the cells are scored on a validation split of the train folder; the test folder is read
+    // once, after the choice
+    let val_seed = s.seed.wrapping_add(2);
+    let val = load_validation(
+        &inputs.probe_dir,
+        prep,
+        inputs.cache_gib,
+        &draws,
+        plan.val_images,
+        val_seed,
+    )?;
     let t0 = Instant::now();
     let mut counters = Counters::default();
-    let tasks = tasks_checked(&ep, &test)?;
-    let device = &plan.inputs.device;
+    let tasks = tasks_checked(&ep, &val.set)?;
+    let device = &inputs.device;
     let p = prepare(ep, tasks, &s, &train, device, obs, &mut counters)?;
-    let exp = p.context(&test, &s, device);
     let lambda = s.similarity.lambda();
-    let mut cells = Vec::new();
-    obs.begin("grid", methods.len() as u64);
-    for method in &methods {
-        let Method::Zipit { alpha, beta } = *method else {
-            unreachable!("grid methods are ZipIt!")
-        };
-        let t = merge::match_spaces_with(
-            &p.ep,
-            method,
-            Some(&p.stats),
-            stop.spaces,
-            s.merge_eps,
-            lambda,
-        )?;
-        counters.matching_runs += 1;
-        let label = format!("a={alpha} b={beta}");
-        let r = exp.corrected_row(&label, &t, &stop, true, &s.corrections, &mut |_| {})?;
-        cells.push(GridCell {
-            alpha,
-            beta,
-            accuracy: r.accuracy,
-        });
-        obs.advance(1);
+    let mut cells: Vec<GridCell> = Vec::new();
+    let mut best: Option<(usize, Vec<crate::matching::MergeUnmerge>)> = None;
+    {
+        let exp = p.context(&val.set, &s, device);
+        obs.begin("grid (validation)", methods.len() as u64);
+        for (i, method) in methods.iter().enumerate() {
+            let Method::Zipit { alpha, beta } = *method else {
+                unreachable!("grid methods are ZipIt!")
+            };
+            let t = merge::match_spaces_with(
+                &p.ep,
+                method,
+                Some(&p.stats),
+                stop.spaces,
+                s.merge_eps,
+                lambda,
+            )?;
+            counters.matching_runs += 1;
+            let label = format!("a={alpha} b={beta}");
+            let r = exp.corrected_row(&label, &t, &stop, true, &s.corrections, &mut |_| {})?;
+            let better = best
+                .as_ref()
+                .is_none_or(|(b, _)| r.accuracy.joint > cells[*b].accuracy.joint);
+            cells.push(GridCell {
+                alpha,
+                beta,
+                accuracy: r.accuracy,
+            });
+            if better {
+                best = Some((i, t));
+            }
+            obs.advance(1);
+        }
+        obs.end();
     }
-    obs.end();
-    let best = cells
-        .iter()
-        .max_by(|x, y| x.accuracy.joint.total_cmp(&y.accuracy.joint))
-        .map(|c| GridBest {
-            alpha: c.alpha,
-            beta: c.beta,
-            joint: c.accuracy.joint,
-        })
-        .expect("at least one cell");
+    let (bi, transforms) = best.expect("at least one cell");
+    let (test, test_images) = if plan.test {
+        let mut test =
+            crate::data::load_split(&inputs.test_root, "test", prep, inputs.cache_gib, None, obs)?;
+        if let Some(n) = plan.eval_images {
+            test = test.seeded_subset(n, s.seed);
+        }
+        tasks_checked(&p.ep, &test)?;
+        let exp = p.context(&test, &s, device);
+        let label = format!("a={} b={}", cells[bi].alpha, cells[bi].beta);
+        let r = row(obs, &p, &test, "chosen cell on test", |pr| {
+            exp.corrected_row(&label, &transforms, &stop, true, &s.corrections, pr)
+        })?;
+        (Some(r.accuracy), test.len())
+    } else {
+        (None, 0)
+    };
+    let best = GridBest {
+        alpha: cells[bi].alpha,
+        beta: cells[bi].beta,
+        joint: cells[bi].accuracy.joint,
+        test,
+    };
     Ok(GridReport {
         stop: stop.name,
         best,
         cells,
         counters,
-        test_images: test.len(),
+        val_images: val.set.len(),
+        val_seed,
+        test_images,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
@@ -256,10 +307,13 @@ mod tests {
                 alpha: 0.3,
                 beta: 0.5,
                 joint: 50.0,
+                test: None,
             },
             cells,
             counters: Counters::default(),
-            test_images: 10,
+            val_images: 10,
+            val_seed: 2,
+            test_images: 0,
             seconds: 0.0,
         };
         assert_eq!(

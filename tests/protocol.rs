@@ -1,0 +1,105 @@
+//! Honest protocol (issue 28): `reproduce grid` scores its cells on a validation split carved
+//! from the train folder and reads the test folder once, after the choice.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+mod common;
+use common::run;
+
+const SAMPLE: &str = "datasets/cifar10-sample";
+const A: &str = "models/cifar10-5+5/resnet20x1-a";
+const B: &str = "models/cifar10-5+5/resnet20x1-b";
+
+/// A data root whose `test/` holds only unreadable images: any read of it fails.
+fn poisoned_root(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let train = std::fs::canonicalize(Path::new(SAMPLE).join("train")).unwrap();
+    std::os::unix::fs::symlink(train, dir.join("train")).unwrap();
+    for c in std::fs::read_dir(Path::new(SAMPLE).join("test")).unwrap() {
+        let d = dir.join("test").join(c.unwrap().file_name());
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("0.jpg"), b"not a jpeg").unwrap();
+    }
+}
+
+fn grid(data: &str, extra: &[&str], out: &Path) -> std::process::Output {
+    let mut args = vec![
+        "reproduce",
+        "grid",
+        "--model",
+        A,
+        "--model",
+        B,
+        "--data",
+        data,
+        "--stop",
+        "full",
+        "--alphas",
+        "0.3,1",
+        "--betas",
+        "0.125,1",
+        "--val-images",
+        "150",
+        "--probe-images",
+        "200",
+        "--bn-reset-images",
+        "200",
+        "--batch-size",
+        "200",
+        "-q",
+    ];
+    args.extend(extra);
+    args.extend(["--out", out.to_str().unwrap()]);
+    run(&args)
+}
+
+#[test]
+fn the_grid_chooses_on_validation_and_reads_the_test_set_once_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    poisoned_root(&root);
+    let data = root.to_str().unwrap();
+    // the whole search runs without the test folder
+    let out = grid(data, &["--no-test"], &tmp.path().join("a"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("a/grid.json")).unwrap()).unwrap();
+    assert_eq!(r["cells"].as_array().unwrap().len(), 4);
+    assert_eq!(r["val_images"], 150);
+    assert_eq!(r["test_images"], 0);
+    assert!(r["best"]["test"].is_null());
+    // the chosen cell is the best validation cell
+    let best = r["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["accuracy"]["joint"].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    assert_eq!(r["best"]["joint"].as_f64().unwrap(), best);
+    // with the test evaluation the poisoned folder fails only then, in one line
+    let out = grid(data, &[], &tmp.path().join("b"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("test"), "{err}");
+    // on the real sample, the chosen cell gets its test accuracy, and it is the same choice
+    let out = grid(SAMPLE, &[], &tmp.path().join("c"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("c/grid.json")).unwrap()).unwrap();
+    assert_eq!(c["best"]["alpha"], r["best"]["alpha"]);
+    assert_eq!(c["best"]["beta"], r["best"]["beta"]);
+    assert_eq!(c["test_images"], 1000);
+    assert!(c["best"]["test"]["joint"].as_f64().is_some());
+}

@@ -163,7 +163,17 @@ fn seg_label(v: &SegmentValue<usize>, values: &[f64]) -> String {
     }
 }
 
-/// Writes a heat map of joint accuracy over the (alpha, beta) grid as PNG.
+/// The heat map's colour of `t` in [0, 1] (low: orange-red, high: blue-green).
+fn heat(t: f64) -> RGBColor {
+    RGBColor(
+        (255.0 * (1.0 - t)) as u8,
+        (120.0 + 100.0 * t) as u8,
+        (255.0 * t) as u8,
+    )
+}
+
+/// Writes a heat map of joint accuracy over the (alpha, beta) grid as PNG, titled `title`,
+/// with a colour bar and the `best` (alpha, beta) cell outlined.
 ///
 /// # Errors
 /// [`PlotError`] when drawing or writing fails.
@@ -171,6 +181,8 @@ pub fn grid_heatmap(
     cells: &[(f64, f64, f64)],
     alphas: &[f64],
     betas: &[f64],
+    best: Option<(f64, f64)>,
+    title: &str,
     png: &Path,
 ) -> Result<(), PlotError> {
     ensure_font();
@@ -182,16 +194,14 @@ pub fn grid_heatmap(
     std::fs::create_dir_all(dir).map_err(|x| PlotError(format!("{}: {x}", dir.display())))?;
     let tmp = dir.join(".grid.png.tmp.png");
     {
-        let root = BitMapBackend::new(&tmp, (800, 650)).into_drawing_area();
-        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let whole = BitMapBackend::new(&tmp, (900, 650)).into_drawing_area();
+        whole.fill(&WHITE).map_err(|x| e(&x))?;
+        let (root, bar) = whole.split_horizontally(790);
         let (lo, hi) = cells
             .iter()
             .fold((f64::MAX, f64::MIN), |(l, h), c| (l.min(c.2), h.max(c.2)));
         let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "ZipIt! joint accuracy (%) over alpha x beta",
-                ("sans-serif", 20),
-            )
+            .caption(title, ("sans-serif", 17))
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(60)
@@ -221,11 +231,7 @@ pub fn grid_heatmap(
                 continue;
             };
             let t = if hi > lo { (v - lo) / (hi - lo) } else { 1.0 };
-            let color = RGBColor(
-                (255.0 * (1.0 - t)) as u8,
-                (120.0 + 100.0 * t) as u8,
-                (255.0 * t) as u8,
-            );
+            let color = heat(t);
             chart
                 .draw_series(std::iter::once(Rectangle::new(
                     [
@@ -242,8 +248,48 @@ pub fn grid_heatmap(
                     ("sans-serif", 14).into_font().color(&BLACK),
                 )))
                 .map_err(|x| e(&x))?;
+            if best == Some((*al, *be)) {
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [
+                            (SegmentValue::Exact(i), SegmentValue::Exact(j)),
+                            (SegmentValue::Exact(i + 1), SegmentValue::Exact(j + 1)),
+                        ],
+                        BLACK.stroke_width(4),
+                    )))
+                    .map_err(|x| e(&x))?;
+            }
         }
-        root.present().map_err(|x| e(&x))?;
+        // the colour bar: the scale of the cells' values
+        let (blo, bhi) = if hi > lo {
+            (lo, hi)
+        } else {
+            (lo - 1.0, lo + 1.0)
+        };
+        let mut cb = ChartBuilder::on(&bar)
+            .margin_top(60)
+            .margin_bottom(60)
+            .margin_right(10)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0.0..1.0, blo..bhi)
+            .map_err(|x| e(&x))?;
+        cb.configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_labels(6)
+            .y_label_formatter(&|v| format!("{v:.1}"))
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(|x| e(&x))?;
+        let steps = 60;
+        cb.draw_series((0..steps).map(|k| {
+            let y0 = blo + (bhi - blo) * k as f64 / steps as f64;
+            let y1 = blo + (bhi - blo) * (k + 1) as f64 / steps as f64;
+            let t = (k as f64 + 0.5) / steps as f64;
+            Rectangle::new([(0.0, y0), (1.0, y1)], heat(t).filled())
+        }))
+        .map_err(|x| e(&x))?;
+        whole.present().map_err(|x| e(&x))?;
     }
     std::fs::rename(&tmp, png).map_err(|x| PlotError(format!("{}: {x}", png.display())))?;
     Ok(())

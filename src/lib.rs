@@ -42,6 +42,7 @@ pub mod merge;
 pub mod models;
 pub mod ops;
 pub mod progress;
+pub mod provenance;
 pub mod rewrite;
 pub mod search;
 pub mod spec;

@@ -28,6 +28,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| with_path(e, dir))?;
     tmp.write_all(bytes).map_err(|e| with_path(e, path))?;
     tmp.flush().map_err(|e| with_path(e, path))?;
+    // a temporary file is created 0600; the result is an ordinary output, readable as the
+    // model files are (0644)
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| with_path(e, path))?;
+    }
     tmp.persist(path).map_err(|e| with_path(e.error, path))?;
     Ok(())
 }

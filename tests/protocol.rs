@@ -103,3 +103,89 @@ fn the_grid_chooses_on_validation_and_reads_the_test_set_once_after() {
     assert_eq!(c["test_images"], 1000);
     assert!(c["best"]["test"]["joint"].as_f64().is_some());
 }
+
+/// The keys of the provenance block every report carries.
+fn has_provenance(v: &Value, what: &str) {
+    let p = &v["provenance"];
+    for k in [
+        "zipmerge_version",
+        "git_commit",
+        "command",
+        "date_utc",
+        "machine",
+        "backend",
+        "data",
+        "settings",
+    ] {
+        assert!(p.get(k).is_some(), "{what}: no provenance.{k} in {p}");
+    }
+    assert!(
+        p["command"].as_str().unwrap().contains("zipmerge"),
+        "{what}"
+    );
+    assert!(p["date_utc"].as_str().unwrap().ends_with('Z'), "{what}");
+    assert!(!p["data"].as_array().unwrap().is_empty(), "{what}");
+    assert!(p["settings"].is_object(), "{what}");
+}
+
+#[test]
+fn every_report_says_how_it_was_made() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let small = [
+        "--data",
+        SAMPLE,
+        "--probe-images",
+        "200",
+        "--bn-reset-images",
+        "200",
+        "--batch-size",
+        "200",
+        "-q",
+    ];
+    let go = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend(small);
+        let out = run(&v);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let t = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let (merge, sweep, grid, table1) = (t("merge"), t("sweep"), t("grid"), t("table1"));
+    go(&[
+        "merge", "--model", A, "--model", B, "--method", "permute", "--out", &merge,
+    ]);
+    go(&["sweep", "--model", A, "--model", B, "--out", &sweep]);
+    go(&[
+        "reproduce",
+        "grid",
+        "--model",
+        A,
+        "--model",
+        B,
+        "--alphas",
+        "0.3",
+        "--betas",
+        "0.125",
+        "--val-images",
+        "100",
+        "--out",
+        &grid,
+    ]);
+    go(&["reproduce", "table1", "--out", &table1]);
+    for f in [
+        format!("{merge}/report.json"),
+        format!("{sweep}/sweep.json"),
+        format!("{grid}/grid.json"),
+        format!("{table1}/table1.json"),
+    ] {
+        let v: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        has_provenance(&v, &f);
+        // outputs are readable like the model files
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{f}");
+    }
+}

@@ -194,6 +194,8 @@ impl DataArgs {
             test_root: self.eval_data.clone().unwrap_or(root),
             cache_gib: cache_gib()?,
             device: self.backend.runner(p)?,
+            backend: self.backend.backend.to_string(),
+            command: super::common::command_line(),
         })
     }
 }

@@ -27,6 +27,39 @@ pub struct Inputs {
     pub cache_gib: f64,
     /// Compute device.
     pub device: Runner,
+    /// The backend's name (for the provenance block).
+    pub backend: String,
+    /// The command line (for the provenance block).
+    pub command: String,
+}
+
+impl Inputs {
+    /// The provenance block of an experiment on these inputs: the probe folder (its listing
+    /// of `probe_total` images) and the test folder (`test_images` read; 0: not read), with
+    /// `settings`.
+    pub fn provenance(
+        &self,
+        probe_total: usize,
+        test_images: usize,
+        settings: &impl Serialize,
+    ) -> crate::provenance::Provenance {
+        use crate::provenance::{DataFolder, Provenance};
+        let mut data = vec![DataFolder {
+            role: "probe",
+            path: self.probe_dir.display().to_string(),
+            images: probe_total,
+        }];
+        if test_images > 0 {
+            data.push(DataFolder {
+                role: "test",
+                path: crate::data::split_dir(&self.test_root, "test")
+                    .display()
+                    .to_string(),
+                images: test_images,
+            });
+        }
+        Provenance::new(&self.command, &self.backend, data, settings)
+    }
 }
 
 /// One endpoint group after the endpoint BN reset and the statistics pass.

@@ -213,6 +213,8 @@ pub struct EvolveReport {
     pub command: String,
     /// zipmerge's version.
     pub zipmerge_version: &'static str,
+    /// How this was made: version, commit, command, date, machine, data, every setting.
+    pub provenance: crate::provenance::Provenance,
 }
 
 impl EvolveReport {
@@ -852,7 +854,43 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
             }
         }
     }
+    let mut data = vec![
+        crate::provenance::DataFolder {
+            role: "probe",
+            path: plan.probe_dir.display().to_string(),
+            images: probe.total,
+        },
+        crate::provenance::DataFolder {
+            role: "validation",
+            path: plan.probe_dir.display().to_string(),
+            images: val.set.len(),
+        },
+    ];
+    if let (Some(e), Some(a)) = (&plan.eval, results.first().and_then(|r| r.test.as_ref())) {
+        data.push(crate::provenance::DataFolder {
+            role: "test",
+            path: crate::data::split_dir(&e.root, "test")
+                .display()
+                .to_string(),
+            images: a.images,
+        });
+    }
+    let provenance = crate::provenance::Provenance::new(
+        &plan.command,
+        &plan.backend,
+        data,
+        &serde_json::json!({
+            "fingerprint": fingerprint,
+            "budget": plan.budget,
+            "ends": plan.ends,
+            "search_stops": plan.search_stops,
+            "search_repair": plan.search_repair,
+            "grid": plan.grid,
+            "val_seed": val_seed,
+        }),
+    );
     let report = EvolveReport {
+        provenance,
         space: plan.space,
         fitness: plan.fitness,
         genes: genome.genes.clone(),

@@ -79,6 +79,8 @@ pub struct GridReport {
     pub val_seed: u64,
     /// Test images the chosen cell was evaluated on (0: not evaluated).
     pub test_images: usize,
+    /// How this was made: version, commit, command, date, machine, data, every setting.
+    pub provenance: crate::provenance::Provenance,
     /// Seconds.
     pub seconds: f64,
 }
@@ -216,7 +218,30 @@ pub fn grid(plan: &GridPlan, obs: &mut dyn Observer) -> Result<GridReport, Merge
         joint: cells[bi].accuracy.joint,
         test,
     };
+    let mut provenance = inputs.provenance(
+        train.total,
+        test_images,
+        &serde_json::json!({
+            "models": plan.models,
+            "stop": stop.name,
+            "alphas": plan.alphas,
+            "betas": plan.betas,
+            "val_images": plan.val_images,
+            "val_seed": val_seed,
+            "eval_images": plan.eval_images,
+            "settings": s,
+        }),
+    );
+    provenance.data.insert(
+        1,
+        crate::provenance::DataFolder {
+            role: "validation",
+            path: inputs.probe_dir.display().to_string(),
+            images: val.set.len(),
+        },
+    );
     Ok(GridReport {
+        provenance,
         stop: stop.name,
         best,
         cells,
@@ -325,6 +350,7 @@ mod tests {
             val_images: 10,
             val_seed: 2,
             test_images: 0,
+            provenance: crate::provenance::Provenance::new("zipmerge", "flex", vec![], &()),
             seconds: 0.0,
         };
         assert_eq!(

@@ -105,6 +105,8 @@ pub struct MergeReport {
     pub correction: Option<CorrectionReport>,
     /// Peak resident memory of the process, MB.
     pub peak_rss_mb: Option<f64>,
+    /// How this was made: version, commit, command, date, machine, data, every setting.
+    pub provenance: crate::provenance::Provenance,
 }
 
 impl MergeReport {
@@ -273,7 +275,28 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
         timed("eval", t);
     }
     timed("total", t_all);
+    let mut data = vec![crate::provenance::DataFolder {
+        role: "probe",
+        path: plan.probe_dir.display().to_string(),
+        images: probe.total,
+    }];
+    if let (Some(e), Some(a)) = (&plan.eval, &accuracy) {
+        data.push(crate::provenance::DataFolder {
+            role: "test",
+            path: crate::data::split_dir(&e.root, "test")
+                .display()
+                .to_string(),
+            images: a.images,
+        });
+    }
+    let block = crate::provenance::Provenance::new(
+        &plan.command,
+        &plan.backend,
+        data,
+        &crate::merge::Recipe::of(plan),
+    );
     let report = MergeReport {
+        provenance: block,
         method: s.method.label(),
         recipe: crate::merge::Recipe::of(plan),
         settings: provenance,

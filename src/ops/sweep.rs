@@ -45,6 +45,8 @@ pub struct SweepReport {
     pub seconds: f64,
     /// Source model folders.
     pub models: Vec<String>,
+    /// How this was made: version, commit, command, date, machine, data, every setting.
+    pub provenance: crate::provenance::Provenance,
 }
 
 /// Merges at every stop of `plan` from one statistics pass and one matching, and evaluates each
@@ -95,6 +97,15 @@ pub fn sweep(plan: &SweepPlan, obs: &mut dyn Observer) -> Result<SweepReport, Me
             .iter()
             .map(|m| m.display().to_string())
             .collect(),
+        provenance: plan.inputs.provenance(
+            train.total,
+            test.len(),
+            &serde_json::json!({
+                "models": plan.models,
+                "stops": plan.stops,
+                "settings": s,
+            }),
+        ),
     })
 }
 

@@ -62,6 +62,8 @@ pub struct Table1Report {
     /// The table as markdown (with its BN-reset note).
     #[serde(skip)]
     pub markdown: String,
+    /// How this was made: version, commit, command, date, machine, data, every setting.
+    pub provenance: crate::provenance::Provenance,
 }
 
 /// Runs the Table 1 rows for every group: the endpoints, W.Avg, Git Re-Basin (two models),
@@ -248,6 +250,19 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
         data: plan.inputs.test_root.display().to_string(),
         test_images: test.len(),
         seconds: t0.elapsed().as_secs_f64(),
+        provenance: plan.inputs.provenance(
+            train.total,
+            test.len(),
+            &serde_json::json!({
+                "groups": plan.groups,
+                "extended": plan.extended,
+                "paper": plan.paper,
+                "cca_reg": plan.cca_reg,
+                "dual_lambda": plan.dual_lambda,
+                "refit_ridge": plan.refit_ridge,
+                "settings": s,
+            }),
+        ),
         paper_note: plan.paper.then_some("paper numbers: ZipIt! (ICLR 2024) CIFAR-10 5+5, ResNet-20 x4 with CLIP ViT-B/32 text heads, 100 epochs; ours: the models and heads listed above"),
         markdown,
     })

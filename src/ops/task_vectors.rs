@@ -71,6 +71,8 @@ pub struct TaskVectorMergeReport {
     pub timings_seconds: BTreeMap<&'static str, f64>,
     /// Peak resident memory, MB.
     pub peak_rss_mb: Option<f64>,
+    /// How this was made: version, commit, command, date, machine, data, every setting.
+    pub provenance: crate::provenance::Provenance,
 }
 
 impl TaskVectorMergeReport {
@@ -315,7 +317,35 @@ pub fn run_task_vectors(
         timings.insert("eval", t.elapsed().as_secs_f64());
     }
     timings.insert("total", t_all.elapsed().as_secs_f64());
+    let mut data = vec![crate::provenance::DataFolder {
+        role: "base",
+        path: plan.base.display().to_string(),
+        images: 0,
+    }];
+    if !bn_b.is_empty() {
+        data.push(crate::provenance::DataFolder {
+            role: "bn reset",
+            path: plan.probe_dir.display().to_string(),
+            images: images(&bn_b),
+        });
+    }
+    if let (Some(e), Some(a)) = (&plan.eval, &accuracy) {
+        data.push(crate::provenance::DataFolder {
+            role: "test",
+            path: crate::data::split_dir(&e.root, "test")
+                .display()
+                .to_string(),
+            images: a.images,
+        });
+    }
+    let block = crate::provenance::Provenance::new(
+        &plan.command,
+        &plan.backend,
+        data,
+        &crate::merge::Recipe::of_task_vectors(plan),
+    );
     let report = TaskVectorMergeReport {
+        provenance: block,
         method: s.method.label(s.lambda),
         recipe: crate::merge::Recipe::of_task_vectors(plan),
         settings: provenance,

@@ -106,6 +106,8 @@ pub struct TasksReport {
     /// The table at N tasks and the scaling table, as Markdown.
     #[serde(skip)]
     pub markdown: String,
+    /// How this was made: version, commit, command, date, machine, data, every setting.
+    pub provenance: crate::provenance::Provenance,
 }
 
 /// A full model of `state` with the manifest of the first `n` fine-tunes' merge, its BN reset
@@ -442,7 +444,36 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
         "zipmerge_version": env!("CARGO_PKG_VERSION"),
     });
     let markdown = markdown(&rows, n_all, &plan.counts);
+    let provenance = crate::provenance::Provenance::new(
+        &plan.command,
+        if plan.device.engine() { "flex" } else { "burn" },
+        vec![
+            crate::provenance::DataFolder {
+                role: "train (BN reset, validation)",
+                path: crate::data::split_dir(&plan.data_root, "train")
+                    .display()
+                    .to_string(),
+                images: train.len(),
+            },
+            crate::provenance::DataFolder {
+                role: "validation",
+                path: crate::data::split_dir(&plan.data_root, "train")
+                    .display()
+                    .to_string(),
+                images: val.len(),
+            },
+            crate::provenance::DataFolder {
+                role: "test",
+                path: crate::data::split_dir(&plan.data_root, "test")
+                    .display()
+                    .to_string(),
+                images: test.len(),
+            },
+        ],
+        &settings,
+    );
     Ok(TasksReport {
+        provenance,
         rows,
         fine_tune_accuracy: own_test,
         settings,

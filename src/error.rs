@@ -281,6 +281,8 @@ pub enum MergeParam {
     Out,
     /// Resuming a saved run.
     Resume,
+    /// Points of an interpolation.
+    Points,
 }
 
 impl std::fmt::Display for MergeParam {
@@ -310,6 +312,7 @@ impl std::fmt::Display for MergeParam {
             MergeParam::Repeat => "repeat",
             MergeParam::Out => "output folder",
             MergeParam::Resume => "resume",
+            MergeParam::Points => "points",
         })
     }
 }

@@ -54,6 +54,7 @@ pub fn flag_of(p: MergeParam) -> &'static str {
         MergeParam::Repeat => "--repeat",
         MergeParam::Out => "--out",
         MergeParam::Resume => "--resume",
+        MergeParam::Points => "--points",
     }
 }
 

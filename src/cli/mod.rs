@@ -8,6 +8,7 @@ mod evolve_cmd;
 mod experiment_cmd;
 mod inspect_cmd;
 mod interop_cmd;
+mod interpolate_cmd;
 mod match_cmd;
 mod merge_args;
 mod merge_cmd;
@@ -56,6 +57,9 @@ pub enum Command {
     /// validation split of the train folder; writes best.json (a recipe `merge --recipe`
     /// replays), the best model, trace.csv and fitness.png.
     Evolve(evolve_cmd::EvolveArgs),
+    /// Accuracy and loss along (1-t) A + t pi(B), B aligned by Permute, Git Re-Basin or not at
+    /// all: the barrier of linear mode connectivity.
+    Interpolate(interpolate_cmd::InterpolateArgs),
     /// Merge at every stop (statistics collected once) and write sweep.csv/json/png/svg.
     Sweep(experiment_cmd::SweepArgs),
     /// Reproduce the ZipIt! paper tables (`table1`).
@@ -127,6 +131,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::BnReset(a) => bn_reset_cmd::exec(a, p),
         Command::Inspect(a) => inspect_cmd::exec(a, p),
         Command::Evolve(a) => evolve_cmd::exec(a, p),
+        Command::Interpolate(a) => interpolate_cmd::exec(a, p),
         Command::Sweep(a) => experiment_cmd::exec_sweep(a, p),
         Command::Reproduce(a) => experiment_cmd::exec_reproduce(a, p),
         Command::Bench(a) => bench_cmd::exec(a, p),

@@ -56,6 +56,8 @@ pub struct Tally {
     pub joint_correct: usize,
     /// Per task: (correct, images of that task).
     pub task: Vec<(usize, usize)>,
+    /// Per task: the summed cross-entropy (nats) of its images, task known.
+    pub task_loss: Vec<f64>,
 }
 
 /// Accuracy report of one evaluation; the JSON keys are a stable interface.
@@ -80,6 +82,9 @@ pub struct TaskAccuracy {
     pub classes: Vec<usize>,
     /// Accuracy on the task's images with the task known, percent.
     pub accuracy: f64,
+    /// Mean cross-entropy (nats) of the softmax over the task's classes on its images, task
+    /// known (the loss of interpolation barriers).
+    pub loss: f64,
 }
 
 impl Tally {
@@ -89,6 +94,7 @@ impl Tally {
             images: 0,
             joint_correct: 0,
             task: vec![(0, 0); n_tasks],
+            task_loss: vec![0.0; n_tasks],
         }
     }
 
@@ -110,10 +116,17 @@ impl Tally {
             self.images += 1;
             // per-task
             for (ty, t) in tasks.iter().enumerate().filter(|(_, t)| t.contains(&y)) {
-                let k = argmax(&task_logits[ty][b]);
+                let z = &task_logits[ty][b];
+                let k = argmax(z);
                 self.task[ty].1 += 1;
                 if t[k] == y {
                     self.task[ty].0 += 1;
+                }
+                // cross-entropy: logsumexp(z) - z_y, in f64
+                if let Some(iy) = t.iter().position(|&c| c == y) {
+                    let m = z.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)) as f64;
+                    let lse = m + z.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+                    self.task_loss[ty] += lse - z[iy] as f64;
                 }
             }
             // joint
@@ -147,9 +160,11 @@ impl Tally {
         let per: Vec<TaskAccuracy> = tasks
             .iter()
             .zip(&self.task)
-            .map(|(t, &(c, n))| TaskAccuracy {
+            .zip(&self.task_loss)
+            .map(|((t, &(c, n)), &l)| TaskAccuracy {
                 classes: t.clone(),
                 accuracy: pct(c, n),
+                loss: if n == 0 { 0.0 } else { l / n as f64 },
             })
             .collect();
         let avg = per.iter().map(|t| t.accuracy).sum::<f64>() / per.len().max(1) as f64;
@@ -229,5 +244,23 @@ mod tests {
         assert_eq!(a.images, 1);
         // joint: softmax [0.0067, 0.9933] beats [0.73, 0.27] -> class 1
         assert_eq!(a.joint, 100.0);
+    }
+
+    /// Hand-derived cross-entropy: task [0, 1], logits [0, ln 3] (softmax [1/4, 3/4]); label 1
+    /// gives -ln(3/4), label 0 gives -ln(1/4); the mean over both is ln(4/sqrt(3)).
+    #[test]
+    fn task_loss_is_the_mean_cross_entropy() {
+        let tasks = vec![vec![0, 1]];
+        let z = vec![vec![vec![0.0f32, 3f32.ln()], vec![0.0, 3f32.ln()]]];
+        let mut t = Tally::new(1);
+        t.add(&tasks, &z, &[1, 0], JointRule::Raw);
+        let a = t.accuracy(&tasks, 0);
+        let want = (4.0f64 / 3f64.sqrt()).ln();
+        assert!(
+            (a.tasks[0].loss - want).abs() < 1e-6,
+            "{} vs {want}",
+            a.tasks[0].loss
+        );
+        assert_eq!(a.tasks[0].accuracy, 50.0);
     }
 }

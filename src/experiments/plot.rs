@@ -496,3 +496,101 @@ pub fn fitness_plot(
     }
     std::fs::rename(&tmp, png).map_err(|x| e(&x))
 }
+
+/// The interpolation figure: joint and average accuracy (top) and loss (bottom) against t,
+/// one line per curve `(label, [(t, joint, avg, loss)])`, written as PNG at `png` (atomically).
+///
+/// # Errors
+/// [`PlotError`] when drawing or writing fails.
+pub fn interpolation_plot(
+    curves: &[(String, Vec<(f64, f64, f64, f64)>)],
+    title: &str,
+    png: &Path,
+) -> Result<(), PlotError> {
+    ensure_font();
+    let e = |x: &dyn std::fmt::Display| PlotError(x.to_string());
+    let dir = png
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(".interpolate.png.tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (900, 800)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let root = root.titled(title, ("sans-serif", 18)).map_err(|x| e(&x))?;
+        let (top, bottom) = root.split_vertically(420);
+        let pts = || curves.iter().flat_map(|(_, p)| p.iter());
+        let (amin, amax) = pts().fold((f64::MAX, f64::MIN), |(a, b), p| {
+            (a.min(p.1.min(p.2)), b.max(p.1.max(p.2)))
+        });
+        let (lmin, lmax) = pts().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.3), b.max(p.3)));
+        let (alo, ahi) = ((amin - 3.0).max(0.0), (amax + 3.0).min(100.0));
+        let pad = ((lmax - lmin) * 0.08).max(0.01);
+        const COLORS: [(u8, u8, u8); 3] = [(228, 26, 28), (55, 126, 184), (77, 175, 74)];
+        let mut acc = ChartBuilder::on(&top)
+            .margin(12)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..1.0, alo..ahi)
+            .map_err(|x| e(&x))?;
+        acc.configure_mesh()
+            .x_desc("t (0: model A, 1: aligned model B)")
+            .y_desc("accuracy (%)")
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|x| e(&x))?;
+        let mut loss = ChartBuilder::on(&bottom)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..1.0, (lmin - pad)..(lmax + pad))
+            .map_err(|x| e(&x))?;
+        loss.configure_mesh()
+            .x_desc("t")
+            .y_desc("test loss (nats, mean over tasks)")
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|x| e(&x))?;
+        for (i, (label, p)) in curves.iter().enumerate() {
+            let (r, g, b) = COLORS[i % COLORS.len()];
+            let c = RGBColor(r, g, b);
+            acc.draw_series(LineSeries::new(
+                p.iter().map(|q| (q.0, q.1)),
+                c.stroke_width(3),
+            ))
+            .map_err(|x| e(&x))?
+            .label(format!("{label}: joint"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+            acc.draw_series(LineSeries::new(
+                p.iter().map(|q| (q.0, q.2)),
+                c.stroke_width(1),
+            ))
+            .map_err(|x| e(&x))?
+            .label(format!("{label}: avg"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
+            loss.draw_series(LineSeries::new(
+                p.iter().map(|q| (q.0, q.3)),
+                c.stroke_width(3),
+            ))
+            .map_err(|x| e(&x))?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+        }
+        acc.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|x| e(&x))?;
+        loss.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|x| e(&x))?;
+        root.present().map_err(|x| e(&x))?;
+    }
+    std::fs::rename(&tmp, png).map_err(|x| e(&x))
+}

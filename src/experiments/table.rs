@@ -178,10 +178,12 @@ mod tests {
                     TaskAccuracy {
                         classes: vec![0],
                         accuracy: 90.0,
+                        loss: 0.0,
                     },
                     TaskAccuracy {
                         classes: vec![1],
                         accuracy: 80.0,
+                        loss: 0.0,
                     },
                 ],
                 avg: 85.0,

@@ -315,10 +315,12 @@ mod tests {
                 TaskAccuracy {
                     classes: vec![0],
                     accuracy: a,
+                    loss: 0.0,
                 },
                 TaskAccuracy {
                     classes: vec![1],
                     accuracy: b,
+                    loss: 0.0,
                 },
             ],
             avg: (a + b) / 2.0,

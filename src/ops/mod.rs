@@ -10,6 +10,7 @@ pub mod evolve;
 pub mod grid;
 pub mod inspect;
 pub mod interop;
+pub mod interpolate;
 pub mod match_matrix;
 pub mod merge;
 pub mod predict;

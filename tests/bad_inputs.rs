@@ -518,20 +518,6 @@ fn family6_messages_name_the_field_and_come_before_the_work() {
     );
     s.refuses(
         &s.merge_ab(&[
-            "--model",
-            &a,
-            "--method",
-            "git-rebasin",
-            "--data",
-            "/nonexistent",
-            "--out",
-            &s.p("x"),
-        ]),
-        2,
-        "2 models",
-    );
-    s.refuses(
-        &s.merge_ab(&[
             "--data",
             "/nonexistent",
             "--out",

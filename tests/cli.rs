@@ -219,11 +219,6 @@ fn bad_merge_input_gives_one_line_errors() {
     assert_clean_error(&base(&["--alpha", "0"]), "alpha", Some(&out));
     assert_clean_error(&base(&["--beta", "1.5"]), "beta", Some(&out));
     assert_clean_error(&base(&["--stop", "26"]), "--stop `26`", Some(&out));
-    assert_clean_error(
-        &base(&["--method", "git-rebasin", "--model", a]),
-        "exactly 2 models",
-        Some(&out),
-    );
     let empty = tmp().join("empty-probe");
     std::fs::create_dir_all(empty.join("cls")).unwrap();
     assert_clean_error(

@@ -3,7 +3,8 @@
 //! included), all starting at the identity. Spaces are visited in a seeded random order; for each,
 //! a linear assignment maximises `sum_w <W_A[w], P W_B[w] (other perms)>` over every weight
 //! touching the space on its output or input axis (conv/linear weights and biases, BN weight and
-//! bias). Passes repeat until one makes no change (at most 100). Two models only.
+//! bias). Passes repeat until one makes no change (at most 100). More than two models:
+//! MergeMany (each model matched onto the mean of the others, [`git_rebasin`]).
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -50,34 +51,21 @@ fn add_gram(cost: &mut [f64], x: &[f32], y: &[f32], n: usize, k: usize) {
     cost.iter_mut().zip(&tmp).for_each(|(c, t)| *c += *t as f64);
 }
 
-/// Runs weight matching on two models and returns one (merge, unmerge) pair per space, in the
-/// Permute form (`U_A = I`, B's feature `perm[k]` joins A's feature k, merge normalised by
-/// `2 + eps`).
+/// Runs weight matching (Ainsworth et al. 2023, Algorithm 2) of `b` onto `a` and returns one
+/// permutation per space: B's feature `perm[k]` joins A's feature k. `rng` orders the spaces
+/// of each pass.
 ///
 /// # Errors
-/// [`MergeError::Param`] for other than two models; [`MergeError::Tensor`] for a tensor whose
-/// shape differs between them.
+/// [`MergeError::Tensor`] for a tensor whose shape differs between the two models.
 #[allow(clippy::needless_range_loop)] // the loop indices drive flat-tensor offsets, not just `perms`
-pub fn git_rebasin(
+pub fn weight_matching(
     spec: &MergeSpec,
-    states: &[StateDict],
-    seed: u64,
-    eps: f64,
-) -> Result<Vec<MergeUnmerge>, MergeError> {
-    if states.len() != 2 {
-        return Err(MergeError::param(
-            crate::error::MergeParam::Method,
-            "git-rebasin",
-            format!(
-                "merges exactly 2 models, got {}; use zipit, permute or weight-avg for more",
-                states.len()
-            ),
-        ));
-    }
-    let (a, b) = (&states[0], &states[1]);
+    a: &StateDict,
+    b: &StateDict,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Vec<usize>>, MergeError> {
     let ns = spec.spaces.len();
     let mut perms: Vec<Vec<usize>> = spec.spaces.iter().map(|s| (0..s.width).collect()).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let space_of = |s: Side| {
         if let Side::Space(i) = s {
             Some(i)
@@ -113,7 +101,7 @@ pub fn git_rebasin(
     }
     for _pass in 0..MAX_PASSES {
         let mut order: Vec<usize> = (0..ns).collect();
-        order.shuffle(&mut rng);
+        order.shuffle(rng);
         let mut changed = false;
         for &s in &order {
             let n = spec.spaces[s].width;
@@ -173,14 +161,133 @@ pub fn git_rebasin(
             break;
         }
     }
-    Ok(perms
-        .iter()
-        .map(|p| {
-            let om = p.len();
-            let clusters = (0..om).map(|i| vec![i, om + p[i]]).collect();
-            MergeUnmerge::from_clusters(clusters, 2 * om, eps)
+    Ok(perms)
+}
+
+/// Model `state` with its features permuted by `perms` (one per space; feature `perm[k]`
+/// becomes feature k): every tensor the spec covers, its output rows and its input columns.
+pub fn permute_state(spec: &MergeSpec, state: &StateDict, perms: &[Vec<usize>]) -> StateDict {
+    let space_of = |s: Side| match s {
+        Side::Space(i) => Some(i),
+        _ => None,
+    };
+    let mut out = state.clone();
+    for (key, l) in spec.covered_tensors() {
+        let Some(t) = state.get(&key) else { continue };
+        let rows = t.shape[0];
+        let inner = if t.shape.len() >= 2 { t.shape[1] } else { 1 };
+        let spatial = t.data.len() / (rows * inner).max(1);
+        let po = space_of(l.output)
+            .map(|s| &perms[s])
+            .filter(|p| p.len() == rows);
+        let pi = if t.shape.len() >= 2 {
+            space_of(l.input)
+                .map(|s| &perms[s])
+                .filter(|p| p.len() == inner)
+        } else {
+            None
+        };
+        if po.is_none() && pi.is_none() {
+            continue;
+        }
+        let mut data = Vec::with_capacity(t.data.len());
+        for r in 0..rows {
+            let rs = po.map_or(r, |p| p[r]);
+            for c in 0..inner {
+                let cs = pi.map_or(c, |p| p[c]);
+                let at = (rs * inner + cs) * spatial;
+                data.extend_from_slice(&t.data[at..at + spatial]);
+            }
+        }
+        out.get_mut(&key).expect("present").data = data;
+    }
+    out
+}
+
+/// Git Re-Basin weight matching of N >= 2 models (reference doc §3.5), as (merge, unmerge)
+/// pairs per space. Two models: B matched onto A (`U_A = I`, B's feature `perm[k]` joins A's
+/// feature k, merge normalised by `2 + eps`). More: **MergeMany** (Ainsworth et al. 2023,
+/// Algorithm 3): every model starts unpermuted; in seeded random order, each model is matched
+/// onto the mean of the others in their current permutations, until a round changes no
+/// permutation (at most [`MAX_PASSES`] rounds); cluster k holds feature k of the common basis
+/// from every model.
+///
+/// # Errors
+/// [`MergeError::Param`] for fewer than two models; [`MergeError::Tensor`] for a tensor whose
+/// shape differs between models.
+pub fn git_rebasin(
+    spec: &MergeSpec,
+    states: &[StateDict],
+    seed: u64,
+    eps: f64,
+) -> Result<Vec<MergeUnmerge>, MergeError> {
+    let n = states.len();
+    if n < 2 {
+        return Err(MergeError::param(
+            crate::error::MergeParam::Method,
+            "git-rebasin",
+            format!("merges at least 2 models, got {n}"),
+        ));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let perms: Vec<Vec<Vec<usize>>> = if n == 2 {
+        let identity = spec.spaces.iter().map(|s| (0..s.width).collect()).collect();
+        vec![
+            identity,
+            weight_matching(spec, &states[0], &states[1], &mut rng)?,
+        ]
+    } else {
+        merge_many(spec, states, &mut rng)?
+    };
+    Ok((0..spec.spaces.len())
+        .map(|s| {
+            let om = spec.spaces[s].width;
+            let clusters = (0..om)
+                .map(|k| (0..n).map(|m| m * om + perms[m][s][k]).collect())
+                .collect();
+            MergeUnmerge::from_clusters(clusters, n * om, eps)
         })
         .collect())
+}
+
+/// MergeMany's permutations ([`git_rebasin`]): per model, per space.
+fn merge_many(
+    spec: &MergeSpec,
+    states: &[StateDict],
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Vec<Vec<usize>>>, MergeError> {
+    let n = states.len();
+    let identity: Vec<Vec<usize>> = spec.spaces.iter().map(|s| (0..s.width).collect()).collect();
+    let mut perms = vec![identity; n];
+    let mut aligned: Vec<StateDict> = states.to_vec();
+    for _round in 0..MAX_PASSES {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(rng);
+        let mut changed = false;
+        for &i in &order {
+            // the mean of the other models in the common basis
+            let mut mean = aligned[(i + 1) % n].clone();
+            for (key, t) in mean.iter_mut() {
+                let mut acc: Vec<f64> = vec![0.0; t.data.len()];
+                for (_, m) in aligned.iter().enumerate().filter(|(j, _)| *j != i) {
+                    for (a, v) in acc.iter_mut().zip(&m[key].data) {
+                        *a += *v as f64;
+                    }
+                }
+                t.data = acc.iter().map(|a| (a / (n - 1) as f64) as f32).collect();
+            }
+            let p = weight_matching(spec, &mean, &states[i], rng)?;
+            if p != perms[i] {
+                changed = true;
+                aligned[i] = permute_state(spec, &states[i], &p);
+                perms[i] = p;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    Ok(perms)
 }
 
 #[cfg(test)]

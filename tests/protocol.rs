@@ -189,3 +189,74 @@ fn every_report_says_how_it_was_made() {
         assert_eq!(mode, 0o644, "{f}");
     }
 }
+
+#[test]
+fn table1_runs_every_seed_and_reports_mean_and_std() {
+    let out = run(&[
+        "reproduce",
+        "table1",
+        "--data",
+        SAMPLE,
+        "--seeds",
+        "0,1",
+        "--probe-images",
+        "200",
+        "--bn-reset-images",
+        "200",
+        "--batch-size",
+        "200",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "one row set per (pair, seed)");
+    let permute = |i: usize| {
+        rows[i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["label"] == "Permute")
+            .unwrap()["accuracy"]["joint"]
+            .as_f64()
+            .unwrap()
+    };
+    let line = r["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["label"] == "Permute")
+        .unwrap()
+        .clone();
+    // mean and population std of the two runs, derived here from the rows
+    let (a, b) = (permute(0), permute(1));
+    let mean = (a + b) / 2.0;
+    let std = (a - b).abs() / 2.0;
+    assert!(
+        (line["joint"][0].as_f64().unwrap() - mean).abs() < 1e-9,
+        "{line}"
+    );
+    assert!(
+        (line["joint"][1].as_f64().unwrap() - std).abs() < 1e-9,
+        "{line}"
+    );
+    assert_eq!(
+        r["provenance"]["settings"]["seeds"],
+        serde_json::json!([0, 1])
+    );
+    let both = run(&[
+        "reproduce",
+        "table1",
+        "--data",
+        SAMPLE,
+        "--seeds",
+        "0,1",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+}

@@ -195,6 +195,10 @@ pub struct Table1Args {
     /// with them at the partial stops.
     #[arg(long)]
     pub extended: bool,
+    /// Run every group with each of these seeds (probe and BN-reset draws, Git Re-Basin's
+    /// order) and report mean +- std over the runs (instead of `--seed`).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
     #[command(flatten)]
     pub settings: MergeSettings,
     #[command(flatten)]
@@ -512,8 +516,14 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
     a.out
         .as_deref()
         .map_or(Ok(()), |o| check_out(o, &inputs, false))?;
+    if a.seeds.is_some() && super::common::given_flags().contains("--seed") {
+        return Err(usage(
+            "--seed and --seeds: give one (--seeds runs each seed and reports mean +- std)",
+        ));
+    }
     let plan = Table1Plan {
         groups,
+        seeds: a.seeds.clone().unwrap_or_default(),
         paper: a.paper,
         extended: a.extended,
         refit_ridge: s.refit_ridge,
@@ -526,8 +536,15 @@ fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
         settings,
     };
     let r = zipmerge::ops::table1::run(&plan, a.out.as_deref(), p).map_err(experiment_error)?;
+    let seeds = match plan.seeds.len() {
+        0 | 1 => String::new(),
+        n => format!(
+            " x {n} seeds (mean +- std over the {} runs)",
+            n * plan.groups.len()
+        ),
+    };
     let note = format!(
-        "{} pair(s), {} test images, {:.1}s",
+        "{} pair(s){seeds}, {} test images, {:.1}s",
         plan.groups.len(),
         r.test_images,
         r.seconds

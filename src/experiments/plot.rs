@@ -497,16 +497,15 @@ pub fn fitness_plot(
     std::fs::rename(&tmp, png).map_err(|x| e(&x))
 }
 
+/// One curve of [`interpolation_plot`]: its label and `(t, joint %, avg %, loss)` points.
+pub type Curve = (String, Vec<(f64, f64, f64, f64)>);
+
 /// The interpolation figure: joint and average accuracy (top) and loss (bottom) against t,
 /// one line per curve `(label, [(t, joint, avg, loss)])`, written as PNG at `png` (atomically).
 ///
 /// # Errors
 /// [`PlotError`] when drawing or writing fails.
-pub fn interpolation_plot(
-    curves: &[(String, Vec<(f64, f64, f64, f64)>)],
-    title: &str,
-    png: &Path,
-) -> Result<(), PlotError> {
+pub fn interpolation_plot(curves: &[Curve], title: &str, png: &Path) -> Result<(), PlotError> {
     ensure_font();
     let e = |x: &dyn std::fmt::Display| PlotError(x.to_string());
     let dir = png

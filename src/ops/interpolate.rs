@@ -284,22 +284,6 @@ pub fn interpolate(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Hand-derived: ends with loss 1 and 3, the middle at 4 against the line's 2: barrier 2;
-    /// joint 80 and 60 at the ends, 30 in the middle against 70: barrier 40.
-    #[test]
-    fn barriers_are_the_largest_gap_to_the_line() {
-        let (l, a) = barriers(&[(0.0, 1.0, 80.0), (0.5, 4.0, 30.0), (1.0, 3.0, 60.0)]);
-        assert_eq!((l, a), (2.0, 40.0));
-        // a convex curve has no barrier beyond the ends (0 at the ends themselves)
-        let (l, a) = barriers(&[(0.0, 1.0, 80.0), (0.5, 1.5, 75.0), (1.0, 3.0, 60.0)]);
-        assert_eq!((l, a), (0.0, 0.0));
-    }
-}
-
 /// The operation: [`interpolate`] once per alignment in `aligns` (the plan's `align` is
 /// replaced), then, with `out`, `interpolate.csv` (an `align` column first),
 /// `interpolate.json` and `interpolate.png` (every curve) written there.
@@ -344,7 +328,7 @@ pub fn run(
         let bytes = serde_json::to_vec_pretty(&reports)
             .map_err(|e| MergeError::Internal(format!("serialising: {e}")))?;
         crate::util::write_atomic(&f, &bytes).map_err(|e| io(&f, &e))?;
-        let curves: Vec<(String, Vec<(f64, f64, f64, f64)>)> = reports
+        let curves: Vec<crate::experiments::plot::Curve> = reports
             .iter()
             .map(|r| {
                 (
@@ -378,5 +362,21 @@ pub fn name(a: Align) -> &'static str {
         Align::None => "none",
         Align::Permute => "permute",
         Align::GitRebasin => "git-rebasin",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand-derived: ends with loss 1 and 3, the middle at 4 against the line's 2: barrier 2;
+    /// joint 80 and 60 at the ends, 30 in the middle against 70: barrier 40.
+    #[test]
+    fn barriers_are_the_largest_gap_to_the_line() {
+        let (l, a) = barriers(&[(0.0, 1.0, 80.0), (0.5, 4.0, 30.0), (1.0, 3.0, 60.0)]);
+        assert_eq!((l, a), (2.0, 40.0));
+        // a convex curve has no barrier beyond the ends (0 at the ends themselves)
+        let (l, a) = barriers(&[(0.0, 1.0, 80.0), (0.5, 1.5, 75.0), (1.0, 3.0, 60.0)]);
+        assert_eq!((l, a), (0.0, 0.0));
     }
 }

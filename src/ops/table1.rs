@@ -31,6 +31,9 @@ pub struct Table1Plan {
     pub dual_lambda: f64,
     /// CCA Merge's ridge of the extended rows.
     pub cca_reg: f64,
+    /// Seeds of the probe and BN-reset draws (and Git Re-Basin's order) to run every group
+    /// with; the table gives mean +- std over every (group, seed) run. Empty: `settings.seed`.
+    pub seeds: Vec<u64>,
     /// Draws and ZipIt!'s alpha and beta (`settings.method` must be ZipIt!; its corrections
     /// and similarity must be the defaults: the standard rows stay the paper's).
     pub settings: MergeSettings,
@@ -99,7 +102,11 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
     let zipit = s.method.clone();
     let n_models = plan.groups[0].1.len();
     let cca = Method::Cca { reg: plan.cca_reg };
-    let rebasin = Method::GitRebasin { seed: s.seed };
+    let seeds: Vec<u64> = if plan.seeds.is_empty() {
+        vec![s.seed]
+    } else {
+        plan.seeds.clone()
+    };
     let mut methods = vec![
         zipit.clone(),
         Method::WeightAvg,
@@ -107,120 +114,148 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
         cca.clone(),
     ];
     if n_models == 2 {
-        methods.push(rebasin.clone());
+        methods.push(Method::GitRebasin { seed: s.seed });
     }
-    let endpoints = plan
-        .groups
-        .iter()
-        .map(|(_, m)| load_endpoints(m, &methods, s.merge_eps))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (train, test) = load_data(&plan.inputs, s, &endpoints[0], obs)?;
-    let tasks = endpoints
-        .iter()
-        .map(|ep| tasks_checked(ep, &test))
-        .collect::<Result<Vec<_>, _>>()?;
+    // every group is loaded and checked once before any image is decoded
+    for (_, m) in &plan.groups {
+        load_endpoints(m, &methods, s.merge_eps)?;
+    }
     let device = &plan.inputs.device;
     let t0 = Instant::now();
     let mut all_rows: Vec<Vec<Row>> = Vec::new();
     let mut counters = Counters::default();
     let eps = s.merge_eps;
-    for (((name, models), ep), tasks) in plan.groups.iter().zip(endpoints).zip(tasks) {
-        obs.info(&format!(
-            "pair {name}: {}",
-            models
-                .iter()
-                .map(|m| m.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" + ")
-        ));
-        let p = prepare(ep, tasks, s, &train, device, obs, &mut counters)?;
-        let exp = p.context(&test, s, device);
-        let stops = p.ep.spec.stops();
-        let full = stops.last().expect("full").clone();
-        let stats = Some(&p.stats);
-        let zip_t = match_all(&p.ep, &zipit, stats, eps, 0.0, &mut counters)?;
-        let mut rows = endpoint_rows(obs, &p, &test, &exp)?;
-        let mut baselines = vec![("W.Avg", Method::WeightAvg)];
-        if n_models == 2 {
-            baselines.push(("Git Re-Basin", rebasin.clone()));
+    let mut test_and_total: Option<(crate::data::ImageSet, usize)> = None;
+    for &seed in &seeds {
+        let seeded = MergeSettings { seed, ..s.clone() };
+        let s = &seeded;
+        let rebasin = Method::GitRebasin { seed };
+        if seeds.len() > 1 {
+            obs.info(&format!("seed {seed}"));
         }
-        baselines.push(("Permute", Method::Permute));
-        let mut matched = Vec::new();
-        for (label, method) in baselines {
-            let t = match_all(&p.ep, &method, stats, eps, 0.0, &mut counters)?;
-            let reset = s.resets_merge_by(&method);
-            rows.push(row(obs, &p, &test, label, |pr| {
-                exp.merged_row_bn(label, &t, &full, reset, pr)
-            })?);
-            matched.push((label.to_string(), t, reset));
-        }
-        let zip_label = format!("ZipIt!{}", full.name);
-        rows.push(row(obs, &p, &test, &zip_label, |pr| {
-            exp.merged_row(&zip_label, &zip_t, &full, pr)
-        })?);
-        rows.push(row(obs, &p, &test, "Ensemble", |pr| exp.ensemble_row(pr))?);
-        // partial zips at the stage ends, deepest first (13/20, 7/20 for ResNet-20)
-        let mut partial: Vec<_> = stops
+        let endpoints = plan
+            .groups
             .iter()
-            .filter(|s| !s.is_full() && !s.aliases.is_empty() && s.zipped + 1 < s.total)
-            .cloned()
-            .collect();
-        partial.reverse();
-        for st in &partial {
-            let label = format!("ZipIt!{}", st.name);
-            rows.push(row(obs, &p, &test, &label, |pr| {
-                exp.merged_row(&label, &zip_t, st, pr)
-            })?);
-        }
-        if plan.extended {
-            let ridge = Some(plan.refit_ridge);
-            let variants = [
-                Corrections {
-                    repair: true,
-                    refit_ridge: None,
-                },
-                Corrections {
-                    repair: false,
-                    refit_ridge: ridge,
-                },
-                Corrections {
-                    repair: true,
-                    refit_ridge: ridge,
-                },
-            ];
-            let cca_t = match_all(&p.ep, &cca, stats, eps, 0.0, &mut counters)?;
-            rows.push(row(obs, &p, &test, "CCA Merge", |pr| {
-                exp.merged_row("CCA Merge", &cca_t, &full, pr)
-            })?);
-            matched.push(("CCA Merge".into(), cca_t, true));
-            matched.push((zip_label.clone(), zip_t.clone(), true));
-            // dual-space ZipIt! (MuDSC)
-            let lambda = plan.dual_lambda;
-            let dual_t = match_all(&p.ep, &zipit, stats, eps, lambda, &mut counters)?;
-            let dual_label = format!("ZipIt!{} dual {lambda}", full.name);
-            rows.push(row(obs, &p, &test, &dual_label, |pr| {
-                exp.merged_row(&dual_label, &dual_t, &full, pr)
-            })?);
-            matched.push((dual_label, dual_t, true));
-            for (label, t, reset) in &matched {
-                for c in &variants {
-                    let l = format!("{label}{}", c.label());
-                    rows.push(row(obs, &p, &test, &l, |pr| {
-                        exp.corrected_row(&l, t, &full, *reset, c, pr)
-                    })?);
-                }
+            .map(|(_, m)| load_endpoints(m, &methods, s.merge_eps))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (train, test) = match test_and_total.take() {
+            None => load_data(&plan.inputs, s, &endpoints[0], obs)?,
+            Some((test, _)) => {
+                let prep = endpoints[0].spec.net.preprocess();
+                let train = crate::collect::probe::load_probe(
+                    &plan.inputs.probe_dir,
+                    prep,
+                    plan.inputs.cache_gib,
+                    &s.draws(),
+                    obs,
+                )?;
+                (train, test)
             }
+        };
+        let tasks = endpoints
+            .iter()
+            .map(|ep| tasks_checked(ep, &test))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (((name, models), ep), tasks) in plan.groups.iter().zip(endpoints).zip(tasks) {
+            obs.info(&format!(
+                "pair {name}: {}",
+                models
+                    .iter()
+                    .map(|m| m.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            ));
+            let p = prepare(ep, tasks, s, &train, device, obs, &mut counters)?;
+            let exp = p.context(&test, s, device);
+            let stops = p.ep.spec.stops();
+            let full = stops.last().expect("full").clone();
+            let stats = Some(&p.stats);
+            let zip_t = match_all(&p.ep, &zipit, stats, eps, 0.0, &mut counters)?;
+            let mut rows = endpoint_rows(obs, &p, &test, &exp)?;
+            let mut baselines = vec![("W.Avg", Method::WeightAvg)];
+            if n_models == 2 {
+                baselines.push(("Git Re-Basin", rebasin.clone()));
+            }
+            baselines.push(("Permute", Method::Permute));
+            let mut matched = Vec::new();
+            for (label, method) in baselines {
+                let t = match_all(&p.ep, &method, stats, eps, 0.0, &mut counters)?;
+                let reset = s.resets_merge_by(&method);
+                rows.push(row(obs, &p, &test, label, |pr| {
+                    exp.merged_row_bn(label, &t, &full, reset, pr)
+                })?);
+                matched.push((label.to_string(), t, reset));
+            }
+            let zip_label = format!("ZipIt!{}", full.name);
+            rows.push(row(obs, &p, &test, &zip_label, |pr| {
+                exp.merged_row(&zip_label, &zip_t, &full, pr)
+            })?);
+            rows.push(row(obs, &p, &test, "Ensemble", |pr| exp.ensemble_row(pr))?);
+            // partial zips at the stage ends, deepest first (13/20, 7/20 for ResNet-20)
+            let mut partial: Vec<_> = stops
+                .iter()
+                .filter(|s| !s.is_full() && !s.aliases.is_empty() && s.zipped + 1 < s.total)
+                .cloned()
+                .collect();
+            partial.reverse();
             for st in &partial {
-                for c in &variants {
-                    let l = format!("ZipIt!{}{}", st.name, c.label());
-                    rows.push(row(obs, &p, &test, &l, |pr| {
-                        exp.corrected_row(&l, &zip_t, st, true, c, pr)
-                    })?);
+                let label = format!("ZipIt!{}", st.name);
+                rows.push(row(obs, &p, &test, &label, |pr| {
+                    exp.merged_row(&label, &zip_t, st, pr)
+                })?);
+            }
+            if plan.extended {
+                let ridge = Some(plan.refit_ridge);
+                let variants = [
+                    Corrections {
+                        repair: true,
+                        refit_ridge: None,
+                    },
+                    Corrections {
+                        repair: false,
+                        refit_ridge: ridge,
+                    },
+                    Corrections {
+                        repair: true,
+                        refit_ridge: ridge,
+                    },
+                ];
+                let cca_t = match_all(&p.ep, &cca, stats, eps, 0.0, &mut counters)?;
+                rows.push(row(obs, &p, &test, "CCA Merge", |pr| {
+                    exp.merged_row("CCA Merge", &cca_t, &full, pr)
+                })?);
+                matched.push(("CCA Merge".into(), cca_t, true));
+                matched.push((zip_label.clone(), zip_t.clone(), true));
+                // dual-space ZipIt! (MuDSC)
+                let lambda = plan.dual_lambda;
+                let dual_t = match_all(&p.ep, &zipit, stats, eps, lambda, &mut counters)?;
+                let dual_label = format!("ZipIt!{} dual {lambda}", full.name);
+                rows.push(row(obs, &p, &test, &dual_label, |pr| {
+                    exp.merged_row(&dual_label, &dual_t, &full, pr)
+                })?);
+                matched.push((dual_label, dual_t, true));
+                for (label, t, reset) in &matched {
+                    for c in &variants {
+                        let l = format!("{label}{}", c.label());
+                        rows.push(row(obs, &p, &test, &l, |pr| {
+                            exp.corrected_row(&l, t, &full, *reset, c, pr)
+                        })?);
+                    }
+                }
+                for st in &partial {
+                    for c in &variants {
+                        let l = format!("ZipIt!{}{}", st.name, c.label());
+                        rows.push(row(obs, &p, &test, &l, |pr| {
+                            exp.corrected_row(&l, &zip_t, st, true, c, pr)
+                        })?);
+                    }
                 }
             }
+            all_rows.push(rows);
         }
-        all_rows.push(rows);
+        test_and_total = Some((test, train.total));
     }
+    let (test, probe_total) = test_and_total.expect("at least one seed");
     let lines = aggregate(&all_rows, plan.paper);
     let markdown = format!(
         "{}\n{}\n",
@@ -251,7 +286,7 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
         test_images: test.len(),
         seconds: t0.elapsed().as_secs_f64(),
         provenance: plan.inputs.provenance(
-            train.total,
+            probe_total,
             test.len(),
             &serde_json::json!({
                 "groups": plan.groups,
@@ -260,6 +295,7 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
                 "cca_reg": plan.cca_reg,
                 "dual_lambda": plan.dual_lambda,
                 "refit_ridge": plan.refit_ridge,
+                "seeds": seeds,
                 "settings": s,
             }),
         ),

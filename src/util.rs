@@ -165,3 +165,20 @@ mod tests {
         assert_eq!(names(root.path()), ["model"]);
     }
 }
+
+/// A file or folder shipped in the zipmerge checkout (`datasets/cifar10-sample`, the class
+/// embeddings): `rel` when it exists from the working directory, else the same path in the
+/// checkout the binary was built from (so commands run from any directory find their
+/// defaults), else `rel` (its error then names it).
+pub fn shipped(rel: &str) -> std::path::PathBuf {
+    let here = std::path::Path::new(rel);
+    if here.exists() {
+        return here.to_path_buf();
+    }
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    if built.exists() {
+        built
+    } else {
+        here.to_path_buf()
+    }
+}

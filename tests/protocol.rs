@@ -260,3 +260,54 @@ fn table1_runs_every_seed_and_reports_mean_and_std() {
     ]);
     assert_eq!(both.status.code(), Some(2));
 }
+
+#[test]
+fn defaults_work_outside_the_checkout_and_checkpoint_files_point_to_import() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::env::current_dir().unwrap();
+    let abs = |p: &str| root.join(p).to_str().unwrap().to_string();
+    // the default --data (the embedded sample) is found from another working directory
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zipmerge"))
+        .current_dir(tmp.path())
+        .args([
+            "merge",
+            "--model",
+            &abs(A),
+            "--model",
+            &abs(B),
+            "--method",
+            "permute",
+            "--probe-images",
+            "100",
+            "--bn-reset-images",
+            "100",
+            "--batch-size",
+            "100",
+            "-q",
+            "--out",
+            "m",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tmp.path().join("m/model.safetensors").is_file());
+    // a PyTorch checkpoint given as --model names `zipmerge import`
+    let pth = tmp.path().join("net.pth");
+    std::fs::write(&pth, b"x").unwrap();
+    let out = run(&[
+        "merge",
+        "--model",
+        pth.to_str().unwrap(),
+        "--model",
+        A,
+        "--out",
+        tmp.path().join("o").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("zipmerge import --from"), "{err}");
+}

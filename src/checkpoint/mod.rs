@@ -144,9 +144,20 @@ pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ModelError> {
     let path = dir.join("manifest.json");
     let f = path.display().to_string();
     if !dir.is_dir() {
+        let checkpoint = dir.is_file()
+            && [".pt", ".pth", ".tar", ".ckpt", ".bin", ".safetensors"]
+                .iter()
+                .any(|e| dir.to_string_lossy().ends_with(e));
         return Err(CheckpointError::Io {
             file: dir.display().to_string(),
-            msg: "no such model folder".into(),
+            msg: if checkpoint {
+                format!(
+                    "is a checkpoint file, not a zipmerge model folder: convert it first with `zipmerge import --from {} --out MODEL_DIR` (add --head text:FILE for a text head)",
+                    dir.display()
+                )
+            } else {
+                "no such model folder".into()
+            },
         }
         .into());
     }

@@ -42,7 +42,7 @@ pub fn exec(a: BenchArgs, p: &mut Printer) -> Result<()> {
         images: a.images,
         batch_size: a.batch_size,
         match_width: a.match_width,
-        sample_dir: "datasets/cifar10-sample/train".into(),
+        sample_dir: zipmerge::util::shipped("datasets/cifar10-sample/train"),
         device: a.backend.runner(p)?,
         backend: a.backend.backend.to_string(),
     };

@@ -202,7 +202,7 @@ pub fn engine_choice(device: Device) -> Runner {
 pub fn data_root(arg: Option<&Path>) -> PathBuf {
     let env = || std::env::var_os("ZIPMERGE_DATA").map(PathBuf::from);
     let root = arg.map(Path::to_path_buf).or_else(env);
-    root.unwrap_or_else(|| "datasets/cifar10-sample".into())
+    root.unwrap_or_else(|| zipmerge::util::shipped("datasets/cifar10-sample"))
 }
 
 /// The pixel cache per loaded split, GiB: `ZIPMERGE_CACHE_GIB`, else

@@ -252,6 +252,8 @@ fn warn_skipped(pairs: &std::path::Path, found: &FoundGroups, p: &mut Printer) {
 
 fn exec_tasks(a: TasksArgs, p: &mut Printer) -> Result<()> {
     use zipmerge::ops::tasks::TasksPlan;
+    let mut a = a;
+    a.pairs = zipmerge::util::shipped(&a.pairs.to_string_lossy());
     let found = find_groups(&a.pairs, None)?;
     warn_skipped(&a.pairs, &found, p);
     let Some((_, models)) = found.groups.into_iter().next() else {
@@ -474,7 +476,8 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
     p.emit(&r, &(r.csv() + &best), None)
 }
 
-fn exec_table1(a: Table1Args, p: &mut Printer) -> Result<()> {
+fn exec_table1(mut a: Table1Args, p: &mut Printer) -> Result<()> {
+    a.pairs = zipmerge::util::shipped(&a.pairs.to_string_lossy());
     let s = &a.settings;
     if s.matcher.method != "zipit" {
         return Err(usage(format!(

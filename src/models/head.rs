@@ -209,7 +209,7 @@ impl HeadChoice {
     pub fn parse(opt: &str) -> Result<Self, ModelError> {
         match opt {
             "linear" => Ok(HeadChoice::Linear),
-            "text" => Ok(HeadChoice::Text(DEFAULT_EMBEDDINGS.into())),
+            "text" => Ok(HeadChoice::Text(crate::util::shipped(DEFAULT_EMBEDDINGS))),
             o => match o.strip_prefix("text:") {
                 Some(f) if !f.is_empty() => Ok(HeadChoice::Text(f.into())),
                 _ => Err(ModelError::Head { given: o.into() }),

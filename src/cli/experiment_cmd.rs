@@ -226,7 +226,19 @@ pub fn exec_sweep(a: SweepArgs, p: &mut Printer) -> Result<()> {
         inputs: a.data.inputs(&a.settings, p)?,
         settings,
     };
-    let r = zipmerge::ops::sweep::run(&plan, a.out.as_deref(), p).map_err(experiment_error)?;
+    if a.out.is_none() {
+        use zipmerge::progress::Observer;
+        p.warn("note: no --out: the rows are printed only (--out DIR writes sweep.csv, sweep.json, sweep.png and sweep.svg)");
+    }
+    let r = zipmerge::ops::sweep::run(&plan, a.out.as_deref(), p).map_err(|e| match e {
+        // the sweep's option is --stops
+        zipmerge::error::ExperimentError::Merge(zipmerge::error::MergeError::Param {
+            param: zipmerge::error::MergeParam::Stop,
+            value,
+            expected,
+        }) => usage(format!("--stops `{value}`: {expected}")),
+        e => experiment_error(e),
+    })?;
     let note = format!(
         "statistics computed {} time(s), matching run {} time(s); {:.1}s in all",
         r.counters.statistics_passes, r.counters.matching_runs, r.seconds
@@ -458,6 +470,10 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
         inputs: a.data.inputs(&a.settings, p)?,
         settings,
     };
+    if a.out.is_none() {
+        use zipmerge::progress::Observer;
+        p.warn("note: no --out: the grid is printed only (--out DIR writes grid.csv, grid.json and grid.png)");
+    }
     let r = zipmerge::ops::grid::run(&plan, a.out.as_deref(), p).map_err(experiment_error)?;
     let b = &r.best;
     let test = b

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::error::MergeParam;
 use crate::error::{ExperimentError, MergeError};
 use crate::experiments::prepare::*;
 use crate::experiments::{match_all, Counters, Row};
@@ -58,13 +59,38 @@ pub fn sweep(plan: &SweepPlan, obs: &mut dyn Observer) -> Result<SweepReport, Me
     let s = &plan.settings;
     s.check()?;
     let ep = load_endpoints(&plan.models, std::slice::from_ref(&s.method), s.merge_eps)?;
-    let stops = match &plan.stops {
+    let mut stops: Vec<crate::spec::Stop> = match &plan.stops {
         None => ep.spec.stops(),
         Some(v) => v
             .iter()
             .map(|n| ep.spec.stop(n.trim()))
             .collect::<Result<_, _>>()?,
     };
+    // a full zip averages the output layers: undefined for linear heads over different
+    // classes. Checked here, before any image is decoded.
+    let per_task_heads = matches!(
+        ep.manifests[0].heads[0].head,
+        crate::models::head::HeadSpec::Linear
+    ) && ep
+        .manifests
+        .iter()
+        .any(|m| m.heads[0].classes != ep.manifests[0].heads[0].classes);
+    if per_task_heads {
+        if let Some(full) = stops.iter().find(|st| st.is_full()) {
+            if plan.stops.is_some() {
+                return Err(MergeError::param(
+                    MergeParam::Stop,
+                    &full.name,
+                    "a full zip averages the final linear layers, undefined for logit heads over different classes: leave it out of --stops",
+                ));
+            }
+            obs.warn(&format!(
+                "note: stop {} skipped: a full zip averages the final linear layers, undefined for these logit heads over different classes",
+                full.name
+            ));
+        }
+        stops.retain(|st| !st.is_full());
+    }
     let (train, test) = load_data(&plan.inputs, s, &ep, obs)?;
     let tasks = tasks_checked(&ep, &test)?;
     let t0 = Instant::now();

@@ -397,3 +397,56 @@ fn fp16_import_says_so() {
     let m = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     assert!(m.contains("converted_to_f32"));
 }
+
+#[test]
+fn import_takes_class_names_and_refuses_too_few() {
+    let dir = tmp("names");
+    std::fs::create_dir_all(&dir).unwrap();
+    let names = dir.join("names.txt");
+    let ten = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ];
+    std::fs::write(&names, ten.join("\n") + "\n").unwrap();
+    let out = dir.join("m");
+    let from = format!("{FIX}/resnet20x1.pt");
+    let o = run(&[
+        "import",
+        "--from",
+        &from,
+        "--arch",
+        "resnet20",
+        "--classes",
+        TEN,
+        "--class-names",
+        names.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["class_names"], serde_json::json!(ten));
+    std::fs::write(&names, "airplane\nautomobile\n").unwrap();
+    let e = import_err(
+        &from,
+        &[
+            "--arch",
+            "resnet20",
+            "--class-names",
+            names.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        e.contains("--class-names") && e.contains("names 2 classes"),
+        "{e}"
+    );
+}

@@ -44,6 +44,10 @@ pub struct ImportArgs {
     /// layer's outputs when more (linear heads).
     #[arg(long)]
     pub num_classes: Option<usize>,
+    /// A text file naming the data set's classes, one per line in label-id order (CIFAR-10:
+    /// airplane, automobile, ...); `predict` then prints names.
+    #[arg(long)]
+    pub class_names: Option<PathBuf>,
     /// Output model folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -57,6 +61,7 @@ fn import_error(e: ImportError, head: &str) -> anyhow::Error {
         ImportError::LayoutMismatch { .. } | ImportError::BadLayout { .. } => {
             usage(format!("--{e}"))
         }
+        ImportError::ClassNames { .. } => usage(format!("--class-names {e}")),
         ImportError::ClassesRequired => usage(format!(
             "--classes is required for --head {head} (the label ids the model's outputs score)"
         )),
@@ -81,6 +86,7 @@ pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
         classes: a.classes.clone(),
         layout: a.layout.clone(),
         num_classes: a.num_classes,
+        class_names: a.class_names.clone(),
         command: command_line(),
     };
     let m = import_to(&req, &a.out).map_err(|e| import_error(e, &a.head))?;

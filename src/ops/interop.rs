@@ -32,6 +32,9 @@ pub struct ImportRequest {
     pub layout: Option<String>,
     /// Classes of the data set (`None`: 10, or the final layer's outputs when more).
     pub num_classes: Option<usize>,
+    /// A text file naming the data set's classes, one per line in label-id order (`None`: the
+    /// model has no class names; `predict` prints ids).
+    pub class_names: Option<PathBuf>,
     /// The command, for the provenance.
     pub command: String,
 }
@@ -112,6 +115,14 @@ pub enum ImportError {
     /// A text head needs the classes its outputs score.
     #[error("the classes are required for a text head (the label ids the model's outputs score)")]
     ClassesRequired,
+    /// A class-names file that cannot be read or does not name every class.
+    #[error("{file}: {msg}")]
+    ClassNames {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        msg: String,
+    },
     /// The width cannot be read off the file.
     #[error("{file}: {msg}; give the width")]
     Width {
@@ -241,7 +252,32 @@ pub fn import(req: &ImportRequest) -> Result<Imported, ImportError> {
     let provenance = serde_json::json!({"import": {"from": file, "layout": layout,
         "converted_to_f32": notes.converted, "stripped_prefixes": notes.stripped_prefixes,
         "ignored_tensors": notes.ignored.len(), "command": req.command}});
-    let manifest = ModelManifest::single(&cfg, classes, head, vec![], provenance);
+    let class_names = match &req.class_names {
+        None => vec![],
+        Some(f) => {
+            let bad = |msg: String| ImportError::ClassNames {
+                file: f.display().to_string(),
+                msg,
+            };
+            let text = std::fs::read_to_string(f).map_err(|e| bad(e.to_string()))?;
+            let names: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            let need = classes.iter().max().map_or(0, |m| m + 1);
+            if names.len() < need {
+                return Err(bad(format!(
+                    "names {} classes, the model's outputs score label ids up to {} (one name per line, in label-id order)",
+                    names.len(),
+                    need - 1
+                )));
+            }
+            names
+        }
+    };
+    let manifest = ModelManifest::single(&cfg, classes, head, class_names, provenance);
     Ok(Imported {
         manifest,
         state,

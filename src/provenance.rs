@@ -15,6 +15,17 @@ pub struct DataFolder {
     pub images: usize,
 }
 
+impl DataFolder {
+    /// The `test/` split of the data root `root`, of which `images` were evaluated.
+    pub fn test_split(root: &std::path::Path, images: usize) -> Self {
+        Self {
+            role: "test",
+            path: crate::data::split_dir(root, "test").display().to_string(),
+            images,
+        }
+    }
+}
+
 /// The provenance block (module docs).
 #[derive(Clone, Debug, Serialize)]
 pub struct Provenance {

@@ -50,13 +50,7 @@ impl Inputs {
             images: probe_total,
         }];
         if test_images > 0 {
-            data.push(DataFolder {
-                role: "test",
-                path: crate::data::split_dir(&self.test_root, "test")
-                    .display()
-                    .to_string(),
-                images: test_images,
-            });
+            data.push(DataFolder::test_split(&self.test_root, test_images));
         }
         Provenance::new(&self.command, &self.backend, data, settings)
     }

@@ -867,13 +867,7 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         },
     ];
     if let (Some(e), Some(a)) = (&plan.eval, results.first().and_then(|r| r.test.as_ref())) {
-        data.push(crate::provenance::DataFolder {
-            role: "test",
-            path: crate::data::split_dir(&e.root, "test")
-                .display()
-                .to_string(),
-            images: a.images,
-        });
+        data.push(crate::provenance::DataFolder::test_split(&e.root, a.images));
     }
     let provenance = crate::provenance::Provenance::new(
         &plan.command,

@@ -257,13 +257,7 @@ pub fn interpolate(
                 path: plan.probe_dir.display().to_string(),
                 images: probe.total,
             },
-            DataFolder {
-                role: "test",
-                path: crate::data::split_dir(&plan.test_root, "test")
-                    .display()
-                    .to_string(),
-                images: set.len(),
-            },
+            DataFolder::test_split(&plan.test_root, set.len()),
         ],
         &serde_json::json!({
             "models": plan.models,

@@ -330,13 +330,7 @@ pub fn run_task_vectors(
         });
     }
     if let (Some(e), Some(a)) = (&plan.eval, &accuracy) {
-        data.push(crate::provenance::DataFolder {
-            role: "test",
-            path: crate::data::split_dir(&e.root, "test")
-                .display()
-                .to_string(),
-            images: a.images,
-        });
+        data.push(crate::provenance::DataFolder::test_split(&e.root, a.images));
     }
     let block = crate::provenance::Provenance::new(
         &plan.command,

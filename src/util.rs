@@ -124,6 +124,23 @@ pub fn peak_rss_mb() -> Option<f64> {
     None
 }
 
+/// A file or folder shipped in the zipmerge checkout (`datasets/cifar10-sample`, the class
+/// embeddings): `rel` when it exists from the working directory, else the same path in the
+/// checkout the binary was built from (so commands run from any directory find their
+/// defaults), else `rel` (its error then names it).
+pub fn shipped(rel: &str) -> std::path::PathBuf {
+    let here = std::path::Path::new(rel);
+    if here.exists() {
+        return here.to_path_buf();
+    }
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    if built.exists() {
+        built
+    } else {
+        here.to_path_buf()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,22 +180,5 @@ mod tests {
         let e = write_dir_atomic(&long, put("x")).unwrap_err().to_string();
         assert!(e.contains("nnnn"), "{e}");
         assert_eq!(names(root.path()), ["model"]);
-    }
-}
-
-/// A file or folder shipped in the zipmerge checkout (`datasets/cifar10-sample`, the class
-/// embeddings): `rel` when it exists from the working directory, else the same path in the
-/// checkout the binary was built from (so commands run from any directory find their
-/// defaults), else `rel` (its error then names it).
-pub fn shipped(rel: &str) -> std::path::PathBuf {
-    let here = std::path::Path::new(rel);
-    if here.exists() {
-        return here.to_path_buf();
-    }
-    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
-    if built.exists() {
-        built
-    } else {
-        here.to_path_buf()
     }
 }

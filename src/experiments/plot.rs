@@ -27,6 +27,7 @@ pub use crate::error::PlotError;
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,
     rows: &[Row],
+    title: &str,
 ) -> Result<(), PlotError>
 where
     DB::ErrorType: 'static,
@@ -34,26 +35,30 @@ where
     let e = |x: &dyn std::fmt::Display| PlotError(x.to_string());
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let gf = |r: &Row| r.flops as f64 / 1e9;
-    let xmax = rows.iter().map(gf).fold(0.0, f64::max) * 1.1 + 1e-6;
-    let ymin = rows
+    // the axes fit the data: FLOPs from just below the cheapest row to just above the dearest
+    let (xlo, xhi) = rows
+        .iter()
+        .map(gf)
+        .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+    let span = (xhi - xlo).max(1e-3);
+    let (xmin, xmax) = ((xlo - 0.08 * span).max(0.0), xhi + 0.08 * span);
+    let (ylo, yhi) = rows
         .iter()
         .flat_map(|r| [r.accuracy.joint, r.accuracy.avg])
-        .fold(100.0, f64::min);
-    let ymin = (ymin - 5.0).max(0.0).floor();
+        .fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+    let (ymin, ymax) = ((ylo - 5.0).max(0.0).floor(), (yhi + 5.0).min(100.0).ceil());
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Partial zipping: accuracy vs forward FLOPs",
-            ("sans-serif", 22),
-        )
+        .caption(title, ("sans-serif", 17))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(55)
-        .build_cartesian_2d(0.0..xmax, ymin..100.0)
+        .build_cartesian_2d(xmin..xmax, ymin..ymax)
         .map_err(|x| e(&x))?;
     chart
         .configure_mesh()
         .x_desc("forward FLOPs per image (G multiply-accumulates)")
         .y_desc("accuracy (%)")
+        .x_label_formatter(&|x| format!("{x:.3}"))
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 16))
         .draw()
@@ -61,6 +66,15 @@ where
     let merged: Vec<&Row> = rows.iter().filter(|r| r.stop.is_some()).collect();
     let mut merged_sorted = merged.clone();
     merged_sorted.sort_by(|a, b| gf(a).total_cmp(&gf(b)));
+    let endpoints: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.stop.is_none() && r.label != "Ensemble" && r.label != "ensemble")
+        .collect();
+    let ensemble: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.stop.is_none() && (r.label == "Ensemble" || r.label == "ensemble"))
+        .collect();
+    let dx = 0.012 * (xmax - xmin);
     for (name, color, f) in [
         (
             "joint",
@@ -86,42 +100,52 @@ where
                     .map(|r| Circle::new((gf(r), f(r)), 4, color.filled())),
             )
             .map_err(|x| e(&x))?;
+        // stop names to the right of their points (points sharing FLOPs do not overlap)
         chart
             .draw_series(merged_sorted.iter().map(|r| {
                 Text::new(
                     r.stop.clone().unwrap_or_default(),
-                    (gf(r), f(r) + 1.0),
-                    ("sans-serif", 12).into_font().color(&BLACK),
+                    (gf(r) + dx, f(r) + 0.8),
+                    ("sans-serif", 12).into_font().color(&color.mix(0.9)),
                 )
             }))
             .map_err(|x| e(&x))?;
-        for r in rows.iter().filter(|r| r.stop.is_none()) {
-            let mk = if r.label == "Ensemble" {
-                "ensemble"
-            } else {
-                &r.label
-            };
-            chart
-                .draw_series(std::iter::once(TriangleMarker::new(
-                    (gf(r), f(r)),
-                    7,
-                    color.mix(0.6).filled(),
-                )))
-                .map_err(|x| e(&x))?;
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    mk.to_string(),
-                    (gf(r), f(r) - 2.5),
-                    ("sans-serif", 12).into_font().color(&BLACK),
-                )))
-                .map_err(|x| e(&x))?;
-        }
+        let c = color.mix(0.6);
+        chart
+            .draw_series(
+                endpoints
+                    .iter()
+                    .map(|r| TriangleMarker::new((gf(r), f(r)), 7, c.filled())),
+            )
+            .map_err(|x| e(&x))?
+            .label(format!(
+                "endpoints ({}), {name}",
+                endpoints
+                    .iter()
+                    .map(|r| r.label.trim_start_matches("Model "))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, c.filled()));
+        chart
+            .draw_series(ensemble.iter().map(|r| {
+                Rectangle::new(
+                    [
+                        (gf(r) - dx * 0.5, f(r) - 0.6),
+                        (gf(r) + dx * 0.5, f(r) + 0.6),
+                    ],
+                    c.filled(),
+                )
+            }))
+            .map_err(|x| e(&x))?
+            .label(format!("ensemble, {name}"))
+            .legend(move |(x, y)| Rectangle::new([(x + 5, y - 5), (x + 15, y + 5)], c.filled()));
     }
     chart
         .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
+        .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .label_font(("sans-serif", 13))
+        .label_font(("sans-serif", 12))
         .position(SeriesLabelPosition::LowerRight)
         .draw()
         .map_err(|x| e(&x))?;
@@ -129,11 +153,12 @@ where
     Ok(())
 }
 
-/// Writes the sweep plot as SVG and PNG (each through a temporary file renamed into place).
+/// Writes the sweep plot as SVG and PNG (each through a temporary file renamed into place),
+/// titled `title` (the method and settings).
 ///
 /// # Errors
 /// [`PlotError`] when drawing or writing fails.
-pub fn sweep_plot(rows: &[Row], svg: &Path, png: &Path) -> Result<(), PlotError> {
+pub fn sweep_plot(rows: &[Row], title: &str, svg: &Path, png: &Path) -> Result<(), PlotError> {
     ensure_font();
     let dir = svg
         .parent()
@@ -145,10 +170,12 @@ pub fn sweep_plot(rows: &[Row], svg: &Path, png: &Path) -> Result<(), PlotError>
     draw(
         SVGBackend::new(&tmp_svg, (900, 600)).into_drawing_area(),
         rows,
+        title,
     )?;
     draw(
         BitMapBackend::new(&tmp_png, (900, 600)).into_drawing_area(),
         rows,
+        title,
     )?;
     std::fs::rename(&tmp_svg, svg).map_err(|x| PlotError(format!("{}: {x}", svg.display())))?;
     std::fs::rename(&tmp_png, png).map_err(|x| PlotError(format!("{}: {x}", png.display())))?;

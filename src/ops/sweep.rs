@@ -165,8 +165,16 @@ pub fn write_sweep(out: &Path, report: &SweepReport) -> Result<(), ExperimentErr
             r.seconds
         ));
     }
+    let title = format!(
+        "{} partial zips: accuracy vs FLOPs ({} probe, {} BN-reset, {} test images)",
+        report.method.label(),
+        report.probe_images,
+        report.bn_reset_images,
+        report.test_images
+    );
     crate::experiments::plot::sweep_plot(
         &report.rows,
+        &title,
         &out.join("sweep.svg"),
         &out.join("sweep.png"),
     )

@@ -283,6 +283,8 @@ pub enum MergeParam {
     Resume,
     /// Points of an interpolation.
     Points,
+    /// The probe folder.
+    Probe,
 }
 
 impl std::fmt::Display for MergeParam {
@@ -313,6 +315,7 @@ impl std::fmt::Display for MergeParam {
             MergeParam::Out => "output folder",
             MergeParam::Resume => "resume",
             MergeParam::Points => "points",
+            MergeParam::Probe => "probe folder",
         })
     }
 }

@@ -311,3 +311,59 @@ fn defaults_work_outside_the_checkout_and_checkpoint_files_point_to_import() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("zipmerge import --from"), "{err}");
 }
+
+#[test]
+fn a_data_free_merge_reads_no_image_and_probe_none_says_when_it_cannot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("free");
+    let o = run(&[
+        "merge",
+        "--model",
+        A,
+        "--model",
+        B,
+        "--method",
+        "git-rebasin",
+        "--probe",
+        "none",
+        "--bn-reset-images",
+        "0",
+        "--data",
+        "/nonexistent",
+        "--no-eval",
+        "-q",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["settings"]["probe"], "none (data-free)");
+    assert_eq!(r["settings"]["bn_reset_images"], 0);
+    for (extra, needle) in [
+        (
+            &["--method", "permute", "--bn-reset-images", "0"][..],
+            "statistics",
+        ),
+        (&["--method", "weight-avg"][..], "--bn-reset-images 0"),
+    ] {
+        let mut args = vec![
+            "merge",
+            "--model",
+            A,
+            "--model",
+            B,
+            "--probe",
+            "none",
+            "--no-eval",
+        ];
+        args.extend(extra);
+        let bad = tmp.path().join("bad");
+        args.extend(["--out", bad.to_str().unwrap()]);
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("--probe") && err.contains(needle), "{err}");
+        assert!(!bad.exists());
+    }
+}

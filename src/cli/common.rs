@@ -55,6 +55,7 @@ pub fn flag_of(p: MergeParam) -> &'static str {
         MergeParam::Out => "--out",
         MergeParam::Resume => "--resume",
         MergeParam::Points => "--points",
+        MergeParam::Probe => "--probe",
     }
 }
 

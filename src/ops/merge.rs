@@ -25,6 +25,9 @@ use crate::spec::Stop;
 use crate::state::StateDict;
 use crate::system::runner::Runner;
 
+/// The probe folder of a data-free merge (`--probe none`): no image is read.
+pub const NO_PROBE: &str = "none";
+
 /// What a merge records in its manifest's provenance and report (`settings`).
 #[derive(Clone, Debug, Serialize)]
 pub struct MergeProvenance {
@@ -188,16 +191,50 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
     let prep = ep.spec.net.preprocess();
     let t_load = Instant::now();
     let draws = s.draws();
-    let probe = load_probe(&plan.probe_dir, prep, plan.cache_gib, &draws, obs)?;
+    let corrections = s.corrections;
+    // a data-free merge (no statistics, no corrections, no BN reset) reads no probe image;
+    // `--probe none` asks for one
+    let data_free = !s.method.needs_statistics() && !corrections.any() && draws.bn.is_none();
+    if plan.probe_dir == Path::new(NO_PROBE) && !data_free {
+        let why = if s.method.needs_statistics() {
+            format!(
+                "{} matches on feature statistics of probe images",
+                s.method.label()
+            )
+        } else if corrections.any() {
+            "the corrections measure the merged network on probe images".to_string()
+        } else {
+            "the BN resets need images: add --bn-reset-images 0 (and the endpoints' reset is skipped with it)".to_string()
+        };
+        return Err(MergeError::param(
+            crate::error::MergeParam::Probe,
+            NO_PROBE,
+            format!("a data-free merge needs a method without statistics (weight-avg, git-rebasin) and no BN reset or correction; {why}"),
+        ));
+    }
+    let probe = if data_free {
+        None
+    } else {
+        Some(load_probe(
+            &plan.probe_dir,
+            prep,
+            plan.cache_gib,
+            &draws,
+            obs,
+        )?)
+    };
     let mut timings = BTreeMap::new();
     timings.insert("loading_probe", t_load.elapsed().as_secs_f64());
-    let corrections = s.corrections;
-    let probe_b = if s.method.needs_statistics() || corrections.any() {
-        probe_batches(&probe, &s.probe_options(), obs)?
-    } else {
-        vec![]
+    let probe_b = match &probe {
+        Some(probe) if s.method.needs_statistics() || corrections.any() => {
+            probe_batches(probe, &s.probe_options(), obs)?
+        }
+        _ => vec![],
     };
-    let bn_b = bn_batches(&probe, draws.bn.as_ref())?;
+    let bn_b = match &probe {
+        Some(probe) => bn_batches(probe, draws.bn.as_ref())?,
+        None => vec![],
+    };
     let reset_merged = !bn_b.is_empty() && s.resets_merged();
     // the test set is loaded and checked before the long steps
     let evaluation = Evaluation::load(plan.eval.as_ref(), &ep, plan.cache_gib, obs)?;
@@ -238,7 +275,9 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
             .iter()
             .map(|p| p.display().to_string())
             .collect(),
-        probe: probe.set.source.clone(),
+        probe: probe
+            .as_ref()
+            .map_or_else(|| "none (data-free)".to_string(), |p| p.set.source.clone()),
         probe_images: stats.as_ref().map(|s| s.images),
         probe_augment: s.probe_augment,
         dead_units,
@@ -275,11 +314,14 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
         timed("eval", t);
     }
     timed("total", t_all);
-    let mut data = vec![crate::provenance::DataFolder {
-        role: "probe",
-        path: plan.probe_dir.display().to_string(),
-        images: probe.total,
-    }];
+    let mut data: Vec<crate::provenance::DataFolder> = probe
+        .iter()
+        .map(|p| crate::provenance::DataFolder {
+            role: "probe",
+            path: plan.probe_dir.display().to_string(),
+            images: p.total,
+        })
+        .collect();
     if let (Some(e), Some(a)) = (&plan.eval, &accuracy) {
         data.push(crate::provenance::DataFolder::test_split(&e.root, a.images));
     }

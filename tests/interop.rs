@@ -450,3 +450,41 @@ fn import_takes_class_names_and_refuses_too_few() {
         "{e}"
     );
 }
+
+#[test]
+fn export_of_a_text_head_model_writes_its_heads_beside_the_weights() {
+    let dir = tmp("heads");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("a.safetensors");
+    let o = run(&[
+        "export",
+        "--model",
+        "models/cifar10-5+5/resnet20x1-a",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let side = dir.join("a.safetensors.heads.json");
+    let h: serde_json::Value = serde_json::from_slice(&std::fs::read(&side).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read("models/cifar10-5+5/resnet20x1-a/manifest.json").unwrap(),
+    )
+    .unwrap();
+    let head = &h["heads"][0];
+    assert_eq!(head["kind"], "text");
+    assert_eq!(head["classes"], m["heads"][0]["classes"]);
+    let rows = head["embeddings"].as_array().unwrap();
+    assert_eq!(rows.len(), head["classes"].as_array().unwrap().len());
+    // unit-norm rows of the embedding dimension
+    for r in rows {
+        let v: Vec<f64> = r
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(v.len(), head["embedding_dim"].as_u64().unwrap() as usize);
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((n - 1.0).abs() < 1e-4, "norm {n}");
+    }
+}

@@ -112,7 +112,9 @@ pub struct ExportArgs {
     #[arg(long)]
     pub layout: Option<String>,
     /// Output file (a regular file outside the model folder; an existing one is replaced
-    /// atomically, anything else is refused). A multi-head model is written as one file with prefixed names: `trunk.*`
+    /// atomically, anything else is refused). A model with a text head also gets
+    /// `<out>.heads.json` beside it (the class embeddings and the logit rule the weights cannot
+    /// carry), checked the same way. A multi-head model is written as one file with prefixed names: `trunk.*`
     /// for the shared trunk and `head<i>.*` for each head network.
     #[arg(long)]
     pub out: PathBuf,
@@ -122,9 +124,21 @@ pub struct ExportArgs {
 pub fn exec_export(a: ExportArgs, p: &mut Printer) -> Result<()> {
     checkpoint::check_out_file(&a.out, std::slice::from_ref(&a.model))
         .map_err(|r| usage(format!("--out {}: {r}", a.out.display())))?;
-    let bytes =
+    let side = zipmerge::ops::interop::heads_path(&a.out);
+    checkpoint::check_out_file(&side, std::slice::from_ref(&a.model)).map_err(|r| {
+        usage(format!(
+            "--out {} (its heads file {}): {r}",
+            a.out.display(),
+            side.display()
+        ))
+    })?;
+    let (bytes, heads) =
         export_to(&a.model, a.layout.as_deref(), &a.out).map_err(|e| import_error(e, ""))?;
-    let line = format!("wrote {} ({bytes} bytes)\n", a.out.display());
-    let value = serde_json::json!({"wrote": a.out, "bytes": bytes});
+    let heads = heads.map(|h| h.display().to_string());
+    let line = match &heads {
+        Some(h) => format!("wrote {} ({bytes} bytes) and {h}\n", a.out.display()),
+        None => format!("wrote {} ({bytes} bytes)\n", a.out.display()),
+    };
+    let value = serde_json::json!({"wrote": a.out, "bytes": bytes, "heads": heads});
     p.emit(&value, &line, None)
 }

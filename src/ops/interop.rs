@@ -318,16 +318,102 @@ pub fn import_to(req: &ImportRequest, out: &Path) -> Result<Imported, ImportErro
     Ok(m)
 }
 
+/// Where [`export_to`] writes the heads beside `out`: `<out>.heads.json`.
+pub fn heads_path(out: &Path) -> std::path::PathBuf {
+    let mut p = out.as_os_str().to_owned();
+    p.push(".heads.json");
+    std::path::PathBuf::from(p)
+}
+
+/// The heads of `model` that the exported weights cannot carry, as JSON for the file beside
+/// them: per head (in manifest order; a multi-head model's `head<i>`), its kind, its classes
+/// (label ids) and, for a text head, the frozen class embeddings (unit-norm rows of the class
+/// ids it scores) and the rule `logits = 100 * cos(output, embedding)`; plus the class names
+/// and the preprocessing. `None` for a model without a text head.
+///
+/// # Errors
+/// [`ImportError`] for an unreadable model.
+pub fn heads_json(model: &Path) -> Result<Option<serde_json::Value>, ImportError> {
+    let dir = crate::checkpoint::model_dir(model);
+    let m = crate::checkpoint::read_manifest(&dir)?;
+    if !m
+        .heads
+        .iter()
+        .any(|h| matches!(h.head, crate::models::head::HeadSpec::Text { .. }))
+    {
+        return Ok(None);
+    }
+    let heads: Vec<serde_json::Value> = m
+        .heads
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let prefix = if m.heads.len() > 1 {
+                format!("head{i}.")
+            } else {
+                String::new()
+            };
+            match &h.head {
+                crate::models::head::HeadSpec::Text {
+                    dim, embeddings, ..
+                } => serde_json::json!({
+                    "weights_prefix": prefix,
+                    "kind": "text",
+                    "classes": h.classes,
+                    "embedding_dim": dim,
+                    "logits": "100 * cos(network output, embeddings[c]) for each class c of `classes`",
+                    "embeddings": h.classes.iter().map(|&c| embeddings.get(c).cloned().unwrap_or_default()).collect::<Vec<_>>(),
+                }),
+                crate::models::head::HeadSpec::Linear => serde_json::json!({
+                    "weights_prefix": prefix,
+                    "kind": "linear",
+                    "classes": h.classes,
+                    "logits": "the network output, one column per class of `classes`",
+                }),
+            }
+        })
+        .collect();
+    let prep = m.net_config().preprocess();
+    Ok(Some(serde_json::json!({
+        "format": "zipmerge-heads-1",
+        "arch": m.arch.to_string(),
+        "width": m.width,
+        "preprocess": format!("{prep:?}"),
+        "class_names": m.class_names,
+        "heads": heads,
+    })))
+}
+
 /// [`export`], then the bytes written to the file `out` (atomically; a non-regular file is
-/// never replaced, [`crate::util::write_atomic`]). Returns the bytes written.
+/// never replaced, [`crate::util::write_atomic`]), and for a model with a text head its
+/// [`heads_json`] beside it (`<out>.heads.json`). Returns the bytes of the weights and the
+/// heads file when one was written.
 ///
 /// # Errors
 /// As [`export`]; [`ImportError::Write`] naming `out`.
-pub fn export_to(model: &Path, layout: Option<&str>, out: &Path) -> Result<usize, ImportError> {
+pub fn export_to(
+    model: &Path,
+    layout: Option<&str>,
+    out: &Path,
+) -> Result<(usize, Option<std::path::PathBuf>), ImportError> {
     let bytes = export(model, layout)?;
+    let heads = heads_json(model)?;
     crate::util::write_atomic(out, &bytes).map_err(|e| ImportError::Write {
         path: out.display().to_string(),
         msg: e.to_string(),
     })?;
-    Ok(bytes.len())
+    let mut wrote = None;
+    if let Some(h) = heads {
+        let side = heads_path(out);
+        let text = serde_json::to_vec_pretty(&h).map_err(|e| ImportError::Write {
+            path: side.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        crate::util::write_atomic(&side, &text).map_err(|e| ImportError::Write {
+            path: side.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        wrote = Some(side);
+    }
+    Ok((bytes.len(), wrote))
 }

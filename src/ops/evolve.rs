@@ -7,7 +7,7 @@
 //! BN reset and the feature statistics run once (per stop) and every candidate reuses them;
 //! **the test folder is not opened until the search has ended**, and then once, for the best
 //! recipe, the default recipe and the grid's best (all chosen on validation). A candidate is
-//! built by the same steps as `zipmerge merge` ([`super::merge::combine`]), so `best.json`
+//! built by the same steps as `zipmerge merge` (`ops::merge::combine`), so `best.json`
 //! replays to the bits the search scored.
 //!
 //! Files under `--out`: `state.json` (the CMA-ES state and the trace, written after every

@@ -4,7 +4,7 @@
 //! (Ainsworth et al., ICLR 2023, Fig. 1) and REPAIR (Jordan et al., ICLR 2023, Fig. 1), whose
 //! gap to the endpoints' line is the **barrier**.
 //!
-//! Every point is a merge of the two endpoints through [`super::merge::combine`]: the method
+//! Every point is a merge of the two endpoints through `ops::merge::combine`: the method
 //! (W.Avg for `none`) at merge epsilon 0 with the layer-group weights `[1 - t, t]`
 //! ([`crate::merge::knobs`]) everywhere, so t = 0 is model A and t = 1 is aligned B, bit for bit
 //! before the BN reset. Each point's BN statistics are then reset on the BN-reset images, as

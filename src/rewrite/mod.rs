@@ -167,7 +167,7 @@ pub fn zip(
     zip_weighted(spec, states, transforms, stop, &|_| None)
 }
 
-/// [`zip`] with the models weighted per tensor: `weights_of(key)` gives the weight of each
+/// [`zip()`] with the models weighted per tensor: `weights_of(key)` gives the weight of each
 /// model in the trunk tensor `key` (`None`: equal weights, the plain zip). A weighted tensor
 /// takes each merged row as the weighted average of its cluster's units (model m's entries of
 /// `M_m` times `w_m`, the row's sum kept), and the network output layer of a full zip
@@ -175,7 +175,7 @@ pub fn zip(
 /// weights need not sum to 1). Heads of a partial zip are not weighted.
 ///
 /// # Errors
-/// As [`zip`]; [`MergeError::Param`] for a weight list whose length is not the model count.
+/// As [`zip()`]; [`MergeError::Param`] for a weight list whose length is not the model count.
 pub fn zip_weighted(
     spec: &MergeSpec,
     states: &[StateDict],

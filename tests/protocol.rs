@@ -367,3 +367,29 @@ fn a_data_free_merge_reads_no_image_and_probe_none_says_when_it_cannot() {
         assert!(!bad.exists());
     }
 }
+
+#[test]
+fn the_papers_resnet20_numbers_are_not_shown_beside_other_architectures() {
+    let out = run(&[
+        "reproduce",
+        "table1",
+        "--pairs",
+        "models/cifar10-5+5-resnet50",
+        "--paper",
+        "--data",
+        SAMPLE,
+        "--probe-images",
+        "60",
+        "--bn-reset-images",
+        "60",
+        "--batch-size",
+        "60",
+    ]);
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{se}");
+    assert!(!so.contains("Paper Joint"), "{so}");
+    assert!(se.contains("note: --paper"), "{se}");
+}

@@ -117,8 +117,15 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
         methods.push(Method::GitRebasin { seed: s.seed });
     }
     // every group is loaded and checked once before any image is decoded
+    let mut resnet20 = true;
     for (_, m) in &plan.groups {
-        load_endpoints(m, &methods, s.merge_eps)?;
+        let ep = load_endpoints(m, &methods, s.merge_eps)?;
+        resnet20 &= ep.spec.net.arch == crate::models::Arch::Resnet20;
+    }
+    // the paper's numbers are ResNet-20's: never printed beside another architecture's rows
+    let paper = plan.paper && resnet20;
+    if plan.paper && !resnet20 {
+        obs.warn("note: --paper: the paper's CIFAR-10 5+5 numbers are for ResNet-20 x4; they are not shown beside these rows of another architecture");
     }
     let device = &plan.inputs.device;
     let t0 = Instant::now();
@@ -256,7 +263,7 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
         test_and_total = Some((test, train.total));
     }
     let (test, probe_total) = test_and_total.expect("at least one seed");
-    let lines = aggregate(&all_rows, plan.paper);
+    let lines = aggregate(&all_rows, paper);
     let markdown = format!(
         "{}\n{}\n",
         markdown(&lines),
@@ -299,7 +306,7 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
                 "settings": s,
             }),
         ),
-        paper_note: plan.paper.then_some("paper numbers: ZipIt! (ICLR 2024) CIFAR-10 5+5, ResNet-20 x4 with CLIP ViT-B/32 text heads, 100 epochs; ours: the models and heads listed above"),
+        paper_note: paper.then_some("paper numbers: ZipIt! (ICLR 2024) CIFAR-10 5+5, ResNet-20 x4 with CLIP ViT-B/32 text heads, 100 epochs; ours: the models and heads listed above"),
         markdown,
     })
 }

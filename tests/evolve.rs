@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::Value;
 
 mod common;
-use common::run;
+use common::{poisoned_root, run};
 
 const SAMPLE: &str = "datasets/cifar10-sample";
 const A: &str = "models/cifar10-5+5/resnet20x1-a";
@@ -180,24 +180,11 @@ fn a_task_vector_search_replays_to_its_bytes() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("--alpha"));
 }
 
-/// A data root whose `test/` holds only unreadable images: any read of it fails.
-fn poisoned_root(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let train = std::fs::canonicalize(Path::new(SAMPLE).join("train")).unwrap();
-    std::os::unix::fs::symlink(train, dir.join("train")).unwrap();
-    for c in std::fs::read_dir(Path::new(SAMPLE).join("test")).unwrap() {
-        let c = c.unwrap().file_name();
-        let d = dir.join("test").join(&c);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("0.jpg"), b"not a jpeg").unwrap();
-    }
-}
-
 #[test]
 fn the_test_folder_is_not_read_during_the_search() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
-    poisoned_root(&root);
+    poisoned_root(&root, SAMPLE);
     let data = root.to_str().unwrap();
     let go = |extra: &[&str], out: &Path| {
         let mut args: Vec<&str> = vec!["evolve", "--model", A, "--model", B, "--data", data];

@@ -2,30 +2,18 @@
 //! same accuracy and loss as `zipmerge eval`), and aligning B by Permute lowers the barrier of
 //! the shipped pair against no alignment.
 
-use serde_json::Value;
-
 mod common;
-use common::run;
+use common::run_json;
 
 const SAMPLE: &str = "datasets/cifar10-sample";
 const A: &str = "models/cifar10-5+5/resnet20x1-a";
 const B: &str = "models/cifar10-5+5/resnet20x1-b";
 const TASKS: &str = "0,5,6,7,9;1,2,3,4,8";
 
-fn json(args: &[&str]) -> Value {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn the_ends_are_the_endpoints_and_permute_lowers_the_barrier() {
     let tmp = tempfile::tempdir().unwrap();
-    let r = json(&[
+    let r = run_json(&[
         "interpolate",
         "--model",
         A,
@@ -45,7 +33,7 @@ fn the_ends_are_the_endpoints_and_permute_lowers_the_barrier() {
     assert_eq!(points.len(), 3);
     assert_eq!(points[1]["t"], 0.5);
     for (p, m) in [(&points[0], A), (&points[2], B)] {
-        let e = json(&[
+        let e = run_json(&[
             "eval", "--model", m, "--data", SAMPLE, "--tasks", TASKS, "--json",
         ]);
         assert_eq!(p["accuracy"]["joint"], e["joint"], "{m}");
@@ -58,7 +46,7 @@ fn the_ends_are_the_endpoints_and_permute_lowers_the_barrier() {
     }
     // with the BN reset of every point (the default), Permute's barrier is below no alignment's
     let out = tmp.path().join("curves");
-    let r = json(&[
+    let r = run_json(&[
         "interpolate",
         "--model",
         A,

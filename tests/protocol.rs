@@ -6,23 +6,11 @@ use std::path::Path;
 use serde_json::Value;
 
 mod common;
-use common::run;
+use common::{poisoned_root, run};
 
 const SAMPLE: &str = "datasets/cifar10-sample";
 const A: &str = "models/cifar10-5+5/resnet20x1-a";
 const B: &str = "models/cifar10-5+5/resnet20x1-b";
-
-/// A data root whose `test/` holds only unreadable images: any read of it fails.
-fn poisoned_root(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let train = std::fs::canonicalize(Path::new(SAMPLE).join("train")).unwrap();
-    std::os::unix::fs::symlink(train, dir.join("train")).unwrap();
-    for c in std::fs::read_dir(Path::new(SAMPLE).join("test")).unwrap() {
-        let d = dir.join("test").join(c.unwrap().file_name());
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("0.jpg"), b"not a jpeg").unwrap();
-    }
-}
 
 fn grid(data: &str, extra: &[&str], out: &Path) -> std::process::Output {
     let mut args = vec![
@@ -59,7 +47,7 @@ fn grid(data: &str, extra: &[&str], out: &Path) -> std::process::Output {
 fn the_grid_chooses_on_validation_and_reads_the_test_set_once_after() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
-    poisoned_root(&root);
+    poisoned_root(&root, SAMPLE);
     let data = root.to_str().unwrap();
     // the whole search runs without the test folder
     let out = grid(data, &["--no-test"], &tmp.path().join("a"));

@@ -6,27 +6,16 @@ use std::path::Path;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde_json::Value;
 
 use zipmerge::checkpoint::{read_manifest, read_weights, write_model};
 use zipmerge::matching::rebasin::permute_state;
 use zipmerge::models::MergeSpec;
 
 mod common;
-use common::run;
+use common::{run, run_json};
 
 const SAMPLE: &str = "datasets/cifar10-sample";
 const A: &str = "models/cifar10-5+5/resnet20x1-a";
-
-fn json(args: &[&str]) -> Value {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 #[test]
 fn merge_many_aligns_permuted_copies_back_to_one_network() {
@@ -70,7 +59,7 @@ fn merge_many_aligns_permuted_copies_back_to_one_network() {
     ]);
     let o = run(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got = json(&[
+    let got = run_json(&[
         "eval",
         "--model",
         out.to_str().unwrap(),
@@ -78,7 +67,7 @@ fn merge_many_aligns_permuted_copies_back_to_one_network() {
         SAMPLE,
         "--json",
     ]);
-    let want = json(&["eval", "--model", A, "--data", SAMPLE, "--json"]);
+    let want = run_json(&["eval", "--model", A, "--data", SAMPLE, "--json"]);
     assert_eq!(got["joint"], want["joint"]);
     assert_eq!(got["tasks"][0]["accuracy"], want["tasks"][0]["accuracy"]);
     let d = got["tasks"][0]["loss"].as_f64().unwrap() - want["tasks"][0]["loss"].as_f64().unwrap();
@@ -89,7 +78,7 @@ fn merge_many_aligns_permuted_copies_back_to_one_network() {
 fn three_endpoints_merge_by_git_rebasin() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("m3");
-    let r = json(&[
+    let r = run_json(&[
         "merge",
         "--method",
         "git-rebasin",

@@ -75,6 +75,15 @@ pub fn merge_error(e: MergeError) -> anyhow::Error {
     }
 }
 
+/// An experiment's error as the CLI reports it: a merge's bad option is a usage error naming
+/// its flag ([`merge_error`]); anything else (a folder, an output file) keeps its message.
+pub fn experiment_error(e: zipmerge::error::ExperimentError) -> anyhow::Error {
+    match e {
+        zipmerge::error::ExperimentError::Merge(m) => merge_error(m),
+        e => e.into(),
+    }
+}
+
 /// A library data error as the CLI reports it: an option's bad value ([`DataError::Param`]) is a
 /// usage error (exit code 2) naming the option's flag; anything else keeps its message.
 pub fn data_error(e: DataError) -> anyhow::Error {

@@ -11,7 +11,9 @@ use zipmerge::ops::evolve::{evolve, EvolvePlan, Fitness, TaskVectorSearch};
 use zipmerge::rewrite::path::Source;
 use zipmerge::search::genome::SearchSpace;
 
-use super::common::{check_out, command_line, finite, given_flags, merge_error, usage};
+use super::common::{
+    check_out, command_line, experiment_error, finite, given_flags, merge_error, usage,
+};
 use super::merge_args::{DataArgs, MergeSettings, TaskVectorArgs, TASK_VECTOR_METHODS};
 use super::printer::Printer;
 
@@ -227,7 +229,7 @@ pub fn exec(a: EvolveArgs, p: &mut Printer) -> Result<()> {
         out: a.out.clone(),
         resume: a.resume,
     };
-    let report = evolve(&plan, p).map_err(merge_error)?;
+    let report = evolve(&plan, p).map_err(experiment_error)?;
     let text = format!(
         "{}\n{} evaluations in {:.0} s ({:.2} s each), {} statistics pass(es)",
         report.table(),

@@ -7,13 +7,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use zipmerge::error::ExperimentError;
 use zipmerge::experiments::prepare::{find_groups, rows_markdown, FoundGroups};
 use zipmerge::ops::grid::GridPlan;
 use zipmerge::ops::sweep::SweepPlan;
 use zipmerge::ops::table1::Table1Plan;
 
-use super::common::{check_out, count, first_given, merge_error, usage, Count};
+use super::common::{check_out, count, experiment_error, first_given, merge_error, usage, Count};
 use super::merge_args::{DataArgs, MergeSettings};
 use super::printer::Printer;
 use zipmerge::progress::Observer;
@@ -569,13 +568,4 @@ fn exec_table1(mut a: Table1Args, p: &mut Printer) -> Result<()> {
         r.seconds
     );
     p.emit(&r, &r.markdown, Some(note))
-}
-
-/// An experiment's error as the CLI reports it: a merge's bad option is a usage error naming
-/// its flag ([`merge_error`]); anything else (a folder, an output file) keeps its message.
-fn experiment_error(e: ExperimentError) -> anyhow::Error {
-    match e {
-        ExperimentError::Merge(m) => merge_error(m),
-        e => e.into(),
-    }
 }

@@ -10,7 +10,7 @@ use zipmerge::merge::Method;
 use zipmerge::ops::interpolate::{name, run, Align, InterpolatePlan};
 
 use super::common::{
-    cache_gib, check_out, command_line, count, data_root, merge_error, positive, usage,
+    cache_gib, check_out, command_line, count, data_root, experiment_error, positive, usage,
     BackendArgs, Count,
 };
 use super::printer::Printer;
@@ -97,7 +97,7 @@ pub fn exec(a: InterpolateArgs, p: &mut Printer) -> Result<()> {
         backend: a.backend.backend.to_string(),
         command: command_line(),
     };
-    let reports = run(&plan, &aligns, a.out.as_deref(), p).map_err(merge_error)?;
+    let reports = run(&plan, &aligns, a.out.as_deref(), p).map_err(experiment_error)?;
     let mut text = String::from(
         "| align | joint at t=0 | worst joint (t) | joint at t=1 | accuracy barrier | loss barrier |\n|---|---|---|---|---|---|\n",
     );

@@ -60,14 +60,18 @@ pub fn load_probe(
 }
 
 /// The validation positions of a train folder of `total` images: a seeded draw (ChaCha8,
-/// `seed`) of `n` from the positions that neither draw of `d` uses, in ascending order (fewer
-/// when fewer are free). Hyper-parameter searches choose on these images, never on the test set.
-pub fn validation_positions(total: usize, d: &Draws, n: usize, seed: u64) -> Vec<usize> {
+/// `seed`) of `n` from the positions that none of the draws `used` takes, in ascending order
+/// (fewer when fewer are free). Hyper-parameter searches choose on these images, never on the
+/// test set.
+pub fn validation_positions(
+    total: usize,
+    used: &[&ProbeOptions],
+    n: usize,
+    seed: u64,
+) -> Vec<usize> {
     use rand::{seq::SliceRandom, SeedableRng};
-    let mut used = std::collections::BTreeSet::new();
-    for o in d.probe.iter().chain(&d.bn) {
-        used.extend(probe_indices(total, o));
-    }
+    let used: std::collections::BTreeSet<usize> =
+        used.iter().flat_map(|o| probe_indices(total, o)).collect();
     let mut free: Vec<usize> = (0..total).filter(|i| !used.contains(i)).collect();
     free.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
     free.truncate(n);
@@ -91,7 +95,8 @@ pub fn load_validation(
 ) -> Result<SparseSet, MergeError> {
     let max = crate::data::images_in_cache(prep, true, cache_gib);
     let val = SparseSet::load(dir, "val", prep, max, &|total| {
-        validation_positions(total, d, n, seed)
+        let used: Vec<&ProbeOptions> = d.probe.iter().chain(&d.bn).collect();
+        validation_positions(total, &used, n, seed)
     })?;
     if val.set.len() < n {
         return Err(MergeError::param(

@@ -11,7 +11,7 @@ use super::{Context, Counters, Row};
 use crate::collect::probe::{bn_batches, load_probe, probe_batches};
 use crate::data::{ImageSet, SparseSet};
 use crate::error::{ExperimentError, MergeError};
-use crate::merge::{self, images, Batches, Endpoints, MergeSettings, Method, Statistics};
+use crate::merge::{self, images, Batches, Endpoints, MergeSettings, Statistics};
 use crate::progress::{phase, Observer};
 use crate::system::runner::Runner;
 use crate::util::write_atomic;
@@ -68,23 +68,6 @@ pub struct Prepared {
     pub tasks: Vec<Vec<usize>>,
     /// Statistics of every feature space.
     pub stats: Statistics,
-}
-
-/// Loads and checks one group of endpoints for every method the experiment will run (e.g. Git
-/// Re-Basin needs exactly two models), before any image is decoded.
-///
-/// # Errors
-/// As [`Endpoints::load`] and [`merge::check_method`].
-pub fn load_endpoints(
-    models: &[PathBuf],
-    methods: &[Method],
-    eps: f64,
-) -> Result<Endpoints, MergeError> {
-    let ep = Endpoints::load(models)?;
-    for m in methods {
-        merge::check_method(&ep, m, eps)?;
-    }
-    Ok(ep)
 }
 
 /// The probe set and the test set of `inputs`, prepared for the endpoints `ep`.

@@ -290,24 +290,6 @@ pub fn statistics_upto(
     })
 }
 
-/// Checks, before any image is run, that `method` can merge these endpoints with merge
-/// epsilon `eps`: `eps` finite and >= 0 (every method merges N >= 2 models; Git Re-Basin more
-/// than two by MergeMany, reference doc §3.5).
-///
-/// # Errors
-/// [`MergeError::Param`] naming the option.
-pub fn check_method(ep: &Endpoints, method: &Method, eps: f64) -> Result<(), MergeError> {
-    let _ = (ep, method);
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(MergeError::param(
-            MergeParam::MergeEps,
-            eps,
-            "expected a finite number >= 0",
-        ));
-    }
-    Ok(())
-}
-
 /// Matches the first `spaces` feature spaces.
 ///
 /// # Errors

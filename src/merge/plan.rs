@@ -139,10 +139,18 @@ impl MergeSettings {
     /// Checks the settings that do not depend on the models.
     ///
     /// # Errors
-    /// [`MergeError::Param`] naming the option: a batch size of 0, no probe image, a
+    /// [`MergeError::Param`] naming the option: a merge epsilon that is not finite and >= 0, a
+    /// batch size of 0, no probe image, a
     /// dual-space lambda outside [0, 1] or with a method that does not use it, a negative
     /// refit ridge.
     pub fn check(&self) -> Result<(), MergeError> {
+        if !(self.merge_eps.is_finite() && self.merge_eps >= 0.0) {
+            return Err(MergeError::param(
+                MergeParam::MergeEps,
+                self.merge_eps,
+                "expected a finite number >= 0",
+            ));
+        }
         if self.batch_size == 0 {
             return Err(MergeError::param(
                 MergeParam::BatchSize,

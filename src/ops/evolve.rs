@@ -16,7 +16,7 @@
 //! `report.json`), `fitness.png` and `evolve.json` (this report).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -25,12 +25,13 @@ use super::merge::{combine, Combined};
 use super::task_vectors::{combine_task_vectors, load_inputs, TaskVectorInputs};
 use crate::collect::probe::{bn_batches, load_probe, load_validation, probe_batches, Draws};
 use crate::collect::ProbeOptions;
-use crate::error::{MergeError, MergeParam};
+use crate::error::{ExperimentError, MergeError, MergeParam};
 use crate::eval::runner::{check_evaluation, evaluate_on, EvalSet};
 use crate::eval::Accuracy;
+use crate::experiments::prepare::{json_bytes, write};
 use crate::merge::{
-    check_method, statistics_upto, Batches, Combine, Endpoints, EvalPlan, MergeSettings, Method,
-    Recipe, RecipePlan, Statistics, TaskVectorPlan,
+    statistics_upto, Batches, Combine, Endpoints, EvalPlan, MergeSettings, Method, Recipe,
+    RecipePlan, Statistics, TaskVectorPlan,
 };
 use crate::progress::{phase, Observer};
 use crate::rewrite::path::Source;
@@ -38,7 +39,6 @@ use crate::search::cmaes::{default_population, Cmaes};
 use crate::search::genome::{Candidate, Gene, Genome, SearchSpace};
 use crate::system::runner::Runner;
 use crate::taskvec::TaskVectorSettings;
-use crate::util::write_atomic;
 
 /// What a search maximises on the validation split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,13 +207,8 @@ pub struct EvolveReport {
     pub results: Vec<Reference>,
     /// The best fitness after each generation.
     pub best_by_generation: Vec<f64>,
-    /// Backend.
-    pub backend: String,
-    /// Command line.
-    pub command: String,
-    /// zipmerge's version.
-    pub zipmerge_version: &'static str,
-    /// How this was made: version, commit, command, date, machine, data, every setting.
+    /// How this was made: version, commit, command, date, machine, backend, data, every
+    /// setting.
     pub provenance: crate::provenance::Provenance,
 }
 
@@ -365,21 +360,6 @@ fn check_plan(plan: &EvolvePlan) -> Result<(), MergeError> {
     plan.settings.check()
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> MergeError {
-    MergeError::Checkpoint(crate::error::CheckpointError::Io {
-        file: path.display().to_string(),
-        msg: e.to_string(),
-    })
-}
-
-fn write(path: &Path, bytes: &[u8]) -> Result<(), MergeError> {
-    write_atomic(path, bytes).map_err(|e| io_err(path, e))
-}
-
-fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, MergeError> {
-    serde_json::to_vec_pretty(v).map_err(|e| MergeError::Internal(format!("serialising: {e}")))
-}
-
 /// The trace as CSV: `generation,evaluation,fitness,joint,avg,stop,<gene names...>`.
 pub fn trace_csv(genes: &[Gene], trace: &[TraceRow]) -> String {
     let mut c = String::from("generation,evaluation,fitness,joint,avg,stop");
@@ -408,7 +388,7 @@ pub fn trace_csv(genes: &[Gene], trace: &[TraceRow]) -> String {
 /// more validation images than the train folder has left after the draws, a genome the method
 /// cannot have; an `out` that holds another search or, without `resume`, any search; the
 /// merge's errors naming the model, folder or option.
-pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport, MergeError> {
+pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport, ExperimentError> {
     let t_run = Instant::now();
     check_plan(plan)?;
     let mut base = plan.settings.clone();
@@ -418,18 +398,15 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
     }
     // the family's inputs, loaded and checked before any image is decoded
     let (family_ep, tv_inputs) = match &plan.task_vectors {
-        None => {
-            let ep = Endpoints::load(&plan.models)?;
-            check_method(&ep, &base.method, base.merge_eps)?;
-            (Some(ep), None)
-        }
+        None => (Some(Endpoints::load(&plan.models)?), None),
         Some(t) => {
             if plan.space != SearchSpace::Ps {
                 return Err(MergeError::param(
                     MergeParam::SearchSpace,
                     plan.space.name(),
                     "task-vector merges have parameter-space genes only (ps)",
-                ));
+                )
+                .into());
             }
             t.settings
                 .check(plan.models.len())
@@ -465,7 +442,7 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
                     MergeParam::SearchSpace,
                     "ps",
                     "--search-stop/--search-repair are genes of aligning merges, not of task-vector merges",
-                ));
+                ).into());
             }
             Genome::task_vectors(&spec, n, &base, &t.settings)
         }
@@ -492,7 +469,8 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
             MergeParam::SearchSpace,
             "ps",
             "nothing to search: the method has no genes at this stop",
-        ));
+        )
+        .into());
     }
     let population = plan
         .population
@@ -516,9 +494,15 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
                 MergeParam::Out,
                 plan.out.display(),
                 "this --out folder holds a search (state.json): pass --resume to continue it, or choose another --out",
-            ));
+            ).into());
         }
-        let bytes = std::fs::read(&state_path).map_err(|e| io_err(&state_path, e))?;
+        let bytes = std::fs::read(&state_path).map_err(|e| {
+            MergeError::param(
+                MergeParam::Resume,
+                state_path.display(),
+                format!("cannot be read ({e})"),
+            )
+        })?;
         let st: SearchState = serde_json::from_slice(&bytes).map_err(|e| {
             MergeError::param(
                 MergeParam::Resume,
@@ -531,7 +515,7 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
                 MergeParam::Resume,
                 state_path.display(),
                 "is the state of a search with other models, genes or settings: resume with the options it was started with",
-            ));
+            ).into());
         }
         Some(st)
     } else {
@@ -559,11 +543,12 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
     )?;
     let tasks = match (&family_ep, &tv_inputs) {
         (Some(ep), _) => {
-            check_evaluation(&ep.heads(), &val.set, &ep.tasks())?;
+            check_evaluation(&ep.heads(), &val.set, &ep.tasks()).map_err(MergeError::from)?;
             ep.tasks()
         }
         (_, Some((inp, _))) => {
-            check_evaluation(&inp.ep.heads(), &val.set, &inp.ep.tasks())?;
+            check_evaluation(&inp.ep.heads(), &val.set, &inp.ep.tasks())
+                .map_err(MergeError::from)?;
             inp.ep.tasks()
         }
         _ => unreachable!("one family"),
@@ -573,7 +558,7 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         val.set.len(),
         plan.probe_dir.display()
     ));
-    std::fs::create_dir_all(&plan.out).map_err(|e| io_err(&plan.out, e))?;
+    std::fs::create_dir_all(&plan.out).map_err(|e| ExperimentError::output(&plan.out, e))?;
 
     let bn_b = bn_batches(&probe, draws.bn.as_ref())?;
     let family = match (family_ep, tv_inputs) {
@@ -776,7 +761,7 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
             trace: trace.clone(),
             seconds,
         };
-        write(&state_path, &json(&state)?)?;
+        write(&state_path, &json_bytes(&state)?)?;
         write(
             &plan.out.join("trace.csv"),
             trace_csv(&genome.genes, &trace).as_bytes(),
@@ -798,7 +783,8 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         return Err(MergeError::Internal(format!(
             "the best candidate scored {} on the search and {} rebuilt",
             best.joint, best_acc.joint
-        )));
+        ))
+        .into());
     }
     let best_recipe = recipe_of(&best_candidate);
     results.insert(
@@ -824,7 +810,7 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         Family::TaskVector { .. } => 0,
     };
     drop(bench);
-    write(&plan.out.join("best.json"), &json(&best_recipe)?)?;
+    write(&plan.out.join("best.json"), &json_bytes(&best_recipe)?)?;
 
     // once, at the end: the merges of the three recipes on the test set; the evolved one is
     // saved as the model
@@ -902,9 +888,6 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         statistics_passes,
         results,
         best_by_generation,
-        backend: plan.backend.clone(),
-        command: plan.command.clone(),
-        zipmerge_version: env!("CARGO_PKG_VERSION"),
     };
     let refs: Vec<(String, f64)> = report
         .results
@@ -927,7 +910,7 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
         val.set.len()
     );
     crate::experiments::plot::fitness_plot(&points, &refs, &title, &plan.out.join("fitness.png"))
-        .map_err(|e| MergeError::Internal(format!("fitness.png: {e}")))?;
-    write(&plan.out.join("evolve.json"), &json(&report)?)?;
+        .map_err(|e| ExperimentError::plot("the fitness plot", e))?;
+    write(&plan.out.join("evolve.json"), &json_bytes(&report)?)?;
     Ok(report)
 }

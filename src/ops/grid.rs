@@ -137,7 +137,7 @@ pub fn grid(plan: &GridPlan, obs: &mut dyn Observer) -> Result<GridReport, Merge
         ..s.clone()
     };
     s.check()?;
-    let ep = load_endpoints(&plan.models, &methods, s.merge_eps)?;
+    let ep = merge::Endpoints::load(&plan.models)?;
     let stop = ep.spec.stop(&plan.stop)?;
     let prep = ep.spec.net.preprocess();
     let inputs = &plan.inputs;

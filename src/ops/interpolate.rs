@@ -23,11 +23,11 @@ use serde::Serialize;
 
 use super::merge::{combine, Combined};
 use crate::collect::probe::{bn_batches, load_probe, probe_batches};
-use crate::error::{MergeError, MergeParam};
+use crate::error::{ExperimentError, MergeError, MergeParam};
 use crate::eval::runner::{check_evaluation, evaluate_on, EvalSet};
 use crate::eval::Accuracy;
 use crate::merge::knobs::{layer_groups, GroupWeights, Knobs};
-use crate::merge::{check_method, images, statistics, Endpoints, MergeSettings, Method};
+use crate::merge::{images, statistics, Endpoints, MergeSettings, Method};
 use crate::progress::Observer;
 use crate::provenance::{DataFolder, Provenance};
 use crate::system::runner::Runner;
@@ -179,7 +179,6 @@ pub fn interpolate(
     base.merge_eps = 0.0;
     base.check()?;
     let mut ep = Endpoints::load(&plan.models)?;
-    check_method(&ep, &base.method, 0.0)?;
     let stop = ep.spec.stop("full")?;
     let prep = ep.spec.net.preprocess();
     let draws = base.draws();
@@ -283,13 +282,14 @@ pub fn interpolate(
 /// `interpolate.json` and `interpolate.png` (every curve) written there.
 ///
 /// # Errors
-/// As [`interpolate`]; [`MergeError::Checkpoint`] naming an output file that cannot be written.
+/// [`ExperimentError::Merge`] as [`interpolate`]; [`ExperimentError`] naming an output file that
+/// cannot be written.
 pub fn run(
     plan: &InterpolatePlan,
     aligns: &[Align],
     out: Option<&std::path::Path>,
     obs: &mut dyn Observer,
-) -> Result<Vec<InterpolateReport>, MergeError> {
+) -> Result<Vec<InterpolateReport>, ExperimentError> {
     let mut reports = Vec::new();
     for &a in aligns {
         let p = InterpolatePlan {
@@ -300,12 +300,6 @@ pub fn run(
         reports.push(interpolate(&p, obs)?);
     }
     if let Some(out) = out {
-        let io = |path: &std::path::Path, e: &dyn std::fmt::Display| {
-            MergeError::Checkpoint(crate::error::CheckpointError::Io {
-                file: path.display().to_string(),
-                msg: e.to_string(),
-            })
-        };
         let mut csv = String::new();
         for (i, r) in reports.iter().enumerate() {
             for (j, line) in r.csv().lines().enumerate() {
@@ -316,12 +310,9 @@ pub fn run(
                 csv.push_str(&format!("{first},{line}\n"));
             }
         }
-        let f = out.join("interpolate.csv");
-        crate::util::write_atomic(&f, csv.as_bytes()).map_err(|e| io(&f, &e))?;
-        let f = out.join("interpolate.json");
-        let bytes = serde_json::to_vec_pretty(&reports)
-            .map_err(|e| MergeError::Internal(format!("serialising: {e}")))?;
-        crate::util::write_atomic(&f, &bytes).map_err(|e| io(&f, &e))?;
+        use crate::experiments::prepare::{json_bytes, write};
+        write(&out.join("interpolate.csv"), csv.as_bytes())?;
+        write(&out.join("interpolate.json"), &json_bytes(&reports)?)?;
         let curves: Vec<crate::experiments::plot::Curve> = reports
             .iter()
             .map(|r| {
@@ -343,9 +334,8 @@ pub fn run(
             "(1-t) A + t pi(B), BN reset on {} images per point",
             reports.first().map_or(0, |r| r.bn_reset_images)
         );
-        let f = out.join("interpolate.png");
-        crate::experiments::plot::interpolation_plot(&curves, &title, &f)
-            .map_err(|e| io(&f, &e))?;
+        crate::experiments::plot::interpolation_plot(&curves, &title, &out.join("interpolate.png"))
+            .map_err(|e| ExperimentError::plot("the interpolation plot", e))?;
     }
     Ok(reports)
 }

@@ -16,9 +16,9 @@ use crate::correct::{CorrectionReport, Corrections};
 use crate::error::MergeError;
 use crate::eval::Accuracy;
 use crate::merge::{
-    aligned_states, build_knobs, check_method, images, match_spaces_knobs, statistics_upto,
-    warn_dead_units, Batches, DeadUnits, Endpoints, Evaluation, MergePlan, MergeSettings, Merged,
-    Method, Statistics,
+    aligned_states, build_knobs, images, match_spaces_knobs, statistics_upto, warn_dead_units,
+    Batches, DeadUnits, Endpoints, Evaluation, MergePlan, MergeSettings, Merged, Method,
+    Statistics,
 };
 use crate::progress::{phase, Observer};
 use crate::spec::Stop;
@@ -176,7 +176,6 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
     s.check()?;
     let mut ep = Endpoints::load(&plan.models)?;
     let stop = ep.spec.stop(&plan.stop)?;
-    check_method(&ep, &s.method, s.merge_eps)?;
     s.knobs.check(&s.method, &ep.spec, ep.n())?;
     if let Some(path) = &s.path {
         if !stop.is_full() {

@@ -58,7 +58,7 @@ pub struct SweepReport {
 pub fn sweep(plan: &SweepPlan, obs: &mut dyn Observer) -> Result<SweepReport, MergeError> {
     let s = &plan.settings;
     s.check()?;
-    let ep = load_endpoints(&plan.models, std::slice::from_ref(&s.method), s.merge_eps)?;
+    let ep = crate::merge::Endpoints::load(&plan.models)?;
     let mut stops: Vec<crate::spec::Stop> = match &plan.stops {
         None => ep.spec.stops(),
         Some(v) => v

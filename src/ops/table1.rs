@@ -107,32 +107,30 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
     } else {
         plan.seeds.clone()
     };
-    let mut methods = vec![
-        zipit.clone(),
-        Method::WeightAvg,
-        Method::Permute,
-        cca.clone(),
-    ];
-    if n_models == 2 {
-        methods.push(Method::GitRebasin { seed: s.seed });
-    }
-    // every group is loaded and checked once before any image is decoded
-    let mut resnet20 = true;
-    for (_, m) in &plan.groups {
-        let ep = load_endpoints(m, &methods, s.merge_eps)?;
-        resnet20 &= ep.spec.net.arch == crate::models::Arch::Resnet20;
-    }
+    // every group is loaded and checked once, before any image is decoded
+    let loaded = plan
+        .groups
+        .iter()
+        .map(|(_, m)| merge::Endpoints::load(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let resnet20 = loaded
+        .iter()
+        .all(|ep| ep.spec.net.arch == crate::models::Arch::Resnet20);
     // the paper's numbers are ResNet-20's: never printed beside another architecture's rows
     let paper = plan.paper && resnet20;
     if plan.paper && !resnet20 {
         obs.warn("note: --paper: the paper's CIFAR-10 5+5 numbers are for ResNet-20 x4; they are not shown beside these rows of another architecture");
     }
     let device = &plan.inputs.device;
+    let prep = loaded[0].spec.net.preprocess();
+    let inputs = &plan.inputs;
+    let test =
+        crate::data::load_split(&inputs.test_root, "test", prep, inputs.cache_gib, None, obs)?;
     let t0 = Instant::now();
     let mut all_rows: Vec<Vec<Row>> = Vec::new();
     let mut counters = Counters::default();
     let eps = s.merge_eps;
-    let mut test_and_total: Option<(crate::data::ImageSet, usize)> = None;
+    let mut probe_total = 0;
     for &seed in &seeds {
         let seeded = MergeSettings { seed, ..s.clone() };
         let s = &seeded;
@@ -140,25 +138,16 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
         if seeds.len() > 1 {
             obs.info(&format!("seed {seed}"));
         }
-        let endpoints = plan
-            .groups
-            .iter()
-            .map(|(_, m)| load_endpoints(m, &methods, s.merge_eps))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (train, test) = match test_and_total.take() {
-            None => load_data(&plan.inputs, s, &endpoints[0], obs)?,
-            Some((test, _)) => {
-                let prep = endpoints[0].spec.net.preprocess();
-                let train = crate::collect::probe::load_probe(
-                    &plan.inputs.probe_dir,
-                    prep,
-                    plan.inputs.cache_gib,
-                    &s.draws(),
-                    obs,
-                )?;
-                (train, test)
-            }
-        };
+        // each seed resets the endpoints' BN afresh, from the weights as loaded
+        let endpoints = loaded.clone();
+        let train = crate::collect::probe::load_probe(
+            &inputs.probe_dir,
+            prep,
+            inputs.cache_gib,
+            &s.draws(),
+            obs,
+        )?;
+        probe_total = train.total;
         let tasks = endpoints
             .iter()
             .map(|ep| tasks_checked(ep, &test))
@@ -260,9 +249,7 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
             }
             all_rows.push(rows);
         }
-        test_and_total = Some((test, train.total));
     }
-    let (test, probe_total) = test_and_total.expect("at least one seed");
     let lines = aggregate(&all_rows, paper);
     let markdown = format!(
         "{}\n{}\n",

@@ -16,7 +16,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::checkpoint::{self, StateDict};
-use crate::collect::{probe_batches, probe_indices};
+use crate::collect::probe_batches;
 use crate::data::ImageSet;
 use crate::error::{ExperimentError, MergeError};
 use crate::eval::runner::evaluate;
@@ -187,29 +187,28 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
     let train = crate::data::load_split(&plan.data_root, "train", prep, plan.cache_gib, None, obs)?;
     // the validation images: a seeded draw from the train images no BN-reset draw of any seed
     // uses, so the choice never sees an image the merges' BN statistics came from
-    let mut used = std::collections::BTreeSet::new();
-    for &seed in &plan.seeds {
-        used.extend(probe_indices(train.len(), &bn_options(plan, seed)));
-    }
-    let free: Vec<usize> = (0..train.len()).filter(|i| !used.contains(i)).collect();
-    if free.len() < plan.val_images {
+    let draws: Vec<crate::collect::ProbeOptions> = plan
+        .seeds
+        .iter()
+        .map(|&seed| bn_options(plan, seed))
+        .collect();
+    let idx = crate::collect::probe::validation_positions(
+        train.len(),
+        &draws.iter().collect::<Vec<_>>(),
+        plan.val_images,
+        plan.val_seed,
+    );
+    if idx.len() < plan.val_images {
         return Err(MergeError::param(
             crate::error::MergeParam::ProbeImages,
             plan.val_images,
             format!(
                 "only {} train images are left for validation after the BN-reset draws",
-                free.len()
+                idx.len()
             ),
         ));
     }
-    let val = {
-        use rand::{seq::SliceRandom, SeedableRng};
-        let mut idx = free;
-        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(plan.val_seed));
-        idx.truncate(plan.val_images);
-        idx.sort_unstable();
-        train.subset(&idx)
-    };
+    let val = train.subset(&idx);
     obs.info(&format!(
         "validation: {} train images disjoint from the BN-reset draws",
         val.len()

@@ -49,6 +49,34 @@ pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
     cmd.output().expect("run zipmerge")
 }
 
+/// [`run`] that must succeed (else the test fails with its stderr), with its stdout parsed as
+/// JSON (for `--json` commands).
+#[allow(dead_code)] // used by the command-line test crates only
+pub fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A data root at `dir` whose `train/` links to `sample`'s and whose `test/` holds, per class
+/// folder of `sample`'s test split, only an unreadable image: any read of the test split fails.
+#[allow(dead_code)] // used by the protocol test crates only
+pub fn poisoned_root(dir: &std::path::Path, sample: &str) {
+    use std::path::Path;
+    std::fs::create_dir_all(dir).unwrap();
+    let train = std::fs::canonicalize(Path::new(sample).join("train")).unwrap();
+    std::os::unix::fs::symlink(train, dir.join("train")).unwrap();
+    for c in std::fs::read_dir(Path::new(sample).join("test")).unwrap() {
+        let d = dir.join("test").join(c.unwrap().file_name());
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("0.jpg"), b"not a jpeg").unwrap();
+    }
+}
+
 /// Checks `net`'s logits for the PyTorch-layout batch `x` (`[batch, 3, side, side]`, NCHW)
 /// against PyTorch's `want`, through burn and through the CPU engine (NHWC input): the largest
 /// difference must be below `tol` times the largest `|want|`. Returns the compiled engine.

@@ -6,6 +6,7 @@ pub mod cifar_bin;
 pub mod imagefolder;
 pub mod jpeg;
 pub mod preprocess;
+pub mod resize;
 pub mod tasks;
 
 use std::path::{Path, PathBuf};

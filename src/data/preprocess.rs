@@ -11,7 +11,7 @@
 //!   range the difference is a slightly smaller crop field (the outer border beyond the centre
 //!   square is never sampled).
 
-use image::imageops::{self, FilterType};
+use image::imageops;
 use image::RgbImage;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -96,7 +96,8 @@ impl Preprocess {
 }
 
 /// Resizes so the shorter side is `short` (torchvision `Resize(int)`: the longer side is
-/// `int(short * long / shorter)`), bilinear with antialiasing.
+/// `int(short * long / shorter)`), bilinear with antialiasing, bit-exact with PIL
+/// ([`super::resize::resize_bilinear`]).
 pub fn resize_shorter(img: &RgbImage, short: u32) -> RgbImage {
     let (w, h) = img.dimensions();
     let (nw, nh) = if w <= h {
@@ -107,7 +108,7 @@ pub fn resize_shorter(img: &RgbImage, short: u32) -> RgbImage {
     if (nw, nh) == (w, h) {
         return img.clone();
     }
-    imageops::resize(img, nw, nh, FilterType::Triangle)
+    super::resize::resize_bilinear(img, nw, nh)
 }
 
 /// Centre crop to `side x side` (torchvision `CenterCrop`: offsets `round((H - side) / 2)` with
@@ -148,7 +149,7 @@ pub fn random_resized_crop_flip<R: Rng>(
     // fallback (square image): the whole image, as torchvision's central crop at ratio 1
     let (left, top, w, h) = pick.unwrap_or((0, 0, side, side));
     let crop = imageops::crop_imm(&img, left as u32, top as u32, w as u32, h as u32).to_image();
-    let mut r = imageops::resize(&crop, out as u32, out as u32, FilterType::Triangle);
+    let mut r = super::resize::resize_bilinear(&crop, out as u32, out as u32);
     if rng.gen_bool(0.5) {
         imageops::flip_horizontal_in_place(&mut r);
     }

@@ -25,7 +25,7 @@ fn images(n: usize, side: usize) -> Vec<Vec<u8>> {
     let set = ImageSet::load(
         std::path::Path::new("datasets/cifar10-sample/train"),
         "train",
-        Preprocess::Cifar,
+        Preprocess::CIFAR,
     )
     .expect("embedded sample");
     (0..n)
@@ -204,7 +204,7 @@ fn covariances_equal_an_f64_reference_and_burn() {
     let set = ImageSet::load(
         std::path::Path::new("datasets/cifar10-sample/train"),
         "train",
-        Preprocess::Cifar,
+        Preprocess::CIFAR,
     )
     .unwrap();
     let batches = probe_batches(
@@ -216,8 +216,8 @@ fn covariances_equal_an_f64_reference_and_burn() {
             seed: 1,
         },
     );
-    let engine = collect_engine(&nets, &batches, &mut |_| {}).unwrap();
-    let burn = collect_burn(&nets, &batches, &d, &mut |_| {}).unwrap();
+    let engine = collect_engine(&nets, Preprocess::CIFAR, &batches, &mut |_| {}).unwrap();
+    let burn = collect_burn(&nets, Preprocess::CIFAR, &batches, &d, &mut |_| {}).unwrap();
     // f64 reference: burn's taps, stacked [O, n], moments by CovAccumulator::update_features
     let mut reference: Vec<CovAccumulator> = Vec::new();
     for batch in &batches {
@@ -226,7 +226,7 @@ fn covariances_equal_an_f64_reference_and_burn() {
             .iter()
             .map(|m| {
                 let mut ctx = ForwardCtx::with_taps();
-                m.forward(to_tensor(&refs, Preprocess::Cifar, &d), &mut ctx);
+                m.forward(to_tensor(&refs, Preprocess::CIFAR, &d), &mut ctx);
                 ctx.taps.unwrap()
             })
             .collect();
@@ -253,7 +253,7 @@ fn covariances_equal_an_f64_reference_and_burn() {
         assert!(eb < 1e-5, "space {s}: engine vs burn {eb}");
     }
     // same inputs -> same bits
-    let again = collect_engine(&nets, &batches, &mut |_| {}).unwrap();
+    let again = collect_engine(&nets, Preprocess::CIFAR, &batches, &mut |_| {}).unwrap();
     for (a, b) in engine.iter().zip(&again) {
         assert_eq!(a.sum_outer, b.sum_outer);
         assert_eq!(a.sum_mean, b.sum_mean);
@@ -296,12 +296,12 @@ fn multi_head_systems_equal_burn_flex() {
     let sys: System = m.system(&d).unwrap();
     let refs: Vec<&[u8]> = imgs.iter().map(|v| v.as_slice()).collect();
     let want = sys.forward_heads(
-        to_tensor(&refs, Preprocess::Cifar, &d),
+        to_tensor(&refs, Preprocess::CIFAR, &d),
         &mut ForwardCtx::default(),
     );
     let cpu = sys.compile().unwrap();
     let got = cpu.forward_heads(
-        Act::from_images(&refs, Preprocess::Cifar),
+        Act::from_images(&refs, Preprocess::CIFAR),
         &mut EngineCtx::default(),
     );
     assert_eq!(got.len(), 2);

@@ -27,7 +27,7 @@ fn sample() -> ImageSet {
     ImageSet::load(
         std::path::Path::new("datasets/cifar10-sample/train"),
         "train",
-        zipmerge::data::Preprocess::Cifar,
+        zipmerge::data::Preprocess::CIFAR,
     )
     .expect("embedded sample")
 }
@@ -113,7 +113,7 @@ fn net_out(cfg: &NetConfig, s: &StateDict, x: &Tensor<4>) -> Vec<f32> {
 fn vgg_positive_biases(cfg: &NetConfig, s: &mut StateDict, batches: &[Vec<Vec<u8>>]) {
     const OFFSET: f32 = 1000.0;
     let refs: Vec<&[u8]> = batches[0].iter().map(|v| v.as_slice()).collect();
-    let x = to_tensor(&refs, zipmerge::data::Preprocess::Cifar, &Device::flex());
+    let x = to_tensor(&refs, zipmerge::data::Preprocess::CIFAR, &Device::flex());
     for k in 0..8 {
         let key = format!(
             "features.{}.bias",
@@ -176,7 +176,7 @@ fn permuted_case(arch: Arch, width: usize) -> Case {
     };
     let spec = MergeSpec::of(&cfg);
     let prep = cfg.preprocess();
-    let set = if prep == zipmerge::data::Preprocess::Cifar {
+    let set = if prep == zipmerge::data::Preprocess::CIFAR {
         sample()
     } else {
         // ResNet-50: the sample upsampled as ImageNet images are prepared (resize, crop 224)
@@ -273,6 +273,7 @@ fn output_of(
             &t,
             &stop,
             &case.batches,
+            ep.prep(),
             c,
         )
         .unwrap();
@@ -697,7 +698,7 @@ fn t12_measure_averages_per_batch_statistics() {
     ];
     let stats = zipmerge::collect::bn::measure(&sys, &batches, &device, &mut |_| {});
     let (mean, var) = &stats["trunk:bn1"];
-    let prep = zipmerge::data::Preprocess::Cifar;
+    let prep = zipmerge::data::Preprocess::CIFAR;
     let (pm, ps) = (prep.mean(), prep.std());
     for k in 0..16 {
         let c = k % 3;

@@ -26,7 +26,7 @@ fn shipped_resnet20x1_pair_is_above_the_accuracy_floor() {
     let test = ImageSet::load(
         &split_dir(&root, "test"),
         "test",
-        zipmerge::data::Preprocess::Cifar,
+        zipmerge::data::Preprocess::CIFAR,
     )
     .expect("test images");
     let device = zipmerge::system::runner::Runner::cpu();
@@ -70,7 +70,7 @@ fn shipped_resnet50_pair_is_above_the_accuracy_floor() {
     let test = ImageSet::load(
         Path::new("datasets/cifar10-sample/test"),
         "test",
-        zipmerge::data::Preprocess::ImageNet,
+        zipmerge::data::Preprocess::IMAGENET,
     )
     .expect("embedded sample");
     let device = zipmerge::system::runner::Runner::cpu();

@@ -30,7 +30,7 @@ fn sample() -> ImageSet {
     ImageSet::load(
         std::path::Path::new("datasets/cifar10-sample/train"),
         "train",
-        zipmerge::data::Preprocess::Cifar,
+        zipmerge::data::Preprocess::CIFAR,
     )
     .expect("embedded sample")
 }
@@ -54,7 +54,7 @@ fn wgpu_forward_statistics_and_clusters_match_flex() {
         let out = |d: &Device| {
             let net = Net::from_state(&cfg, &s, d).unwrap();
             net.forward(
-                to_tensor(&imgs, zipmerge::data::Preprocess::Cifar, d),
+                to_tensor(&imgs, zipmerge::data::Preprocess::CIFAR, d),
                 &mut ForwardCtx::default(),
             )
             .into_data()
@@ -87,11 +87,17 @@ fn wgpu_forward_statistics_and_clusters_match_flex() {
             .iter()
             .map(|&seed| Net::from_state(&cfg, &init_state(&cfg, seed), d).unwrap())
             .collect();
-        collect(&nets, &batches, &Runner::new(d.clone(), true), &mut |_| {})
-            .unwrap()
-            .iter()
-            .map(|a| a.finalize().unwrap())
-            .collect::<Vec<_>>()
+        collect(
+            &nets,
+            zipmerge::data::Preprocess::CIFAR,
+            &batches,
+            &Runner::new(d.clone(), true),
+            &mut |_| {},
+        )
+        .unwrap()
+        .iter()
+        .map(|a| a.finalize().unwrap())
+        .collect::<Vec<_>>()
     };
     let (cw, cf) = (covs(&wg), covs(&flex));
     for (s, (w, f)) in cw.iter().zip(&cf).enumerate() {

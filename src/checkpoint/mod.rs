@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::state::{check_finite, NamedTensor, StateDict};
 
+use crate::data::Preprocess;
 use crate::error::{CheckpointError, ModelError};
 use crate::models::head::HeadSpec;
 use crate::models::{Arch, NetConfig};
@@ -54,6 +55,12 @@ pub struct ModelManifest {
     /// Class names in label order, when known.
     #[serde(default)]
     pub class_names: Vec<String>,
+    /// Input preprocessing when it differs from the architecture's default
+    /// ([`crate::models::Arch::preprocess`]): set by `zipmerge import --mean --std --input-size
+    /// --resize`, carried into every model made from this one. Read it with
+    /// [`ModelManifest::prep`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<Preprocess>,
     /// How the weights were produced (training recipe or merge settings).
     #[serde(default)]
     pub provenance: serde_json::Value,
@@ -83,9 +90,15 @@ impl ModelManifest {
                 head,
             }],
             class_names,
+            preprocess: None,
             provenance,
             zipmerge_version: env!("CARGO_PKG_VERSION").into(),
         }
+    }
+
+    /// The preprocessing of this model's inputs: the manifest's own, else its architecture's.
+    pub fn prep(&self) -> Preprocess {
+        self.preprocess.unwrap_or_else(|| self.arch.preprocess())
     }
 
     /// Network configuration of the trunk (and of every head network).
@@ -233,6 +246,10 @@ pub fn validate_manifest(m: &ModelManifest, file: &str) -> Result<(), Checkpoint
     }
     .check("field `width`")
     .map_err(|e| bad(e.to_string()))?;
+    if let Some(p) = &m.preprocess {
+        p.validate()
+            .map_err(|e| bad(format!("field `preprocess`: {e}")))?;
+    }
     let mut names = vec![m.weights.as_str()];
     names.extend(m.heads.iter().filter_map(|h| h.weights.as_deref()));
     for (i, n) in names.iter().enumerate() {

@@ -9,7 +9,7 @@ use clap::Args;
 
 use zipmerge::checkpoint::{self};
 use zipmerge::models::Arch;
-use zipmerge::ops::interop::{export_to, import_to, ImportError, ImportRequest};
+use zipmerge::ops::interop::{export_to, import_to, ImportError, ImportRequest, InputOverride};
 use zipmerge::progress::Observer;
 
 use super::common::{arch_parser, check_out, command_line, parse_head, usage};
@@ -48,9 +48,47 @@ pub struct ImportArgs {
     /// airplane, automobile, ...); `predict` then prints names.
     #[arg(long)]
     pub class_names: Option<PathBuf>,
+    /// Channel means the model was trained with, `R,G,B` in 0..1 units (torchvision's
+    /// `Normalize`). Default: the architecture's (CIFAR's or ImageNet's).
+    #[arg(long, value_name = "R,G,B")]
+    pub mean: Option<String>,
+    /// Channel standard deviations, `R,G,B` in 0..1 units. Default: the architecture's.
+    #[arg(long, value_name = "R,G,B")]
+    pub std: Option<String>,
+    /// Side of the square input the model takes, pixels. Default: 32 (CIFAR networks) or 224
+    /// (ResNet-18/50).
+    #[arg(long)]
+    pub input_size: Option<usize>,
+    /// Shorter side images are resized to (bilinear, PIL-exact) before the centre crop to
+    /// --input-size; 0: no resize (images must already be that size). Default: 0 for the CIFAR
+    /// networks, 256 for ResNet-18/50 (scaled by --input-size / 224 when that is given).
+    #[arg(long)]
+    pub resize: Option<usize>,
     /// Output model folder.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// `R,G,B` in 0..1 units for `--{flag}`.
+fn parse_rgb(flag: &str, v: &str) -> Result<[f32; 3]> {
+    let vals: Vec<f32> = v
+        .split(',')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| usage(format!("--{flag} {v}: expected three numbers R,G,B")))?;
+    let [r, g, b] = vals[..] else {
+        return Err(usage(format!(
+            "--{flag} {v}: expected three numbers R,G,B, got {}",
+            vals.len()
+        )));
+    };
+    if let Some(x) = vals.iter().find(|x| x.is_finite() && **x > 1.0) {
+        return Err(usage(format!(
+            "--{flag} {v}: expected 0..1 units as torchvision's Normalize takes them ({x} looks like 0..255: {:.4})",
+            x / 255.0
+        )));
+    }
+    Ok([r, g, b])
 }
 
 /// An import error as the CLI reports it, with the flag that fixes it.
@@ -62,6 +100,11 @@ fn import_error(e: ImportError, head: &str) -> anyhow::Error {
             usage(format!("--{e}"))
         }
         ImportError::ClassNames { .. } => usage(format!("--class-names {e}")),
+        // the message starts with the field: mean, std, input_size or resize
+        ImportError::Preprocess { .. } => usage(format!(
+            "--{}",
+            e.to_string().replacen("input_size", "input-size", 1)
+        )),
         ImportError::ClassesRequired => usage(format!(
             "--classes is required for --head {head} (the label ids the model's outputs score)"
         )),
@@ -87,6 +130,16 @@ pub fn exec_import(a: ImportArgs, p: &mut Printer) -> Result<()> {
         layout: a.layout.clone(),
         num_classes: a.num_classes,
         class_names: a.class_names.clone(),
+        input: InputOverride {
+            mean: a
+                .mean
+                .as_deref()
+                .map(|v| parse_rgb("mean", v))
+                .transpose()?,
+            std: a.std.as_deref().map(|v| parse_rgb("std", v)).transpose()?,
+            input_size: a.input_size,
+            resize: a.resize,
+        },
         command: command_line(),
     };
     let m = import_to(&req, &a.out).map_err(|e| import_error(e, &a.head))?;

@@ -39,7 +39,7 @@ pub fn measure_many(
         .map(|sys| runner.engine().then(|| sys.compile().ok()).flatten())
         .collect();
     let mut sums: Vec<BnStats> = vec![BTreeMap::new(); systems.len()];
-    let Some(prep) = systems.first().map(|s| s.trunk.preprocess()) else {
+    let Some(prep) = systems.first().map(|s| s.manifest.prep()) else {
         return sums;
     };
     let mut count = 0usize;

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::augment::augment_for;
-use crate::data::{to_tensor, ImageSet};
+use crate::data::{to_tensor, ImageSet, Preprocess};
 use crate::error::MergeError;
 use crate::matching::SquareMatrix;
 use crate::models::{ForwardCtx, Net};
@@ -250,11 +250,12 @@ fn draw(
 /// models' feature widths differ.
 pub fn collect(
     models: &[Net],
+    prep: Preprocess,
     batches: &[Vec<Vec<u8>>],
     device: &Runner,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<CovAccumulator>, MergeError> {
-    collect_upto(models, batches, device, usize::MAX, progress)
+    collect_upto(models, prep, batches, device, usize::MAX, progress)
 }
 
 /// [`collect`] of the first `spaces` feature spaces only (a partial zip needs the spaces up
@@ -265,15 +266,16 @@ pub fn collect(
 /// As [`collect`].
 pub fn collect_upto(
     models: &[Net],
+    prep: Preprocess,
     batches: &[Vec<Vec<u8>>],
     runner: &Runner,
     spaces: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<CovAccumulator>, MergeError> {
     if runner.engine() {
-        return collect_engine_upto(models, batches, spaces, progress);
+        return collect_engine_upto(models, prep, batches, spaces, progress);
     }
-    let mut accs = collect_burn(models, batches, runner, progress)?;
+    let mut accs = collect_burn(models, prep, batches, runner, progress)?;
     accs.truncate(spaces);
     Ok(accs)
 }
@@ -284,6 +286,7 @@ pub fn collect_upto(
 /// As [`collect`].
 pub fn collect_burn(
     models: &[Net],
+    prep: Preprocess,
     batches: &[Vec<Vec<u8>>],
     device: &Device,
     progress: &mut dyn FnMut(usize),
@@ -294,7 +297,7 @@ pub fn collect_burn(
     let mut accs: Vec<CovAccumulator> = Vec::new();
     for batch in batches {
         let refs: Vec<&[u8]> = batch.iter().map(|v| v.as_slice()).collect();
-        let x = to_tensor(&refs, models[0].preprocess(), device);
+        let x = to_tensor(&refs, prep, device);
         let taps: Vec<Vec<Tensor<4>>> = models
             .iter()
             .map(|m| {
@@ -359,10 +362,11 @@ const MIN_SUB_BATCH: usize = 8;
 /// As [`collect`].
 pub fn collect_engine(
     models: &[Net],
+    prep: Preprocess,
     batches: &[Vec<Vec<u8>>],
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<CovAccumulator>, MergeError> {
-    collect_engine_upto(models, batches, usize::MAX, progress)
+    collect_engine_upto(models, prep, batches, usize::MAX, progress)
 }
 
 /// [`collect_engine`] of the first `spaces` feature spaces: the forward passes run only the
@@ -372,6 +376,7 @@ pub fn collect_engine(
 /// As [`collect`].
 pub fn collect_engine_upto(
     models: &[Net],
+    prep: Preprocess,
     batches: &[Vec<Vec<u8>>],
     spaces: usize,
     progress: &mut dyn FnMut(usize),
@@ -381,7 +386,6 @@ pub fn collect_engine_upto(
         return Err(MergeError::NoProbeImages);
     }
     let nets: Vec<CpuNet> = models.iter().map(Net::compile).collect::<Result<_, _>>()?;
-    let prep = models[0].preprocess();
     // cut segments to run: the fewest whose taps cover `spaces`
     let per_cut = nets[0].taps_per_cut();
     let mut cuts = 0;
@@ -491,7 +495,7 @@ mod tests {
         let set = ImageSet {
             pixels,
             side,
-            prep: Preprocess::ImageNet,
+            prep: Preprocess::IMAGENET,
             labels: vec![0, 1],
             class_names: vec!["a".into(), "b".into()],
             source: "t".into(),

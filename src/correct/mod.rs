@@ -150,6 +150,7 @@ pub fn apply(
     transforms: &[MergeUnmerge],
     stop: &Stop,
     batches: &[Vec<Vec<u8>>],
+    prep: crate::data::Preprocess,
     c: &Corrections,
 ) -> Result<CorrectionReport, MergeError> {
     c.check()?;
@@ -183,7 +184,7 @@ pub fn apply(
         .map(|s| compile_state(arch, s))
         .collect::<Result<Vec<_>, _>>()?;
     let mnet = compile_state(arch, trunk)?;
-    let x = Act::from_images(&images, spec.net.preprocess());
+    let x = Act::from_images(&images, prep);
     let n = sources.len();
     let mut refit_skipped = Vec::new();
     let (mut refit_layers, mut refit_images_needed) = (0, 0);

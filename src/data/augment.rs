@@ -3,8 +3,6 @@
 
 use rand::Rng;
 
-use super::{IMAGE_BYTES, SIDE};
-
 /// Padding of the random crop, pixels.
 pub const PAD: usize = 4;
 
@@ -18,15 +16,16 @@ pub fn augment_for<R: Rng>(
     out: &mut [u8],
     rng: &mut R,
 ) {
-    match prep {
-        super::Preprocess::Cifar => augment_into(img, out, rng),
-        super::Preprocess::ImageNet => {
+    match prep.family {
+        super::Family::Cifar => augment_into(img, out, rng),
+        super::Family::ImageNet => {
             super::preprocess::random_resized_crop_flip(img, side, prep.side(), out, rng)
         }
     }
 }
 
-/// Writes an augmented copy of `img` (`[32, 32, 3]` HWC) into `out`.
+/// Writes an augmented copy of `img` (`[side, side, 3]` HWC, any square side; CIFAR's is 32)
+/// into `out` (same size).
 pub fn augment_into<R: Rng>(img: &[u8], out: &mut [u8], rng: &mut R) {
     let flip = rng.gen_bool(0.5);
     let dy = rng.gen_range(0..=2 * PAD) as isize - PAD as isize;
@@ -35,10 +34,11 @@ pub fn augment_into<R: Rng>(img: &[u8], out: &mut [u8], rng: &mut R) {
 }
 
 /// Output pixel (y, x) = input pixel (y + dy, x' + dx) of the (optionally flipped) image, zero
-/// outside the image.
+/// outside the image. `img` and `out` are `[side, side, 3]` HWC (the side read off the length).
 pub fn crop_flip(img: &[u8], out: &mut [u8], dy: isize, dx: isize, flip: bool) {
-    debug_assert_eq!(img.len(), IMAGE_BYTES);
-    let s = SIDE as isize;
+    debug_assert_eq!(img.len(), out.len());
+    let s = ((img.len() / 3) as f64).sqrt().round() as isize;
+    debug_assert_eq!((s * s * 3) as usize, img.len());
     for y in 0..s {
         for x in 0..s {
             let (sy, sx) = (y + dy, x + dx);
@@ -57,6 +57,7 @@ pub fn crop_flip(img: &[u8], out: &mut [u8], dy: isize, dx: isize, flip: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::{IMAGE_BYTES, SIDE};
     use rand::SeedableRng;
 
     fn ramp() -> Vec<u8> {

@@ -72,7 +72,7 @@ pub fn parse(
 /// # Errors
 /// [`DataError`] naming the file when it is missing or malformed.
 ///
-/// With [`Preprocess::ImageNet`] every 32x32 image is upsampled as any other image would be
+/// With [`Preprocess::IMAGENET`] every 32x32 image is upsampled as any other image would be
 /// (resize 256, centre crop), for ResNet-50 on CIFAR.
 pub fn load_dir(dir: &Path, split: &str, prep: Preprocess) -> Result<ImageSet, DataError> {
     let (files, label_bytes): (Vec<String>, usize) =
@@ -88,7 +88,7 @@ pub fn load_dir(dir: &Path, split: &str, prep: Preprocess) -> Result<ImageSet, D
     let mut set = ImageSet {
         pixels: vec![],
         side: SIDE,
-        prep: Preprocess::Cifar,
+        prep: Preprocess::CIFAR,
         labels: vec![],
         class_names: vec![],
         source: dir.display().to_string(),
@@ -111,7 +111,7 @@ pub fn load_dir(dir: &Path, split: &str, prep: Preprocess) -> Result<ImageSet, D
             .map(|i| format!("class{i:02}"))
             .collect()
     };
-    if prep != Preprocess::Cifar {
+    if prep != Preprocess::CIFAR {
         let train = split == "train";
         let side = prep.stored_side(train);
         let mut pixels = Vec::with_capacity(set.len() * side * side * 3);

@@ -198,29 +198,29 @@ mod tests {
             std::fs::create_dir_all(root.path().join(class)).unwrap();
             img.save(root.path().join(class).join(file)).unwrap();
         }
-        let set = load(root.path(), Preprocess::Cifar, false).unwrap();
+        let set = load(root.path(), Preprocess::CIFAR, false).unwrap();
         assert_eq!(set.class_names, ["ant", "mole", "zebra"]);
         assert_eq!(set.labels, [0, 0, 1, 2]); // ant/0.png, ant/a.png, mole, zebra
         assert_eq!(&set.image(0)[..3], &[10, 20, 30]);
         // a capped load decodes a seeded subset, in listing order
-        let two = load_at_most(root.path(), Preprocess::Cifar, false, 2, None).unwrap();
+        let two = load_at_most(root.path(), Preprocess::CIFAR, false, 2, None).unwrap();
         assert_eq!(two.len(), 2);
         assert_eq!(
             two.labels,
-            load_at_most(root.path(), Preprocess::Cifar, false, 2, None)
+            load_at_most(root.path(), Preprocess::CIFAR, false, 2, None)
                 .unwrap()
                 .labels
         );
         assert!(two.labels.windows(2).all(|w| w[0] <= w[1]));
         // class filter at listing time: only `mole` (label 1) is decoded, labels keep their ids
-        let mole = load_at_most(root.path(), Preprocess::Cifar, false, 9, Some(&[1])).unwrap();
+        let mole = load_at_most(root.path(), Preprocess::CIFAR, false, 9, Some(&[1])).unwrap();
         assert_eq!(mole.labels, [1]);
         assert_eq!(mole.class_names.len(), 3);
         // a wrong-size image is refused with its path
         image::RgbImage::new(8, 8)
             .save(root.path().join("mole").join("small.png"))
             .unwrap();
-        assert!(load(root.path(), Preprocess::Cifar, false)
+        assert!(load(root.path(), Preprocess::CIFAR, false)
             .unwrap_err()
             .to_string()
             .contains("small.png"));
@@ -254,11 +254,11 @@ mod tests {
         image::RgbImage::from_pixel(32, 32, image::Rgb([1, 2, 3]))
             .save_with_format(&png, image::ImageFormat::Png)
             .unwrap();
-        let px = decode(&png, Preprocess::Cifar, false).unwrap();
+        let px = decode(&png, Preprocess::CIFAR, false).unwrap();
         assert_eq!(&px[..3], &[1, 2, 3]);
         let junk = root.path().join("junk.png");
         std::fs::write(&junk, b"not an image\nsecond line").unwrap();
-        let e = decode(&junk, Preprocess::Cifar, false)
+        let e = decode(&junk, Preprocess::CIFAR, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("junk.png") && !e.contains('\n'), "{e}");

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::DataError;
-pub use preprocess::{Preprocess, CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD};
+pub use preprocess::{Family, Preprocess, CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD};
 pub mod set;
 pub use set::{ImageSet, IMAGE_BYTES, SIDE};
 
@@ -37,7 +37,7 @@ impl ImageSet {
     /// As [`ImageSet::load`].
     pub fn class_names_of(path: &Path, split: &str) -> Result<Vec<String>, DataError> {
         if cifar_bin::is_cifar_bin_dir(path) {
-            Ok(cifar_bin::load_dir(path, split, Preprocess::Cifar)?.class_names)
+            Ok(cifar_bin::load_dir(path, split, Preprocess::CIFAR)?.class_names)
         } else {
             Ok(imagefolder::list(path)?.1)
         }

@@ -25,73 +25,147 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations (torchvision), in 0..1 units.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// Preprocessing family.
+/// Preprocessing family: decides the training augmentation and how training images are
+/// stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Preprocess {
-    /// 32x32, CIFAR mean/std.
+pub enum Family {
+    /// CIFAR: flip + pad-4 random crop for training (reference doc §2).
     #[default]
     Cifar,
-    /// Resize 256, centre crop 224, ImageNet mean/std.
+    /// ImageNet: `RandomResizedCrop` + flip for training, resize + centre crop otherwise.
     #[serde(rename = "imagenet")]
     ImageNet,
 }
 
+/// How a decoded image becomes a network input: an optional resize of the shorter side
+/// (bilinear, PIL-exact), a centre crop to `input_size`, then `(x / 255 - mean) / std` per
+/// channel. The architecture gives the default ([`Preprocess::CIFAR`] or
+/// [`Preprocess::IMAGENET`]); a model's manifest may carry its own (`zipmerge import --mean
+/// --std --input-size --resize`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    /// Augmentation and storage family.
+    pub family: Family,
+    /// Channel means, 0..1 units (RGB).
+    pub mean: [f32; 3],
+    /// Channel standard deviations, 0..1 units (RGB), each > 0.
+    pub std: [f32; 3],
+    /// Side of the square image the network sees, pixels.
+    pub input_size: usize,
+    /// Shorter side the image is resized to before the centre crop, pixels; 0: no resize (every
+    /// image must already be `input_size` square).
+    pub resize: usize,
+}
+
+// Values are validated finite ([`Preprocess::validate`]), so equality is an equivalence.
+impl Eq for Preprocess {}
+
+/// Largest `input_size` / `resize` accepted, pixels.
+pub const MAX_SIDE: usize = 4096;
+
 impl Preprocess {
+    /// 32x32 images as they are, CIFAR mean/std (reference doc §2).
+    pub const CIFAR: Preprocess = Preprocess {
+        family: Family::Cifar,
+        mean: CIFAR_MEAN,
+        std: CIFAR_STD,
+        input_size: 32,
+        resize: 0,
+    };
+
+    /// torchvision's ImageNet evaluation: resize 256, centre crop 224, ImageNet mean/std.
+    pub const IMAGENET: Preprocess = Preprocess {
+        family: Family::ImageNet,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+        input_size: 224,
+        resize: 256,
+    };
+
     /// Channel means, 0..1 units.
     pub fn mean(&self) -> [f32; 3] {
-        match self {
-            Preprocess::Cifar => CIFAR_MEAN,
-            Preprocess::ImageNet => IMAGENET_MEAN,
-        }
+        self.mean
     }
 
     /// Channel standard deviations, 0..1 units.
     pub fn std(&self) -> [f32; 3] {
-        match self {
-            Preprocess::Cifar => CIFAR_STD,
-            Preprocess::ImageNet => IMAGENET_STD,
-        }
+        self.std
     }
 
-    /// Side of the images the network sees, pixels (32 or 224).
+    /// Side of the images the network sees, pixels (`input_size`).
     pub fn side(&self) -> usize {
-        match self {
-            Preprocess::Cifar => 32,
-            Preprocess::ImageNet => 224,
-        }
+        self.input_size
     }
 
-    /// Side of the stored (cached) images of a split, pixels: the network side, except ImageNet
-    /// training images (256, cropped per step).
+    /// Side of the stored (cached) images of a split, pixels: the network side, except
+    /// ImageNet-family training images (the resize side, cropped per step).
     pub fn stored_side(&self, train: bool) -> usize {
-        match (self, train) {
-            (Preprocess::ImageNet, true) => 256,
-            _ => self.side(),
+        match (self.family, train) {
+            (Family::ImageNet, true) => self.resize.max(self.input_size),
+            _ => self.input_size,
         }
     }
 
-    /// Turns a decoded image into the stored `[side, side, 3]` u8 form.
+    /// Checks the values: finite means, finite positive standard deviations, `input_size` in
+    /// 1..=[`MAX_SIDE`], `resize` 0 or in `input_size..=MAX_SIDE`.
     ///
     /// # Errors
-    /// A message when a CIFAR image is not 32x32 (CIFAR images are never resized).
-    pub fn prepare(&self, img: RgbImage, train: bool) -> Result<Vec<u8>, String> {
-        match self {
-            Preprocess::Cifar => {
-                if img.width() != 32 || img.height() != 32 {
-                    return Err(format!(
-                        "image is {}x{}, expected 32x32",
-                        img.width(),
-                        img.height()
-                    ));
-                }
-                Ok(img.into_raw())
-            }
-            Preprocess::ImageNet => {
-                let crop = self.stored_side(train) as u32;
-                Ok(center_crop(&resize_shorter(&img, 256), crop).into_raw())
-            }
+    /// A message naming the field and what was expected.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(m) = self.mean.iter().find(|m| !m.is_finite()) {
+            return Err(format!("mean {m} is not a finite number"));
         }
+        if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(format!("std {s} is not a finite number above 0"));
+        }
+        if !(1..=MAX_SIDE).contains(&self.input_size) {
+            return Err(format!(
+                "input_size {} is not in 1..={MAX_SIDE}",
+                self.input_size
+            ));
+        }
+        if self.resize != 0 && !(self.input_size..=MAX_SIDE).contains(&self.resize) {
+            return Err(format!(
+                "resize {} is neither 0 (no resize) nor in {}..={MAX_SIDE} (at least input_size)",
+                self.resize, self.input_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// One line for messages and reports: `resize 256, centre crop 224, mean [..], std [..]`.
+    pub fn describe(&self) -> String {
+        let r = if self.resize == 0 {
+            format!("{0}x{0} images as they are", self.input_size)
+        } else {
+            format!(
+                "resize {} (shorter side, bilinear, PIL-exact), centre crop {}",
+                self.resize, self.input_size
+            )
+        };
+        format!("{r}, mean {:?}, std {:?}", self.mean, self.std)
+    }
+
+    /// Turns a decoded image into the stored `[side, side, 3]` u8 form
+    /// ([`Preprocess::stored_side`]).
+    ///
+    /// # Errors
+    /// A message when an image that is not resized is not `input_size` square.
+    pub fn prepare(&self, img: RgbImage, train: bool) -> Result<Vec<u8>, String> {
+        if self.resize == 0 {
+            let s = self.input_size as u32;
+            if img.width() != s || img.height() != s {
+                return Err(format!(
+                    "image is {}x{}, expected {s}x{s}",
+                    img.width(),
+                    img.height()
+                ));
+            }
+            return Ok(img.into_raw());
+        }
+        let crop = self.stored_side(train) as u32;
+        Ok(center_crop(&resize_shorter(&img, self.resize as u32), crop).into_raw())
     }
 }
 
@@ -178,7 +252,7 @@ mod tests {
         // torchvision rounds the crop offset half to even: (385 - 224) / 2 = 80.5 -> 80
         let odd = RgbImage::from_fn(385, 224, |x, _| image::Rgb([x as u8, 0, 0]));
         assert_eq!(center_crop(&odd, 224).get_pixel(0, 0)[0], 80);
-        let v = Preprocess::ImageNet.prepare(img, false).unwrap();
+        let v = Preprocess::IMAGENET.prepare(img, false).unwrap();
         assert_eq!(v.len(), 224 * 224 * 3);
         let px = |x: usize, y: usize| v[(y * 224 + x) * 3];
         assert_eq!(px(0, 100), 0);
@@ -186,12 +260,12 @@ mod tests {
         assert_eq!(px(120, 100), 255);
         assert_eq!(px(223, 0), 255);
         // training storage keeps a 256x256 centre square
-        let t = Preprocess::ImageNet
+        let t = Preprocess::IMAGENET
             .prepare(RgbImage::new(256, 512), true)
             .unwrap();
         assert_eq!(t.len(), 256 * 256 * 3);
         // CIFAR images are never resized
-        assert!(Preprocess::Cifar
+        assert!(Preprocess::CIFAR
             .prepare(RgbImage::new(8, 8), false)
             .unwrap_err()
             .contains("expected 32x32"));

@@ -249,6 +249,7 @@ impl<'a> Context<'a> {
                 transforms,
                 stop,
                 self.probe,
+                self.endpoints.prep(),
                 c,
             )?;
         }

@@ -80,7 +80,7 @@ pub fn load_data(
     ep: &Endpoints,
     obs: &mut dyn Observer,
 ) -> Result<(SparseSet, ImageSet), MergeError> {
-    let prep = ep.spec.net.preprocess();
+    let prep = ep.prep();
     let train = load_probe(&inputs.probe_dir, prep, inputs.cache_gib, &s.draws(), obs)?;
     let test =
         crate::data::load_split(&inputs.test_root, "test", prep, inputs.cache_gib, None, obs)?;

@@ -112,6 +112,13 @@ impl Endpoints {
                     "models must share the output dimension",
                 ));
             }
+            if m.prep() != a.prep() {
+                return Err(differ(
+                    format!("takes inputs as: {}; but", m.prep().describe()),
+                    format!("takes: {}", a.prep().describe()),
+                    "models must share their preprocessing (one probe batch feeds them all)",
+                ));
+            }
         }
         let spec = MergeSpec::of(&a.net_config());
         if let Some(net) = &first_net {
@@ -131,6 +138,11 @@ impl Endpoints {
             states,
             spec,
         })
+    }
+
+    /// The preprocessing all the models share (checked by [`Endpoints::load`]).
+    pub fn prep(&self) -> crate::data::Preprocess {
+        self.manifests[0].prep()
     }
 
     /// Number of models N.
@@ -278,7 +290,7 @@ pub fn statistics_upto(
 ) -> Result<Statistics, MergeError> {
     let nets = ep.nets(device)?;
     let accs: Vec<CovAccumulator> =
-        collect::collect_upto(&nets, batches, device, spaces, progress)?;
+        collect::collect_upto(&nets, ep.prep(), batches, device, spaces, progress)?;
     let covariances = accs
         .iter()
         .map(CovAccumulator::finalize)
@@ -480,6 +492,7 @@ pub fn merged_manifest(
         stop: Some(stop.name.clone()),
         heads,
         class_names: a.class_names.clone(),
+        preprocess: a.preprocess,
         provenance,
         zipmerge_version: env!("CARGO_PKG_VERSION").into(),
     })

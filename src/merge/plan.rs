@@ -288,7 +288,7 @@ impl Evaluation {
         let test = match eval {
             None => None,
             Some(e) => {
-                let prep = ep.spec.net.preprocess();
+                let prep = ep.prep();
                 let test = crate::data::load_split(&e.root, "test", prep, cache_gib, None, obs)?;
                 let n = crate::eval::runner::check_evaluation(&ep.heads(), &test, &tasks)?;
                 Some((test, n))

@@ -64,7 +64,7 @@ impl ArchFacts {
         Self {
             name,
             output_cut: 5,
-            preprocess: Preprocess::ImageNet,
+            preprocess: Preprocess::IMAGENET,
             width_is_channels: true,
             max_width: 512,
             layout: "torchvision",

@@ -158,7 +158,7 @@ impl super::arch::Architecture for Def {
         super::arch::ArchFacts {
             name: "resnet20",
             output_cut: 4,
-            preprocess: crate::data::Preprocess::Cifar,
+            preprocess: crate::data::Preprocess::CIFAR,
             width_is_channels: false,
             max_width: 64,
             layout: "zipit",

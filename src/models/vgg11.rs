@@ -94,7 +94,7 @@ impl super::arch::Architecture for Def {
         super::arch::ArchFacts {
             name: "vgg11",
             output_cut: 9,
-            preprocess: crate::data::Preprocess::Cifar,
+            preprocess: crate::data::Preprocess::CIFAR,
             width_is_channels: false,
             max_width: 64,
             layout: "zipit",

@@ -138,7 +138,7 @@ pub fn bench(plan: &BenchPlan) -> Result<BenchReport, MergeError> {
         None
     };
     let t = Instant::now();
-    let accs = collect(&nets, &batches, device, &mut |_| {})?;
+    let accs = collect(&nets, cfg.preprocess(), &batches, device, &mut |_| {})?;
     let stats = plan.images as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     for b in &batches {

@@ -24,7 +24,7 @@ pub fn reset_folder(
         mut trunk,
         mut heads,
     } = checkpoint::ModelWeights::read(&dir, checkpoint::read_manifest(&dir)?)?;
-    let prep = manifest.net_config().preprocess();
+    let prep = manifest.prep();
     let set = crate::data::load_split(data_root, "train", prep, cache_gib, None, obs)?;
     let batches = crate::collect::probe_batches(&set, opts);
     let images = crate::collect::probe::images(&batches);

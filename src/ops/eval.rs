@@ -1,6 +1,7 @@
 //! `zipmerge eval`: one model folder, or several as their ensemble (reference doc §5.3), on a
 //! test split ([`evaluate_folders`]).
 
+use crate::error::{MergeError, MergeParam};
 use crate::eval::runner::*;
 use crate::eval::Accuracy;
 use crate::system::runner::Runner;
@@ -62,7 +63,22 @@ pub fn evaluate_folders(
             ));
         }
     }
-    let prep = systems[0].config().preprocess();
+    let prep = systems[0].manifest.prep();
+    if let Some((s, m)) = systems
+        .iter()
+        .zip(models)
+        .find(|(s, _)| s.manifest.prep() != prep)
+    {
+        return Err(MergeError::param(
+            MergeParam::Models,
+            m.display(),
+            format!(
+                "takes inputs as: {}; the first model takes: {}. Models evaluated together share one decoding of the test set: evaluate them separately",
+                s.manifest.prep().describe(),
+                prep.describe()
+            ),
+        ));
+    }
     let test = crate::data::load_split(data_root, "test", prep, cache_gib, None, obs)?;
     let tasks = tasks.unwrap_or_else(|| default_tasks(&systems));
     let n = check_evaluation(&heads_of(&systems), &test, &tasks)?;

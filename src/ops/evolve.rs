@@ -428,9 +428,9 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
             (None, Some((load_inputs(&tplan)?, t)))
         }
     };
-    let spec = match (&family_ep, &tv_inputs) {
-        (Some(ep), _) => ep.spec.clone(),
-        (_, Some((inp, _))) => inp.ep.spec.clone(),
+    let (spec, prep) = match (&family_ep, &tv_inputs) {
+        (Some(ep), _) => (ep.spec.clone(), ep.prep()),
+        (_, Some((inp, _))) => (inp.ep.spec.clone(), inp.ep.prep()),
         _ => unreachable!("one family"),
     };
     let n = plan.models.len();
@@ -523,7 +523,6 @@ pub fn evolve(plan: &EvolvePlan, obs: &mut dyn Observer) -> Result<EvolveReport,
     };
 
     // data: the family's draws, and the validation draw from the images they leave
-    let prep = spec.net.preprocess();
     let draws = match &tv_inputs {
         None => base.draws(),
         Some(_) => Draws {

@@ -139,7 +139,7 @@ pub fn grid(plan: &GridPlan, obs: &mut dyn Observer) -> Result<GridReport, Merge
     s.check()?;
     let ep = merge::Endpoints::load(&plan.models)?;
     let stop = ep.spec.stop(&plan.stop)?;
-    let prep = ep.spec.net.preprocess();
+    let prep = ep.prep();
     let inputs = &plan.inputs;
     let draws = s.draws();
     let train = load_probe(&inputs.probe_dir, prep, inputs.cache_gib, &draws, obs)?;

@@ -88,7 +88,7 @@ impl ModelInfo {
             stops: spec.stops(),
             spaces: spec.spaces,
             input_side: cfg.input_side(),
-            preprocess: cfg.preprocess(),
+            preprocess: m.prep(),
             width_label: cfg.width_label(),
         })
     }
@@ -114,9 +114,10 @@ impl ModelInfo {
             );
         }
         out += &format!("  parameters (one network): {}\n", self.params_per_network);
+        out += &format!("  preprocessing: {}\n", self.preprocess.describe());
         out += &format!(
-            "  forward MACs/image (whole system, {0}x{0} input, {1:?} preprocessing): {2}\n",
-            self.input_side, self.preprocess, self.flops
+            "  forward MACs/image (whole system, counted at the architecture's {0}x{0} input): {1}\n",
+            self.input_side, self.flops
         );
         out += "  feature spaces:\n";
         for (i, s) in self.spaces.iter().enumerate() {

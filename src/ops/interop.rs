@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::checkpoint::interop::{self, ImportNotes};
 use crate::checkpoint::{ModelManifest, StateDict};
+use crate::data::Preprocess;
 use crate::error::{CheckpointError, DataError, ModelError};
 use crate::models::head::HeadChoice;
 use crate::models::{Arch, Net, NetConfig};
@@ -35,8 +36,57 @@ pub struct ImportRequest {
     /// A text file naming the data set's classes, one per line in label-id order (`None`: the
     /// model has no class names; `predict` prints ids).
     pub class_names: Option<PathBuf>,
+    /// The model's own input preprocessing, where it differs from its architecture's default.
+    pub input: InputOverride,
     /// The command, for the provenance.
     pub command: String,
+}
+
+/// Preprocessing values an imported model was trained with, each replacing the architecture's
+/// default ([`crate::models::Arch::preprocess`]) when given (`import --mean --std --input-size
+/// --resize`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InputOverride {
+    /// Channel means, 0..1 units (torchvision `Normalize`).
+    pub mean: Option<[f32; 3]>,
+    /// Channel standard deviations, 0..1 units.
+    pub std: Option<[f32; 3]>,
+    /// Side of the square network input, pixels.
+    pub input_size: Option<usize>,
+    /// Shorter side before the centre crop, pixels (0: no resize).
+    pub resize: Option<usize>,
+}
+
+impl InputOverride {
+    /// The preprocessing of a model of `arch` with these values: `None` when it is the
+    /// architecture's default.
+    ///
+    /// # Errors
+    /// [`ImportError::Preprocess`] naming the value at fault.
+    pub fn resolve(&self, arch: Arch) -> Result<Option<Preprocess>, ImportError> {
+        let base = arch.preprocess();
+        let mut p = base;
+        if let Some(m) = self.mean {
+            p.mean = m;
+        }
+        if let Some(s) = self.std {
+            p.std = s;
+        }
+        if let Some(n) = self.input_size {
+            p.input_size = n;
+            // a new input size without --resize keeps the default's resize-to-crop ratio
+            // (ImageNet: 256 / 224, so 299 -> 342), or no resize
+            if self.resize.is_none() && base.resize != 0 {
+                p.resize = (n * base.resize + base.input_size / 2) / base.input_size;
+            }
+        }
+        if let Some(r) = self.resize {
+            p.resize = r;
+        }
+        p.validate()
+            .map_err(|msg| ImportError::Preprocess { msg })?;
+        Ok((p != base).then_some(p))
+    }
 }
 
 /// An imported model, ready to be written ([`crate::checkpoint::write_model`]).
@@ -115,6 +165,12 @@ pub enum ImportError {
     /// A text head needs the classes its outputs score.
     #[error("the classes are required for a text head (the label ids the model's outputs score)")]
     ClassesRequired,
+    /// Preprocessing values that cannot be used.
+    #[error("{msg}")]
+    Preprocess {
+        /// What is wrong.
+        msg: String,
+    },
     /// A class-names file that cannot be read or does not name every class.
     #[error("{file}: {msg}")]
     ClassNames {
@@ -277,7 +333,8 @@ pub fn import(req: &ImportRequest) -> Result<Imported, ImportError> {
             names
         }
     };
-    let manifest = ModelManifest::single(&cfg, classes, head, class_names, provenance);
+    let mut manifest = ModelManifest::single(&cfg, classes, head, class_names, provenance);
+    manifest.preprocess = req.input.resolve(cfg.arch)?;
     Ok(Imported {
         manifest,
         state,
@@ -373,12 +430,12 @@ pub fn heads_json(model: &Path) -> Result<Option<serde_json::Value>, ImportError
             }
         })
         .collect();
-    let prep = m.net_config().preprocess();
+    let prep = m.prep();
     Ok(Some(serde_json::json!({
         "format": "zipmerge-heads-1",
         "arch": m.arch.to_string(),
         "width": m.width,
-        "preprocess": format!("{prep:?}"),
+        "preprocess": prep,
         "class_names": m.class_names,
         "heads": heads,
     })))

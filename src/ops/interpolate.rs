@@ -180,7 +180,7 @@ pub fn interpolate(
     base.check()?;
     let mut ep = Endpoints::load(&plan.models)?;
     let stop = ep.spec.stop("full")?;
-    let prep = ep.spec.net.preprocess();
+    let prep = ep.prep();
     let draws = base.draws();
     let probe = load_probe(&plan.probe_dir, prep, plan.cache_gib, &draws, obs)?;
     let test = crate::data::load_split(&plan.test_root, "test", prep, plan.cache_gib, None, obs)?;

@@ -187,7 +187,7 @@ pub fn run(plan: &MergePlan, obs: &mut dyn Observer) -> Result<MergeOutcome, Mer
         }
         crate::rewrite::path::check(path, &ep.spec, ep.n())?;
     }
-    let prep = ep.spec.net.preprocess();
+    let prep = ep.prep();
     let t_load = Instant::now();
     let draws = s.draws();
     let corrections = s.corrections;
@@ -421,6 +421,7 @@ pub(crate) fn combine(
             &transforms,
             stop,
             probe_b,
+            ep.prep(),
             &corrections,
         )?;
         if !r.refit_skipped.is_empty() {

@@ -77,11 +77,11 @@ pub fn predict(
     let classes = sys.manifest.all_classes();
     let imgs: Vec<Vec<u8>> = images
         .iter()
-        .map(|p| decode(p, sys.config().preprocess(), false))
+        .map(|p| decode(p, sys.manifest.prep(), false))
         .collect::<Result<_, _>>()?;
     let refs: Vec<&[u8]> = imgs.iter().map(|v| v.as_slice()).collect();
     let outs = sys.forward_heads(
-        to_tensor(&refs, sys.config().preprocess(), device),
+        to_tensor(&refs, sys.manifest.prep(), device),
         &mut ForwardCtx::default(),
     );
     // logits over `classes`, each class from the first head trained on it (text heads: any)

@@ -122,7 +122,18 @@ pub fn table1(plan: &Table1Plan, obs: &mut dyn Observer) -> Result<Table1Report,
         obs.warn("note: --paper: the paper's CIFAR-10 5+5 numbers are for ResNet-20 x4; they are not shown beside these rows of another architecture");
     }
     let device = &plan.inputs.device;
-    let prep = loaded[0].spec.net.preprocess();
+    let prep = loaded[0].prep();
+    if let Some((i, ep)) = loaded.iter().enumerate().find(|(_, ep)| ep.prep() != prep) {
+        return Err(MergeError::param(
+            MergeParam::Models,
+            format!("group {}", i + 1),
+            format!(
+                "takes inputs as: {}; the first group takes: {}. Every group is evaluated on one decoding of the data: give groups with the same preprocessing",
+                ep.prep().describe(),
+                prep.describe()
+            ),
+        ));
+    }
     let inputs = &plan.inputs;
     let test =
         crate::data::load_split(&inputs.test_root, "test", prep, inputs.cache_gib, None, obs)?;

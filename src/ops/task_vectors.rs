@@ -252,7 +252,7 @@ pub fn run_task_vectors(
     let s = &plan.settings;
     let inp = load_inputs(plan)?;
     let (ep, stop, linear_per_model) = (&inp.ep, &inp.stop, inp.linear_per_model);
-    let prep = ep.spec.net.preprocess();
+    let prep = ep.prep();
     // the BN-reset draw of a merge, no statistics
     let draws = Draws {
         probe: None,

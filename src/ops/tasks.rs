@@ -183,7 +183,7 @@ pub fn tasks_table(plan: &TasksPlan, obs: &mut dyn Observer) -> Result<TasksRepo
     let base = checkpoint::read_weights(&base_dir, &bm.weights)?;
     taskvec::check_fine_tunes(&base, &ep.states.iter().collect::<Vec<_>>())
         .map_err(|e| tv_error(e, &plan.models))?;
-    let prep = ep.spec.net.preprocess();
+    let prep = ep.prep();
     let train = crate::data::load_split(&plan.data_root, "train", prep, plan.cache_gib, None, obs)?;
     // the validation images: a seeded draw from the train images no BN-reset draw of any seed
     // uses, so the choice never sees an image the merges' BN statistics came from

@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::data::tasks::{format_tasks, parse_classes, random_split};
-use crate::data::{split_dir, ImageSet, Preprocess};
+use crate::data::{split_dir, Family, ImageSet};
 use crate::error::{DataError, DataParam, ModelError};
 use crate::models::head::HeadChoice;
 use crate::models::{param_count, Arch, NetConfig};
@@ -177,10 +177,18 @@ fn resolve_task(
 ///
 /// # Errors
 /// [`TrainError::Init`] naming the folder and what does not fit.
+#[allow(clippy::type_complexity)]
 fn load_init(
     dir: &std::path::Path,
     net: &NetConfig,
-) -> Result<(crate::train::InitFrom, crate::checkpoint::StateDict), TrainError> {
+) -> Result<
+    (
+        crate::train::InitFrom,
+        crate::checkpoint::StateDict,
+        Option<crate::data::Preprocess>,
+    ),
+    TrainError,
+> {
     use sha2::Digest;
     let err = |msg: String| TrainError::Init {
         model: dir.display().to_string(),
@@ -212,7 +220,7 @@ fn load_init(
         model: dir.display().to_string(),
         weights_sha256: hex,
     };
-    Ok((from, state))
+    Ok((from, state, m.preprocess))
 }
 
 /// The training-state folder of the model folder `out`: `<out>.train-state`.
@@ -231,7 +239,6 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
         out: 1,
     };
     shape.validate()?;
-    let prep = shape.preprocess();
     let root = &plan.data_root;
     let n = ImageSet::class_names_of(&split_dir(root, "train"), "train")?.len();
     let (classes, split_lists) = resolve_task(&plan.task, n, obs)?;
@@ -244,6 +251,9 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
         Some(dir) => Some(load_init(dir, &net)?),
         None => None,
     };
+    // a fine-tune takes its inputs as its base does
+    let own_prep = init.as_ref().and_then(|(_, _, p)| *p);
+    let prep = own_prep.unwrap_or_else(|| shape.preprocess());
     let load = |split: &str, obs: &mut dyn Observer| {
         crate::data::load_split(root, split, prep, plan.cache_gib, Some(&classes), obs)
     };
@@ -275,7 +285,8 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
             .to_string(),
         limit: plan.limit,
         train_images: train_task.len(),
-        init: init.as_ref().map(|(i, _)| i.clone()),
+        init: init.as_ref().map(|(i, _, _)| i.clone()),
+        preprocess: own_prep,
     };
     obs.info(&format!(
         "training {} {} ({} params, {} forward MACs/image) on classes {classes:?}: {} train / {} test images",
@@ -303,7 +314,7 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
     let t0 = Instant::now();
     let (state, log) = crate::train::train(
         &opts,
-        init.as_ref().map(|(_, s)| s),
+        init.as_ref().map(|(_, s, _)| s),
         &train_task,
         &test_task,
         &plan.device,
@@ -333,10 +344,11 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
             "weight_decay": plan.weight_decay,
             "optimizer": "SGD (PyTorch semantics: dampening 0), weight decay on all parameters",
             "schedule": "per-iteration linear warm-up from 0, then linear decay to 0",
-            "augmentation": match prep {
-                Preprocess::Cifar => "random horizontal flip + random crop 32 with 4-pixel zero padding",
-                Preprocess::ImageNet => "RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3) of the image stored at 256x256 (resize 256 + centre crop 256) + random horizontal flip; test: resize 256 + centre crop 224; ImageNet mean/std",
+            "augmentation": match prep.family {
+                Family::Cifar => "random horizontal flip + random crop 32 with 4-pixel zero padding",
+                Family::ImageNet => "RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3) of the image stored at 256x256 (resize 256 + centre crop 256) + random horizontal flip; test: resize 256 + centre crop 224; ImageNet mean/std",
             },
+            "preprocess": prep,
             "init": opts.init,
             "backend": plan.backend,
             "command": plan.command,

@@ -65,6 +65,10 @@ pub struct TrainOptions {
     /// The model the weights start from (`train --init`; `None`: the seeded initialisation).
     #[serde(default)]
     pub init: Option<InitFrom>,
+    /// The `--init` model's own input preprocessing, carried into the trained model (`None`:
+    /// the architecture's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<crate::data::Preprocess>,
 }
 
 /// The starting point of a fine-tune (`train --init BASE`).
@@ -93,6 +97,7 @@ impl TrainOptions {
             "limit" => "--limit",
             "train_images" => "the number of training images",
             "init" => "--init",
+            "preprocess" => "--init (its preprocessing)",
             other => other,
         }
     }
@@ -510,13 +515,14 @@ pub fn write_trained(
     class_names: &[String],
     provenance: serde_json::Value,
 ) -> Result<PathBuf, ModelError> {
-    let manifest = ModelManifest::single(
+    let mut manifest = ModelManifest::single(
         &opts.net,
         opts.classes.clone(),
         opts.head.clone(),
         class_names.to_vec(),
         provenance,
     );
+    manifest.preprocess = opts.preprocess;
     checkpoint::write_model(out, &manifest, &[("model.safetensors".into(), state)])?;
     Ok(out.to_path_buf())
 }

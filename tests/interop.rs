@@ -470,6 +470,12 @@ fn export_of_a_text_head_model_writes_its_heads_beside_the_weights() {
         &std::fs::read("models/cifar10-5+5/resnet20x1-a/manifest.json").unwrap(),
     )
     .unwrap();
+    // a single model: its one network runs every cut segment
+    assert_eq!(
+        (h["stop_cut"].as_u64(), h["output_cut"].as_u64()),
+        (Some(4), Some(4))
+    );
+    assert_eq!(h["preprocess"]["input_size"], 32);
     let head = &h["heads"][0];
     assert_eq!(head["kind"], "text");
     assert_eq!(head["classes"], m["heads"][0]["classes"]);

@@ -165,9 +165,9 @@ pub struct ExportArgs {
     #[arg(long)]
     pub layout: Option<String>,
     /// Output file (a regular file outside the model folder; an existing one is replaced
-    /// atomically, anything else is refused). A model with a text head also gets
-    /// `<out>.heads.json` beside it (the class embeddings and the logit rule the weights cannot
-    /// carry), checked the same way. A multi-head model is written as one file with prefixed names: `trunk.*`
+    /// atomically, anything else is refused). `<out>.heads.json` goes beside it (what the
+    /// weights cannot carry: heads, classes, text-head embeddings and logit rule, the stop,
+    /// the preprocessing; `tools/run_export.py` runs the pair in PyTorch), checked the same way. A multi-head model is written as one file with prefixed names: `trunk.*`
     /// for the shared trunk and `head<i>.*` for each head network.
     #[arg(long)]
     pub out: PathBuf,
@@ -187,11 +187,8 @@ pub fn exec_export(a: ExportArgs, p: &mut Printer) -> Result<()> {
     })?;
     let (bytes, heads) =
         export_to(&a.model, a.layout.as_deref(), &a.out).map_err(|e| import_error(e, ""))?;
-    let heads = heads.map(|h| h.display().to_string());
-    let line = match &heads {
-        Some(h) => format!("wrote {} ({bytes} bytes) and {h}\n", a.out.display()),
-        None => format!("wrote {} ({bytes} bytes)\n", a.out.display()),
-    };
+    let heads = heads.display().to_string();
+    let line = format!("wrote {} ({bytes} bytes) and {heads}\n", a.out.display());
     let value = serde_json::json!({"wrote": a.out, "bytes": bytes, "heads": heads});
     p.emit(&value, &line, None)
 }

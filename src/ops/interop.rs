@@ -386,20 +386,15 @@ pub fn heads_path(out: &Path) -> std::path::PathBuf {
 /// them: per head (in manifest order; a multi-head model's `head<i>`), its kind, its classes
 /// (label ids) and, for a text head, the frozen class embeddings (unit-norm rows of the class
 /// ids it scores) and the rule `logits = 100 * cos(output, embedding)`; plus the class names
-/// and the preprocessing. `None` for a model without a text head.
+/// and the preprocessing; the stop (`stop_cut` of `output_cut` cut segments: a multi-head model
+/// runs its `trunk.` network's segments `0..stop_cut`, then each head network's from
+/// `stop_cut` on; `tools/run_export.py` does so in PyTorch).
 ///
 /// # Errors
 /// [`ImportError`] for an unreadable model.
-pub fn heads_json(model: &Path) -> Result<Option<serde_json::Value>, ImportError> {
+pub fn heads_json(model: &Path) -> Result<serde_json::Value, ImportError> {
     let dir = crate::checkpoint::model_dir(model);
     let m = crate::checkpoint::read_manifest(&dir)?;
-    if !m
-        .heads
-        .iter()
-        .any(|h| matches!(h.head, crate::models::head::HeadSpec::Text { .. }))
-    {
-        return Ok(None);
-    }
     let heads: Vec<serde_json::Value> = m
         .heads
         .iter()
@@ -431,20 +426,22 @@ pub fn heads_json(model: &Path) -> Result<Option<serde_json::Value>, ImportError
         })
         .collect();
     let prep = m.prep();
-    Ok(Some(serde_json::json!({
+    Ok(serde_json::json!({
         "format": "zipmerge-heads-1",
         "arch": m.arch.to_string(),
         "width": m.width,
+        "stop": m.stop,
+        "stop_cut": m.stop_cut,
+        "output_cut": m.arch.output_cut(),
         "preprocess": prep,
         "class_names": m.class_names,
         "heads": heads,
-    })))
+    }))
 }
 
 /// [`export`], then the bytes written to the file `out` (atomically; a non-regular file is
-/// never replaced, [`crate::util::write_atomic`]), and for a model with a text head its
-/// [`heads_json`] beside it (`<out>.heads.json`). Returns the bytes of the weights and the
-/// heads file when one was written.
+/// never replaced, [`crate::util::write_atomic`]), and its [`heads_json`] beside it
+/// (`<out>.heads.json`). Returns the bytes of the weights and the heads file.
 ///
 /// # Errors
 /// As [`export`]; [`ImportError::Write`] naming `out`.
@@ -452,25 +449,16 @@ pub fn export_to(
     model: &Path,
     layout: Option<&str>,
     out: &Path,
-) -> Result<(usize, Option<std::path::PathBuf>), ImportError> {
+) -> Result<(usize, std::path::PathBuf), ImportError> {
     let bytes = export(model, layout)?;
     let heads = heads_json(model)?;
-    crate::util::write_atomic(out, &bytes).map_err(|e| ImportError::Write {
-        path: out.display().to_string(),
-        msg: e.to_string(),
-    })?;
-    let mut wrote = None;
-    if let Some(h) = heads {
-        let side = heads_path(out);
-        let text = serde_json::to_vec_pretty(&h).map_err(|e| ImportError::Write {
-            path: side.display().to_string(),
-            msg: e.to_string(),
-        })?;
-        crate::util::write_atomic(&side, &text).map_err(|e| ImportError::Write {
-            path: side.display().to_string(),
-            msg: e.to_string(),
-        })?;
-        wrote = Some(side);
-    }
-    Ok((bytes.len(), wrote))
+    let side = heads_path(out);
+    let write_err = |path: &Path, e: String| ImportError::Write {
+        path: path.display().to_string(),
+        msg: e,
+    };
+    let text = serde_json::to_vec_pretty(&heads).map_err(|e| write_err(&side, e.to_string()))?;
+    crate::util::write_atomic(out, &bytes).map_err(|e| write_err(out, e.to_string()))?;
+    crate::util::write_atomic(&side, &text).map_err(|e| write_err(&side, e.to_string()))?;
+    Ok((bytes.len(), side))
 }

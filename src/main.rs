@@ -19,6 +19,15 @@ fn main() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
+    // burn materialises a loaded optimizer state on its *default* device
+    // (`ModuleOptimizer::load_record`, burn-optim 0.22), which is the first GPU backend compiled
+    // in: `train --resume` on the CPU would start Vulkan (and Mesa would print
+    // `error: XDG_RUNTIME_DIR ...` lines) only to move the state to the CPU at the next step.
+    // Every other tensor gets an explicit device, so pinning burn's default to the CPU changes
+    // nothing else; a user's own BURN_DEVICE is kept. Set before any thread is started.
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        std::env::set_var("BURN_DEVICE", "flex");
+    }
     let code = match cli::run() {
         Ok(()) => 0,
         Err(e) => {

@@ -797,7 +797,12 @@ fn family9_training_states_are_untrusted_input() {
         1,
         "--data",
     );
-    s.refuses(&train(&["--resume", "--epochs", "4"]), 1, "--epochs");
+    // --epochs may change (an extension), but not to at most the epochs done
+    s.refuses(
+        &train(&["--resume", "--epochs", "2"]),
+        1,
+        "--epochs above 2",
+    );
 
     // a NaN in the weights: refused naming the state's weights file and the tensor
     let mut st = zipmerge::checkpoint::safetensors_io::load(&weights).unwrap();
@@ -850,10 +855,16 @@ fn family9_training_states_are_untrusted_input() {
     assert!(!String::from_utf8_lossy(&o.stderr).contains("Io(\""));
     std::fs::write(&optim[0], &saved_optim).unwrap();
 
-    // the intact state resumes and finishes; the finished run removes its own state
+    // the intact state resumes and finishes; the finished run keeps its state for extensions,
+    // and a rerun without --resume still refuses to discard it
     ok(&train(&["--resume"]));
     assert!(out.join("model.safetensors").is_file());
-    assert!(!state.exists(), "the finished run left its state");
+    assert!(
+        state.join("resume.json").is_file(),
+        "the finished run removed its state"
+    );
+    s.refuses(&train(&[]), 1, "--resume");
+    s.refuses(&train(&["--resume"]), 1, "--epochs above 3");
 }
 
 #[test]

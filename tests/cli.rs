@@ -444,7 +444,17 @@ fn three_trained_models_merge_sweep_and_reproduce() {
         serde_json::json!(["linear"])
     );
     assert_eq!(r["method"], "ZipIt!");
-    let mut sweep = vec!["sweep", "--data", SAMPLE, "--json", "--stops", "7/20,full"];
+    let sweep_out = tmp().join("sweep3");
+    let mut sweep = vec![
+        "sweep",
+        "--data",
+        SAMPLE,
+        "--json",
+        "--stops",
+        "7/20,full",
+        "--out",
+        sweep_out.to_str().unwrap(),
+    ];
     for p in &m {
         sweep.extend(["--model", p.to_str().unwrap()]);
     }

@@ -381,3 +381,52 @@ fn the_papers_resnet20_numbers_are_not_shown_beside_other_architectures() {
     assert!(!so.contains("Paper Joint"), "{so}");
     assert!(se.contains("note: --paper"), "{se}");
 }
+
+/// Without `--out`, `grid` writes to a dated folder in the working directory and names it.
+#[test]
+fn an_experiment_without_out_writes_a_named_default_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let abs = |p: &str| std::fs::canonicalize(p).unwrap().display().to_string();
+    let (a, b, data) = (abs(A), abs(B), abs(SAMPLE));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_zipmerge"))
+        .current_dir(tmp.path())
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .args([
+            "reproduce",
+            "grid",
+            "--model",
+            &a,
+            "--model",
+            &b,
+            "--data",
+            &data,
+            "--stop",
+            "full",
+            "--alphas",
+            "0.3",
+            "--betas",
+            "0.125",
+            "--val-images",
+            "100",
+            "--probe-images",
+            "100",
+            "--bn-reset-images",
+            "100",
+            "--no-test",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let made: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert!(made[0].starts_with("grid-2"), "{made:?}");
+    assert!(err.contains(&format!(
+        "writing grid.csv, grid.json and grid.png to {}",
+        made[0]
+    )));
+    assert!(tmp.path().join(&made[0]).join("grid.json").is_file());
+}

@@ -112,14 +112,53 @@ fn resume_after_an_interrupted_run_gives_the_same_weights() {
         assert!(t.data == b[k].data, "tensor `{k}` differs after resuming");
     }
 
-    // without --resume the state is discarded: training restarts from epoch 1
-    let restarted = catch_unwind(AssertUnwindSafe(|| {
-        run(&plan(&cut, false), &mut StopAt("epoch 1"))
-    }));
-    assert!(
-        restarted.is_err(),
-        "a run without --resume did not start at epoch 1"
-    );
+    // the finished run keeps its state; a run without --resume is refused, not restarted
+    let e = run(&plan(&cut, false), &mut StopAt("epoch 1"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--resume"), "{e}");
+}
+
+/// `--resume --epochs N` extends a finished run: the epochs done are kept as they ran, the new
+/// ones follow a schedule re-planned for N epochs, and the extension is deterministic.
+#[test]
+fn resume_with_more_epochs_extends_a_finished_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let three_a = run(&plan(&a, false), &mut Silent).unwrap();
+    run(&plan(&b, false), &mut Silent).unwrap();
+    let before = weights(&a);
+    let longer = |out: &Path| TrainPlan {
+        epochs: 5,
+        ..plan(out, true)
+    };
+    // epochs 1-3 are not run again
+    let r = run(&longer(&a), &mut StopAt("epoch 3")).unwrap();
+    assert_eq!(r.epochs_log.len(), 5);
+    let plans: Vec<usize> = r.epochs_log.iter().map(|l| l.schedule_epochs).collect();
+    assert_eq!(plans, [3, 3, 3, 5, 5]);
+    for (x, y) in r.epochs_log.iter().zip(&three_a.epochs_log) {
+        assert_eq!(x.loss.to_bits(), y.loss.to_bits(), "epoch {}", x.epoch);
+    }
+    // the re-planned schedule trains: the weights moved, the same way on a second copy
+    let after = weights(&a);
+    assert!(before.iter().any(|(k, t)| t.data != after[k].data));
+    run(&longer(&b), &mut Silent).unwrap();
+    for (k, t) in &after {
+        assert!(
+            t.data == weights(&b)[k].data,
+            "tensor `{k}` differs between two extensions"
+        );
+    }
+    // the manifest records the run as it ran
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("manifest.json")).unwrap()).unwrap();
+    let log = &m["provenance"]["training"]["epochs_log"];
+    assert_eq!(log[0]["schedule_epochs"], 3);
+    assert_eq!(log[4]["schedule_epochs"], 5);
+    // nothing left to train: refused naming the option
+    let e = run(&longer(&a), &mut Silent).unwrap_err().to_string();
+    assert!(e.contains("--epochs above 5"), "{e}");
 }
 
 /// The brief's rule: same seed, same backend, same bits.

@@ -243,6 +243,28 @@ pub fn given_flags() -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// The output folder of an experiment run without `--out`: `<kind>-<YYYYMMDD-HHMMSS>` (UTC) in
+/// the working directory, with `-2`, `-3`, ... appended while that name exists.
+pub fn default_out(kind: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // 2026-12-06T09:33:44Z -> 20261206-093344
+    let stamp: String = zipmerge::provenance::utc_date(secs)
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .map(|c| if c == 'T' { '-' } else { c })
+        .collect();
+    let base = format!("{kind}-{stamp}");
+    let mut out = PathBuf::from(&base);
+    let mut k = 2;
+    while out.exists() {
+        out = PathBuf::from(format!("{base}-{k}"));
+        k += 1;
+    }
+    out
+}
+
 /// `--tasks`: `auto` (`None`: each model's or head's own classes) or a task list (`0,1,2;3,4`,
 /// [`parse_tasks`]).
 ///

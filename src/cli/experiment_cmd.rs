@@ -12,7 +12,9 @@ use zipmerge::ops::grid::GridPlan;
 use zipmerge::ops::sweep::SweepPlan;
 use zipmerge::ops::table1::Table1Plan;
 
-use super::common::{check_out, count, experiment_error, first_given, merge_error, usage, Count};
+use super::common::{
+    check_out, count, default_out, experiment_error, first_given, merge_error, usage, Count,
+};
 use super::merge_args::{DataArgs, MergeSettings};
 use super::printer::Printer;
 use zipmerge::progress::Observer;
@@ -216,9 +218,8 @@ pub fn exec_sweep(a: SweepArgs, p: &mut Printer) -> Result<()> {
         )));
     }
     let settings = a.settings.library()?;
-    a.out
-        .as_deref()
-        .map_or(Ok(()), |o| check_out(o, &a.models, false))?;
+    let out = a.out.clone().unwrap_or_else(|| default_out("sweep"));
+    check_out(&out, &a.models, false)?;
     let plan = SweepPlan {
         models: a.models.clone(),
         stops: (a.stops != "all").then(|| a.stops.split(',').map(str::to_string).collect()),
@@ -227,9 +228,12 @@ pub fn exec_sweep(a: SweepArgs, p: &mut Printer) -> Result<()> {
     };
     if a.out.is_none() {
         use zipmerge::progress::Observer;
-        p.warn("note: no --out: the rows are printed only (--out DIR writes sweep.csv, sweep.json, sweep.png and sweep.svg)");
+        p.warn(&format!(
+            "note: no --out: writing sweep.csv, sweep.json, sweep.png and sweep.svg to {}",
+            out.display()
+        ));
     }
-    let r = zipmerge::ops::sweep::run(&plan, a.out.as_deref(), p).map_err(|e| match e {
+    let r = zipmerge::ops::sweep::run(&plan, Some(&out), p).map_err(|e| match e {
         // the sweep's option is --stops
         zipmerge::error::ExperimentError::Merge(zipmerge::error::MergeError::Param {
             param: zipmerge::error::MergeParam::Stop,
@@ -455,9 +459,8 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
         )));
     }
     let settings = a.settings.library()?;
-    a.out
-        .as_deref()
-        .map_or(Ok(()), |o| check_out(o, &a.models, false))?;
+    let out = a.out.clone().unwrap_or_else(|| default_out("grid"));
+    check_out(&out, &a.models, false)?;
     let plan = GridPlan {
         models: a.models.clone(),
         stop: a.stop.clone(),
@@ -471,9 +474,12 @@ fn exec_grid(a: GridArgs, p: &mut Printer) -> Result<()> {
     };
     if a.out.is_none() {
         use zipmerge::progress::Observer;
-        p.warn("note: no --out: the grid is printed only (--out DIR writes grid.csv, grid.json and grid.png)");
+        p.warn(&format!(
+            "note: no --out: writing grid.csv, grid.json and grid.png to {}",
+            out.display()
+        ));
     }
-    let r = zipmerge::ops::grid::run(&plan, a.out.as_deref(), p).map_err(experiment_error)?;
+    let r = zipmerge::ops::grid::run(&plan, Some(&out), p).map_err(experiment_error)?;
     let b = &r.best;
     let test = b
         .test

@@ -141,6 +141,9 @@ impl TrainObserver for Epochs<'_> {
             l.epoch, l.loss, l.train_accuracy, l.test_accuracy, l.seconds
         ));
     }
+    fn note(&mut self, line: &str) {
+        self.0.warn(line);
+    }
 }
 
 /// Class ids of each part of a split.
@@ -364,7 +367,11 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
         &train_task.class_names,
         provenance,
     )?;
-    std::fs::remove_dir_all(&state_dir).ok();
+    // the finished run's state stays, so that `--resume --epochs N` can extend it
+    obs.info(&format!(
+        "training state kept in {} (`--resume --epochs N` extends this run; remove the folder when done)",
+        state_dir.display()
+    ));
     Ok(TrainReport {
         out: plan.out.clone(),
         final_task_accuracy: final_acc,

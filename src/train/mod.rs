@@ -155,6 +155,11 @@ pub struct EpochLog {
     pub test_accuracy: f64,
     /// Seconds spent in the epoch's training steps.
     pub seconds: f64,
+    /// The run length, epochs, the learning-rate schedule of this epoch was planned for: the
+    /// run's `--epochs`, or an earlier value for the epochs of a run extended by `--resume
+    /// --epochs N` (0: not recorded, a log written before extensions existed).
+    #[serde(default)]
+    pub schedule_epochs: usize,
 }
 
 /// What the caller sees during training.
@@ -165,6 +170,8 @@ pub trait TrainObserver {
     fn step(&mut self, _loss: f64, _acc: f64) {}
     /// End of an epoch.
     fn epoch_end(&mut self, _log: &EpochLog) {}
+    /// A line about the run (a resumed run whose schedule is re-planned).
+    fn note(&mut self, _line: &str) {}
 }
 
 /// [`ModelError::TrainState`] for `file` of the training-state folder `dir` (`""`: the folder).
@@ -226,7 +233,11 @@ fn with_param_ids(net: Net, ids: &[u64]) -> Net {
 /// initialisation.
 ///
 /// `train`/`test` must already be restricted to the task's classes. When `state_dir` holds a
-/// state from an earlier run with the same options, training resumes from it.
+/// state from an earlier run with the same options, training resumes from it; a state of a run
+/// of another length (`--resume --epochs N`, finished or not) continues to `opts.epochs` epochs
+/// with the learning-rate schedule re-planned for them from the next epoch on (each epoch's
+/// [`EpochLog::schedule_epochs`] records the plan it ran with; the change is reported through
+/// [`TrainObserver::note`]).
 ///
 /// # Errors
 /// [`ModelError`] for invalid options or an unreadable resume state.
@@ -268,6 +279,19 @@ pub fn train(
                 .map_err(|e| state_err(r.dir, "optimizer.bpk", format!("cannot be read ({e})")))?;
             start_epoch = r.info.epochs_done;
             log = r.info.log;
+            let planned = r.info.options.epochs;
+            if planned != opts.epochs {
+                let t = start_epoch as f64;
+                let m = lr_multiplier(t, opts.warmup_epochs, opts.epochs as f64);
+                obs.note(&format!(
+                    "note: extending a run of {planned} epochs ({start_epoch} done) to {}: the learning-rate schedule is re-planned for {} epochs from epoch {} on ({m:.3} x --lr {} there, linear decay to 0 at epoch {}); epochs 1-{start_epoch} keep the {planned}-epoch schedule they ran with (recorded per epoch as schedule_epochs)",
+                    opts.epochs,
+                    opts.epochs,
+                    start_epoch + 1,
+                    opts.lr,
+                    opts.epochs
+                ));
+            }
             r.net
         }
         _ => match init {
@@ -338,6 +362,7 @@ pub fn train(
             train_accuracy: 100.0 * correct as f64 / seen.max(1) as f64,
             test_accuracy: test_acc,
             seconds: secs,
+            schedule_epochs: opts.epochs,
         };
         obs.epoch_end(&entry);
         log.push(entry);
@@ -369,8 +394,9 @@ pub fn state_exists(dir: &Path) -> bool {
 ///
 /// Checks, each error naming the state file and the field or tensor: `resume.json` present
 /// beside any other state file and parseable; the options equal to `opts` (the differing ones
-/// named, data folder and `--limit` included); `epochs_done` within `1..=opts.epochs` and equal
-/// to the log's length; the parameter ids present and fitting the network; the weights present,
+/// named, data folder and `--limit` included) except the run length `epochs`, which may change
+/// (an extension); `epochs_done` within its run and below `opts.epochs` and equal to the log's
+/// length; the parameter ids present and fitting the network; the weights present,
 /// finite and shaped for the network; the optimizer file present (it is parsed by the caller).
 /// Nothing is written or deleted.
 fn load_resume<'a>(
@@ -394,7 +420,12 @@ fn load_resume<'a>(
         .map_err(|e| state_err(dir, "resume.json", e))?;
     let info: ResumeInfo =
         serde_json::from_str(&text).map_err(|e| state_err(dir, "resume.json", e))?;
-    let diff = opts.differences(&info.options);
+    // the run length may change: --resume --epochs N extends (or shortens) the run
+    let same_length = TrainOptions {
+        epochs: info.options.epochs,
+        ..opts.clone()
+    };
+    let diff = same_length.differences(&info.options);
     if !diff.is_empty() {
         return Err(state_err(
             dir,
@@ -405,13 +436,23 @@ fn load_resume<'a>(
             ),
         ));
     }
-    if info.epochs_done == 0 || info.epochs_done > opts.epochs {
+    if info.epochs_done == 0 || info.epochs_done > info.options.epochs {
         return Err(state_err(
             dir,
             "resume.json",
             format!(
-                "epochs_done {} is outside the run's 1..={} epochs",
-                info.epochs_done, opts.epochs
+                "epochs_done {} is outside its run's 1..={} epochs",
+                info.epochs_done, info.options.epochs
+            ),
+        ));
+    }
+    if info.epochs_done >= opts.epochs {
+        return Err(state_err(
+            dir,
+            "resume.json",
+            format!(
+                "epochs_done {} leaves nothing to train with --epochs {}: pass --epochs above {} to extend the run",
+                info.epochs_done, opts.epochs, info.epochs_done
             ),
         ));
     }

@@ -33,6 +33,7 @@ pub mod checkpoint;
 pub mod collect;
 pub mod correct;
 pub mod data;
+pub mod distill;
 pub mod engine;
 pub mod error;
 pub mod eval;

@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod bn_reset_cmd;
 mod common;
+mod distill_cmd;
 mod eval_cmd;
 mod evolve_cmd;
 mod experiment_cmd;
@@ -40,6 +41,9 @@ pub struct Cli {
 pub enum Command {
     /// Train an endpoint model on a class subset.
     Train(train_cmd::TrainArgs),
+    /// Distil teachers into a merged (or any) student: multi-teacher distillation with memory
+    /// replay (SAM-CLIP), a head stage then the whole network.
+    Distill(distill_cmd::DistillArgs),
     /// Evaluate one model, a multi-head model, or an ensemble (joint / per-task / avg accuracy).
     Eval(eval_cmd::EvalArgs),
     /// Top-k classes for individual images.
@@ -124,6 +128,7 @@ pub fn run() -> anyhow::Result<()> {
     let p = &mut p;
     match cli.command {
         Command::Train(a) => train_cmd::exec(a, p),
+        Command::Distill(a) => distill_cmd::exec(a, p),
         Command::Eval(a) => eval_cmd::exec(a, p),
         Command::Predict(a) => eval_cmd::exec_predict(a, p),
         Command::Merge(a) => merge_cmd::exec(a, p),

@@ -77,6 +77,9 @@ pub enum BnMode {
     /// Normalise with the batch's own statistics and record, per BN layer, the batch mean and the
     /// unbiased batch variance (PyTorch train-mode semantics; reference doc §4.4). Used by BN reset.
     Record,
+    /// Normalise with the running statistics even on an autodiff device (BN frozen while the
+    /// other parameters train; `distill --bn frozen`).
+    Running,
 }
 
 pub use crate::engine::BnRecord;
@@ -123,6 +126,19 @@ impl ForwardCtx {
     pub fn bn(&mut self, name: &str, m: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
         match self.bn_mode {
             BnMode::Module => m.forward(x),
+            BnMode::Running => {
+                let [_, c, _, _] = x.dims();
+                let mean = m.running_mean.value().reshape([1, c, 1, 1]);
+                let std = m
+                    .running_var
+                    .value()
+                    .add_scalar(m.epsilon)
+                    .sqrt()
+                    .reshape([1, c, 1, 1]);
+                let gamma = m.gamma.val().reshape([1, c, 1, 1]);
+                let beta = m.beta.val().reshape([1, c, 1, 1]);
+                (x - mean) / std * gamma + beta
+            }
             BnMode::Record => {
                 let [b, c, h, w] = x.dims();
                 let n = (b * h * w) as f64;

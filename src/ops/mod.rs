@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bn_reset;
+pub mod distill;
 pub mod eval;
 pub mod evolve;
 pub mod grid;

@@ -1,0 +1,731 @@
+//! `zipmerge distill`: a student model distilled from one teacher per head on the teachers' own
+//! training images ([`crate::distill`]), then BN-reset, evaluated against its teachers and
+//! written as a model folder with `report.json`.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::checkpoint::{self, ModelManifest, ModelWeights, StateDict};
+pub use crate::distill::BnHandling;
+use crate::distill::{self, DistillEpoch, DistillObserver, DistillOptions, Student, Teacher};
+use crate::error::{CheckpointError, DataError, MergeError, ModelError};
+use crate::eval::Accuracy;
+use crate::models::head::HeadSpec;
+use crate::models::Net;
+use crate::progress::Observer;
+use crate::system::runner::Runner;
+use crate::system::System;
+
+/// What `zipmerge distill` was asked.
+#[derive(Clone, Debug)]
+pub struct DistillPlan {
+    /// The student model folder.
+    pub student: PathBuf,
+    /// One single-model teacher per student head, in head order.
+    pub teachers: Vec<PathBuf>,
+    /// Data root (its `train` split gives the teachers' images, `test` the evaluation).
+    pub data_root: PathBuf,
+    /// Per teacher, a seeded subset of this many of its images (`None`: all).
+    pub images_per_teacher: Option<usize>,
+    /// The loop's settings (`counts` is filled in from `mix`).
+    pub options: DistillOptions,
+    /// Whether the temperature was given (refused when no head is linear).
+    pub temperature_given: bool,
+    /// BN handling.
+    pub bn: BnHandling,
+    /// Images of the final BN reset (train mode only).
+    pub bn_reset_images: usize,
+    /// Evaluate on the test split (before and after).
+    pub test: bool,
+    /// Pixel cache per split, GiB.
+    pub cache_gib: f64,
+    /// Device (and whether the CPU engine runs the teachers and evaluations).
+    pub device: Runner,
+    /// Backend name, for the report.
+    pub backend: String,
+    /// The command line, for the report.
+    pub command: String,
+    /// Continue from `<out>.distill-state`.
+    pub resume: bool,
+    /// Output model folder.
+    pub out: PathBuf,
+}
+
+/// Why a distillation cannot run.
+#[derive(Debug, Error)]
+pub enum DistillError {
+    /// An option value outside its range.
+    #[error("--{option} {value}: {expected}")]
+    Option {
+        /// The option.
+        option: &'static str,
+        /// Its value.
+        value: String,
+        /// What it takes.
+        expected: String,
+    },
+    /// Student and teachers do not correspond.
+    #[error("{model}: {msg}")]
+    Mismatch {
+        /// The model folder at fault.
+        model: String,
+        /// What does not fit.
+        msg: String,
+    },
+    /// A model folder.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A weight file.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The data.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// BN reset or evaluation.
+    #[error(transparent)]
+    Merge(#[from] MergeError),
+    /// The resumable state.
+    #[error("{0}")]
+    State(String),
+}
+
+/// One teacher in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct TeacherReport {
+    /// Its folder.
+    pub model: String,
+    /// Its classes.
+    pub classes: Vec<usize>,
+    /// Images of its domain used.
+    pub images: usize,
+    /// Its own task accuracy on the test split, percent.
+    pub task_accuracy: Option<f64>,
+    /// The student's task accuracy over the teacher's (after distillation), percent.
+    pub retention: Option<f64>,
+}
+
+/// `report.json` of a distillation.
+#[derive(Clone, Debug, Serialize)]
+pub struct DistillReport {
+    /// How the output was made.
+    pub provenance: crate::provenance::Provenance,
+    /// The student folder.
+    pub student: String,
+    /// The teachers.
+    pub teachers: Vec<TeacherReport>,
+    /// The loop's settings.
+    pub options: DistillOptions,
+    /// BN handling.
+    pub bn: BnHandling,
+    /// Images of the final BN reset (0: none).
+    pub bn_reset_images: usize,
+    /// Per-teacher image cap (`None`: all).
+    pub images_per_teacher: Option<usize>,
+    /// The student before distillation, on the test split.
+    pub before: Option<Accuracy>,
+    /// The result, on the test split.
+    pub after: Option<Accuracy>,
+    /// The teachers as an ensemble, on the test split.
+    pub ensemble: Option<Accuracy>,
+    /// Forward multiply-accumulates per image of the student.
+    pub flops: u64,
+    /// Images the student saw (all epochs).
+    pub images_seen: usize,
+    /// Per epoch.
+    pub epochs: Vec<DistillEpoch>,
+    /// Seconds of the distillation loop (this run's epochs).
+    pub train_seconds: f64,
+    /// Seconds of the whole command.
+    pub wall_seconds: f64,
+}
+
+/// The training-state folder of `out`: `<out>.distill-state`.
+pub fn state_dir_of(out: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.distill-state", out.display()))
+}
+
+/// Resumable state: the settings it was made with, the epochs done and the log.
+#[derive(Serialize, Deserialize)]
+struct StateInfo {
+    options: DistillOptions,
+    student: String,
+    teachers: Vec<String>,
+    images_per_teacher: Option<usize>,
+    epochs_done: usize,
+    log: Vec<DistillEpoch>,
+    param_ids: Vec<u64>,
+}
+
+fn opt_err(option: &'static str, value: impl ToString, expected: &str) -> DistillError {
+    DistillError::Option {
+        option,
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+/// Checks the settings before anything is read.
+///
+/// # Errors
+/// [`DistillError::Option`] naming the option.
+pub fn check_options(p: &DistillPlan) -> Result<(), DistillError> {
+    let o = &p.options;
+    if o.epochs == 0 {
+        return Err(opt_err("epochs", 0, "at least 1 epoch of the full stage"));
+    }
+    if !(o.replay_frac > 0.0 && o.replay_frac <= 1.0) {
+        return Err(opt_err(
+            "replay-frac",
+            o.replay_frac,
+            "a share in (0, 1] of the first teacher's images",
+        ));
+    }
+    if o.batch_size == 0 {
+        return Err(opt_err("batch-size", 0, "at least 1"));
+    }
+    if !(o.lr.is_finite() && o.lr > 0.0) {
+        return Err(opt_err("lr", o.lr, "a positive number"));
+    }
+    if !(o.trunk_lr_mult.is_finite() && o.trunk_lr_mult >= 0.0) {
+        return Err(opt_err("trunk-lr-mult", o.trunk_lr_mult, "a number >= 0"));
+    }
+    if !(o.temperature.is_finite() && o.temperature > 0.0) {
+        return Err(opt_err("temperature", o.temperature, "a positive number"));
+    }
+    if o.mix.len() != p.teachers.len() {
+        return Err(opt_err(
+            "mix",
+            format!("{:?}", o.mix),
+            &format!("one share per teacher ({})", p.teachers.len()),
+        ));
+    }
+    if o.mix.iter().any(|m| !(m.is_finite() && *m > 0.0)) {
+        return Err(opt_err(
+            "mix",
+            format!("{:?}", o.mix),
+            "positive shares, one per teacher",
+        ));
+    }
+    if distill::mix::batch_counts(&o.mix, o.batch_size).is_none() {
+        return Err(opt_err(
+            "batch-size",
+            o.batch_size,
+            "at least one image per teacher in every batch",
+        ));
+    }
+    if p.images_per_teacher == Some(0) {
+        return Err(opt_err("images", 0, "at least 1 image per teacher"));
+    }
+    Ok(())
+}
+
+/// The student head teacher `t` teaches and, for linear heads, the head's output columns of
+/// the teacher's classes: the first head of the same kind whose classes hold all the
+/// teacher's (a multi-head student's head `i` for teacher `i`, a fully merged text-head
+/// student's one joint head for every teacher). The teacher must be a single model with the
+/// head's output width (text heads) and the student's preprocessing.
+fn match_teacher(
+    student: &ModelManifest,
+    t: &ModelManifest,
+    dir: &Path,
+) -> Result<(usize, Vec<usize>), DistillError> {
+    let bad = |msg: String| DistillError::Mismatch {
+        model: dir.display().to_string(),
+        msg,
+    };
+    if t.is_multi_head() {
+        return Err(bad(
+            "is a multi-head model; a teacher is a single model (its one head teaches one head of the student)".into(),
+        ));
+    }
+    let th = &t.heads[0];
+    let heads: Vec<String> = student
+        .heads
+        .iter()
+        .map(|h| format!("{} {:?}", h.head.kind(), h.classes))
+        .collect();
+    let Some(i) = student.heads.iter().position(|h| {
+        h.head.kind() == th.head.kind() && th.classes.iter().all(|c| h.classes.contains(c))
+    }) else {
+        return Err(bad(format!(
+            "has a {} head on classes {:?}; no head of the student is a {} head holding them (its heads: {})",
+            th.head.kind(),
+            th.classes,
+            th.head.kind(),
+            heads.join("; ")
+        )));
+    };
+    let sh = &student.heads[i];
+    let (so, to) = (student.head_config(i).out, t.net_config().out);
+    if is_text(&th.head) && so != to {
+        return Err(bad(format!(
+            "outputs {to}-dimensional embeddings; the student's head {i} outputs {so} (the loss compares them)"
+        )));
+    }
+    let columns = if is_text(&th.head) {
+        vec![]
+    } else {
+        th.classes
+            .iter()
+            .map(|c| sh.classes.iter().position(|x| x == c).expect("checked"))
+            .collect()
+    };
+    if student.prep() != t.prep() {
+        return Err(bad(format!(
+            "takes inputs as: {}; the student takes: {}",
+            t.prep().describe(),
+            student.prep().describe()
+        )));
+    }
+    Ok((i, columns))
+}
+
+/// Observer adapter: epochs as progress phases.
+struct Progress<'a>(&'a mut dyn Observer);
+
+impl DistillObserver for Progress<'_> {
+    fn epoch_start(&mut self, epoch: usize, stage: &str, steps: usize) {
+        self.0
+            .begin(&format!("epoch {epoch} ({stage})"), steps as u64);
+    }
+    fn step(&mut self, loss: &[f64]) {
+        let l: Vec<String> = loss.iter().map(|l| format!("{l:.4}")).collect();
+        self.0.status(&format!("loss per teacher {}", l.join(" ")));
+        self.0.advance(1);
+    }
+    fn epoch_end(&mut self, e: &DistillEpoch) {
+        self.0.end();
+        let l: Vec<String> = e.loss.iter().map(|l| format!("{l:.4}")).collect();
+        self.0.info(&format!(
+            "epoch {:>3} ({}): loss per teacher {}  lr {:.4}  {} images  ({:.1}s)",
+            e.epoch,
+            e.stage,
+            l.join(" "),
+            e.lr,
+            e.images,
+            e.seconds
+        ));
+    }
+}
+
+/// The ids of a module's float parameters in visiting order.
+fn ids_of<M: burn::module::Module>(m: &M) -> Vec<u64> {
+    struct V(Vec<u64>);
+    impl burn::module::ModuleVisitor for V {
+        fn visit_float<const D: usize>(
+            &mut self,
+            p: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            self.0.push(p.id.val());
+        }
+    }
+    let mut v = V(Vec::new());
+    m.visit(&mut v);
+    v.0
+}
+
+/// `m` with its float parameters' ids set to `ids` (visiting order), so a saved optimizer
+/// state applies to it.
+fn set_ids<M: burn::module::Module>(m: M, ids: &[u64]) -> M {
+    struct S<'a>(std::slice::Iter<'a, u64>);
+    impl burn::module::ModuleMapper for S<'_> {
+        fn map_float<const D: usize>(
+            &mut self,
+            mut p: burn::module::Param<burn::tensor::Tensor<D>>,
+        ) -> burn::module::Param<burn::tensor::Tensor<D>> {
+            if let Some(&id) = self.0.next() {
+                p.id = burn::module::ParamId::from(id);
+            }
+            p
+        }
+    }
+    m.map(&mut S(ids.iter()))
+}
+
+/// Runs `zipmerge distill`.
+///
+/// # Errors
+/// [`DistillError`] naming the option, model folder or file at fault; nothing is written to
+/// `out` unless the run finishes.
+pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, DistillError> {
+    let t_all = Instant::now();
+    check_options(plan)?;
+    let sdir = checkpoint::model_dir(&plan.student);
+    let ModelWeights {
+        manifest: sm,
+        trunk,
+        heads,
+    } = ModelWeights::read(&sdir, checkpoint::read_manifest(&sdir)?)?;
+    if plan.temperature_given && sm.heads.iter().all(|h| is_text(&h.head)) {
+        return Err(opt_err(
+            "temperature",
+            plan.options.temperature,
+            "sets the KL loss of linear heads; this student's heads are text heads (cosine distance)",
+        ));
+    }
+    let mut matched = Vec::new();
+    let mut tms = Vec::new();
+    for t in &plan.teachers {
+        let m = checkpoint::read_manifest(&checkpoint::model_dir(t))?;
+        matched.push(match_teacher(&sm, &m, t)?);
+        tms.push(m);
+    }
+    let state_dir = state_dir_of(&plan.out);
+    if !plan.resume && state_dir.join("state.json").exists() {
+        return Err(DistillError::State(format!(
+            "{}: holds the state of an earlier distillation; pass --resume to continue it, or remove the folder",
+            state_dir.display()
+        )));
+    }
+    let device: &burn::tensor::Device = &plan.device;
+    let teacher_systems: Vec<System> = plan
+        .teachers
+        .iter()
+        .map(|t| System::load(t, device))
+        .collect::<Result<_, _>>()?;
+    let teachers: Vec<Teacher> = teacher_systems
+        .iter()
+        .zip(&matched)
+        .map(|(s, (head, columns))| {
+            Ok(Teacher {
+                net: s.compile()?,
+                head: s.heads[0].spec.clone(),
+                student_head: *head,
+                columns: columns.clone(),
+            })
+        })
+        .collect::<Result<_, ModelError>>()?;
+
+    // data: the union of the teachers' classes; per teacher, its images (seeded caps)
+    let prep = sm.prep();
+    let classes: Vec<usize> = sm.all_classes();
+    let set = crate::data::load_split(
+        &plan.data_root,
+        "train",
+        prep,
+        plan.cache_gib,
+        Some(&classes),
+        obs,
+    )?;
+    let o = &plan.options;
+    let mut pools: Vec<Vec<usize>> = Vec::new();
+    for (i, tm) in tms.iter().enumerate() {
+        let tc = &tm.heads[0].classes;
+        let mut pool: Vec<usize> = (0..set.len())
+            .filter(|&k| tc.contains(&set.labels[k]))
+            .collect();
+        let mut cap = plan
+            .images_per_teacher
+            .unwrap_or(pool.len())
+            .min(pool.len());
+        if i == 0 && o.replay_frac < 1.0 {
+            cap = ((cap as f64) * o.replay_frac).ceil() as usize;
+        }
+        if cap < pool.len() {
+            use rand::{seq::SliceRandom, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(o.seed.wrapping_add(7 + i as u64));
+            pool.shuffle(&mut rng);
+            pool.truncate(cap);
+            pool.sort_unstable();
+        }
+        if pool.is_empty() {
+            return Err(DistillError::Mismatch {
+                model: plan.teachers[i].display().to_string(),
+                msg: format!(
+                    "{} holds no train images of its classes {:?}",
+                    set.source, tc
+                ),
+            });
+        }
+        pools.push(pool);
+    }
+    let mut options = o.clone();
+    options.counts = distill::mix::batch_counts(&o.mix, o.batch_size).expect("checked");
+
+    // the test split: the student before, the teachers (for retention) and their ensemble
+    let tasks: Vec<Vec<usize>> = tms.iter().map(|m| m.heads[0].classes.clone()).collect();
+    let test = if plan.test {
+        Some(crate::data::load_split(
+            &plan.data_root,
+            "test",
+            prep,
+            plan.cache_gib,
+            Some(&classes),
+            obs,
+        )?)
+    } else {
+        None
+    };
+    let eval = |systems: &[System], obs: &mut dyn Observer| -> Option<Accuracy> {
+        test.as_ref().map(|t| {
+            crate::progress::phase(obs, "eval", t.len() as u64, |p| {
+                crate::eval::runner::evaluate(systems, t, &tasks, 500, &plan.device, &mut |k| p(k))
+            })
+        })
+    };
+    let student_sys = System::from_parts(&sm, &trunk, &heads, device)?;
+    let before = if plan.resume && state_dir.join("state.json").exists() {
+        None
+    } else {
+        eval(std::slice::from_ref(&student_sys), obs)
+    };
+    let flops = student_sys.flops();
+    drop(student_sys);
+    let teacher_acc: Vec<Option<f64>> = teacher_systems
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            test.as_ref().map(|t| {
+                let a = crate::eval::runner::evaluate(
+                    std::slice::from_ref(s),
+                    t,
+                    std::slice::from_ref(&tasks[i]),
+                    500,
+                    &plan.device,
+                    &mut |_| {},
+                );
+                a.tasks[0].accuracy
+            })
+        })
+        .collect();
+    let ensemble = eval(&teacher_systems, obs);
+
+    // the student on the autodiff device
+    let ad = device.clone().autodiff();
+    let mut student = Student {
+        trunk: Net::from_state(&sm.net_config(), &trunk, &ad)?,
+        heads: heads
+            .iter()
+            .enumerate()
+            .map(|(i, h)| Net::from_state(&sm.head_config(i), h, &ad))
+            .collect::<Result<_, _>>()?,
+    };
+    let fingerprint = |log: &[DistillEpoch], done: usize, ids: Vec<u64>| StateInfo {
+        options: options.clone(),
+        student: plan.student.display().to_string(),
+        teachers: plan
+            .teachers
+            .iter()
+            .map(|t| t.display().to_string())
+            .collect(),
+        images_per_teacher: plan.images_per_teacher,
+        epochs_done: done,
+        log: log.to_vec(),
+        param_ids: ids,
+    };
+    let resume = if plan.resume && state_dir.join("state.json").exists() {
+        let bad = |e: String| DistillError::State(format!("{}: {e}", state_dir.display()));
+        let text = std::fs::read_to_string(state_dir.join("state.json"))
+            .map_err(|e| bad(e.to_string()))?;
+        let info: StateInfo =
+            serde_json::from_str(&text).map_err(|e| bad(format!("state.json: {e}")))?;
+        let now = fingerprint(&info.log, info.epochs_done, info.param_ids.clone());
+        if now.options != info.options
+            || now.student != info.student
+            || now.teachers != info.teachers
+            || now.images_per_teacher != info.images_per_teacher
+        {
+            return Err(bad(
+                "state.json: made by a distillation with other models or options; resume with the options it was started with".into(),
+            ));
+        }
+        if info.epochs_done > options.head_epochs + options.epochs
+            || info.log.len() != info.epochs_done
+        {
+            return Err(bad(
+                "state.json: epochs_done does not fit the run or its log".into(),
+            ));
+        }
+        let mut sw = Vec::new();
+        let t = checkpoint::read_weights(&state_dir, "trunk.safetensors")?;
+        for i in 0..heads.len() {
+            sw.push(checkpoint::read_weights(
+                &state_dir,
+                &format!("head{i}.safetensors"),
+            )?);
+        }
+        let s = Student {
+            trunk: Net::from_state(&sm.net_config(), &t, &ad)?,
+            heads: sw
+                .iter()
+                .enumerate()
+                .map(|(i, h)| Net::from_state(&sm.head_config(i), h, &ad))
+                .collect::<Result<_, _>>()?,
+        };
+        if info.param_ids.len() != ids_of(&s).len() {
+            return Err(bad(
+                "state.json: parameter ids do not fit the student".into()
+            ));
+        }
+        student = set_ids(s, &info.param_ids);
+        obs.info(&format!(
+            "resuming after epoch {} of {}",
+            info.epochs_done,
+            options.head_epochs + options.epochs
+        ));
+        Some(distill::Resume {
+            epochs_done: info.epochs_done,
+            log: info.log,
+            optimizer: state_dir.join("optimizer.bpk"),
+        })
+    } else {
+        None
+    };
+    let mut save = |s: &Student,
+                    optim: &burn::optim::ModuleOptimizer,
+                    done: usize,
+                    log: &[DistillEpoch]|
+     -> Result<(), String> {
+        std::fs::create_dir_all(&state_dir).map_err(|e| e.to_string())?;
+        let (t, hs) = s.valid().to_states();
+        crate::checkpoint::safetensors_io::save(&t, &state_dir.join("trunk.safetensors"))
+            .map_err(|e| e.to_string())?;
+        for (i, h) in hs.iter().enumerate() {
+            crate::checkpoint::safetensors_io::save(
+                h,
+                &state_dir.join(format!("head{i}.safetensors")),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        optim
+            .save(state_dir.join("optimizer.bpk"))
+            .map_err(|e| e.to_string())?;
+        let info = fingerprint(log, done, ids_of(s));
+        crate::util::write_atomic(
+            &state_dir.join("state.json"),
+            &serde_json::to_vec_pretty(&info).expect("json"),
+        )
+        .map_err(|e| e.to_string())
+    };
+    let t_train = Instant::now();
+    let (student, log) = distill::distill(
+        student,
+        sm.stop_cut,
+        &teachers,
+        &set,
+        pools.clone(),
+        &options,
+        &ad,
+        plan.bn,
+        resume,
+        &mut save,
+        &mut Progress(obs),
+    )
+    .map_err(DistillError::State)?;
+    let train_seconds = t_train.elapsed().as_secs_f64();
+    let (mut new_trunk, mut new_heads): (StateDict, Vec<StateDict>) = student.valid().to_states();
+
+    // BN reset on the union of the teachers' images (train mode only), then the result
+    let mut manifest = sm.clone();
+    let mut bn_reset_images = 0;
+    if plan.bn == BnHandling::Train {
+        let opts = crate::collect::ProbeOptions::bn_reset(
+            Some(plan.bn_reset_images),
+            options.batch_size.max(1),
+            options.seed,
+        );
+        let batches = crate::collect::probe_batches(&set, &opts);
+        bn_reset_images = crate::collect::probe::images(&batches);
+        crate::progress::phase(obs, "BN reset", bn_reset_images as u64, |p| {
+            crate::rewrite::bn_reset::reset(
+                &manifest,
+                &mut new_trunk,
+                &mut new_heads,
+                &batches,
+                &plan.device,
+                p,
+            )
+        })?;
+    }
+    let result = System::from_parts(&manifest, &new_trunk, &new_heads, device)?;
+    let after = eval(std::slice::from_ref(&result), obs);
+    let images_seen: usize = log.iter().map(|e| e.images).sum();
+    let teachers_report: Vec<TeacherReport> = plan
+        .teachers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let student_task = after.as_ref().map(|a| a.tasks[i].accuracy);
+            TeacherReport {
+                model: t.display().to_string(),
+                classes: tasks[i].clone(),
+                images: pools[i].len(),
+                task_accuracy: teacher_acc[i],
+                retention: match (student_task, teacher_acc[i]) {
+                    (Some(s), Some(t)) if t > 0.0 => Some(100.0 * s / t),
+                    _ => None,
+                },
+            }
+        })
+        .collect();
+    let mut folders = vec![crate::provenance::DataFolder {
+        role: "train",
+        path: crate::data::split_dir(&plan.data_root, "train")
+            .display()
+            .to_string(),
+        images: set.len(),
+    }];
+    if let Some(t) = &test {
+        folders.push(crate::provenance::DataFolder::test_split(
+            &plan.data_root,
+            t.len(),
+        ));
+    }
+    let provenance = crate::provenance::Provenance::new(
+        &plan.command,
+        &plan.backend,
+        folders,
+        &serde_json::json!({
+            "options": options,
+            "bn": plan.bn,
+            "bn_reset_images": plan.bn_reset_images,
+            "images_per_teacher": plan.images_per_teacher,
+            "test": plan.test,
+        }),
+    );
+    let report = DistillReport {
+        provenance,
+        student: plan.student.display().to_string(),
+        teachers: teachers_report,
+        options: options.clone(),
+        bn: plan.bn,
+        bn_reset_images,
+        images_per_teacher: plan.images_per_teacher,
+        before,
+        after,
+        ensemble,
+        flops,
+        images_seen,
+        epochs: log,
+        train_seconds,
+        wall_seconds: t_all.elapsed().as_secs_f64(),
+    };
+    manifest.provenance = serde_json::json!({
+        "distill": serde_json::to_value(&report).expect("json"),
+        "student_provenance": sm.provenance,
+    });
+    let mut files: Vec<(String, &StateDict)> = vec![(manifest.weights.clone(), &new_trunk)];
+    let head_files = manifest.heads.iter().filter_map(|h| h.weights.clone());
+    files.extend(head_files.zip(new_heads.iter()));
+    checkpoint::write_model_with(
+        &plan.out,
+        &manifest,
+        &files,
+        &[(
+            "report.json".to_string(),
+            serde_json::to_vec_pretty(&report).expect("json"),
+        )],
+    )?;
+    std::fs::remove_dir_all(&state_dir).ok();
+    Ok(report)
+}
+
+/// Whether `head` is a text head (for messages).
+pub fn is_text(head: &HeadSpec) -> bool {
+    matches!(head, HeadSpec::Text { .. })
+}

@@ -63,18 +63,48 @@ fn a_student_equal_to_its_teacher_is_left_as_it_is() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("same");
     // BN frozen (no batch statistics, no reset) and no weight decay: only the loss could move
-    // the weights, and it is zero up to the engine's and burn's rounding
-    let r = ok(&distill(
-        A,
-        &[A],
-        &out,
-        &["--bn", "frozen", "--weight-decay", "0", "--no-test"],
-    ));
-    for e in r["epochs"].as_array().unwrap() {
-        let l = e["loss"][0].as_f64().unwrap();
-        assert!(l.abs() < 1e-6, "loss {l}");
+    // the weights. The teacher runs through burn's forward (ZIPMERGE_ENGINE=burn), the
+    // student's own kernels: the loss is zero up to f32 rounding (a unit vector's cosine with
+    // itself is 1 within 1e-7), and SGD's gradient-sized steps keep the weights within that
+    // rounding's reach (AdamW normalises its steps, so it would walk on rounding noise)
+    for loss in ["joint", "embedding"] {
+        let args = distill(
+            A,
+            &[A],
+            &out,
+            &[
+                "--bn",
+                "frozen",
+                "--weight-decay",
+                "0",
+                "--no-test",
+                "--loss",
+                loss,
+                "--optimizer",
+                "sgd",
+                "--lr",
+                "0.1",
+            ],
+        );
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_zipmerge"))
+            .args(&args)
+            .env("ZIPMERGE_ENGINE", "burn")
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        for e in r["epochs"].as_array().unwrap() {
+            let l = e["loss"][0].as_f64().unwrap();
+            assert!(l.abs() < 1e-6, "{loss}: loss {l}");
+        }
+        check_unmoved(&out);
     }
-    let (before, after) = (weights(std::path::Path::new(A)), weights(&out));
+}
+
+/// Every tensor of `out` within 1e-5 (relative to its largest value) of model A's.
+fn check_unmoved(out: &std::path::Path) {
+    let (before, after) = (weights(std::path::Path::new(A)), weights(out));
     for (k, t) in &before {
         let d = t
             .data
@@ -83,7 +113,10 @@ fn a_student_equal_to_its_teacher_is_left_as_it_is() {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         let m = t.data.iter().map(|x| x.abs()).fold(0f32, f32::max);
-        assert!(d <= 1e-6 * m.max(1.0), "`{k}` moved by {d}");
+        assert!(
+            d <= 1e-5 * m.max(1.0),
+            "`{k}` moved by {d} (largest value {m})"
+        );
     }
 }
 
@@ -157,7 +190,12 @@ fn bad_input_is_one_error_line_and_nothing_is_written() {
         (distill(A, &[A], &out, &["--epochs", "0"]), 2, "--epochs"),
         (distill(A, &[A], &out, &["--mix", "1,1"]), 2, "--mix"),
         (
-            distill(A, &[A], &out, &["--temperature", "2"]),
+            distill(
+                A,
+                &[A],
+                &out,
+                &["--loss", "embedding", "--temperature", "2"],
+            ),
             2,
             "--temperature",
         ),

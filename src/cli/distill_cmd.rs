@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use zipmerge::distill::{BnHandling, DistillOptions};
+use zipmerge::distill::{BnHandling, DistillLoss, DistillOptions, Optimizer};
 use zipmerge::ops::distill::{run, DistillError, DistillPlan};
 
 use super::common::{
@@ -42,17 +42,25 @@ pub struct DistillArgs {
     /// Images per batch, all teachers together.
     #[arg(long, default_value_t = 128, value_parser = positive)]
     pub batch_size: usize,
-    /// Learning rate of the heads (SGD, momentum 0.9).
-    #[arg(long, default_value_t = 0.05, value_parser = non_negative)]
+    /// Optimiser: `adamw` (SAM-CLIP's; betas 0.9 / 0.999, eps 1e-5) or `sgd` (momentum 0.9).
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: String,
+    /// Learning rate of the heads.
+    #[arg(long, default_value_t = 1e-3, value_parser = non_negative)]
     pub lr: f64,
     /// The trunk's rate in the full stage, as a multiple of --lr (SAM-CLIP: lower).
     #[arg(long, default_value_t = 0.1, value_parser = non_negative)]
     pub trunk_lr_mult: f64,
-    /// Weight decay, every parameter.
-    #[arg(long, default_value_t = 5e-4, value_parser = non_negative)]
+    /// Weight decay, every parameter (AdamW: decoupled; SGD: added to the gradient).
+    #[arg(long, default_value_t = 1e-4, value_parser = non_negative)]
     pub weight_decay: f64,
-    /// Temperature of the KL loss of linear heads (text heads use the cosine distance; the
-    /// option is refused with text heads only).
+    /// What the student learns: `joint` (default; the teachers' ensemble over the union of
+    /// their classes, every teacher on every image, KL) or `embedding` (SAM-CLIP: each
+    /// teacher's outputs on its own images; text heads by cosine distance).
+    #[arg(long, default_value = "joint")]
+    pub loss: String,
+    /// Temperature of the KL losses (default 4; refused when no KL loss is used: `--loss
+    /// embedding` with text heads only).
     #[arg(long, value_parser = finite)]
     pub temperature: Option<f64>,
     /// Share of each batch per teacher, e.g. `1,1` (default equal).
@@ -103,6 +111,16 @@ pub fn exec(a: DistillArgs, p: &mut Printer) -> Result<()> {
             "--bn-reset-images sets the BN reset of --bn train; --bn frozen keeps the statistics",
         ));
     }
+    let loss = match a.loss.as_str() {
+        "joint" => DistillLoss::Joint,
+        "embedding" => DistillLoss::Embedding,
+        o => return Err(usage(format!("--loss {o}: expected joint or embedding"))),
+    };
+    let optimizer = match a.optimizer.as_str() {
+        "adamw" => Optimizer::AdamW,
+        "sgd" => Optimizer::Sgd,
+        o => return Err(usage(format!("--optimizer {o}: expected adamw or sgd"))),
+    };
     let mix = a.mix.clone().unwrap_or_else(|| vec![1.0; a.teachers.len()]);
     let device = a.backend.device(p)?;
     let plan = DistillPlan {
@@ -116,7 +134,9 @@ pub fn exec(a: DistillArgs, p: &mut Printer) -> Result<()> {
             batch_size: a.batch_size,
             lr: a.lr,
             trunk_lr_mult: a.trunk_lr_mult,
+            optimizer,
             weight_decay: a.weight_decay,
+            loss,
             temperature: a.temperature.unwrap_or(4.0),
             mix,
             counts: vec![],

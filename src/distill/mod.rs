@@ -6,9 +6,9 @@
 //! rate.
 //!
 //! Losses ([`loss`]): for text heads the cosine distance of the output embeddings (SAM-CLIP's
-//! CLIP loss), for linear heads `T^2 KL` of the temperature-scaled distributions. Optimiser: SGD
-//! with momentum 0.9 and weight decay on every parameter (PyTorch semantics, as `train`); BN in
-//! train mode (batch statistics, running statistics updated). Runs on burn's autodiff (the CPU
+//! CLIP loss), for linear heads `T^2 KL` of the temperature-scaled distributions; or the
+//! teachers' joint distribution ([`DistillLoss::Joint`]). Optimiser: AdamW (as SAM-CLIP) or SGD
+//! ([`Optimizer`]); BN in train mode (batch statistics, running statistics updated). Runs on burn's autodiff (the CPU
 //! training engine of issue 23 does not exist yet); the teachers run on the CPU engine.
 
 pub mod loss;
@@ -17,7 +17,7 @@ pub mod mix;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, SgdConfig};
+use burn::optim::{AdamWConfig, GradientsParams, SgdConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,31 @@ use crate::engine::{Act, CpuSystem, EngineCtx};
 use crate::models::head::HeadSpec;
 use crate::models::{ForwardCtx, Net};
 use crate::state::StateDict;
+
+/// The optimiser of a distillation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// AdamW (betas 0.9 / 0.999, eps 1e-5, decoupled weight decay), as SAM-CLIP.
+    AdamW,
+    /// SGD, momentum 0.9, weight decay on every parameter (PyTorch semantics, as `train`).
+    Sgd,
+}
+
+/// What the student is taught.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistillLoss {
+    /// SAM-CLIP: each teacher's outputs on its own images only (text heads: cosine distance of
+    /// the embeddings; linear heads: `T^2 KL` of its classes' distribution). Keeps each task;
+    /// says nothing about telling one task's classes from another's.
+    Embedding,
+    /// The teachers' ensemble over the union of their classes: every teacher scores every
+    /// image of the batch, each class's logit from the (first) teacher trained on it (text
+    /// heads `100 cos`, as the ensemble's joint rule), and the student's logits over the same
+    /// classes learn that distribution (`T^2 KL`): joint accuracy is what it trains.
+    Joint,
+}
 
 /// BN handling during distillation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,8 +111,8 @@ impl Student {
 /// One teacher as the loop sees it: a compiled single model, its head kind, and where its
 /// outputs are in the student's.
 pub struct Teacher {
-    /// The teacher on the CPU engine.
-    pub net: CpuSystem,
+    /// The teacher network.
+    pub net: TeacherNet,
     /// Its head kind.
     pub head: HeadSpec,
     /// The student head that learns from it.
@@ -95,6 +120,40 @@ pub struct Teacher {
     /// Linear heads: the student head's output columns of the teacher's classes, in the
     /// teacher's order (text heads compare whole embeddings).
     pub columns: Vec<usize>,
+    /// The teacher's classes, in its output order.
+    pub classes: Vec<usize>,
+}
+
+/// Where a teacher runs.
+pub enum TeacherNet {
+    /// On the CPU engine (the default: fastest).
+    Engine(CpuSystem),
+    /// Through burn's forward on a plain device (`ZIPMERGE_ENGINE=burn`; bit-identical to the
+    /// student's own forward).
+    Burn(crate::system::System, Device),
+}
+
+impl TeacherNet {
+    /// The final-layer outputs of `images` (`[images, dim]`, row-major) and `dim`.
+    pub fn outputs(&self, images: &[&[u8]], prep: crate::data::Preprocess) -> (Vec<f32>, usize) {
+        let n = images.len().max(1);
+        let data = match self {
+            TeacherNet::Engine(c) => {
+                c.forward_heads(Act::from_images(images, prep), &mut EngineCtx::default())
+                    .remove(0)
+                    .data
+            }
+            TeacherNet::Burn(s, device) => s
+                .forward_heads(to_tensor(images, prep, device), &mut ForwardCtx::default())
+                .remove(0)
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default(),
+        };
+        let dim = data.len() / n;
+        (data, dim)
+    }
 }
 
 /// Settings of a distillation run (recorded in the report; a resumed run must match).
@@ -110,9 +169,13 @@ pub struct DistillOptions {
     pub lr: f64,
     /// Trunk learning-rate multiplier of the full stage.
     pub trunk_lr_mult: f64,
-    /// SGD weight decay, every parameter.
+    /// The optimiser.
+    pub optimizer: Optimizer,
+    /// Weight decay, every parameter (AdamW's decoupled; SGD's added to the gradient).
     pub weight_decay: f64,
-    /// Temperature of the linear-head KL loss.
+    /// What the student is taught.
+    pub loss: DistillLoss,
+    /// Temperature of the KL losses.
     pub temperature: f64,
     /// Per-teacher share of each batch.
     pub mix: Vec<f64>,
@@ -231,6 +294,93 @@ fn batch_images(
         .collect()
 }
 
+/// The value of a one-element tensor.
+fn scalar(x: Tensor<1>) -> f64 {
+    x.into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .unwrap_or_default()
+        .first()
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// [`DistillLoss::Joint`]'s logits over the union of the teachers' classes (ascending), for
+/// every image of the batch: the student's `[batch, classes]` from its heads (each class from
+/// the first head holding it) and the teachers' (each class from the first teacher trained on
+/// it, every teacher run on every image), both as the heads score them.
+fn joint_logits(
+    teachers: &[Teacher],
+    student_heads: &[(HeadSpec, Vec<usize>)],
+    outs: &[Tensor<2>],
+    refs: &[&[u8]],
+    prep: crate::data::Preprocess,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
+    let mut classes: Vec<usize> = teachers.iter().flat_map(|t| t.classes.clone()).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    let b = refs.len();
+    let c = classes.len();
+    let mut target = vec![0f32; b * c];
+    let mut filled = vec![false; c];
+    for t in teachers {
+        let (data, dim) = t.net.outputs(refs, prep);
+        let y = Tensor::<2>::from_data(TensorData::new(data, [b, dim]), &Device::flex());
+        let l = crate::eval::runner::rows(t.head.logits(y, &t.classes, &t.classes));
+        for (j, cls) in t.classes.iter().enumerate() {
+            let col = classes.binary_search(cls).expect("a teacher class");
+            if filled[col] {
+                continue;
+            }
+            filled[col] = true;
+            for (n, r) in l.iter().enumerate() {
+                target[n * c + col] = r[j];
+            }
+        }
+    }
+    // per student head, its logits over the joint classes it scores (one product per head),
+    // then the joint columns in class order
+    let owner: Vec<usize> = classes
+        .iter()
+        .map(|cls| {
+            student_heads
+                .iter()
+                .position(|(_, hc)| hc.contains(cls))
+                .unwrap_or(0)
+        })
+        .collect();
+    let per_head: Vec<Option<(Vec<usize>, Tensor<2>)>> = student_heads
+        .iter()
+        .enumerate()
+        .map(|(h, (spec, hc))| {
+            let query: Vec<usize> = classes
+                .iter()
+                .zip(&owner)
+                .filter(|(_, o)| **o == h)
+                .map(|(c, _)| *c)
+                .collect();
+            (!query.is_empty()).then(|| {
+                let l = spec.logits(outs[h].clone(), hc, &query);
+                (query, l)
+            })
+        })
+        .collect();
+    let cols: Vec<Tensor<2>> = classes
+        .iter()
+        .zip(&owner)
+        .map(|(cls, &h)| {
+            let (query, l) = per_head[h].as_ref().expect("the owner scores it");
+            let j = query.iter().position(|c| c == cls).expect("in its query");
+            l.clone().narrow(1, j, 1)
+        })
+        .collect();
+    (
+        Tensor::cat(cols, 1),
+        Tensor::<2>::from_data(TensorData::new(target, [b, c]), device),
+    )
+}
+
 /// The forward's BN behaviour for a BN handling.
 fn bn_mode(bn: BnHandling) -> crate::models::layers::BnMode {
     match bn {
@@ -272,20 +422,30 @@ pub fn distill(
     o: &DistillOptions,
     device: &Device,
     bn: BnHandling,
+    student_heads: &[(HeadSpec, Vec<usize>)],
     resume: Option<Resume>,
     save: &mut SaveState<'_>,
     obs: &mut dyn DistillObserver,
 ) -> Result<(Student, Vec<DistillEpoch>), String> {
     use rand::SeedableRng;
     let n = teachers.len();
-    let mut optim = SgdConfig::new()
-        .with_momentum(Some(MomentumConfig {
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: false,
-        }))
-        .with_weight_decay(Some(WeightDecayConfig::new(o.weight_decay as f32)))
-        .init();
+    let mut optim = match o.optimizer {
+        // AdamW, as SAM-CLIP: the cosine loss's gradient scales with 1 / |output|, which an
+        // adaptive step does not see
+        Optimizer::AdamW => AdamWConfig::new()
+            .with_weight_decay(o.weight_decay as f32)
+            .init(),
+        // steps proportional to the gradient (near a zero loss, rounding-level gradients move
+        // nothing; AdamW's normalised steps would)
+        Optimizer::Sgd => SgdConfig::new()
+            .with_momentum(Some(MomentumConfig {
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+            }))
+            .with_weight_decay(Some(WeightDecayConfig::new(o.weight_decay as f32)))
+            .init(),
+    };
     let (mut start, mut log) = (0, Vec::new());
     if let Some(r) = resume {
         optim = optim
@@ -338,19 +498,35 @@ pub fn distill(
             let mut total_loss: Option<Tensor<1>> = None;
             let mut row = 0;
             let b = refs.len();
+            if o.loss == DistillLoss::Joint {
+                let (s_joint, t_joint) =
+                    joint_logits(teachers, student_heads, &outs, &refs, set.prep, device);
+                for (i, p) in picks.iter().enumerate() {
+                    let k = p.len();
+                    if k > 0 {
+                        let l = loss::kl_temperature(
+                            s_joint.clone().narrow(0, row, k),
+                            t_joint.clone().narrow(0, row, k),
+                            o.temperature,
+                        );
+                        sums[i] += scalar(l) * k as f64;
+                        counts[i] += k;
+                        row += k;
+                    }
+                }
+                total_loss = Some(loss::kl_temperature(s_joint, t_joint, o.temperature));
+            }
             for (i, t) in teachers.iter().enumerate() {
+                if o.loss == DistillLoss::Joint {
+                    break;
+                }
                 let k = picks[i].len();
                 if k == 0 {
                     continue;
                 }
                 // the teacher's output on its own images (no gradient)
-                let act = Act::from_images(&refs[row..row + k], set.prep);
-                let out = t
-                    .net
-                    .forward_heads(act, &mut EngineCtx::default())
-                    .remove(0);
-                let dim = out.data.len() / k;
-                let target = Tensor::<2>::from_data(TensorData::new(out.data, [k, dim]), device);
+                let (data, dim) = t.net.outputs(&refs[row..row + k], set.prep);
+                let target = Tensor::<2>::from_data(TensorData::new(data, [k, dim]), device);
                 let s_out = outs[t.student_head].clone().narrow(0, row, k);
                 let l = match &t.head {
                     HeadSpec::Text { .. } => loss::cosine_distance(s_out, target),
@@ -363,16 +539,7 @@ pub fn distill(
                         loss::kl_temperature(Tensor::cat(cols, 1), target, o.temperature)
                     }
                 };
-                let lv = l
-                    .clone()
-                    .into_data()
-                    .convert::<f64>()
-                    .try_to_vec::<f64>()
-                    .unwrap_or_default()
-                    .first()
-                    .copied()
-                    .unwrap_or(0.0);
-                sums[i] += lv * k as f64;
+                sums[i] += scalar(l.clone()) * k as f64;
                 counts[i] += k;
                 // the mean over all the batch's images
                 let w = l * (k as f64 / b as f64);

@@ -126,19 +126,15 @@ impl ForwardCtx {
     pub fn bn(&mut self, name: &str, m: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
         match self.bn_mode {
             BnMode::Module => m.forward(x),
-            BnMode::Running => {
-                let [_, c, _, _] = x.dims();
-                let mean = m.running_mean.value().reshape([1, c, 1, 1]);
-                let std = m
-                    .running_var
-                    .value()
-                    .add_scalar(m.epsilon)
-                    .sqrt()
-                    .reshape([1, c, 1, 1]);
-                let gamma = m.gamma.val().reshape([1, c, 1, 1]);
-                let beta = m.beta.val().reshape([1, c, 1, 1]);
-                (x - mean) / std * gamma + beta
-            }
+            // burn's own inference normalisation (the same kernel as an evaluation forward)
+            BnMode::Running => burn::tensor::module::batch_norm(
+                x,
+                m.gamma.val(),
+                m.beta.val(),
+                m.running_mean.value(),
+                m.running_var.value(),
+                m.epsilon,
+            ),
             BnMode::Record => {
                 let [b, c, h, w] = x.dims();
                 let n = (b * h * w) as f64;

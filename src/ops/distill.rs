@@ -361,11 +361,14 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         trunk,
         heads,
     } = ModelWeights::read(&sdir, checkpoint::read_manifest(&sdir)?)?;
-    if plan.temperature_given && sm.heads.iter().all(|h| is_text(&h.head)) {
+    if plan.temperature_given
+        && plan.options.loss == distill::DistillLoss::Embedding
+        && sm.heads.iter().all(|h| is_text(&h.head))
+    {
         return Err(opt_err(
             "temperature",
             plan.options.temperature,
-            "sets the KL loss of linear heads; this student's heads are text heads (cosine distance)",
+            "sets the KL loss of linear heads and of --loss joint; with --loss embedding this student's text heads use the cosine distance",
         ));
     }
     let mut matched = Vec::new();
@@ -391,12 +394,18 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
     let teachers: Vec<Teacher> = teacher_systems
         .iter()
         .zip(&matched)
-        .map(|(s, (head, columns))| {
+        .zip(&plan.teachers)
+        .map(|((s, (head, columns)), dir)| {
             Ok(Teacher {
-                net: s.compile()?,
+                net: if plan.device.engine() {
+                    distill::TeacherNet::Engine(s.compile()?)
+                } else {
+                    distill::TeacherNet::Burn(System::load(dir, device)?, device.clone())
+                },
                 head: s.heads[0].spec.clone(),
                 student_head: *head,
                 columns: columns.clone(),
+                classes: s.heads[0].classes.clone(),
             })
         })
         .collect::<Result<_, ModelError>>()?;
@@ -612,6 +621,10 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         &options,
         &ad,
         plan.bn,
+        &sm.heads
+            .iter()
+            .map(|h| (h.head.clone(), h.classes.clone()))
+            .collect::<Vec<_>>(),
         resume,
         &mut save,
         &mut Progress(obs),

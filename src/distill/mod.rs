@@ -128,9 +128,9 @@ pub struct Teacher {
 pub enum TeacherNet {
     /// On the CPU engine (the default: fastest).
     Engine(CpuSystem),
-    /// Through burn's forward on a plain device (`ZIPMERGE_ENGINE=burn`; bit-identical to the
-    /// student's own forward).
-    Burn(crate::system::System, Device),
+    /// Through burn's forward on a plain device (`ZIPMERGE_ENGINE=burn`; the student's own
+    /// kernels).
+    Burn(Box<(crate::system::System, Device)>),
 }
 
 impl TeacherNet {

@@ -400,7 +400,10 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
                 net: if plan.device.engine() {
                     distill::TeacherNet::Engine(s.compile()?)
                 } else {
-                    distill::TeacherNet::Burn(System::load(dir, device)?, device.clone())
+                    distill::TeacherNet::Burn(Box::new((
+                        System::load(dir, device)?,
+                        device.clone(),
+                    )))
                 },
                 head: s.heads[0].spec.clone(),
                 student_head: *head,

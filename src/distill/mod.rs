@@ -143,13 +143,14 @@ impl TeacherNet {
                     .remove(0)
                     .data
             }
-            TeacherNet::Burn(s, device) => s
-                .forward_heads(to_tensor(images, prep, device), &mut ForwardCtx::default())
-                .remove(0)
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .unwrap_or_default(),
+            TeacherNet::Burn(b) => {
+                b.0.forward_heads(to_tensor(images, prep, &b.1), &mut ForwardCtx::default())
+                    .remove(0)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default()
+            }
         };
         let dim = data.len() / n;
         (data, dim)

@@ -313,40 +313,6 @@ impl DistillObserver for Progress<'_> {
     }
 }
 
-/// The ids of a module's float parameters in visiting order.
-fn ids_of<M: burn::module::Module>(m: &M) -> Vec<u64> {
-    struct V(Vec<u64>);
-    impl burn::module::ModuleVisitor for V {
-        fn visit_float<const D: usize>(
-            &mut self,
-            p: &burn::module::Param<burn::tensor::Tensor<D>>,
-        ) {
-            self.0.push(p.id.val());
-        }
-    }
-    let mut v = V(Vec::new());
-    m.visit(&mut v);
-    v.0
-}
-
-/// `m` with its float parameters' ids set to `ids` (visiting order), so a saved optimizer
-/// state applies to it.
-fn set_ids<M: burn::module::Module>(m: M, ids: &[u64]) -> M {
-    struct S<'a>(std::slice::Iter<'a, u64>);
-    impl burn::module::ModuleMapper for S<'_> {
-        fn map_float<const D: usize>(
-            &mut self,
-            mut p: burn::module::Param<burn::tensor::Tensor<D>>,
-        ) -> burn::module::Param<burn::tensor::Tensor<D>> {
-            if let Some(&id) = self.0.next() {
-                p.id = burn::module::ParamId::from(id);
-            }
-            p
-        }
-    }
-    m.map(&mut S(ids.iter()))
-}
-
 /// Runs `zipmerge distill`.
 ///
 /// # Errors
@@ -569,12 +535,12 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
                 .map(|(i, h)| Net::from_state(&sm.head_config(i), h, &ad))
                 .collect::<Result<_, _>>()?,
         };
-        if info.param_ids.len() != ids_of(&s).len() {
+        if info.param_ids.len() != crate::train::param_ids(&s).len() {
             return Err(bad(
                 "state.json: parameter ids do not fit the student".into()
             ));
         }
-        student = set_ids(s, &info.param_ids);
+        student = crate::train::with_param_ids(s, &info.param_ids);
         obs.info(&format!(
             "resuming after epoch {} of {}",
             info.epochs_done,
@@ -607,7 +573,7 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         optim
             .save(state_dir.join("optimizer.bpk"))
             .map_err(|e| e.to_string())?;
-        let info = fingerprint(log, done, ids_of(s));
+        let info = fingerprint(log, done, crate::train::param_ids(s));
         crate::util::write_atomic(
             &state_dir.join("state.json"),
             &serde_json::to_vec_pretty(&info).expect("json"),

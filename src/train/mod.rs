@@ -200,8 +200,9 @@ struct ResumeInfo {
     param_ids: Option<Vec<u64>>,
 }
 
-/// The ids of `net`'s float parameters, in visiting order.
-fn param_ids(net: &Net) -> Vec<u64> {
+/// The ids of a module's float parameters, in visiting order (an optimizer state is keyed by
+/// them).
+pub fn param_ids<M: Module>(net: &M) -> Vec<u64> {
     struct Ids(Vec<u64>);
     impl ModuleVisitor for Ids {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
@@ -215,7 +216,7 @@ fn param_ids(net: &Net) -> Vec<u64> {
 
 /// `net` with its float parameters' ids set to `ids` (visiting order; [`param_ids`]), so that an
 /// optimizer state saved with those ids applies to it.
-fn with_param_ids(net: Net, ids: &[u64]) -> Net {
+pub fn with_param_ids<M: Module>(net: M, ids: &[u64]) -> M {
     struct SetIds<'a>(std::slice::Iter<'a, u64>);
     impl ModuleMapper for SetIds<'_> {
         fn map_float<const D: usize>(&mut self, mut p: Param<Tensor<D>>) -> Param<Tensor<D>> {

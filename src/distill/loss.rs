@@ -36,6 +36,16 @@ pub fn kl_temperature(student: Tensor<2>, teacher: Tensor<2>, temperature: f64) 
     (p * (log_p - log_q)).sum_dim(1).mean() * (t * t)
 }
 
+/// Mean over the batch of `T^2 sum_c p_c (log p_c - log q_c)` with the target probabilities `p`
+/// given (`[batch, classes]`, rows summing to 1; zeros allowed) and `q = softmax(student / T)`.
+pub fn kl_to_probs(student: Tensor<2>, target: Tensor<2>, temperature: f64) -> Tensor<1> {
+    let t = temperature;
+    let log_q = log_softmax(student / t, 1);
+    // p log p with 0 log 0 = 0
+    let log_p = target.clone().clamp_min(1e-30).log();
+    (target * (log_p - log_q)).sum_dim(1).mean() * (t * t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +112,23 @@ mod tests {
         check_gradient(&|a, b| cosine_distance(a, b), &s, &t, 3);
         check_gradient(&|a, b| kl_temperature(a, b, 2.0), &s, &t, 3);
         check_gradient(&|a, b| kl_temperature(a, b, 0.5), &s, &t, 2);
+        // a target of probabilities: (0.5, 0.25, 0.25) per row
+        let p = [0.5, 0.25, 0.25, 0.5, 0.25, 0.25];
+        check_gradient(
+            &|a, _| kl_to_probs(a, t2(&p, 3, &Device::flex().autodiff()), 2.0),
+            &s,
+            &t,
+            3,
+        );
+    }
+
+    #[test]
+    fn kl_to_probs_is_hand_derived_and_skips_zero_targets() {
+        let d = Device::flex();
+        // p = (1, 0), student (0, 0) at T = 1: KL = 1 ln(1 / 0.5) = ln 2
+        let s = t2(&[0.0, 0.0], 2, &d);
+        let p = t2(&[1.0, 0.0], 2, &d);
+        assert!((scalar(kl_to_probs(s, p, 1.0)) - 2f64.ln()).abs() < 1e-6);
     }
 
     #[test]

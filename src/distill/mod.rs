@@ -306,16 +306,20 @@ fn scalar(x: Tensor<1>) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// [`DistillLoss::Joint`]'s logits over the union of the teachers' classes (ascending), for
-/// every image of the batch: the student's `[batch, classes]` from its heads (each class from
-/// the first head holding it) and the teachers' (each class from the first teacher trained on
-/// it, every teacher run on every image), both as the heads score them.
+/// [`DistillLoss::Joint`]'s student logits and teacher target over the union of the teachers'
+/// classes (ascending), for every image of the batch: the student's `[batch, classes]` from
+/// its heads (each class from the first head holding it); the target `[batch, classes]`
+/// probabilities of the teachers' ensemble as its joint rule reads it (reference doc §5, quirk
+/// 13: per-task softmax): each teacher's softmax over its classes at temperature `T`, divided
+/// by the number of teachers (each class from the first teacher trained on it, every teacher
+/// run on every image).
 fn joint_logits(
     teachers: &[Teacher],
     student_heads: &[(HeadSpec, Vec<usize>)],
     outs: &[Tensor<2>],
     refs: &[&[u8]],
     prep: crate::data::Preprocess,
+    temperature: f64,
     device: &Device,
 ) -> (Tensor<2>, Tensor<2>) {
     let mut classes: Vec<usize> = teachers.iter().flat_map(|t| t.classes.clone()).collect();
@@ -328,7 +332,11 @@ fn joint_logits(
     for t in teachers {
         let (data, dim) = t.net.outputs(refs, prep);
         let y = Tensor::<2>::from_data(TensorData::new(data, [b, dim]), &Device::flex());
-        let l = crate::eval::runner::rows(t.head.logits(y, &t.classes, &t.classes));
+        let l = crate::eval::runner::rows(burn::tensor::activation::softmax(
+            t.head.logits(y, &t.classes, &t.classes) / temperature,
+            1,
+        ));
+        let share = 1.0 / teachers.len() as f32;
         for (j, cls) in t.classes.iter().enumerate() {
             let col = classes.binary_search(cls).expect("a teacher class");
             if filled[col] {
@@ -336,7 +344,7 @@ fn joint_logits(
             }
             filled[col] = true;
             for (n, r) in l.iter().enumerate() {
-                target[n * c + col] = r[j];
+                target[n * c + col] = r[j] * share;
             }
         }
     }
@@ -500,12 +508,19 @@ pub fn distill(
             let mut row = 0;
             let b = refs.len();
             if o.loss == DistillLoss::Joint {
-                let (s_joint, t_joint) =
-                    joint_logits(teachers, student_heads, &outs, &refs, set.prep, device);
+                let (s_joint, t_joint) = joint_logits(
+                    teachers,
+                    student_heads,
+                    &outs,
+                    &refs,
+                    set.prep,
+                    o.temperature,
+                    device,
+                );
                 for (i, p) in picks.iter().enumerate() {
                     let k = p.len();
                     if k > 0 {
-                        let l = loss::kl_temperature(
+                        let l = loss::kl_to_probs(
                             s_joint.clone().narrow(0, row, k),
                             t_joint.clone().narrow(0, row, k),
                             o.temperature,
@@ -515,7 +530,7 @@ pub fn distill(
                         row += k;
                     }
                 }
-                total_loss = Some(loss::kl_temperature(s_joint, t_joint, o.temperature));
+                total_loss = Some(loss::kl_to_probs(s_joint, t_joint, o.temperature));
             }
             for (i, t) in teachers.iter().enumerate() {
                 if o.loss == DistillLoss::Joint {

@@ -179,9 +179,6 @@ pub fn resize_shorter(img: &RgbImage, short: u32) -> RgbImage {
     } else {
         ((short as u64 * w as u64 / h.max(1) as u64) as u32, short)
     };
-    if (nw, nh) == (w, h) {
-        return img.clone();
-    }
     super::resize::resize_bilinear(img, nw, nh)
 }
 

@@ -295,6 +295,14 @@ fn batch_images(
         .collect()
 }
 
+/// Per teacher, its summed loss over its image count (0 images: 0).
+fn means(sums: &[f64], counts: &[usize]) -> Vec<f64> {
+    sums.iter()
+        .zip(counts)
+        .map(|(s, c)| s / (*c).max(1) as f64)
+        .collect()
+}
+
 /// The value of a one-element tensor.
 fn scalar(x: Tensor<1>) -> f64 {
     x.into_data()
@@ -470,6 +478,11 @@ pub fn distill(
         .filter(|(id, _)| !head_ids.contains(id))
         .collect();
     let total = o.head_epochs + o.epochs;
+    let n_heads = teachers
+        .iter()
+        .map(|t| t.student_head + 1)
+        .max()
+        .unwrap_or(1);
     for epoch in start..total {
         // every epoch's draws depend on the seed and the epoch only (a resumed run continues
         // with the same batches an uninterrupted one would see)
@@ -498,72 +511,69 @@ pub fn distill(
                 bn_mode: bn_mode(bn),
                 ..Default::default()
             };
-            let n_heads = teachers
-                .iter()
-                .map(|t| t.student_head + 1)
-                .max()
-                .unwrap_or(1);
             let outs = student.forward(x, stop_cut, n_heads, &mut ctx);
             let mut total_loss: Option<Tensor<1>> = None;
             let mut row = 0;
             let b = refs.len();
-            if o.loss == DistillLoss::Joint {
-                let (s_joint, t_joint) = joint_logits(
-                    teachers,
-                    student_heads,
-                    &outs,
-                    &refs,
-                    set.prep,
-                    o.temperature,
-                    device,
-                );
-                for (i, p) in picks.iter().enumerate() {
-                    let k = p.len();
-                    if k > 0 {
-                        let l = loss::kl_to_probs(
-                            s_joint.clone().narrow(0, row, k),
-                            t_joint.clone().narrow(0, row, k),
-                            o.temperature,
-                        );
-                        sums[i] += scalar(l) * k as f64;
+            match o.loss {
+                DistillLoss::Joint => {
+                    let (s_joint, t_joint) = joint_logits(
+                        teachers,
+                        student_heads,
+                        &outs,
+                        &refs,
+                        set.prep,
+                        o.temperature,
+                        device,
+                    );
+                    for (i, p) in picks.iter().enumerate() {
+                        let k = p.len();
+                        if k > 0 {
+                            let l = loss::kl_to_probs(
+                                s_joint.clone().narrow(0, row, k),
+                                t_joint.clone().narrow(0, row, k),
+                                o.temperature,
+                            );
+                            sums[i] += scalar(l) * k as f64;
+                            counts[i] += k;
+                            row += k;
+                        }
+                    }
+                    total_loss = Some(loss::kl_to_probs(s_joint, t_joint, o.temperature));
+                }
+                DistillLoss::Embedding => {
+                    for (i, t) in teachers.iter().enumerate() {
+                        let k = picks[i].len();
+                        if k == 0 {
+                            continue;
+                        }
+                        // the teacher's output on its own images (no gradient)
+                        let (data, dim) = t.net.outputs(&refs[row..row + k], set.prep);
+                        let target =
+                            Tensor::<2>::from_data(TensorData::new(data, [k, dim]), device);
+                        let s_out = outs[t.student_head].clone().narrow(0, row, k);
+                        let l = match &t.head {
+                            HeadSpec::Text { .. } => loss::cosine_distance(s_out, target),
+                            HeadSpec::Linear => {
+                                let cols: Vec<Tensor<2>> = t
+                                    .columns
+                                    .iter()
+                                    .map(|&c| s_out.clone().narrow(1, c, 1))
+                                    .collect();
+                                loss::kl_temperature(Tensor::cat(cols, 1), target, o.temperature)
+                            }
+                        };
+                        sums[i] += scalar(l.clone()) * k as f64;
                         counts[i] += k;
+                        // the mean over all the batch's images
+                        let w = l * (k as f64 / b as f64);
+                        total_loss = Some(match total_loss {
+                            None => w,
+                            Some(acc) => acc + w,
+                        });
                         row += k;
                     }
                 }
-                total_loss = Some(loss::kl_to_probs(s_joint, t_joint, o.temperature));
-            }
-            for (i, t) in teachers.iter().enumerate() {
-                if o.loss == DistillLoss::Joint {
-                    break;
-                }
-                let k = picks[i].len();
-                if k == 0 {
-                    continue;
-                }
-                // the teacher's output on its own images (no gradient)
-                let (data, dim) = t.net.outputs(&refs[row..row + k], set.prep);
-                let target = Tensor::<2>::from_data(TensorData::new(data, [k, dim]), device);
-                let s_out = outs[t.student_head].clone().narrow(0, row, k);
-                let l = match &t.head {
-                    HeadSpec::Text { .. } => loss::cosine_distance(s_out, target),
-                    HeadSpec::Linear => {
-                        let cols: Vec<Tensor<2>> = t
-                            .columns
-                            .iter()
-                            .map(|&c| s_out.clone().narrow(1, c, 1))
-                            .collect();
-                        loss::kl_temperature(Tensor::cat(cols, 1), target, o.temperature)
-                    }
-                };
-                sums[i] += scalar(l.clone()) * k as f64;
-                counts[i] += k;
-                // the mean over all the batch's images
-                let w = l * (k as f64 / b as f64);
-                total_loss = Some(match total_loss {
-                    None => w,
-                    Some(acc) => acc + w,
-                });
-                row += k;
             }
             let Some(total_loss) = total_loss else {
                 continue;
@@ -576,21 +586,12 @@ pub fn distill(
                 let trunk_grads = take_grads(&mut grads, &trunk);
                 student = optim.step(lr * o.trunk_lr_mult, student, trunk_grads);
             }
-            let means: Vec<f64> = sums
-                .iter()
-                .zip(&counts)
-                .map(|(s, c)| s / (*c).max(1) as f64)
-                .collect();
-            obs.step(&means);
+            obs.step(&means(&sums, &counts));
         }
         let entry = DistillEpoch {
             epoch: epoch + 1,
             stage: stage.into(),
-            loss: sums
-                .iter()
-                .zip(&counts)
-                .map(|(s, c)| s / (*c).max(1) as f64)
-                .collect(),
+            loss: means(&sums, &counts),
             lr: lr0,
             images: counts.iter().sum(),
             seconds: t0.elapsed().as_secs_f64(),

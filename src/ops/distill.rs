@@ -345,7 +345,8 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         tms.push(m);
     }
     let state_dir = state_dir_of(&plan.out);
-    if !plan.resume && state_dir.join("state.json").exists() {
+    let saved = state_dir.join("state.json").exists();
+    if !plan.resume && saved {
         return Err(DistillError::State(format!(
             "{}: holds the state of an earlier distillation; pass --resume to continue it, or remove the folder",
             state_dir.display()
@@ -357,27 +358,6 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         .iter()
         .map(|t| System::load(t, device))
         .collect::<Result<_, _>>()?;
-    let teachers: Vec<Teacher> = teacher_systems
-        .iter()
-        .zip(&matched)
-        .zip(&plan.teachers)
-        .map(|((s, (head, columns)), dir)| {
-            Ok(Teacher {
-                net: if plan.device.engine() {
-                    distill::TeacherNet::Engine(s.compile()?)
-                } else {
-                    distill::TeacherNet::Burn(Box::new((
-                        System::load(dir, device)?,
-                        device.clone(),
-                    )))
-                },
-                head: s.heads[0].spec.clone(),
-                student_head: *head,
-                columns: columns.clone(),
-                classes: s.heads[0].classes.clone(),
-            })
-        })
-        .collect::<Result<_, ModelError>>()?;
 
     // data: the union of the teachers' classes; per teacher, its images (seeded caps)
     let prep = sm.prep();
@@ -447,7 +427,8 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         })
     };
     let student_sys = System::from_parts(&sm, &trunk, &heads, device)?;
-    let before = if plan.resume && state_dir.join("state.json").exists() {
+    let resuming = plan.resume && saved;
+    let before = if resuming {
         None
     } else {
         eval(std::slice::from_ref(&student_sys), obs)
@@ -472,6 +453,25 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         })
         .collect();
     let ensemble = eval(&teacher_systems, obs);
+    // the teachers as the loop runs them (the systems move in: evaluation is done with them)
+    let teachers: Vec<Teacher> = teacher_systems
+        .into_iter()
+        .zip(&matched)
+        .map(|(s, (head, columns))| {
+            let (spec, classes) = (s.heads[0].spec.clone(), s.heads[0].classes.clone());
+            Ok(Teacher {
+                net: if plan.device.engine() {
+                    distill::TeacherNet::Engine(s.compile()?)
+                } else {
+                    distill::TeacherNet::Burn(Box::new((s, device.clone())))
+                },
+                head: spec,
+                student_head: *head,
+                columns: columns.clone(),
+                classes,
+            })
+        })
+        .collect::<Result<_, ModelError>>()?;
 
     // the student on the autodiff device
     let ad = device.clone().autodiff();
@@ -496,7 +496,7 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         log: log.to_vec(),
         param_ids: ids,
     };
-    let resume = if plan.resume && state_dir.join("state.json").exists() {
+    let resume = if resuming {
         let bad = |e: String| DistillError::State(format!("{}: {e}", state_dir.display()));
         let text = std::fs::read_to_string(state_dir.join("state.json"))
             .map_err(|e| bad(e.to_string()))?;

@@ -738,6 +738,7 @@ fn interrupted_state(out: &Path) -> PathBuf {
         init: None,
         cache_gib: 1.0,
         device: burn::tensor::Device::flex(),
+        engine: true,
         backend: "flex".into(),
         command: String::new(),
     };
@@ -838,22 +839,35 @@ fn family9_training_states_are_untrusted_input() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("optimizer")
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            n.starts_with("optimizer") || n.starts_with("momentum")
         })
         .collect();
     assert_eq!(optim.len(), 1, "{optim:?}");
     let saved_optim = std::fs::read(&optim[0]).unwrap();
     std::fs::write(&optim[0], b"garbage").unwrap();
-    s.refuses(&train(&["--resume"]), 1, "optimizer");
+    let optim_name = optim[0].file_name().unwrap().to_string_lossy().to_string();
+    s.refuses(&train(&["--resume"]), 1, &optim_name);
     let o = run(&train(&["--resume"])
         .iter()
         .map(String::as_str)
         .collect::<Vec<_>>());
     assert!(!String::from_utf8_lossy(&o.stderr).contains("Io(\""));
     std::fs::write(&optim[0], &saved_optim).unwrap();
+
+    // a state of the engine's training path resumed on burn's: refused, naming both paths
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_zipmerge"))
+        .args(train(&["--resume"]))
+        .env("ZIPMERGE_ENGINE", "burn")
+        .env_remove("ZIPMERGE_DATA")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("engine training path") && err.contains("burn path"),
+        "{err}"
+    );
 
     // the intact state resumes and finishes; the finished run keeps its state for extensions,
     // and a rerun without --resume still refuses to discard it

@@ -62,6 +62,7 @@ fn plan(out: &Path, resume: bool) -> TrainPlan {
         init: None,
         cache_gib: 1.0,
         device: Device::flex(),
+        engine: true,
         backend: "flex".into(),
         command: String::new(),
     }

@@ -10,8 +10,8 @@ use zipmerge::models::Arch;
 use zipmerge::ops::train::{run, TaskChoice, TrainError, TrainPlan};
 
 use super::common::{
-    arch_parser, cache_gib, check_out, command_line, data_error, data_root, non_negative,
-    parse_head, positive, usage, BackendArgs,
+    arch_parser, cache_gib, check_out, command_line, data_error, data_root, engine_choice,
+    non_negative, parse_head, positive, usage, BackendArgs,
 };
 use super::printer::Printer;
 
@@ -92,6 +92,7 @@ pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
         },
         TaskChoice::Classes,
     );
+    let runner = engine_choice(a.backend.device(p)?);
     let plan = TrainPlan {
         arch: a.arch,
         width: a.width,
@@ -109,7 +110,8 @@ pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
         resume: a.resume,
         init: a.init.clone(),
         cache_gib: cache_gib()?,
-        device: a.backend.device(p)?,
+        device: runner.device().clone(),
+        engine: runner.engine(),
         backend: a.backend.backend.to_string(),
         command: command_line(),
     };

@@ -17,6 +17,7 @@
 
 pub mod kernels;
 pub mod layerwise;
+pub mod train;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -107,6 +108,10 @@ struct Bn {
     name: String,
     gamma: Vec<f32>,
     beta: Vec<f32>,
+    /// Running mean `[c]` (train mode updates it).
+    mean: Vec<f32>,
+    /// Running (unbiased) variance `[c]`.
+    var: Vec<f32>,
     /// Eval-mode `gamma / sqrt(var + eps)`.
     scale: Vec<f32>,
     /// Eval-mode `beta - mean * scale`.
@@ -367,6 +372,8 @@ impl<'a> ProgramBuilder<'a> {
             name: name.to_string(),
             gamma: g.clone(),
             beta: b.clone(),
+            mean: m.clone(),
+            var: v.clone(),
             scale,
             shift,
         })

@@ -4,6 +4,7 @@
 //! Nothing below imports this layer.
 
 pub mod bench;
+pub mod bench_train;
 pub mod bn_reset;
 pub mod distill;
 pub mod eval;

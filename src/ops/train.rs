@@ -71,6 +71,8 @@ pub struct TrainPlan {
     pub cache_gib: f64,
     /// Device.
     pub device: Device,
+    /// Train on the CPU engine (on the flex device; burn's autodiff otherwise or when false).
+    pub engine: bool,
     /// Backend name, for the manifest.
     pub backend: String,
     /// The command, for the manifest.
@@ -322,6 +324,7 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
         &test_task,
         &plan.device,
         Some(&state_dir),
+        plan.engine,
         &mut Epochs(obs),
     )?;
     let final_acc = log.last().map_or(0.0, |l| l.test_accuracy);
@@ -354,6 +357,11 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
             "preprocess": prep,
             "init": opts.init,
             "backend": plan.backend,
+            "training_path": if plan.engine && plan.device == Device::flex() {
+                "engine (CPU engine kernels; BN running variance unbiased, as PyTorch)"
+            } else {
+                "burn autodiff (BN running variance biased, burn's rule)"
+            },
             "command": plan.command,
             "final_task_accuracy": final_acc,
             "wall_seconds": t0.elapsed().as_secs_f64(),

@@ -7,6 +7,9 @@
 //! shuffle and augmentation from ChaCha8(seed, epoch); on the flex backend the same seed gives
 //! the same checkpoint bytes. Every epoch writes a resumable state (`train-state/`).
 
+pub mod engine_loop;
+pub mod head_loss;
+
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -133,6 +136,20 @@ impl TrainOptions {
     }
 }
 
+/// The note printed when `--resume --epochs N` changes a run's length.
+fn extension_note(info: &ResumeInfo, opts: &TrainOptions) -> String {
+    let (planned, start_epoch) = (info.options.epochs, info.epochs_done);
+    let m = lr_multiplier(start_epoch as f64, opts.warmup_epochs, opts.epochs as f64);
+    format!(
+        "note: extending a run of {planned} epochs ({start_epoch} done) to {}: the learning-rate schedule is re-planned for {} epochs from epoch {} on ({m:.3} x --lr {} there, linear decay to 0 at epoch {}); epochs 1-{start_epoch} keep the {planned}-epoch schedule they ran with (recorded per epoch as schedule_epochs)",
+        opts.epochs,
+        opts.epochs,
+        start_epoch + 1,
+        opts.lr,
+        opts.epochs
+    )
+}
+
 /// Learning-rate multiplier at fractional epoch `t` (reference doc §6).
 pub fn lr_multiplier(t: f64, warmup: f64, epochs: f64) -> f64 {
     if t < warmup {
@@ -198,6 +215,10 @@ struct ResumeInfo {
     /// written before they were saved, which cannot restore the momentum).
     #[serde(default)]
     param_ids: Option<Vec<u64>>,
+    /// The training path that wrote the state (`burn` or `engine`; absent: `burn`): each keeps
+    /// its optimizer state in its own file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
 }
 
 /// The ids of a module's float parameters, in visiting order (an optimizer state is keyed by
@@ -240,8 +261,13 @@ pub fn with_param_ids<M: Module>(net: M, ids: &[u64]) -> M {
 /// [`EpochLog::schedule_epochs`] records the plan it ran with; the change is reported through
 /// [`TrainObserver::note`]).
 ///
+/// `engine` picks the path on the flex CPU device: the CPU engine's training runtime
+/// ([`engine_loop`]; PyTorch's BN running-variance rule) when true, burn's autodiff otherwise
+/// (other devices always take burn's). A state is resumed only by the path that wrote it.
+///
 /// # Errors
 /// [`ModelError`] for invalid options or an unreadable resume state.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     opts: &TrainOptions,
     init: Option<&StateDict>,
@@ -249,6 +275,7 @@ pub fn train(
     test: &ImageSet,
     device: &Device,
     state_dir: Option<&Path>,
+    engine: bool,
     obs: &mut dyn TrainObserver,
 ) -> Result<(StateDict, Vec<EpochLog>), ModelError> {
     opts.net.validate()?;
@@ -261,6 +288,9 @@ pub fn train(
         return Err(ModelError::Training {
             msg: "the batch size and the epochs must be >= 1",
         });
+    }
+    if engine && *device == Device::flex() {
+        return engine_loop::train_engine(opts, init, train, test, device, state_dir, obs);
     }
     let ad = device.clone().autodiff();
     let mut start_epoch = 0;
@@ -279,19 +309,9 @@ pub fn train(
                 .load(r.dir.join("optimizer.bpk"))
                 .map_err(|e| state_err(r.dir, "optimizer.bpk", format!("cannot be read ({e})")))?;
             start_epoch = r.info.epochs_done;
-            log = r.info.log;
-            let planned = r.info.options.epochs;
-            if planned != opts.epochs {
-                let t = start_epoch as f64;
-                let m = lr_multiplier(t, opts.warmup_epochs, opts.epochs as f64);
-                obs.note(&format!(
-                    "note: extending a run of {planned} epochs ({start_epoch} done) to {}: the learning-rate schedule is re-planned for {} epochs from epoch {} on ({m:.3} x --lr {} there, linear decay to 0 at epoch {}); epochs 1-{start_epoch} keep the {planned}-epoch schedule they ran with (recorded per epoch as schedule_epochs)",
-                    opts.epochs,
-                    opts.epochs,
-                    start_epoch + 1,
-                    opts.lr,
-                    opts.epochs
-                ));
+            log = r.info.log.clone();
+            if r.info.options.epochs != opts.epochs {
+                obs.note(&extension_note(&r.info, opts));
             }
             r.net
         }
@@ -390,37 +410,45 @@ pub fn state_exists(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
 }
 
-/// Reads and validates the training state in `dir` before anything of it is used: a training
-/// state is untrusted input. `Ok(None)` when there is no state (no folder, or an empty one).
-///
-/// Checks, each error naming the state file and the field or tensor: `resume.json` present
-/// beside any other state file and parseable; the options equal to `opts` (the differing ones
-/// named, data folder and `--limit` included) except the run length `epochs`, which may change
-/// (an extension); `epochs_done` within its run and below `opts.epochs` and equal to the log's
-/// length; the parameter ids present and fitting the network; the weights present,
-/// finite and shaped for the network; the optimizer file present (it is parsed by the caller).
-/// Nothing is written or deleted.
-fn load_resume<'a>(
-    dir: &'a Path,
+/// The checked `resume.json` of the state folder `dir` written by training path `path`
+/// (`burn` or `engine`), whose other state files are `files`; `None` when `dir` holds no
+/// state. Checks as [`load_resume`] says, and that the same path wrote it.
+fn read_info(
+    dir: &Path,
     opts: &TrainOptions,
-    device: &Device,
-) -> Result<Option<Resumed<'a>>, ModelError> {
+    path: &str,
+    files: &[&str],
+) -> Result<Option<ResumeInfo>, ModelError> {
     if !state_exists(dir) {
         return Ok(None);
     }
-    for f in STATE_FILES {
-        if !dir.join(f).is_file() {
-            return Err(state_err(
-                dir,
-                f,
-                "missing: the training state is incomplete and cannot be resumed (remove the folder to start again)",
-            ));
-        }
+    let missing = |f: &str| {
+        state_err(
+            dir,
+            f,
+            "missing: the training state is incomplete and cannot be resumed (remove the folder to start again)",
+        )
+    };
+    if !dir.join("resume.json").is_file() {
+        return Err(missing("resume.json"));
     }
     let text = std::fs::read_to_string(dir.join("resume.json"))
         .map_err(|e| state_err(dir, "resume.json", e))?;
     let info: ResumeInfo =
         serde_json::from_str(&text).map_err(|e| state_err(dir, "resume.json", e))?;
+    let written = info.path.as_deref().unwrap_or("burn");
+    if written != path {
+        return Err(state_err(
+            dir,
+            "resume.json",
+            format!(
+                "written by the {written} training path, this run trains on the {path} path (resume with the path that started it: ZIPMERGE_ENGINE=burn selects burn's)"
+            ),
+        ));
+    }
+    if let Some(f) = files.iter().find(|f| !dir.join(f).is_file()) {
+        return Err(missing(f));
+    }
     // the run length may change: --resume --epochs N extends (or shortens) the run
     let same_length = TrainOptions {
         epochs: info.options.epochs,
@@ -468,6 +496,27 @@ fn load_resume<'a>(
             ),
         ));
     }
+    Ok(Some(info))
+}
+
+/// Reads and validates the training state in `dir` before anything of it is used: a training
+/// state is untrusted input. `Ok(None)` when there is no state (no folder, or an empty one).
+///
+/// Checks, each error naming the state file and the field or tensor: `resume.json` present
+/// beside any other state file and parseable; the options equal to `opts` (the differing ones
+/// named, data folder and `--limit` included) except the run length `epochs`, which may change
+/// (an extension); `epochs_done` within its run and below `opts.epochs` and equal to the log's
+/// length; the parameter ids present and fitting the network; the weights present,
+/// finite and shaped for the network; the optimizer file present (it is parsed by the caller).
+/// Nothing is written or deleted.
+fn load_resume<'a>(
+    dir: &'a Path,
+    opts: &TrainOptions,
+    device: &Device,
+) -> Result<Option<Resumed<'a>>, ModelError> {
+    let Some(info) = read_info(dir, opts, "burn", &STATE_FILES)? else {
+        return Ok(None);
+    };
     let Some(saved) = info.param_ids.clone() else {
         return Err(state_err(
             dir,
@@ -518,6 +567,7 @@ fn save_resume(
         options: opts.clone(),
         log: log.to_vec(),
         param_ids: Some(param_ids(net)),
+        path: None,
     };
     crate::util::write_atomic(
         &dir.join("resume.json"),

@@ -354,7 +354,15 @@ pub fn patches(
 }
 
 /// Patch rows `row0..row0+n` of `x` into `buf: [n, k*k*cin]`.
-fn im2col(conv: &Conv, x: &[f32], side: usize, os: usize, row0: usize, n: usize, buf: &mut [f32]) {
+pub(crate) fn im2col(
+    conv: &Conv,
+    x: &[f32],
+    side: usize,
+    os: usize,
+    row0: usize,
+    n: usize,
+    buf: &mut [f32],
+) {
     im2col_rows(conv, x, side, os, n, |r| row0 + r, buf)
 }
 

@@ -6,6 +6,7 @@
 //! Parallelism is rayon over fixed row ranges of the output; every reduction has a fixed
 //! partition independent of the thread count, so results are the same bits run to run.
 
+pub mod backward;
 pub mod conv;
 pub mod gemm;
 pub mod moments;

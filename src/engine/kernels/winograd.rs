@@ -63,6 +63,56 @@ impl WinogradWeights {
         })
     }
 
+    /// Weights for tile side `tile` (2 or 4) from engine-layout weights `[9 * cin, cout]` (row
+    /// `(ky * 3 + kx) * cin + ci`): the same f64 arithmetic, in the same order, as [`Self::new`]
+    /// (so the same bits), vectorised over output channels and parallel over input channels
+    /// (training transforms every conv's weights at every step).
+    pub fn from_engine(tile: usize, cin: usize, cout: usize, weight: &[f32]) -> Self {
+        use rayon::prelude::*;
+        let gm: &[[f64; 3]] = if tile == 4 { &G4 } else { &G2 };
+        let a = gm.len();
+        let rows: Vec<Vec<f32>> = (0..cin)
+            .into_par_iter()
+            .map(|ci| {
+                let g = |y: usize, x: usize| &weight[((y * 3 + x) * cin + ci) * cout..][..cout];
+                // t[i][x] = sum_y G[i][y] g[y][x], per output channel
+                let mut t = vec![0f64; a * 3 * cout];
+                for i in 0..a {
+                    for x in 0..3 {
+                        let dst = &mut t[(i * 3 + x) * cout..(i * 3 + x + 1) * cout];
+                        let (g0, g1, g2) = (g(0, x), g(1, x), g(2, x));
+                        for co in 0..cout {
+                            dst[co] = gm[i][0] * g0[co] as f64
+                                + gm[i][1] * g1[co] as f64
+                                + gm[i][2] * g2[co] as f64;
+                        }
+                    }
+                }
+                let mut out = vec![0f32; a * a * cout];
+                for i in 0..a {
+                    for j in 0..a {
+                        let dst = &mut out[(i * a + j) * cout..(i * a + j + 1) * cout];
+                        let tr = |x: usize| &t[(i * 3 + x) * cout..(i * 3 + x + 1) * cout];
+                        let (t0, t1, t2) = (tr(0), tr(1), tr(2));
+                        for co in 0..cout {
+                            dst[co] =
+                                (t0[co] * gm[j][0] + t1[co] * gm[j][1] + t2[co] * gm[j][2]) as f32;
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        let mut u = vec![0f32; a * a * cin * cout];
+        for (ci, r) in rows.iter().enumerate() {
+            for ij in 0..a * a {
+                u[(ij * cin + ci) * cout..(ij * cin + ci + 1) * cout]
+                    .copy_from_slice(&r[ij * cout..(ij + 1) * cout]);
+            }
+        }
+        Self { tile, cin, cout, u }
+    }
+
     /// Weights for tile side `tile` (2 or 4) from `g(co, ci, ky, kx)`; the transform is
     /// computed in f64.
     pub fn new(
@@ -131,11 +181,7 @@ impl Winograd {
     /// `(ky * 3 + kx) * cin + ci`).
     pub fn weights(&self, tile: usize, weight: &[f32]) -> &WinogradWeights {
         let (cin, cout) = (self.cin, self.cout);
-        let make = || {
-            WinogradWeights::new(tile, cin, cout, |co, ci, y, x| {
-                weight[((y * 3 + x) * cin + ci) * cout + co]
-            })
-        };
+        let make = || WinogradWeights::from_engine(tile, cin, cout, weight);
         if tile == 4 {
             self.f4.get_or_init(make)
         } else {
@@ -603,6 +649,19 @@ mod tests {
     /// Hand-sized case: a 4x4 single-channel input 1..16 and the kernel with a single 1 at
     /// the centre (identity) gives the input back; the all-ones kernel gives 3x3 box sums
     /// (corner (0,0): 1+2+5+6 = 14; (1,1): 1+2+3+5+6+7+9+10+11 = 54).
+    #[test]
+    fn engine_layout_transform_equals_the_reference_one() {
+        let mut r = crate::engine::kernels::uniform(5);
+        for (tile, cin, cout) in [(2, 3, 8), (4, 16, 24), (4, 40, 64)] {
+            let w: Vec<f32> = (0..9 * cin * cout).map(|_| r()).collect();
+            let want = WinogradWeights::new(tile, cin, cout, |co, ci, y, x| {
+                w[((y * 3 + x) * cin + ci) * cout + co]
+            });
+            let got = WinogradWeights::from_engine(tile, cin, cout, &w);
+            assert_eq!(got.u, want.u, "tile {tile} cin {cin} cout {cout}");
+        }
+    }
+
     #[test]
     fn hand_sized_4x4_input() {
         let x: Vec<f32> = (1..=16).map(|v| v as f32).collect();

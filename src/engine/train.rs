@@ -1,0 +1,590 @@
+//! Training on the CPU engine: a compiled network ([`CpuNet`]) turned into trainable
+//! parameters, a forward pass in train mode that keeps what backward needs (a tape of
+//! activations in buffers reused across steps), the backward pass through every op of the
+//! program ([`super::kernels::backward`]), and PyTorch's SGD with momentum fused into one pass
+//! over the parameters.
+//!
+//! Semantics are PyTorch's (`torch.optim.SGD`, `nn.BatchNorm2d` in train mode):
+//! - BN normalises with the batch mean and biased variance (eps 1e-5) and updates its running
+//!   statistics with momentum 0.1 and the *unbiased* batch variance;
+//! - SGD: `g = grad + wd * p`; `buf = g` on the first step, else `buf = m * buf + g`
+//!   (dampening 0, no Nesterov); `p -= lr * buf`; weight decay on every parameter.
+//!
+//! The loss and the head's logits live above (`crate::train`): this runtime takes the
+//! gradient of the loss with respect to the network output and returns nothing else.
+
+use rayon::prelude::*;
+
+use super::kernels::backward as bw;
+use super::kernels::{self, Conv, Epilogue};
+use super::{Act, CpuNet, OpKind, Slot, BN_EPS};
+use crate::state::{NamedTensor, StateDict};
+
+/// BatchNorm momentum of the running statistics (PyTorch's default).
+pub const BN_MOMENTUM: f32 = 0.1;
+
+/// One trainable tensor: PyTorch name, value in the engine's layout, gradient of the last
+/// backward pass, SGD momentum buffer (`None` before the first step).
+#[derive(Clone, Debug)]
+pub struct Param {
+    /// PyTorch tensor name (`layer1.0.conv1.weight`).
+    pub name: String,
+    /// PyTorch shape.
+    pub shape: Vec<usize>,
+    /// Values; conv weights in the engine's `[k*k*cin, cout]` layout, others as PyTorch's.
+    pub value: Vec<f32>,
+    /// `dL/dvalue` of the last backward pass (same layout).
+    pub grad: Vec<f32>,
+    /// Momentum buffer (same layout).
+    pub momentum: Option<Vec<f32>>,
+}
+
+#[derive(Clone, Debug)]
+struct TrainBn {
+    name: String,
+    gamma: usize,
+    beta: usize,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // a few dozen ops per network; boxing buys nothing
+enum TrainOp {
+    Conv {
+        conv: Conv,
+        weight: usize,
+        bias: Option<usize>,
+        bn: Option<TrainBn>,
+        src: Slot,
+        dst: Slot,
+        res: Option<Slot>,
+        relu: bool,
+    },
+    MaxPool {
+        k: usize,
+        s: usize,
+        p: usize,
+    },
+    PoolLinear {
+        weight: usize,
+        bias: usize,
+    },
+}
+
+/// What backward needs of one op, by tape index of the activations.
+enum Record {
+    Conv {
+        op: usize,
+        src: usize,
+        res: Option<usize>,
+        out: usize,
+        /// Pre-BN conv output `[rows, cout]` (BN layers only).
+        z: Option<Vec<f32>>,
+        mean: Vec<f32>,
+        invstd: Vec<f32>,
+    },
+    MaxPool {
+        op: usize,
+        src: usize,
+        out: usize,
+    },
+    PoolLinear {
+        op: usize,
+        src: usize,
+        out: usize,
+    },
+}
+
+/// A network being trained on the engine (the whole program, input cut to output cut).
+pub struct TrainNet {
+    ops: Vec<TrainOp>,
+    params: Vec<Param>,
+    tape: Vec<Act>,
+    records: Vec<Record>,
+    free: Vec<Vec<f32>>,
+    winograd: bool,
+}
+
+impl TrainNet {
+    /// The trainable form of `net` (weights, BN affine parameters and running statistics as
+    /// compiled; taps are dropped).
+    pub fn new(net: &CpuNet) -> Self {
+        let mut params = Vec::new();
+        let mut add = |name: String, shape: Vec<usize>, value: Vec<f32>| {
+            params.push(Param {
+                name,
+                shape,
+                grad: vec![0.0; value.len()],
+                value,
+                momentum: None,
+            });
+            params.len() - 1
+        };
+        let mut ops = Vec::new();
+        for op in net.cuts.iter().flatten() {
+            match &op.0 {
+                OpKind::Conv {
+                    conv,
+                    bn,
+                    src,
+                    dst,
+                    res,
+                    relu,
+                } => {
+                    let shape = vec![conv.cout, conv.cin, conv.k, conv.k];
+                    let weight = add(format!("{}.weight", conv.name), shape, conv.weight.clone());
+                    let bias = conv
+                        .bias
+                        .as_ref()
+                        .map(|b| add(format!("{}.bias", conv.name), vec![b.len()], b.clone()));
+                    let bn = bn.as_ref().map(|b| TrainBn {
+                        name: b.name.clone(),
+                        gamma: add(
+                            format!("{}.weight", b.name),
+                            vec![b.gamma.len()],
+                            b.gamma.clone(),
+                        ),
+                        beta: add(
+                            format!("{}.bias", b.name),
+                            vec![b.beta.len()],
+                            b.beta.clone(),
+                        ),
+                        running_mean: b.mean.clone(),
+                        running_var: b.var.clone(),
+                    });
+                    ops.push(TrainOp::Conv {
+                        conv: conv.clone(),
+                        weight,
+                        bias,
+                        bn,
+                        src: *src,
+                        dst: *dst,
+                        res: *res,
+                        relu: *relu,
+                    });
+                }
+                OpKind::MaxPool { k, s, p } => ops.push(TrainOp::MaxPool {
+                    k: *k,
+                    s: *s,
+                    p: *p,
+                }),
+                OpKind::Tap(_) => {}
+                OpKind::PoolLinear { name, weight, bias } => {
+                    let out = bias.len();
+                    let c = weight.len() / out.max(1);
+                    let w = add(format!("{name}.weight"), vec![out, c], weight.clone());
+                    let b = add(format!("{name}.bias"), vec![out], bias.clone());
+                    ops.push(TrainOp::PoolLinear { weight: w, bias: b });
+                }
+            }
+        }
+        Self {
+            ops,
+            params,
+            tape: Vec::new(),
+            records: Vec::new(),
+            free: Vec::new(),
+            winograd: true,
+        }
+    }
+
+    /// The same network with its 3x3 convs computed without Winograd (im2col / direct
+    /// products, forward and backward): slower, but its rounding is that of a plain
+    /// convolution, so comparisons with another implementation are not disturbed by ReLU masks
+    /// flipped on pre-activations within Winograd's rounding (~1e-5 relative) of zero.
+    pub fn without_winograd(mut self) -> Self {
+        self.winograd = false;
+        for op in &mut self.ops {
+            if let TrainOp::Conv { conv, .. } = op {
+                conv.winograd = None;
+            }
+        }
+        self
+    }
+
+    /// The trainable parameters, in forward order.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Mutable parameters (restoring momentum buffers on `--resume`).
+    pub fn params_mut(&mut self) -> &mut [Param] {
+        &mut self.params
+    }
+
+    fn recycle(&mut self) {
+        for a in self.tape.drain(..) {
+            self.free.push(a.data);
+        }
+        for r in self.records.drain(..) {
+            if let Record::Conv { z: Some(z), .. } = r {
+                self.free.push(z);
+            }
+        }
+    }
+
+    /// Forward pass in train mode on `x: [batch, side, side, 3]`: BN with batch statistics
+    /// (running statistics updated, PyTorch's rule), the tape kept for [`Self::backward`].
+    /// Returns the output cut `[batch, out]` (row-major).
+    pub fn forward(&mut self, x: Act) -> Vec<f32> {
+        self.recycle();
+        self.tape.push(x);
+        let mut regs: [usize; 4] = [0, usize::MAX, usize::MAX, usize::MAX];
+        for i in 0..self.ops.len() {
+            let mut running = None;
+            match &self.ops[i] {
+                TrainOp::Conv {
+                    conv,
+                    weight,
+                    bias,
+                    bn,
+                    src,
+                    dst,
+                    res,
+                    relu,
+                } => {
+                    let (src_i, res_i) = (regs[*src], res.map(|r| regs[r]));
+                    let (batch, side) = (self.tape[src_i].batch, self.tape[src_i].side);
+                    let os = conv.out_side(side);
+                    let rows = batch * os * os;
+                    let conv = conv.with_weights(
+                        self.params[*weight].value.clone(),
+                        bias.map(|b| self.params[b].value.clone()),
+                    );
+                    let mut out = take_buffer(&mut self.free, rows * conv.cout);
+                    let mut z = bn
+                        .as_ref()
+                        .map(|_| take_buffer(&mut self.free, rows * conv.cout));
+                    let x = &self.tape[src_i].data;
+                    let resid = res_i.map(|r| self.tape[r].data.as_slice());
+                    let (mut mean, mut invstd) = (Vec::new(), Vec::new());
+                    match (bn, z.as_mut()) {
+                        (Some(b), Some(z)) => {
+                            kernels::conv_forward(&conv, x, batch, side, z, &Epilogue::none());
+                            let (m, v) = kernels::channel_moments(z, conv.cout);
+                            let gamma = &self.params[b.gamma].value;
+                            let beta = &self.params[b.beta].value;
+                            let (scale, shift) = super::bn_affine(gamma, beta, &m, &v);
+                            out.copy_from_slice(z);
+                            kernels::apply_epilogue(
+                                &mut out,
+                                conv.cout,
+                                &Epilogue {
+                                    scale: Some(&scale),
+                                    shift: Some(&shift),
+                                    residual: resid,
+                                    relu: *relu,
+                                },
+                            );
+                            invstd = v
+                                .iter()
+                                .map(|v| (1.0 / (v + BN_EPS).sqrt()) as f32)
+                                .collect();
+                            mean = m.iter().map(|&m| m as f32).collect();
+                            running = Some((m, v, rows));
+                        }
+                        _ => {
+                            let epi = Epilogue {
+                                scale: None,
+                                shift: None,
+                                residual: resid,
+                                relu: *relu,
+                            };
+                            kernels::conv_forward(&conv, x, batch, side, &mut out, &epi);
+                        }
+                    }
+                    self.tape.push(Act {
+                        batch,
+                        side: os,
+                        c: conv.cout,
+                        data: out,
+                    });
+                    let out_i = self.tape.len() - 1;
+                    self.records.push(Record::Conv {
+                        op: i,
+                        src: src_i,
+                        res: res_i,
+                        out: out_i,
+                        z,
+                        mean,
+                        invstd,
+                    });
+                    regs[*dst] = out_i;
+                }
+                TrainOp::MaxPool { k, s, p } => {
+                    let x = &self.tape[regs[0]];
+                    let (data, side) = kernels::max_pool(&x.data, x.batch, x.side, x.c, *k, *s, *p);
+                    let a = Act {
+                        batch: x.batch,
+                        side,
+                        c: x.c,
+                        data,
+                    };
+                    self.tape.push(a);
+                    let out = self.tape.len() - 1;
+                    self.records.push(Record::MaxPool {
+                        op: i,
+                        src: regs[0],
+                        out,
+                    });
+                    regs[0] = out;
+                }
+                TrainOp::PoolLinear { weight, bias } => {
+                    let x = &self.tape[regs[0]];
+                    let (w, b) = (&self.params[*weight].value, &self.params[*bias].value);
+                    let y = kernels::pool_linear(&x.data, x.batch, x.side * x.side, x.c, w, b);
+                    let a = Act {
+                        batch: x.batch,
+                        side: 1,
+                        c: b.len(),
+                        data: y,
+                    };
+                    self.tape.push(a);
+                    let out = self.tape.len() - 1;
+                    self.records.push(Record::PoolLinear {
+                        op: i,
+                        src: regs[0],
+                        out,
+                    });
+                    regs[0] = out;
+                }
+            }
+            if let Some((m, v, rows)) = running {
+                self.update_running(i, &m, &v, rows);
+            }
+        }
+        self.tape[regs[0]].data.clone()
+    }
+
+    /// PyTorch's running-statistics update of the BN of op `i` from the batch mean `m` and
+    /// biased variance `v` over `rows` values per channel.
+    fn update_running(&mut self, i: usize, m: &[f64], v: &[f64], rows: usize) {
+        if let TrainOp::Conv { bn: Some(b), .. } = &mut self.ops[i] {
+            let n = rows as f64;
+            let unbias = n / (n - 1.0).max(1.0);
+            let k = BN_MOMENTUM;
+            for (r, m) in b.running_mean.iter_mut().zip(m) {
+                *r = (1.0 - k) * *r + k * *m as f32;
+            }
+            for (r, v) in b.running_var.iter_mut().zip(v) {
+                *r = (1.0 - k) * *r + k * (*v * unbias) as f32;
+            }
+        }
+    }
+
+    /// Backward pass of the last [`Self::forward`] from `dout = dL/doutput` (`[batch, out]`):
+    /// fills every parameter's `grad`.
+    pub fn backward(&mut self, dout: Vec<f32>) {
+        let mut d: Vec<Option<Vec<f32>>> = (0..self.tape.len()).map(|_| None).collect();
+        let last = self.tape.len() - 1;
+        d[last] = Some(dout);
+        let records = std::mem::take(&mut self.records);
+        for rec in records.iter().rev() {
+            match rec {
+                Record::PoolLinear { op, src, out } => {
+                    let TrainOp::PoolLinear { weight, bias } = &self.ops[*op] else {
+                        unreachable!("record kinds follow op kinds")
+                    };
+                    let Some(dy) = d[*out].take() else { continue };
+                    let x = &self.tape[*src];
+                    let (dx, dw, db) = bw::pool_linear_backward(
+                        &x.data,
+                        x.batch,
+                        x.side * x.side,
+                        x.c,
+                        &self.params[*weight].value,
+                        &dy,
+                    );
+                    self.params[*weight].grad = dw;
+                    self.params[*bias].grad = db;
+                    accumulate(&mut d[*src], dx);
+                }
+                Record::MaxPool { op, src, out } => {
+                    let TrainOp::MaxPool { k, s, p } = self.ops[*op] else {
+                        unreachable!("record kinds follow op kinds")
+                    };
+                    let Some(dy) = d[*out].take() else { continue };
+                    let x = &self.tape[*src];
+                    let dx = bw::max_pool_backward(&x.data, &dy, x.batch, x.side, x.c, k, s, p);
+                    accumulate(&mut d[*src], dx);
+                }
+                Record::Conv {
+                    op,
+                    src,
+                    res,
+                    out,
+                    z,
+                    mean,
+                    invstd,
+                } => {
+                    let TrainOp::Conv {
+                        conv,
+                        weight,
+                        bias,
+                        bn,
+                        relu,
+                        ..
+                    } = &self.ops[*op]
+                    else {
+                        unreachable!("record kinds follow op kinds")
+                    };
+                    let Some(mut g) = d[*out].take() else {
+                        continue;
+                    };
+                    if *relu {
+                        bw::relu_backward(&mut g, &self.tape[*out].data);
+                    }
+                    if let Some(r) = res {
+                        accumulate_ref(&mut d[*r], &g);
+                    }
+                    let cout = conv.cout;
+                    if let (Some(b), Some(z)) = (bn, z) {
+                        let gamma = &self.params[b.gamma].value;
+                        let (dgamma, dbeta) = bw::bn_backward(&mut g, z, mean, invstd, gamma);
+                        self.params[b.gamma].grad = dgamma;
+                        self.params[b.beta].grad = dbeta;
+                    }
+                    if let Some(bi) = bias {
+                        self.params[*bi].grad = bw::column_sums(&g, cout);
+                    }
+                    let x = &self.tape[*src];
+                    let wconv = conv.with_weights(self.params[*weight].value.clone(), None);
+                    self.params[*weight].grad =
+                        bw::conv_backward_weight(&wconv, &x.data, x.batch, x.side, &g);
+                    if *src != 0 {
+                        let mut dx = take_buffer(&mut self.free, x.data.len());
+                        bw::conv_backward_data(&wconv, &g, x.batch, x.side, &mut dx, self.winograd);
+                        accumulate(&mut d[*src], dx);
+                    }
+                    self.free.push(g);
+                }
+            }
+        }
+        self.records = records;
+    }
+
+    /// One SGD step with PyTorch's semantics (see the module docs) on every parameter, fused
+    /// into one pass: `g = grad + wd * p`, `buf = g` (first step) or `momentum * buf + g`,
+    /// `p -= lr * buf`.
+    pub fn sgd_step(&mut self, lr: f32, momentum: f32, weight_decay: f32) {
+        self.params.par_iter_mut().for_each(|p| {
+            let first = p.momentum.is_none();
+            let buf = p.momentum.get_or_insert_with(|| vec![0.0; p.value.len()]);
+            for ((v, g), m) in p.value.iter_mut().zip(&p.grad).zip(buf.iter_mut()) {
+                let g = *g + weight_decay * *v;
+                *m = if first { g } else { momentum * *m + g };
+                *v -= lr * *m;
+            }
+        });
+    }
+
+    /// Writes the trained tensors into `state` (PyTorch names and layouts: conv weights back to
+    /// `[cout, cin, k, k]`, BN running statistics included); other entries are kept.
+    pub fn write_state(&self, state: &mut StateDict) {
+        let mut torch_conv = std::collections::HashMap::new();
+        for op in &self.ops {
+            if let TrainOp::Conv { weight, bn, .. } = op {
+                torch_conv.insert(*weight, ());
+                if let Some(b) = bn {
+                    let c = b.running_mean.len();
+                    state.insert(
+                        format!("{}.running_mean", b.name),
+                        NamedTensor {
+                            shape: vec![c],
+                            data: b.running_mean.clone(),
+                        },
+                    );
+                    state.insert(
+                        format!("{}.running_var", b.name),
+                        NamedTensor {
+                            shape: vec![c],
+                            data: b.running_var.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        for (i, p) in self.params.iter().enumerate() {
+            let data = if torch_conv.contains_key(&i) {
+                engine_to_torch(&p.value, &p.shape)
+            } else {
+                p.value.clone()
+            };
+            state.insert(
+                p.name.clone(),
+                NamedTensor {
+                    shape: p.shape.clone(),
+                    data,
+                },
+            );
+        }
+    }
+
+    /// Gradients by PyTorch name and layout (tests and comparisons).
+    pub fn grads_torch(&self) -> Vec<(String, Vec<f32>)> {
+        let convs: Vec<usize> = self
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                TrainOp::Conv { weight, .. } => Some(*weight),
+                _ => None,
+            })
+            .collect();
+        self.params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let g = if convs.contains(&i) {
+                    engine_to_torch(&p.grad, &p.shape)
+                } else {
+                    p.grad.clone()
+                };
+                (p.name.clone(), g)
+            })
+            .collect()
+    }
+}
+
+/// A conv weight `[k*k*cin, cout]` (engine layout) as PyTorch's `[cout, cin, k, k]`.
+fn engine_to_torch(w: &[f32], shape: &[usize]) -> Vec<f32> {
+    let (cout, cin, k) = (shape[0], shape[1], shape[2]);
+    let mut t = vec![0f32; w.len()];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for ky in 0..k {
+                for kx in 0..k {
+                    t[((co * cin + ci) * k + ky) * k + kx] =
+                        w[((ky * k + kx) * cin + ci) * cout + co];
+                }
+            }
+        }
+    }
+    t
+}
+
+fn accumulate(slot: &mut Option<Vec<f32>>, v: Vec<f32>) {
+    match slot {
+        Some(a) => bw::add_into(a, &v),
+        None => *slot = Some(v),
+    }
+}
+
+fn accumulate_ref(slot: &mut Option<Vec<f32>>, v: &[f32]) {
+    match slot {
+        Some(a) => bw::add_into(a, v),
+        None => *slot = Some(v.to_vec()),
+    }
+}
+
+/// A buffer of `len` values from the free list `free` (stale contents), or a new one.
+fn take_buffer(free: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    match free.iter().position(|b| b.capacity() >= len) {
+        Some(i) => {
+            let mut b = free.swap_remove(i);
+            b.resize(len, 0.0);
+            b
+        }
+        None => vec![0.0; len],
+    }
+}

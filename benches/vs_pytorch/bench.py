@@ -11,6 +11,10 @@ install torch`); never part of CI.
 
     MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \
       /tmp/tv/bin/python benches/vs_pytorch/bench.py --widths 1 4 --zipmerge target/release/zipmerge
+
+With `--train`: training images/s (forward in train mode + cross-entropy + backward + SGD with
+momentum 0.9 and weight decay 5e-4, random inputs for PyTorch, the embedded sample for zipmerge)
+at batch 128 and 500, `ratio = zipmerge / pytorch` per width and batch.
 """
 import argparse, json, os, subprocess, sys, time
 
@@ -65,16 +69,62 @@ def rate(fn, x, images, batch):
         return images / (time.perf_counter() - t)
 
 
+def train_rate(model, images, batch):
+    """Training images/s: forward (train mode) + cross-entropy + backward + SGD step (momentum
+    0.9, weight decay 5e-4), as `zipmerge bench --train` times them."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()  # warm-up
+    steps = max(2, -(-images // batch))
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def train_main(a):
+    rows = []
+    for w in a.widths:
+        out = subprocess.run(
+            [a.zipmerge, "bench", "--train", "--arch", "resnet20", "--width", str(w), "--images",
+             str(a.images), "--json"] + (["--batch-size", str(a.train_batch)] if a.train_batch else []),
+            check=True, capture_output=True, text=True).stdout
+        z = json.loads(out.strip().splitlines()[-1])
+        for bs, zr in sorted(z["train_images_per_second"].items(), key=lambda kv: int(kv[0])):
+            pr = train_rate(ResNet20(w), a.images, int(bs))
+            r = {"width": w, "batch": int(bs), "pytorch_train": pr, "zipmerge_train": zr,
+                 "ratio_train": zr / pr}
+            rows.append(r)
+            print(f"ResNet-20 x{w} batch {bs}: training {zr:.1f} vs {pr:.1f} img/s "
+                  f"ratio = {r['ratio_train']:.2f}")
+    print(json.dumps(rows))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--widths", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--zipmerge", default="target/release/zipmerge")
+    ap.add_argument("--train", action="store_true",
+                    help="compare training (forward + backward + SGD) at batch 128 and 500")
+    ap.add_argument("--train-batch", type=int, default=None,
+                    help="with --train: one batch size instead of 128 and 500")
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_')}")
+    if a.train:
+        return train_main(a)
     rows = []
     for w in a.widths:
         torch.manual_seed(0)

@@ -266,8 +266,8 @@ impl TrainNet {
                             let gamma = &self.params[b.gamma].value;
                             let beta = &self.params[b.beta].value;
                             let (scale, shift) = super::bn_affine(gamma, beta, &m, &v);
-                            out.copy_from_slice(z);
-                            kernels::apply_epilogue(
+                            kernels::apply_epilogue_from(
+                                z,
                                 &mut out,
                                 conv.cout,
                                 &Epilogue {
@@ -577,12 +577,16 @@ fn accumulate_ref(slot: &mut Option<Vec<f32>>, v: &[f32]) {
     }
 }
 
-/// A buffer of `len` values from the free list `free` (stale contents), or a new one.
+/// A buffer of `len` values from the free list `free` (stale contents), or a new zeroed one.
 fn take_buffer(free: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
-    match free.iter().position(|b| b.capacity() >= len) {
+    // the shortest buffer at least `len` long: truncating it writes nothing
+    let best = (0..free.len())
+        .filter(|&i| free[i].len() >= len)
+        .min_by_key(|&i| free[i].len());
+    match best {
         Some(i) => {
             let mut b = free.swap_remove(i);
-            b.resize(len, 0.0);
+            b.truncate(len);
             b
         }
         None => vec![0.0; len],

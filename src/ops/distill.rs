@@ -249,9 +249,23 @@ fn match_teacher(
         .iter()
         .map(|h| format!("{} {:?}", h.head.kind(), h.classes))
         .collect();
-    let Some(i) = student.heads.iter().position(|h| {
+    // a head holding the teacher's classes; else a text head whose class table covers them
+    // (a text head scores any class it has a row for: model A's head learns B's classes)
+    let holds = |h: &crate::checkpoint::HeadManifest| {
         h.head.kind() == th.head.kind() && th.classes.iter().all(|c| h.classes.contains(c))
-    }) else {
+    };
+    let covers = |h: &crate::checkpoint::HeadManifest| match &h.head {
+        crate::models::head::HeadSpec::Text { embeddings, .. } => {
+            is_text(&th.head) && th.classes.iter().all(|&c| c < embeddings.len())
+        }
+        _ => false,
+    };
+    let found = student
+        .heads
+        .iter()
+        .position(holds)
+        .or_else(|| student.heads.iter().position(covers));
+    let Some(i) = found else {
         return Err(bad(format!(
             "has a {} head on classes {:?}; no head of the student is a {} head holding them (its heads: {})",
             th.head.kind(),
@@ -339,9 +353,25 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
     }
     let mut matched = Vec::new();
     let mut tms = Vec::new();
+    let mut sm = sm;
     for t in &plan.teachers {
         let m = checkpoint::read_manifest(&checkpoint::model_dir(t))?;
-        matched.push(match_teacher(&sm, &m, t)?);
+        let (i, columns) = match_teacher(&sm, &m, t)?;
+        let extra: Vec<usize> = m.heads[0]
+            .classes
+            .iter()
+            .filter(|c| !sm.heads[i].classes.contains(c))
+            .copied()
+            .collect();
+        if !extra.is_empty() {
+            obs.info(&format!(
+                "note: the student's text head {i} is taught the classes {extra:?} of {} too (its class table covers them); the distilled model's head scores classes {:?}",
+                t.display(),
+                [sm.heads[i].classes.clone(), extra.clone()].concat()
+            ));
+            sm.heads[i].classes.extend(extra);
+        }
+        matched.push((i, columns));
         tms.push(m);
     }
     let state_dir = state_dir_of(&plan.out);

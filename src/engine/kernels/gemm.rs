@@ -166,6 +166,33 @@ pub fn matmul_tn(a: &[f32], p: usize, b: &[f32], q: usize) -> Vec<f32> {
     out
 }
 
+/// `dst = epi(src)` for `src, dst: [rows, c]` (the pass of [`apply_epilogue`] without the copy
+/// before it: training keeps the raw conv output for BN's backward).
+pub fn apply_epilogue_from(src: &[f32], dst: &mut [f32], c: usize, epi: &Epilogue) {
+    let block = 1024;
+    dst.par_chunks_mut(block * c)
+        .zip(src.par_chunks(block * c))
+        .enumerate()
+        .for_each(|(i, (o, z))| {
+            for (r, (or, zr)) in o.chunks_exact_mut(c).zip(z.chunks_exact(c)).enumerate() {
+                let row = i * block + r;
+                for j in 0..c {
+                    let mut v = zr[j];
+                    if let Some(s) = epi.scale {
+                        v *= s[j];
+                    }
+                    if let Some(b) = epi.shift {
+                        v += b[j];
+                    }
+                    if let Some(res) = epi.residual {
+                        v += res[row * c + j];
+                    }
+                    or[j] = if epi.relu { v.max(0.0) } else { v };
+                }
+            }
+        });
+}
+
 /// Applies `epi` in place to `x: [rows, c]` (used after batch statistics are known).
 pub fn apply_epilogue(x: &mut [f32], c: usize, epi: &Epilogue) {
     let block = 1024;

@@ -15,7 +15,7 @@ pub mod winograd;
 
 pub use conv::{conv_forward, patches, Conv};
 pub(crate) use gemm::matmul;
-pub use gemm::{apply_epilogue, matmul_rows, matmul_tn, Epilogue};
+pub use gemm::{apply_epilogue, apply_epilogue_from, matmul_rows, matmul_tn, Epilogue};
 pub use moments::{all_finite, channel_moments, second_moment, second_moment_parts};
 pub use pool::{max_pool, mean_pool, pool_linear};
 

@@ -217,6 +217,11 @@ fn bad_input_is_one_error_line_and_nothing_is_written() {
             "--replay-frac 1.5",
         ),
         (distill(A, &[A], &out, &["--epochs", "0"]), 2, "--epochs"),
+        (
+            distill(A, &[A, B], &out, &["--unlabeled", SAMPLE]),
+            2,
+            "--unlabeled: given 1 times for 2 teachers",
+        ),
         (distill(A, &[A], &out, &["--mix", "1,1"]), 2, "--mix"),
         (
             distill(
@@ -250,4 +255,25 @@ fn bad_input_is_one_error_line_and_nothing_is_written() {
         assert!(!out.exists());
         assert!(!zipmerge::ops::distill::state_dir_of(&out).exists());
     }
+}
+
+#[test]
+fn unlabeled_folders_replace_the_task_images() {
+    // each teacher's domain is its own folder (here the sample's test images, classes ignored),
+    // capped by --images; the report and provenance name the folders
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("u");
+    let folder = format!("{SAMPLE}/test");
+    let r = ok(&distill(
+        A,
+        &[A, B],
+        &out,
+        &["--unlabeled", &folder, "--unlabeled", &folder, "--no-test"],
+    ));
+    for t in r["teachers"].as_array().unwrap() {
+        assert_eq!(t["images"], 48, "{t}");
+        assert_eq!(t["data"], folder.as_str(), "{t}");
+    }
+    let folders = r["provenance"]["data"].to_string();
+    assert!(folders.contains("unlabeled"), "{folders}");
 }

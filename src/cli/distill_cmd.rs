@@ -29,6 +29,11 @@ pub struct DistillArgs {
     /// read beyond that), `test/` the evaluation. Default $ZIPMERGE_DATA, else the sample.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// An image folder per teacher, in --teacher order, replacing its task's train images as
+    /// its domain (an ImageFolder tree, class names ignored, or CIFAR binary batches): give it
+    /// once per teacher or not at all.
+    #[arg(long = "unlabeled")]
+    pub unlabeled: Vec<PathBuf>,
     /// Use at most N images per teacher (a seeded subset; the low-data regime of FS-Merge).
     #[arg(long, value_parser = positive)]
     pub images: Option<usize>,
@@ -121,6 +126,13 @@ pub fn exec(a: DistillArgs, p: &mut Printer) -> Result<()> {
         "sgd" => Optimizer::Sgd,
         o => return Err(usage(format!("--optimizer {o}: expected adamw or sgd"))),
     };
+    if !a.unlabeled.is_empty() && a.unlabeled.len() != a.teachers.len() {
+        return Err(usage(format!(
+            "--unlabeled: given {} times for {} teachers; give one folder per teacher (in --teacher order) or none",
+            a.unlabeled.len(),
+            a.teachers.len()
+        )));
+    }
     let mix = a.mix.clone().unwrap_or_else(|| vec![1.0; a.teachers.len()]);
     let device = a.backend.device(p)?;
     let plan = DistillPlan {
@@ -128,6 +140,7 @@ pub fn exec(a: DistillArgs, p: &mut Printer) -> Result<()> {
         teachers: a.teachers.clone(),
         data_root: data_root(a.data.as_deref()),
         images_per_teacher: a.images,
+        unlabeled: a.unlabeled.clone(),
         options: DistillOptions {
             head_epochs: a.head_epochs,
             epochs: a.epochs,

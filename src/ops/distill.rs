@@ -32,6 +32,10 @@ pub struct DistillPlan {
     pub data_root: PathBuf,
     /// Per teacher, a seeded subset of this many of its images (`None`: all).
     pub images_per_teacher: Option<usize>,
+    /// Per teacher (in order), an image folder replacing its task's train images as its domain
+    /// (`--unlabeled`; an ImageFolder tree, class names ignored, or CIFAR binary batches);
+    /// empty: the task's train images.
+    pub unlabeled: Vec<PathBuf>,
     /// The loop's settings (`counts` is filled in from `mix`).
     pub options: DistillOptions,
     /// Whether the temperature was given (refused when no head is linear).
@@ -103,6 +107,9 @@ pub struct TeacherReport {
     pub classes: Vec<usize>,
     /// Images of its domain used.
     pub images: usize,
+    /// Where they came from: the train split (images of its classes) or its `--unlabeled`
+    /// folder.
+    pub data: String,
     /// Its own task accuracy on the test split, percent.
     pub task_accuracy: Option<f64>,
     /// The student's task accuracy over the teacher's (after distillation), percent.
@@ -156,6 +163,8 @@ struct StateInfo {
     student: String,
     teachers: Vec<String>,
     images_per_teacher: Option<usize>,
+    #[serde(default)]
+    unlabeled: Vec<String>,
     epochs_done: usize,
     log: Vec<DistillEpoch>,
     param_ids: Vec<u64>,
@@ -299,6 +308,43 @@ fn match_teacher(
     Ok((i, columns))
 }
 
+/// The teachers' `--unlabeled` folders, decoded as `prep` says for training (at most
+/// `--images` each, a seeded subset of a larger ImageFolder tree) and stacked into one set:
+/// returns it and each teacher's range of positions. Labels are set to `usize::MAX` (never
+/// read: a distillation learns the teachers' outputs).
+fn load_unlabeled(
+    plan: &DistillPlan,
+    prep: crate::data::Preprocess,
+    obs: &mut dyn Observer,
+) -> Result<(crate::data::ImageSet, Vec<std::ops::Range<usize>>), DistillError> {
+    let cap = plan.images_per_teacher.unwrap_or(usize::MAX);
+    let mut set: Option<crate::data::ImageSet> = None;
+    let mut blocks = Vec::new();
+    for dir in &plan.unlabeled {
+        let s = crate::data::ImageSet::load_at_most(dir, "train", prep, cap, None)?;
+        obs.info(&format!(
+            "loaded {} unlabeled images from {}",
+            s.len(),
+            dir.display()
+        ));
+        let start = set.as_ref().map_or(0, crate::data::ImageSet::len);
+        blocks.push(start..start + s.len());
+        match &mut set {
+            None => {
+                let mut s = s;
+                s.labels.iter_mut().for_each(|l| *l = usize::MAX);
+                set = Some(s);
+            }
+            Some(all) => {
+                all.pixels.extend_from_slice(&s.pixels);
+                all.labels.extend(std::iter::repeat_n(usize::MAX, s.len()));
+                all.source = format!("{} + {}", all.source, s.source);
+            }
+        }
+    }
+    Ok((set.expect("one folder per teacher"), blocks))
+}
+
 /// Observer adapter: epochs as progress phases.
 struct Progress<'a>(&'a mut dyn Observer);
 
@@ -392,21 +438,30 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
     // data: the union of the teachers' classes; per teacher, its images (seeded caps)
     let prep = sm.prep();
     let classes: Vec<usize> = sm.all_classes();
-    let set = crate::data::load_split(
-        &plan.data_root,
-        "train",
-        prep,
-        plan.cache_gib,
-        Some(&classes),
-        obs,
-    )?;
+    let (set, blocks) = if plan.unlabeled.is_empty() {
+        let set = crate::data::load_split(
+            &plan.data_root,
+            "train",
+            prep,
+            plan.cache_gib,
+            Some(&classes),
+            obs,
+        )?;
+        (set, None)
+    } else {
+        let (set, blocks) = load_unlabeled(plan, prep, obs)?;
+        (set, Some(blocks))
+    };
     let o = &plan.options;
     let mut pools: Vec<Vec<usize>> = Vec::new();
     for (i, tm) in tms.iter().enumerate() {
         let tc = &tm.heads[0].classes;
-        let mut pool: Vec<usize> = (0..set.len())
-            .filter(|&k| tc.contains(&set.labels[k]))
-            .collect();
+        let mut pool: Vec<usize> = match &blocks {
+            Some(b) => b[i].clone().collect(),
+            None => (0..set.len())
+                .filter(|&k| tc.contains(&set.labels[k]))
+                .collect(),
+        };
         let mut cap = plan
             .images_per_teacher
             .unwrap_or(pool.len())
@@ -424,10 +479,16 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         if pool.is_empty() {
             return Err(DistillError::Mismatch {
                 model: plan.teachers[i].display().to_string(),
-                msg: format!(
-                    "{} holds no train images of its classes {:?}",
-                    set.source, tc
-                ),
+                msg: match &blocks {
+                    Some(_) => format!(
+                        "--unlabeled {}: holds no images",
+                        plan.unlabeled[i].display()
+                    ),
+                    None => format!(
+                        "{} holds no train images of its classes {:?}",
+                        set.source, tc
+                    ),
+                },
             });
         }
         pools.push(pool);
@@ -522,6 +583,11 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
             .map(|t| t.display().to_string())
             .collect(),
         images_per_teacher: plan.images_per_teacher,
+        unlabeled: plan
+            .unlabeled
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect(),
         epochs_done: done,
         log: log.to_vec(),
         param_ids: ids,
@@ -537,6 +603,7 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
             || now.student != info.student
             || now.teachers != info.teachers
             || now.images_per_teacher != info.images_per_teacher
+            || now.unlabeled != info.unlabeled
         {
             return Err(bad(
                 "state.json: made by a distillation with other models or options; resume with the options it was started with".into(),
@@ -667,6 +734,13 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
                 model: t.display().to_string(),
                 classes: tasks[i].clone(),
                 images: pools[i].len(),
+                data: match plan.unlabeled.get(i) {
+                    Some(d) => d.display().to_string(),
+                    None => format!(
+                        "{} (images of its classes)",
+                        crate::data::split_dir(&plan.data_root, "train").display()
+                    ),
+                },
                 task_accuracy: teacher_acc[i],
                 retention: match (student_task, teacher_acc[i]) {
                     (Some(s), Some(t)) if t > 0.0 => Some(100.0 * s / t),
@@ -675,13 +749,25 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
             }
         })
         .collect();
-    let mut folders = vec![crate::provenance::DataFolder {
-        role: "train",
-        path: crate::data::split_dir(&plan.data_root, "train")
-            .display()
-            .to_string(),
-        images: set.len(),
-    }];
+    let mut folders = match &blocks {
+        None => vec![crate::provenance::DataFolder {
+            role: "train",
+            path: crate::data::split_dir(&plan.data_root, "train")
+                .display()
+                .to_string(),
+            images: set.len(),
+        }],
+        Some(b) => plan
+            .unlabeled
+            .iter()
+            .zip(b)
+            .map(|(d, r)| crate::provenance::DataFolder {
+                role: "unlabeled",
+                path: d.display().to_string(),
+                images: r.len(),
+            })
+            .collect(),
+    };
     if let Some(t) = &test {
         folders.push(crate::provenance::DataFolder::test_split(
             &plan.data_root,

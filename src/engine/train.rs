@@ -450,8 +450,14 @@ impl TrainNet {
                     }
                     let x = &self.tape[*src];
                     let wconv = conv.with_weights(self.params[*weight].value.clone(), None);
-                    self.params[*weight].grad =
-                        bw::conv_backward_weight(&wconv, &x.data, x.batch, x.side, &g);
+                    self.params[*weight].grad = bw::conv_backward_weight(
+                        &wconv,
+                        &x.data,
+                        x.batch,
+                        x.side,
+                        &g,
+                        self.winograd,
+                    );
                     if *src != 0 {
                         let mut dx = take_buffer(&mut self.free, x.data.len());
                         bw::conv_backward_data(&wconv, &g, x.batch, x.side, &mut dx, self.winograd);

@@ -160,15 +160,21 @@ fn rotated(conv: &Conv, winograd: bool) -> Conv {
 
 /// `dW = dL/dW` of `z = conv(x)` in the engine's layout `[k*k*cin, cout]` (the sum over output
 /// pixels of `patch^T dz`), for `x: [batch, side, side, cin]` and `dz: [batch, os, os, cout]`.
-/// Images are split into [`PARTS`] fixed groups, each summed by `gemm` over im2col blocks
-/// (1x1 stride-1 convs read `x` directly), the groups added in order.
+/// 3x3 stride-1 pad-1 convs go through Winograd ([`super::winograd::weight_gradient3x3`];
+/// `winograd: false` keeps them off it); the others: images split into [`PARTS`] fixed
+/// groups, each summed by `gemm` over im2col blocks (1x1 stride-1 convs read `x` directly),
+/// the groups added in order.
 pub fn conv_backward_weight(
     conv: &Conv,
     x: &[f32],
     batch: usize,
     side: usize,
     dz: &[f32],
+    winograd: bool,
 ) -> Vec<f32> {
+    if winograd && conv.k == 3 && conv.stride == 1 && conv.pad == 1 {
+        return super::winograd::weight_gradient3x3(x, dz, batch, side, conv.cin, conv.cout);
+    }
     let os = conv.out_side(side);
     let (cin, cout) = (conv.cin, conv.cout);
     let kk = conv.k * conv.k * cin;
@@ -522,6 +528,8 @@ mod tests {
         let mut shapes = shapes();
         shapes.push((3, 16, 32, 7, 3, 1, 1)); // odd side
         shapes.push((9, 32, 16, 5, 5, 1, 2)); // 5x5, more images than parts
+        shapes.push((2, 8, 16, 10, 3, 1, 1)); // Winograd F(4x4), a side not a multiple of 4
+        shapes.push((20, 16, 24, 8, 3, 1, 1)); // F(4x4), several tasks
         for (b, cin, cout, side, k, s, p) in shapes {
             let w: Vec<f32> = (0..cout * cin * k * k).map(|_| rnd()).collect();
             let conv = Conv::from_torch("c", &w, &[cout, cin, k, k], s, p, None);
@@ -553,13 +561,15 @@ mod tests {
                     }
                 }
             }
-            let got = conv_backward_weight(&conv, &x, b, side, &dz);
-            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (*g as f64 - w).abs() <= 1e-5 * scale.max(1.0),
-                    "{b} {cin} {cout} {side} {k} {s} {p} [{i}]: {g} vs {w}"
-                );
+            for winograd in [false, true] {
+                let got = conv_backward_weight(&conv, &x, b, side, &dz, winograd);
+                let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*g as f64 - w).abs() <= 1e-5 * scale.max(1.0),
+                        "{b} {cin} {cout} {side} {k} {s} {p} winograd {winograd} [{i}]: {g} vs {w}"
+                    );
+                }
             }
         }
     }

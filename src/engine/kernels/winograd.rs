@@ -286,6 +286,164 @@ pub fn conv3x3(
     );
 }
 
+/// `A^T` of F(2x2, 3x3) (`[2, 4]`) and F(4x4, 3x3) (`[4, 6]`).
+const AT2: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+const AT4: [[f32; 6]; 4] = [
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+];
+
+/// Weight gradient of a 3x3 stride-1 pad-1 conv through Winograd (the transpose of the
+/// forward's algebra: `Y = A^T [(G g G^T) . V] A` is linear in `U = G g G^T`, so
+/// `dU = sum over tiles of (A dY A^T) . V` and `dg = G^T dU G`), for NHWC `x: [batch, side,
+/// side, cin]` and `dy: [batch, side, side, cout]`; returns `dW` in the engine's layout
+/// `[9 * cin, cout]`. The sum over tiles is one product `[cin, tiles] x [tiles, cout]` per
+/// transformed position; tasks hold fixed tile ranges, their partial `dU` summed in order.
+/// Tile side 4 (F(4x4): 2.25 products per pixel against im2col's 9) when `side >= 8` and
+/// the channel counts are multiples of 8, else 2.
+pub fn weight_gradient3x3(
+    x: &[f32],
+    dy: &[f32],
+    batch: usize,
+    side: usize,
+    cin: usize,
+    cout: usize,
+) -> Vec<f32> {
+    let f4 = side >= 8 && cin.is_multiple_of(8) && cout.is_multiple_of(8);
+    let tile = if f4 { 4 } else { 2 };
+    let a = tile + 2;
+    let pos = a * a;
+    let tps = side.div_ceil(tile);
+    let tiles = batch * tps * tps;
+    let budget = ((4usize << 20) / (4 * pos * (cin + cout))).clamp(32, 512);
+    let block = budget.min(tiles.div_ceil(8)).max(16);
+    let n_tasks = tiles.div_ceil(block);
+    let parts: Vec<Vec<f32>> = (0..n_tasks)
+        .into_par_iter()
+        .map(|task| {
+            let t0 = task * block;
+            let nt = block.min(tiles - t0);
+            let r = Tiles { side, tps, t0, nt };
+            let mut v = vec![0f32; pos * nt * cin];
+            let mut z = vec![0f32; pos * nt * cout];
+            if f4 {
+                input_transform_f4(x, r, cin, &mut v);
+            } else {
+                input_transform(x, r, cin, &mut v);
+            }
+            if f4 {
+                grad_transform::<4, 6>(dy, r, cout, &AT4, &mut z);
+            } else {
+                grad_transform::<2, 4>(dy, r, cout, &AT2, &mut z);
+            }
+            let mut du = vec![0f32; pos * cin * cout];
+            for k in 0..pos {
+                // SAFETY: v[k] is [nt, cin] (read transposed), z[k] is [nt, cout], du[k] is
+                // [cin, cout].
+                unsafe {
+                    matmul(
+                        cin,
+                        cout,
+                        nt,
+                        du.as_mut_ptr().add(k * cin * cout),
+                        cout,
+                        v.as_ptr().add(k * nt * cin),
+                        (1, cin),
+                        z.as_ptr().add(k * nt * cout),
+                        (cout, 1),
+                        false,
+                    );
+                }
+            }
+            du
+        })
+        .collect();
+    let mut it = parts.into_iter();
+    let mut du = it.next().unwrap_or_else(|| vec![0f32; pos * cin * cout]);
+    for p in it {
+        du.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    // dW[ky][kx] = sum_ij G[i][ky] dU[i][j] G[j][kx], per (ci, co)
+    let gm: &[[f64; 3]] = if f4 { &G4 } else { &G2 };
+    let cc = cin * cout;
+    let mut dw = vec![0f32; 9 * cc];
+    dw.par_chunks_mut(cout).enumerate().for_each(|(row, out)| {
+        let (tap, ci) = (row / cin, row % cin);
+        let (ky, kx) = (tap / 3, tap % 3);
+        let mut acc = vec![0f64; cout];
+        for i in 0..a {
+            for j in 0..a {
+                let c = gm[i][ky] * gm[j][kx];
+                if c == 0.0 {
+                    continue;
+                }
+                let src = &du[(i * a + j) * cc + ci * cout..(i * a + j) * cc + (ci + 1) * cout];
+                acc.iter_mut()
+                    .zip(src)
+                    .for_each(|(o, v)| *o += c * *v as f64);
+            }
+        }
+        out.iter_mut().zip(&acc).for_each(|(o, v)| *o = *v as f32);
+    });
+    dw
+}
+
+/// `Z = A dY A^T` (`A = (A^T)^T`, `[a, t]`) of the output-gradient tiles `t0..t0+nt` (`t x t`
+/// pixels each, zeros beyond the image) into `z: [a*a, nt, c]`.
+fn grad_transform<const T: usize, const A: usize>(
+    dy: &[f32],
+    r: Tiles,
+    c: usize,
+    at: &[[f32; A]; T],
+    z: &mut [f32],
+) {
+    let Tiles { side, nt, .. } = r;
+    // s[p][j] = sum_q dY[p][q] A^T[q][j]  (t x a channel vectors)
+    let mut s = vec![0f32; T * A * c];
+    for ti in 0..nt {
+        let (b, ty, tx) = r.at(ti);
+        s.fill(0.0);
+        for p in 0..T {
+            let iy = T * ty + p;
+            if iy >= side {
+                continue;
+            }
+            for q in 0..T {
+                let ix = T * tx + q;
+                if ix >= side {
+                    continue;
+                }
+                let src = &dy[((b * side + iy) * side + ix) * c..][..c];
+                for j in 0..A {
+                    let w = at[q][j];
+                    if w == 0.0 {
+                        continue;
+                    }
+                    let d = &mut s[(p * A + j) * c..(p * A + j + 1) * c];
+                    d.iter_mut().zip(src).for_each(|(d, v)| *d += w * v);
+                }
+            }
+        }
+        // Z[i][j] = sum_p A^T[p][i] s[p][j]
+        for i in 0..A {
+            for j in 0..A {
+                let d = &mut z[((i * A + j) * nt + ti) * c..((i * A + j) * nt + ti + 1) * c];
+                d.fill(0.0);
+                for p in 0..T {
+                    let w = at[p][i];
+                    if w == 0.0 {
+                        continue;
+                    }
+                    let src = &s[(p * A + j) * c..(p * A + j + 1) * c];
+                    d.iter_mut().zip(src).for_each(|(d, v)| *d += w * v);
+                }
+            }
+        }
+    }
+}
+
 /// `o = a - b`, `o = a + b` on channel vectors (written as zips so they vectorise).
 #[inline(always)]
 fn sub(o: &mut [f32], a: &[f32], b: &[f32]) {

@@ -410,14 +410,13 @@ fn grad_transform<const T: usize, const A: usize>(
             if iy >= side {
                 continue;
             }
-            for q in 0..T {
+            for (q, atq) in at.iter().enumerate() {
                 let ix = T * tx + q;
                 if ix >= side {
                     continue;
                 }
                 let src = &dy[((b * side + iy) * side + ix) * c..][..c];
-                for j in 0..A {
-                    let w = at[q][j];
+                for (j, &w) in atq.iter().enumerate() {
                     if w == 0.0 {
                         continue;
                     }

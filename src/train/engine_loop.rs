@@ -14,7 +14,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::head_loss::head_loss;
-use super::{lr_multiplier, state_err, EpochLog, ResumeInfo, TrainObserver, TrainOptions};
+use super::options::{lr_multiplier, EpochLog, TrainObserver, TrainOptions};
+use super::run_state::{extension_note, read_info, state_err, ResumeInfo};
 use crate::checkpoint::safetensors_io;
 use crate::data::augment::augment_for;
 use crate::data::ImageSet;
@@ -47,7 +48,7 @@ pub(crate) fn train_engine(
     let mut start_epoch = 0;
     let mut log = Vec::new();
     let resumed = match state_dir {
-        Some(d) => super::read_info(d, opts, "engine", &ENGINE_FILES)?,
+        Some(d) => read_info(d, opts, "engine", &ENGINE_FILES)?,
         None => None,
     };
     let (mut state, momentum) = match (&resumed, state_dir) {
@@ -59,7 +60,7 @@ pub(crate) fn train_engine(
             start_epoch = info.epochs_done;
             log = info.log.clone();
             if info.options.epochs != opts.epochs {
-                obs.note(&super::extension_note(info, opts));
+                obs.note(&extension_note(info, opts));
             }
             (state, Some(m))
         }

@@ -9,6 +9,12 @@
 
 pub mod engine_loop;
 pub mod head_loss;
+pub mod options;
+pub mod run_state;
+
+pub use options::{lr_multiplier, EpochLog, InitFrom, TrainObserver, TrainOptions};
+pub use run_state::state_exists;
+use run_state::{extension_note, read_info, state_err, ResumeInfo};
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +27,6 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, safetensors_io, ModelManifest, StateDict};
 use crate::data::augment::augment_for;
@@ -29,197 +34,7 @@ use crate::data::{to_tensor, ImageSet};
 use crate::error::ModelError;
 use crate::eval::argmax;
 use crate::eval::runner::rows;
-use crate::models::head::HeadSpec;
-use crate::models::{init_state, ForwardCtx, Net, NetConfig};
-
-/// Everything that defines a training run.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TrainOptions {
-    /// Network shape (out = head outputs).
-    pub net: NetConfig,
-    /// Head kind.
-    pub head: HeadSpec,
-    /// Task classes (label ids), in head output order.
-    pub classes: Vec<usize>,
-    /// Epochs E.
-    pub epochs: usize,
-    /// Warm-up epochs (linear from 0).
-    pub warmup_epochs: f64,
-    /// Mini-batch size.
-    pub batch_size: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// Weight decay.
-    pub weight_decay: f64,
-    /// Seed of initial weights, shuffling and augmentation.
-    pub seed: u64,
-    /// The data root the training images come from (resolved), so that a state is never
-    /// resumed on other data.
-    #[serde(default)]
-    pub data_root: String,
-    /// `--limit`: the size of the seeded training subset (`None`: all the task's images).
-    #[serde(default)]
-    pub limit: Option<usize>,
-    /// Training images used (after `limit`).
-    #[serde(default)]
-    pub train_images: usize,
-    /// The model the weights start from (`train --init`; `None`: the seeded initialisation).
-    #[serde(default)]
-    pub init: Option<InitFrom>,
-    /// The `--init` model's own input preprocessing, carried into the trained model (`None`:
-    /// the architecture's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preprocess: Option<crate::data::Preprocess>,
-}
-
-/// The starting point of a fine-tune (`train --init BASE`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct InitFrom {
-    /// The base model folder, as given.
-    pub model: String,
-    /// SHA-256 of the base's weight file, hex.
-    pub weights_sha256: String,
-}
-
-impl TrainOptions {
-    /// The command-line option that sets the [`TrainOptions`] field `field` (for messages).
-    fn option_of(field: &str) -> &str {
-        match field {
-            "net" => "--arch/--width",
-            "head" => "--head",
-            "classes" => "--classes/--split/--part",
-            "epochs" => "--epochs",
-            "warmup_epochs" => "--warmup",
-            "batch_size" => "--batch-size",
-            "lr" => "--lr",
-            "weight_decay" => "--weight-decay",
-            "seed" => "--seed",
-            "data_root" => "--data",
-            "limit" => "--limit",
-            "train_images" => "the number of training images",
-            "init" => "--init",
-            "preprocess" => "--init (its preprocessing)",
-            other => other,
-        }
-    }
-
-    /// The options (named as on the command line, with both values) in which `saved` differs
-    /// from `self`; empty when they agree.
-    pub fn differences(&self, saved: &TrainOptions) -> Vec<String> {
-        let (Ok(serde_json::Value::Object(now)), Ok(serde_json::Value::Object(then))) =
-            (serde_json::to_value(self), serde_json::to_value(saved))
-        else {
-            return vec!["(options not comparable)".into()];
-        };
-        let short = |v: Option<&serde_json::Value>| {
-            let s = v.map_or_else(|| "none".to_string(), |v| v.to_string());
-            let s = if s == "null" { "none".to_string() } else { s };
-            if s.chars().count() > 60 {
-                format!("{}...", s.chars().take(57).collect::<String>())
-            } else {
-                s
-            }
-        };
-        now.iter()
-            .filter(|(k, v)| then.get(*k) != Some(*v))
-            .map(|(k, v)| {
-                format!(
-                    "{} ({} in the state, {} now)",
-                    Self::option_of(k),
-                    short(then.get(k)),
-                    short(Some(v))
-                )
-            })
-            .collect()
-    }
-}
-
-/// The note printed when `--resume --epochs N` changes a run's length.
-fn extension_note(info: &ResumeInfo, opts: &TrainOptions) -> String {
-    let (planned, start_epoch) = (info.options.epochs, info.epochs_done);
-    let m = lr_multiplier(start_epoch as f64, opts.warmup_epochs, opts.epochs as f64);
-    format!(
-        "note: extending a run of {planned} epochs ({start_epoch} done) to {}: the learning-rate schedule is re-planned for {} epochs from epoch {} on ({m:.3} x --lr {} there, linear decay to 0 at epoch {}); epochs 1-{start_epoch} keep the {planned}-epoch schedule they ran with (recorded per epoch as schedule_epochs)",
-        opts.epochs,
-        opts.epochs,
-        start_epoch + 1,
-        opts.lr,
-        opts.epochs
-    )
-}
-
-/// Learning-rate multiplier at fractional epoch `t` (reference doc §6).
-pub fn lr_multiplier(t: f64, warmup: f64, epochs: f64) -> f64 {
-    if t < warmup {
-        t / warmup
-    } else {
-        ((epochs - t) / (epochs - warmup).max(1e-9)).clamp(0.0, 1.0)
-    }
-}
-
-/// Per-epoch record.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EpochLog {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Mean training loss.
-    pub loss: f64,
-    /// Training accuracy (augmented batches), percent.
-    pub train_accuracy: f64,
-    /// Task accuracy on the task's test images, percent.
-    pub test_accuracy: f64,
-    /// Seconds spent in the epoch's training steps.
-    pub seconds: f64,
-    /// The run length, epochs, the learning-rate schedule of this epoch was planned for: the
-    /// run's `--epochs`, or an earlier value for the epochs of a run extended by `--resume
-    /// --epochs N` (0: not recorded, a log written before extensions existed).
-    #[serde(default)]
-    pub schedule_epochs: usize,
-}
-
-/// What the caller sees during training.
-pub trait TrainObserver {
-    /// Start of an epoch with `steps` steps.
-    fn epoch_start(&mut self, _epoch: usize, _steps: usize) {}
-    /// After each step: running loss and accuracy.
-    fn step(&mut self, _loss: f64, _acc: f64) {}
-    /// End of an epoch.
-    fn epoch_end(&mut self, _log: &EpochLog) {}
-    /// A line about the run (a resumed run whose schedule is re-planned).
-    fn note(&mut self, _line: &str) {}
-}
-
-/// [`ModelError::TrainState`] for `file` of the training-state folder `dir` (`""`: the folder).
-fn state_err(dir: &Path, file: &str, e: impl std::fmt::Display) -> ModelError {
-    let path = if file.is_empty() {
-        dir.to_path_buf()
-    } else {
-        dir.join(file)
-    };
-    ModelError::TrainState {
-        path: path.display().to_string(),
-        msg: e.to_string(),
-    }
-}
-
-/// Resumable state written after each epoch.
-#[derive(Serialize, Deserialize)]
-struct ResumeInfo {
-    epochs_done: usize,
-    options: TrainOptions,
-    log: Vec<EpochLog>,
-    /// The ids of the network's float parameters in visiting order: the optimizer's momentum
-    /// buffers are keyed by them, so the resumed network takes them back (`None`: a state
-    /// written before they were saved, which cannot restore the momentum).
-    #[serde(default)]
-    param_ids: Option<Vec<u64>>,
-    /// The training path that wrote the state (`burn` or `engine`; absent: `burn`): each keeps
-    /// its optimizer state in its own file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    path: Option<String>,
-}
+use crate::models::{init_state, ForwardCtx, Net};
 
 /// The ids of a module's float parameters, in visiting order (an optimizer state is keyed by
 /// them).
@@ -402,101 +217,6 @@ struct Resumed<'a> {
     dir: &'a Path,
     info: ResumeInfo,
     net: Net,
-}
-
-/// Whether the folder `dir` holds anything of a training state (any file at all: a state
-/// folder is never silently ignored).
-pub fn state_exists(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
-}
-
-/// The checked `resume.json` of the state folder `dir` written by training path `path`
-/// (`burn` or `engine`), whose other state files are `files`; `None` when `dir` holds no
-/// state. Checks as [`load_resume`] says, and that the same path wrote it.
-fn read_info(
-    dir: &Path,
-    opts: &TrainOptions,
-    path: &str,
-    files: &[&str],
-) -> Result<Option<ResumeInfo>, ModelError> {
-    if !state_exists(dir) {
-        return Ok(None);
-    }
-    let missing = |f: &str| {
-        state_err(
-            dir,
-            f,
-            "missing: the training state is incomplete and cannot be resumed (remove the folder to start again)",
-        )
-    };
-    if !dir.join("resume.json").is_file() {
-        return Err(missing("resume.json"));
-    }
-    let text = std::fs::read_to_string(dir.join("resume.json"))
-        .map_err(|e| state_err(dir, "resume.json", e))?;
-    let info: ResumeInfo =
-        serde_json::from_str(&text).map_err(|e| state_err(dir, "resume.json", e))?;
-    let written = info.path.as_deref().unwrap_or("burn");
-    if written != path {
-        return Err(state_err(
-            dir,
-            "resume.json",
-            format!(
-                "written by the {written} training path, this run trains on the {path} path (resume with the path that started it: ZIPMERGE_ENGINE=burn selects burn's)"
-            ),
-        ));
-    }
-    if let Some(f) = files.iter().find(|f| !dir.join(f).is_file()) {
-        return Err(missing(f));
-    }
-    // the run length may change: --resume --epochs N extends (or shortens) the run
-    let same_length = TrainOptions {
-        epochs: info.options.epochs,
-        ..opts.clone()
-    };
-    let diff = same_length.differences(&info.options);
-    if !diff.is_empty() {
-        return Err(state_err(
-            dir,
-            "resume.json",
-            format!(
-                "cannot resume: written by a run with different options: {}",
-                diff.join(", ")
-            ),
-        ));
-    }
-    if info.epochs_done == 0 || info.epochs_done > info.options.epochs {
-        return Err(state_err(
-            dir,
-            "resume.json",
-            format!(
-                "epochs_done {} is outside its run's 1..={} epochs",
-                info.epochs_done, info.options.epochs
-            ),
-        ));
-    }
-    if info.epochs_done >= opts.epochs {
-        return Err(state_err(
-            dir,
-            "resume.json",
-            format!(
-                "epochs_done {} leaves nothing to train with --epochs {}: pass --epochs above {} to extend the run",
-                info.epochs_done, opts.epochs, info.epochs_done
-            ),
-        ));
-    }
-    if info.log.len() != info.epochs_done {
-        return Err(state_err(
-            dir,
-            "resume.json",
-            format!(
-                "log holds {} epochs, epochs_done says {}",
-                info.log.len(),
-                info.epochs_done
-            ),
-        ));
-    }
-    Ok(Some(info))
 }
 
 /// Reads and validates the training state in `dir` before anything of it is used: a training

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::head_loss::head_loss;
 use super::options::{lr_multiplier, EpochLog, TrainObserver, TrainOptions};
-use super::run_state::{extension_note, read_info, state_err, ResumeInfo};
+use super::run_state::{extension_note, read_info, state_err, write_err, write_info, ResumeInfo};
 use crate::checkpoint::safetensors_io;
 use crate::data::augment::augment_for;
 use crate::data::ImageSet;
@@ -152,14 +152,13 @@ pub(crate) fn train_engine(
         let secs = t0.elapsed().as_secs_f64();
         net.write_state(&mut state);
         let test_acc = engine_task_accuracy(&state, opts, test, device)?;
-        let entry = EpochLog {
-            epoch: epoch + 1,
-            loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: 100.0 * correct as f64 / seen.max(1) as f64,
-            test_accuracy: test_acc,
-            seconds: secs,
-            schedule_epochs: opts.epochs,
-        };
+        let entry = EpochLog::of(
+            epoch + 1,
+            (loss_sum, correct, seen),
+            test_acc,
+            secs,
+            opts.epochs,
+        );
         obs.epoch_end(&entry);
         log.push(entry);
         if let Some(dir) = state_dir {
@@ -207,8 +206,7 @@ fn save_engine_state(
     opts: &TrainOptions,
     log: &[EpochLog],
 ) -> Result<(), ModelError> {
-    let err = |e: String| state_err(dir, "", format!("cannot write training state ({e})"));
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
     safetensors_io::save(state, &dir.join("weights.safetensors"))?;
     let momentum: StateDict = net
         .params()
@@ -231,9 +229,5 @@ fn save_engine_state(
         param_ids: None,
         path: Some("engine".into()),
     };
-    crate::util::write_atomic(
-        &dir.join("resume.json"),
-        &serde_json::to_vec_pretty(&info).expect("json"),
-    )
-    .map_err(|e| err(e.to_string()))
+    write_info(dir, &info)
 }

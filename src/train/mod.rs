@@ -14,7 +14,7 @@ pub mod run_state;
 
 pub use options::{lr_multiplier, EpochLog, InitFrom, TrainObserver, TrainOptions};
 pub use run_state::state_exists;
-use run_state::{extension_note, read_info, state_err, ResumeInfo};
+use run_state::{extension_note, read_info, state_err, write_err, write_info, ResumeInfo};
 
 use std::path::{Path, PathBuf};
 
@@ -192,14 +192,13 @@ pub fn train(
         }
         let secs = t0.elapsed().as_secs_f64();
         let test_acc = task_accuracy(&net.valid(), opts, test, device);
-        let entry = EpochLog {
-            epoch: epoch + 1,
-            loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: 100.0 * correct as f64 / seen.max(1) as f64,
-            test_accuracy: test_acc,
-            seconds: secs,
-            schedule_epochs: opts.epochs,
-        };
+        let entry = EpochLog::of(
+            epoch + 1,
+            (loss_sum, correct, seen),
+            test_acc,
+            secs,
+            opts.epochs,
+        );
         obs.epoch_end(&entry);
         log.push(entry);
         if let Some(dir) = state_dir {
@@ -276,12 +275,11 @@ fn save_resume(
     opts: &TrainOptions,
     log: &[EpochLog],
 ) -> Result<(), ModelError> {
-    let err = |e: String| state_err(dir, "", format!("cannot write training state ({e})"));
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
     safetensors_io::save(&net.valid().to_state(), &dir.join("weights.safetensors"))?;
     optim
         .save(dir.join("optimizer.bpk"))
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| write_err(dir, e))?;
     let info = ResumeInfo {
         epochs_done: done,
         options: opts.clone(),
@@ -289,11 +287,7 @@ fn save_resume(
         param_ids: Some(param_ids(net)),
         path: None,
     };
-    crate::util::write_atomic(
-        &dir.join("resume.json"),
-        &serde_json::to_vec_pretty(&info).expect("json"),
-    )
-    .map_err(|e| err(e.to_string()))
+    write_info(dir, &info)
 }
 
 /// Task accuracy (percent) of `net` on `test` (images of the task's classes), task known.

@@ -139,6 +139,27 @@ pub struct EpochLog {
     pub schedule_epochs: usize,
 }
 
+impl EpochLog {
+    /// The record of epoch `epoch` (1-based) from the sums over its steps: `loss_sum` (loss
+    /// times images), `correct` and `seen` images.
+    pub fn of(
+        epoch: usize,
+        (loss_sum, correct, seen): (f64, usize, usize),
+        test_accuracy: f64,
+        seconds: f64,
+        schedule_epochs: usize,
+    ) -> Self {
+        Self {
+            epoch,
+            loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: 100.0 * correct as f64 / seen.max(1) as f64,
+            test_accuracy,
+            seconds,
+            schedule_epochs,
+        }
+    }
+}
+
 /// What the caller sees during training.
 pub trait TrainObserver {
     /// Start of an epoch with `steps` steps.

@@ -150,3 +150,18 @@ pub(crate) fn read_info(
     }
     Ok(Some(info))
 }
+
+/// [`ModelError::TrainState`] for a state folder `dir` that cannot be written.
+pub(crate) fn write_err(dir: &Path, e: impl std::fmt::Display) -> ModelError {
+    state_err(dir, "", format!("cannot write training state ({e})"))
+}
+
+/// Writes `info` as `dir/resume.json`, atomically (last, after the weights and the optimizer
+/// state: a state folder whose `resume.json` is written is complete).
+pub(crate) fn write_info(dir: &Path, info: &ResumeInfo) -> Result<(), ModelError> {
+    crate::util::write_atomic(
+        &dir.join("resume.json"),
+        &serde_json::to_vec_pretty(info).expect("json"),
+    )
+    .map_err(|e| write_err(dir, e))
+}

@@ -44,6 +44,11 @@ impl Observer for StopAt {
 }
 
 fn plan(out: &Path, resume: bool) -> TrainPlan {
+    plan_on(out, resume, true)
+}
+
+/// [`plan`] on the CPU engine's training path (`engine`) or burn's autodiff.
+fn plan_on(out: &Path, resume: bool, engine: bool) -> TrainPlan {
     TrainPlan {
         arch: Arch::Resnet20,
         width: 1,
@@ -62,7 +67,7 @@ fn plan(out: &Path, resume: bool) -> TrainPlan {
         init: None,
         cache_gib: 1.0,
         device: Device::flex(),
-        engine: true,
+        engine,
         backend: "flex".into(),
         command: String::new(),
     }
@@ -74,13 +79,20 @@ fn weights(dir: &Path) -> zipmerge::checkpoint::StateDict {
 
 #[test]
 fn resume_after_an_interrupted_run_gives_the_same_weights() {
+    // on both training paths
+    for engine in [true, false] {
+        resume_on(engine);
+    }
+}
+
+fn resume_on(engine: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let (full, cut): (PathBuf, PathBuf) = (tmp.path().join("full"), tmp.path().join("cut"));
-    run(&plan(&full, false), &mut Silent).unwrap();
+    run(&plan_on(&full, false, engine), &mut Silent).unwrap();
 
     // killed when epoch 3 starts: two epochs are saved in the training state
     let stopped = catch_unwind(AssertUnwindSafe(|| {
-        run(&plan(&cut, false), &mut StopAt("epoch 3"))
+        run(&plan_on(&cut, false, engine), &mut StopAt("epoch 3"))
     }));
     assert!(stopped.is_err(), "the run was not stopped");
     assert!(!cut.exists(), "an interrupted run wrote its model folder");
@@ -89,23 +101,29 @@ fn resume_after_an_interrupted_run_gives_the_same_weights() {
         serde_json::from_str(&std::fs::read_to_string(state.join("resume.json")).unwrap()).unwrap();
     assert_eq!(info["epochs_done"], 2);
 
-    // a state whose parameter ids are missing (written before they were saved) or do not fit
-    // the network is refused, naming its resume.json, instead of resuming without momentum
+    // burn's path: a state whose parameter ids are missing (written before they were saved) or
+    // do not fit the network is refused, naming its resume.json, instead of resuming without
+    // momentum (the engine keys its momentum by tensor name, `momentum.safetensors`)
     let json = state.join("resume.json");
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    for ids in [serde_json::Value::Null, serde_json::json!([1, 2, 3])] {
+    let bad_ids = if engine {
+        vec![]
+    } else {
+        vec![serde_json::Value::Null, serde_json::json!([1, 2, 3])]
+    };
+    for ids in bad_ids {
         let mut edited = saved.clone();
         edited["param_ids"] = ids;
         std::fs::write(&json, edited.to_string()).unwrap();
-        let e = run(&plan(&cut, true), &mut Silent).unwrap_err().to_string();
+        let e = run(&plan_on(&cut, true, engine), &mut Silent).unwrap_err().to_string();
         assert!(e.contains("resume.json"), "{e}");
         assert!(e.contains("parameter ids"), "{e}");
     }
     std::fs::write(&json, saved.to_string()).unwrap();
 
     // --resume trains epoch 3 only: the weights are the uninterrupted run's, bit for bit
-    let r = run(&plan(&cut, true), &mut StopAt("epoch 1")).unwrap();
+    let r = run(&plan_on(&cut, true, engine), &mut StopAt("epoch 1")).unwrap();
     assert_eq!(r.epochs_log.len(), 3, "the log of all three epochs is kept");
     let (a, b) = (weights(&full), weights(&cut));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
@@ -114,7 +132,7 @@ fn resume_after_an_interrupted_run_gives_the_same_weights() {
     }
 
     // the finished run keeps its state; a run without --resume is refused, not restarted
-    let e = run(&plan(&cut, false), &mut StopAt("epoch 1"))
+    let e = run(&plan_on(&cut, false, engine), &mut StopAt("epoch 1"))
         .unwrap_err()
         .to_string();
     assert!(e.contains("--resume"), "{e}");

@@ -116,7 +116,9 @@ fn resume_on(engine: bool) {
         let mut edited = saved.clone();
         edited["param_ids"] = ids;
         std::fs::write(&json, edited.to_string()).unwrap();
-        let e = run(&plan_on(&cut, true, engine), &mut Silent).unwrap_err().to_string();
+        let e = run(&plan_on(&cut, true, engine), &mut Silent)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("resume.json"), "{e}");
         assert!(e.contains("parameter ids"), "{e}");
     }

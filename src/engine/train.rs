@@ -432,16 +432,32 @@ impl TrainNet {
                     let Some(mut g) = d[*out].take() else {
                         continue;
                     };
-                    if *relu {
-                        bw::relu_backward(&mut g, &self.tape[*out].data);
-                    }
-                    if let Some(r) = res {
-                        accumulate_ref(&mut d[*r], &g);
-                    }
                     let cout = conv.cout;
+                    let y = relu.then(|| self.tape[*out].data.as_slice());
+                    let zb = bn.as_ref().and(z.as_deref());
+                    // ReLU mask, residual fan-out and BN's sums in one pass over g
+                    let sums = match res.map(|r| &mut d[r]) {
+                        None => bw::mask_residual_sums(&mut g, y, bw::ResidualGrad::None, zb, cout),
+                        Some(Some(acc)) => {
+                            bw::mask_residual_sums(&mut g, y, bw::ResidualGrad::Add(acc), zb, cout)
+                        }
+                        Some(slot) => {
+                            let mut copy = take_buffer(&mut self.free, g.len());
+                            let sums = bw::mask_residual_sums(
+                                &mut g,
+                                y,
+                                bw::ResidualGrad::Copy(&mut copy),
+                                zb,
+                                cout,
+                            );
+                            *slot = Some(copy);
+                            sums
+                        }
+                    };
                     if let (Some(b), Some(z)) = (bn, z) {
                         let gamma = &self.params[b.gamma].value;
-                        let (dgamma, dbeta) = bw::bn_backward(&mut g, z, mean, invstd, gamma);
+                        let (dgamma, dbeta) =
+                            bw::bn_backward_from_sums(&mut g, z, mean, invstd, gamma, sums);
                         self.params[b.gamma].grad = dgamma;
                         self.params[b.beta].grad = dbeta;
                     }
@@ -459,9 +475,22 @@ impl TrainNet {
                         self.winograd,
                     );
                     if *src != 0 {
+                        // dx = conv^T(g) + the gradient the input already has, in one pass
                         let mut dx = take_buffer(&mut self.free, x.data.len());
-                        bw::conv_backward_data(&wconv, &g, x.batch, x.side, &mut dx, self.winograd);
-                        accumulate(&mut d[*src], dx);
+                        let prev = d[*src].take();
+                        bw::conv_backward_data(
+                            &wconv,
+                            &g,
+                            x.batch,
+                            x.side,
+                            &mut dx,
+                            prev.as_deref(),
+                            self.winograd,
+                        );
+                        if let Some(p) = prev {
+                            self.free.push(p);
+                        }
+                        d[*src] = Some(dx);
                     }
                     self.free.push(g);
                 }
@@ -573,13 +602,6 @@ fn accumulate(slot: &mut Option<Vec<f32>>, v: Vec<f32>) {
     match slot {
         Some(a) => bw::add_into(a, &v),
         None => *slot = Some(v),
-    }
-}
-
-fn accumulate_ref(slot: &mut Option<Vec<f32>>, v: &[f32]) {
-    match slot {
-        Some(a) => bw::add_into(a, v),
-        None => *slot = Some(v.to_vec()),
     }
 }
 

@@ -22,8 +22,9 @@ const BLOCK_BYTES: usize = 1 << 22;
 /// Output rows per product of the strided input gradient (whole images).
 const COL2IM_ROWS: usize = 1024;
 
-/// `dx = dL/dx` of `z = conv(x)` (no bias, no epilogue) for `dz: [batch, os, os, cout]`, into
-/// `dx: [batch, side, side, cin]` (overwritten).
+/// `dx = dL/dx (+ acc)` of `z = conv(x)` (no bias, no epilogue) for `dz: [batch, os, os,
+/// cout]`, into `dx: [batch, side, side, cin]` (overwritten; `acc`, the gradient `x` already
+/// has from its other readers, is added in the same pass).
 ///
 /// Stride-1 convs with "same" padding (`2 * pad == k - 1`: 3x3 pad 1, 1x1 pad 0) are the forward
 /// conv of `dz` with the kernel rotated by 180 degrees and its channels swapped (and take the
@@ -36,6 +37,7 @@ pub fn conv_backward_data(
     batch: usize,
     side: usize,
     dx: &mut [f32],
+    acc: Option<&[f32]>,
     winograd: bool,
 ) {
     let os = conv.out_side(side);
@@ -43,14 +45,11 @@ pub fn conv_backward_data(
     debug_assert_eq!(dz.len(), batch * os * os * cout);
     debug_assert_eq!(dx.len(), batch * side * side * cin);
     if s == 1 && 2 * p + 1 == k {
-        conv_forward(
-            &rotated(conv, winograd),
-            dz,
-            batch,
-            os,
-            dx,
-            &Epilogue::none(),
-        );
+        let epi = Epilogue {
+            residual: acc,
+            ..Epilogue::none()
+        };
+        conv_forward(&rotated(conv, winograd), dz, batch, os, dx, &epi);
         return;
     }
     let kk = k * k * cin;
@@ -62,7 +61,10 @@ pub fn conv_backward_data(
         .for_each_init(Vec::<f32>::new, |cols, (gi, dxg)| {
             let images = dxg.len() / (side * side * cin);
             let b0 = gi * per;
-            dxg.fill(0.0);
+            match acc {
+                Some(a) => dxg.copy_from_slice(&a[b0 * side * side * cin..][..dxg.len()]),
+                None => dxg.fill(0.0),
+            }
             cols.resize(images * n * kk, 0.0);
             // SAFETY: lhs dz rows of images b0.. ([images * n, cout]); rhs W^T [cout, kk] with
             // W [kk, cout] row-major (element (co, r) at r * cout + co); cols [images * n, kk].
@@ -288,9 +290,22 @@ pub fn bn_backward(
     invstd: &[f32],
     gamma: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
+    let sums = channel_sums(g, Some(z), gamma.len());
+    bn_backward_from_sums(g, z, mean, invstd, gamma, sums)
+}
+
+/// [`bn_backward`] given the per-channel sums `(sum g, sum g * z)` of its first pass (as
+/// [`mask_residual_sums`] computes them with the ReLU mask and the residual fan-out).
+pub fn bn_backward_from_sums(
+    g: &mut [f32],
+    z: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: &[f32],
+    (sg, sgz): (Vec<f64>, Vec<f64>),
+) -> (Vec<f32>, Vec<f32>) {
     let c = gamma.len();
     let rows = g.len() / c.max(1);
-    let (sg, sgz) = channel_sums(g, Some(z), c);
     // sum g * xhat = invstd * (sum g z - mean * sum g)
     let dgamma: Vec<f64> = (0..c)
         .map(|j| invstd[j] as f64 * (sgz[j] - mean[j] as f64 * sg[j]))
@@ -317,15 +332,82 @@ pub fn bn_backward(
     )
 }
 
-/// ReLU backward in place: `g = 0` where the ReLU's output `y` is not positive.
-pub fn relu_backward(g: &mut [f32], y: &[f32]) {
-    g.par_chunks_mut(1 << 14)
-        .zip(y.par_chunks(1 << 14))
-        .for_each(|(g, y)| {
-            g.iter_mut()
-                .zip(y)
-                .for_each(|(g, y)| *g = if *y > 0.0 { *g } else { 0.0 })
-        });
+/// Where the gradient of a residual input goes: nowhere, into a fresh copy, or added to the
+/// gradient it already has.
+pub enum ResidualGrad<'a> {
+    /// No residual input.
+    None,
+    /// The residual input has no gradient yet: `res = g`.
+    Copy(&'a mut [f32]),
+    /// `res += g`.
+    Add(&'a mut [f32]),
+}
+
+/// One pass over `g: [rows, c]` (the gradient at a conv's fused output): the ReLU mask (`g = 0`
+/// where the output `y` is not positive), the residual fan-out (`res`), and, when `z` is
+/// given, the per-channel f64 sums `(sum g, sum g * z)` BN's backward needs (the same fixed
+/// partition, so the same bits, as [`bn_backward`]'s own pass). Returns the sums (empty
+/// without `z`).
+pub fn mask_residual_sums(
+    g: &mut [f32],
+    y: Option<&[f32]>,
+    res: ResidualGrad,
+    z: Option<&[f32]>,
+    c: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let rows = g.len() / c.max(1);
+    let part = rows.div_ceil(PARTS * 2).max(1);
+    let nparts = rows.div_ceil(part);
+    let (add, res_buf) = match res {
+        ResidualGrad::None => (false, None),
+        ResidualGrad::Copy(r) => (false, Some(r)),
+        ResidualGrad::Add(r) => (true, Some(r)),
+    };
+    let mut res_parts: Vec<Option<&mut [f32]>> = match res_buf {
+        Some(r) => r.chunks_mut(part * c).map(Some).collect(),
+        None => (0..nparts).map(|_| None).collect(),
+    };
+    let parts: Vec<(Vec<f64>, Vec<f64>)> = g
+        .par_chunks_mut(part * c)
+        .zip(res_parts.par_iter_mut())
+        .enumerate()
+        .map(|(i, (gp, rp))| {
+            let r0 = i * part * c;
+            if let Some(y) = y {
+                let yp = &y[r0..r0 + gp.len()];
+                gp.iter_mut()
+                    .zip(yp)
+                    .for_each(|(g, y)| *g = if *y > 0.0 { *g } else { 0.0 });
+            }
+            if let Some(rp) = rp {
+                if add {
+                    rp.iter_mut().zip(gp.iter()).for_each(|(r, g)| *r += g);
+                } else {
+                    rp.copy_from_slice(gp);
+                }
+            }
+            let (mut s, mut q) = (vec![0f64; c], vec![0f64; c]);
+            if let Some(z) = z {
+                let zp = &z[r0..r0 + gp.len()];
+                for (gr, zr) in gp.chunks_exact(c).zip(zp.chunks_exact(c)) {
+                    s.iter_mut().zip(gr).for_each(|(s, v)| *s += *v as f64);
+                    for ((q, gv), zv) in q.iter_mut().zip(gr).zip(zr) {
+                        *q += *gv as f64 * *zv as f64;
+                    }
+                }
+            }
+            (s, q)
+        })
+        .collect();
+    if z.is_none() {
+        return (Vec::new(), Vec::new());
+    }
+    let (mut s, mut q) = (vec![0f64; c], vec![0f64; c]);
+    for (ps, pq) in parts {
+        s.iter_mut().zip(ps).for_each(|(t, v)| *t += v);
+        q.iter_mut().zip(pq).for_each(|(t, v)| *t += v);
+    }
+    (s, q)
 }
 
 /// `acc += v` elementwise (the residual fan-out and multi-reader activations).
@@ -511,7 +593,17 @@ mod tests {
             let dz: Vec<f32> = (0..b * os * os * cout).map(|_| rnd()).collect();
             let want = naive_dx(&conv, &dz, b, side);
             let mut got = vec![0f32; want.len()];
-            conv_backward_data(&conv, &dz, b, side, &mut got, true);
+            conv_backward_data(&conv, &dz, b, side, &mut got, None, true);
+            // with a gradient already there: added
+            let acc: Vec<f32> = (0..got.len()).map(|i| (i % 7) as f32 - 3.0).collect();
+            let mut sum = vec![0f32; want.len()];
+            conv_backward_data(&conv, &dz, b, side, &mut sum, Some(&acc), true);
+            for ((sv, gv), av) in sum.iter().zip(&got).zip(&acc) {
+                assert!(
+                    (sv - (gv + av)).abs() <= 1e-5 * (1.0 + av.abs()),
+                    "{b} {cin} {cout} {side} {k} {s} {p}: {sv} vs {gv} + {av}"
+                );
+            }
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(

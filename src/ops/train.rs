@@ -294,13 +294,18 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
         preprocess: own_prep,
     };
     obs.info(&format!(
-        "training {} {} ({} params, {} forward MACs/image) on classes {classes:?}: {} train / {} test images",
+        "training {} {} ({} params, {} forward MACs/image) on classes {classes:?}: {} train / {} test images, on {}",
         plan.arch,
         net.width_label(),
         param_count(&net),
         net.flops(),
         train_task.len(),
-        test_task.len()
+        test_task.len(),
+        if plan.engine && plan.device == Device::flex() {
+            "the CPU engine"
+        } else {
+            "burn's autodiff"
+        }
     ));
     if plan.warmup >= plan.epochs as f64 {
         obs.warn(&format!(

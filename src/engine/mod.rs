@@ -118,6 +118,13 @@ struct Bn {
     shift: Vec<f32>,
 }
 
+/// `n / (n - 1)`: the biased variance of `n` values times this is the unbiased one (PyTorch's
+/// running-variance rule; 1 for a single value).
+pub(crate) fn unbias(n: usize) -> f64 {
+    let n = n as f64;
+    n / (n - 1.0).max(1.0)
+}
+
 /// BatchNorm as a per-channel affine map `y = x * scale + shift` for mean `m` and (biased)
 /// variance `v`: `scale = gamma / sqrt(v + eps)`, `shift = beta - m * scale` (computed in f64;
 /// running statistics in eval mode, batch statistics in train mode).
@@ -259,8 +266,7 @@ fn run_op(op: &Op, regs: &mut [Option<Act>], ctx: &mut EngineCtx) {
                 Some(bn) if ctx.record_bn => {
                     kernels::conv_forward(conv, &x.data, batch, side, &mut out, &Epilogue::none());
                     let (mean, var_b) = kernels::channel_moments(&out, conv.cout);
-                    let n = (batch * os * os) as f64;
-                    let unbias = n / (n - 1.0).max(1.0);
+                    let unbias = unbias(batch * os * os);
                     ctx.bn_records.push((
                         format!("{}{}", ctx.prefix, bn.name),
                         mean.iter().map(|&m| m as f32).collect(),

@@ -37,6 +37,19 @@ pub struct Param {
     pub grad: Vec<f32>,
     /// Momentum buffer (same layout).
     pub momentum: Option<Vec<f32>>,
+    /// A conv kernel, held in the engine's layout (PyTorch's `[cout, cin, k, k]` on export).
+    pub conv_kernel: bool,
+}
+
+impl Param {
+    /// `v` (this parameter's value or gradient) in PyTorch's layout.
+    fn torch(&self, v: &[f32]) -> Vec<f32> {
+        if self.conv_kernel {
+            engine_to_torch(v, &self.shape)
+        } else {
+            v.to_vec()
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +65,7 @@ struct TrainBn {
 #[allow(clippy::large_enum_variant)] // a few dozen ops per network; boxing buys nothing
 enum TrainOp {
     Conv {
+        /// Geometry and name (no weights: [`TrainNet::params`] holds them).
         conv: Conv,
         weight: usize,
         bias: Option<usize>,
@@ -73,9 +87,12 @@ enum TrainOp {
 }
 
 /// What backward needs of one op, by tape index of the activations.
+#[allow(clippy::large_enum_variant)] // one per op of a step; boxing buys nothing
 enum Record {
     Conv {
         op: usize,
+        /// The conv with the weights the forward ran (backward reuses it).
+        conv: Conv,
         src: usize,
         res: Option<usize>,
         out: usize,
@@ -113,6 +130,7 @@ impl TrainNet {
         let mut params = Vec::new();
         let mut add = |name: String, shape: Vec<usize>, value: Vec<f32>| {
             params.push(Param {
+                conv_kernel: shape.len() == 4,
                 name,
                 shape,
                 grad: vec![0.0; value.len()],
@@ -153,8 +171,14 @@ impl TrainNet {
                         running_mean: b.mean.clone(),
                         running_var: b.var.clone(),
                     });
+                    // the op keeps the geometry; the weights live in `params`
+                    let geometry = Conv {
+                        weight: Vec::new(),
+                        bias: None,
+                        ..conv.clone()
+                    };
                     ops.push(TrainOp::Conv {
-                        conv: conv.clone(),
+                        conv: geometry,
                         weight,
                         bias,
                         bn,
@@ -294,15 +318,17 @@ impl TrainNet {
                             kernels::conv_forward(&conv, x, batch, side, &mut out, &epi);
                         }
                     }
+                    let c = conv.cout;
                     self.tape.push(Act {
                         batch,
                         side: os,
-                        c: conv.cout,
+                        c,
                         data: out,
                     });
                     let out_i = self.tape.len() - 1;
                     self.records.push(Record::Conv {
                         op: i,
+                        conv,
                         src: src_i,
                         res: res_i,
                         out: out_i,
@@ -361,8 +387,7 @@ impl TrainNet {
     /// biased variance `v` over `rows` values per channel.
     fn update_running(&mut self, i: usize, m: &[f64], v: &[f64], rows: usize) {
         if let TrainOp::Conv { bn: Some(b), .. } = &mut self.ops[i] {
-            let n = rows as f64;
-            let unbias = n / (n - 1.0).max(1.0);
+            let unbias = super::unbias(rows);
             let k = BN_MOMENTUM;
             for (r, m) in b.running_mean.iter_mut().zip(m) {
                 *r = (1.0 - k) * *r + k * *m as f32;
@@ -411,6 +436,7 @@ impl TrainNet {
                 }
                 Record::Conv {
                     op,
+                    conv,
                     src,
                     res,
                     out,
@@ -419,7 +445,6 @@ impl TrainNet {
                     invstd,
                 } => {
                     let TrainOp::Conv {
-                        conv,
                         weight,
                         bias,
                         bn,
@@ -454,32 +479,25 @@ impl TrainNet {
                             sums
                         }
                     };
+                    if let Some(bi) = bias {
+                        // sum g over rows, from the same pass
+                        self.params[*bi].grad = sums.0.iter().map(|&v| v as f32).collect();
+                    }
                     if let (Some(b), Some(z)) = (bn, z) {
                         let gamma = &self.params[b.gamma].value;
-                        let (dgamma, dbeta) =
-                            bw::bn_backward_from_sums(&mut g, z, mean, invstd, gamma, sums);
+                        let (dgamma, dbeta) = bw::bn_backward(&mut g, z, mean, invstd, gamma, sums);
                         self.params[b.gamma].grad = dgamma;
                         self.params[b.beta].grad = dbeta;
                     }
-                    if let Some(bi) = bias {
-                        self.params[*bi].grad = bw::column_sums(&g, cout);
-                    }
                     let x = &self.tape[*src];
-                    let wconv = conv.with_weights(self.params[*weight].value.clone(), None);
-                    self.params[*weight].grad = bw::conv_backward_weight(
-                        &wconv,
-                        &x.data,
-                        x.batch,
-                        x.side,
-                        &g,
-                        self.winograd,
-                    );
+                    self.params[*weight].grad =
+                        bw::conv_backward_weight(conv, &x.data, x.batch, x.side, &g, self.winograd);
                     if *src != 0 {
                         // dx = conv^T(g) + the gradient the input already has, in one pass
                         let mut dx = take_buffer(&mut self.free, x.data.len());
                         let prev = d[*src].take();
                         bw::conv_backward_data(
-                            &wconv,
+                            conv,
                             &g,
                             x.batch,
                             x.side,
@@ -517,66 +535,34 @@ impl TrainNet {
     /// Writes the trained tensors into `state` (PyTorch names and layouts: conv weights back to
     /// `[cout, cin, k, k]`, BN running statistics included); other entries are kept.
     pub fn write_state(&self, state: &mut StateDict) {
-        let mut torch_conv = std::collections::HashMap::new();
         for op in &self.ops {
-            if let TrainOp::Conv { weight, bn, .. } = op {
-                torch_conv.insert(*weight, ());
-                if let Some(b) = bn {
-                    let c = b.running_mean.len();
-                    state.insert(
-                        format!("{}.running_mean", b.name),
-                        NamedTensor {
-                            shape: vec![c],
-                            data: b.running_mean.clone(),
-                        },
-                    );
-                    state.insert(
-                        format!("{}.running_var", b.name),
-                        NamedTensor {
-                            shape: vec![c],
-                            data: b.running_var.clone(),
-                        },
-                    );
+            if let TrainOp::Conv { bn: Some(b), .. } = op {
+                for (field, v) in [
+                    ("running_mean", &b.running_mean),
+                    ("running_var", &b.running_var),
+                ] {
+                    let t = NamedTensor {
+                        shape: vec![v.len()],
+                        data: v.clone(),
+                    };
+                    state.insert(format!("{}.{field}", b.name), t);
                 }
             }
         }
-        for (i, p) in self.params.iter().enumerate() {
-            let data = if torch_conv.contains_key(&i) {
-                engine_to_torch(&p.value, &p.shape)
-            } else {
-                p.value.clone()
+        for p in &self.params {
+            let t = NamedTensor {
+                shape: p.shape.clone(),
+                data: p.torch(&p.value),
             };
-            state.insert(
-                p.name.clone(),
-                NamedTensor {
-                    shape: p.shape.clone(),
-                    data,
-                },
-            );
+            state.insert(p.name.clone(), t);
         }
     }
 
     /// Gradients by PyTorch name and layout (tests and comparisons).
     pub fn grads_torch(&self) -> Vec<(String, Vec<f32>)> {
-        let convs: Vec<usize> = self
-            .ops
-            .iter()
-            .filter_map(|o| match o {
-                TrainOp::Conv { weight, .. } => Some(*weight),
-                _ => None,
-            })
-            .collect();
         self.params
             .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let g = if convs.contains(&i) {
-                    engine_to_torch(&p.grad, &p.shape)
-                } else {
-                    p.grad.clone()
-                };
-                (p.name.clone(), g)
-            })
+            .map(|p| (p.name.clone(), p.torch(&p.grad)))
             .collect()
     }
 }

@@ -51,12 +51,8 @@ pub fn head_loss(head: &HeadSpec, classes: &[usize], y: &[f32], labels: &[usize]
             .iter()
             .map(|&v| v as f64)
             .collect();
-        let norm = row
-            .iter()
-            .map(|v| v * v)
-            .sum::<f64>()
-            .sqrt()
-            .max(NORM_FLOOR);
+        let raw = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let norm = raw.max(NORM_FLOOR);
         let logits: Vec<f64> = if table.is_empty() {
             row.clone()
         } else {
@@ -85,7 +81,6 @@ pub fn head_loss(head: &HeadSpec, classes: &[usize], y: &[f32], labels: &[usize]
             for (tc, d) in table.iter().zip(&dl) {
                 g.iter_mut().zip(tc).for_each(|(g, v)| *g += t * d * v);
             }
-            let raw = row.iter().map(|v| v * v).sum::<f64>().sqrt();
             let gu: f64 = if raw > NORM_FLOOR {
                 g.iter().zip(&row).map(|(g, v)| g * v / norm).sum()
             } else {

@@ -1,8 +1,9 @@
 //! Backward kernels of engine training on channels-last (NHWC) activations: conv input
 //! gradients (a "same" stride-1 conv through the forward kernels with the rotated, transposed
 //! kernel, so 3x3 convs go through Winograd; strided convs by `gemm` + col2im), conv weight
-//! gradients (`gemm` over im2col patches), BatchNorm in train mode, ReLU masks, max pooling and
-//! global average pooling + linear.
+//! gradients (Winograd for 3x3 stride 1, `gemm` over im2col patches otherwise), BatchNorm in
+//! train mode, ReLU masks with the residual fan-out, max pooling and global average pooling +
+//! linear.
 //!
 //! Every reduction over rows runs on a fixed partition ([`PARTS`] parts, summed in order), so
 //! the bits do not depend on the thread count. The formulas are PyTorch's (the autograd
@@ -29,8 +30,8 @@ const COL2IM_ROWS: usize = 1024;
 /// Stride-1 convs with "same" padding (`2 * pad == k - 1`: 3x3 pad 1, 1x1 pad 0) are the forward
 /// conv of `dz` with the kernel rotated by 180 degrees and its channels swapped (and take the
 /// forward's Winograd and direct kernels; `winograd: false` keeps them off Winograd); the others go
-/// through `cols = dz W^T` and a
-/// scatter-add of `cols` into `dx` (col2im), one image per task.
+/// through `cols = dz W^T` and a scatter-add of `cols` into `dx` (col2im), a fixed group of
+/// whole images per task.
 pub fn conv_backward_data(
     conv: &Conv,
     dz: &[f32],
@@ -237,32 +238,33 @@ fn sum_parts(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     acc
 }
 
-/// Per-channel sums of `x: [rows, c]` (and, when `y` is given, of `x * y`), in f64 on a fixed
-/// partition: `(sum x, sum x*y)`.
-fn channel_sums(x: &[f32], y: Option<&[f32]>, c: usize) -> (Vec<f64>, Vec<f64>) {
-    let rows = x.len() / c.max(1);
-    let part = rows.div_ceil(PARTS * 2).max(1);
-    let parts: Vec<(Vec<f64>, Vec<f64>)> = (0..rows.div_ceil(part))
-        .into_par_iter()
-        .map(|i| {
-            let (a, b) = (i * part, ((i + 1) * part).min(rows));
-            let mut s = vec![0f64; c];
-            let mut q = vec![0f64; c];
-            for r in a..b {
-                let xr = &x[r * c..(r + 1) * c];
-                s.iter_mut().zip(xr).for_each(|(s, v)| *s += *v as f64);
-                if let Some(y) = y {
-                    let yr = &y[r * c..(r + 1) * c];
-                    for ((q, xv), yv) in q.iter_mut().zip(xr).zip(yr) {
-                        *q += *xv as f64 * *yv as f64;
-                    }
-                }
+/// Rows per part of a per-channel reduction over `rows` rows (a fixed partition).
+fn sum_part(rows: usize) -> usize {
+    rows.div_ceil(PARTS * 2).max(1)
+}
+
+/// Per-channel f64 sums of one part's rows `g: [rows, c]`: `(sum g, sum g * z)` (the second
+/// empty without `z`).
+fn part_sums(g: &[f32], z: Option<&[f32]>, c: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut s = vec![0f64; c];
+    let mut q = vec![0f64; if z.is_some() { c } else { 0 }];
+    for (r, gr) in g.chunks_exact(c).enumerate() {
+        s.iter_mut().zip(gr).for_each(|(s, v)| *s += *v as f64);
+        if let Some(z) = z {
+            let zr = &z[r * c..(r + 1) * c];
+            for ((q, gv), zv) in q.iter_mut().zip(gr).zip(zr) {
+                *q += *gv as f64 * *zv as f64;
             }
-            (s, q)
-        })
-        .collect();
-    let (mut s, mut q) = (vec![0f64; c], vec![0f64; c]);
-    for (ps, pq) in parts {
+        }
+    }
+    (s, q)
+}
+
+/// The parts' sums added in order.
+fn add_parts(parts: Vec<(Vec<f64>, Vec<f64>)>) -> (Vec<f64>, Vec<f64>) {
+    let mut it = parts.into_iter();
+    let (mut s, mut q) = it.next().unwrap_or_default();
+    for (ps, pq) in it {
         s.iter_mut().zip(ps).for_each(|(t, v)| *t += v);
         q.iter_mut().zip(pq).for_each(|(t, v)| *t += v);
     }
@@ -271,32 +273,23 @@ fn channel_sums(x: &[f32], y: Option<&[f32]>, c: usize) -> (Vec<f64>, Vec<f64>) 
 
 /// Per-channel sums `[c]` of `x: [rows, c]` (a bias gradient), fixed partition, rounded to f32.
 pub fn column_sums(x: &[f32], c: usize) -> Vec<f32> {
-    channel_sums(x, None, c)
-        .0
-        .iter()
-        .map(|&v| v as f32)
-        .collect()
+    let part = sum_part(x.len() / c.max(1));
+    let parts = x
+        .par_chunks(part * c)
+        .map(|p| part_sums(p, None, c))
+        .collect();
+    let (s, _) = add_parts(parts);
+    let s = if s.is_empty() { vec![0f64; c] } else { s };
+    s.iter().map(|&v| v as f32).collect()
 }
 
 /// BatchNorm in train mode, backward, in place: on entry `g = dL/dy` for `y = gamma * xhat +
 /// beta`, `xhat = (z - mean) * invstd` (batch mean, `invstd = 1 / sqrt(biased var + eps)`), all
-/// `[rows, c]`; on exit `g = dL/dz`. Returns `(dgamma, dbeta)` `[c]`:
-/// `dbeta = sum g`, `dgamma = sum g * xhat`,
+/// `[rows, c]`, with its per-channel sums `(sum g, sum g * z)` (one pass of
+/// [`mask_residual_sums`], with the ReLU mask and the residual fan-out); on exit `g = dL/dz`.
+/// Returns `(dgamma, dbeta)` `[c]`: `dbeta = sum g`, `dgamma = sum g * xhat`,
 /// `dz = gamma * invstd * (g - dbeta / N - xhat * dgamma / N)` (N = rows).
 pub fn bn_backward(
-    g: &mut [f32],
-    z: &[f32],
-    mean: &[f32],
-    invstd: &[f32],
-    gamma: &[f32],
-) -> (Vec<f32>, Vec<f32>) {
-    let sums = channel_sums(g, Some(z), gamma.len());
-    bn_backward_from_sums(g, z, mean, invstd, gamma, sums)
-}
-
-/// [`bn_backward`] given the per-channel sums `(sum g, sum g * z)` of its first pass (as
-/// [`mask_residual_sums`] computes them with the ReLU mask and the residual fan-out).
-pub fn bn_backward_from_sums(
     g: &mut [f32],
     z: &[f32],
     mean: &[f32],
@@ -344,10 +337,9 @@ pub enum ResidualGrad<'a> {
 }
 
 /// One pass over `g: [rows, c]` (the gradient at a conv's fused output): the ReLU mask (`g = 0`
-/// where the output `y` is not positive), the residual fan-out (`res`), and, when `z` is
-/// given, the per-channel f64 sums `(sum g, sum g * z)` BN's backward needs (the same fixed
-/// partition, so the same bits, as [`bn_backward`]'s own pass). Returns the sums (empty
-/// without `z`).
+/// where the output `y` is not positive), the residual fan-out (`res`), and the per-channel f64
+/// sums `(sum g, sum g * z)` (the second only when `z` is given; empty otherwise) on a fixed
+/// partition: a bias's gradient and BN's backward sums.
 pub fn mask_residual_sums(
     g: &mut [f32],
     y: Option<&[f32]>,
@@ -355,9 +347,8 @@ pub fn mask_residual_sums(
     z: Option<&[f32]>,
     c: usize,
 ) -> (Vec<f64>, Vec<f64>) {
-    let rows = g.len() / c.max(1);
-    let part = rows.div_ceil(PARTS * 2).max(1);
-    let nparts = rows.div_ceil(part);
+    let part = sum_part(g.len() / c.max(1));
+    let nparts = g.len().div_ceil(part * c);
     let (add, res_buf) = match res {
         ResidualGrad::None => (false, None),
         ResidualGrad::Copy(r) => (false, Some(r)),
@@ -367,7 +358,7 @@ pub fn mask_residual_sums(
         Some(r) => r.chunks_mut(part * c).map(Some).collect(),
         None => (0..nparts).map(|_| None).collect(),
     };
-    let parts: Vec<(Vec<f64>, Vec<f64>)> = g
+    let parts = g
         .par_chunks_mut(part * c)
         .zip(res_parts.par_iter_mut())
         .enumerate()
@@ -386,28 +377,10 @@ pub fn mask_residual_sums(
                     rp.copy_from_slice(gp);
                 }
             }
-            let (mut s, mut q) = (vec![0f64; c], vec![0f64; c]);
-            if let Some(z) = z {
-                let zp = &z[r0..r0 + gp.len()];
-                for (gr, zr) in gp.chunks_exact(c).zip(zp.chunks_exact(c)) {
-                    s.iter_mut().zip(gr).for_each(|(s, v)| *s += *v as f64);
-                    for ((q, gv), zv) in q.iter_mut().zip(gr).zip(zr) {
-                        *q += *gv as f64 * *zv as f64;
-                    }
-                }
-            }
-            (s, q)
+            part_sums(gp, z.map(|z| &z[r0..r0 + gp.len()]), c)
         })
         .collect();
-    if z.is_none() {
-        return (Vec::new(), Vec::new());
-    }
-    let (mut s, mut q) = (vec![0f64; c], vec![0f64; c]);
-    for (ps, pq) in parts {
-        s.iter_mut().zip(ps).for_each(|(t, v)| *t += v);
-        q.iter_mut().zip(pq).for_each(|(t, v)| *t += v);
-    }
-    (s, q)
+    add_parts(parts)
 }
 
 /// `acc += v` elementwise (the residual fan-out and multi-reader activations).

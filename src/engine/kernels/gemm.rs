@@ -166,30 +166,17 @@ pub fn matmul_tn(a: &[f32], p: usize, b: &[f32], q: usize) -> Vec<f32> {
     out
 }
 
-/// `dst = epi(src)` for `src, dst: [rows, c]` (the pass of [`apply_epilogue`] without the copy
-/// before it: training keeps the raw conv output for BN's backward).
+/// `dst = epi(src)` for `src, dst: [rows, c]`: [`apply_epilogue`] without a separate copy pass
+/// (each block is copied then transformed while in cache; training keeps the raw conv output
+/// for BN's backward).
 pub fn apply_epilogue_from(src: &[f32], dst: &mut [f32], c: usize, epi: &Epilogue) {
     let block = 1024;
     dst.par_chunks_mut(block * c)
         .zip(src.par_chunks(block * c))
         .enumerate()
         .for_each(|(i, (o, z))| {
-            for (r, (or, zr)) in o.chunks_exact_mut(c).zip(z.chunks_exact(c)).enumerate() {
-                let row = i * block + r;
-                for j in 0..c {
-                    let mut v = zr[j];
-                    if let Some(s) = epi.scale {
-                        v *= s[j];
-                    }
-                    if let Some(b) = epi.shift {
-                        v += b[j];
-                    }
-                    if let Some(res) = epi.residual {
-                        v += res[row * c + j];
-                    }
-                    or[j] = if epi.relu { v.max(0.0) } else { v };
-                }
-            }
+            o.copy_from_slice(z);
+            epi.apply(o, c, i * block);
         });
 }
 

@@ -7,18 +7,21 @@
 //!
 //! Losses ([`loss`]): for text heads the cosine distance of the output embeddings (SAM-CLIP's
 //! CLIP loss), for linear heads `T^2 KL` of the temperature-scaled distributions; or the
-//! teachers' joint distribution ([`DistillLoss::Joint`]). Optimiser: AdamW (as SAM-CLIP) or SGD
-//! ([`Optimizer`]); BN in train mode (batch statistics, running statistics updated). Runs on burn's autodiff (the CPU
-//! training engine of issue 23 does not exist yet); the teachers run on the CPU engine.
+//! teachers' joint distribution ([`DistillLoss::Joint`]), each computed with its gradient in
+//! [`grad`]. Optimiser: AdamW (as SAM-CLIP) or SGD ([`Optimizer`]); BN in train mode (batch
+//! statistics, running statistics updated). The student trains on the CPU training engine when
+//! it is a single network with BN in train mode on the CPU ([`learner::EngineLearner`]), on
+//! burn's autodiff otherwise ([`learner::BurnLearner`]); the teachers run on the CPU engine.
 
+pub mod cache;
+pub mod grad;
+pub mod learner;
 pub mod loss;
 pub mod mix;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, GradientsParams, SgdConfig};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::augment_for;
@@ -203,6 +206,10 @@ pub struct DistillEpoch {
     pub lr: f64,
     /// Images the student saw in the epoch.
     pub images: usize,
+    /// Images the teachers ran on in the epoch, summed over teachers (with `--no-augment`
+    /// each image once over the run: [`cache::TeacherCache`]).
+    #[serde(default)]
+    pub teacher_images: usize,
     /// Seconds of the epoch.
     pub seconds: f64,
 }
@@ -303,61 +310,49 @@ fn means(sums: &[f64], counts: &[usize]) -> Vec<f64> {
         .collect()
 }
 
-/// The value of a one-element tensor.
-fn scalar(x: Tensor<1>) -> f64 {
-    x.into_data()
-        .convert::<f64>()
-        .try_to_vec::<f64>()
-        .unwrap_or_default()
-        .first()
-        .copied()
-        .unwrap_or(0.0)
-}
+/// Teacher `i`'s outputs `[rows, dim]` on the batch rows `range` (the loop's provider: on the fly,
+/// or from a [`cache::TeacherCache`]).
+pub type TeacherOutputs<'a> = dyn FnMut(usize, std::ops::Range<usize>) -> (Vec<f32>, usize) + 'a;
 
-/// [`DistillLoss::Joint`]'s student logits and teacher target over the union of the teachers'
-/// classes (ascending), for every image of the batch: the student's `[batch, classes]` from
-/// its heads (each class from the first head holding it); the target `[batch, classes]`
-/// probabilities of the teachers' ensemble as its joint rule reads it (reference doc §5, quirk
-/// 13: per-task softmax): each teacher's softmax over its classes at temperature `T`, divided
-/// by the number of teachers (each class from the first teacher trained on it, every teacher
-/// run on every image).
-fn joint_logits(
+/// [`DistillLoss::Joint`]'s loss on one batch, with its gradient: the student's logits over the
+/// union of the teachers' classes (ascending; each class from the first student head holding
+/// it) against the probabilities of the teachers' ensemble as its joint rule reads it
+/// (reference doc §5, quirk 13: per-task softmax): each teacher's softmax over its classes at
+/// temperature `T`, divided by the number of teachers (each class from the first teacher
+/// trained on it, every teacher run on every image). Returns the mean loss of each row range
+/// of `counts` (per teacher), the batch's mean loss, and per student head `dL/doutput`.
+fn joint_loss(
     teachers: &[Teacher],
     student_heads: &[(HeadSpec, Vec<usize>)],
-    outs: &[Tensor<2>],
-    refs: &[&[u8]],
-    prep: crate::data::Preprocess,
+    outs: &[(Vec<f32>, usize)],
+    b: usize,
+    teacher_out: &mut TeacherOutputs<'_>,
     temperature: f64,
-    device: &Device,
-) -> (Tensor<2>, Tensor<2>) {
+    counts: &[usize],
+) -> (Vec<f64>, f64, Vec<Vec<f32>>) {
     let mut classes: Vec<usize> = teachers.iter().flat_map(|t| t.classes.clone()).collect();
     classes.sort_unstable();
     classes.dedup();
-    let b = refs.len();
     let c = classes.len();
-    let mut target = vec![0f32; b * c];
+    let mut target = vec![0f64; b * c];
     let mut filled = vec![false; c];
-    for t in teachers {
-        let (data, dim) = t.net.outputs(refs, prep);
-        let y = Tensor::<2>::from_data(TensorData::new(data, [b, dim]), &Device::flex());
-        let l = crate::eval::runner::rows(burn::tensor::activation::softmax(
-            t.head.logits(y, &t.classes, &t.classes) / temperature,
-            1,
-        ));
-        let share = 1.0 / teachers.len() as f32;
+    let share = 1.0 / teachers.len() as f64;
+    for (i, t) in teachers.iter().enumerate() {
+        let (data, dim) = teacher_out(i, 0..b);
+        let l = grad::head_logits(&t.head, &data, dim, &t.classes, &t.classes);
+        let p = grad::softmax(&l, t.classes.len(), temperature);
         for (j, cls) in t.classes.iter().enumerate() {
             let col = classes.binary_search(cls).expect("a teacher class");
             if filled[col] {
                 continue;
             }
             filled[col] = true;
-            for (n, r) in l.iter().enumerate() {
-                target[n * c + col] = r[j] * share;
+            for n in 0..b {
+                target[n * c + col] = p[n * t.classes.len() + j] * share;
             }
         }
     }
-    // per student head, its logits over the joint classes it scores (one product per head),
-    // then the joint columns in class order
+    // per student head, its logits over the joint classes it owns (one product per head)
     let owner: Vec<usize> = classes
         .iter()
         .map(|cls| {
@@ -367,35 +362,124 @@ fn joint_logits(
                 .unwrap_or(0)
         })
         .collect();
-    let per_head: Vec<Option<(Vec<usize>, Tensor<2>)>> = student_heads
-        .iter()
-        .enumerate()
-        .map(|(h, (spec, hc))| {
-            let query: Vec<usize> = classes
+    let queries: Vec<Vec<usize>> = (0..student_heads.len())
+        .map(|h| {
+            classes
                 .iter()
                 .zip(&owner)
                 .filter(|(_, o)| **o == h)
                 .map(|(c, _)| *c)
-                .collect();
-            (!query.is_empty()).then(|| {
-                let l = spec.logits(outs[h].clone(), hc, &query);
-                (query, l)
-            })
+                .collect()
         })
         .collect();
-    let cols: Vec<Tensor<2>> = classes
+    let logits: Vec<Vec<f32>> = student_heads
         .iter()
-        .zip(&owner)
-        .map(|(cls, &h)| {
-            let (query, l) = per_head[h].as_ref().expect("the owner scores it");
-            let j = query.iter().position(|c| c == cls).expect("in its query");
-            l.clone().narrow(1, j, 1)
+        .zip(&queries)
+        .enumerate()
+        .map(|(h, ((spec, hc), q))| {
+            let (y, dim) = &outs[h];
+            grad::head_logits(spec, y, *dim, hc, q)
         })
         .collect();
-    (
-        Tensor::cat(cols, 1),
-        Tensor::<2>::from_data(TensorData::new(target, [b, c]), device),
-    )
+    let mut joint = vec![0f32; b * c];
+    let mut at = vec![0usize; student_heads.len()];
+    for (col, &h) in owner.iter().enumerate() {
+        let q = queries[h].len();
+        for n in 0..b {
+            joint[n * c + col] = logits[h][n * q + at[h]];
+        }
+        at[h] += 1;
+    }
+    let (loss, dl) = grad::kl_to_probs(&joint, &target, c, temperature);
+    let mut per = Vec::with_capacity(counts.len());
+    let mut row = 0;
+    for &k in counts {
+        let r = row * c..(row + k) * c;
+        per.push(grad::kl_to_probs(&joint[r.clone()], &target[r], c, temperature).0);
+        row += k;
+    }
+    // the gradient back through each head's logits
+    let mut d_outs: Vec<Vec<f32>> = outs.iter().map(|(y, _)| vec![0f32; y.len()]).collect();
+    let mut at = vec![0usize; student_heads.len()];
+    let mut dls: Vec<Vec<f32>> = queries.iter().map(|q| vec![0f32; b * q.len()]).collect();
+    for (col, &h) in owner.iter().enumerate() {
+        let q = queries[h].len();
+        for n in 0..b {
+            dls[h][n * q + at[h]] = dl[n * c + col];
+        }
+        at[h] += 1;
+    }
+    for (h, (spec, hc)) in student_heads.iter().enumerate() {
+        if queries[h].is_empty() {
+            continue;
+        }
+        let (y, dim) = &outs[h];
+        grad::head_logits_backward(
+            spec,
+            y,
+            *dim,
+            hc,
+            &queries[h],
+            &logits[h],
+            &dls[h],
+            &mut d_outs[h],
+        );
+    }
+    (per, loss, d_outs)
+}
+
+/// [`DistillLoss::Embedding`]'s loss on one batch, with its gradient: per teacher, on its rows
+/// of the batch (`counts`, in order), the cosine distance of embeddings (text heads) or `T^2
+/// KL` of its classes' logits (linear heads), weighted by its share of the batch. Returns each
+/// teacher's mean loss and per student head `dL/doutput`.
+fn embedding_loss(
+    teachers: &[Teacher],
+    outs: &[(Vec<f32>, usize)],
+    b: usize,
+    teacher_out: &mut TeacherOutputs<'_>,
+    temperature: f64,
+    counts: &[usize],
+) -> (Vec<f64>, Vec<Vec<f32>>) {
+    let mut d_outs: Vec<Vec<f32>> = outs.iter().map(|(y, _)| vec![0f32; y.len()]).collect();
+    let mut per = vec![0.0; teachers.len()];
+    let mut row = 0;
+    for (i, t) in teachers.iter().enumerate() {
+        let k = counts[i];
+        if k == 0 {
+            continue;
+        }
+        // the teacher's output on its own images (no gradient)
+        let (target, _) = teacher_out(i, row..row + k);
+        let (y, dim) = &outs[t.student_head];
+        let rows = &y[row * dim..(row + k) * dim];
+        let w = k as f32 / b as f32;
+        let d = &mut d_outs[t.student_head][row * dim..(row + k) * dim];
+        match &t.head {
+            HeadSpec::Text { .. } => {
+                let (l, g) = grad::cosine_distance(rows, &target, *dim);
+                per[i] = l;
+                for (a, g) in d.iter_mut().zip(g) {
+                    *a += w * g;
+                }
+            }
+            HeadSpec::Linear => {
+                let cols = t.columns.len();
+                let sel: Vec<f32> = rows
+                    .chunks(*dim)
+                    .flat_map(|r| t.columns.iter().map(|&c| r[c]))
+                    .collect();
+                let (l, g) = grad::kl_temperature(&sel, &target, cols, temperature);
+                per[i] = l;
+                for (n, gr) in g.chunks(cols).enumerate() {
+                    for (&c, &gv) in t.columns.iter().zip(gr) {
+                        d[n * dim + c] += w * gv;
+                    }
+                }
+            }
+        }
+        row += k;
+    }
+    (per, d_outs)
 }
 
 /// The forward's BN behaviour for a BN handling.
@@ -406,83 +490,38 @@ fn bn_mode(bn: BnHandling) -> crate::models::layers::BnMode {
     }
 }
 
-/// Writes a resumable state after an epoch: the student, the optimizer, the epochs done and the
-/// log.
-pub type SaveState<'a> = dyn FnMut(&Student, &burn::optim::ModuleOptimizer, usize, &[DistillEpoch]) -> Result<(), String>
-    + 'a;
+/// Writes a resumable state after an epoch: the learner (weights, optimiser), the epochs done
+/// and the log.
+pub type SaveState<'a> =
+    dyn FnMut(&dyn learner::Learner, usize, &[DistillEpoch]) -> Result<(), String> + 'a;
 
-/// A state of the loop to resume from: the student as it was after `epochs_done` epochs, the
-/// optimizer's momentum and the log.
-pub struct Resume {
-    /// Epochs done (over both stages).
-    pub epochs_done: usize,
-    /// The log of those epochs.
-    pub log: Vec<DistillEpoch>,
-    /// The optimizer state file (`burn` record).
-    pub optimizer: std::path::PathBuf,
-}
-
-/// Distils `teachers` into `student` on `set` (the union of the teachers' training images):
-/// `pools[i]` are the positions of teacher `i`'s images in `set`. Runs `head_epochs +
-/// epochs` epochs of [`crate::distill::mix::Mixer`] batches; calls `save(student, optim,
-/// epochs_done, log)` after each epoch (a resumable state) and returns the student and the log.
+/// Distils `teachers` into the student held by `learner` on `set` (the union of the teachers'
+/// training images): `pools[i]` are the positions of teacher `i`'s images in `set`. Runs
+/// epochs `start..head_epochs + epochs` of [`crate::distill::mix::Mixer`] batches, appending
+/// to `log` (a resumed run's log of the epochs before `start`); calls `save(learner,
+/// epochs_done, log)` after each epoch (a resumable state) and returns the log.
 ///
 /// # Errors
-/// The message of a failed `save` or of an optimizer state that cannot be read.
+/// The message of a failed `save`.
 #[allow(clippy::too_many_arguments)]
 pub fn distill(
-    mut student: Student,
-    stop_cut: usize,
+    learner: &mut dyn learner::Learner,
     teachers: &[Teacher],
     set: &ImageSet,
     pools: Vec<Vec<usize>>,
     o: &DistillOptions,
-    device: &Device,
-    bn: BnHandling,
     student_heads: &[(HeadSpec, Vec<usize>)],
-    resume: Option<Resume>,
+    start: usize,
+    mut log: Vec<DistillEpoch>,
     save: &mut SaveState<'_>,
     obs: &mut dyn DistillObserver,
-) -> Result<(Student, Vec<DistillEpoch>), String> {
+) -> Result<Vec<DistillEpoch>, String> {
     use rand::SeedableRng;
     let n = teachers.len();
-    let mut optim = match o.optimizer {
-        // AdamW, as SAM-CLIP: the cosine loss's gradient scales with 1 / |output|, which an
-        // adaptive step does not see
-        Optimizer::AdamW => AdamWConfig::new()
-            .with_weight_decay(o.weight_decay as f32)
-            .init(),
-        // steps proportional to the gradient (near a zero loss, rounding-level gradients move
-        // nothing; AdamW's normalised steps would)
-        Optimizer::Sgd => SgdConfig::new()
-            .with_momentum(Some(MomentumConfig {
-                momentum: 0.9,
-                dampening: 0.0,
-                nesterov: false,
-            }))
-            .with_weight_decay(Some(WeightDecayConfig::new(o.weight_decay as f32)))
-            .init(),
-    };
-    let (mut start, mut log) = (0, Vec::new());
-    if let Some(r) = resume {
-        optim = optim
-            .load(&r.optimizer)
-            .map_err(|e| format!("{}: cannot be read ({e})", r.optimizer.display()))?;
-        start = r.epochs_done;
-        log = r.log;
-    }
-    let heads = head_params(&student);
-    let head_ids: std::collections::HashSet<ParamId> = heads.iter().map(|(id, _)| *id).collect();
-    let trunk: Vec<(ParamId, usize)> = param_ranks(&student)
-        .into_iter()
-        .filter(|(id, _)| !head_ids.contains(id))
-        .collect();
     let total = o.head_epochs + o.epochs;
-    let n_heads = teachers
-        .iter()
-        .map(|t| t.student_head + 1)
-        .max()
-        .unwrap_or(1);
+    // without augmentation an image is the same input every epoch: each teacher runs on it once
+    // (a resumed run fills its cache again in its first epoch)
+    let mut cache = (!o.augment).then(|| cache::TeacherCache::new(n));
     for epoch in start..total {
         // every epoch's draws depend on the seed and the epoch only (a resumed run continues
         // with the same batches an uninterrupted one would see)
@@ -501,91 +540,56 @@ pub fn distill(
         obs.epoch_start(epoch + 1, stage, steps);
         let t0 = std::time::Instant::now();
         let (mut sums, mut counts) = (vec![0.0f64; n], vec![0usize; n]);
+        let mut teacher_images = 0;
         let lr0 = lr_at(o, epoch, 0.0);
         for s in 0..steps {
             let picks = mixer.next_batch();
             let imgs = batch_images(set, &picks, o.augment, &mut rng);
             let refs: Vec<&[u8]> = imgs.iter().map(Vec::as_slice).collect();
-            let x = to_tensor(&refs, set.prep, device);
-            let mut ctx = ForwardCtx {
-                bn_mode: bn_mode(bn),
-                ..Default::default()
-            };
-            let outs = student.forward(x, stop_cut, n_heads, &mut ctx);
-            let mut total_loss: Option<Tensor<1>> = None;
-            let mut row = 0;
+            if refs.is_empty() {
+                continue;
+            }
+            let ks: Vec<usize> = picks.iter().map(Vec::len).collect();
+            let ids: Vec<usize> = picks.iter().flatten().copied().collect();
             let b = refs.len();
-            match o.loss {
+            let mut teacher_out = |i: usize, r: std::ops::Range<usize>| match cache.as_mut() {
+                Some(c) => {
+                    let (out, dim, ran) = c.outputs(i, &ids[r.clone()], &refs[r], |x| {
+                        teachers[i].net.outputs(x, set.prep)
+                    });
+                    teacher_images += ran;
+                    (out, dim)
+                }
+                None => {
+                    teacher_images += r.len();
+                    teachers[i].net.outputs(&refs[r], set.prep)
+                }
+            };
+            let outs = learner.forward(&refs, set.prep);
+            let (per, d_outs) = match o.loss {
                 DistillLoss::Joint => {
-                    let (s_joint, t_joint) = joint_logits(
+                    let (per, _, d) = joint_loss(
                         teachers,
                         student_heads,
                         &outs,
-                        &refs,
-                        set.prep,
+                        b,
+                        &mut teacher_out,
                         o.temperature,
-                        device,
+                        &ks,
                     );
-                    for (i, p) in picks.iter().enumerate() {
-                        let k = p.len();
-                        if k > 0 {
-                            let l = loss::kl_to_probs(
-                                s_joint.clone().narrow(0, row, k),
-                                t_joint.clone().narrow(0, row, k),
-                                o.temperature,
-                            );
-                            sums[i] += scalar(l) * k as f64;
-                            counts[i] += k;
-                            row += k;
-                        }
-                    }
-                    total_loss = Some(loss::kl_to_probs(s_joint, t_joint, o.temperature));
+                    (per, d)
                 }
                 DistillLoss::Embedding => {
-                    for (i, t) in teachers.iter().enumerate() {
-                        let k = picks[i].len();
-                        if k == 0 {
-                            continue;
-                        }
-                        // the teacher's output on its own images (no gradient)
-                        let (data, dim) = t.net.outputs(&refs[row..row + k], set.prep);
-                        let target =
-                            Tensor::<2>::from_data(TensorData::new(data, [k, dim]), device);
-                        let s_out = outs[t.student_head].clone().narrow(0, row, k);
-                        let l = match &t.head {
-                            HeadSpec::Text { .. } => loss::cosine_distance(s_out, target),
-                            HeadSpec::Linear => {
-                                let cols: Vec<Tensor<2>> = t
-                                    .columns
-                                    .iter()
-                                    .map(|&c| s_out.clone().narrow(1, c, 1))
-                                    .collect();
-                                loss::kl_temperature(Tensor::cat(cols, 1), target, o.temperature)
-                            }
-                        };
-                        sums[i] += scalar(l.clone()) * k as f64;
-                        counts[i] += k;
-                        // the mean over all the batch's images
-                        let w = l * (k as f64 / b as f64);
-                        total_loss = Some(match total_loss {
-                            None => w,
-                            Some(acc) => acc + w,
-                        });
-                        row += k;
-                    }
+                    embedding_loss(teachers, &outs, b, &mut teacher_out, o.temperature, &ks)
                 }
-            }
-            let Some(total_loss) = total_loss else {
-                continue;
             };
-            let mut grads = GradientsParams::from_grads(total_loss.backward(), &student);
-            let lr = lr_at(o, epoch, s as f64 / steps as f64);
-            let head_grads = take_grads(&mut grads, &heads);
-            student = optim.step(lr, student, head_grads);
-            if stage == "all" {
-                let trunk_grads = take_grads(&mut grads, &trunk);
-                student = optim.step(lr * o.trunk_lr_mult, student, trunk_grads);
+            for i in 0..n {
+                sums[i] += per[i] * ks[i] as f64;
+                counts[i] += ks[i];
             }
+            let lr = lr_at(o, epoch, s as f64 / steps as f64);
+            let trunk_lr = (stage == "all").then_some(lr * o.trunk_lr_mult);
+            learner.step(d_outs, lr, trunk_lr);
             obs.step(&means(&sums, &counts));
         }
         let entry = DistillEpoch {
@@ -594,11 +598,12 @@ pub fn distill(
             loss: means(&sums, &counts),
             lr: lr0,
             images: counts.iter().sum(),
+            teacher_images,
             seconds: t0.elapsed().as_secs_f64(),
         };
         obs.epoch_end(&entry);
         log.push(entry);
-        save(&student, &optim, epoch + 1, &log)?;
+        save(&*learner, epoch + 1, &log)?;
     }
-    Ok((student, log))
+    Ok(log)
 }

@@ -42,6 +42,20 @@ pub struct Param {
 }
 
 impl Param {
+    /// One SGD step of this parameter from its `grad` (PyTorch's semantics, as
+    /// [`TrainNet::sgd_step`]).
+    pub fn sgd_update(&mut self, lr: f32, momentum: f32, weight_decay: f32) {
+        let first = self.momentum.is_none();
+        let buf = self
+            .momentum
+            .get_or_insert_with(|| vec![0.0; self.value.len()]);
+        for ((v, g), m) in self.value.iter_mut().zip(&self.grad).zip(buf.iter_mut()) {
+            let g = *g + weight_decay * *v;
+            *m = if first { g } else { momentum * *m + g };
+            *v -= lr * *m;
+        }
+    }
+
     /// `v` (this parameter's value or gradient) in PyTorch's layout.
     fn torch(&self, v: &[f32]) -> Vec<f32> {
         if self.conv_kernel {
@@ -521,15 +535,9 @@ impl TrainNet {
     /// into one pass: `g = grad + wd * p`, `buf = g` (first step) or `momentum * buf + g`,
     /// `p -= lr * buf`.
     pub fn sgd_step(&mut self, lr: f32, momentum: f32, weight_decay: f32) {
-        self.params.par_iter_mut().for_each(|p| {
-            let first = p.momentum.is_none();
-            let buf = p.momentum.get_or_insert_with(|| vec![0.0; p.value.len()]);
-            for ((v, g), m) in p.value.iter_mut().zip(&p.grad).zip(buf.iter_mut()) {
-                let g = *g + weight_decay * *v;
-                *m = if first { g } else { momentum * *m + g };
-                *v -= lr * *m;
-            }
-        });
+        self.params
+            .par_iter_mut()
+            .for_each(|p| p.sgd_update(lr, momentum, weight_decay));
     }
 
     /// Writes the trained tensors into `state` (PyTorch names and layouts: conv weights back to

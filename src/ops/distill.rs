@@ -4,13 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::checkpoint::{self, ModelManifest, ModelWeights, StateDict};
+use crate::distill::learner::{self, BurnLearner, EngineLearner, Learner};
 pub use crate::distill::BnHandling;
 use crate::distill::{self, DistillEpoch, DistillObserver, DistillOptions, Student, Teacher};
 use crate::error::{CheckpointError, DataError, MergeError, ModelError};
@@ -149,6 +149,9 @@ pub struct DistillReport {
     pub train_seconds: f64,
     /// Seconds of the whole command.
     pub wall_seconds: f64,
+    /// Where the student trained: `engine` (the CPU training engine) or `burn` (burn's
+    /// autodiff).
+    pub training_path: String,
 }
 
 /// The training-state folder of `out`: `<out>.distill-state`.
@@ -168,6 +171,13 @@ struct StateInfo {
     epochs_done: usize,
     log: Vec<DistillEpoch>,
     param_ids: Vec<u64>,
+    /// `engine` or `burn` (states before the engine path: `burn`).
+    #[serde(default = "burn_path")]
+    path: String,
+}
+
+fn burn_path() -> String {
+    "burn".into()
 }
 
 fn opt_err(option: &'static str, value: impl ToString, expected: &str) -> DistillError {
@@ -564,16 +574,25 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         })
         .collect::<Result<_, ModelError>>()?;
 
-    // the student on the autodiff device
-    let ad = device.clone().autodiff();
-    let mut student = Student {
-        trunk: Net::from_state(&sm.net_config(), &trunk, &ad)?,
-        heads: heads
-            .iter()
-            .enumerate()
-            .map(|(i, h)| Net::from_state(&sm.head_config(i), h, &ad))
-            .collect::<Result<_, _>>()?,
-    };
+    // the student: on the CPU training engine when it is a single network trained with BN in
+    // train mode on the CPU, on burn's autodiff otherwise
+    let n_heads = teachers
+        .iter()
+        .map(|t| t.student_head + 1)
+        .max()
+        .unwrap_or(1);
+    let engine = plan.device.engine() && heads.is_empty() && plan.bn == BnHandling::Train;
+    let path = if engine { "engine" } else { "burn" };
+    if !engine && plan.device.engine() {
+        obs.info(&format!(
+            "note: the student trains on burn's autodiff ({}); the CPU training engine takes a single network with --bn train",
+            if heads.is_empty() {
+                "--bn frozen"
+            } else {
+                "a partially zipped student"
+            }
+        ));
+    }
     let fingerprint = |log: &[DistillEpoch], done: usize, ids: Vec<u64>| StateInfo {
         options: options.clone(),
         student: plan.student.display().to_string(),
@@ -591,9 +610,10 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         epochs_done: done,
         log: log.to_vec(),
         param_ids: ids,
+        path: path.to_string(),
     };
-    let resume = if resuming {
-        let bad = |e: String| DistillError::State(format!("{}: {e}", state_dir.display()));
+    let bad = |e: String| DistillError::State(format!("{}: {e}", state_dir.display()));
+    let info: Option<StateInfo> = if resuming {
         let text = std::fs::read_to_string(state_dir.join("state.json"))
             .map_err(|e| bad(e.to_string()))?;
         let info: StateInfo =
@@ -609,6 +629,12 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
                 "state.json: made by a distillation with other models or options; resume with the options it was started with".into(),
             ));
         }
+        if info.path != path {
+            return Err(bad(format!(
+                "state.json: made on the {} path, this run trains on the {path} path; resume it where it was started",
+                info.path
+            )));
+        }
         if info.epochs_done > options.head_epochs + options.epochs
             || info.log.len() != info.epochs_done
         {
@@ -616,48 +642,74 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
                 "state.json: epochs_done does not fit the run or its log".into(),
             ));
         }
-        let mut sw = Vec::new();
-        let t = checkpoint::read_weights(&state_dir, "trunk.safetensors")?;
-        for i in 0..heads.len() {
-            sw.push(checkpoint::read_weights(
-                &state_dir,
-                &format!("head{i}.safetensors"),
-            )?);
-        }
-        let s = Student {
-            trunk: Net::from_state(&sm.net_config(), &t, &ad)?,
-            heads: sw
-                .iter()
-                .enumerate()
-                .map(|(i, h)| Net::from_state(&sm.head_config(i), h, &ad))
-                .collect::<Result<_, _>>()?,
-        };
-        if info.param_ids.len() != crate::train::param_ids(&s).len() {
-            return Err(bad(
-                "state.json: parameter ids do not fit the student".into()
-            ));
-        }
-        student = crate::train::with_param_ids(s, &info.param_ids);
         obs.info(&format!(
             "resuming after epoch {} of {}",
             info.epochs_done,
             options.head_epochs + options.epochs
         ));
-        Some(distill::Resume {
-            epochs_done: info.epochs_done,
-            log: info.log,
-            optimizer: state_dir.join("optimizer.bpk"),
-        })
+        Some(info)
     } else {
         None
     };
-    let mut save = |s: &Student,
-                    optim: &burn::optim::ModuleOptimizer,
-                    done: usize,
-                    log: &[DistillEpoch]|
-     -> Result<(), String> {
+    let (trunk_w, heads_w) = if resuming {
+        let t = checkpoint::read_weights(&state_dir, "trunk.safetensors")?;
+        let hs = (0..heads.len())
+            .map(|i| checkpoint::read_weights(&state_dir, &format!("head{i}.safetensors")))
+            .collect::<Result<Vec<_>, _>>()?;
+        (t, hs)
+    } else {
+        (trunk.clone(), heads.clone())
+    };
+    let mut learner: Box<dyn Learner> = if engine {
+        let opt_file = resuming.then(|| state_dir.join(learner::ENGINE_OPTIMIZER_FILE));
+        let compiled = crate::models::compile::compile_state(sm.net_config().arch, &trunk_w)?;
+        Box::new(
+            EngineLearner::new(
+                crate::engine::train::TrainNet::new(&compiled),
+                trunk_w,
+                n_heads,
+                options.optimizer,
+                options.weight_decay,
+                opt_file.as_deref(),
+            )
+            .map_err(bad)?,
+        )
+    } else {
+        let ad = device.clone().autodiff();
+        let mut student = Student {
+            trunk: Net::from_state(&sm.net_config(), &trunk_w, &ad)?,
+            heads: heads_w
+                .iter()
+                .enumerate()
+                .map(|(i, h)| Net::from_state(&sm.head_config(i), h, &ad))
+                .collect::<Result<_, _>>()?,
+        };
+        if let Some(info) = &info {
+            if info.param_ids.len() != crate::train::param_ids(&student).len() {
+                return Err(bad(
+                    "state.json: parameter ids do not fit the student".into()
+                ));
+            }
+            student = crate::train::with_param_ids(student, &info.param_ids);
+        }
+        let opt_file = resuming.then(|| state_dir.join(learner::BURN_OPTIMIZER_FILE));
+        Box::new(
+            BurnLearner::new(
+                student,
+                sm.stop_cut,
+                n_heads,
+                options.optimizer,
+                options.weight_decay,
+                plan.bn,
+                ad,
+                opt_file.as_deref(),
+            )
+            .map_err(DistillError::State)?,
+        )
+    };
+    let mut save = |l: &dyn Learner, done: usize, log: &[DistillEpoch]| -> Result<(), String> {
         std::fs::create_dir_all(&state_dir).map_err(|e| e.to_string())?;
-        let (t, hs) = s.valid().to_states();
+        let (t, hs) = l.states();
         crate::checkpoint::safetensors_io::save(&t, &state_dir.join("trunk.safetensors"))
             .map_err(|e| e.to_string())?;
         for (i, h) in hs.iter().enumerate() {
@@ -667,37 +719,38 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
             )
             .map_err(|e| e.to_string())?;
         }
-        optim
-            .save(state_dir.join("optimizer.bpk"))
-            .map_err(|e| e.to_string())?;
-        let info = fingerprint(log, done, crate::train::param_ids(s));
+        l.save_optimizer(&state_dir)?;
+        let info = fingerprint(log, done, l.param_ids());
         crate::util::write_atomic(
             &state_dir.join("state.json"),
             &serde_json::to_vec_pretty(&info).expect("json"),
         )
         .map_err(|e| e.to_string())
     };
+    let (start, log0) = match info {
+        Some(i) => (i.epochs_done, i.log),
+        None => (0, Vec::new()),
+    };
     let t_train = Instant::now();
-    let (student, log) = distill::distill(
-        student,
-        sm.stop_cut,
+    let log = distill::distill(
+        learner.as_mut(),
         &teachers,
         &set,
         pools.clone(),
         &options,
-        &ad,
-        plan.bn,
         &sm.heads
             .iter()
             .map(|h| (h.head.clone(), h.classes.clone()))
             .collect::<Vec<_>>(),
-        resume,
+        start,
+        log0,
         &mut save,
         &mut Progress(obs),
     )
     .map_err(DistillError::State)?;
     let train_seconds = t_train.elapsed().as_secs_f64();
-    let (mut new_trunk, mut new_heads): (StateDict, Vec<StateDict>) = student.valid().to_states();
+    let (mut new_trunk, mut new_heads): (StateDict, Vec<StateDict>) = learner.states();
+    drop(learner);
 
     // BN reset on the union of the teachers' images (train mode only), then the result
     let mut manifest = sm.clone();
@@ -802,6 +855,7 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         epochs: log,
         train_seconds,
         wall_seconds: t_all.elapsed().as_secs_f64(),
+        training_path: path.to_string(),
     };
     manifest.provenance = serde_json::json!({
         "distill": serde_json::to_value(&report).expect("json"),

@@ -1,0 +1,419 @@
+//! The student as the distillation loop trains it, on either path: [`BurnLearner`] (burn's
+//! autodiff, any student, any device) or [`EngineLearner`] (the CPU training engine of issue 23,
+//! [`crate::engine::train::TrainNet`]: a single network with BN in train mode, ~4x faster).
+//!
+//! The loop computes each step's loss and `dL/doutput` itself ([`super::grad`]); a learner runs
+//! the forward pass, back-propagates that gradient and steps its optimiser, the head group at
+//! the head rate and the trunk group at the trunk rate (frozen in the head stage). Both paths
+//! use the same optimiser rules, burn's (`burn-optim` 0.22 `adamw.rs`, `sgd.rs` +
+//! `momentum.rs`): AdamW `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`, `p = p (1 - lr wd) -
+//! lr m^ / (sqrt(v^) + eps)` with bias-corrected `m^, v^`, the step count per parameter; SGD
+//! `g + wd p`, momentum 0.9 without dampening (PyTorch's).
+
+use std::path::Path;
+
+use burn::module::{Module, ParamId};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::{head_params, param_ranks, take_grads, BnHandling, Optimizer, Student};
+use crate::checkpoint::safetensors_io;
+use crate::data::{to_tensor, Preprocess};
+use crate::engine::train::TrainNet;
+use crate::engine::Act;
+use crate::models::ForwardCtx;
+use crate::state::{NamedTensor, StateDict};
+
+/// AdamW's betas and epsilon (burn's defaults, as the burn path's `AdamWConfig::new()`).
+const BETA1: f32 = 0.9;
+const BETA2: f32 = 0.999;
+const ADAM_EPS: f32 = 1e-5;
+/// SGD momentum.
+const SGD_MOMENTUM: f32 = 0.9;
+
+/// A trainable student.
+pub trait Learner {
+    /// `training_path` of the report: `engine` or `burn`.
+    fn path(&self) -> &'static str;
+    /// Forward pass in train mode on `images` (stored bytes, `prep`'s layout): per student
+    /// head, its output `[images, dim]` row-major and `dim`.
+    fn forward(&mut self, images: &[&[u8]], prep: Preprocess) -> Vec<(Vec<f32>, usize)>;
+    /// Back-propagates `d_outs` (per head, `dL/doutput` of the last forward, same shapes) and
+    /// steps the optimiser: the head group at `lr_head`, the trunk at `lr_trunk` (`None`:
+    /// frozen).
+    fn step(&mut self, d_outs: Vec<Vec<f32>>, lr_head: f64, lr_trunk: Option<f64>);
+    /// The weights as PyTorch-layout state dicts: the trunk, then each head network.
+    fn states(&self) -> (StateDict, Vec<StateDict>);
+    /// Writes the optimiser's state into `dir` (a resumable state's file).
+    ///
+    /// # Errors
+    /// The message of a failed write.
+    fn save_optimizer(&self, dir: &Path) -> Result<(), String>;
+    /// The ids tying a saved optimiser state to its parameters (burn's `ParamId`s, in visiting
+    /// order; empty on the engine, whose state is keyed by tensor name).
+    fn param_ids(&self) -> Vec<u64> {
+        Vec::new()
+    }
+}
+
+/// The student on burn's autodiff.
+pub struct BurnLearner {
+    student: Option<Student>,
+    optim: ModuleOptimizer,
+    heads: Vec<(ParamId, usize)>,
+    trunk: Vec<(ParamId, usize)>,
+    stop_cut: usize,
+    n_heads: usize,
+    bn: BnHandling,
+    device: Device,
+    outs: Vec<Tensor<2>>,
+}
+
+/// The optimiser file of a burn learner's state.
+pub const BURN_OPTIMIZER_FILE: &str = "optimizer.bpk";
+/// The optimiser file of an engine learner's state.
+pub const ENGINE_OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+impl BurnLearner {
+    /// A learner for `student` (on the autodiff `device`) with `n_heads` outputs, the head
+    /// networks from cut `stop_cut`; `optimizer_file` restores a saved optimiser state.
+    ///
+    /// # Errors
+    /// The message of an optimiser state that cannot be read.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        student: Student,
+        stop_cut: usize,
+        n_heads: usize,
+        optimizer: Optimizer,
+        weight_decay: f64,
+        bn: BnHandling,
+        device: Device,
+        optimizer_file: Option<&Path>,
+    ) -> Result<Self, String> {
+        let mut optim = match optimizer {
+            // AdamW, as SAM-CLIP: the cosine loss's gradient scales with 1 / |output|, which an
+            // adaptive step does not see
+            Optimizer::AdamW => AdamWConfig::new()
+                .with_weight_decay(weight_decay as f32)
+                .init(),
+            Optimizer::Sgd => SgdConfig::new()
+                .with_momentum(Some(MomentumConfig {
+                    momentum: SGD_MOMENTUM as f64,
+                    dampening: 0.0,
+                    nesterov: false,
+                }))
+                .with_weight_decay(Some(WeightDecayConfig::new(weight_decay as f32)))
+                .init(),
+        };
+        if let Some(f) = optimizer_file {
+            optim = optim
+                .load(f)
+                .map_err(|e| format!("{}: cannot be read ({e})", f.display()))?;
+        }
+        let heads = head_params(&student);
+        let head_ids: std::collections::HashSet<ParamId> =
+            heads.iter().map(|(id, _)| *id).collect();
+        let trunk = param_ranks(&student)
+            .into_iter()
+            .filter(|(id, _)| !head_ids.contains(id))
+            .collect();
+        Ok(Self {
+            student: Some(student),
+            optim,
+            heads,
+            trunk,
+            stop_cut,
+            n_heads,
+            bn,
+            device,
+            outs: Vec::new(),
+        })
+    }
+
+    /// The student being trained.
+    pub fn student(&self) -> &Student {
+        self.student
+            .as_ref()
+            .expect("the student is held between steps")
+    }
+}
+
+impl Learner for BurnLearner {
+    fn path(&self) -> &'static str {
+        "burn"
+    }
+
+    fn forward(&mut self, images: &[&[u8]], prep: Preprocess) -> Vec<(Vec<f32>, usize)> {
+        let x = to_tensor(images, prep, &self.device);
+        let mut ctx = ForwardCtx {
+            bn_mode: super::bn_mode(self.bn),
+            ..Default::default()
+        };
+        self.outs = self
+            .student()
+            .forward(x, self.stop_cut, self.n_heads, &mut ctx);
+        self.outs
+            .iter()
+            .map(|y| {
+                let [_, dim] = y.dims();
+                let v = y
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default();
+                (v, dim)
+            })
+            .collect()
+    }
+
+    fn step(&mut self, d_outs: Vec<Vec<f32>>, lr_head: f64, lr_trunk: Option<f64>) {
+        // sum_h <out_h, G_h>: its gradient is the chain rule from the given dL/dout
+        let mut surrogate: Option<Tensor<1>> = None;
+        for (y, g) in std::mem::take(&mut self.outs).into_iter().zip(d_outs) {
+            let dims = y.dims();
+            let g = Tensor::<2>::from_data(TensorData::new(g, dims), &self.device);
+            let term = (y * g).sum();
+            surrogate = Some(match surrogate {
+                None => term,
+                Some(acc) => acc + term,
+            });
+        }
+        let Some(surrogate) = surrogate else { return };
+        let mut student = self.student.take().expect("held");
+        let mut grads = GradientsParams::from_grads(surrogate.backward(), &student);
+        let head_grads = take_grads(&mut grads, &self.heads);
+        student = self.optim.step(lr_head, student, head_grads);
+        if let Some(lr) = lr_trunk {
+            let trunk_grads = take_grads(&mut grads, &self.trunk);
+            student = self.optim.step(lr, student, trunk_grads);
+        }
+        self.student = Some(student);
+    }
+
+    fn states(&self) -> (StateDict, Vec<StateDict>) {
+        self.student().valid().to_states()
+    }
+
+    fn save_optimizer(&self, dir: &Path) -> Result<(), String> {
+        self.optim
+            .save(dir.join(BURN_OPTIMIZER_FILE))
+            .map_err(|e| e.to_string())
+    }
+
+    fn param_ids(&self) -> Vec<u64> {
+        crate::train::param_ids(self.student())
+    }
+}
+
+/// AdamW state of one parameter.
+#[derive(Clone, Debug, Default)]
+struct Adam {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    time: i32,
+}
+
+/// A single-network student on the CPU training engine.
+pub struct EngineLearner {
+    net: TrainNet,
+    /// The student's state dict (names, shapes and any entry the engine does not train), into
+    /// which [`Learner::states`] writes the trained tensors.
+    template: StateDict,
+    optimizer: Optimizer,
+    weight_decay: f64,
+    adam: Vec<Adam>,
+    /// First parameter of the head group (the final linear layer: the last two parameters).
+    head_from: usize,
+    n_heads: usize,
+    dim: usize,
+}
+
+impl EngineLearner {
+    /// A learner for the single network `template` compiled as `net`, giving its output to each
+    /// of `n_heads` heads; `optimizer_file` restores a saved optimiser state.
+    ///
+    /// # Errors
+    /// The message of an optimiser state that cannot be read or does not fit the network.
+    pub fn new(
+        net: TrainNet,
+        template: StateDict,
+        n_heads: usize,
+        optimizer: Optimizer,
+        weight_decay: f64,
+        optimizer_file: Option<&Path>,
+    ) -> Result<Self, String> {
+        let n = net.params().len();
+        let dim = net.params().last().map_or(0, |p| p.value.len());
+        let mut me = Self {
+            adam: vec![Adam::default(); n],
+            head_from: n.saturating_sub(2),
+            net,
+            template,
+            optimizer,
+            weight_decay,
+            n_heads,
+            dim,
+        };
+        if let Some(f) = optimizer_file {
+            me.load_optimizer(f)?;
+        }
+        Ok(me)
+    }
+
+    fn load_optimizer(&mut self, file: &Path) -> Result<(), String> {
+        let bad = |what: String| format!("{}: {what}", file.display());
+        let s = safetensors_io::load(file).map_err(|e| bad(e.to_string()))?;
+        for (i, p) in self.net.params_mut().iter_mut().enumerate() {
+            let get = |suffix: &str| -> Result<Option<Vec<f32>>, String> {
+                match s.get(&format!("{}.{suffix}", p.name)) {
+                    None => Ok(None),
+                    Some(t) if t.data.len() == p.value.len() => Ok(Some(t.data.clone())),
+                    Some(t) => Err(bad(format!(
+                        "{}.{suffix} holds {} values, the parameter {}",
+                        p.name,
+                        t.data.len(),
+                        p.value.len()
+                    ))),
+                }
+            };
+            match self.optimizer {
+                Optimizer::Sgd => p.momentum = get("momentum")?,
+                Optimizer::AdamW => {
+                    let (m, v) = (get("m")?, get("v")?);
+                    let time = s
+                        .get(&format!("{}.time", p.name))
+                        .and_then(|t| t.data.first().copied())
+                        .unwrap_or(0.0);
+                    if let (Some(m), Some(v)) = (m, v) {
+                        if !((1.0..1e7).contains(&time) && time.fract() == 0.0) {
+                            return Err(bad(format!("{}.time is not a step count", p.name)));
+                        }
+                        self.adam[i] = Adam {
+                            m,
+                            v,
+                            time: time as i32,
+                        };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One AdamW step of `value` from `grad` (burn's arithmetic, see the module docs).
+fn adamw_update(value: &mut [f32], grad: &[f32], st: &mut Adam, lr: f64, weight_decay: f64) {
+    let (f1, f2) = (1.0 - BETA1, 1.0 - BETA2);
+    if st.time == 0 {
+        st.m = grad.iter().map(|g| g * f1).collect();
+        st.v = grad.iter().map(|g| g * g * f2).collect();
+    } else {
+        for ((m, v), g) in st.m.iter_mut().zip(st.v.iter_mut()).zip(grad) {
+            *m = *m * BETA1 + g * f1;
+            *v = *v * BETA2 + g * g * f2;
+        }
+    }
+    st.time += 1;
+    let (c1, c2) = (1.0 - BETA1.powi(st.time), 1.0 - BETA2.powi(st.time));
+    let decay = lr * weight_decay;
+    let keep = (1.0 - decay) as f32;
+    let lr = lr as f32;
+    for ((p, m), v) in value.iter_mut().zip(&st.m).zip(&st.v) {
+        let delta = (m / c1) / ((v / c2).sqrt() + ADAM_EPS);
+        let decayed = if decay == 0.0 { *p } else { *p * keep };
+        *p = decayed - delta * lr;
+    }
+}
+
+impl Learner for EngineLearner {
+    fn path(&self) -> &'static str {
+        "engine"
+    }
+
+    fn forward(&mut self, images: &[&[u8]], prep: Preprocess) -> Vec<(Vec<f32>, usize)> {
+        let y = self.net.forward(Act::from_images(images, prep));
+        vec![(y, self.dim); self.n_heads]
+    }
+
+    fn step(&mut self, d_outs: Vec<Vec<f32>>, lr_head: f64, lr_trunk: Option<f64>) {
+        let mut it = d_outs.into_iter();
+        let Some(mut dy) = it.next() else { return };
+        for g in it {
+            for (a, b) in dy.iter_mut().zip(g) {
+                *a += b;
+            }
+        }
+        self.net.backward(dy);
+        let (optimizer, wd, head_from) = (self.optimizer, self.weight_decay, self.head_from);
+        use rayon::prelude::*;
+        self.net
+            .params_mut()
+            .par_iter_mut()
+            .zip(self.adam.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, (p, st))| {
+                let lr = if i >= head_from {
+                    lr_head
+                } else {
+                    match lr_trunk {
+                        Some(lr) => lr,
+                        None => return,
+                    }
+                };
+                match optimizer {
+                    Optimizer::Sgd => p.sgd_update(lr as f32, SGD_MOMENTUM, wd as f32),
+                    Optimizer::AdamW => adamw_update(&mut p.value, &p.grad, st, lr, wd),
+                }
+            });
+    }
+
+    fn states(&self) -> (StateDict, Vec<StateDict>) {
+        let mut s = self.template.clone();
+        self.net.write_state(&mut s);
+        (s, Vec::new())
+    }
+
+    fn save_optimizer(&self, dir: &Path) -> Result<(), String> {
+        let mut out = StateDict::new();
+        let one = |v: &[f32]| NamedTensor::new(vec![v.len()], v.to_vec());
+        for (p, st) in self.net.params().iter().zip(&self.adam) {
+            if let Some(m) = &p.momentum {
+                out.insert(format!("{}.momentum", p.name), one(m));
+            }
+            if st.time > 0 {
+                out.insert(format!("{}.m", p.name), one(&st.m));
+                out.insert(format!("{}.v", p.name), one(&st.v));
+                out.insert(format!("{}.time", p.name), one(&[st.time as f32]));
+            }
+        }
+        safetensors_io::save(&out, &dir.join(ENGINE_OPTIMIZER_FILE)).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adamw_steps_are_hand_derived() {
+        // g = 2 on p = 1, lr 0.1, wd 0.5: m = 0.2, v = 0.004, corrected 2 and 4,
+        // delta = 2 / (2 + 1e-5); p = 1 (1 - 0.05) - 0.1 delta
+        let mut p = [1.0f32];
+        let mut st = Adam::default();
+        adamw_update(&mut p, &[2.0], &mut st, 0.1, 0.5);
+        let want = 0.95 - 0.1 * 2.0 / (2.0 + 1e-5);
+        assert!((p[0] as f64 - want).abs() < 1e-6, "{} vs {want}", p[0]);
+        // second step, g = -1: m = 0.9 * 0.2 - 0.1 = 0.08, v = 0.999 * 0.004 + 0.001 = 0.004996
+        // m^ = 0.08 / 0.19, v^ = 0.004996 / 0.001999
+        let p1 = p[0] as f64;
+        adamw_update(&mut p, &[-1.0], &mut st, 0.1, 0.0);
+        let (mh, vh) = (0.08 / 0.19, 0.004996 / (1.0 - 0.999f64.powi(2)));
+        let want = p1 - 0.1 * mh / (vh.sqrt() + 1e-5);
+        assert!((p[0] as f64 - want).abs() < 1e-5, "{} vs {want}", p[0]);
+        assert_eq!(st.time, 2);
+    }
+}

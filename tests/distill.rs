@@ -184,6 +184,50 @@ fn without_augmentation_each_teacher_runs_once_per_image() {
 }
 
 #[test]
+fn a_partial_zip_learns_its_teachers_features_on_burns_path() {
+    // ZipIt!13/20: the head networks start at layer 3; the feature term compares each with its
+    // teacher one cut later and is reported per teacher; partial zips train on burn's autodiff
+    let tmp = tempfile::tempdir().unwrap();
+    let merged = tmp.path().join("zip13");
+    let o = run(&[
+        "merge",
+        "--model",
+        A,
+        "--model",
+        B,
+        "--data",
+        SAMPLE,
+        "--stop",
+        "13/20",
+        "--probe-images",
+        "100",
+        "--bn-reset-images",
+        "100",
+        "--out",
+        merged.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = merged.to_str().unwrap();
+    let (x, y) = (tmp.path().join("x"), tmp.path().join("y"));
+    let with = ok(&distill(m, &[A, B], &x, &["--feature-weight", "1"]));
+    let without = ok(&distill(m, &[A, B], &y, &[]));
+    assert_eq!(with["training_path"], "burn");
+    let f = with["epochs"][0]["feature_loss"].as_array().unwrap();
+    assert_eq!(f.len(), 2);
+    assert!(f.iter().all(|v| v.as_f64().unwrap() > 0.0));
+    assert!(without["epochs"][0].get("feature_loss").is_none());
+    // the head stage trains the head networks, where the feature term acts: other weights
+    let head0 = |d: &std::path::Path| {
+        zipmerge::checkpoint::safetensors_io::load(&d.join("head0.safetensors")).unwrap()
+    };
+    assert_ne!(
+        head0(&x)["layer3.0.conv1.weight"].data,
+        head0(&y)["layer3.0.conv1.weight"].data
+    );
+}
+
+#[test]
 fn bad_input_is_one_error_line_and_nothing_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("never");
@@ -239,6 +283,17 @@ fn bad_input_is_one_error_line_and_nothing_is_written() {
             "--unlabeled: given 1 times for 2 teachers",
         ),
         (distill(A, &[A], &out, &["--mix", "1,1"]), 2, "--mix"),
+        // the feature term needs head networks after a stop; a single network has none
+        (
+            distill(A, &[A], &out, &["--feature-weight", "1"]),
+            2,
+            "--feature-weight 1",
+        ),
+        (
+            distill(A, &[A], &out, &["--feature-weight", "-1"]),
+            2,
+            "--feature-weight",
+        ),
         (
             distill(
                 A,
@@ -375,20 +430,23 @@ fn the_engine_learner_follows_the_burn_learner() {
     };
     let (mut b, mut e) = make(Optimizer::Sgd);
     let (ob, oe) = (
-        b.forward(&refs, Preprocess::CIFAR),
-        e.forward(&refs, Preprocess::CIFAR),
+        b.forward(&refs, Preprocess::CIFAR, None),
+        e.forward(&refs, Preprocess::CIFAR, None),
     );
-    assert_eq!((ob.len(), oe.len()), (2, 2));
-    assert!(rel_inf(&oe[0].0, &ob[0].0) < 1e-5, "outputs differ");
-    b.step(d_out.clone(), 1.0, Some(0.5));
-    e.step(d_out.clone(), 1.0, Some(0.5));
+    assert_eq!((ob.outs.len(), oe.outs.len()), (2, 2));
+    assert!(
+        rel_inf(&oe.outs[0].0, &ob.outs[0].0) < 1e-5,
+        "outputs differ"
+    );
+    b.step(d_out.clone(), Vec::new(), 1.0, Some(0.5));
+    e.step(d_out.clone(), Vec::new(), 1.0, Some(0.5));
     compare(&b, &e, 1e-4, "SGD step");
     // a head-only step on fresh learners: the trunk keeps its values on both paths
     let (mut b, mut e) = make(Optimizer::Sgd);
-    b.forward(&refs, Preprocess::CIFAR);
-    e.forward(&refs, Preprocess::CIFAR);
-    b.step(d_out.clone(), 1.0, None);
-    e.step(d_out.clone(), 1.0, None);
+    b.forward(&refs, Preprocess::CIFAR, None);
+    e.forward(&refs, Preprocess::CIFAR, None);
+    b.step(d_out.clone(), Vec::new(), 1.0, None);
+    e.step(d_out.clone(), Vec::new(), 1.0, None);
     let es = e.states().0;
     assert_eq!(es["conv1.weight"].data, state["conv1.weight"].data);
     assert_ne!(es["linear.weight"].data, state["linear.weight"].data);
@@ -396,10 +454,10 @@ fn the_engine_learner_follows_the_burn_learner() {
     // AdamW: its normalised steps; two of them (the second with its moments)
     let (mut b, mut e) = make(Optimizer::AdamW);
     for _ in 0..2 {
-        b.forward(&refs, Preprocess::CIFAR);
-        e.forward(&refs, Preprocess::CIFAR);
-        b.step(d_out.clone(), 1e-3, Some(1e-3));
-        e.step(d_out.clone(), 1e-3, Some(1e-3));
+        b.forward(&refs, Preprocess::CIFAR, None);
+        e.forward(&refs, Preprocess::CIFAR, None);
+        b.step(d_out.clone(), Vec::new(), 1e-3, Some(1e-3));
+        e.step(d_out.clone(), Vec::new(), 1e-3, Some(1e-3));
     }
     compare(&b, &e, 2e-2, "AdamW steps");
 }

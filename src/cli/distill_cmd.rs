@@ -64,6 +64,12 @@ pub struct DistillArgs {
     /// teacher's outputs on its own images; text heads by cosine distance).
     #[arg(long, default_value = "joint")]
     pub loss: String,
+    /// Weight of the feature-reconstruction term (FS-Merge's objective), partially zipped
+    /// students only: each head network's features one cut after the stop against its
+    /// teacher's at the same cut (squared error over the teacher's squared norm), on the
+    /// teacher's own images; 0 (default): off.
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
+    pub feature_weight: f64,
     /// Temperature of the KL losses (default 4; refused when no KL loss is used: `--loss
     /// embedding` with text heads only).
     #[arg(long, value_parser = finite)]
@@ -156,6 +162,7 @@ pub fn exec(a: DistillArgs, p: &mut Printer) -> Result<()> {
             replay_frac: a.replay_frac,
             augment: !a.no_augment,
             seed: a.seed,
+            feature_weight: a.feature_weight,
         },
         temperature_given: a.temperature.is_some(),
         bn,

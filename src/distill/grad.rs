@@ -61,6 +61,36 @@ pub fn cosine_distance(student: &[f32], teacher: &[f32], dim: usize) -> (f64, Ve
     (loss / rows as f64, grad)
 }
 
+/// Feature reconstruction (FS-Merge's objective, Kinderman et al., TMLR 2025, §3; reference
+/// doc `merging-methods-reference.md`): mean over the rows of `|s_n - t_n|^2 / |t_n|^2` (each
+/// row one image's features flattened, `dim` values; the teacher's norm makes it scale-free)
+/// and its gradient `2 (s_n - t_n) / (B |t_n|^2)` with respect to `student`.
+pub fn feature_error(student: &[f32], teacher: &[f32], dim: usize) -> (f64, Vec<f32>) {
+    let rows = student.len() / dim.max(1);
+    if rows == 0 {
+        return (0.0, Vec::new());
+    }
+    let nt = norms(teacher, dim);
+    let mut grad = vec![0f32; student.len()];
+    let mut loss = 0.0;
+    for (((g, s), t), &norm) in grad
+        .chunks_mut(dim)
+        .zip(student.chunks(dim))
+        .zip(teacher.chunks(dim))
+        .zip(&nt)
+    {
+        let t2 = norm * norm;
+        let mut e = 0.0;
+        for ((g, &a), &b) in g.iter_mut().zip(s).zip(t) {
+            let d = a as f64 - b as f64;
+            e += d * d;
+            *g = (2.0 * d / (rows as f64 * t2)) as f32;
+        }
+        loss += e / t2;
+    }
+    (loss / rows as f64, grad)
+}
+
 /// Row-wise softmax of `x / temperature` (`[rows, cols]`), in `f64`.
 pub fn softmax(x: &[f32], cols: usize, temperature: f64) -> Vec<f64> {
     let mut out = Vec::with_capacity(x.len());
@@ -326,6 +356,33 @@ mod tests {
             &mut dy,
         );
         assert_eq!(dy, vec![2.0, 0.0, 1.0, 5.0, 0.0, 4.0]);
+    }
+
+    #[test]
+    fn feature_error_gradient_matches_finite_differences() {
+        let (_, g) = feature_error(&S, &T, 3);
+        let h = 1e-3f32;
+        for k in 0..S.len() {
+            let (mut up, mut down) = (S.to_vec(), S.to_vec());
+            up[k] += h;
+            down[k] -= h;
+            let fd =
+                (feature_error(&up, &T, 3).0 - feature_error(&down, &T, 3).0) / (2.0 * h as f64);
+            assert!(
+                (g[k] as f64 - fd).abs() < 1e-3 * (1.0 + fd.abs()),
+                "{k}: {} vs {fd}",
+                g[k]
+            );
+        }
+    }
+
+    #[test]
+    fn feature_error_is_hand_derived() {
+        // rows (1, 2) vs (1, 0): |d|^2 = 4, |t|^2 = 1 -> 4; (3, 4) vs (3, 4): 0; mean 2
+        let (l, g) = feature_error(&[1.0, 2.0, 3.0, 4.0], &[1.0, 0.0, 3.0, 4.0], 2);
+        assert!((l - 2.0).abs() < 1e-12);
+        // gradient 2 d / (B |t|^2): (0, 2 * 2 / 2) and zeros
+        assert_eq!(g, vec![0.0, 2.0, 0.0, 0.0]);
     }
 
     #[test]

@@ -33,17 +33,38 @@ const ADAM_EPS: f32 = 1e-5;
 /// SGD momentum.
 const SGD_MOMENTUM: f32 = 0.9;
 
+/// One forward pass's results.
+pub struct Forward {
+    /// Per student head, its output `[images, dim]` row-major and `dim`.
+    pub outs: Vec<(Vec<f32>, usize)>,
+    /// Per head network, its features at the asked cut, `[images, c * h * w]` row-major (NCHW
+    /// per image); empty when no cut was asked.
+    pub feats: Vec<Vec<f32>>,
+}
+
 /// A trainable student.
 pub trait Learner {
     /// `training_path` of the report: `engine` or `burn`.
     fn path(&self) -> &'static str;
-    /// Forward pass in train mode on `images` (stored bytes, `prep`'s layout): per student
-    /// head, its output `[images, dim]` row-major and `dim`.
-    fn forward(&mut self, images: &[&[u8]], prep: Preprocess) -> Vec<(Vec<f32>, usize)>;
+    /// Forward pass in train mode on `images` (stored bytes, `prep`'s layout); with
+    /// `feature_cut`, a partially zipped student's head features at that cut too (the engine
+    /// learner holds single networks and returns none).
+    fn forward(
+        &mut self,
+        images: &[&[u8]],
+        prep: Preprocess,
+        feature_cut: Option<usize>,
+    ) -> Forward;
     /// Back-propagates `d_outs` (per head, `dL/doutput` of the last forward, same shapes) and
-    /// steps the optimiser: the head group at `lr_head`, the trunk at `lr_trunk` (`None`:
-    /// frozen).
-    fn step(&mut self, d_outs: Vec<Vec<f32>>, lr_head: f64, lr_trunk: Option<f64>);
+    /// `d_feats` (per head network, `dL/dfeatures`; empty: none), then steps the optimiser: the
+    /// head group at `lr_head`, the trunk at `lr_trunk` (`None`: frozen).
+    fn step(
+        &mut self,
+        d_outs: Vec<Vec<f32>>,
+        d_feats: Vec<Vec<f32>>,
+        lr_head: f64,
+        lr_trunk: Option<f64>,
+    );
     /// The weights as PyTorch-layout state dicts: the trunk, then each head network.
     fn states(&self) -> (StateDict, Vec<StateDict>);
     /// Writes the optimiser's state into `dir` (a resumable state's file).
@@ -69,6 +90,7 @@ pub struct BurnLearner {
     bn: BnHandling,
     device: Device,
     outs: Vec<Tensor<2>>,
+    feats: Vec<Tensor<4>>,
 }
 
 /// The optimiser file of a burn learner's state.
@@ -130,6 +152,7 @@ impl BurnLearner {
             bn,
             device,
             outs: Vec::new(),
+            feats: Vec::new(),
         })
     }
 
@@ -146,41 +169,65 @@ impl Learner for BurnLearner {
         "burn"
     }
 
-    fn forward(&mut self, images: &[&[u8]], prep: Preprocess) -> Vec<(Vec<f32>, usize)> {
+    fn forward(
+        &mut self,
+        images: &[&[u8]],
+        prep: Preprocess,
+        feature_cut: Option<usize>,
+    ) -> Forward {
         let x = to_tensor(images, prep, &self.device);
         let mut ctx = ForwardCtx {
             bn_mode: super::bn_mode(self.bn),
             ..Default::default()
         };
-        self.outs = self
-            .student()
-            .forward(x, self.stop_cut, self.n_heads, &mut ctx);
-        self.outs
-            .iter()
-            .map(|y| {
-                let [_, dim] = y.dims();
-                let v = y
-                    .clone()
-                    .into_data()
-                    .convert::<f32>()
-                    .try_to_vec::<f32>()
-                    .unwrap_or_default();
-                (v, dim)
-            })
-            .collect()
+        let student = self.student.as_ref().expect("held");
+        (self.outs, self.feats) = match feature_cut {
+            Some(cut) if !student.heads.is_empty() => {
+                student.forward_features(x, self.stop_cut, cut, &mut ctx)
+            }
+            _ => (
+                student.forward(x, self.stop_cut, self.n_heads, &mut ctx),
+                Vec::new(),
+            ),
+        };
+        Forward {
+            outs: self
+                .outs
+                .iter()
+                .map(|y| {
+                    let [_, dim] = y.dims();
+                    (values(y), dim)
+                })
+                .collect(),
+            feats: self.feats.iter().map(values).collect(),
+        }
     }
 
-    fn step(&mut self, d_outs: Vec<Vec<f32>>, lr_head: f64, lr_trunk: Option<f64>) {
-        // sum_h <out_h, G_h>: its gradient is the chain rule from the given dL/dout
+    fn step(
+        &mut self,
+        d_outs: Vec<Vec<f32>>,
+        d_feats: Vec<Vec<f32>>,
+        lr_head: f64,
+        lr_trunk: Option<f64>,
+    ) {
+        // sum_h <out_h, G_h> + sum_h <feat_h, F_h>: its gradient is the chain rule from the
+        // given dL/dout and dL/dfeatures
         let mut surrogate: Option<Tensor<1>> = None;
-        for (y, g) in std::mem::take(&mut self.outs).into_iter().zip(d_outs) {
-            let dims = y.dims();
-            let g = Tensor::<2>::from_data(TensorData::new(g, dims), &self.device);
-            let term = (y * g).sum();
-            surrogate = Some(match surrogate {
+        let mut add = |term: Tensor<1>| {
+            surrogate = Some(match surrogate.take() {
                 None => term,
                 Some(acc) => acc + term,
             });
+        };
+        for (y, g) in std::mem::take(&mut self.outs).into_iter().zip(d_outs) {
+            let dims = y.dims();
+            let g = Tensor::<2>::from_data(TensorData::new(g, dims), &self.device);
+            add((y * g).sum());
+        }
+        for (f, g) in std::mem::take(&mut self.feats).into_iter().zip(d_feats) {
+            let dims = f.dims();
+            let g = Tensor::<4>::from_data(TensorData::new(g, dims), &self.device);
+            add((f * g).sum());
         }
         let Some(surrogate) = surrogate else { return };
         let mut student = self.student.take().expect("held");
@@ -207,6 +254,15 @@ impl Learner for BurnLearner {
     fn param_ids(&self) -> Vec<u64> {
         crate::train::param_ids(self.student())
     }
+}
+
+/// A tensor's values, row-major.
+fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default()
 }
 
 /// AdamW state of one parameter.
@@ -334,12 +390,26 @@ impl Learner for EngineLearner {
         "engine"
     }
 
-    fn forward(&mut self, images: &[&[u8]], prep: Preprocess) -> Vec<(Vec<f32>, usize)> {
+    fn forward(
+        &mut self,
+        images: &[&[u8]],
+        prep: Preprocess,
+        _feature_cut: Option<usize>,
+    ) -> Forward {
         let y = self.net.forward(Act::from_images(images, prep));
-        vec![(y, self.dim); self.n_heads]
+        Forward {
+            outs: vec![(y, self.dim); self.n_heads],
+            feats: Vec::new(),
+        }
     }
 
-    fn step(&mut self, d_outs: Vec<Vec<f32>>, lr_head: f64, lr_trunk: Option<f64>) {
+    fn step(
+        &mut self,
+        d_outs: Vec<Vec<f32>>,
+        _d_feats: Vec<Vec<f32>>,
+        lr_head: f64,
+        lr_trunk: Option<f64>,
+    ) {
         let mut it = d_outs.into_iter();
         let Some(mut dy) = it.next() else { return };
         for g in it {

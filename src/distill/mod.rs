@@ -102,6 +102,29 @@ impl Student {
             .collect()
     }
 
+    /// As [`Self::forward`] for a partially zipped student, also returning each head network's
+    /// features at cut `feature_cut` (`stop_cut < feature_cut < output cut`), `[batch, c, h, w]`.
+    pub fn forward_features(
+        &self,
+        x: Tensor<4>,
+        stop_cut: usize,
+        feature_cut: usize,
+        ctx: &mut ForwardCtx,
+    ) -> (Vec<Tensor<2>>, Vec<Tensor<4>>) {
+        let out_cut = self.trunk.output_cut();
+        let z = self.trunk.forward_segment(x, 0, stop_cut, ctx);
+        let mut outs = Vec::new();
+        let mut feats = Vec::new();
+        for h in &self.heads {
+            let f = h.forward_segment(z.clone(), stop_cut, feature_cut, ctx);
+            let y = h.forward_segment(f.clone(), feature_cut, out_cut, ctx);
+            let [b, o, _, _] = y.dims();
+            outs.push(y.reshape([b, o]));
+            feats.push(f);
+        }
+        (outs, feats)
+    }
+
     /// The weights as PyTorch-layout state dicts: the trunk, then each head network.
     pub fn to_states(&self) -> (StateDict, Vec<StateDict>) {
         (
@@ -160,6 +183,39 @@ impl TeacherNet {
     }
 }
 
+impl TeacherNet {
+    /// The features at cut `cut` of `images`, `[images, c, h, w]` row-major (NCHW, as burn's
+    /// forward), in eval mode.
+    pub fn features(
+        &self,
+        images: &[&[u8]],
+        prep: crate::data::Preprocess,
+        cut: usize,
+    ) -> Vec<f32> {
+        let t = match self {
+            TeacherNet::Engine(c) => c
+                .trunk()
+                .run(
+                    Act::from_images(images, prep),
+                    0,
+                    cut,
+                    &mut EngineCtx::default(),
+                )
+                .to_nchw(&Device::flex()),
+            TeacherNet::Burn(b) => b.0.trunk.forward_segment(
+                to_tensor(images, prep, &b.1),
+                0,
+                cut,
+                &mut ForwardCtx::default(),
+            ),
+        };
+        t.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default()
+    }
+}
+
 /// Settings of a distillation run (recorded in the report; a resumed run must match).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DistillOptions {
@@ -191,6 +247,11 @@ pub struct DistillOptions {
     pub augment: bool,
     /// Seed of the draws and augmentation.
     pub seed: u64,
+    /// Weight of the feature-reconstruction term (FS-Merge's objective; partially zipped
+    /// students only): each head network's features one cut after the stop against its
+    /// teacher's at the same cut, on the teacher's own images ([`grad::feature_error`]). 0: off.
+    #[serde(default)]
+    pub feature_weight: f64,
 }
 
 /// One epoch of a distillation run.
@@ -210,6 +271,10 @@ pub struct DistillEpoch {
     /// each image once over the run: [`cache::TeacherCache`]).
     #[serde(default)]
     pub teacher_images: usize,
+    /// Mean feature-reconstruction error per teacher on its images of the epoch (before the
+    /// weight; empty without the feature term).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feature_loss: Vec<f64>,
     /// Seconds of the epoch.
     pub seconds: f64,
 }
@@ -499,7 +564,9 @@ pub type SaveState<'a> =
 /// training images): `pools[i]` are the positions of teacher `i`'s images in `set`. Runs
 /// epochs `start..head_epochs + epochs` of [`crate::distill::mix::Mixer`] batches, appending
 /// to `log` (a resumed run's log of the epochs before `start`); calls `save(learner,
-/// epochs_done, log)` after each epoch (a resumable state) and returns the log.
+/// epochs_done, log)` after each epoch (a resumable state) and returns the log. With
+/// `feature_cut` (a partially zipped student, [`DistillOptions::feature_weight`] > 0), the
+/// feature term at that cut is added.
 ///
 /// # Errors
 /// The message of a failed `save`.
@@ -511,6 +578,7 @@ pub fn distill(
     pools: Vec<Vec<usize>>,
     o: &DistillOptions,
     student_heads: &[(HeadSpec, Vec<usize>)],
+    feature_cut: Option<usize>,
     start: usize,
     mut log: Vec<DistillEpoch>,
     save: &mut SaveState<'_>,
@@ -541,6 +609,7 @@ pub fn distill(
         let t0 = std::time::Instant::now();
         let (mut sums, mut counts) = (vec![0.0f64; n], vec![0usize; n]);
         let mut teacher_images = 0;
+        let mut feature_sums = vec![0.0f64; n];
         let lr0 = lr_at(o, epoch, 0.0);
         for s in 0..steps {
             let picks = mixer.next_batch();
@@ -565,7 +634,8 @@ pub fn distill(
                     teachers[i].net.outputs(&refs[r], set.prep)
                 }
             };
-            let outs = learner.forward(&refs, set.prep);
+            let fwd = learner.forward(&refs, set.prep, feature_cut);
+            let outs = fwd.outs;
             let (per, d_outs) = match o.loss {
                 DistillLoss::Joint => {
                     let (per, _, d) = joint_loss(
@@ -587,9 +657,31 @@ pub fn distill(
                 sums[i] += per[i] * ks[i] as f64;
                 counts[i] += ks[i];
             }
+            let mut d_feats: Vec<Vec<f32>> =
+                fwd.feats.iter().map(|f| vec![0f32; f.len()]).collect();
+            if let Some(cut) = feature_cut.filter(|_| !fwd.feats.is_empty()) {
+                let mut row = 0;
+                for (i, t) in teachers.iter().enumerate() {
+                    let k = ks[i];
+                    if k == 0 {
+                        continue;
+                    }
+                    let feats = &fwd.feats[t.student_head];
+                    let fd = feats.len() / b;
+                    let target = t.net.features(&refs[row..row + k], set.prep, cut);
+                    let r = row * fd..(row + k) * fd;
+                    let (l, g) = grad::feature_error(&feats[r.clone()], &target, fd);
+                    feature_sums[i] += l * k as f64;
+                    let w = (o.feature_weight * k as f64 / b as f64) as f32;
+                    for (a, g) in d_feats[t.student_head][r].iter_mut().zip(g) {
+                        *a += w * g;
+                    }
+                    row += k;
+                }
+            }
             let lr = lr_at(o, epoch, s as f64 / steps as f64);
             let trunk_lr = (stage == "all").then_some(lr * o.trunk_lr_mult);
-            learner.step(d_outs, lr, trunk_lr);
+            learner.step(d_outs, d_feats, lr, trunk_lr);
             obs.step(&means(&sums, &counts));
         }
         let entry = DistillEpoch {
@@ -599,6 +691,11 @@ pub fn distill(
             lr: lr0,
             images: counts.iter().sum(),
             teacher_images,
+            feature_loss: if feature_cut.is_some() {
+                means(&feature_sums, &counts)
+            } else {
+                Vec::new()
+            },
             seconds: t0.elapsed().as_secs_f64(),
         };
         obs.epoch_end(&entry);

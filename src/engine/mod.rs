@@ -506,6 +506,11 @@ impl CpuSystem {
         }
     }
 
+    /// The trunk network (the whole network of a single model).
+    pub fn trunk(&self) -> &CpuNet {
+        &self.trunk
+    }
+
     /// Final-layer outputs of every head (`[batch, 1, 1, out]` each), as
     /// `crate::system::System::forward_heads`; BN records are prefixed `trunk:` / `head{i}:`.
     pub fn forward_heads(&self, x: Act, ctx: &mut EngineCtx) -> Vec<Act> {

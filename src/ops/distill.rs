@@ -213,6 +213,9 @@ pub fn check_options(p: &DistillPlan) -> Result<(), DistillError> {
     if !(o.trunk_lr_mult.is_finite() && o.trunk_lr_mult >= 0.0) {
         return Err(opt_err("trunk-lr-mult", o.trunk_lr_mult, "a number >= 0"));
     }
+    if !(o.feature_weight.is_finite() && o.feature_weight >= 0.0) {
+        return Err(opt_err("feature-weight", o.feature_weight, "a number >= 0"));
+    }
     if !(o.temperature.is_finite() && o.temperature > 0.0) {
         return Err(opt_err("temperature", o.temperature, "a positive number"));
     }
@@ -371,8 +374,14 @@ impl DistillObserver for Progress<'_> {
     fn epoch_end(&mut self, e: &DistillEpoch) {
         self.0.end();
         let l: Vec<String> = e.loss.iter().map(|l| format!("{l:.4}")).collect();
+        let f: Vec<String> = e.feature_loss.iter().map(|l| format!("{l:.4}")).collect();
+        let features = if f.is_empty() {
+            String::new()
+        } else {
+            format!("  feature error {}", f.join(" "))
+        };
         self.0.info(&format!(
-            "epoch {:>3} ({}): loss per teacher {}  lr {:.4}  {} images  ({:.1}s)",
+            "epoch {:>3} ({}): loss per teacher {}{features}  lr {:.4}  {} images  ({:.1}s)",
             e.epoch,
             e.stage,
             l.join(" "),
@@ -407,6 +416,31 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
             "sets the KL loss of linear heads and of --loss joint; with --loss embedding this student's text heads use the cosine distance",
         ));
     }
+    // the feature term (FS-Merge) compares head networks with their teachers one cut after
+    // the stop: a partially zipped student whose heads hold a cut before the output
+    let feature_cut = if plan.options.feature_weight > 0.0 {
+        let cut = sm.stop_cut + 1;
+        if heads.is_empty() {
+            return Err(opt_err(
+                "feature-weight",
+                plan.options.feature_weight,
+                "0 for this student: the feature term needs a partially zipped student (head networks from the stop on); a single network has none",
+            ));
+        }
+        if cut >= sm.net_config().output_cut() {
+            return Err(opt_err(
+                "feature-weight",
+                plan.options.feature_weight,
+                &format!(
+                    "0 for this student: its stop (cut {}) leaves no cut between the stop and the output for the feature term",
+                    sm.stop_cut
+                ),
+            ));
+        }
+        Some(cut)
+    } else {
+        None
+    };
     let mut matched = Vec::new();
     let mut tms = Vec::new();
     let mut sm = sm;
@@ -742,6 +776,7 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
             .iter()
             .map(|h| (h.head.clone(), h.classes.clone()))
             .collect::<Vec<_>>(),
+        feature_cut,
         start,
         log0,
         &mut save,

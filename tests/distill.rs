@@ -54,6 +54,31 @@ fn ok(args: &[String]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// ZipIt! of the shipped pair on the sample up to `stop`, written under `dir`.
+fn merge_sample(dir: &std::path::Path, stop: &str) -> std::path::PathBuf {
+    let merged = dir.join(format!("zip-{}", stop.replace('/', "of")));
+    let o = run(&[
+        "merge",
+        "--model",
+        A,
+        "--model",
+        B,
+        "--data",
+        SAMPLE,
+        "--stop",
+        stop,
+        "--probe-images",
+        "100",
+        "--bn-reset-images",
+        "100",
+        "--out",
+        merged.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    merged
+}
+
 fn weights(dir: &std::path::Path) -> zipmerge::checkpoint::StateDict {
     zipmerge::checkpoint::safetensors_io::load(&dir.join("model.safetensors")).unwrap()
 }
@@ -123,24 +148,7 @@ fn check_unmoved(out: &std::path::Path) {
 #[test]
 fn the_same_seed_gives_the_same_bits_and_replay_keeps_its_share() {
     let tmp = tempfile::tempdir().unwrap();
-    let merged = tmp.path().join("zip");
-    let o = run(&[
-        "merge",
-        "--model",
-        A,
-        "--model",
-        B,
-        "--data",
-        SAMPLE,
-        "--probe-images",
-        "100",
-        "--bn-reset-images",
-        "100",
-        "--out",
-        merged.to_str().unwrap(),
-        "-q",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let merged = merge_sample(tmp.path(), "full");
     let m = merged.to_str().unwrap();
     let (x, y) = (tmp.path().join("x"), tmp.path().join("y"));
     let extra = ["--replay-frac", "0.25", "--seed", "3"];
@@ -188,26 +196,7 @@ fn a_partial_zip_learns_its_teachers_features_on_burns_path() {
     // ZipIt!13/20: the head networks start at layer 3; the feature term compares each with its
     // teacher one cut later and is reported per teacher; partial zips train on burn's autodiff
     let tmp = tempfile::tempdir().unwrap();
-    let merged = tmp.path().join("zip13");
-    let o = run(&[
-        "merge",
-        "--model",
-        A,
-        "--model",
-        B,
-        "--data",
-        SAMPLE,
-        "--stop",
-        "13/20",
-        "--probe-images",
-        "100",
-        "--bn-reset-images",
-        "100",
-        "--out",
-        merged.to_str().unwrap(),
-        "-q",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let merged = merge_sample(tmp.path(), "13/20");
     let m = merged.to_str().unwrap();
     let (x, y) = (tmp.path().join("x"), tmp.path().join("y"));
     let with = ok(&distill(m, &[A, B], &x, &["--feature-weight", "1"]));

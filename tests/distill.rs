@@ -202,6 +202,7 @@ fn a_partial_zip_learns_its_teachers_features_on_burns_path() {
     let with = ok(&distill(m, &[A, B], &x, &["--feature-weight", "1"]));
     let without = ok(&distill(m, &[A, B], &y, &[]));
     assert_eq!(with["training_path"], "burn");
+    assert_eq!(without["training_path"], "engine");
     let f = with["epochs"][0]["feature_loss"].as_array().unwrap();
     assert_eq!(f.len(), 2);
     assert!(f.iter().all(|v| v.as_f64().unwrap() > 0.0));
@@ -351,10 +352,12 @@ fn rel_inf(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn the_engine_learner_follows_the_burn_learner() {
-    // the same student, images and dL/doutput through both paths: outputs, then each tensor's
+    // the same student, images and dL/doutput through both paths, for a single network and a
+    // partial zip (trunk to cut 2, two head networks from it): outputs, then each tensor's
     // change after one SGD step (head group at 1, trunk at 0.5: the change is the gradient
     // times the group's rate), a head-only step leaving the trunk alone, and two AdamW steps
     use burn::tensor::Device;
+    use zipmerge::checkpoint::StateDict;
     use zipmerge::data::{ImageSet, Preprocess};
     use zipmerge::distill::learner::{BurnLearner, EngineLearner, Learner};
     use zipmerge::distill::{BnHandling, Optimizer, Student};
@@ -367,6 +370,8 @@ fn the_engine_learner_follows_the_burn_learner() {
         out: 8,
     };
     let state = common::random_state(&cfg, 3);
+    let head_states = [common::random_state(&cfg, 4), common::random_state(&cfg, 5)];
+    let stop = 2;
     let set = ImageSet::load(
         std::path::Path::new("datasets/cifar10-sample/train"),
         "train",
@@ -381,72 +386,97 @@ fn the_engine_learner_follows_the_burn_learner() {
                 .collect()
         })
         .collect();
-    let make = |opt: Optimizer| -> (BurnLearner, EngineLearner) {
+    let compile = |s: &StateDict, from: usize, to: usize| {
+        TrainNet::segment(&compile_state(cfg.arch, s).unwrap(), from, to).without_winograd()
+    };
+    let make = |opt: Optimizer, partial: bool| -> (BurnLearner, EngineLearner) {
         let ad = Device::flex().autodiff();
+        let heads: &[StateDict] = if partial { &head_states } else { &[] };
         let student = Student {
             trunk: Net::from_state(&cfg, &state, &ad).unwrap(),
-            heads: Vec::new(),
+            heads: heads
+                .iter()
+                .map(|h| Net::from_state(&cfg, h, &ad).unwrap())
+                .collect(),
         };
-        let b = BurnLearner::new(student, 0, 2, opt, 0.0, BnHandling::Train, ad, None).unwrap();
-        let net = TrainNet::new(&compile_state(cfg.arch, &state).unwrap()).without_winograd();
-        let e = EngineLearner::new(net, state.clone(), 2, opt, 0.0, None).unwrap();
+        let b = BurnLearner::new(student, stop, 2, opt, 0.0, BnHandling::Train, ad, None).unwrap();
+        let out = cfg.arch.output_cut();
+        let trunk = compile(&state, 0, if partial { stop } else { out });
+        let hs = heads
+            .iter()
+            .map(|h| (compile(h, stop, out).with_input_grad(), h.clone()))
+            .collect();
+        let e = EngineLearner::new((trunk, state.clone()), hs, 2, opt, 0.0, None).unwrap();
         (b, e)
     };
     let compare = |b: &dyn Learner, e: &dyn Learner, tol: f32, what: &str| {
-        let (bs, es) = (b.states().0, e.states().0);
+        let ((bt, bh), (et, eh)) = (b.states(), e.states());
+        let before = std::iter::once(&state).chain(head_states.iter());
         let mut bad = Vec::new();
-        for (name, t) in &bs {
-            // burn's BN updates running variances with the biased batch variance, the engine
-            // with PyTorch's unbiased one (checked in tests/engine_train.rs); the distilled
-            // model's BN is reset at the end either way
-            if name.ends_with("running_var") {
-                continue;
-            }
-            let before = &state[name].data;
-            let db: Vec<f32> = t.data.iter().zip(before).map(|(x, y)| x - y).collect();
-            let de: Vec<f32> = es[name]
-                .data
-                .iter()
-                .zip(before)
-                .map(|(x, y)| x - y)
-                .collect();
-            let r = rel_inf(&de, &db);
-            if r > tol {
-                bad.push(format!("{what}: {name}: relative error {r:.2e}"));
+        for (k, ((bs, es), before)) in std::iter::once(&bt)
+            .chain(&bh)
+            .zip(std::iter::once(&et).chain(&eh))
+            .zip(before)
+            .enumerate()
+        {
+            for (name, t) in bs {
+                // burn's BN updates running variances with the biased batch variance, the
+                // engine with PyTorch's unbiased one (checked in tests/engine_train.rs); the
+                // distilled model's BN is reset at the end either way
+                if name.ends_with("running_var") {
+                    continue;
+                }
+                let b0 = &before[name].data;
+                let db: Vec<f32> = t.data.iter().zip(b0).map(|(x, y)| x - y).collect();
+                let de: Vec<f32> = es[name].data.iter().zip(b0).map(|(x, y)| x - y).collect();
+                let r = rel_inf(&de, &db);
+                if r > tol {
+                    bad.push(format!(
+                        "{what}: network {k}: {name}: relative error {r:.2e}"
+                    ));
+                }
             }
         }
         assert!(bad.is_empty(), "{}", bad.join("\n"));
     };
-    let (mut b, mut e) = make(Optimizer::Sgd);
-    let (ob, oe) = (
-        b.forward(&refs, Preprocess::CIFAR, None),
-        e.forward(&refs, Preprocess::CIFAR, None),
-    );
-    assert_eq!((ob.outs.len(), oe.outs.len()), (2, 2));
-    assert!(
-        rel_inf(&oe.outs[0].0, &ob.outs[0].0) < 1e-5,
-        "outputs differ"
-    );
-    b.step(d_out.clone(), Vec::new(), 1.0, Some(0.5));
-    e.step(d_out.clone(), Vec::new(), 1.0, Some(0.5));
-    compare(&b, &e, 1e-4, "SGD step");
-    // a head-only step on fresh learners: the trunk keeps its values on both paths
-    let (mut b, mut e) = make(Optimizer::Sgd);
-    b.forward(&refs, Preprocess::CIFAR, None);
-    e.forward(&refs, Preprocess::CIFAR, None);
-    b.step(d_out.clone(), Vec::new(), 1.0, None);
-    e.step(d_out.clone(), Vec::new(), 1.0, None);
-    let es = e.states().0;
-    assert_eq!(es["conv1.weight"].data, state["conv1.weight"].data);
-    assert_ne!(es["linear.weight"].data, state["linear.weight"].data);
-    compare(&b, &e, 1e-4, "head-only step");
-    // AdamW: its normalised steps; two of them (the second with its moments)
-    let (mut b, mut e) = make(Optimizer::AdamW);
-    for _ in 0..2 {
+    for partial in [false, true] {
+        let what = if partial {
+            "partial zip"
+        } else {
+            "single network"
+        };
+        let (mut b, mut e) = make(Optimizer::Sgd, partial);
+        let (ob, oe) = (
+            b.forward(&refs, Preprocess::CIFAR, None),
+            e.forward(&refs, Preprocess::CIFAR, None),
+        );
+        assert_eq!((ob.outs.len(), oe.outs.len()), (2, 2));
+        for (x, y) in oe.outs.iter().zip(&ob.outs) {
+            assert!(rel_inf(&x.0, &y.0) < 1e-5, "{what}: outputs differ");
+        }
+        b.step(d_out.clone(), Vec::new(), 1.0, Some(0.5));
+        e.step(d_out.clone(), Vec::new(), 1.0, Some(0.5));
+        compare(&b, &e, 1e-4, &format!("{what}, SGD step"));
+        // a head-only step on fresh learners: the trunk keeps its values on both paths
+        let (mut b, mut e) = make(Optimizer::Sgd, partial);
         b.forward(&refs, Preprocess::CIFAR, None);
         e.forward(&refs, Preprocess::CIFAR, None);
-        b.step(d_out.clone(), Vec::new(), 1e-3, Some(1e-3));
-        e.step(d_out.clone(), Vec::new(), 1e-3, Some(1e-3));
+        b.step(d_out.clone(), Vec::new(), 1.0, None);
+        e.step(d_out.clone(), Vec::new(), 1.0, None);
+        let (et, eh) = e.states();
+        assert_eq!(et["conv1.weight"].data, state["conv1.weight"].data);
+        let moved = eh.first().unwrap_or(&et);
+        let first = if partial { &head_states[0] } else { &state };
+        assert_ne!(moved["linear.weight"].data, first["linear.weight"].data);
+        compare(&b, &e, 1e-4, &format!("{what}, head-only step"));
+        // AdamW: its normalised steps; two of them (the second with its moments)
+        let (mut b, mut e) = make(Optimizer::AdamW, partial);
+        for _ in 0..2 {
+            b.forward(&refs, Preprocess::CIFAR, None);
+            e.forward(&refs, Preprocess::CIFAR, None);
+            b.step(d_out.clone(), Vec::new(), 1e-3, Some(1e-3));
+            e.step(d_out.clone(), Vec::new(), 1e-3, Some(1e-3));
+        }
+        compare(&b, &e, 2e-2, &format!("{what}, AdamW steps"));
     }
-    compare(&b, &e, 2e-2, "AdamW steps");
 }

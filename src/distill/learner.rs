@@ -1,6 +1,7 @@
 //! The student as the distillation loop trains it, on either path: [`BurnLearner`] (burn's
 //! autodiff, any student, any device) or [`EngineLearner`] (the CPU training engine of issue 23,
-//! [`crate::engine::train::TrainNet`]: a single network with BN in train mode, ~4x faster).
+//! [`crate::engine::train::TrainNet`]: a single network or a partial zip's segments, BN in
+//! train mode, ~4x faster).
 //!
 //! The loop computes each step's loss and `dL/doutput` itself ([`super::grad`]); a learner runs
 //! the forward pass, back-propagates that gradient and steps its optimiser, the head group at
@@ -273,46 +274,89 @@ struct Adam {
     time: i32,
 }
 
-/// A single-network student on the CPU training engine.
-pub struct EngineLearner {
+/// One trainable network of an engine student with the state dict it writes into and its
+/// optimiser state per parameter.
+struct EngineNet {
     net: TrainNet,
-    /// The student's state dict (names, shapes and any entry the engine does not train), into
+    /// The network's state dict (names, shapes and any entry the engine does not train), into
     /// which [`Learner::states`] writes the trained tensors.
     template: StateDict,
+    adam: Vec<Adam>,
+    /// Prefix of its tensors in the optimiser file (`trunk.`, `head0.`, ...).
+    prefix: String,
+}
+
+impl EngineNet {
+    fn new(net: TrainNet, template: StateDict, prefix: String) -> Self {
+        Self {
+            adam: vec![Adam::default(); net.params().len()],
+            net,
+            template,
+            prefix,
+        }
+    }
+
+    /// One optimiser step of the parameters `range` (indices in forward order) at `lr`.
+    fn update(&mut self, range: std::ops::Range<usize>, lr: f64, optimizer: Optimizer, wd: f64) {
+        use rayon::prelude::*;
+        self.net.params_mut()[range.clone()]
+            .par_iter_mut()
+            .zip(self.adam[range].par_iter_mut())
+            .for_each(|(p, st)| match optimizer {
+                Optimizer::Sgd => p.sgd_update(lr as f32, SGD_MOMENTUM, wd as f32),
+                Optimizer::AdamW => adamw_update(&mut p.value, &p.grad, st, lr, wd),
+            });
+    }
+
+    fn state(&self) -> StateDict {
+        let mut s = self.template.clone();
+        self.net.write_state(&mut s);
+        s
+    }
+}
+
+/// A student on the CPU training engine: a single network, or a partially zipped one (the
+/// trunk's segment up to the stop, then one head network's segment from the stop on per head,
+/// each back-propagating into the trunk).
+pub struct EngineLearner {
+    trunk: EngineNet,
+    heads: Vec<EngineNet>,
     optimizer: Optimizer,
     weight_decay: f64,
-    adam: Vec<Adam>,
-    /// First parameter of the head group (the final linear layer: the last two parameters).
+    /// Single network: first parameter of the head group (the final linear layer: the last
+    /// two parameters). A partial zip's head group is its head networks.
     head_from: usize,
     n_heads: usize,
-    dim: usize,
 }
 
 impl EngineLearner {
-    /// A learner for the single network `template` compiled as `net`, giving its output to each
-    /// of `n_heads` heads; `optimizer_file` restores a saved optimiser state.
+    /// A learner for the trunk `trunk` (with its state dict; a single network, or the segment
+    /// up to the stop) and the head networks `heads` (segments from the stop on, built
+    /// [`TrainNet::with_input_grad`]; empty for a single network, which gives its output to
+    /// each of `n_heads` heads); `optimizer_file` restores a saved optimiser state.
     ///
     /// # Errors
     /// The message of an optimiser state that cannot be read or does not fit the network.
     pub fn new(
-        net: TrainNet,
-        template: StateDict,
+        trunk: (TrainNet, StateDict),
+        heads: Vec<(TrainNet, StateDict)>,
         n_heads: usize,
         optimizer: Optimizer,
         weight_decay: f64,
         optimizer_file: Option<&Path>,
     ) -> Result<Self, String> {
-        let n = net.params().len();
-        let dim = net.params().last().map_or(0, |p| p.value.len());
+        let n = trunk.0.params().len();
         let mut me = Self {
-            adam: vec![Adam::default(); n],
-            head_from: n.saturating_sub(2),
-            net,
-            template,
+            trunk: EngineNet::new(trunk.0, trunk.1, "trunk.".into()),
+            heads: heads
+                .into_iter()
+                .enumerate()
+                .map(|(i, (n, s))| EngineNet::new(n, s, format!("head{i}.")))
+                .collect(),
             optimizer,
             weight_decay,
+            head_from: n.saturating_sub(2),
             n_heads,
-            dim,
         };
         if let Some(f) = optimizer_file {
             me.load_optimizer(f)?;
@@ -320,39 +364,52 @@ impl EngineLearner {
         Ok(me)
     }
 
+    fn nets_mut(&mut self) -> impl Iterator<Item = &mut EngineNet> {
+        std::iter::once(&mut self.trunk).chain(self.heads.iter_mut())
+    }
+
+    fn nets(&self) -> impl Iterator<Item = &EngineNet> {
+        std::iter::once(&self.trunk).chain(self.heads.iter())
+    }
+
     fn load_optimizer(&mut self, file: &Path) -> Result<(), String> {
         let bad = |what: String| format!("{}: {what}", file.display());
         let s = safetensors_io::load(file).map_err(|e| bad(e.to_string()))?;
-        for (i, p) in self.net.params_mut().iter_mut().enumerate() {
-            let get = |suffix: &str| -> Result<Option<Vec<f32>>, String> {
-                match s.get(&format!("{}.{suffix}", p.name)) {
-                    None => Ok(None),
-                    Some(t) if t.data.len() == p.value.len() => Ok(Some(t.data.clone())),
-                    Some(t) => Err(bad(format!(
-                        "{}.{suffix} holds {} values, the parameter {}",
-                        p.name,
-                        t.data.len(),
-                        p.value.len()
-                    ))),
-                }
-            };
-            match self.optimizer {
-                Optimizer::Sgd => p.momentum = get("momentum")?,
-                Optimizer::AdamW => {
-                    let (m, v) = (get("m")?, get("v")?);
-                    let time = s
-                        .get(&format!("{}.time", p.name))
-                        .and_then(|t| t.data.first().copied())
-                        .unwrap_or(0.0);
-                    if let (Some(m), Some(v)) = (m, v) {
-                        if !((1.0..1e7).contains(&time) && time.fract() == 0.0) {
-                            return Err(bad(format!("{}.time is not a step count", p.name)));
+        let optimizer = self.optimizer;
+        for en in self.nets_mut() {
+            let prefix = en.prefix.clone();
+            for (p, st) in en.net.params_mut().iter_mut().zip(en.adam.iter_mut()) {
+                let key = |suffix: &str| format!("{prefix}{}.{suffix}", p.name);
+                let get = |suffix: &str| -> Result<Option<Vec<f32>>, String> {
+                    match s.get(&key(suffix)) {
+                        None => Ok(None),
+                        Some(t) if t.data.len() == p.value.len() => Ok(Some(t.data.clone())),
+                        Some(t) => Err(bad(format!(
+                            "{} holds {} values, the parameter {}",
+                            key(suffix),
+                            t.data.len(),
+                            p.value.len()
+                        ))),
+                    }
+                };
+                match optimizer {
+                    Optimizer::Sgd => p.momentum = get("momentum")?,
+                    Optimizer::AdamW => {
+                        let (m, v) = (get("m")?, get("v")?);
+                        let time = s
+                            .get(&key("time"))
+                            .and_then(|t| t.data.first().copied())
+                            .unwrap_or(0.0);
+                        if let (Some(m), Some(v)) = (m, v) {
+                            if !((1.0..1e7).contains(&time) && time.fract() == 0.0) {
+                                return Err(bad(format!("{} is not a step count", key("time"))));
+                            }
+                            *st = Adam {
+                                m,
+                                v,
+                                time: time as i32,
+                            };
                         }
-                        self.adam[i] = Adam {
-                            m,
-                            v,
-                            time: time as i32,
-                        };
                     }
                 }
             }
@@ -396,9 +453,32 @@ impl Learner for EngineLearner {
         prep: Preprocess,
         _feature_cut: Option<usize>,
     ) -> Forward {
-        let y = self.net.forward(Act::from_images(images, prep));
+        let y = self.trunk.net.forward(Act::from_images(images, prep));
+        let dim_of = |n: &TrainNet| n.params().last().map_or(0, |p| p.value.len());
+        if self.heads.is_empty() {
+            let dim = dim_of(&self.trunk.net);
+            return Forward {
+                outs: vec![(y, dim); self.n_heads],
+                feats: Vec::new(),
+            };
+        }
+        let z = self.trunk.net.output().expect("a forward ran");
+        let (batch, side, c) = (z.batch, z.side, z.c);
+        let outs = self
+            .heads
+            .iter_mut()
+            .map(|h| {
+                let x = Act {
+                    batch,
+                    side,
+                    c,
+                    data: y.clone(),
+                };
+                (h.net.forward(x), dim_of(&h.net))
+            })
+            .collect();
         Forward {
-            outs: vec![(y, self.dim); self.n_heads],
+            outs,
             feats: Vec::new(),
         }
     }
@@ -410,54 +490,64 @@ impl Learner for EngineLearner {
         lr_head: f64,
         lr_trunk: Option<f64>,
     ) {
-        let mut it = d_outs.into_iter();
-        let Some(mut dy) = it.next() else { return };
-        for g in it {
-            for (a, b) in dy.iter_mut().zip(g) {
-                *a += b;
+        let (optimizer, wd) = (self.optimizer, self.weight_decay);
+        if self.heads.is_empty() {
+            let mut it = d_outs.into_iter();
+            let Some(mut dy) = it.next() else { return };
+            for g in it {
+                for (a, b) in dy.iter_mut().zip(g) {
+                    *a += b;
+                }
+            }
+            self.trunk.net.backward(dy);
+            let (head_from, all) = (self.head_from, self.trunk.net.params().len());
+            self.trunk.update(head_from..all, lr_head, optimizer, wd);
+            if let Some(lr) = lr_trunk {
+                self.trunk.update(0..head_from, lr, optimizer, wd);
+            }
+            return;
+        }
+        // head networks, each handing its input gradient to the trunk
+        let mut dz: Option<Vec<f32>> = None;
+        for (h, g) in self.heads.iter_mut().zip(d_outs) {
+            h.net.backward(g);
+            let all = h.net.params().len();
+            h.update(0..all, lr_head, optimizer, wd);
+            if let Some(gi) = h.net.take_input_grad() {
+                match dz.as_mut() {
+                    None => dz = Some(gi),
+                    Some(acc) => acc.iter_mut().zip(gi).for_each(|(a, b)| *a += b),
+                }
             }
         }
-        self.net.backward(dy);
-        let (optimizer, wd, head_from) = (self.optimizer, self.weight_decay, self.head_from);
-        use rayon::prelude::*;
-        self.net
-            .params_mut()
-            .par_iter_mut()
-            .zip(self.adam.par_iter_mut())
-            .enumerate()
-            .for_each(|(i, (p, st))| {
-                let lr = if i >= head_from {
-                    lr_head
-                } else {
-                    match lr_trunk {
-                        Some(lr) => lr,
-                        None => return,
-                    }
-                };
-                match optimizer {
-                    Optimizer::Sgd => p.sgd_update(lr as f32, SGD_MOMENTUM, wd as f32),
-                    Optimizer::AdamW => adamw_update(&mut p.value, &p.grad, st, lr, wd),
-                }
-            });
+        if let (Some(lr), Some(dz)) = (lr_trunk, dz) {
+            self.trunk.net.backward(dz);
+            let all = self.trunk.net.params().len();
+            self.trunk.update(0..all, lr, optimizer, wd);
+        }
     }
 
     fn states(&self) -> (StateDict, Vec<StateDict>) {
-        let mut s = self.template.clone();
-        self.net.write_state(&mut s);
-        (s, Vec::new())
+        (
+            self.trunk.state(),
+            self.heads.iter().map(EngineNet::state).collect(),
+        )
     }
 
     fn save_optimizer(&self, dir: &Path) -> Result<(), String> {
         let mut out = StateDict::new();
         let one = |v: &[f32]| NamedTensor::new(vec![v.len()], v.to_vec());
-        for (p, st) in self.net.params().iter().zip(&self.adam) {
-            if let Some(m) = &p.momentum {
-                out.insert(format!("{}.momentum", p.name), one(m));
-            }
-            if st.time > 0 {
-                out.insert(format!("{}.m", p.name), one(&st.m));
-                out.insert(format!("{}.v", p.name), one(&st.v));
-                out.insert(format!("{}.time", p.name), one(&[st.time as f32]));
+        for en in self.nets() {
+            for (p, st) in en.net.params().iter().zip(&en.adam) {
+                let key = |suffix: &str| format!("{}{}.{suffix}", en.prefix, p.name);
+                if let Some(m) = &p.momentum {
+                    out.insert(key("momentum"), one(m));
+                }
+                if st.time > 0 {
+                    out.insert(key("m"), one(&st.m));
+                    out.insert(key("v"), one(&st.v));
+                    out.insert(key("time"), one(&[st.time as f32]));
+                }
             }
         }
         safetensors_io::save(&out, &dir.join(ENGINE_OPTIMIZER_FILE)).map_err(|e| e.to_string())

@@ -9,9 +9,10 @@
 //! CLIP loss), for linear heads `T^2 KL` of the temperature-scaled distributions; or the
 //! teachers' joint distribution ([`DistillLoss::Joint`]), each computed with its gradient in
 //! [`grad`]. Optimiser: AdamW (as SAM-CLIP) or SGD ([`Optimizer`]); BN in train mode (batch
-//! statistics, running statistics updated). The student trains on the CPU training engine when
-//! it is a single network with BN in train mode on the CPU ([`learner::EngineLearner`]), on
-//! burn's autodiff otherwise ([`learner::BurnLearner`]); the teachers run on the CPU engine.
+//! statistics, running statistics updated). The student trains on the CPU training engine with
+//! BN in train mode on the CPU ([`learner::EngineLearner`]: a single network, or a partial
+//! zip's trunk and head-network segments), on burn's autodiff otherwise and for the feature
+//! term ([`learner::BurnLearner`]); the teachers run on the CPU engine.
 
 pub mod cache;
 pub mod grad;

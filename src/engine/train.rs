@@ -135,12 +135,23 @@ pub struct TrainNet {
     records: Vec<Record>,
     free: Vec<Vec<f32>>,
     winograd: bool,
+    /// Whether [`Self::backward`] computes the input's gradient too (a segment fed by another).
+    input_grad: bool,
+    /// `dL/dinput` of the last backward pass (with `input_grad`).
+    dinput: Option<Vec<f32>>,
 }
 
 impl TrainNet {
     /// The trainable form of `net` (weights, BN affine parameters and running statistics as
     /// compiled; taps are dropped).
     pub fn new(net: &CpuNet) -> Self {
+        Self::segment(net, 0, net.cuts.len())
+    }
+
+    /// The trainable form of cut segment `from..to` of `net` (its input the activation at cut
+    /// `from`, `[batch, side, side, c]`; its output the activation at cut `to`), as
+    /// [`Self::new`].
+    pub fn segment(net: &CpuNet, from: usize, to: usize) -> Self {
         let mut params = Vec::new();
         let mut add = |name: String, shape: Vec<usize>, value: Vec<f32>| {
             params.push(Param {
@@ -154,7 +165,7 @@ impl TrainNet {
             params.len() - 1
         };
         let mut ops = Vec::new();
-        for op in net.cuts.iter().flatten() {
+        for op in net.cuts[from..to].iter().flatten() {
             match &op.0 {
                 OpKind::Conv {
                     conv,
@@ -224,7 +235,27 @@ impl TrainNet {
             records: Vec::new(),
             free: Vec::new(),
             winograd: true,
+            input_grad: false,
+            dinput: None,
         }
+    }
+
+    /// The same network with [`Self::backward`] also computing `dL/dinput`
+    /// ([`Self::take_input_grad`]): a segment whose input comes from another trainable one.
+    pub fn with_input_grad(mut self) -> Self {
+        self.input_grad = true;
+        self
+    }
+
+    /// `dL/dinput` of the last backward pass (`[batch, side, side, c]` as the input), with
+    /// [`Self::with_input_grad`]; `None` otherwise or when the input received no gradient.
+    pub fn take_input_grad(&mut self) -> Option<Vec<f32>> {
+        self.dinput.take()
+    }
+
+    /// The output activation of the last [`Self::forward`] (its geometry and values).
+    pub fn output(&self) -> Option<&Act> {
+        self.tape.last()
     }
 
     /// The same network with its 3x3 convs computed without Winograd (im2col / direct
@@ -264,7 +295,7 @@ impl TrainNet {
 
     /// Forward pass in train mode on `x: [batch, side, side, 3]`: BN with batch statistics
     /// (running statistics updated, PyTorch's rule), the tape kept for [`Self::backward`].
-    /// Returns the output cut `[batch, out]` (row-major).
+    /// Returns the output activation's values (row-major; `[batch, out]` for a whole network).
     pub fn forward(&mut self, x: Act) -> Vec<f32> {
         self.recycle();
         self.tape.push(x);
@@ -412,8 +443,9 @@ impl TrainNet {
         }
     }
 
-    /// Backward pass of the last [`Self::forward`] from `dout = dL/doutput` (`[batch, out]`):
-    /// fills every parameter's `grad`.
+    /// Backward pass of the last [`Self::forward`] from `dout = dL/doutput` (the output's
+    /// shape: `[batch, out]` for a whole network): fills every parameter's `grad` (and the
+    /// input's gradient with [`Self::with_input_grad`]).
     pub fn backward(&mut self, dout: Vec<f32>) {
         let mut d: Vec<Option<Vec<f32>>> = (0..self.tape.len()).map(|_| None).collect();
         let last = self.tape.len() - 1;
@@ -506,7 +538,7 @@ impl TrainNet {
                     let x = &self.tape[*src];
                     self.params[*weight].grad =
                         bw::conv_backward_weight(conv, &x.data, x.batch, x.side, &g, self.winograd);
-                    if *src != 0 {
+                    if *src != 0 || self.input_grad {
                         // dx = conv^T(g) + the gradient the input already has, in one pass
                         let mut dx = take_buffer(&mut self.free, x.data.len());
                         let prev = d[*src].take();
@@ -529,6 +561,7 @@ impl TrainNet {
             }
         }
         self.records = records;
+        self.dinput = if self.input_grad { d[0].take() } else { None };
     }
 
     /// One SGD step with PyTorch's semantics (see the module docs) on every parameter, fused

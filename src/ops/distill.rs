@@ -615,15 +615,15 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         .map(|t| t.student_head + 1)
         .max()
         .unwrap_or(1);
-    let engine = plan.device.engine() && heads.is_empty() && plan.bn == BnHandling::Train;
+    let engine = plan.device.engine() && plan.bn == BnHandling::Train && feature_cut.is_none();
     let path = if engine { "engine" } else { "burn" };
     if !engine && plan.device.engine() {
         obs.info(&format!(
-            "note: the student trains on burn's autodiff ({}); the CPU training engine takes a single network with --bn train",
-            if heads.is_empty() {
+            "note: the student trains on burn's autodiff ({}); the CPU training engine takes --bn train without --feature-weight",
+            if plan.bn == BnHandling::Frozen {
                 "--bn frozen"
             } else {
-                "a partially zipped student"
+                "--feature-weight"
             }
         ));
     }
@@ -696,11 +696,28 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
     };
     let mut learner: Box<dyn Learner> = if engine {
         let opt_file = resuming.then(|| state_dir.join(learner::ENGINE_OPTIMIZER_FILE));
-        let compiled = crate::models::compile::compile_state(sm.net_config().arch, &trunk_w)?;
+        use crate::engine::train::TrainNet;
+        use crate::models::compile::compile_state;
+        let arch = sm.net_config().arch;
+        let compiled = compile_state(arch, &trunk_w)?;
+        // a partial zip: the trunk up to the stop, each head network from it on
+        let (trunk_net, head_nets) = if heads_w.is_empty() {
+            (TrainNet::new(&compiled), Vec::new())
+        } else {
+            let out = arch.output_cut();
+            let hs = heads_w
+                .into_iter()
+                .map(|h| {
+                    let net = TrainNet::segment(&compile_state(arch, &h)?, sm.stop_cut, out);
+                    Ok((net.with_input_grad(), h))
+                })
+                .collect::<Result<Vec<_>, ModelError>>()?;
+            (TrainNet::segment(&compiled, 0, sm.stop_cut), hs)
+        };
         Box::new(
             EngineLearner::new(
-                crate::engine::train::TrainNet::new(&compiled),
-                trunk_w,
+                (trunk_net, trunk_w),
+                head_nets,
                 n_heads,
                 options.optimizer,
                 options.weight_decay,

@@ -480,3 +480,137 @@ fn the_engine_learner_follows_the_burn_learner() {
         compare(&b, &e, 2e-2, &format!("{what}, AdamW steps"));
     }
 }
+
+#[test]
+fn an_interrupted_engine_run_resumes_to_the_same_bits() {
+    // model B's weights taught by teacher A on the sample, 1 + 2 epochs of AdamW on the engine:
+    // uninterrupted, and stopped after epoch 1 (its state written as `distill` writes it),
+    // then resumed from that state by a new learner (without the optimiser file it differs)
+    use burn::tensor::Device;
+    use zipmerge::checkpoint::{safetensors_io, StateDict};
+    use zipmerge::data::{ImageSet, Preprocess};
+    use zipmerge::distill::learner::{EngineLearner, Learner, ENGINE_OPTIMIZER_FILE};
+    use zipmerge::distill::{
+        distill, DistillEpoch, DistillLoss, DistillObserver, DistillOptions, Optimizer, Teacher,
+        TeacherNet,
+    };
+    use zipmerge::engine::train::TrainNet;
+    use zipmerge::models::compile::compile_state;
+    use zipmerge::system::System;
+    struct Quiet;
+    impl DistillObserver for Quiet {}
+    let dev = Device::flex();
+    let ta = System::load(std::path::Path::new(A), &dev).unwrap();
+    let head = ta.heads[0].spec.clone();
+    let classes = ta.heads[0].classes.clone();
+    let teachers = [Teacher {
+        net: TeacherNet::Engine(ta.compile().unwrap()),
+        head: head.clone(),
+        student_head: 0,
+        columns: Vec::new(),
+        classes: classes.clone(),
+    }];
+    let student_state = weights(std::path::Path::new(B));
+    let arch = zipmerge::models::Arch::Resnet20;
+    let learner = |s: &StateDict, opt: Option<&std::path::Path>| {
+        let net = TrainNet::new(&compile_state(arch, s).unwrap());
+        EngineLearner::new((net, s.clone()), Vec::new(), 1, Optimizer::AdamW, 1e-4, opt).unwrap()
+    };
+    let set = ImageSet::load(
+        std::path::Path::new("datasets/cifar10-sample/train"),
+        "train",
+        Preprocess::CIFAR,
+    )
+    .unwrap();
+    let pools = vec![(0..set.len().min(32)).collect::<Vec<usize>>()];
+    let o = DistillOptions {
+        head_epochs: 1,
+        epochs: 2,
+        batch_size: 16,
+        lr: 1e-3,
+        trunk_lr_mult: 1.0,
+        optimizer: Optimizer::AdamW,
+        weight_decay: 1e-4,
+        loss: DistillLoss::Joint,
+        temperature: 4.0,
+        mix: vec![1.0],
+        counts: vec![16],
+        replay_frac: 1.0,
+        augment: true,
+        seed: 5,
+        feature_weight: 0.0,
+    };
+    let heads = [(head, classes)];
+    let mut keep = |_: &dyn Learner, _: usize, _: &[DistillEpoch]| Ok(());
+    let mut run = |l: &mut EngineLearner, start: usize, log: Vec<DistillEpoch>| {
+        distill(
+            l,
+            &teachers,
+            &set,
+            pools.clone(),
+            &o,
+            &heads,
+            None,
+            start,
+            log,
+            &mut keep,
+            &mut Quiet,
+        )
+        .unwrap()
+    };
+    let mut full = learner(&student_state, None);
+    let log = run(&mut full, 0, Vec::new());
+    assert_eq!(log.len(), 3);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut saved: Option<(StateDict, Vec<DistillEpoch>)> = None;
+    let mut stop_after_one = |l: &dyn Learner, done: usize, log: &[DistillEpoch]| {
+        l.save_optimizer(tmp.path())?;
+        saved = Some((l.states().0, log.to_vec()));
+        if done == 1 {
+            Err("interrupted".to_string())
+        } else {
+            Ok(())
+        }
+    };
+    let mut first = learner(&student_state, None);
+    let r = distill(
+        &mut first,
+        &teachers,
+        &set,
+        pools.clone(),
+        &o,
+        &heads,
+        None,
+        0,
+        Vec::new(),
+        &mut stop_after_one,
+        &mut Quiet,
+    );
+    assert_eq!(r.unwrap_err(), "interrupted");
+    let (state1, log1) = saved.take().unwrap();
+    // the state as written to disk and read back
+    let file = tmp.path().join("trunk.safetensors");
+    safetensors_io::save(&state1, &file).unwrap();
+    let state1 = safetensors_io::load(&file).unwrap();
+    let same = |l: &EngineLearner| {
+        let (a, b) = (full.states().0, l.states().0);
+        a.iter().all(|(k, t)| t.data == b[k].data)
+    };
+    let mut resumed = learner(&state1, Some(&tmp.path().join(ENGINE_OPTIMIZER_FILE)));
+    let log2 = run(&mut resumed, 1, log1.clone());
+    assert_eq!(log2.len(), 3);
+    assert!(
+        same(&resumed),
+        "the resumed run differs from the uninterrupted one"
+    );
+    for (a, b) in log.iter().zip(&log2) {
+        assert_eq!(a.loss, b.loss, "epoch {} loss", a.epoch);
+    }
+    // the optimiser state matters: without it the run goes elsewhere
+    let mut fresh = learner(&state1, None);
+    run(&mut fresh, 1, log1);
+    assert!(
+        !same(&fresh),
+        "a resume without the optimiser state gave the same bits"
+    );
+}

@@ -188,8 +188,21 @@ fn shifted_conv(conv: &Conv, x: &[f32], side: usize, out: &mut [f32], epi: &Epil
             |(pad, acc), (b, o)| {
                 // padded image, plus slack rows read by the dropped columns of the last shifts
                 // (k rows) and by the last pixel block of the direct kernel (DIRECT_PX rows)
-                pad.clear();
-                pad.resize((wp * wp + k + DIRECT_PX) * cin, 0.0);
+                let len = (wp * wp + k + DIRECT_PX) * cin;
+                if pad.len() == len {
+                    // a worker's earlier image of the same shape: only the border is not
+                    // overwritten below
+                    let row = wp * cin;
+                    pad[..p * row].fill(0.0);
+                    pad[(p + side) * row..].fill(0.0);
+                    for y in p..p + side {
+                        pad[y * row..y * row + p * cin].fill(0.0);
+                        pad[y * row + (p + side) * cin..(y + 1) * row].fill(0.0);
+                    }
+                } else {
+                    pad.clear();
+                    pad.resize(len, 0.0);
+                }
                 for y in 0..side {
                     let src = &x[(b * side + y) * side * cin..(b * side + y + 1) * side * cin];
                     let d0 = ((y + p) * wp + p) * cin;

@@ -192,16 +192,16 @@ fn without_augmentation_each_teacher_runs_once_per_image() {
 }
 
 #[test]
-fn a_partial_zip_learns_its_teachers_features_on_burns_path() {
+fn a_partial_zip_learns_its_teachers_features() {
     // ZipIt!13/20: the head networks start at layer 3; the feature term compares each with its
-    // teacher one cut later and is reported per teacher; partial zips train on burn's autodiff
+    // teacher one cut later and is reported per teacher; both train on the engine
     let tmp = tempfile::tempdir().unwrap();
     let merged = merge_sample(tmp.path(), "13/20");
     let m = merged.to_str().unwrap();
     let (x, y) = (tmp.path().join("x"), tmp.path().join("y"));
     let with = ok(&distill(m, &[A, B], &x, &["--feature-weight", "1"]));
     let without = ok(&distill(m, &[A, B], &y, &[]));
-    assert_eq!(with["training_path"], "burn");
+    assert_eq!(with["training_path"], "engine");
     assert_eq!(without["training_path"], "engine");
     let f = with["epochs"][0]["feature_loss"].as_array().unwrap();
     assert_eq!(f.len(), 2);
@@ -389,26 +389,37 @@ fn the_engine_learner_follows_the_burn_learner() {
     let compile = |s: &StateDict, from: usize, to: usize| {
         TrainNet::segment(&compile_state(cfg.arch, s).unwrap(), from, to).without_winograd()
     };
-    let make = |opt: Optimizer, partial: bool| -> (BurnLearner, EngineLearner) {
-        let ad = Device::flex().autodiff();
-        let heads: &[StateDict] = if partial { &head_states } else { &[] };
-        let student = Student {
-            trunk: Net::from_state(&cfg, &state, &ad).unwrap(),
-            heads: heads
+    let make =
+        |opt: Optimizer, partial: bool, cut: Option<usize>| -> (BurnLearner, EngineLearner) {
+            let ad = Device::flex().autodiff();
+            let heads: &[StateDict] = if partial { &head_states } else { &[] };
+            let student = Student {
+                trunk: Net::from_state(&cfg, &state, &ad).unwrap(),
+                heads: heads
+                    .iter()
+                    .map(|h| Net::from_state(&cfg, h, &ad).unwrap())
+                    .collect(),
+            };
+            let b =
+                BurnLearner::new(student, stop, 2, opt, 0.0, BnHandling::Train, ad, None).unwrap();
+            let out = cfg.arch.output_cut();
+            let trunk = compile(&state, 0, if partial { stop } else { out });
+            let bounds: Vec<usize> = match cut {
+                Some(c) => vec![stop, c, out],
+                None => vec![stop, out],
+            };
+            let hs = heads
                 .iter()
-                .map(|h| Net::from_state(&cfg, h, &ad).unwrap())
-                .collect(),
+                .map(|h| {
+                    bounds
+                        .windows(2)
+                        .map(|w| (compile(h, w[0], w[1]).with_input_grad(), h.clone()))
+                        .collect()
+                })
+                .collect();
+            let e = EngineLearner::new((trunk, state.clone()), hs, 2, opt, 0.0, None).unwrap();
+            (b, e)
         };
-        let b = BurnLearner::new(student, stop, 2, opt, 0.0, BnHandling::Train, ad, None).unwrap();
-        let out = cfg.arch.output_cut();
-        let trunk = compile(&state, 0, if partial { stop } else { out });
-        let hs = heads
-            .iter()
-            .map(|h| (compile(h, stop, out).with_input_grad(), h.clone()))
-            .collect();
-        let e = EngineLearner::new((trunk, state.clone()), hs, 2, opt, 0.0, None).unwrap();
-        (b, e)
-    };
     let compare = |b: &dyn Learner, e: &dyn Learner, tol: f32, what: &str| {
         let ((bt, bh), (et, eh)) = (b.states(), e.states());
         let before = std::iter::once(&state).chain(head_states.iter());
@@ -445,7 +456,7 @@ fn the_engine_learner_follows_the_burn_learner() {
         } else {
             "single network"
         };
-        let (mut b, mut e) = make(Optimizer::Sgd, partial);
+        let (mut b, mut e) = make(Optimizer::Sgd, partial, None);
         let (ob, oe) = (
             b.forward(&refs, Preprocess::CIFAR, None),
             e.forward(&refs, Preprocess::CIFAR, None),
@@ -458,7 +469,7 @@ fn the_engine_learner_follows_the_burn_learner() {
         e.step(d_out.clone(), Vec::new(), 1.0, Some(0.5));
         compare(&b, &e, 1e-4, &format!("{what}, SGD step"));
         // a head-only step on fresh learners: the trunk keeps its values on both paths
-        let (mut b, mut e) = make(Optimizer::Sgd, partial);
+        let (mut b, mut e) = make(Optimizer::Sgd, partial, None);
         b.forward(&refs, Preprocess::CIFAR, None);
         e.forward(&refs, Preprocess::CIFAR, None);
         b.step(d_out.clone(), Vec::new(), 1.0, None);
@@ -470,7 +481,7 @@ fn the_engine_learner_follows_the_burn_learner() {
         assert_ne!(moved["linear.weight"].data, first["linear.weight"].data);
         compare(&b, &e, 1e-4, &format!("{what}, head-only step"));
         // AdamW: its normalised steps; two of them (the second with its moments)
-        let (mut b, mut e) = make(Optimizer::AdamW, partial);
+        let (mut b, mut e) = make(Optimizer::AdamW, partial, None);
         for _ in 0..2 {
             b.forward(&refs, Preprocess::CIFAR, None);
             e.forward(&refs, Preprocess::CIFAR, None);
@@ -479,6 +490,55 @@ fn the_engine_learner_follows_the_burn_learner() {
         }
         compare(&b, &e, 2e-2, &format!("{what}, AdamW steps"));
     }
+    // the feature term's path: head networks split at cut 3 (layer 3's output, [8, 64, 8, 8]);
+    // the engine gives features in NHWC order, burn in NCHW; one SGD step with a gradient on
+    // both the outputs and the features
+    let (mut b, mut e) = make(Optimizer::Sgd, true, Some(3));
+    let (fb, fe) = (
+        b.forward(&refs, Preprocess::CIFAR, Some(3)),
+        e.forward(&refs, Preprocess::CIFAR, Some(3)),
+    );
+    assert!(e.features_nhwc() && !b.features_nhwc());
+    let (n, c, hw) = (8, 64, 64);
+    let to_nhwc = |v: &[f32]| -> Vec<f32> {
+        let mut o = vec![0f32; v.len()];
+        for i in 0..n {
+            for ch in 0..c {
+                for p in 0..hw {
+                    o[(i * hw + p) * c + ch] = v[(i * c + ch) * hw + p];
+                }
+            }
+        }
+        o
+    };
+    assert_eq!(fb.feats.len(), 2);
+    for (x, y) in fe.feats.iter().zip(&fb.feats) {
+        assert_eq!(y.len(), n * c * hw);
+        assert!(rel_inf(x, &to_nhwc(y)) < 1e-5, "features differ");
+    }
+    for (x, y) in fe.outs.iter().zip(&fb.outs) {
+        assert!(rel_inf(&x.0, &y.0) < 1e-5, "outputs after the split differ");
+    }
+    let d_feat: Vec<Vec<f32>> = (0..2)
+        .map(|h| {
+            (0..n * c * hw)
+                .map(|k| (((k * 13 + h * 3) % 17) as f32 - 8.0) * 1e-3)
+                .collect()
+        })
+        .collect();
+    b.step(d_out.clone(), d_feat.clone(), 1.0, Some(0.5));
+    e.step(
+        d_out.clone(),
+        d_feat.iter().map(|v| to_nhwc(v)).collect(),
+        1.0,
+        Some(0.5),
+    );
+    compare(
+        &b,
+        &e,
+        1e-4,
+        "partial zip split at the feature cut, SGD step",
+    );
 }
 
 #[test]

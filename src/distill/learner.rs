@@ -49,7 +49,7 @@ pub trait Learner {
     fn path(&self) -> &'static str;
     /// Forward pass in train mode on `images` (stored bytes, `prep`'s layout); with
     /// `feature_cut`, a partially zipped student's head features at that cut too (the engine
-    /// learner holds single networks and returns none).
+    /// learner returns them when its head networks were split there).
     fn forward(
         &mut self,
         images: &[&[u8]],
@@ -73,6 +73,11 @@ pub trait Learner {
     /// # Errors
     /// The message of a failed write.
     fn save_optimizer(&self, dir: &Path) -> Result<(), String>;
+    /// Whether [`Forward::feats`] hold each image's features in NHWC order (the engine's) rather
+    /// than NCHW (burn's); the teachers' features must be given in the same order.
+    fn features_nhwc(&self) -> bool {
+        false
+    }
     /// The ids tying a saved optimiser state to its parameters (burn's `ParamId`s, in visiting
     /// order; empty on the engine, whose state is keyed by tensor name).
     fn param_ids(&self) -> Vec<u64> {
@@ -320,7 +325,9 @@ impl EngineNet {
 /// each back-propagating into the trunk).
 pub struct EngineLearner {
     trunk: EngineNet,
-    heads: Vec<EngineNet>,
+    /// Per head network, its segments in order: one (stop to output), or two split at the
+    /// feature cut (the first one's output is the head's features).
+    heads: Vec<Vec<EngineNet>>,
     optimizer: Optimizer,
     weight_decay: f64,
     /// Single network: first parameter of the head group (the final linear layer: the last
@@ -331,15 +338,16 @@ pub struct EngineLearner {
 
 impl EngineLearner {
     /// A learner for the trunk `trunk` (with its state dict; a single network, or the segment
-    /// up to the stop) and the head networks `heads` (segments from the stop on, built
-    /// [`TrainNet::with_input_grad`]; empty for a single network, which gives its output to
-    /// each of `n_heads` heads); `optimizer_file` restores a saved optimiser state.
+    /// up to the stop) and the head networks `heads` (per head, its segments from the stop on,
+    /// each built [`TrainNet::with_input_grad`], with the head's state dict: one segment to the
+    /// output, or two split at the feature cut; empty for a single network, which gives its
+    /// output to each of `n_heads` heads); `optimizer_file` restores a saved optimiser state.
     ///
     /// # Errors
     /// The message of an optimiser state that cannot be read or does not fit the network.
     pub fn new(
         trunk: (TrainNet, StateDict),
-        heads: Vec<(TrainNet, StateDict)>,
+        heads: Vec<Vec<(TrainNet, StateDict)>>,
         n_heads: usize,
         optimizer: Optimizer,
         weight_decay: f64,
@@ -351,7 +359,11 @@ impl EngineLearner {
             heads: heads
                 .into_iter()
                 .enumerate()
-                .map(|(i, (n, s))| EngineNet::new(n, s, format!("head{i}.")))
+                .map(|(i, segs)| {
+                    segs.into_iter()
+                        .map(|(n, s)| EngineNet::new(n, s, format!("head{i}.")))
+                        .collect()
+                })
                 .collect(),
             optimizer,
             weight_decay,
@@ -365,11 +377,11 @@ impl EngineLearner {
     }
 
     fn nets_mut(&mut self) -> impl Iterator<Item = &mut EngineNet> {
-        std::iter::once(&mut self.trunk).chain(self.heads.iter_mut())
+        std::iter::once(&mut self.trunk).chain(self.heads.iter_mut().flatten())
     }
 
     fn nets(&self) -> impl Iterator<Item = &EngineNet> {
-        std::iter::once(&self.trunk).chain(self.heads.iter())
+        std::iter::once(&self.trunk).chain(self.heads.iter().flatten())
     }
 
     fn load_optimizer(&mut self, file: &Path) -> Result<(), String> {
@@ -464,29 +476,44 @@ impl Learner for EngineLearner {
         }
         let z = self.trunk.net.output().expect("a forward ran");
         let (batch, side, c) = (z.batch, z.side, z.c);
-        let outs = self
-            .heads
-            .iter_mut()
-            .map(|h| {
-                let x = Act {
-                    batch,
-                    side,
-                    c,
-                    data: y.clone(),
+        let (mut outs, mut feats) = (Vec::new(), Vec::new());
+        for segs in &mut self.heads {
+            let mut x = Act {
+                batch,
+                side,
+                c,
+                data: y.clone(),
+            };
+            let last = segs.len() - 1;
+            for (j, seg) in segs.iter_mut().enumerate() {
+                let out = seg.net.forward(x);
+                if j == last {
+                    outs.push((out, dim_of(&seg.net)));
+                    break;
+                }
+                let a = seg.net.output().expect("a forward ran");
+                x = Act {
+                    batch: a.batch,
+                    side: a.side,
+                    c: a.c,
+                    data: out.clone(),
                 };
-                (h.net.forward(x), dim_of(&h.net))
-            })
-            .collect();
-        Forward {
-            outs,
-            feats: Vec::new(),
+                if j == 0 {
+                    feats.push(out);
+                }
+            }
         }
+        Forward { outs, feats }
+    }
+
+    fn features_nhwc(&self) -> bool {
+        true
     }
 
     fn step(
         &mut self,
         d_outs: Vec<Vec<f32>>,
-        _d_feats: Vec<Vec<f32>>,
+        d_feats: Vec<Vec<f32>>,
         lr_head: f64,
         lr_trunk: Option<f64>,
     ) {
@@ -507,13 +534,26 @@ impl Learner for EngineLearner {
             }
             return;
         }
-        // head networks, each handing its input gradient to the trunk
+        // head networks, each segment handing its input gradient to the one before (plus the
+        // feature term's gradient at the feature cut) and the first to the trunk
         let mut dz: Option<Vec<f32>> = None;
-        for (h, g) in self.heads.iter_mut().zip(d_outs) {
-            h.net.backward(g);
-            let all = h.net.params().len();
-            h.update(0..all, lr_head, optimizer, wd);
-            if let Some(gi) = h.net.take_input_grad() {
+        let mut d_feats = d_feats.into_iter();
+        for (segs, g) in self.heads.iter_mut().zip(d_outs) {
+            let mut g = Some(g);
+            let d_feat = if segs.len() > 1 { d_feats.next() } else { None };
+            for (j, seg) in segs.iter_mut().enumerate().rev() {
+                let Some(mut gj) = g.take() else { break };
+                if j == 0 {
+                    if let Some(df) = &d_feat {
+                        gj.iter_mut().zip(df).for_each(|(a, b)| *a += b);
+                    }
+                }
+                seg.net.backward(gj);
+                let all = seg.net.params().len();
+                seg.update(0..all, lr_head, optimizer, wd);
+                g = seg.net.take_input_grad();
+            }
+            if let Some(gi) = g {
                 match dz.as_mut() {
                     None => dz = Some(gi),
                     Some(acc) => acc.iter_mut().zip(gi).for_each(|(a, b)| *a += b),
@@ -530,7 +570,16 @@ impl Learner for EngineLearner {
     fn states(&self) -> (StateDict, Vec<StateDict>) {
         (
             self.trunk.state(),
-            self.heads.iter().map(EngineNet::state).collect(),
+            self.heads
+                .iter()
+                .map(|segs| {
+                    let mut s = segs[0].template.clone();
+                    for seg in segs {
+                        seg.net.write_state(&mut s);
+                    }
+                    s
+                })
+                .collect(),
         )
     }
 

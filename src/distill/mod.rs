@@ -185,30 +185,41 @@ impl TeacherNet {
 }
 
 impl TeacherNet {
-    /// The features at cut `cut` of `images`, `[images, c, h, w]` row-major (NCHW, as burn's
-    /// forward), in eval mode.
+    /// The features at cut `cut` of `images`, in eval mode: `[images, h, w, c]` row-major with
+    /// `nhwc` (the engine's order), else `[images, c, h, w]` (burn's).
     pub fn features(
         &self,
         images: &[&[u8]],
         prep: crate::data::Preprocess,
         cut: usize,
+        nhwc: bool,
     ) -> Vec<f32> {
         let t = match self {
-            TeacherNet::Engine(c) => c
-                .trunk()
-                .run(
+            TeacherNet::Engine(c) => {
+                let a = c.trunk().run(
                     Act::from_images(images, prep),
                     0,
                     cut,
                     &mut EngineCtx::default(),
-                )
-                .to_nchw(&Device::flex()),
-            TeacherNet::Burn(b) => b.0.trunk.forward_segment(
-                to_tensor(images, prep, &b.1),
-                0,
-                cut,
-                &mut ForwardCtx::default(),
-            ),
+                );
+                if nhwc {
+                    return a.data;
+                }
+                a.to_nchw(&Device::flex())
+            }
+            TeacherNet::Burn(b) => {
+                let y = b.0.trunk.forward_segment(
+                    to_tensor(images, prep, &b.1),
+                    0,
+                    cut,
+                    &mut ForwardCtx::default(),
+                );
+                if nhwc {
+                    y.permute([0, 2, 3, 1])
+                } else {
+                    y
+                }
+            }
         };
         t.into_data()
             .convert::<f32>()
@@ -661,6 +672,7 @@ pub fn distill(
             let mut d_feats: Vec<Vec<f32>> =
                 fwd.feats.iter().map(|f| vec![0f32; f.len()]).collect();
             if let Some(cut) = feature_cut.filter(|_| !fwd.feats.is_empty()) {
+                let nhwc = learner.features_nhwc();
                 let mut row = 0;
                 for (i, t) in teachers.iter().enumerate() {
                     let k = ks[i];
@@ -669,7 +681,7 @@ pub fn distill(
                     }
                     let feats = &fwd.feats[t.student_head];
                     let fd = feats.len() / b;
-                    let target = t.net.features(&refs[row..row + k], set.prep, cut);
+                    let target = t.net.features(&refs[row..row + k], set.prep, cut, nhwc);
                     let r = row * fd..(row + k) * fd;
                     let (l, g) = grad::feature_error(&feats[r.clone()], &target, fd);
                     feature_sums[i] += l * k as f64;

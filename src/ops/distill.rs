@@ -615,17 +615,12 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         .map(|t| t.student_head + 1)
         .max()
         .unwrap_or(1);
-    let engine = plan.device.engine() && plan.bn == BnHandling::Train && feature_cut.is_none();
+    let engine = plan.device.engine() && plan.bn == BnHandling::Train;
     let path = if engine { "engine" } else { "burn" };
     if !engine && plan.device.engine() {
-        obs.info(&format!(
-            "note: the student trains on burn's autodiff ({}); the CPU training engine takes --bn train without --feature-weight",
-            if plan.bn == BnHandling::Frozen {
-                "--bn frozen"
-            } else {
-                "--feature-weight"
-            }
-        ));
+        obs.info(
+            "note: the student trains on burn's autodiff (--bn frozen); the CPU training engine takes --bn train",
+        );
     }
     let fingerprint = |log: &[DistillEpoch], done: usize, ids: Vec<u64>| StateInfo {
         options: options.clone(),
@@ -700,18 +695,29 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
         use crate::models::compile::compile_state;
         let arch = sm.net_config().arch;
         let compiled = compile_state(arch, &trunk_w)?;
-        // a partial zip: the trunk up to the stop, each head network from it on
+        // a partial zip: the trunk up to the stop, each head network from it on (split at the
+        // feature cut when the feature term is on)
         let (trunk_net, head_nets) = if heads_w.is_empty() {
             (TrainNet::new(&compiled), Vec::new())
         } else {
             let out = arch.output_cut();
+            let bounds: Vec<usize> = match feature_cut {
+                Some(c) => vec![sm.stop_cut, c, out],
+                None => vec![sm.stop_cut, out],
+            };
             let hs = heads_w
                 .into_iter()
                 .map(|h| {
-                    let net = TrainNet::segment(&compile_state(arch, &h)?, sm.stop_cut, out);
-                    Ok((net.with_input_grad(), h))
+                    let net = compile_state(arch, &h)?;
+                    Ok(bounds
+                        .windows(2)
+                        .map(|w| {
+                            let seg = TrainNet::segment(&net, w[0], w[1]).with_input_grad();
+                            (seg, h.clone())
+                        })
+                        .collect())
                 })
-                .collect::<Result<Vec<_>, ModelError>>()?;
+                .collect::<Result<Vec<Vec<_>>, ModelError>>()?;
             (TrainNet::segment(&compiled, 0, sm.stop_cut), hs)
         };
         Box::new(

@@ -19,7 +19,8 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{head_params, param_ranks, take_grads, BnHandling, Optimizer, Student};
+use super::settings::{BnHandling, Optimizer};
+use super::student::{bn_mode, head_params, param_ranks, take_grads, Student};
 use crate::checkpoint::safetensors_io;
 use crate::data::{to_tensor, Preprocess};
 use crate::engine::train::TrainNet;
@@ -183,7 +184,7 @@ impl Learner for BurnLearner {
     ) -> Forward {
         let x = to_tensor(images, prep, &self.device);
         let mut ctx = ForwardCtx {
-            bn_mode: super::bn_mode(self.bn),
+            bn_mode: bn_mode(self.bn),
             ..Default::default()
         };
         let student = self.student.as_ref().expect("held");

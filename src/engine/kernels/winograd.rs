@@ -252,13 +252,8 @@ pub fn conv3x3(
             let t0 = task * block;
             let nt = block.min(tiles - t0);
             let r = Tiles { side, tps, t0, nt };
-            v.resize(pos * nt * cin, 0.0);
+            transformed_input(x, r, cin, f4, v);
             m.resize(pos * nt * cout, 0.0);
-            if f4 {
-                input_transform_f4(x, r, cin, v);
-            } else {
-                input_transform(x, r, cin, v);
-            }
             for k in 0..pos {
                 // SAFETY: v[k] is [nt, cin], u[k] is [cin, cout], m[k] is [nt, cout].
                 unsafe {
@@ -284,6 +279,18 @@ pub fn conv3x3(
             }
         },
     );
+}
+
+/// `V = B^T d B` of the task's tiles `r` of `x` into `v` (resized to `[positions, tiles, cin]`;
+/// every value written), F(4x4) when `f4`, else F(2x2).
+fn transformed_input(x: &[f32], r: Tiles, cin: usize, f4: bool, v: &mut Vec<f32>) {
+    let a = if f4 { 6 } else { 4 };
+    v.resize(a * a * r.nt * cin, 0.0);
+    if f4 {
+        input_transform_f4(x, r, cin, v);
+    } else {
+        input_transform(x, r, cin, v);
+    }
 }
 
 /// `A^T` of F(2x2, 3x3) (`[2, 4]`) and F(4x4, 3x3) (`[4, 6]`).
@@ -331,13 +338,8 @@ pub fn weight_gradient3x3(
                 let t0 = task * block;
                 let nt = block.min(tiles - t0);
                 let r = Tiles { side, tps, t0, nt };
-                v.resize(pos * nt * cin, 0.0);
+                transformed_input(x, r, cin, f4, v);
                 z.resize(pos * nt * cout, 0.0);
-                if f4 {
-                    input_transform_f4(x, r, cin, v);
-                } else {
-                    input_transform(x, r, cin, v);
-                }
                 if f4 {
                     grad_transform::<4, 6>(dy, r, cout, &AT4, z);
                 } else {

@@ -411,10 +411,11 @@ fn the_engine_learner_follows_the_burn_learner() {
             let hs = heads
                 .iter()
                 .map(|h| {
-                    bounds
+                    let segs = bounds
                         .windows(2)
-                        .map(|w| (compile(h, w[0], w[1]).with_input_grad(), h.clone()))
-                        .collect()
+                        .map(|w| compile(h, w[0], w[1]).with_input_grad())
+                        .collect();
+                    (segs, h.clone())
                 })
                 .collect();
             let e = EngineLearner::new((trunk, state.clone()), hs, 2, opt, 0.0, None).unwrap();

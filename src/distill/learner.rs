@@ -280,24 +280,19 @@ struct Adam {
     time: i32,
 }
 
-/// One trainable network of an engine student with the state dict it writes into and its
-/// optimiser state per parameter.
+/// One trainable network segment of an engine student with its optimiser state per parameter.
 struct EngineNet {
     net: TrainNet,
-    /// The network's state dict (names, shapes and any entry the engine does not train), into
-    /// which [`Learner::states`] writes the trained tensors.
-    template: StateDict,
     adam: Vec<Adam>,
     /// Prefix of its tensors in the optimiser file (`trunk.`, `head0.`, ...).
     prefix: String,
 }
 
 impl EngineNet {
-    fn new(net: TrainNet, template: StateDict, prefix: String) -> Self {
+    fn new(net: TrainNet, prefix: String) -> Self {
         Self {
             adam: vec![Adam::default(); net.params().len()],
             net,
-            template,
             prefix,
         }
     }
@@ -313,12 +308,16 @@ impl EngineNet {
                 Optimizer::AdamW => adamw_update(&mut p.value, &p.grad, st, lr, wd),
             });
     }
+}
 
-    fn state(&self) -> StateDict {
-        let mut s = self.template.clone();
-        self.net.write_state(&mut s);
-        s
+/// `template` (a network's state dict: names, shapes and any entry the engine does not train)
+/// with the trained tensors of its segments `segs` written in.
+fn written(template: &StateDict, segs: &[EngineNet]) -> StateDict {
+    let mut s = template.clone();
+    for seg in segs {
+        seg.net.write_state(&mut s);
     }
+    s
 }
 
 /// A student on the CPU training engine: a single network, or a partially zipped one (the
@@ -326,9 +325,11 @@ impl EngineNet {
 /// each back-propagating into the trunk).
 pub struct EngineLearner {
     trunk: EngineNet,
-    /// Per head network, its segments in order: one (stop to output), or two split at the
-    /// feature cut (the first one's output is the head's features).
-    heads: Vec<Vec<EngineNet>>,
+    /// The trunk's state dict, which [`Learner::states`] writes the trained tensors into.
+    trunk_state: StateDict,
+    /// Per head network, its segments in order (one, stop to output, or two split at the
+    /// feature cut: the first one's output is the head's features) and its state dict.
+    heads: Vec<(Vec<EngineNet>, StateDict)>,
     optimizer: Optimizer,
     weight_decay: f64,
     /// Single network: first parameter of the head group (the final linear layer: the last
@@ -340,15 +341,15 @@ pub struct EngineLearner {
 impl EngineLearner {
     /// A learner for the trunk `trunk` (with its state dict; a single network, or the segment
     /// up to the stop) and the head networks `heads` (per head, its segments from the stop on,
-    /// each built [`TrainNet::with_input_grad`], with the head's state dict: one segment to the
-    /// output, or two split at the feature cut; empty for a single network, which gives its
-    /// output to each of `n_heads` heads); `optimizer_file` restores a saved optimiser state.
+    /// each built [`TrainNet::with_input_grad`]: one to the output, or two split at the feature
+    /// cut; and the head's state dict; empty for a single network, which gives its output to
+    /// each of `n_heads` heads); `optimizer_file` restores a saved optimiser state.
     ///
     /// # Errors
     /// The message of an optimiser state that cannot be read or does not fit the network.
     pub fn new(
         trunk: (TrainNet, StateDict),
-        heads: Vec<Vec<(TrainNet, StateDict)>>,
+        heads: Vec<(Vec<TrainNet>, StateDict)>,
         n_heads: usize,
         optimizer: Optimizer,
         weight_decay: f64,
@@ -356,14 +357,17 @@ impl EngineLearner {
     ) -> Result<Self, String> {
         let n = trunk.0.params().len();
         let mut me = Self {
-            trunk: EngineNet::new(trunk.0, trunk.1, "trunk.".into()),
+            trunk: EngineNet::new(trunk.0, "trunk.".into()),
+            trunk_state: trunk.1,
             heads: heads
                 .into_iter()
                 .enumerate()
-                .map(|(i, segs)| {
-                    segs.into_iter()
-                        .map(|(n, s)| EngineNet::new(n, s, format!("head{i}.")))
-                        .collect()
+                .map(|(i, (segs, state))| {
+                    let segs = segs
+                        .into_iter()
+                        .map(|n| EngineNet::new(n, format!("head{i}.")))
+                        .collect();
+                    (segs, state)
                 })
                 .collect(),
             optimizer,
@@ -378,11 +382,11 @@ impl EngineLearner {
     }
 
     fn nets_mut(&mut self) -> impl Iterator<Item = &mut EngineNet> {
-        std::iter::once(&mut self.trunk).chain(self.heads.iter_mut().flatten())
+        std::iter::once(&mut self.trunk).chain(self.heads.iter_mut().flat_map(|(s, _)| s))
     }
 
     fn nets(&self) -> impl Iterator<Item = &EngineNet> {
-        std::iter::once(&self.trunk).chain(self.heads.iter().flatten())
+        std::iter::once(&self.trunk).chain(self.heads.iter().flat_map(|(s, _)| s))
     }
 
     fn load_optimizer(&mut self, file: &Path) -> Result<(), String> {
@@ -478,7 +482,7 @@ impl Learner for EngineLearner {
         let z = self.trunk.net.output().expect("a forward ran");
         let (batch, side, c) = (z.batch, z.side, z.c);
         let (mut outs, mut feats) = (Vec::new(), Vec::new());
-        for segs in &mut self.heads {
+        for (segs, _) in &mut self.heads {
             let mut x = Act {
                 batch,
                 side,
@@ -539,7 +543,7 @@ impl Learner for EngineLearner {
         // feature term's gradient at the feature cut) and the first to the trunk
         let mut dz: Option<Vec<f32>> = None;
         let mut d_feats = d_feats.into_iter();
-        for (segs, g) in self.heads.iter_mut().zip(d_outs) {
+        for ((segs, _), g) in self.heads.iter_mut().zip(d_outs) {
             let mut g = Some(g);
             let d_feat = if segs.len() > 1 { d_feats.next() } else { None };
             for (j, seg) in segs.iter_mut().enumerate().rev() {
@@ -570,16 +574,10 @@ impl Learner for EngineLearner {
 
     fn states(&self) -> (StateDict, Vec<StateDict>) {
         (
-            self.trunk.state(),
+            written(&self.trunk_state, std::slice::from_ref(&self.trunk)),
             self.heads
                 .iter()
-                .map(|segs| {
-                    let mut s = segs[0].template.clone();
-                    for seg in segs {
-                        seg.net.write_state(&mut s);
-                    }
-                    s
-                })
+                .map(|(segs, state)| written(state, segs))
                 .collect(),
         )
     }

@@ -687,7 +687,7 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
             .collect::<Result<Vec<_>, _>>()?;
         (t, hs)
     } else {
-        (trunk.clone(), heads.clone())
+        (trunk, heads)
     };
     let mut learner: Box<dyn Learner> = if engine {
         let opt_file = resuming.then(|| state_dir.join(learner::ENGINE_OPTIMIZER_FILE));
@@ -709,15 +709,13 @@ pub fn run(plan: &DistillPlan, obs: &mut dyn Observer) -> Result<DistillReport, 
                 .into_iter()
                 .map(|h| {
                     let net = compile_state(arch, &h)?;
-                    Ok(bounds
+                    let segs = bounds
                         .windows(2)
-                        .map(|w| {
-                            let seg = TrainNet::segment(&net, w[0], w[1]).with_input_grad();
-                            (seg, h.clone())
-                        })
-                        .collect())
+                        .map(|w| TrainNet::segment(&net, w[0], w[1]).with_input_grad())
+                        .collect();
+                    Ok((segs, h))
                 })
-                .collect::<Result<Vec<Vec<_>>, ModelError>>()?;
+                .collect::<Result<Vec<_>, ModelError>>()?;
             (TrainNet::segment(&compiled, 0, sm.stop_cut), hs)
         };
         Box::new(

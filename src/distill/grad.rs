@@ -107,29 +107,50 @@ pub fn softmax(x: &[f32], cols: usize, temperature: f64) -> Vec<f64> {
 }
 
 /// `T^2` KL of the target distribution `target` (`[rows, cols]`, rows summing to 1, zeros
-/// allowed) to `softmax(student / T)`, averaged over the rows, and its gradient with respect
-/// to `student`.
+/// allowed) to `softmax(student / T)`, per row, and the gradient of their mean over the rows
+/// with respect to `student`.
+pub fn kl_to_probs_rows(
+    student: &[f32],
+    target: &[f64],
+    cols: usize,
+    temperature: f64,
+) -> (Vec<f64>, Vec<f32>) {
+    let rows = student.len() / cols.max(1);
+    let q = softmax(student, cols, temperature);
+    let t = temperature;
+    let mut grad = vec![0f32; student.len()];
+    let mut losses = Vec::with_capacity(rows);
+    for ((g, q), p) in grad
+        .chunks_mut(cols.max(1))
+        .zip(q.chunks(cols.max(1)))
+        .zip(target.chunks(cols.max(1)))
+    {
+        let mut loss = 0.0;
+        for ((g, &qi), &p) in g.iter_mut().zip(q).zip(p) {
+            if p > 0.0 {
+                loss += p * (p.ln() - qi.max(1e-300).ln());
+            }
+            *g = (t * (qi - p) / rows as f64) as f32;
+        }
+        losses.push(t * t * loss);
+    }
+    (losses, grad)
+}
+
+/// [`kl_to_probs_rows`] averaged over the rows (0 for none), and its gradient.
 pub fn kl_to_probs(
     student: &[f32],
     target: &[f64],
     cols: usize,
     temperature: f64,
 ) -> (f64, Vec<f32>) {
-    let rows = student.len() / cols.max(1);
-    if rows == 0 {
-        return (0.0, Vec::new());
-    }
-    let q = softmax(student, cols, temperature);
-    let t = temperature;
-    let mut loss = 0.0;
-    let mut grad = vec![0f32; student.len()];
-    for ((g, &qi), &p) in grad.iter_mut().zip(&q).zip(target) {
-        if p > 0.0 {
-            loss += p * (p.ln() - qi.max(1e-300).ln());
-        }
-        *g = (t * (qi - p) / rows as f64) as f32;
-    }
-    (t * t * loss / rows as f64, grad)
+    let (rows, grad) = kl_to_probs_rows(student, target, cols, temperature);
+    (mean(&rows), grad)
+}
+
+/// Mean of `v` (0 when empty).
+pub fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 /// `T^2 KL(softmax(teacher / T) || softmax(student / T))` averaged over the rows (both

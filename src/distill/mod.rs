@@ -252,7 +252,7 @@ pub type TeacherOutputs<'a> = dyn FnMut(usize, std::ops::Range<usize>) -> (Vec<f
 /// (reference doc §5, quirk 13: per-task softmax): each teacher's softmax over its classes at
 /// temperature `T`, divided by the number of teachers (each class from the first teacher
 /// trained on it, every teacher run on every image). Returns the mean loss of each row range
-/// of `counts` (per teacher), the batch's mean loss, and per student head `dL/doutput`.
+/// of `counts` (per teacher) and per student head `dL/doutput` (of the batch's mean loss).
 fn joint_loss(
     teachers: &[Teacher],
     student_heads: &[(HeadSpec, Vec<usize>)],
@@ -261,7 +261,7 @@ fn joint_loss(
     teacher_out: &mut TeacherOutputs<'_>,
     temperature: f64,
     counts: &[usize],
-) -> (Vec<f64>, f64, Vec<Vec<f32>>) {
+) -> (Vec<f64>, Vec<Vec<f32>>) {
     let mut classes: Vec<usize> = teachers.iter().flat_map(|t| t.classes.clone()).collect();
     classes.sort_unstable();
     classes.dedup();
@@ -322,12 +322,11 @@ fn joint_loss(
         }
         at[h] += 1;
     }
-    let (loss, dl) = grad::kl_to_probs(&joint, &target, c, temperature);
+    let (rows, dl) = grad::kl_to_probs_rows(&joint, &target, c, temperature);
     let mut per = Vec::with_capacity(counts.len());
     let mut row = 0;
     for &k in counts {
-        let r = row * c..(row + k) * c;
-        per.push(grad::kl_to_probs(&joint[r.clone()], &target[r], c, temperature).0);
+        per.push(grad::mean(&rows[row..row + k]));
         row += k;
     }
     // the gradient back through each head's logits
@@ -357,7 +356,7 @@ fn joint_loss(
             &mut d_outs[h],
         );
     }
-    (per, loss, d_outs)
+    (per, d_outs)
 }
 
 /// [`DistillLoss::Embedding`]'s loss on one batch, with its gradient: per teacher, on its rows
@@ -496,18 +495,15 @@ pub fn distill(
             let fwd = learner.forward(&refs, set.prep, feature_cut);
             let outs = fwd.outs;
             let (per, d_outs) = match o.loss {
-                DistillLoss::Joint => {
-                    let (per, _, d) = joint_loss(
-                        teachers,
-                        student_heads,
-                        &outs,
-                        b,
-                        &mut teacher_out,
-                        o.temperature,
-                        &ks,
-                    );
-                    (per, d)
-                }
+                DistillLoss::Joint => joint_loss(
+                    teachers,
+                    student_heads,
+                    &outs,
+                    b,
+                    &mut teacher_out,
+                    o.temperature,
+                    &ks,
+                ),
                 DistillLoss::Embedding => {
                     embedding_loss(teachers, &outs, b, &mut teacher_out, o.temperature, &ks)
                 }

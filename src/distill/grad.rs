@@ -115,15 +115,16 @@ pub fn kl_to_probs_rows(
     cols: usize,
     temperature: f64,
 ) -> (Vec<f64>, Vec<f32>) {
-    let rows = student.len() / cols.max(1);
     let q = softmax(student, cols, temperature);
+    let cols = cols.max(1);
+    let rows = student.len() / cols;
     let t = temperature;
     let mut grad = vec![0f32; student.len()];
     let mut losses = Vec::with_capacity(rows);
     for ((g, q), p) in grad
-        .chunks_mut(cols.max(1))
-        .zip(q.chunks(cols.max(1)))
-        .zip(target.chunks(cols.max(1)))
+        .chunks_mut(cols)
+        .zip(q.chunks(cols))
+        .zip(target.chunks(cols))
     {
         let mut loss = 0.0;
         for ((g, &qi), &p) in g.iter_mut().zip(q).zip(p) {

@@ -253,12 +253,12 @@ impl TrainNet {
         self.dinput.take()
     }
 
-    /// Buffers held for reuse by the next steps, and their total length in values: bounded
-    /// over a run (a step takes back what the previous one handed in).
+    /// Buffers held for reuse by the next steps, and their total capacity in values (the
+    /// memory held): bounded over a run (a step takes back what the previous one handed in).
     pub fn pooled(&self) -> (usize, usize) {
         (
             self.free.bufs.len(),
-            self.free.bufs.iter().map(Vec::len).sum(),
+            self.free.bufs.iter().map(Vec::capacity).sum(),
         )
     }
 
@@ -651,17 +651,20 @@ struct Pool {
 }
 
 impl Pool {
-    /// A buffer of `len` values (stale contents: the caller writes every value): the shortest
-    /// held one at least `len` long, truncated, or a new one.
+    /// A buffer of `len` values (stale contents: the caller writes every value): the held one
+    /// of the smallest capacity at least `len`, set to `len` values, or a new one. Capacity,
+    /// not length, decides: a buffer handed out truncated and handed back short still serves
+    /// a longer request without reallocating.
     fn take(&mut self, len: usize) -> Vec<f32> {
         self.taken += 1;
         let best = (0..self.bufs.len())
-            .filter(|&i| self.bufs[i].len() >= len)
-            .min_by_key(|&i| self.bufs[i].len());
+            .filter(|&i| self.bufs[i].capacity() >= len)
+            .min_by_key(|&i| self.bufs[i].capacity());
         match best {
             Some(i) => {
                 let mut b = self.bufs.swap_remove(i);
-                b.truncate(len);
+                // within capacity: no reallocation; zeros written only past the current length
+                b.resize(len, 0.0);
                 b
             }
             None => vec![0.0; len],
@@ -677,7 +680,7 @@ impl Pool {
     fn trim(&mut self) {
         if self.taken > 0 && self.bufs.len() > self.taken {
             self.bufs
-                .sort_unstable_by_key(|b| std::cmp::Reverse(b.len()));
+                .sort_unstable_by_key(|b| std::cmp::Reverse(b.capacity()));
             self.bufs.truncate(self.taken);
         }
         self.taken = 0;

@@ -324,6 +324,8 @@ fn family4_bad_values_are_refused() {
         ("--batch-size", "0"),
         ("--warmup", "nan"),
         ("--limit", "0"),
+        ("--cutout", "0"),
+        ("--cutout", "33"),
         ("--head", "bogus"),
         ("--head", "text:"),
     ] {
@@ -736,6 +738,7 @@ fn interrupted_state(out: &Path) -> PathBuf {
         out: out.to_path_buf(),
         resume: false,
         init: None,
+        cutout: None,
         cache_gib: 1.0,
         device: burn::tensor::Device::flex(),
         engine: true,

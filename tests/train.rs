@@ -65,6 +65,7 @@ fn plan_on(out: &Path, resume: bool, engine: bool) -> TrainPlan {
         out: out.to_path_buf(),
         resume,
         init: None,
+        cutout: None,
         cache_gib: 1.0,
         device: Device::flex(),
         engine,

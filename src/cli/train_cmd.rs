@@ -76,6 +76,10 @@ pub struct TrainArgs {
     /// instead of the seeded initialisation; the manifest records its weight file's SHA-256.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Cutout (DeVries & Taylor 2017): zero an NxN square, its centre uniform over the image
+    /// and clipped at the border, in every training image after flip and crop; default none.
+    #[arg(long, value_parser = positive)]
+    pub cutout: Option<usize>,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
@@ -109,6 +113,7 @@ pub fn exec(a: TrainArgs, p: &mut Printer) -> Result<()> {
         out: a.out.clone(),
         resume: a.resume,
         init: a.init.clone(),
+        cutout: a.cutout,
         cache_gib: cache_gib()?,
         device: runner.device().clone(),
         engine: runner.engine(),
@@ -130,6 +135,7 @@ fn train_error(e: TrainError) -> anyhow::Error {
         TrainError::Model(ModelError::Width {
             width, expected, ..
         }) => usage(format!("--width {width}: {expected}")),
+        e @ TrainError::Cutout { .. } => usage(e.to_string()),
         e => anyhow::Error::new(e),
     }
 }

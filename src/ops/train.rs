@@ -67,6 +67,9 @@ pub struct TrainPlan {
     /// Start from this model's weights (a fine-tune of it) instead of the seeded
     /// initialisation: same architecture, width and head shape.
     pub init: Option<PathBuf>,
+    /// Cutout square side, pixels, applied to every training image after flip and crop
+    /// (`None`: no Cutout); at most the network's input side.
+    pub cutout: Option<usize>,
     /// Pixel cache per split, GiB.
     pub cache_gib: f64,
     /// Device.
@@ -103,6 +106,14 @@ pub enum TrainError {
     /// From the model or the training loop.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// `--cutout` larger than the network's input.
+    #[error("--cutout {size}: the square must fit the {side}x{side} input (1 to {side} pixels)")]
+    Cutout {
+        /// The side asked.
+        size: usize,
+        /// The input side.
+        side: usize,
+    },
     /// The model of `--init` cannot start this run.
     #[error("--init {model}: {msg}")]
     Init {
@@ -259,6 +270,12 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
     // a fine-tune takes its inputs as its base does
     let own_prep = init.as_ref().and_then(|(_, _, p)| *p);
     let prep = own_prep.unwrap_or_else(|| shape.preprocess());
+    if let Some(size) = plan.cutout {
+        if size == 0 || size > prep.side() {
+            let side = prep.side();
+            return Err(TrainError::Cutout { size, side });
+        }
+    }
     let load = |split: &str, obs: &mut dyn Observer| {
         crate::data::load_split(root, split, prep, plan.cache_gib, Some(&classes), obs)
     };
@@ -292,6 +309,7 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
         train_images: train_task.len(),
         init: init.as_ref().map(|(i, _, _)| i.clone()),
         preprocess: own_prep,
+        cutout: plan.cutout,
     };
     obs.info(&format!(
         "training {} {} ({} params, {} forward MACs/image) on classes {classes:?}: {} train / {} test images, on {}",
@@ -359,6 +377,7 @@ pub fn run(plan: &TrainPlan, obs: &mut dyn Observer) -> Result<TrainReport, Trai
                 Family::Cifar => "random horizontal flip + random crop 32 with 4-pixel zero padding",
                 Family::ImageNet => "RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3) of the image stored at 256x256 (resize 256 + centre crop 256) + random horizontal flip; test: resize 256 + centre crop 224; ImageNet mean/std",
             },
+            "cutout": plan.cutout.map(|l| format!("Cutout {l}x{l} after normalisation (DeVries & Taylor 2017; centre uniform over the image, clipped at the border, as uoguelph-mlrg/Cutout)")),
             "preprocess": prep,
             "init": opts.init,
             "backend": plan.backend,

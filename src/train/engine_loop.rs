@@ -17,7 +17,7 @@ use super::head_loss::head_loss;
 use super::options::{lr_multiplier, EpochLog, TrainObserver, TrainOptions};
 use super::run_state::{extension_note, read_info, state_err, write_err, write_info, ResumeInfo};
 use crate::checkpoint::safetensors_io;
-use crate::data::augment::augment_for;
+use crate::data::augment::{augment_for, CutoutBox};
 use crate::data::ImageSet;
 use crate::engine::train::TrainNet;
 use crate::engine::{Act, EngineCtx};
@@ -117,13 +117,22 @@ pub(crate) fn train_engine(
                 order.shuffle(&mut rng);
                 for chunk in order.chunks(opts.batch_size) {
                     let mut buf = vec![0u8; chunk.len() * nb];
+                    let mut boxes = Vec::new();
                     for (n, &i) in chunk.iter().enumerate() {
                         let out = &mut buf[n * nb..(n + 1) * nb];
                         augment_for(train.prep, train.side, train.image(i), out, &mut rng);
+                        if let Some(size) = opts.cutout {
+                            boxes.push(CutoutBox::draw(train.prep.side(), size, &mut rng));
+                        }
                     }
                     let imgs: Vec<&[u8]> = buf.chunks_exact(nb).collect();
+                    let mut x = Act::from_images(&imgs, train.prep);
+                    let px = x.side * x.side * x.c;
+                    for (b, img) in boxes.iter().zip(x.data.chunks_exact_mut(px)) {
+                        b.zero(img, train.prep.side(), 3, true);
+                    }
                     let batch = Batch {
-                        x: Act::from_images(&imgs, train.prep),
+                        x,
                         labels: chunk.iter().map(|&i| remap[i]).collect(),
                     };
                     if tx.send(batch).is_err() {

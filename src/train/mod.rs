@@ -29,7 +29,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{self, safetensors_io, ModelManifest, StateDict};
-use crate::data::augment::augment_for;
+use crate::data::augment::{augment_for, CutoutBox};
 use crate::data::{to_tensor, ImageSet};
 use crate::error::ModelError;
 use crate::eval::argmax;
@@ -151,6 +151,7 @@ pub fn train(
         let nb = train.prep.side().pow(2) * 3; // bytes of one augmented image
         let mut buf = vec![0u8; opts.batch_size * nb];
         for (s, chunk) in order.chunks(opts.batch_size).enumerate() {
+            let mut boxes = Vec::new();
             for (n, &i) in chunk.iter().enumerate() {
                 augment_for(
                     train.prep,
@@ -159,11 +160,24 @@ pub fn train(
                     &mut buf[n * nb..(n + 1) * nb],
                     &mut rng,
                 );
+                if let Some(size) = opts.cutout {
+                    boxes.push(CutoutBox::draw(train.prep.side(), size, &mut rng));
+                }
             }
             let imgs: Vec<&[u8]> = (0..chunk.len())
                 .map(|n| &buf[n * nb..(n + 1) * nb])
                 .collect();
-            let x = to_tensor(&imgs, train.prep, &ad);
+            let mut x = to_tensor(&imgs, train.prep, &ad);
+            if !boxes.is_empty() {
+                // Cutout after normalisation: the squares multiplied by 0 (CHW images)
+                let side = train.prep.side();
+                let mut mask = vec![1f32; boxes.len() * 3 * side * side];
+                for (b, img) in boxes.iter().zip(mask.chunks_exact_mut(3 * side * side)) {
+                    b.zero(img, side, 3, false);
+                }
+                let shape = [boxes.len(), 3, side, side];
+                x = x.mul(Tensor::from_data(TensorData::new(mask, shape), &ad));
+            }
             let y: Vec<i64> = chunk.iter().map(|&i| remap[i] as i64).collect();
             let yt = Tensor::<1, Int>::from_data(TensorData::new(y.clone(), [chunk.len()]), &ad);
             let out = net.forward(x, &mut ForwardCtx::default());

@@ -46,6 +46,10 @@ pub struct TrainOptions {
     /// the architecture's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preprocess: Option<crate::data::Preprocess>,
+    /// `--cutout`: side, pixels, of the Cutout square zeroed in every training image after the
+    /// flip and crop ([`crate::data::augment::CutoutBox`]); `None`: no Cutout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutout: Option<usize>,
 }
 
 /// The starting point of a fine-tune (`train --init BASE`).
@@ -75,6 +79,7 @@ impl TrainOptions {
             "train_images" => "the number of training images",
             "init" => "--init",
             "preprocess" => "--init (its preprocessing)",
+            "cutout" => "--cutout",
             other => other,
         }
     }

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::conv::{conv_forward, im2col, Conv};
 use super::gemm::{matmul, Epilogue};
+use super::scratch::Scratch;
 
 /// Number of fixed parts of a reduction over rows (or images).
 const PARTS: usize = 8;
@@ -59,14 +60,14 @@ pub fn conv_backward_data(
     let per = (COL2IM_ROWS / n).clamp(1, batch.max(1));
     dx.par_chunks_mut(per * side * side * cin)
         .enumerate()
-        .for_each_init(Vec::<f32>::new, |cols, (gi, dxg)| {
+        .for_each_init(Scratch::default, |cols, (gi, dxg)| {
             let images = dxg.len() / (side * side * cin);
             let b0 = gi * per;
             match acc {
                 Some(a) => dxg.copy_from_slice(&a[b0 * side * side * cin..][..dxg.len()]),
                 None => dxg.fill(0.0),
             }
-            cols.resize(images * n * kk, 0.0);
+            let cols = cols.slice(images * n * kk);
             // SAFETY: lhs dz rows of images b0.. ([images * n, cout]); rhs W^T [cout, kk] with
             // W [kk, cout] row-major (element (co, r) at r * cout + co); cols [images * n, kk].
             unsafe {
@@ -189,7 +190,7 @@ pub fn conv_backward_weight(
         .par_iter()
         .map(|&g| {
             let mut dw = vec![0f32; kk * cout];
-            let mut cols = Vec::<f32>::new();
+            let mut cols = Scratch::default();
             let r0 = g * per * os * os;
             let r1 = ((g + 1) * per).min(batch) * os * os;
             let mut first = true;
@@ -199,9 +200,9 @@ pub fn conv_backward_weight(
                 let lhs: &[f32] = if direct {
                     &x[r * kk..(r + n) * kk]
                 } else {
-                    cols.resize(n * kk, 0.0);
-                    im2col(conv, x, side, os, r, n, &mut cols);
-                    &cols
+                    let cols = cols.slice(n * kk);
+                    im2col(conv, x, side, os, r, n, cols);
+                    cols
                 };
                 // SAFETY: lhs^T: element (i, j) = lhs[j * kk + i] ([kk, n]); rhs dz rows
                 // r..r+n ([n, cout]); dw [kk, cout]; in bounds.
@@ -248,16 +249,36 @@ fn sum_part(rows: usize) -> usize {
 fn part_sums(g: &[f32], z: Option<&[f32]>, c: usize) -> (Vec<f64>, Vec<f64>) {
     let mut s = vec![0f64; c];
     let mut q = vec![0f64; if z.is_some() { c } else { 0 }];
-    for (r, gr) in g.chunks_exact(c).enumerate() {
-        s.iter_mut().zip(gr).for_each(|(s, v)| *s += *v as f64);
-        if let Some(z) = z {
-            let zr = &z[r * c..(r + 1) * c];
-            for ((q, gv), zv) in q.iter_mut().zip(gr).zip(zr) {
-                *q += *gv as f64 * *zv as f64;
+    part_sums_into(g, z, &mut s, &mut q);
+    (s, q)
+}
+
+/// [`part_sums`] into zeroed `s, q: [c]` (`q` empty without `z`), one row at a time.
+fn part_sums_into(g: &[f32], z: Option<&[f32]>, s: &mut [f64], q: &mut [f64]) {
+    super::simd::dispatch!(
+        part_sums_body,
+        (g: &[f32], z: Option<&[f32]>, s: &mut [f64], q: &mut [f64])
+    )
+}
+
+#[inline(always)]
+fn part_sums_body(g: &[f32], z: Option<&[f32]>, s: &mut [f64], q: &mut [f64]) {
+    let c = s.len();
+    match z {
+        Some(z) => {
+            for (gr, zr) in g.chunks_exact(c).zip(z.chunks_exact(c)) {
+                for (((s, q), gv), zv) in s.iter_mut().zip(q.iter_mut()).zip(gr).zip(zr) {
+                    *s += *gv as f64;
+                    *q += *gv as f64 * *zv as f64;
+                }
+            }
+        }
+        None => {
+            for gr in g.chunks_exact(c) {
+                s.iter_mut().zip(gr).for_each(|(s, v)| *s += *v as f64);
             }
         }
     }
-    (s, q)
 }
 
 /// The parts' sums added in order.
@@ -309,20 +330,46 @@ pub fn bn_backward(
         .collect();
     let mb: Vec<f32> = sg.iter().map(|v| (v / n) as f32).collect();
     let mg: Vec<f32> = dgamma.iter().map(|v| (v / n) as f32).collect();
+    let k = BnBackward {
+        mean,
+        invstd,
+        a: &a,
+        mb: &mb,
+        mg: &mg,
+    };
     g.par_chunks_mut(1024 * c)
         .zip(z.par_chunks(1024 * c))
-        .for_each(|(gb, zb)| {
-            for (gr, zr) in gb.chunks_exact_mut(c).zip(zb.chunks_exact(c)) {
-                for j in 0..c {
-                    let xhat = (zr[j] - mean[j]) * invstd[j];
-                    gr[j] = a[j] * (gr[j] - mb[j] - xhat * mg[j]);
-                }
-            }
-        });
+        .for_each(|(gb, zb)| bn_backward_rows(gb, zb, &k));
     (
         dgamma.iter().map(|&v| v as f32).collect(),
         sg.iter().map(|&v| v as f32).collect(),
     )
+}
+
+/// Per-channel constants `[c]` of BN's backward map (see [`bn_backward`]).
+struct BnBackward<'a> {
+    mean: &'a [f32],
+    invstd: &'a [f32],
+    a: &'a [f32],
+    mb: &'a [f32],
+    mg: &'a [f32],
+}
+
+/// `g = a * (g - mb - (z - mean) * invstd * mg)` row by row, `g, z: [rows, c]`.
+fn bn_backward_rows(g: &mut [f32], z: &[f32], k: &BnBackward) {
+    super::simd::dispatch!(bn_backward_body, (g: &mut [f32], z: &[f32], k: &BnBackward))
+}
+
+#[inline(always)]
+fn bn_backward_body(g: &mut [f32], z: &[f32], k: &BnBackward) {
+    let c = k.a.len();
+    for (gr, zr) in g.chunks_exact_mut(c).zip(z.chunks_exact(c)) {
+        let per_channel = k.mean.iter().zip(k.invstd).zip(k.a).zip(k.mb).zip(k.mg);
+        for ((g, z), ((((m, is), a), mb), mg)) in gr.iter_mut().zip(zr).zip(per_channel) {
+            let xhat = (z - m) * is;
+            *g = a * (*g - mb - xhat * mg);
+        }
+    }
 }
 
 /// Where the gradient of a residual input goes: nowhere, into a fresh copy, or added to the
@@ -364,23 +411,34 @@ pub fn mask_residual_sums(
         .enumerate()
         .map(|(i, (gp, rp))| {
             let r0 = i * part * c;
-            if let Some(y) = y {
-                let yp = &y[r0..r0 + gp.len()];
-                gp.iter_mut()
-                    .zip(yp)
-                    .for_each(|(g, y)| *g = if *y > 0.0 { *g } else { 0.0 });
-            }
-            if let Some(rp) = rp {
-                if add {
-                    rp.iter_mut().zip(gp.iter()).for_each(|(r, g)| *r += g);
-                } else {
-                    rp.copy_from_slice(gp);
-                }
-            }
+            let y = y.map(|y| &y[r0..r0 + gp.len()]);
+            mask_residual(gp, y, rp.as_deref_mut(), add);
             part_sums(gp, z.map(|z| &z[r0..r0 + gp.len()]), c)
         })
         .collect();
     add_parts(parts)
+}
+
+/// `g = 0` where `y <= 0` (with `y`), then `res += g` (`add`) or `res = g`.
+fn mask_residual(g: &mut [f32], y: Option<&[f32]>, res: Option<&mut [f32]>, add: bool) {
+    super::simd::dispatch!(
+        mask_residual_body,
+        (g: &mut [f32], y: Option<&[f32]>, res: Option<&mut [f32]>, add: bool)
+    )
+}
+
+#[inline(always)]
+fn mask_residual_body(g: &mut [f32], y: Option<&[f32]>, res: Option<&mut [f32]>, add: bool) {
+    if let Some(y) = y {
+        g.iter_mut()
+            .zip(y)
+            .for_each(|(g, y)| *g = if *y > 0.0 { *g } else { 0.0 });
+    }
+    match res {
+        Some(r) if add => r.iter_mut().zip(g.iter()).for_each(|(r, g)| *r += g),
+        Some(r) => r.copy_from_slice(g),
+        None => {}
+    }
 }
 
 /// `acc += v` elementwise (the residual fan-out and multi-reader activations).

@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{add_bias, matmul, Epilogue};
+use super::scratch::Scratch;
 
 /// Target size of one im2col block in bytes (fits the L2 cache of current x86 cores).
 const IM2COL_BYTES: usize = 1 << 21;
@@ -138,13 +139,13 @@ pub fn conv_forward(
     let block = (IM2COL_BYTES / (4 * kk.max(cout))).clamp(64, 4096);
     out.par_chunks_mut(block * cout)
         .enumerate()
-        .for_each_init(Vec::<f32>::new, |buf, (i, o)| {
+        .for_each_init(Scratch::default, |buf, (i, o)| {
             let row0 = i * block;
             let n = o.len() / cout;
             let lhs: &[f32] = if direct {
                 &x[row0 * kk..(row0 + n) * kk]
             } else {
-                buf.resize(n * kk, 0.0);
+                let buf = buf.slice(n * kk);
                 im2col(conv, x, side, os, row0, n, buf);
                 buf
             };
@@ -184,8 +185,9 @@ fn shifted_conv(conv: &Conv, x: &[f32], side: usize, out: &mut [f32], epi: &Epil
     out.par_chunks_mut(os * os * cout)
         .enumerate()
         .for_each_init(
-            || (Vec::<f32>::new(), Vec::<f32>::new()),
+            || (Scratch::default(), Scratch::default()),
             |(pad, acc), (b, o)| {
+                let pad = pad.vec();
                 // padded image, plus slack rows read by the dropped columns of the last shifts
                 // (k rows) and by the last pixel block of the direct kernel (DIRECT_PX rows)
                 let len = (wp * wp + k + DIRECT_PX) * cin;
@@ -212,7 +214,7 @@ fn shifted_conv(conv: &Conv, x: &[f32], side: usize, out: &mut [f32], epi: &Epil
                     // SAFETY: the kernel was chosen for features this CPU has.
                     Some(f) => unsafe { f(pad, wp, k, cin, cout, os, &conv.weight, o) },
                     None => {
-                        acc.resize(grid * cout, 0.0);
+                        let acc = acc.slice(grid * cout);
                         for ky in 0..k {
                             for kx in 0..k {
                                 let shift = (ky * wp + kx) * cin;

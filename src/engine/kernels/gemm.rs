@@ -174,10 +174,83 @@ pub fn apply_epilogue_from(src: &[f32], dst: &mut [f32], c: usize, epi: &Epilogu
     dst.par_chunks_mut(block * c)
         .zip(src.par_chunks(block * c))
         .enumerate()
-        .for_each(|(i, (o, z))| {
-            o.copy_from_slice(z);
-            epi.apply(o, c, i * block);
+        .for_each(|(i, (o, z))| match (epi.scale, epi.shift) {
+            (Some(scale), Some(shift)) => {
+                let res = epi
+                    .residual
+                    .map(|r| &r[i * block * c..i * block * c + o.len()]);
+                affine_from(z, o, scale, shift, res, epi.relu);
+            }
+            _ => {
+                o.copy_from_slice(z);
+                epi.apply(o, c, i * block);
+            }
         });
+}
+
+/// `o = relu?(z * scale + shift (+ res))` row by row for `z, o, res: [rows, c]` and `scale,
+/// shift: [c]`, in one pass: the operations and their order of [`Epilogue::apply`] on a copy
+/// of `z`, so the same bits.
+fn affine_from(
+    z: &[f32],
+    o: &mut [f32],
+    scale: &[f32],
+    shift: &[f32],
+    res: Option<&[f32]>,
+    relu: bool,
+) {
+    super::simd::dispatch!(
+        affine_from_body,
+        (z: &[f32], o: &mut [f32], scale: &[f32], shift: &[f32], res: Option<&[f32]>, relu: bool)
+    )
+}
+
+#[inline(always)]
+fn affine_from_body(
+    z: &[f32],
+    o: &mut [f32],
+    scale: &[f32],
+    shift: &[f32],
+    res: Option<&[f32]>,
+    relu: bool,
+) {
+    if relu {
+        affine_rows::<true>(z, o, scale, shift, res)
+    } else {
+        affine_rows::<false>(z, o, scale, shift, res)
+    }
+}
+
+#[inline(always)]
+fn affine_rows<const RELU: bool>(
+    z: &[f32],
+    o: &mut [f32],
+    scale: &[f32],
+    shift: &[f32],
+    res: Option<&[f32]>,
+) {
+    let c = scale.len();
+    let act = |v: f32| if RELU { v.max(0.0) } else { v };
+    match res {
+        Some(res) => {
+            for ((o, z), r) in o
+                .chunks_exact_mut(c)
+                .zip(z.chunks_exact(c))
+                .zip(res.chunks_exact(c))
+            {
+                for ((((o, z), s), b), r) in o.iter_mut().zip(z).zip(scale).zip(shift).zip(r) {
+                    *o = act(z * s + b + r);
+                }
+            }
+        }
+        None => {
+            for (o, z) in o.chunks_exact_mut(c).zip(z.chunks_exact(c)) {
+                for (((o, z), s), b) in o.iter_mut().zip(z).zip(scale).zip(shift) {
+                    *o = act(z * s + b);
+                }
+            }
+        }
+    }
 }
 
 /// Applies `epi` in place to `x: [rows, c]` (used after batch statistics are known).

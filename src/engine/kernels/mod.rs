@@ -11,6 +11,8 @@ pub mod conv;
 pub mod gemm;
 pub mod moments;
 pub mod pool;
+mod scratch;
+mod simd;
 pub mod winograd;
 
 pub use conv::{conv_forward, patches, Conv};

@@ -21,13 +21,7 @@ pub fn channel_moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
         .map(|chunk| {
             let mut s = vec![0f64; c];
             let mut q = vec![0f64; c];
-            for row in chunk.chunks_exact(c) {
-                for ((s, q), v) in s.iter_mut().zip(q.iter_mut()).zip(row) {
-                    let v = *v as f64;
-                    *s += v;
-                    *q += v * v;
-                }
-            }
+            moment_sums(chunk, &mut s, &mut q);
             (s, q)
         })
         .collect();
@@ -44,6 +38,22 @@ pub fn channel_moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
         .map(|(q, m)| (q / n - m * m).max(0.0))
         .collect();
     (mean, var)
+}
+
+/// Adds the per-channel sums and sums of squares (f64) of `x: [rows, c]` to `s, q: [c]`.
+fn moment_sums(x: &[f32], s: &mut [f64], q: &mut [f64]) {
+    super::simd::dispatch!(moment_sums_body, (x: &[f32], s: &mut [f64], q: &mut [f64]))
+}
+
+#[inline(always)]
+fn moment_sums_body(x: &[f32], s: &mut [f64], q: &mut [f64]) {
+    for row in x.chunks_exact(s.len()) {
+        for ((s, q), v) in s.iter_mut().zip(q.iter_mut()).zip(row) {
+            let v = *v as f64;
+            *s += v;
+            *q += v * v;
+        }
+    }
 }
 
 /// Column sums `[o]` and the sum of outer products `X^T X` (`[o, o]`, row-major) of stacked

@@ -25,6 +25,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::gemm::{add_bias, matmul, Epilogue};
+use super::scratch::Scratch;
 
 const G2: [[f64; 3]; 4] = [
     [1.0, 0.0, 0.0],
@@ -247,13 +248,14 @@ pub fn conv3x3(
         "F(4x4) needs channel counts that are multiples of 8 (Winograd::tile_for)"
     );
     (0..n_tasks).into_par_iter().for_each_init(
-        || (Vec::<f32>::new(), Vec::<f32>::new()),
+        || (Scratch::default(), Scratch::default()),
         |(v, m), task| {
             let t0 = task * block;
             let nt = block.min(tiles - t0);
             let r = Tiles { side, tps, t0, nt };
+            let v = v.slice(pos * nt * cin);
             transformed_input(x, r, cin, f4, v);
-            m.resize(pos * nt * cout, 0.0);
+            let m = m.slice(pos * nt * cout);
             for k in 0..pos {
                 // SAFETY: v[k] is [nt, cin], u[k] is [cin, cout], m[k] is [nt, cout].
                 unsafe {
@@ -281,11 +283,9 @@ pub fn conv3x3(
     );
 }
 
-/// `V = B^T d B` of the task's tiles `r` of `x` into `v` (resized to `[positions, tiles, cin]`;
-/// every value written), F(4x4) when `f4`, else F(2x2).
-fn transformed_input(x: &[f32], r: Tiles, cin: usize, f4: bool, v: &mut Vec<f32>) {
-    let a = if f4 { 6 } else { 4 };
-    v.resize(a * a * r.nt * cin, 0.0);
+/// `V = B^T d B` of the task's tiles `r` of `x` into `v: [positions, tiles, cin]` (every value
+/// written), F(4x4) when `f4`, else F(2x2).
+fn transformed_input(x: &[f32], r: Tiles, cin: usize, f4: bool, v: &mut [f32]) {
     if f4 {
         input_transform_f4(x, r, cin, v);
     } else {
@@ -333,13 +333,14 @@ pub fn weight_gradient3x3(
     let parts: Vec<Vec<f32>> = (0..n_tasks)
         .into_par_iter()
         .map_init(
-            || (Vec::<f32>::new(), Vec::<f32>::new()),
+            || (Scratch::default(), Scratch::default()),
             |(v, z), task| {
                 let t0 = task * block;
                 let nt = block.min(tiles - t0);
                 let r = Tiles { side, tps, t0, nt };
+                let v = v.slice(pos * nt * cin);
                 transformed_input(x, r, cin, f4, v);
-                z.resize(pos * nt * cout, 0.0);
+                let z = z.slice(pos * nt * cout);
                 if f4 {
                     grad_transform::<4, 6>(dy, r, cout, &AT4, z);
                 } else {

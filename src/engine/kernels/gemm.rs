@@ -167,8 +167,8 @@ pub fn matmul_tn(a: &[f32], p: usize, b: &[f32], q: usize) -> Vec<f32> {
 }
 
 /// `dst = epi(src)` for `src, dst: [rows, c]`: [`apply_epilogue`] without a separate copy pass
-/// (each block is copied then transformed while in cache; training keeps the raw conv output
-/// for BN's backward).
+/// (a BN affine map in one pass, other epilogues on a copy of each block while in cache;
+/// training keeps the raw conv output for BN's backward).
 pub fn apply_epilogue_from(src: &[f32], dst: &mut [f32], c: usize, epi: &Epilogue) {
     let block = 1024;
     dst.par_chunks_mut(block * c)
@@ -179,7 +179,13 @@ pub fn apply_epilogue_from(src: &[f32], dst: &mut [f32], c: usize, epi: &Epilogu
                 let res = epi
                     .residual
                     .map(|r| &r[i * block * c..i * block * c + o.len()]);
-                affine_from(z, o, scale, shift, res, epi.relu);
+                let a = Affine {
+                    scale,
+                    shift,
+                    res,
+                    relu: epi.relu,
+                };
+                affine_from(z, o, &a);
             }
             _ => {
                 o.copy_from_slice(z);
@@ -188,50 +194,36 @@ pub fn apply_epilogue_from(src: &[f32], dst: &mut [f32], c: usize, epi: &Epilogu
         });
 }
 
-/// `o = relu?(z * scale + shift (+ res))` row by row for `z, o, res: [rows, c]` and `scale,
-/// shift: [c]`, in one pass: the operations and their order of [`Epilogue::apply`] on a copy
-/// of `z`, so the same bits.
-fn affine_from(
-    z: &[f32],
-    o: &mut [f32],
-    scale: &[f32],
-    shift: &[f32],
-    res: Option<&[f32]>,
+/// The BN affine map of a train-mode epilogue: `scale, shift: [c]`, an optional residual
+/// `[rows, c]` (the block's rows), ReLU or not.
+struct Affine<'a> {
+    scale: &'a [f32],
+    shift: &'a [f32],
+    res: Option<&'a [f32]>,
     relu: bool,
-) {
-    super::simd::dispatch!(
-        affine_from_body,
-        (z: &[f32], o: &mut [f32], scale: &[f32], shift: &[f32], res: Option<&[f32]>, relu: bool)
-    )
+}
+
+/// `o = relu?(z * scale + shift (+ res))` row by row for `z, o: [rows, c]`, in one pass: the
+/// operations and their order of [`Epilogue::apply`] on a copy of `z`, so the same bits.
+fn affine_from(z: &[f32], o: &mut [f32], a: &Affine) {
+    super::simd::dispatch!(affine_from_body, (z: &[f32], o: &mut [f32], a: &Affine))
 }
 
 #[inline(always)]
-fn affine_from_body(
-    z: &[f32],
-    o: &mut [f32],
-    scale: &[f32],
-    shift: &[f32],
-    res: Option<&[f32]>,
-    relu: bool,
-) {
-    if relu {
-        affine_rows::<true>(z, o, scale, shift, res)
+fn affine_from_body(z: &[f32], o: &mut [f32], a: &Affine) {
+    if a.relu {
+        affine_rows::<true>(z, o, a)
     } else {
-        affine_rows::<false>(z, o, scale, shift, res)
+        affine_rows::<false>(z, o, a)
     }
 }
 
 #[inline(always)]
-fn affine_rows<const RELU: bool>(
-    z: &[f32],
-    o: &mut [f32],
-    scale: &[f32],
-    shift: &[f32],
-    res: Option<&[f32]>,
-) {
+fn affine_rows<const RELU: bool>(z: &[f32], o: &mut [f32], a: &Affine) {
+    let (scale, shift) = (a.scale, a.shift);
     let c = scale.len();
     let act = |v: f32| if RELU { v.max(0.0) } else { v };
-    match res {
+    match a.res {
         Some(res) => {
             for ((o, z), r) in o
                 .chunks_exact_mut(c)

@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 use super::gemm::{add_bias, matmul, Epilogue};
 use super::scratch::Scratch;
+use super::simd::dispatch;
 
 const G2: [[f64; 3]; 4] = [
     [1.0, 0.0, 0.0],
@@ -661,28 +662,9 @@ fn at6([m0, m1, m2, m3, m4, m5]: [L8; 6]) -> [L8; 4] {
     ]
 }
 
-/// A transform body compiled for AVX2 + FMA when the CPU has them (checked at run time), for
-/// the baseline target otherwise.
-macro_rules! dispatch {
-    ($body:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        #[allow(clippy::too_many_arguments)]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx2($($arg: $ty),*) {
-            $body($($arg),*)
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features the variant is compiled for.
-            return unsafe { $avx2($($arg),*) };
-        }
-        $body($($arg),*)
-    };
-}
-
 /// `V = B^T d B` (F(4x4)) for tiles `t0..t0+nt` into `v: [36, nt, cin]`; `cin % 8 == 0`.
 fn input_transform_f4(x: &[f32], r: Tiles, cin: usize, v: &mut [f32]) {
-    dispatch!(input_f4_body, input_f4_avx2, (x: &[f32], r: Tiles, cin: usize, v: &mut [f32]));
+    dispatch!(avx2: input_f4_body, (x: &[f32], r: Tiles, cin: usize, v: &mut [f32]));
 }
 
 #[inline(always)]
@@ -740,7 +722,7 @@ fn output_transform_f4(
     epi: &Epilogue,
     out: OutPtr,
 ) {
-    dispatch!(output_f4_body, output_f4_avx2, (m: &[f32], r: Tiles, cout: usize, bias: Option<&[f32]>, epi: &Epilogue, out: OutPtr));
+    dispatch!(avx2: output_f4_body, (m: &[f32], r: Tiles, cout: usize, bias: Option<&[f32]>, epi: &Epilogue, out: OutPtr));
 }
 
 #[allow(clippy::too_many_arguments)]
